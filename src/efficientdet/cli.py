@@ -1,0 +1,68 @@
+"""Command-line entry point: ``efficientdet <command> ...``.
+
+Thin by design: each command lives in the module that does the work, which exposes
+``add_arguments(parser)`` and ``run(args) -> int``. User errors (``EfficientDetError``)
+print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+# (command words, module, one-line help)
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("models",), "efficientdet.model_table", "list the registered models with size, parameters and GFLOPs"),
+    (("data", "synth"), "efficientdet.data.synth", "write a synthetic COCO-format shapes dataset"),
+    (("data", "check"), "efficientdet.data.doctor", "check a dataset for problems and fit anchors to its boxes"),
+    (("train",), "efficientdet.engine.train_cli", "train a detector on a dataset"),
+    (("val",), "efficientdet.engine.val_cli", "evaluate a checkpoint with COCO metrics"),
+    (("predict",), "efficientdet.deploy.predict_cli", "detect objects in images, folders and videos"),
+    (("export",), "efficientdet.deploy.export", "export a checkpoint to ONNX or TorchScript"),
+    (("bench",), "efficientdet.deploy.bench", "measure latency and throughput"),
+    (("demo",), "efficientdet.engine.demo", "synthesize data, train, evaluate and predict in one go"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="efficientdet", description="EfficientDet: train, evaluate, predict, export.")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", metavar="COMMAND")}
+    for words, module_name, help_text in COMMANDS:
+        try:
+            module = import_module(module_name)
+        except ModuleNotFoundError as exc:  # a command whose module is not installed in this build
+            if exc.name != module_name:
+                raise
+            continue
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                group_parser = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                groups[prefix] = group_parser.add_subparsers(dest=f"command_{depth}", metavar="COMMAND")
+        sub = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import EfficientDetError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.run(args) or 0)
+    except EfficientDetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

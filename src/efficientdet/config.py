@@ -1,0 +1,218 @@
+"""Configuration as data: one dataclass per concern and the table of named models.
+
+Settings per model follow the official ``hparams_config.py`` (google/automl) and the paper;
+the parameter counts they give are checked in ``tests/test_model_family.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .errors import ConfigError
+
+ACTIVATIONS = ("swish", "relu6", "relu")
+FUSIONS = ("fastattn", "softmax", "sum")
+
+
+def _as_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    hw = tuple(int(v) for v in image_size)
+    if len(hw) != 2:
+        raise ConfigError(f"image_size {image_size!r}: give one int or (height, width)")
+    return hw  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Anchor grid: ``num_scales`` octave scales x ``aspect_ratios`` per cell, levels min..max.
+
+    Anchor size at level l, scale i, ratio (rx, ry): ``anchor_scale * 2**l * 2**(i/num_scales)``
+    times (rx, ry) for (width, height).
+    """
+
+    min_level: int = 3
+    max_level: int = 7
+    num_scales: int = 3
+    aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    anchor_scale: float = 4.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aspect_ratios", tuple(tuple(float(v) for v in r) for r in self.aspect_ratios))
+        if not 1 <= self.min_level <= self.max_level:
+            raise ConfigError(f"anchor levels {self.min_level}..{self.max_level}: need 1 <= min_level <= max_level")
+        if self.num_scales < 1:
+            raise ConfigError(f"num_scales={self.num_scales}: need at least 1")
+        if not self.aspect_ratios or any(len(r) != 2 or min(r) <= 0 for r in self.aspect_ratios):
+            raise ConfigError(f"aspect_ratios={self.aspect_ratios}: give (width, height) pairs > 0")
+        if self.anchor_scale <= 0:
+            raise ConfigError(f"anchor_scale={self.anchor_scale}: need a positive number")
+
+    @property
+    def num_levels(self) -> int:
+        return self.max_level - self.min_level + 1
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per feature-map cell (A)."""
+        return self.num_scales * len(self.aspect_ratios)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network shape. ``image_size`` is (height, width); any size works."""
+
+    name: str
+    backbone: str
+    image_size: tuple[int, int]
+    fpn_channels: int
+    fpn_repeats: int
+    head_repeats: int
+    fusion: str = "fastattn"
+    act: str = "swish"
+    num_classes: int = 90
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    backbone_drop_path: float = 0.2
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01  # PyTorch convention (TF's 0.99)
+    class_prior: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", _as_hw(self.image_size))
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes={self.num_classes}: need at least 1 class")
+        if min(self.image_size) < 1:
+            raise ConfigError(f"image_size={self.image_size}: need positive sizes")
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"act={self.act!r}: choose one of {', '.join(ACTIVATIONS)}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion={self.fusion!r}: choose one of {', '.join(FUSIONS)}")
+        if self.anchors.min_level != 3:
+            raise ConfigError(f"anchors.min_level={self.anchors.min_level}: the backbone taps P3..P5, so min_level must be 3")
+        if not 5 <= self.anchors.max_level <= 8:
+            raise ConfigError(f"anchors.max_level={self.anchors.max_level}: supported levels end at P5..P8")
+
+    @property
+    def min_level(self) -> int:
+        return self.anchors.min_level
+
+    @property
+    def max_level(self) -> int:
+        return self.anchors.max_level
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with fields changed; anchor fields may be given directly (``anchor_scale=3.0``)."""
+        anchor_fields = {f.name for f in dataclasses.fields(AnchorConfig)}
+        anchor_changes = {k: changes.pop(k) for k in list(changes) if k in anchor_fields}
+        if anchor_changes:
+            changes["anchors"] = dataclasses.replace(changes.get("anchors", self.anchors), **anchor_changes)
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Focal classification loss and box regression loss (official defaults)."""
+
+    alpha: float = 0.25
+    gamma: float = 1.5
+    label_smoothing: float = 0.0
+    box_loss: str = "huber"  # "huber" on (ty, tx, th, tw) deltas, or "giou" on decoded boxes
+    huber_delta: float = 0.1
+    box_loss_weight: float = 50.0
+    giou_loss_weight: float = 5.0
+    assigner: str = "argmax"  # "argmax" (official) or "atss"
+    match_threshold: float = 0.5
+    unmatched_threshold: float = 0.5
+    atss_topk: int = 9
+
+    def __post_init__(self) -> None:
+        if self.box_loss not in ("huber", "giou"):
+            raise ConfigError(f"box_loss={self.box_loss!r}: choose huber or giou")
+        if self.assigner not in ("argmax", "atss"):
+            raise ConfigError(f"assigner={self.assigner!r}: choose argmax or atss")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing}: need 0 <= value < 1")
+
+
+@dataclass(frozen=True)
+class NMSConfig:
+    """Post-processing: top-k candidates, class-aware NMS, detections kept per image."""
+
+    max_candidates: int = 5000
+    iou_threshold: float = 0.5
+    score_threshold: float = 0.0
+    max_detections: int = 100
+    method: str = "hard"  # "hard" or "gaussian" (soft-NMS)
+    soft_sigma: float = 0.5
+    soft_score_threshold: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.method not in ("hard", "gaussian"):
+            raise ConfigError(f"nms method={self.method!r}: choose hard or gaussian")
+        if not 0 < self.iou_threshold <= 1:
+            raise ConfigError(f"iou_threshold={self.iou_threshold}: need 0 < value <= 1")
+        if self.max_detections < 1 or self.max_candidates < 1:
+            raise ConfigError("max_detections and max_candidates must be at least 1")
+
+
+# name: (backbone, native size, fpn channels, fpn repeats, head repeats, anchor scale, fusion, act, max level)
+_MODEL_TABLE: dict[str, tuple] = {
+    "efficientdet_d0": ("efficientnet_b0", 512, 64, 3, 3, 4.0, "fastattn", "swish", 7),
+    "efficientdet_d1": ("efficientnet_b1", 640, 88, 4, 3, 4.0, "fastattn", "swish", 7),
+    "efficientdet_d2": ("efficientnet_b2", 768, 112, 5, 3, 4.0, "fastattn", "swish", 7),
+    "efficientdet_d3": ("efficientnet_b3", 896, 160, 6, 4, 4.0, "fastattn", "swish", 7),
+    "efficientdet_d4": ("efficientnet_b4", 1024, 224, 7, 4, 4.0, "fastattn", "swish", 7),
+    "efficientdet_d5": ("efficientnet_b5", 1280, 288, 7, 4, 4.0, "fastattn", "swish", 7),
+    "efficientdet_d6": ("efficientnet_b6", 1280, 384, 8, 5, 4.0, "sum", "swish", 7),
+    "efficientdet_d7": ("efficientnet_b6", 1536, 384, 8, 5, 5.0, "sum", "swish", 7),
+    "efficientdet_d7x": ("efficientnet_b7", 1536, 384, 8, 5, 4.0, "sum", "swish", 8),
+    "efficientdet_lite0": ("efficientnet_lite0", 320, 64, 3, 3, 3.0, "sum", "relu6", 7),
+    "efficientdet_lite1": ("efficientnet_lite1", 384, 88, 4, 3, 3.0, "sum", "relu6", 7),
+    "efficientdet_lite2": ("efficientnet_lite2", 448, 112, 5, 3, 3.0, "sum", "relu6", 7),
+    "efficientdet_lite3": ("efficientnet_lite3", 512, 160, 6, 4, 4.0, "sum", "relu6", 7),
+    "efficientdet_lite3x": ("efficientnet_lite3", 640, 200, 6, 4, 3.0, "sum", "relu6", 7),
+    "efficientdet_lite4": ("efficientnet_lite4", 640, 224, 7, 4, 4.0, "sum", "relu6", 7),
+}
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, D-series then Lite."""
+    return list(_MODEL_TABLE)
+
+
+def resolve_model_name(name: str) -> str:
+    """Accept ``efficientdet_d0``, ``d0``, ``tf_efficientdet_d0``; unknown names list the valid ones."""
+    key = name.strip().lower().replace("-", "_")
+    for candidate in (key, f"efficientdet_{key}", key.removeprefix("tf_")):
+        if candidate in _MODEL_TABLE:
+            return candidate
+    close = difflib.get_close_matches(key, list(_MODEL_TABLE), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"unknown model {name!r}{hint}; valid models: {', '.join(_MODEL_TABLE)}")
+
+
+def get_model_config(name: str, **overrides) -> ModelConfig:
+    """The registered config for ``name``, with ``overrides`` (any ModelConfig or AnchorConfig field).
+
+    >>> get_model_config("d0", num_classes=3, image_size=(384, 640)).image_size
+    (384, 640)
+    """
+    name = resolve_model_name(name)
+    backbone, size, ch, fpn_rep, head_rep, anchor_scale, fusion, act, max_level = _MODEL_TABLE[name]
+    cfg = ModelConfig(
+        name=name,
+        backbone=backbone,
+        image_size=size,
+        fpn_channels=ch,
+        fpn_repeats=fpn_rep,
+        head_repeats=head_rep,
+        fusion=fusion,
+        act=act,
+        anchors=AnchorConfig(max_level=max_level, anchor_scale=anchor_scale),
+        backbone_drop_path=0.0 if act == "relu6" else 0.2,
+    )
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,21 @@
+"""Errors a user can cause. Each message is one line naming the file/item and the fix.
+
+The CLI prints these as ``error: <message>`` and exits with status 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class EfficientDetError(Exception):
+    """Base class for user-facing errors."""
+
+
+class ConfigError(EfficientDetError, ValueError):
+    """A bad option or configuration value."""
+
+
+class WeightsError(EfficientDetError):
+    """A checkpoint or weights file that cannot be used for this model."""
+
+
+class DataError(EfficientDetError):
+    """A dataset, image or annotation file that cannot be used."""
