@@ -14,6 +14,10 @@ from typing import Sequence
 from .errors import ConfigError
 
 ACTIVATIONS = ("swish", "relu6", "relu")
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+LITE_MEAN = (127.5, 127.5, 127.5)  # the Lite models take (x - 127.5) / 127.5
+LITE_STD = (127.5, 127.5, 127.5)
 FUSIONS = ("fastattn", "softmax", "sum")
 
 
@@ -79,9 +83,14 @@ class ModelConfig:
     bn_eps: float = 1e-3
     bn_momentum: float = 0.01  # PyTorch convention (TF's 0.99)
     class_prior: float = 0.01
+    # Input normalisation in 0-255 pixel units: x_norm = (x - mean) / std, per RGB channel.
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", _as_hw(self.image_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.num_classes < 1:
             raise ConfigError(f"num_classes={self.num_classes}: need at least 1 class")
         if min(self.image_size) < 1:
@@ -213,6 +222,8 @@ def get_model_config(name: str, **overrides) -> ModelConfig:
         act=act,
         anchors=AnchorConfig(max_level=max_level, anchor_scale=anchor_scale),
         backbone_drop_path=0.0 if act == "relu6" else 0.2,
+        mean=LITE_MEAN if act == "relu6" else IMAGENET_MEAN,
+        std=LITE_STD if act == "relu6" else IMAGENET_STD,
     )
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return cfg.replace(**overrides) if overrides else cfg
