@@ -1,0 +1,59 @@
+"""Batching: ``collate`` and ``create_loader`` (torch DataLoader with seeded worker processes)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def collate(batch):
+    """[(image (3, H, W), target), ...] -> (images (B, 3, H, W), [target, ...])."""
+    images = torch.stack([item[0] for item in batch])
+    return images, [item[1] for item in batch]
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed python/numpy global RNGs from the worker's torch seed (the dataset uses its own
+    generator from the same seed)."""
+    seed = torch.utils.data.get_worker_info().seed
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def create_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    distributed: bool = False,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding ``(images (B, 3, H, W) float32, targets list)``.
+
+    ``seed`` fixes the shuffle order and each worker's augmentation seed (base seed from a
+    seeded generator + worker id). Workers are persistent. With ``distributed`` a
+    DistributedSampler (shuffle, seed) splits the data across ranks; call
+    ``loader.sampler.set_epoch(epoch)`` at the start of each epoch.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    sampler = None
+    if distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=shuffle, seed=int(seed), drop_last=drop_last)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        generator=generator,
+    )

@@ -1,0 +1,194 @@
+"""The common in-memory form every reader produces.
+
+* :class:`ImageRecord`: one image, its size and its boxes, ``boxes`` (M, 4) float32 xyxy in
+  pixels of the image as displayed (EXIF orientation applied), continuous coordinates:
+  a box covering pixel columns 0..9 is ``x1=0, x2=10``.
+* :class:`DetectionData`: the records of one split plus ``class_names`` and ``category_ids``
+  (0-based index -> the dataset's own category id), and the :class:`DataReport` of the read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .report import DataReport
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# Boxes that overshoot the border by less than this many pixels are clipped silently
+# (float rounding in exported annotations), larger overshoots are clipped and reported.
+CLIP_TOLERANCE = 0.01
+
+
+@dataclass
+class ImageRecord:
+    """One image and its annotations.
+
+    boxes: (M, 4) float32 xyxy pixels; labels: (M,) int64 0-based class indices;
+    ignore: (M,) bool, True for boxes to ignore in training and to mark ``iscrowd`` in
+    evaluation (COCO ``iscrowd=1``, VOC ``difficult=1``).
+    """
+
+    path: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    image_id: int
+    ignore: np.ndarray | None = None
+    file_name: str = ""  # as written in the annotations (COCO file_name, VOC filename, YOLO relative path)
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if self.ignore is None:
+            self.ignore = np.zeros(len(self.labels), dtype=bool)
+        self.ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
+        if not (len(self.boxes) == len(self.labels) == len(self.ignore)):
+            raise ValueError(f"record {self.image_id}: boxes, labels and ignore differ in length")
+        if not self.file_name:
+            self.file_name = Path(self.path).name
+
+
+@dataclass
+class DetectionData:
+    """Records of one split with the class list; what ``load_dataset`` returns.
+
+    ``category_ids[i]`` is the dataset's own id of class ``i`` (COCO category id, YOLO class
+    index, VOC: i + 1); :meth:`to_category_id` / :meth:`to_label` map both ways.
+    """
+
+    records: list[ImageRecord]
+    class_names: list[str]
+    category_ids: list[int]
+    report: DataReport = field(default_factory=DataReport)
+    source: str = ""
+    format: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != len(self.category_ids):
+            raise ValueError("class_names and category_ids differ in length")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_category_id(self, label: int) -> int:
+        return self.category_ids[int(label)]
+
+    def to_label(self, category_id: int) -> int:
+        return self.category_ids.index(int(category_id))
+
+
+def exif_oriented_size(image) -> tuple[int, int]:
+    """(width, height) of an opened PIL image as displayed: swapped for EXIF orientations 5-8."""
+    w, h = image.size
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not a reason to drop the image
+        orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as displayed, from the file header only (no pixel decoding).
+
+    Raises FileNotFoundError for a missing file and OSError for an unreadable one.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return exif_oriented_size(image)
+
+
+def sanitize_boxes(
+    boxes: np.ndarray,
+    width: int,
+    height: int,
+    report: DataReport,
+    file: str,
+    items: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check (M, 4) xyxy boxes against an image of ``width`` x ``height``.
+
+    NaN/inf -> dropped (nan_box); x2 <= x1 or y2 <= y1 -> dropped (bad_box_size); fully
+    outside -> dropped (box_outside); partly outside -> clipped (box_clipped). Each problem is
+    added to ``report`` with ``file`` and ``items[i]``. Returns (clipped boxes, keep mask).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    keep = np.ones(len(boxes), dtype=bool)
+    out = boxes.copy()
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            report.add("nan_box", file, items[i], f"box {[x1, y1, x2, y2]} has NaN or infinite coordinates")
+            keep[i] = False
+            continue
+        if x2 <= x1 or y2 <= y1:
+            report.add("bad_box_size", file, items[i], f"box xyxy {_fmt(boxes[i])} has width {x2 - x1:g}, height {y2 - y1:g}")
+            keep[i] = False
+            continue
+        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+        if cx2 <= cx1 or cy2 <= cy1:
+            report.add("box_outside", file, items[i], f"box xyxy {_fmt(boxes[i])} lies outside the {width}x{height} image")
+            keep[i] = False
+            continue
+        overshoot = max(-x1, -y1, x2 - width, y2 - height)
+        if overshoot > CLIP_TOLERANCE:
+            report.add("box_clipped", file, items[i], f"box xyxy {_fmt(boxes[i])} extends past the {width}x{height} image")
+        out[i] = (cx1, cy1, cx2, cy2)
+    return out.astype(np.float32), keep
+
+
+def _fmt(box) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in box) + "]"
+
+
+def finish(records: list[ImageRecord], report: DataReport, source: str, listed: int, boxes_listed: int, fix: str) -> None:
+    """Fill report stats; raise DataError naming ``source`` and ``fix`` when no image is usable."""
+    report.stats["images_listed"] += listed
+    report.stats["images_used"] += len(records)
+    report.stats["boxes_listed"] += boxes_listed
+    report.stats["boxes_used"] += sum(len(r.labels) for r in records)
+    report.stats["images_without_boxes"] += sum(1 for r in records if len(r.labels) == 0)
+    if not records:
+        counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no images listed"
+        raise DataError(f"{source}: no usable images ({listed} listed; {counts}); fix: {fix}")
+
+
+def check_image_file(path: str, report: DataReport, file: str, item: str, verify: bool = False) -> bool:
+    """True when ``path`` exists (and, with ``verify``, fully decodes); else reports and returns False.
+
+    Without ``verify`` only the file's existence is checked (a stat, no reading); a corrupt
+    file is then caught when the dataset loads it (see ``DetectionDataset``).
+    """
+    import os
+
+    if not os.path.isfile(path):
+        report.add("missing_image", file, item, f"image file {path} not found")
+        return False
+    if verify:
+        error = verify_image(path)
+        if error:
+            report.add("corrupt_image", file, item, f"image file {path} cannot be decoded ({error})")
+            return False
+    return True
+
+
+def verify_image(path: str) -> str:
+    """Decode ``path`` fully; returns '' when fine, else the error text (one line)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder error means the file is unusable
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return ""
