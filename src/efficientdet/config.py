@@ -221,7 +221,7 @@ def get_model_config(name: str, **overrides) -> ModelConfig:
         fusion=fusion,
         act=act,
         anchors=AnchorConfig(max_level=max_level, anchor_scale=anchor_scale),
-        backbone_drop_path=0.0 if act == "relu6" else 0.2,
+        backbone_drop_path=0.0 if name == "efficientdet_lite0" else 0.2,
         mean=LITE_MEAN if act == "relu6" else IMAGENET_MEAN,
         std=LITE_STD if act == "relu6" else IMAGENET_STD,
     )
