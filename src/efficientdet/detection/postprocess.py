@@ -1,0 +1,399 @@
+"""Post-processing: raw head outputs -> per-image detections in original-image pixels.
+
+Steps (official EfficientDet / effdet): top-k (``max_candidates``) over anchors x classes on
+the class logits, decode the (ty, tx, th, tw) deltas of those candidates, clip to the image,
+class-aware NMS (hard at ``iou_threshold`` or Gaussian soft-NMS), keep ``max_detections``,
+then undo the letterbox: this project resizes an image by one factor ``scale`` and places it
+at the top-left of the model input, so original boxes are ``model_boxes / scale``, clipped to
+the original (h, w).
+
+Tie-breaking (documented contract, checked against a reference loop in the tests): NMS
+visits boxes by descending score with a stable sort, so equal scores keep the lower input
+index first; a box is suppressed when its IoU with a kept box of the same class is strictly
+greater than the threshold; zero-area boxes have IoU 0 with everything.
+
+Everything is plain torch (CPU, CUDA); no torchvision needed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..config import NMSConfig
+from ..errors import ConfigError
+from .boxes import box_iou, clip_boxes, decode_boxes
+
+
+# ----------------------------------------------------------------------------- NMS
+def _greedy_keep(suppress: Tensor, alive: Tensor) -> Tensor:
+    """Exact greedy NMS on a precomputed relation (TorchScript-compatible).
+
+    suppress: (B, B) bool, ``suppress[j, i]`` = box j (earlier in score order, j < i) would
+    suppress box i; alive: (B,) bool boxes still candidates. Returns keep (B,) bool.
+
+    Fixed-point iteration ``keep_i = alive_i and not any_j(keep_j and suppress[j, i])``:
+    the greedy result is its unique fixed point and after t rounds the first t entries
+    are final, so it ends after (longest suppression chain + 1) rounds, each one
+    matrix-vector product.
+    """
+    s = suppress.to(torch.float32)
+    keep = alive.clone()
+    while True:
+        hit = torch.mv(s.t(), keep.to(torch.float32)) > 0  # (B,) suppressed by a kept box
+        new_keep = alive & ~hit
+        if bool(torch.equal(new_keep, keep)):
+            break
+        keep = new_keep
+    return keep
+
+
+_scripted_greedy_keep = None
+
+
+def _greedy_keep_traceable(suppress: Tensor, alive: Tensor) -> Tensor:
+    """:func:`_greedy_keep`, scripted when tracing so the loop survives torch.jit.trace."""
+    global _scripted_greedy_keep
+    if torch.jit.is_tracing():
+        if _scripted_greedy_keep is None:
+            _scripted_greedy_keep = torch.jit.script(_greedy_keep)
+        return _scripted_greedy_keep(suppress, alive)
+    return _greedy_keep(suppress, alive)
+
+
+def _suppression(boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> Tensor:
+    """(B, 4) xyxy in score order -> (B, B) bool ``[j, i]``: j < i, same label, IoU > threshold."""
+    over = box_iou(boxes, boxes) > iou_threshold
+    if labels is not None:
+        over &= labels.unsqueeze(1) == labels.unsqueeze(0)
+    return torch.triu(over, diagonal=1)
+
+
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor | None,
+    iou_threshold: float = 0.5,
+    max_output: int | None = None,
+    chunk_size: int = 512,
+) -> Tensor:
+    """Exact greedy class-aware NMS.
+
+    boxes: (B, 4) xyxy; scores: (B,); labels: (B,) int (None: class-agnostic). Returns the
+    kept indices (D,) int64 into the inputs, by descending score (stable: equal scores keep
+    the lower index first). ``max_output`` stops once that many are kept (the result equals
+    the first ``max_output`` of full greedy NMS). Works in score-ordered chunks of
+    ``chunk_size``: each chunk is checked against the boxes kept so far, then resolved with
+    one IoU matrix and :func:`_greedy_keep`, so the cost follows the boxes actually visited.
+    """
+    n = boxes.shape[0]
+    if max_output is None:
+        max_output = n
+    order = torch.sort(scores, descending=True, stable=True).indices  # (B,)
+    boxes, labels = boxes[order], (labels[order] if labels is not None else None)
+    kept: list[Tensor] = []  # positions in score order
+    kept_boxes = boxes[:0]
+    kept_labels = labels[:0] if labels is not None else None
+    num_kept = 0
+    for start in range(0, n, chunk_size):
+        cb = boxes[start : start + chunk_size]  # (C, 4)
+        cl = labels[start : start + chunk_size] if labels is not None else None
+        alive = torch.ones(cb.shape[0], dtype=torch.bool, device=boxes.device)
+        if num_kept:
+            over = box_iou(kept_boxes, cb) > iou_threshold  # (D, C)
+            if cl is not None:
+                over &= kept_labels.unsqueeze(1) == cl.unsqueeze(0)
+            alive = ~over.any(0)
+        keep = _greedy_keep(_suppression(cb, cl, iou_threshold), alive)
+        pos = keep.nonzero().squeeze(1)
+        kept.append(pos + start)
+        num_kept += int(pos.numel())
+        if num_kept >= max_output:
+            break
+        kept_boxes = torch.cat([kept_boxes, cb[pos]])
+        if cl is not None:
+            kept_labels = torch.cat([kept_labels, cl[pos]])
+    if not kept:
+        return order[:0]
+    return order[torch.cat(kept)[:max_output]]
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, max_output: int | None = None) -> Tensor:
+    """Class-agnostic exact greedy NMS: (B, 4) xyxy, (B,) -> kept indices by descending score."""
+    return batched_nms(boxes, scores, None, iou_threshold, max_output)
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor | None = None,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    max_output: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Gaussian soft-NMS (Bodla et al. 2017), class-aware when ``labels`` is given.
+
+    boxes: (B, 4) xyxy; scores: (B,). Repeatedly takes the alive box with the highest current
+    score (ties: lowest index), outputs it with that score, and multiplies the scores of the
+    other alive boxes of its class by ``exp(-iou**2 / sigma)``; a box stays alive while its
+    score > ``score_threshold``. Returns (indices (D,) int64, scores (D,)) in selection order.
+    One vectorised step per output box (at most ``max_output`` steps), none per pair.
+    """
+    n = boxes.shape[0]
+    steps = n if max_output is None else min(n, max_output)
+    current = scores.clone()
+    alive = current > score_threshold
+    out_idx, out_score, out_valid = [], [], []
+    neg_inf = torch.tensor(float("-inf"), dtype=current.dtype, device=current.device)
+    for _ in range(steps):
+        i = torch.argmax(torch.where(alive, current, neg_inf))  # first max on ties
+        out_idx.append(i)
+        out_score.append(current[i])
+        out_valid.append(alive[i])
+        alive = alive.index_fill(0, i.reshape(1), False)
+        iou = box_iou(boxes[i].unsqueeze(0), boxes)[0]  # (B,)
+        decay = torch.exp(-(iou * iou) / sigma)
+        if labels is not None:
+            decay = torch.where(labels == labels[i], decay, torch.ones_like(decay))
+        current = torch.where(alive, current * decay, current)
+        alive = alive & (current > score_threshold)
+    if not out_idx:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device), scores[:0]
+    idx, sc, valid = torch.stack(out_idx), torch.stack(out_score), torch.stack(out_valid)
+    return idx[valid], sc[valid]
+
+
+# ----------------------------------------------------------------------------- candidates
+def flatten_box_outputs(box_outputs: Sequence[Tensor]) -> Tensor:
+    """Per-level (N, A*4, H, W) -> (N, sum_l H*W*A, 4) deltas in anchor order."""
+    n = box_outputs[0].shape[0]
+    # (N, A*4, H, W) -> (N, H, W, A*4) -> (N, H*W*A, 4)
+    return torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in box_outputs], 1)
+
+
+def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k over anchors x classes of raw class logits, per image.
+
+    class_outputs[l]: (N, A*K, H_l, W_l) (channel ``a*K + class``). Returns logits (N, k'),
+    anchor indices (N, k') into the flat anchor tensor and class indices (N, k'), sorted by
+    descending logit, k' = min(k, anchors x classes). Equal logits at the cut-off may be
+    taken in any order.
+
+    Eager mode uses an exact two-stage selection that avoids copying the (N, A_all, K)
+    logits: the k best per-anchor maxima bound the k-th best element, so the top-k elements
+    lie in those k anchors' class rows. When tracing it is a plain flatten + topk.
+    """
+    n = class_outputs[0].shape[0]
+    num_classes = class_outputs[0].shape[1] // num_anchors
+    sizes = [c.shape[-2] * c.shape[-1] for c in class_outputs]
+    total_anchors = sum(sizes) * num_anchors
+    k = min(k, total_anchors * num_classes)
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or k >= total_anchors:
+        # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K)
+        flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1) for c in class_outputs], 1)
+        logits, idx = flat.topk(k, dim=1)
+        return logits, idx // num_classes, idx % num_classes
+    # (N, A*K, H, W) -> (N, A, K, H*W)
+    views = [c.reshape(n, num_anchors, num_classes, -1) for c in class_outputs]
+    # per-anchor max: (N, A, H*W) -> (N, H*W, A) -> (N, H*W*A)
+    anchor_max = torch.cat([v.amax(2).transpose(1, 2).reshape(n, -1) for v in views], 1)
+    top_anchor = anchor_max.topk(k, dim=1, sorted=False).indices  # (N, k) flat anchor index
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s * num_anchors)
+    all_logits, all_anchor, all_class = [], [], []
+    for i in range(n):
+        rows, ids = [], []
+        for lvl, v in enumerate(views):
+            sel = top_anchor[i][(top_anchor[i] >= offsets[lvl]) & (top_anchor[i] < offsets[lvl + 1])]
+            if sel.numel() == 0:
+                continue
+            local = sel - offsets[lvl]
+            rows.append(v[i, local % num_anchors, :, local // num_anchors])  # (s, K)
+            ids.append(sel)
+        rows_t, ids_t = torch.cat(rows), torch.cat(ids)  # (k, K), (k,)
+        logits, flat = rows_t.reshape(-1).topk(k)  # sorted descending
+        all_logits.append(logits)
+        all_anchor.append(ids_t[flat // num_classes])
+        all_class.append(flat % num_classes)
+    return torch.stack(all_logits), torch.stack(all_anchor), torch.stack(all_class)
+
+
+def _per_image(value, n: int, name: str, device, as_size: bool = False) -> Tensor | None:
+    """scales -> (N,) float32, original_sizes -> (N, 2) float32 (h, w); None stays None."""
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if as_size:
+        t = t.reshape(-1, 2)
+        if t.shape[0] == 1 and n > 1:
+            t = t.expand(n, 2)
+    else:
+        t = t.reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(n)
+    if t.shape[0] != n:
+        raise ConfigError(f"{name}: got {t.shape[0]} values for a batch of {n}; give one per image")
+    if (t <= 0).any():
+        raise ConfigError(f"{name}: values must be positive (letterbox scale / original (h, w))")
+    return t
+
+
+def postprocess(
+    class_outputs: Sequence[Tensor],
+    box_outputs: Sequence[Tensor],
+    anchors_xyxy: Tensor,
+    nms_cfg: NMSConfig | None = None,
+    image_size_hw: Sequence[int] | None = None,
+    scales=None,
+    original_sizes=None,
+    clip: bool = True,
+) -> list[dict]:
+    """Detections per image from raw head outputs.
+
+    class_outputs / box_outputs: per level (N, A*K, H_l, W_l) / (N, A*4, H_l, W_l);
+    anchors_xyxy: (sum_l H_l*W_l*A, 4) from :class:`AnchorGenerator` for ``image_size_hw``
+    (model input (h, w)); scales: letterbox factor per image (float, sequence or (N,)), 1 when
+    None; original_sizes: (h, w) per image ((N, 2) or list). With ``clip`` (default) boxes are
+    clipped before NMS to the image region of the model input (``original * scale``, or the
+    whole input) and after rescaling to the original size; ``clip=False`` keeps them raw.
+    Returns a list (len N) of {"boxes": (D, 4) float32 xyxy original pixels, "scores": (D,)
+    sigmoid probabilities, "labels": (D,) int64 0-based}, by descending score.
+    """
+    cfg = nms_cfg if nms_cfg is not None else NMSConfig()
+    n = class_outputs[0].shape[0]
+    num_anchors = box_outputs[0].shape[1] // 4
+    if anchors_xyxy.shape[0] != sum(b.shape[-2] * b.shape[-1] for b in box_outputs) * num_anchors:
+        raise ConfigError(
+            f"{anchors_xyxy.shape[0]} anchors do not fit the head outputs: build the anchors for the model input size"
+        )
+    device = class_outputs[0].device
+    scales_t = _per_image(scales, n, "scales", device)
+    sizes_t = _per_image(original_sizes, n, "original_sizes", device, as_size=True)
+    logits, anchor_idx, class_idx = topk_candidates(class_outputs, num_anchors, cfg.max_candidates)
+    deltas = flatten_box_outputs(box_outputs)  # (N, A_all, 4)
+    anchors_xyxy = anchors_xyxy.to(device=device, dtype=torch.float32)
+    results = []
+    for i in range(n):
+        scores = logits[i].float().sigmoid()
+        boxes = decode_boxes(deltas[i, anchor_idx[i]].float(), anchors_xyxy[anchor_idx[i]])  # (k, 4)
+        labels = class_idx[i]
+        if cfg.score_threshold > 0:
+            ok = scores >= cfg.score_threshold
+            scores, boxes, labels = scores[ok], boxes[ok], labels[ok]
+        scale = scales_t[i] if scales_t is not None else None
+        if clip:
+            region = None
+            if sizes_t is not None:
+                region = sizes_t[i] * (scale if scale is not None else 1.0)
+                if image_size_hw is not None:
+                    region = torch.minimum(region, torch.tensor([float(v) for v in image_size_hw], device=device))
+            elif image_size_hw is not None:
+                region = torch.tensor([float(v) for v in image_size_hw], device=device)
+            if region is not None:
+                boxes = clip_boxes(boxes, region)
+        if cfg.method == "hard":
+            keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, cfg.max_detections)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        else:
+            keep, scores = soft_nms(boxes, scores, labels, cfg.soft_sigma, cfg.soft_score_threshold, cfg.max_detections)
+            boxes, labels = boxes[keep], labels[keep]
+        if scale is not None:
+            boxes = boxes / scale
+        if clip and sizes_t is not None:
+            boxes = clip_boxes(boxes, sizes_t[i])
+        results.append({"boxes": boxes, "scores": scores, "labels": labels})
+    return results
+
+
+def _postprocess_padded_traceable(
+    class_outputs, box_outputs, anchors_xyxy, cfg: NMSConfig, image_size_hw, scales_t, sizes_t, clip: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fixed-shape path (hard NMS over the full candidate IoU matrix), for torch.jit.trace."""
+    n = class_outputs[0].shape[0]
+    num_anchors = box_outputs[0].shape[1] // 4
+    logits, anchor_idx, class_idx = topk_candidates(class_outputs, num_anchors, cfg.max_candidates)  # (N, k)
+    deltas = flatten_box_outputs(box_outputs)  # (N, A_all, 4)
+    k = logits.shape[1]
+    scores = logits.float().sigmoid()  # (N, k), sorted descending
+    sel = deltas.gather(1, anchor_idx.unsqueeze(-1).expand(n, k, 4))  # (N, k, 4)
+    boxes = decode_boxes(sel.float(), anchors_xyxy.to(sel.device, torch.float32)[anchor_idx])  # (N, k, 4)
+    scale = scales_t if scales_t is not None else torch.ones(n, device=boxes.device)
+    if clip:
+        if sizes_t is not None:
+            region = sizes_t * scale.unsqueeze(1)  # (N, 2)
+            if image_size_hw is not None:
+                region = torch.minimum(region, torch.tensor([float(v) for v in image_size_hw], device=boxes.device))
+        else:
+            region = torch.tensor([float(v) for v in image_size_hw], device=boxes.device).expand(n, 2)
+        boxes = clip_boxes(boxes, region.unsqueeze(1))
+    m = cfg.max_detections
+    out_boxes, out_scores, out_labels, out_num = [], [], [], []
+    for i in range(n):
+        alive = scores[i] >= cfg.score_threshold
+        keep = _greedy_keep_traceable(_suppression(boxes[i], class_idx[i], cfg.iou_threshold), alive)  # (k,)
+        # kept candidates first, in score order: rank = position, pushed back when not kept
+        rank = torch.arange(k, device=boxes.device) + (~keep).to(torch.long) * k
+        take = torch.topk(rank, min(m, k), largest=False).indices  # ascending rank: kept first
+        valid = keep[take]
+        b = boxes[i, take] / scale[i]
+        if clip and sizes_t is not None:
+            b = clip_boxes(b, sizes_t[i])
+        vf = valid.to(b.dtype)
+        out_boxes.append(b * vf.unsqueeze(1))
+        out_scores.append(scores[i, take] * vf)
+        out_labels.append(class_idx[i, take] * valid.to(torch.long))
+        out_num.append(valid.sum())
+    res = [torch.stack(out_boxes), torch.stack(out_scores), torch.stack(out_labels), torch.stack(out_num)]
+    if k < m:  # pad the detection axis to max_detections
+        pad = m - k
+        res[0] = torch.cat([res[0], res[0].new_zeros(n, pad, 4)], 1)
+        res[1] = torch.cat([res[1], res[1].new_zeros(n, pad)], 1)
+        res[2] = torch.cat([res[2], res[2].new_zeros(n, pad)], 1)
+    return res[0], res[1], res[2], res[3]
+
+
+def postprocess_padded(
+    class_outputs: Sequence[Tensor],
+    box_outputs: Sequence[Tensor],
+    anchors_xyxy: Tensor,
+    nms_cfg: NMSConfig | None = None,
+    image_size_hw: Sequence[int] | None = None,
+    scales=None,
+    original_sizes=None,
+    clip: bool = True,
+    traceable: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fixed-shape batched :func:`postprocess`, for export.
+
+    Returns boxes (N, M, 4) float32 xyxy original pixels, scores (N, M), labels (N, M) int64
+    and num_detections (N,) int64, M = ``max_detections``; rows past num_detections are
+    zero. ``traceable`` (default: only while tracing/scripting) selects the fixed-shape path
+    (plain top-k, full candidate IoU matrix, scripted greedy loop) that survives
+    ``torch.jit.trace``; it supports hard NMS only. Otherwise the fast path is run and padded.
+    """
+    cfg = nms_cfg if nms_cfg is not None else NMSConfig()
+    n = class_outputs[0].shape[0]
+    device = class_outputs[0].device
+    if traceable is None:
+        traceable = torch.jit.is_tracing() or torch.jit.is_scripting()
+    if traceable:
+        if cfg.method != "hard":
+            raise ConfigError("nms method 'gaussian' cannot be exported with fixed shapes: use method='hard'")
+        scales_t = _per_image(scales, n, "scales", device)
+        sizes_t = _per_image(original_sizes, n, "original_sizes", device, as_size=True)
+        return _postprocess_padded_traceable(
+            class_outputs, box_outputs, anchors_xyxy, cfg, image_size_hw, scales_t, sizes_t, clip
+        )
+    dets = postprocess(class_outputs, box_outputs, anchors_xyxy, cfg, image_size_hw, scales, original_sizes, clip)
+    m = cfg.max_detections
+    boxes = torch.zeros(n, m, 4, device=device)
+    scores = torch.zeros(n, m, device=device)
+    labels = torch.zeros(n, m, dtype=torch.long, device=device)
+    num = torch.zeros(n, dtype=torch.long, device=device)
+    for i, d in enumerate(dets):
+        c = d["scores"].shape[0]
+        boxes[i, :c], scores[i, :c], labels[i, :c], num[i] = d["boxes"], d["scores"], d["labels"], c
+    return boxes, scores, labels, num
