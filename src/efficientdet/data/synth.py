@@ -125,12 +125,13 @@ def render_image(rng: np.random.Generator, size: int = 320):
         label = int(rng.integers(0, len(CLASS_NAMES)))
         cls = CLASS_NAMES[label]
         band = rng.uniform()
+        mid = max(24.0, 64.0 * short / 320)  # medium/large boundary scales with the image
         if band < 0.12:
-            s = rng.uniform(12, 20)  # tiny
+            s = rng.uniform(12, 20)  # tiny (a minority)
         elif band < 0.6:
-            s = rng.uniform(20, 64)
+            s = rng.uniform(20, mid)
         else:
-            s = rng.uniform(64, 0.6 * short)
+            s = rng.uniform(mid, max(mid + 1, 0.6 * short))
         spread = math.log(1.7) if cls in ("ellipse", "rectangle", "cross") else math.log(1.2)
         aspect = math.exp(rng.uniform(-spread, spread))
         bw, bh = s * math.sqrt(aspect), s / math.sqrt(aspect)
