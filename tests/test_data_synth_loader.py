@@ -52,7 +52,8 @@ def test_synth_content(synth):
         assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= W and y + h <= H
         assert ann["category_id"] in CATEGORY_IDS
     for im in doc["images"][:5]:  # the JSON sizes are the files' sizes
-        assert Image.open(synth / "a" / "images" / im["file_name"]).size == (im["width"], im["height"])
+        with Image.open(synth / "a" / "images" / im["file_name"]) as img:
+            assert img.size == (im["width"], im["height"])
     data = load_dataset(synth / "a" / "data.yaml", "val")
     assert data.class_names == CLASS_NAMES and data.category_ids == CATEGORY_IDS
     assert data.report.ok
@@ -69,7 +70,8 @@ def test_synth_boxes_tight_to_shape(synth):
     for image_id, boxes in by_image.items():
         if len(boxes) != 1 or min(boxes[0][2:]) < 20:
             continue  # a lone, not tiny object: nothing else touches its box
-        px = np.asarray(Image.open(synth / "a" / "images" / names[image_id]).convert("RGB")).astype(float)
+        with Image.open(synth / "a" / "images" / names[image_id]) as img:
+            px = np.asarray(img.convert("RGB")).astype(float)
         x, y, w, h = boxes[0]
         inside = px[y:y + h, x:x + w]
         centre = px[y + h // 2, x + w // 2]
