@@ -77,7 +77,7 @@ def batched_nms(
     labels: Tensor | None,
     iou_threshold: float = 0.5,
     max_output: int | None = None,
-    chunk_size: int = 512,
+    chunk_size: int = 256,
 ) -> Tensor:
     """Exact greedy class-aware NMS.
 
@@ -91,7 +91,10 @@ def batched_nms(
     n = boxes.shape[0]
     if max_output is None:
         max_output = n
-    order = torch.sort(scores, descending=True, stable=True).indices  # (B,)
+    if n > 1 and bool((scores[1:] <= scores[:-1]).all()):
+        order = torch.arange(n, device=scores.device)  # already in (stable) descending order
+    else:
+        order = torch.sort(scores, descending=True, stable=True).indices  # (B,)
     boxes, labels = boxes[order], (labels[order] if labels is not None else None)
     kept: list[Tensor] = []  # positions in score order
     kept_boxes = boxes[:0]
@@ -182,42 +185,51 @@ def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -
     taken in any order.
 
     Eager mode uses an exact two-stage selection that avoids copying the (N, A_all, K)
-    logits: the k best per-anchor maxima bound the k-th best element, so the top-k elements
-    lie in those k anchors' class rows. When tracing it is a plain flatten + topk.
+    logits: the k-th best per-anchor maximum bounds the k-th best element from below, so
+    only the class rows of anchors reaching it are read, and only entries reaching it are
+    ranked. When tracing it is a plain flatten + topk.
     """
     n = class_outputs[0].shape[0]
     num_classes = class_outputs[0].shape[1] // num_anchors
-    sizes = [c.shape[-2] * c.shape[-1] for c in class_outputs]
-    total_anchors = sum(sizes) * num_anchors
+    total_anchors = sum(c.shape[-2] * c.shape[-1] for c in class_outputs) * num_anchors
     k = min(k, total_anchors * num_classes)
     if torch.jit.is_tracing() or torch.jit.is_scripting() or k >= total_anchors:
         # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K)
         flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1) for c in class_outputs], 1)
         logits, idx = flat.topk(k, dim=1)
         return logits, idx // num_classes, idx % num_classes
-    # (N, A*K, H, W) -> (N, A, K, H*W)
-    views = [c.reshape(n, num_anchors, num_classes, -1) for c in class_outputs]
-    # per-anchor max: (N, A, H*W) -> (N, H*W, A) -> (N, H*W*A)
-    anchor_max = torch.cat([v.amax(2).transpose(1, 2).reshape(n, -1) for v in views], 1)
-    top_anchor = anchor_max.topk(k, dim=1, sorted=False).indices  # (N, k) flat anchor index
-    offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + s * num_anchors)
+    hws = [c.shape[-2] * c.shape[-1] for c in class_outputs]
+    # per-anchor max over classes: (N, A*K, H, W) -> (N, A, K, H*W) -> (N, A, H*W) -> (N, H*W*A)
+    level_max = [
+        c.reshape(n, num_anchors, num_classes, hw).amax(2).transpose(1, 2).reshape(n, -1) for c, hw in zip(class_outputs, hws)
+    ]
+    # the k-th largest per-anchor max is a lower bound of the k-th largest element: every
+    # top-k element is >= it and lies in an anchor whose max is >= it
+    bound = torch.cat(level_max, 1).kthvalue(total_anchors - k + 1, dim=1).values  # (N,)
+    class_offsets = torch.arange(num_classes, device=class_outputs[0].device)
     all_logits, all_anchor, all_class = [], [], []
     for i in range(n):
-        rows, ids = [], []
-        for lvl, v in enumerate(views):
-            sel = top_anchor[i][(top_anchor[i] >= offsets[lvl]) & (top_anchor[i] < offsets[lvl + 1])]
-            if sel.numel() == 0:
-                continue
-            local = sel - offsets[lvl]
-            rows.append(v[i, local % num_anchors, :, local // num_anchors])  # (s, K)
-            ids.append(sel)
-        rows_t, ids_t = torch.cat(rows), torch.cat(ids)  # (k, K), (k,)
-        logits, flat = rows_t.reshape(-1).topk(k)  # sorted descending
+        vals_l, anchor_l, class_l = [], [], []
+        offset = 0
+        for c, hw, lm in zip(class_outputs, hws, level_max):
+            # selected anchors as (a, hw) in a-major order, so the reads below walk memory forwards
+            a_idx, hw_idx = (lm[i] >= bound[i]).view(hw, num_anchors).t().nonzero().unbind(1)  # (s,) each
+            if a_idx.numel():
+                sel = hw_idx * num_anchors + a_idx  # (s,) local anchor index
+                # element (a, k, hw) of image i sits at (a*K + k)*HW + hw of c[i]: (K, s) indices,
+                # nearly ascending addresses (about 2x faster than the transposed order)
+                idx = class_offsets.unsqueeze(1) * hw + (a_idx * (num_classes * hw) + hw_idx).unsqueeze(0)
+                cols = c[i].reshape(-1).index_select(0, idx.reshape(-1)).view(num_classes, -1)  # (K, s)
+                k_idx, r = (cols >= bound[i]).nonzero().unbind(1)  # candidates (c,)
+                vals_l.append(cols[k_idx, r])
+                anchor_l.append(sel[r] + offset)
+                class_l.append(k_idx)
+            offset += hw * num_anchors
+        vals, anchors, classes = torch.cat(vals_l), torch.cat(anchor_l), torch.cat(class_l)
+        logits, pick = vals.topk(k)  # sorted descending; at least k candidates by construction
         all_logits.append(logits)
-        all_anchor.append(ids_t[flat // num_classes])
-        all_class.append(flat % num_classes)
+        all_anchor.append(anchors[pick])
+        all_class.append(classes[pick])
     return torch.stack(all_logits), torch.stack(all_anchor), torch.stack(all_class)
 
 
