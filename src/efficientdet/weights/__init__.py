@@ -50,7 +50,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             f"{path}: refused to unpickle code from this file ({first}); re-save it as a plain state_dict "
             "(torch.save(model.state_dict(), path))"
         ) from None
-    except (RuntimeError, EOFError, ValueError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:  # OSError: truncated zip archive
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); is the file complete?") from None
 
 
