@@ -54,12 +54,10 @@ def filter_degenerate_boxes(
 
 
 def _check_target(i: int, target: dict, num_classes: int | None) -> tuple[Tensor, Tensor]:
-    try:
-        boxes, labels = target["boxes"], target["labels"]
-    except (KeyError, TypeError):
-        raise DataError(f"targets[{i}]: need a dict with 'boxes' (M, 4) xyxy and 'labels' (M,) int64") from None
-    boxes = torch.as_tensor(boxes)
-    labels = torch.as_tensor(labels)
+    if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+        raise DataError(f"targets[{i}]: need a dict with 'boxes' (M, 4) xyxy and 'labels' (M,) int64")
+    boxes = torch.as_tensor(target["boxes"])
+    labels = torch.as_tensor(target["labels"])
     if boxes.numel() == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
