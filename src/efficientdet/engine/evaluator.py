@@ -1,0 +1,227 @@
+"""COCO-style evaluation: run a model over a dataset, score it with pycocotools.
+
+``evaluate`` turns each image into the model input exactly as training does in eval mode
+(:class:`DetectionDataset` ``train=False``: letterbox top-left, the model config's mean/std),
+runs the model under ``torch.inference_mode``, decodes with the anchor grid and
+:func:`postprocess` (boxes back in original-image pixels), maps 0-based labels to the
+dataset's own category ids and scores the detections with ``COCOeval('bbox')`` against
+:func:`records_to_coco` (crowd / difficult boxes are ``iscrowd`` and neither help nor hurt).
+
+Conventions of the numbers (pycocotools'): a value of -1 means "no ground truth to score"
+(e.g. ``AP_small`` when there are no small objects, or a class with no gt boxes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import NMSConfig
+from ..errors import ConfigError, DataError
+
+STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns.
+
+    ``stats``: the 12 COCO numbers by name (:data:`STAT_NAMES`); ``per_class``: one dict per
+    class ``{"class", "category_id", "AP", "AP50", "num_gt"}`` (AP over IoU .5:.95, area all,
+    100 detections; -1 when the class has no gt box); ``detections``: COCO results
+    ``[{"image_id", "category_id" (the dataset's), "bbox": [x, y, w, h] original pixels, "score"}]``.
+    """
+
+    stats: dict[str, float]
+    per_class: list[dict] = field(default_factory=list)
+    detections: list[dict] = field(default_factory=list)
+    num_images: int = 0
+
+    @property
+    def map(self) -> float:
+        return self.stats["mAP"]
+
+    def table(self) -> str:
+        """The 12 numbers, then a per-class table (AP, AP50, gt boxes)."""
+        lines = [f"COCO bbox metrics ({self.num_images} images, {len(self.detections)} detections)"]
+        for i in range(0, len(STAT_NAMES), 6):
+            names = STAT_NAMES[i : i + 6]
+            lines.append("  " + "  ".join(f"{n:>9}" for n in names))
+            lines.append("  " + "  ".join(f"{_fmt(self.stats[n]):>9}" for n in names))
+        if self.per_class:
+            width = max(5, *(len(str(c["class"])) for c in self.per_class))
+            lines.append(f"  {'class':<{width}}  {'id':>5}  {'AP':>6}  {'AP50':>6}  {'gt':>6}")
+            for c in self.per_class:
+                lines.append(f"  {str(c['class']):<{width}}  {c['category_id']:>5}  {_fmt(c['AP']):>6}  "
+                             f"{_fmt(c['AP50']):>6}  {c['num_gt']:>6}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain types for JSON: stats, per_class, num_images, num_detections."""
+        return {"stats": dict(self.stats), "per_class": [dict(c) for c in self.per_class],
+                "num_images": self.num_images, "num_detections": len(self.detections)}
+
+
+def _fmt(v: float) -> str:
+    return "-" if v < 0 else f"{v:.3f}"
+
+
+def _coco_from_dict(doc: dict):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {"images": [], "annotations": [], "categories": [], **doc}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_metrics(gt: dict, detections: list[dict]) -> tuple[dict[str, float], list[dict]]:
+    """Score COCO ``detections`` against the COCO ground-truth dict ``gt`` (pycocotools
+    ``COCOeval(iouType="bbox")``, stdout captured).
+
+    Returns (stats by :data:`STAT_NAMES`, per-class list): per-class AP is the mean of
+    ``eval["precision"][t, :, k, area=all, maxDets=100]`` over IoU thresholds .5:.95 (AP) or
+    at .5 (AP50), ignoring -1 entries, and -1 when the class has no gt box.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    gt_coco = _coco_from_dict(gt)
+    image_ids = set(gt_coco.getImgIds())
+    bad = [d["image_id"] for d in detections if d["image_id"] not in image_ids]
+    if bad:
+        raise DataError(f"detections: image id {bad[0]} is not in the ground truth; fix: score detections of the same dataset")
+    categories = sorted(gt_coco.dataset["categories"], key=lambda c: int(c["id"]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        if detections:
+            dt_coco = gt_coco.loadRes([dict(d) for d in detections])  # loadRes adds area/id in place
+        else:
+            dt_coco = _coco_from_dict({"images": gt_coco.dataset["images"], "categories": categories})
+        ev = COCOeval(gt_coco, dt_coco, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    precision = ev.eval["precision"]  # (T IoUs, R recall points, K classes, A areas, M maxDets)
+    cat_index = {c: i for i, c in enumerate(ev.params.catIds)}
+    num_gt: dict[int, int] = {}
+    for a in gt_coco.dataset["annotations"]:
+        if not a.get("iscrowd", 0):
+            num_gt[int(a["category_id"])] = num_gt.get(int(a["category_id"]), 0) + 1
+    per_class = []
+    for c in categories:
+        cid = int(c["id"])
+        k = cat_index[cid]
+        p_all = precision[:, :, k, 0, -1]
+        p_50 = precision[0, :, k, 0, -1]
+        ap = float(np.mean(p_all[p_all > -1])) if (p_all > -1).any() else -1.0
+        ap50 = float(np.mean(p_50[p_50 > -1])) if (p_50 > -1).any() else -1.0
+        per_class.append({"class": str(c.get("name", cid)), "category_id": cid, "AP": ap, "AP50": ap50,
+                          "num_gt": num_gt.get(cid, 0)})
+    return stats, per_class
+
+
+def evaluate(
+    model: nn.Module,
+    data,
+    image_size_hw: Sequence[int] | None = None,
+    nms_cfg: NMSConfig | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Detect on every image of ``data`` (a :class:`DetectionData`) and score with COCO metrics.
+
+    ``model``: an EfficientDet (``model.config`` gives mean/std, anchors and class count); it is
+    moved to ``device`` and put in eval mode, and its training mode is restored afterwards.
+    ``image_size_hw``: model input (h, w) (default ``model.config.image_size``). ``amp_dtype``:
+    e.g. ``torch.float16``/``torch.bfloat16`` for autocast, None for float32. Images that fail
+    to decode get no detections (their gt still counts); images without gt are fine.
+    """
+    from tqdm import tqdm
+
+    from ..data.coco import detections_to_coco, records_to_coco
+    from ..data.dataset import DetectionDataset
+    from ..data.loader import create_loader
+    from ..detection.anchors import AnchorGenerator
+    from ..detection.postprocess import postprocess
+    from .ema import unwrap_model
+
+    name = getattr(data, "source", "") or "dataset"
+    if len(data.records) == 0:
+        raise DataError(f"{name}: no images to evaluate; fix: give a validation split with at least one image")
+    cfg = unwrap_model(model).config
+    if cfg.num_classes != len(data.class_names):
+        raise ConfigError(
+            f"{name}: {len(data.class_names)} classes in the data but the model predicts {cfg.num_classes}; "
+            "fix: evaluate on the dataset the model was trained for"
+        )
+    image_size_hw = tuple(int(v) for v in (image_size_hw if image_size_hw is not None else cfg.image_size))
+    nms_cfg = nms_cfg if nms_cfg is not None else NMSConfig()
+    device = torch.device(device)
+    dataset = DetectionDataset(data, image_size_hw, cfg.mean, cfg.std, train=False)
+    loader = create_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    anchors = AnchorGenerator(cfg.anchors)(image_size_hw, device=device)
+
+    was_training = model.training
+    model.to(device).eval()
+    detections: list[dict] = []
+    seen: set[int] = set()
+    try:
+        with torch.inference_mode():
+            for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+                images = images.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    class_out, box_out = model(images)
+                class_out = [c.float() for c in class_out]
+                box_out = [b.float() for b in box_out]
+                dets = postprocess(class_out, box_out, anchors, nms_cfg, image_size_hw,
+                                   scales=[t["scale"] for t in targets],
+                                   original_sizes=[t["original_size"] for t in targets])
+                for t, d in zip(targets, dets):
+                    if t["image_id"] in seen:  # an undecodable image was substituted by the next one
+                        continue
+                    seen.add(t["image_id"])
+                    detections.extend(detections_to_coco(t["image_id"], d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(),
+                                                         d["labels"].cpu().numpy(), data.category_ids))
+    finally:
+        model.train(was_training)
+    stats, per_class = coco_metrics(records_to_coco(data), detections)
+    return EvalResult(stats=stats, per_class=per_class, detections=detections, num_images=len(data.records))
+
+
+def write_results_json(path: str | os.PathLike, detections: list[dict]) -> None:
+    """COCO results list as JSON (loads with pycocotools ``COCO.loadRes``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(detections), encoding="utf-8")
+
+
+def write_metrics(path: str | os.PathLike, result: EvalResult) -> None:
+    """``result.to_dict()`` as indented JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+
+
+def write_per_class_csv(path: str | os.PathLike, result: EvalResult) -> None:
+    """Per-class rows: class, category_id, AP, AP50, num_gt."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "category_id", "AP", "AP50", "num_gt"])
+        writer.writeheader()
+        writer.writerows(result.per_class)
