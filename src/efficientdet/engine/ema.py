@@ -37,7 +37,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 class ModelEMA:
     """EMA of ``model``'s state. ``.module`` is a deep copy in eval mode with
-    ``requires_grad=False``, on the model's device; ``.updates`` counts :meth:`update` calls."""
+    ``requires_grad=False``, on the model's device at construction (move it with ``ema.module.to``);
+    ``.updates`` counts :meth:`update` calls."""
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, warmup_steps: int = 2000) -> None:
         if not 0.0 <= decay < 1.0:
@@ -66,9 +67,9 @@ class ModelEMA:
         for name, ema_v in self.module.state_dict().items():
             v = src[name].detach()
             if ema_v.dtype.is_floating_point:
-                ema_v.mul_(d).add_(v.to(ema_v.dtype), alpha=1.0 - d)
+                ema_v.mul_(d).add_(v.to(device=ema_v.device, dtype=ema_v.dtype), alpha=1.0 - d)
             else:
-                ema_v.copy_(v)
+                ema_v.copy_(v)  # copy_ moves across devices
 
     def state_dict(self) -> dict:
         """``{"module": state_dict, "updates": int, "decay": float, "warmup_steps": int}``."""
