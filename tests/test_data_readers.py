@@ -129,3 +129,22 @@ def test_yaml_errors_are_one_line(tmp_path):
     assert "f.yaml" in str(err.value) and "fix:" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(DataError, match="not found"):
         load_dataset(tmp_path / "missing.yaml")
+
+
+def test_coco_area_travels_to_evaluation_ground_truth(tmp_path):
+    """COCO's small/medium/large buckets use each annotation's own 'area' (the segment's), not the
+    box area; records_to_coco must hand that on, and fall back to the box area when absent."""
+    from efficientdet.data.coco import read_coco, records_to_coco
+
+    write_image(tmp_path / "images" / "a.jpg", 200, 100)
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "area": 900.0},  # 1600 box
+            {"id": 2, "image_id": 1, "category_id": 5, "bbox": [100, 10, 20, 30]},  # no area given
+        ],
+        "categories": [{"id": 5, "name": "blob"}],
+    }
+    write_json(tmp_path / "a.json", doc)
+    gt = records_to_coco(read_coco(tmp_path / "a.json", tmp_path / "images"))
+    assert [a["area"] for a in gt["annotations"]] == [900.0, 600.0]

@@ -126,7 +126,9 @@ def read_coco(
         if cat not in label_of:
             report.add("unknown_category", src, item, f"category_id {cat} is not in categories {category_ids}")
             continue
-        per_image[image_id].append((item, (x, y, x + bw, y + bh), label_of[cat], bool(ann.get("iscrowd", 0))))
+        area = ann.get("area")
+        area = float(area) if isinstance(area, (int, float)) and area > 0 else math.nan
+        per_image[image_id].append((item, (x, y, x + bw, y + bh), label_of[cat], bool(ann.get("iscrowd", 0)), area))
 
     records = []
     for image_id, (path, w, h) in usable.items():
@@ -141,6 +143,7 @@ def read_coco(
                 boxes=boxes[keep],
                 labels=np.array([a[2] for a in found], dtype=np.int64)[keep],
                 ignore=np.array([a[3] for a in found], dtype=bool)[keep],
+                areas=np.array([a[4] for a in found], dtype=np.float32)[keep],
                 image_id=image_id,
                 file_name=str(entries[image_id]["file_name"]),
             )
@@ -152,19 +155,20 @@ def read_coco(
 
 def records_to_coco(data: DetectionData) -> dict:
     """Ground truth as a COCO dict (for pycocotools): bbox xywh, dataset category ids,
-    ``iscrowd`` = the record's ignore flag, ``area`` = box area."""
+    ``iscrowd`` = the record's ignore flag, ``area`` = the annotation's own area when it had
+    one (COCO's size buckets are defined on it), else the box area."""
     images, annotations = [], []
     ann_id = 1
     for r in data.records:
         images.append({"id": int(r.image_id), "file_name": r.file_name, "width": int(r.width), "height": int(r.height)})
-        for box, label, ignore in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
+        for box, label, ignore, area in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), r.areas.tolist()):
             x1, y1, x2, y2 = box
             annotations.append({
                 "id": ann_id,
                 "image_id": int(r.image_id),
                 "category_id": int(data.category_ids[label]),
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1),
+                "area": area if math.isfinite(area) else (x2 - x1) * (y2 - y1),
                 "iscrowd": int(ignore),
             })
             ann_id += 1

@@ -30,7 +30,9 @@ class ImageRecord:
 
     boxes: (M, 4) float32 xyxy pixels; labels: (M,) int64 0-based class indices;
     ignore: (M,) bool, True for boxes to ignore in training and to mark ``iscrowd`` in
-    evaluation (COCO ``iscrowd=1``, VOC ``difficult=1``).
+    evaluation (COCO ``iscrowd=1``, VOC ``difficult=1``). areas: (M,) float32 object areas
+    from the annotations (COCO ``area``, the segment's), NaN where none is given; COCO's
+    small/medium/large metrics use them, falling back to the box area.
     """
 
     path: str
@@ -41,6 +43,7 @@ class ImageRecord:
     image_id: int
     ignore: np.ndarray | None = None
     file_name: str = ""  # as written in the annotations (COCO file_name, VOC filename, YOLO relative path)
+    areas: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -48,7 +51,10 @@ class ImageRecord:
         if self.ignore is None:
             self.ignore = np.zeros(len(self.labels), dtype=bool)
         self.ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
-        if not (len(self.boxes) == len(self.labels) == len(self.ignore)):
+        if self.areas is None:
+            self.areas = np.full(len(self.labels), np.nan, dtype=np.float32)
+        self.areas = np.asarray(self.areas, dtype=np.float32).reshape(-1)
+        if not (len(self.boxes) == len(self.labels) == len(self.ignore) == len(self.areas)):
             raise ValueError(f"record {self.image_id}: boxes, labels and ignore differ in length")
         if not self.file_name:
             self.file_name = Path(self.path).name
