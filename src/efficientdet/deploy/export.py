@@ -1,0 +1,330 @@
+"""Export to ONNX or TorchScript: ``efficientdet export --weights W --format onnx|torchscript``.
+
+Graph inputs/outputs (the image size is fixed at export; the batch is fixed or dynamic):
+
+* raw (default): input ``images`` (N, 3, H, W) float32, letterboxed and normalised
+  (``(x - mean) / std``, see the metadata); outputs ``class_logits`` (N, A_all, K) and
+  ``box_deltas`` (N, A_all, 4) (ty, tx, th, tw), concatenated over levels P3..P7 in anchor
+  order (level, row, column, anchor), the order of
+  :class:`efficientdet.detection.anchors.AnchorGenerator`.
+* ``--nms`` (ONNX only): inputs ``images``, ``scales`` (N,) (the letterbox factor of each
+  image) and ``original_sizes`` (N, 2) (h, w of each original image); the graph decodes,
+  clips, runs class-aware NMS with the ONNX ``NonMaxSuppression`` op and undoes the letterbox.
+  Outputs ``boxes`` (N, M, 4) xyxy in ORIGINAL pixels, ``scores`` (N, M), ``classes`` (N, M)
+  int64 0-based, ``num_detections`` (N,) int64; M = max detections, rows past
+  num_detections are zero. The score threshold, IoU and M are fixed at export (metadata).
+
+Metadata: ONNX ``metadata_props`` key ``efficientdet`` (JSON; also a few flat keys for
+humans); TorchScript ``_extra_files["efficientdet.json"]``. It holds model name, config,
+num_classes, class names, category ids, image size, mean, std, the letterbox convention,
+the output layout and the NMS settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..config import NMSConfig
+from ..detection.anchors import AnchorGenerator
+from ..detection.boxes import clip_boxes, decode_boxes
+from ..errors import ConfigError
+from .detector import _hw, fuse_for_inference, levels_to_flat
+from .onnx_runtime import META_FORMAT, META_KEY, META_VERSION
+
+LETTERBOX = ("scale = min(H/h, W/w); resize to (round(h*scale), round(w*scale)) bilinear; place top-left; "
+             "pad bottom/right with the mean colour (0 after normalisation); original boxes = input boxes / scale")
+
+
+class RawExport(nn.Module):
+    """``images (N, 3, H, W) -> (class_logits (N, A_all, K), box_deltas (N, A_all, 4))``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_classes = model.config.num_classes
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls_out, box_out = self.model(images)
+        return levels_to_flat(cls_out, box_out, self.num_classes)
+
+
+class _OnnxNMS(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` (per batch and class; suppresses IoU > threshold, keeps score > threshold).
+
+    boxes (N, B, 4) (any corner order), scores (N, C, B) -> selected (S, 3) int64 [batch, class, box].
+    The eager forward computes the same with :func:`batched_nms` so tracing sees real values.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes, scores, max_output, iou_threshold, score_threshold):  # noqa: D401
+        state = torch._C._get_tracing_state()  # compute real values without recording them in the trace
+        torch._C._set_tracing_state(None)
+        try:
+            return _OnnxNMS._eager(boxes, scores, int(max_output), float(iou_threshold), float(score_threshold))
+        finally:
+            torch._C._set_tracing_state(state)
+
+    @staticmethod
+    def _eager(boxes, scores, max_output: int, iou_threshold: float, score_threshold: float) -> torch.Tensor:
+        from ..detection.postprocess import batched_nms
+
+        rows = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                idx = (scores[b, c] > score_threshold).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    continue
+                keep = batched_nms(boxes[b, idx], scores[b, c, idx], None, iou_threshold, max_output)
+                sel = idx[keep]
+                rows.append(torch.stack([torch.full_like(sel, b), torch.full_like(sel, c), sel], 1))
+        if not rows:
+            return torch.zeros(0, 3, dtype=torch.long)
+        return torch.cat(rows)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_output, iou_threshold, score_threshold):
+        return g.op("NonMaxSuppression", boxes, scores, max_output, iou_threshold, score_threshold,
+                    center_point_box_i=0)
+
+
+class NMSExport(nn.Module):
+    """``(images, scales (N,), original_sizes (N, 2)) -> boxes (N, M, 4), scores (N, M), classes (N, M), num (N,)``.
+
+    Same steps and arithmetic as :func:`efficientdet.detection.postprocess.postprocess` (top-k
+    candidates over anchors x classes, decode, clip to the image region of the input, class-aware
+    hard NMS, keep M by score, divide by scale, clip to the original), with the ONNX op for NMS.
+    """
+
+    def __init__(self, model: nn.Module, image_size_hw: tuple[int, int], nms: NMSConfig):
+        super().__init__()
+        self.model = model
+        self.image_size = tuple(image_size_hw)
+        self.num_classes = model.config.num_classes
+        self.nms = nms
+        anchors = AnchorGenerator(model.config.anchors)(self.image_size)
+        self.register_buffer("anchors", anchors, persistent=False)  # (A_all, 4) xyxy input pixels
+        self.num_candidates = min(nms.max_candidates, anchors.shape[0] * self.num_classes)
+
+    def forward(self, images: torch.Tensor, scales: torch.Tensor, original_sizes: torch.Tensor):
+        cls_out, box_out = self.model(images)
+        cls_flat, box_flat = levels_to_flat(cls_out, box_out, self.num_classes)  # (N, A, K), (N, A, 4)
+        n, k = cls_flat.shape[0], self.num_candidates
+        logits, idx = cls_flat.reshape(n, -1).topk(k, dim=1)  # (N, k) by descending logit
+        anchor_idx = torch.div(idx, self.num_classes, rounding_mode="floor")
+        class_idx = idx - anchor_idx * self.num_classes
+        scores = logits.float().sigmoid()
+        deltas = box_flat.gather(1, anchor_idx.unsqueeze(-1).expand(n, k, 4))  # (N, k, 4)
+        boxes = decode_boxes(deltas.float(), self.anchors[anchor_idx])  # (N, k, 4) input pixels
+        limit = torch.tensor([float(v) for v in self.image_size])
+        region = torch.minimum(original_sizes * scales.unsqueeze(1), limit)  # (N, 2) image area of the input
+        boxes = clip_boxes(boxes, region.unsqueeze(1))
+        # one score row per class: a candidate scores only in its own class (N, K, k)
+        own = class_idx.unsqueeze(1) == torch.arange(self.num_classes).reshape(1, -1, 1)
+        passing = scores >= self.nms.score_threshold if self.nms.score_threshold > 0 else torch.ones_like(own[:, 0])
+        class_scores = torch.where(own & passing.unsqueeze(1), scores.unsqueeze(1), torch.zeros(()))
+        selected = _OnnxNMS.apply(boxes, class_scores, torch.tensor([self.nms.max_detections]),
+                                  torch.tensor([self.nms.iou_threshold], dtype=torch.float32),
+                                  torch.tensor([0.0], dtype=torch.float32))  # (S, 3)
+        kept = torch.zeros(n, k)
+        kept = kept.index_put((selected[:, 0], selected[:, 2]), torch.ones_like(selected[:, 0], dtype=torch.float32))
+        m = min(self.nms.max_detections, k)
+        ranked = torch.where(kept > 0, scores, torch.full((), -1.0))
+        top, take = ranked.topk(m, dim=1)  # kept first, by score (ties: lower candidate index first)
+        valid = top >= 0
+        out_boxes = boxes.gather(1, take.unsqueeze(-1).expand(n, m, 4)) / scales.reshape(n, 1, 1)
+        out_boxes = clip_boxes(out_boxes, original_sizes.unsqueeze(1))
+        vf = valid.to(out_boxes.dtype)
+        out_boxes = out_boxes * vf.unsqueeze(-1)
+        out_scores = top.clamp(min=0) * vf
+        out_classes = class_idx.gather(1, take) * valid.to(torch.long)
+        num = valid.to(torch.long).sum(1)
+        pad = self.nms.max_detections - m
+        if pad > 0:
+            out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(n, pad, 4)], 1)
+            out_scores = torch.cat([out_scores, out_scores.new_zeros(n, pad)], 1)
+            out_classes = torch.cat([out_classes, out_classes.new_zeros(n, pad)], 1)
+        return out_boxes, out_scores, out_classes, num
+
+
+def export_metadata(model: nn.Module, image_size_hw: tuple[int, int], class_names: Sequence[str],
+                    category_ids: Sequence[int] | None, outputs: str, nms: NMSConfig | None) -> dict:
+    """The metadata dict stored with an exported file (see the module docstring)."""
+    from ..factory import config_to_dict
+
+    cfg = model.config
+    return {
+        "format": META_FORMAT, "version": META_VERSION, "model_name": cfg.name, "num_classes": cfg.num_classes,
+        "class_names": list(class_names), "category_ids": list(category_ids) if category_ids is not None else None,
+        "image_size": list(image_size_hw), "mean": list(cfg.mean), "std": list(cfg.std), "letterbox": LETTERBOX,
+        "input_layout": "NCHW float32 RGB, (x - mean) / std in 0-255 units",
+        "outputs": outputs,
+        "output_layout": ("class_logits (N, A_all, K), box_deltas (N, A_all, 4) ty,tx,th,tw; anchor order level,row,col,anchor"
+                          if outputs == "raw" else
+                          "boxes (N, M, 4) xyxy original pixels, scores (N, M), classes (N, M) 0-based, num_detections (N,)"),
+        "nms": None if nms is None else {"iou_threshold": nms.iou_threshold, "score_threshold": nms.score_threshold,
+                                         "max_detections": nms.max_detections, "max_candidates": nms.max_candidates},
+        "config": config_to_dict(cfg),
+    }
+
+
+def _prepare(model: nn.Module, image_size, fuse: bool) -> tuple[nn.Module, tuple[int, int]]:
+    model = copy.deepcopy(model).eval().float()
+    if fuse:
+        fuse_for_inference(model)
+    hw = _hw(image_size) if image_size is not None else tuple(model.config.image_size)
+    return model, hw
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                category_ids: Sequence[int] | None = None, *, nms: bool = False, dynamic_batch: bool = False,
+                opset: int = 17, image_size=None, batch: int = 1, conf: float = 0.001, iou: float = 0.5,
+                max_det: int = 100, max_candidates: int = 5000, fuse: bool = True) -> Path:
+    """Write ``model`` (an EfficientDet) to ``path`` as ONNX (legacy TorchScript-based exporter,
+    ``dynamo=False``: it maps the NMS function to ``NonMaxSuppression``). Returns the path."""
+    import onnx
+
+    from .detector import _default_names
+
+    if opset < 11:
+        raise ConfigError(f"--opset {opset}: need 11 or newer (NonMaxSuppression, TopK with k input)")
+    model, hw = _prepare(model, image_size, fuse)
+    names = list(class_names) if class_names is not None else _default_names(model.config.num_classes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = torch.zeros(batch, 3, *hw)
+    nms_cfg = None
+    if nms:
+        nms_cfg = NMSConfig(max_candidates=max_candidates, iou_threshold=iou, score_threshold=conf, max_detections=max_det)
+        module = NMSExport(model, hw, nms_cfg).eval()
+        h, w = hw
+        args = (images, torch.ones(batch), torch.tensor([[float(h), float(w)]] * batch))
+        input_names, output_names = ["images", "scales", "original_sizes"], ["boxes", "scores", "classes", "num_detections"]
+    else:
+        module = RawExport(model).eval()
+        args = (images,)
+        input_names, output_names = ["images"], ["class_logits", "box_deltas"]
+    dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings on the static "same" padding, legacy-exporter notices
+        torch.onnx.export(module, args, os.fspath(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    proto = onnx.load(os.fspath(path))
+    meta = export_metadata(model, hw, names, category_ids, "nms" if nms else "raw", nms_cfg)
+    flat = {META_KEY: json.dumps(meta), "model_name": meta["model_name"], "num_classes": str(meta["num_classes"]),
+            "class_names": json.dumps(names), "image_size": json.dumps(list(hw)), "mean": json.dumps(meta["mean"]),
+            "std": json.dumps(meta["std"]), "letterbox": LETTERBOX, "outputs": meta["outputs"]}
+    del proto.metadata_props[:]
+    for key, value in flat.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"efficientdet {meta['model_name']} ({meta['outputs']} outputs); see metadata 'efficientdet'"
+    onnx.save(proto, os.fspath(path))
+    return path
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                       category_ids: Sequence[int] | None = None, *, image_size=None, batch: int = 1,
+                       fuse: bool = True) -> Path:
+    """Write the raw-output model traced with ``torch.jit.trace`` (any batch size works; the image
+    size is fixed); metadata in ``_extra_files["efficientdet.json"]``. Returns the path."""
+    from .detector import _default_names
+
+    model, hw = _prepare(model, image_size, fuse)
+    names = list(class_names) if class_names is not None else _default_names(model.config.num_classes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(RawExport(model).eval(), torch.zeros(batch, 3, *hw), check_trace=False)
+    meta = export_metadata(model, hw, names, category_ids, "raw", None)
+    torch.jit.save(traced, os.fspath(path), _extra_files={"efficientdet.json": json.dumps(meta)})
+    return path
+
+
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
+    """(module, metadata) of a file from :func:`export_torchscript`."""
+    extra = {"efficientdet.json": ""}
+    module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    return module, json.loads(extra["efficientdet.json"])
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="our checkpoint (.pt), or with --model: 'coco' or an effdet/state_dict file")
+    parser.add_argument("--model", default=None, help="model name for --weights that are not our checkpoint (e.g. efficientdet_d0)")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument("--nms", action="store_true", help="ONNX only: decode + NMS inside the graph (inputs images, scales, original_sizes)")
+    parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: batch axis dynamic (TorchScript is always batch-free)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the example input (the fixed batch without --dynamic-batch)")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]; default the model's")
+    parser.add_argument("--conf", type=float, default=0.001, help="--nms: score threshold baked into the graph")
+    parser.add_argument("--iou", type=float, default=0.5, help="--nms: NMS IoU threshold baked into the graph")
+    parser.add_argument("--max-det", type=int, default=100, help="--nms: detections per image (padded)")
+    parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (default: folded into the convs)")
+    parser.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch after export")
+    parser.add_argument("--out", default=None, help="output file (default: next to the weights, .onnx / .torchscript.pt)")
+
+
+def _load_for_export(weights: str, model_name: str | None):
+    """(model, class names, category ids) from our checkpoint or a named model + weights."""
+    from .detector import Detector
+
+    if model_name:
+        det = Detector.from_name(model_name, weights=weights, fuse=False, channels_last=False)
+    else:
+        if str(weights).lower().endswith(".onnx"):
+            raise ConfigError(f"{weights}: already an ONNX file; export from a checkpoint")
+        det = Detector(weights, fuse=False, channels_last=False)
+    return det.model, det.names, det.category_ids
+
+
+def run(args: argparse.Namespace) -> int:
+    model, names, category_ids = _load_for_export(args.weights, args.model)
+    if args.nms and args.format != "onnx":
+        raise ConfigError("--nms is available for --format onnx only; TorchScript exports raw outputs")
+    hw = _hw(args.image_size) if args.image_size else tuple(model.config.image_size)
+    stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
+    default_name = f"{stem}{'_nms' if args.nms else ''}.onnx" if args.format == "onnx" else f"{stem}.torchscript.pt"
+    out = Path(args.out) if args.out else (Path(args.weights).parent if os.path.exists(args.weights) else Path(".")) / default_name
+    if args.format == "onnx":
+        export_onnx(model, out, names, category_ids, nms=args.nms, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                    image_size=hw, batch=args.batch, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                    fuse=not args.no_fuse)
+    else:
+        export_torchscript(model, out, names, category_ids, image_size=hw, batch=args.batch, fuse=not args.no_fuse)
+    size_mb = out.stat().st_size / 2**20
+    print(f"exported {model.config.name} ({args.format}{', nms' if args.nms else ', raw outputs'}, input {hw[0]}x{hw[1]}"
+          f"{', dynamic batch' if args.dynamic_batch else ''}) -> {out} ({size_mb:.1f} MiB)")
+    if not args.no_check and not args.nms:
+        diff = check_raw_parity(model, out, hw, args.format, batch=args.batch)
+        print(f"check: max |difference| vs PyTorch {diff:.2e} on a random batch")
+    return 0
+
+
+def check_raw_parity(model: nn.Module, path: str | os.PathLike, image_size_hw, fmt: str, batch: int = 1) -> float:
+    """Max abs difference of the exported raw outputs vs the PyTorch model on a random batch."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, *image_size_hw, generator=g)
+    with torch.no_grad():
+        ref = levels_to_flat(*model.eval()(x), model.config.num_classes)
+    if fmt == "onnx":
+        from .onnx_runtime import OnnxModel
+
+        got = OnnxModel(path).run_raw(x)
+    else:
+        module, _ = load_torchscript(path)
+        with torch.no_grad():
+            got = module(x)
+    return max(float(np.abs(r.numpy() - o.numpy()).max()) for r, o in zip(ref, got))
