@@ -1,0 +1,260 @@
+"""Shared helpers for the benchmark scripts.
+
+Used by our benchmark scripts (run with our venv) and by the peer scripts in
+benchmarks/peer/ (run with the peer venv), so both sides are timed the same way.  Only the
+standard library is imported at module level; torch is imported lazily where needed, and
+nothing here imports our package or effdet.
+
+    from common import measure, machine_info, run_python, run_peer
+
+* ``measure(fn, warmup, repeats)``: median / p90 wall time of ``fn()`` in ms, with
+  ``torch.set_num_threads(2)`` by default (the machine has 2 cores).
+* ``machine_info()``: one line naming the CPU, cores, torch and Python versions, load.
+* ``peak_rss_mb()``: this process's peak resident set (VmHWM) so far.
+* ``run_python(script, args)`` / ``run_peer(script, args)``: run a script in a fresh
+  process (ours: this interpreter; peer: benchmarks/peer/.venv/bin/python), parse the JSON
+  object it prints on its last stdout line, and add the child's own peak RSS
+  (``_peak_rss_mb``, from wait4, so peaks of different measurements never mix) and its wall
+  time (``_wall_s``).  Measure memory with one fresh process per measurement.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+PEER_DIR = os.path.join(BENCH_DIR, "peer")
+PEER_PYTHON = os.path.join(PEER_DIR, ".venv", "bin", "python")
+DEFAULT_THREADS = 2
+
+
+def set_threads(threads: Optional[int] = DEFAULT_THREADS) -> None:
+    """torch.set_num_threads(threads) unless threads is None."""
+    if threads is not None:
+        import torch
+        torch.set_num_threads(int(threads))
+
+
+def summarize(times_ms: Sequence[float]) -> dict:
+    """median / p90 / min / mean of a list of times in ms (p90: nearest-rank)."""
+    xs = sorted(float(t) for t in times_ms)
+    if not xs:
+        raise ValueError("no timings")
+    p90 = xs[max(0, math.ceil(0.9 * len(xs)) - 1)]
+    return {
+        "median_ms": statistics.median(xs),
+        "p90_ms": p90,
+        "min_ms": xs[0],
+        "mean_ms": statistics.fmean(xs),
+        "runs": len(xs),
+        "times_ms": [round(t, 3) for t in times_ms],
+    }
+
+
+def measure(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
+            threads: Optional[int] = DEFAULT_THREADS) -> dict:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+
+    Returns dict(median_ms, p90_ms, min_ms, mean_ms, runs, times_ms, threads).  Sets
+    torch.set_num_threads(threads) first (None leaves it alone).  Autograd mode is the
+    caller's business (wrap fn in torch.no_grad()/inference_mode() as the case needs).
+    """
+    import gc
+    set_threads(threads)
+    for _ in range(max(0, warmup)):
+        fn()
+    gc.collect()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    out = summarize(times)
+    out["threads"] = _torch_threads() if threads is None else int(threads)
+    return out
+
+
+def _torch_threads() -> Optional[int]:
+    try:
+        import torch
+        return torch.get_num_threads()
+    except Exception:  # pragma: no cover - torch missing
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_info_dict() -> dict:
+    """The facts behind machine_info() as a dict (for JSON reports)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        usable = os.cpu_count()
+    try:
+        import torch
+        torch_version = torch.__version__
+        threads = torch.get_num_threads()
+    except Exception:  # pragma: no cover
+        torch_version, threads = None, None
+    try:
+        load = os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = None
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch": torch_version,
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": [round(x, 2) for x in load] if load else None,
+    }
+
+
+def machine_info() -> str:
+    """One line: CPU model, cores, torch and Python versions, current load average."""
+    d = machine_info_dict()
+    load = ", load {:.2f} {:.2f} {:.2f}".format(*d["loadavg"]) if d["loadavg"] else ""
+    return (f"{d['cpu']}, {d['cores']} cores ({d['usable_cores']} usable), "
+            f"torch {d['torch']} ({d['torch_threads']} threads), Python {d['python']}{load}")
+
+
+def peak_rss_mb() -> Optional[float]:
+    """Peak resident set size of this process so far, MiB (VmHWM; ru_maxrss fallback)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # pragma: no cover
+        return None
+
+
+def current_rss_mb() -> Optional[float]:
+    """Current resident set size of this process, MiB (VmRSS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def emit_json(obj: dict) -> None:
+    """Print ``obj`` as JSON on one line (the last line a script prints, for run_python)."""
+    sys.stdout.flush()
+    print(json.dumps(obj), flush=True)
+
+
+class SubprocessError(RuntimeError):
+    pass
+
+
+def run_python(script_path: str, args: Sequence[str] = (), python: Optional[str] = None,
+               timeout: Optional[float] = 1800, env: Optional[dict] = None,
+               cwd: Optional[str] = None) -> dict:
+    """Run ``python script_path *args`` in a fresh process and return its last-line JSON.
+
+    ``python`` defaults to this interpreter.  The result gets ``_peak_rss_mb`` (the child's
+    ru_maxrss from wait4: its own peak, not mixed with other children's) and ``_wall_s``.
+    Raises SubprocessError (with the tail of stderr) on a non-zero exit, a timeout or a
+    last line that is not a JSON object.
+    """
+    python = python or sys.executable
+    cmd = [python, os.fspath(script_path), *[str(a) for a in args]]
+    run_env = dict(os.environ)
+    run_env.setdefault("PYTHONWARNINGS", "ignore")
+    if env:
+        run_env.update(env)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=run_env,
+                                cwd=cwd or REPO_ROOT)
+        timed_out = threading.Event()
+
+        def _kill():
+            timed_out.set()
+            try:
+                proc.kill()
+            except OSError:
+                pass
+
+        timer = threading.Timer(timeout, _kill) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            # wait4 instead of proc.wait(): it also gives this child's own rusage.
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            if timer:
+                timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out.is_set():
+        raise SubprocessError(f"{' '.join(cmd)} timed out after {timeout} s\n{stderr[-3000:]}")
+    if proc.returncode != 0:
+        raise SubprocessError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stderr (tail) ---\n{stderr[-3000:]}"
+            f"\n--- stdout (tail) ---\n{stdout[-1000:]}")
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    try:
+        result = json.loads(lines[-1])
+        if not isinstance(result, dict):
+            raise ValueError("not a JSON object")
+    except (IndexError, ValueError) as e:
+        raise SubprocessError(f"{' '.join(cmd)}: last stdout line is not a JSON object ({e})"
+                              f"\n--- stdout (tail) ---\n{stdout[-2000:]}") from None
+    result["_peak_rss_mb"] = usage.ru_maxrss / 1024.0  # Linux: KiB
+    result["_wall_s"] = round(wall, 3)
+    return result
+
+
+def peer_available() -> bool:
+    return os.access(PEER_PYTHON, os.X_OK)
+
+
+def run_peer(script_path: str, args: Sequence[str] = (), timeout: Optional[float] = 1800,
+             env: Optional[dict] = None) -> dict:
+    """Run a script with the peer venv's Python (effdet in its own process).
+
+    ``script_path`` may be a bare name of a script in benchmarks/peer/ (e.g.
+    ``"peer_predict.py"``).  Returns the script's last-line JSON plus ``_peak_rss_mb`` and
+    ``_wall_s``; see run_python.  Set the peer venv up with benchmarks/peer/setup_peer.sh.
+    """
+    if not peer_available():
+        raise SubprocessError(f"peer venv missing ({PEER_PYTHON}); run "
+                              f"bash benchmarks/peer/setup_peer.sh")
+    path = os.fspath(script_path)
+    if not os.path.exists(path) and os.path.exists(os.path.join(PEER_DIR, path)):
+        path = os.path.join(PEER_DIR, path)
+    return run_python(path, args, python=PEER_PYTHON, timeout=timeout, env=env)
