@@ -37,14 +37,13 @@ def _greedy_keep(suppress: Tensor, alive: Tensor) -> Tensor:
     Fixed-point iteration ``keep_i = alive_i and not any_j(keep_j and suppress[j, i])``:
     the greedy result is its unique fixed point and after t rounds the first t entries
     are final, so it ends after (longest suppression chain + 1) rounds, each one
-    matrix-vector product.
+    boolean (B, B) pass.
     """
-    s = suppress.to(torch.float32)
     keep = alive.clone()
     while True:
-        hit = torch.mv(s.t(), keep.to(torch.float32)) > 0  # (B,) suppressed by a kept box
+        hit = (suppress & keep.unsqueeze(1)).any(0)  # (B,) suppressed by a kept box
         new_keep = alive & ~hit
-        if bool(torch.equal(new_keep, keep)):
+        if bool((new_keep == keep).all()):
             break
         keep = new_keep
     return keep
@@ -68,7 +67,8 @@ def _suppression(boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> 
     over = box_iou(boxes, boxes) > iou_threshold
     if labels is not None:
         over &= labels.unsqueeze(1) == labels.unsqueeze(0)
-    return torch.triu(over, diagonal=1)
+    idx = torch.arange(boxes.shape[0], device=boxes.device)
+    return over & (idx.unsqueeze(1) < idx.unsqueeze(0))  # strictly upper triangle (triu is slow on CPU bools)
 
 
 def batched_nms(

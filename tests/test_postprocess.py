@@ -1,0 +1,263 @@
+"""Post-processing: effdet's detections, NMS / soft-NMS against plain numpy loops, letterbox."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from efficientdet.config import AnchorConfig, NMSConfig
+from efficientdet.detection.anchors import AnchorGenerator
+from efficientdet.detection.postprocess import (
+    batched_nms,
+    nms,
+    postprocess,
+    postprocess_padded,
+    soft_nms,
+    topk_candidates,
+)
+
+from .reference import REFERENCE_NAMES, load_reference
+
+
+# ----------------------------------------------------------------------------- numpy references
+def _np_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of one box a (4,) with boxes b (n, 4), float32, inter / (area_a + area_b - inter), 0 if no overlap."""
+    ih = np.maximum(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), np.float32(0))
+    iw = np.maximum(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), np.float32(0))
+    inter = ih * iw
+    union = (a[3] - a[1]) * (a[2] - a[0]) + (b[:, 3] - b[:, 1]) * (b[:, 2] - b[:, 0]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter == 0, np.float32(0), inter / union).astype(np.float32)
+
+
+def _np_nms(boxes, scores, labels, thr):
+    """Greedy NMS, one kept box at a time (its IoU row vectorised over the remaining boxes)."""
+    order = np.array(sorted(range(len(scores)), key=lambda i: -scores[i]), dtype=np.int64)  # stable
+    keep, suppressed = [], np.zeros(len(scores), bool)
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        rest = order[pos + 1 :]
+        hit = (labels[rest] == labels[i]) & (_np_iou(boxes[i], boxes[rest]) > thr)
+        suppressed[rest[hit]] = True
+    return keep
+
+
+def _np_soft_nms(boxes, scores, labels, sigma, thr):
+    s = scores.astype(np.float32).copy()
+    alive = s > thr
+    out_i, out_s = [], []
+    while alive.any():
+        i = int(np.argmax(np.where(alive, s, -np.inf)))  # first max on ties
+        out_i.append(i)
+        out_s.append(s[i])
+        alive[i] = False
+        j = np.nonzero(alive & (labels == labels[i]))[0]
+        iou = _np_iou(boxes[i], boxes[j])
+        s[j] = s[j] * np.exp(-(iou * iou) / np.float32(sigma)).astype(np.float32)
+        alive &= s > thr
+    return out_i, np.array(out_s, np.float32)
+
+
+def _random_set(rng, n):
+    """Boxes on a coarse integer grid (identical, touching and zero-area boxes appear), tied scores."""
+    grid = int(rng.choice([6, 12, 40]))
+    xy = rng.integers(0, grid, (n, 2))
+    wh = rng.integers(0, max(2, grid // 2), (n, 2))  # 0 gives zero-area boxes
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    if rng.random() < 0.3:
+        boxes[: n // 3] = boxes[0]  # a block of identical boxes
+    scores = (rng.integers(0, 8, n) / 8.0).astype(np.float32) if rng.random() < 0.5 else rng.random(n).astype(np.float32)
+    labels = rng.integers(0, int(rng.choice([1, 3])), n)
+    return boxes, scores, labels
+
+
+def test_nms_matches_numpy_loop_on_random_sets():
+    rng = np.random.default_rng(0)
+    for trial in range(2000):
+        n = int(rng.integers(1, 40))
+        boxes, scores, labels = _random_set(rng, n)
+        thr = float(rng.choice([0.0, 0.3, 0.5, 0.7, 1.0]))
+        expected = _np_nms(boxes, scores, labels, thr)
+        chunk = int(rng.choice([3, 7, 256]))
+        got = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), thr, chunk_size=chunk)
+        assert got.tolist() == expected, (trial, n, thr)
+        m = int(rng.integers(1, n + 1))
+        got = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), thr, m, chunk)
+        assert got.tolist() == expected[:m]
+
+
+def test_nms_large_sets_and_class_agnostic():
+    rng = np.random.default_rng(1)
+    for n in (300, 1500):
+        xy = rng.random((n, 2)).astype(np.float32) * 200
+        boxes = np.concatenate([xy, xy + rng.random((n, 2)).astype(np.float32) * 40 + 1], 1)
+        scores = rng.random(n).astype(np.float32)
+        labels = rng.integers(0, 4, n)
+        expected = _np_nms(boxes, scores, labels, 0.5)
+        got = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5)
+        assert got.tolist() == expected
+        expected = _np_nms(boxes, scores, np.zeros(n, int), 0.5)
+        assert nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).tolist() == expected
+
+
+def test_nms_long_suppression_chain():
+    # box i overlaps only box i+1 (IoU 0.6): greedy keeps every other box
+    n = 200
+    x = np.arange(n, dtype=np.float32) * 0.25
+    boxes = np.stack([x, np.zeros(n, np.float32), x + 1, np.ones(n, np.float32)], 1)
+    scores = np.linspace(1, 0, n, dtype=np.float32)
+    expected = _np_nms(boxes, scores, np.zeros(n, int), 0.5)
+    got = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), None, 0.5, chunk_size=64)
+    assert got.tolist() == expected
+
+
+def test_soft_nms_matches_numpy_loop():
+    rng = np.random.default_rng(2)
+    for trial in range(500):
+        n = int(rng.integers(1, 30))
+        boxes, scores, labels = _random_set(rng, n)
+        exp_i, exp_s = _np_soft_nms(boxes, scores, labels, 0.5, 0.001)
+        got_i, got_s = soft_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5, 0.001)
+        assert got_i.tolist() == exp_i, trial
+        np.testing.assert_allclose(got_s.numpy(), exp_s, rtol=1e-6, atol=0)
+        m = int(rng.integers(1, n + 1))
+        got_i, _ = soft_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5, 0.001, m)
+        assert got_i.tolist() == exp_i[:m]
+
+
+def test_soft_nms_identical_boxes_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10]] * 3 + [[20.0, 20, 30, 30]])
+    idx, sc = soft_nms(boxes, torch.tensor([0.9, 0.9, 0.5, 0.8]), None, sigma=0.5, score_threshold=0.001)
+    e = float(np.exp(np.float32(-2.0)))  # IoU 1: exp(-1 / 0.5)
+    assert idx.tolist() == [0, 3, 1, 2]
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.8, 0.9 * e, 0.5 * e * e]))
+
+
+# ----------------------------------------------------------------------------- effdet fixtures
+def _sort_key(boxes, scores, labels):
+    # order up to score ties: sort by score, then class, then box
+    rows = np.concatenate([-scores[:, None], labels[:, None].astype(np.float32), boxes], 1)
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+@pytest.mark.parametrize("name", REFERENCE_NAMES)
+def test_detections_match_effdet(name):
+    ref = load_reference(name)
+    hw = ref["image_size_hw"]
+    anchors = AnchorGenerator(AnchorConfig(anchor_scale=float(ref["config"]["anchor_scale"])))(hw)
+    dets = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw, clip=False)
+    # the fixed-shape (traceable) path builds a 5000 x 5000 IoU matrix: check it on one fixture
+    traceable = name == REFERENCE_NAMES[1]
+    padded = postprocess_padded(ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw, clip=False, traceable=traceable)
+    for i, d in enumerate(dets):
+        r = ref["detections_xyxy_score_cls1"][i]
+        r = r[r[:, 4] > 0]
+        assert d["boxes"].dtype == torch.float32 and d["labels"].dtype == torch.int64
+        assert len(d["scores"]) == len(r) == 100
+        ours = _sort_key(d["boxes"].numpy(), d["scores"].numpy(), d["labels"].numpy() + 1)
+        theirs = _sort_key(r[:, :4].numpy(), r[:, 4].numpy(), r[:, 5].numpy())
+        np.testing.assert_allclose(ours[:, 0], theirs[:, 0], atol=1e-5, rtol=0)  # scores
+        np.testing.assert_array_equal(ours[:, 1], theirs[:, 1])  # classes
+        np.testing.assert_allclose(ours[:, 2:], theirs[:, 2:], atol=1e-3, rtol=0)  # boxes
+        # the fixed-shape path gives the same detections
+        b, s, l, num = (t[i] for t in padded)
+        assert int(num) == 100
+        assert torch.equal(b, d["boxes"]) and torch.equal(s, d["scores"]) and torch.equal(l, d["labels"])
+
+
+def test_topk_two_stage_equals_plain_topk():
+    ref = load_reference(REFERENCE_NAMES[0])
+    cls = ref["class_out"]
+    n = cls[0].shape[0]
+    flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1) for c in cls], 1)  # (N, A_all*K)
+    for k in (1, 100, 5000, 20000):
+        logits, anchor_idx, class_idx = topk_candidates(cls, 9, k)
+        expected = flat.topk(k, dim=1).values
+        assert torch.equal(logits, expected)
+        assert torch.equal(flat.gather(1, anchor_idx * 90 + class_idx), logits)
+
+
+# ----------------------------------------------------------------------------- letterbox, options
+def _single_hit_outputs(hw, hit_anchor, num_classes=4, hit_class=2, deltas=(0.0, 0.0, 0.0, 0.0)):
+    """Head outputs with one confident (anchor, class) and -10 logits elsewhere."""
+    gen = AnchorGenerator(AnchorConfig())
+    cls, box, start = [], [], 0
+    for h, w in gen.feature_sizes(hw):
+        c = torch.full((1, 9 * num_classes, h, w), -10.0)
+        b = torch.zeros(1, 36, h, w)
+        local = hit_anchor - start
+        if 0 <= local < h * w * 9:
+            cell, a = divmod(local, 9)
+            c[0, a * num_classes + hit_class, cell // w, cell % w] = 5.0
+            b[0, a * 4 : a * 4 + 4, cell // w, cell % w] = torch.tensor(deltas)
+        cls.append(c)
+        box.append(b)
+        start += h * w * 9
+    return cls, box, gen(hw)
+
+
+def test_letterbox_undo_and_clip():
+    hw = (128, 128)
+    anchors = AnchorGenerator(AnchorConfig())(hw)
+    # pick an anchor sticking out of the left/top of the image: [-12, -12, 20, 20] (anchor 0)
+    cls, box, anchors = _single_hit_outputs(hw, 0)
+    cfg = NMSConfig(max_detections=5)
+    d = postprocess(cls, box, anchors, cfg, hw, scales=0.5, original_sizes=[(200, 240)], clip=False)[0]
+    assert d["labels"][0] == 2
+    torch.testing.assert_close(d["boxes"][0], torch.tensor([-24.0, -24.0, 40.0, 40.0]))
+    d = postprocess(cls, box, anchors, cfg, hw, scales=0.5, original_sizes=[(200, 240)])[0]
+    torch.testing.assert_close(d["boxes"][0], torch.tensor([0.0, 0.0, 40.0, 40.0]))
+    # a box past the bottom-right of the original image (64 x 64 region of the input at scale 2)
+    last = anchors.shape[0] - 9  # a P7 anchor near the bottom-right
+    cls, box, anchors = _single_hit_outputs(hw, last, deltas=(0.0, 0.0, 0.5, 0.5))
+    d = postprocess(cls, box, anchors, cfg, hw, scales=2.0, original_sizes=[(30, 20)])[0]
+    assert (d["boxes"][:, 2] <= 20).all() and (d["boxes"][:, 3] <= 30).all() and (d["boxes"] >= 0).all()
+    d = postprocess(cls, box, anchors, cfg, hw)[0]  # default: clip to the model input
+    assert (d["boxes"] <= 128).all() and (d["boxes"] >= 0).all()
+
+
+def test_score_threshold_soft_nms_and_padding():
+    ref = load_reference(REFERENCE_NAMES[1])
+    hw = ref["image_size_hw"]
+    anchors = AnchorGenerator(AnchorConfig(anchor_scale=3.0))(hw)
+    hard = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw)
+    thr = float(hard[0]["scores"][40])  # about 40 detections of image 0 reach it
+    cfg = NMSConfig(score_threshold=thr, max_candidates=1000)
+    d = postprocess(ref["class_out"], ref["box_out"], anchors, cfg, hw)
+    assert all((x["scores"] >= thr).all() for x in d)
+    assert 0 < len(d[0]["scores"]) < 100
+    b, s, l, num = postprocess_padded(ref["class_out"], ref["box_out"], anchors, cfg, hw)
+    assert b.shape == (2, 100, 4) and s.shape == (2, 100) and l.shape == (2, 100)
+    for i, x in enumerate(d):
+        k = int(num[i])
+        assert k == len(x["scores"]) and torch.equal(s[i, :k], x["scores"]) and (s[i, k:] == 0).all()
+    b2, s2, l2, num2 = postprocess_padded(
+        ref["class_out"], ref["box_out"], anchors, cfg, hw, traceable=True
+    )
+    assert torch.equal(num2, num) and torch.equal(s2, s) and torch.equal(b2, b) and torch.equal(l2, l)
+    soft = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(method="gaussian", max_candidates=1000), hw)
+    for x, y in zip(soft, hard):
+        assert len(x["scores"]) == 100 and (x["scores"][:-1] >= x["scores"][1:]).all()
+        assert x["scores"][0] == y["scores"][0]
+
+
+def test_traced_padded_postprocess_runs_on_new_inputs():
+    ref = load_reference(REFERENCE_NAMES[1])
+    hw = ref["image_size_hw"]
+    anchors = AnchorGenerator(AnchorConfig(anchor_scale=3.0))(hw)
+    cfg = NMSConfig(max_candidates=500, max_detections=20)
+
+    def fn(*outs):
+        return postprocess_padded(list(outs[:5]), list(outs[5:]), anchors, cfg, hw)
+
+    inputs = tuple(ref["class_out"]) + tuple(ref["box_out"])
+    traced = torch.jit.trace(fn, inputs, check_trace=False)
+    g = torch.Generator().manual_seed(0)
+    new = tuple(t + 0.5 * torch.randn(t.shape, generator=g) for t in inputs)
+    got = traced(*new)
+    expected = postprocess_padded(list(new[:5]), list(new[5:]), anchors, cfg, hw)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
