@@ -223,6 +223,8 @@ def _as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tup
         if a.ndim != 3 or a.shape[2] not in (3, 4):
             raise ConfigError(f"image array of shape {item.shape}: give (H, W, 3) RGB uint8")
         a = a[:, :, :3]
+        if not a.flags.writeable:
+            a = a.copy()
         if a.dtype != np.uint8:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1), a.shape[:2], None
         return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1), (int(a.shape[0]), int(a.shape[1])), None

@@ -1,0 +1,201 @@
+"""Detector: every input kind, the letterbox and its inverse against hand-built inputs, BN folding,
+class filter, options, checkpoint refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientdet import Detector, create_model
+from efficientdet.config import NMSConfig
+from efficientdet.detection.anchors import AnchorGenerator
+from efficientdet.detection.postprocess import postprocess
+from efficientdet.deploy.detector import COCO90_NAMES, fuse_for_inference
+from efficientdet.errors import ConfigError, DataError, WeightsError
+from efficientdet.factory import save_model_dict
+from efficientdet.weights import load_weights
+
+from .reference import load_reference, reference_state_dict
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """Lite0 with the effdet fixture weights (well-spread scores), 90 classes, input 192x320."""
+    ref = load_reference("effdet_lite0_192x320")
+    model = create_model("efficientdet_lite0", image_size=(192, 320)).eval()
+    load_weights(model, reference_state_dict(ref))
+    return model
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB image (blurred noise, so bilinear resizing is well behaved)."""
+    rs = np.random.RandomState(seed)
+    small = rs.randint(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+    return np.array(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))
+
+
+def _same(a, b, box_tol=0.0):
+    assert len(a) == len(b)
+    assert torch.equal(a.labels, b.labels)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.boxes, b.boxes, atol=box_tol, rtol=0)
+
+
+def test_every_input_kind_gives_the_same_detections(lite0, tmp_path):
+    img = _image(150, 260, seed=1)
+    path = tmp_path / "img.png"
+    Image.fromarray(img).save(path)
+    det = Detector(model=lite0, conf=0.2, threads=None)
+    ref = det(img)
+    assert len(ref) > 5 and ref.image_size == (150, 260)
+    for other in (str(path), path, Image.fromarray(img), torch.from_numpy(img).permute(2, 0, 1).contiguous(),
+                  Image.fromarray(img).convert("RGBA")):
+        _same(ref, det(other))
+    assert det(str(path)).source == str(path)
+    # a list is one batch; an (N, 3, H, W) tensor counts as N images
+    batch = det([img, str(path), Image.fromarray(img[:100])])
+    assert len(batch) == 3
+    _same(ref, batch[0], box_tol=1e-4)
+    _same(ref, batch[1], box_tol=1e-4)
+    _same(det(Image.fromarray(img[:100])), batch[2], box_tol=1e-4)
+    stacked = det(torch.from_numpy(np.stack([img, img])).permute(0, 3, 1, 2))
+    assert isinstance(stacked, list) and len(stacked) == 2
+    # grey numpy -> 3 channels
+    grey = det(img[:, :, 0])
+    _same(grey, det(np.repeat(img[:, :, :1], 3, axis=2)))
+    # a float 0-255 tensor: the same detections when no resize is needed; when resized (in float,
+    # no uint8 rounding) the input stays within one grey level of the uint8 path
+    exact = _image(192, 320, seed=5)
+    _same(det(exact), det(torch.from_numpy(exact).permute(2, 0, 1).float()))
+    b_u8 = det.preprocess([img])[0]
+    b_f32 = det.preprocess([torch.from_numpy(img).permute(2, 0, 1).float()])[0]
+    assert float((b_u8 - b_f32).abs().max()) <= 1.01 / 127.5
+
+
+@pytest.mark.parametrize("hw", [(150, 400), (400, 100), (192, 320)])
+def test_letterbox_and_inverse_match_a_hand_built_input(lite0, hw):
+    """A constant-colour image resizes exactly under any filter, so the input can be built by
+    hand: scale = min(192/h, 320/w), image area round(h*s) x round(w*s) at the top-left."""
+    h, w = hw
+    color = np.array([200, 40, 90], dtype=np.uint8)
+    img = np.broadcast_to(color, (h, w, 3)).copy()
+    det = Detector(model=lite0, conf=0.1, fuse=False, channels_last=False)
+    got = det(img)
+
+    scale = min(192 / h, 320 / w)
+    nh, nw = round(h * scale), round(w * scale)
+    cfg = lite0.config
+    x = torch.zeros(1, 3, 192, 320)
+    value = (torch.tensor(color, dtype=torch.float32) - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
+    x[0, :, :nh, :nw] = value.reshape(3, 1, 1)
+    with torch.no_grad():
+        cls, box = lite0(x)
+    anchors = AnchorGenerator(cfg.anchors)((192, 320))
+    nms = NMSConfig(score_threshold=0.1, iou_threshold=0.5, max_detections=100)
+    # decode in input pixels, clipped to the image area (no letterbox given), then undo it by hand
+    raw = postprocess(cls, box, anchors, nms, (192, 320), original_sizes=[(nh, nw)], scales=None)[0]
+    expected = raw["boxes"].clone()
+    expected = torch.stack([(expected[:, 0] / scale).clamp(0, w), (expected[:, 1] / scale).clamp(0, h),
+                            (expected[:, 2] / scale).clamp(0, w), (expected[:, 3] / scale).clamp(0, h)], 1)
+    assert len(got) == len(raw["scores"]) > 0
+    assert torch.equal(got.labels, raw["labels"])
+    torch.testing.assert_close(got.scores, raw["scores"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.boxes, expected, atol=1e-3, rtol=1e-5)
+    assert float(got.boxes[:, [0, 2]].max()) <= w and float(got.boxes[:, [1, 3]].max()) <= h
+
+
+def test_letterbox_scale_and_placement(lite0):
+    """Hand-computed letterbox values: 150x400 into 192x320 -> scale 0.8, image area 120x320."""
+    det = Detector(model=lite0, fuse=False, channels_last=False)
+    img = np.full((150, 400, 3), 255, dtype=np.uint8)
+    batch, scales, sizes, _ = det.preprocess([img])
+    assert batch.shape == (1, 3, 192, 320)
+    assert float(scales[0]) == pytest.approx(0.8) and sizes == [(150, 400)]
+    white = (255 - torch.tensor(lite0.config.mean)) / torch.tensor(lite0.config.std)
+    torch.testing.assert_close(batch[0, :, :120, :], white.reshape(3, 1, 1).expand(3, 120, 320))
+    assert float(batch[0, :, 120:, :].abs().max()) == 0.0  # padding = the mean colour
+
+
+def test_fuse_for_inference_is_exact_up_to_rounding():
+    torch.manual_seed(0)
+    model = create_model("efficientdet_lite0", num_classes=5, image_size=128).eval()
+    with torch.no_grad():  # realistic conv weights, non-trivial BN statistics and affine parameters
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.normal_(0, (1.0 / m.weight[0].numel()) ** 0.5)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        ref_cls, ref_box = model(x)
+        fused = fuse_for_inference(copy.deepcopy(model))
+        cls, box = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for a, b in zip(ref_cls + ref_box, cls + box):
+        assert a.std() > 0.05  # outputs carry signal
+        # float32 rounding differs once BN is folded: 1e-4 relative to the output range
+        torch.testing.assert_close(b, a, atol=1e-4 * max(1.0, float(a.abs().max())), rtol=0)
+    with pytest.raises(ConfigError):
+        fuse_for_inference(create_model("efficientdet_lite0", num_classes=2, image_size=64).train())
+
+
+def test_class_filter_keeps_the_per_class_detections(lite0):
+    img = _image(192, 320, seed=2)
+    # candidates above conf fit the top-k budget and the detections fit max_det: class-aware NMS
+    # then gives each class the same detections whether other classes are present or not
+    opts = dict(conf=0.9, max_det=1000, max_candidates=50000)
+    full = Detector(model=lite0, **opts)(img)
+    assert 0 < len(full) < 1000
+    wanted = [COCO90_NAMES[int(full.labels[0])], int(full.labels[1])]
+    ids = {int(full.labels[0]), int(full.labels[1])}
+    filtered = Detector(model=lite0, classes=wanted, **opts)(img)
+    keep = torch.tensor([int(label) in ids for label in full.labels])
+    assert set(filtered.labels.tolist()) <= ids and len(filtered) == int(keep.sum())
+    torch.testing.assert_close(filtered.boxes, full.boxes[keep], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="not one of"):
+        Detector(model=lite0, classes=["unicorn"])
+    with pytest.raises(ConfigError, match="class index"):
+        Detector(model=lite0, classes=[90])
+
+
+def test_half_precision_runs(lite0):
+    img = _image(100, 200, seed=3)
+    full = Detector(model=lite0, conf=0.3)(img)
+    half = Detector(model=lite0, conf=0.3, half=True)
+    assert half.dtype == torch.bfloat16
+    got = half(img)
+    assert got.boxes.dtype == torch.float32 and len(got) > 0
+    assert int(got.labels[0]) in full.labels[:5].tolist()  # bf16 keeps the strongest detections
+
+
+def test_checkpoints_and_names(lite0, tmp_path):
+    ours = tmp_path / "best.pt"
+    names = [f"c{i}" for i in range(90)]
+    torch.save(save_model_dict(lite0, class_names=names, category_ids=list(range(100, 190))), ours)
+    img = _image(120, 160, seed=4)
+    det = Detector(ours, conf=0.3)
+    assert det.names == names and det.category_id(3) == 103
+    direct = Detector(model=lite0, conf=0.3)(img)
+    _same(direct, Detector.from_checkpoint(ours, conf=0.3)(img))
+    assert det(img).names == [names[i] for i in direct.labels.tolist()]
+
+    effdet_file = tmp_path / "effdet.pth"
+    torch.save(reference_state_dict(load_reference("effdet_lite0_192x320")), effdet_file)
+    with pytest.raises(WeightsError, match="--model NAME --weights"):
+        Detector(effdet_file)
+    named = Detector.from_name("lite0", weights=effdet_file, image_size=(192, 320), conf=0.3)
+    assert named.num_classes == 90 and named.names == list(COCO90_NAMES) and named.category_id(0) == 1
+    _same(direct, named(img))
+    with pytest.raises(WeightsError, match="no such weights file"):
+        Detector(tmp_path / "missing.pt")
+    with pytest.raises(DataError, match="no such image"):
+        det(str(tmp_path / "missing.png"))
+    with pytest.raises(ConfigError, match="image tensor"):
+        det(torch.zeros(5, 8, 8))
