@@ -245,15 +245,17 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, class_names: S
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(RawExport(model).eval(), torch.zeros(batch, 3, *hw), check_trace=False)
-    meta = export_metadata(model, hw, names, category_ids, "raw", None)
-    torch.jit.save(traced, os.fspath(path), _extra_files={"efficientdet.json": json.dumps(meta)})
+        meta = export_metadata(model, hw, names, category_ids, "raw", None)
+        torch.jit.save(traced, os.fspath(path), _extra_files={"efficientdet.json": json.dumps(meta)})
     return path
 
 
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
     """(module, metadata) of a file from :func:`export_torchscript`."""
     extra = {"efficientdet.json": ""}
-    module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in favour of torch.export
+        module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
     return module, json.loads(extra["efficientdet.json"])
 
 
