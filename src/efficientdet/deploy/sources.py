@@ -46,6 +46,7 @@ class Source:
         self._count = len(self.paths)
         self._cap = None
         if kind in ("video", "webcam"):
+            os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our one-line errors, not FFmpeg's log
             import cv2
 
             cap = cv2.VideoCapture(capture_target)

@@ -1,0 +1,219 @@
+"""``efficientdet bench``: latency, throughput and peak memory of inference per engine and batch.
+
+    efficientdet bench --model efficientdet_d0 --batch 1 8 --engine eager onnxruntime compile \
+        [--image-size 512] [--threads 2] [--repeats 10] [--json out.json]
+
+Engines: ``eager`` (PyTorch, BN folded, channels_last, inference_mode), ``onnxruntime`` (the raw
+ONNX export in ONNX Runtime with all graph optimisations; decode + NMS in PyTorch),
+``onnxruntime-nms`` (decode + NMS inside the ONNX graph), ``compile`` (``torch.compile`` of the
+eager model). Parts: ``network`` (normalised batch -> raw outputs), ``end_to_end`` (network +
+top-k, decode, class-aware NMS, 100 detections, like effdet's DetBenchPredict) and
+``from_image`` (end to end plus letterboxing a 640x480 uint8 image per batch item).
+
+Weights are random unless ``--weights`` is given (cost does not depend on the values; NMS runs
+over all 5000 candidates with score threshold 0, as DetBenchPredict does). Each (engine, batch)
+runs in a fresh process, so peak memory (peak RSS) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ENGINES = ("eager", "onnxruntime", "onnxruntime-nms", "compile")
+PARTS = ("network", "end_to_end", "from_image")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="efficientdet_d0", help="registered model name (default efficientdet_d0)")
+    parser.add_argument("--weights", default=None, help="optional: our checkpoint or (with --model) a weights file")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    parser.add_argument("--engine", nargs="+", default=["eager", "onnxruntime"], choices=ENGINES,
+                        help="engines to time (default eager onnxruntime)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W] (default the model's)")
+    parser.add_argument("--num-classes", type=int, default=90)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ONNX Runtime (default: usable cores)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--in-process", action="store_true", help="measure everything in this process (peak memory then accumulates)")
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # noqa: BLE001 - not available on this platform
+        return None
+
+
+def _timeit(fn, warmup: int, repeats: int) -> dict:
+    for _ in range(max(0, warmup)):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    xs = sorted(times)
+    return {"median_ms": statistics.median(xs), "p90_ms": xs[max(0, math.ceil(0.9 * len(xs)) - 1)],
+            "min_ms": xs[0], "runs": len(xs)}
+
+
+def build_detector(engine: str, model_name: str, image_size, num_classes: int, threads: int | None,
+                   weights: str | None = None, workdir: str | None = None):
+    """The Detector an engine uses (conf 0, IoU 0.5, 100 detections, 5000 candidates)."""
+    import torch
+
+    from ..factory import create_model
+    from .detector import Detector, _hw
+
+    opts = dict(conf=0.0, iou=0.5, max_det=100)
+    if weights:
+        base = Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False, channels_last=False) \
+            if not str(weights).endswith((".pt", ".pth")) or model_name else Detector(weights, fuse=False)
+        model = base.model
+    else:
+        torch.manual_seed(0)
+        model = create_model(model_name, num_classes=num_classes, image_size=_hw(image_size) if image_size else None).eval()
+    if engine == "eager":
+        return Detector(model=model, **opts)
+    if engine == "compile":
+        return Detector(model=model, compile=True, **opts)
+    from .export import export_onnx
+
+    path = os.path.join(workdir or tempfile.mkdtemp(prefix="efficientdet-bench-"), f"{engine}.onnx")
+    export_onnx(model, path, dynamic_batch=True, nms=engine == "onnxruntime-nms", conf=0.0, iou=0.5, max_det=100)
+    return Detector(path, threads=threads, **opts)
+
+
+def measure_engine(engine: str, batch: int, args) -> list[dict]:
+    """Time the requested parts for one engine and batch size in this process."""
+    import numpy as np
+    import torch
+
+    threads = args.threads or _usable_cores()
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
+        t0 = time.perf_counter()
+        det = build_detector(engine, args.model, args.image_size, args.num_classes, threads, args.weights, workdir)
+        setup_s = time.perf_counter() - t0
+        h, w = det.image_size
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, h, w, generator=g)
+        if det.backend == "torch":
+            x = x.to(det.dtype)
+            if det.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        scales = torch.ones(batch)
+        sizes = [(h, w)] * batch
+        image = np.random.RandomState(0).randint(0, 256, (480, 640, 3), dtype=np.uint8)
+        images = [image] * batch
+        runs = {
+            "network": lambda: det.raw(x),
+            "end_to_end": lambda: det.detect_batch(x, scales, sizes),
+            "from_image": lambda: det.predict(images),
+        }
+        if det.onnx is not None and det.onnx.has_nms:
+            runs["network"] = None  # the graph always includes NMS
+        rows = []
+        with torch.inference_mode():
+            for part in args.parts:
+                fn = runs.get(part)
+                if fn is None:
+                    continue
+                stats = _timeit(fn, args.warmup, args.repeats)
+                rows.append({"engine": engine, "batch": batch, "part": part, **stats,
+                             "images_per_s": 1000.0 * batch / stats["median_ms"], "peak_rss_mb": _peak_rss_mb(),
+                             "setup_s": round(setup_s, 2), "threads": threads})
+        return rows
+
+
+def _child(engine: str, batch: int, args) -> list[dict]:
+    cmd = [sys.executable, "-m", "efficientdet.cli", "bench", "--in-process", "--model", args.model,
+           "--engine", engine, "--batch", str(batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--num-classes", str(args.num_classes), "--parts", *args.parts]
+    if args.image_size:
+        cmd += ["--image-size", *map(str, args.image_size)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.weights:
+        cmd += ["--weights", args.weights]
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    try:
+        proc = subprocess.run(cmd + ["--json", out], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [{"engine": engine, "batch": batch, "part": "error", "error": tail[0]}]
+        with open(out) as f:
+            return json.load(f)["results"]
+    finally:
+        os.unlink(out)
+
+
+def format_table(results: list[dict]) -> str:
+    head = f"{'engine':<16} {'batch':>5} {'part':<11} {'median ms':>10} {'p90 ms':>9} {'img/s':>8} {'peak MB':>8}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r.get("part") == "error":
+            lines.append(f"{r['engine']:<16} {r['batch']:>5} failed: {r['error']}")
+            continue
+        peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
+        lines.append(f"{r['engine']:<16} {r['batch']:>5} {r['part']:<11} {r['median_ms']:>10.1f} {r['p90_ms']:>9.1f} "
+                     f"{r['images_per_s']:>8.1f} {peak:>8}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import resolve_model_name
+    from ..errors import ConfigError
+
+    args.model = resolve_model_name(args.model)
+    if min(args.batch) < 1 or args.repeats < 1:
+        raise ConfigError("--batch and --repeats must be at least 1")
+    results: list[dict] = []
+    jobs = [(e, b) for e in args.engine for b in args.batch]
+    for engine, batch in jobs:
+        results += measure_engine(engine, batch, args) if args.in_process else _child(engine, batch, args)
+    hw = args.image_size or None
+    summary = {
+        "model": args.model, "image_size": hw, "threads": args.threads or _usable_cores(), "repeats": args.repeats,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"Python {platform.python_version()}",
+        "results": results,
+    }
+    if not args.in_process or len(jobs) > 1 or not args.json:
+        print(f"{args.model}, input {hw or 'default'}, threads {summary['threads']}, {args.repeats} runs (median / p90)")
+        print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    failed = [r for r in results if r.get("part") == "error"]
+    return 1 if failed and len(failed) == len(results) else 0
