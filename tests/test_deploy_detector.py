@@ -199,3 +199,27 @@ def test_checkpoints_and_names(lite0, tmp_path):
         det(str(tmp_path / "missing.png"))
     with pytest.raises(ConfigError, match="image tensor"):
         det(torch.zeros(5, 8, 8))
+
+
+@pytest.mark.parametrize("ref_name", ["effdet_lite0_192x320", "effdet_d0_256"])
+def test_flat_postprocess_equals_the_library_postprocess(ref_name):
+    """The Detector's anchor-major post-processing on effdet's recorded head outputs gives the
+    detections of efficientdet.detection.postprocess (per-level layout), letterbox included."""
+    from efficientdet.config import AnchorConfig
+    from efficientdet.deploy.detector import level_chunks, postprocess_flat
+
+    ref = load_reference(ref_name)
+    hw = tuple(ref["image_size_hw"])
+    cls, box = ref["class_out"], ref["box_out"]
+    anchor_cfg = AnchorConfig(anchor_scale=3.0 if "lite" in ref_name else 4.0)
+    anchors = AnchorGenerator(anchor_cfg)(hw)
+    scales, sizes = torch.tensor([0.5, 1.25]), torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]])
+    for cfg in (NMSConfig(), NMSConfig(score_threshold=0.3, max_detections=50, iou_threshold=0.6)):
+        expected = postprocess(cls, box, anchors, cfg, hw, scales, sizes)
+        chunks, box_flat = level_chunks(cls, box, 90)
+        got = postprocess_flat(chunks, box_flat, anchors, cfg, hw, scales, sizes)
+        for e, g in zip(expected, got):
+            assert len(g["scores"]) == len(e["scores"]) > 0
+            assert torch.equal(g["labels"], e["labels"])
+            torch.testing.assert_close(g["scores"], e["scores"], atol=0, rtol=0)
+            torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-5, rtol=0)
