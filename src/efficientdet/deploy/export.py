@@ -117,10 +117,20 @@ class NMSExport(nn.Module):
     def forward(self, images: torch.Tensor, scales: torch.Tensor, original_sizes: torch.Tensor):
         cls_out, box_out = self.model(images)
         cls_flat, box_flat = levels_to_flat(cls_out, box_out, self.num_classes)  # (N, A, K), (N, A, 4)
-        n, k = cls_flat.shape[0], self.num_candidates
-        logits, idx = cls_flat.reshape(n, -1).topk(k, dim=1)  # (N, k) by descending logit
-        anchor_idx = torch.div(idx, self.num_classes, rounding_mode="floor")
-        class_idx = idx - anchor_idx * self.num_classes
+        n, k, num_classes = cls_flat.shape[0], self.num_candidates, self.num_classes
+        num_anchors = cls_flat.shape[1]
+        if k < num_anchors:
+            # exact two-stage top-k: the k best elements lie in the k anchors with the best maxima
+            _, top_anchor = cls_flat.amax(-1).topk(k, dim=1)  # (N, k)
+            rows = cls_flat.gather(1, top_anchor.unsqueeze(-1).expand(n, k, num_classes))  # (N, k, K)
+            logits, idx = rows.reshape(n, -1).topk(k, dim=1)  # (N, k) by descending logit
+            row = torch.div(idx, num_classes, rounding_mode="floor")
+            anchor_idx = top_anchor.gather(1, row)
+            class_idx = idx - row * num_classes
+        else:
+            logits, idx = cls_flat.reshape(n, -1).topk(k, dim=1)
+            anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
+            class_idx = idx - anchor_idx * num_classes
         scores = logits.float().sigmoid()
         deltas = box_flat.gather(1, anchor_idx.unsqueeze(-1).expand(n, k, 4))  # (N, k, 4)
         boxes = decode_boxes(deltas.float(), self.anchors[anchor_idx])  # (N, k, 4) input pixels

@@ -73,6 +73,8 @@ class OnnxModel:
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+        # no busy-waiting between runs: the post-processing in torch right after needs the cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
