@@ -94,9 +94,8 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
 
     opts = dict(conf=0.0, iou=0.5, max_det=100)
     if weights:
-        base = Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False, channels_last=False) \
-            if not str(weights).endswith((".pt", ".pth")) or model_name else Detector(weights, fuse=False)
-        model = base.model
+        model = Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False,
+                                   channels_last=False).model
     else:
         torch.manual_seed(0)
         model = create_model(model_name, num_classes=num_classes, image_size=_hw(image_size) if image_size else None).eval()

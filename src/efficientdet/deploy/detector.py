@@ -424,10 +424,18 @@ class Detector:
     """Run a detector on images; see the module docstring for inputs and preprocessing.
 
     Options: ``conf`` (min score, default 0.25), ``iou`` (NMS IoU, 0.5), ``max_det`` (100),
-    ``classes`` (class names or indices to keep), ``image_size`` (model input (h, w) or int;
-    default the model's), ``device`` ("cpu", "cuda", "auto"), ``half`` (bf16 on CPU, fp16 on
-    CUDA), ``channels_last`` (default True on CPU), ``fuse`` (fold BN, default True),
-    ``compile`` (torch.compile the network), ``threads`` (ONNX Runtime intra-op threads).
+    ``classes`` (class names or indices to keep: only they compete for the top-k candidates and
+    ``max_det``; for an ONNX file with NMS inside they are filtered after the graph),
+    ``image_size`` (model input (h, w) or int; default the model's, fixed for ONNX files),
+    ``device`` ("cpu", "cuda", "auto"), ``half`` (bf16 on CPU, fp16 on CUDA), ``channels_last``
+    (default True on CPU), ``fuse`` (fold BN into the convs, default True), ``compile``
+    (torch.compile the network), ``threads`` (ONNX Runtime intra-op threads),
+    ``max_candidates`` (top-k before NMS, 5000).
+
+    Backends: ``torch`` (a checkpoint, a named model or ``model=``) and ``onnxruntime`` (an
+    exported ``.onnx``: raw outputs are post-processed here exactly as for torch; a file with
+    NMS inside was built with its own IoU / minimum score / max detections, and the Detector
+    refuses options it cannot honour).
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, model: nn.Module | None = None,
@@ -447,6 +455,8 @@ class Detector:
 
                 if self.device.type != "cpu":
                     raise ConfigError(f"{path}: ONNX files run on CPU here (onnxruntime); use --device cpu")
+                if half:
+                    raise ConfigError(f"{path}: the ONNX file runs in float32; drop --half (it applies to PyTorch weights)")
                 self.onnx = OnnxModel(path, threads=threads)
                 meta = self.onnx.meta
                 from ..factory import config_from_dict
@@ -547,14 +557,14 @@ class Detector:
             weights = state
         elif num_classes is None and class_names is not None:
             num_classes = len(class_names)
-        model = create_model(name, num_classes=num_classes, image_size=_hw(image_size) if image_size else None)
+        hw = _hw(image_size) if image_size else None
         if isinstance(weights, dict):
             from ..weights import load_weights
 
+            model = create_model(name, num_classes=num_classes, image_size=hw)
             load_weights(model, weights, name=os.fspath(path))
-        elif weights is not None and str(weights).lower() == "coco":
-            model = create_model(name, num_classes=num_classes, image_size=_hw(image_size) if image_size else None,
-                                 weights="coco")
+        else:
+            model = create_model(name, num_classes=num_classes, image_size=hw, weights=weights)
         return cls(model=model, class_names=class_names, category_ids=category_ids, **options)
 
     @classmethod
