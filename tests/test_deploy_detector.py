@@ -223,3 +223,25 @@ def test_flat_postprocess_equals_the_library_postprocess(ref_name):
             assert torch.equal(g["labels"], e["labels"])
             torch.testing.assert_close(g["scores"], e["scores"], atol=0, rtol=0)
             torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-5, rtol=0)
+
+
+def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
+    """A big JPEG by path is decoded at a reduced size (PIL draft) yet letterboxed by its full
+    size; EXIF orientation 6 (rotate 90) gives the displayed (h, w)."""
+    img = _image(1200, 1600, seed=6)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(img).save(path, quality=95)
+    det = Detector(model=lite0)
+    drafted, scales, sizes, _ = det.preprocess([str(path)])
+    full, scales_full, _, _ = det.preprocess([np.array(Image.open(path).convert("RGB"))])
+    assert sizes == [(1200, 1600)] and float(scales[0]) == float(scales_full[0]) == pytest.approx(0.16)  # 192 / 1200
+    assert float((drafted - full).abs().mean()) < 2.0 / 127.5  # within ~2 grey levels on average
+
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(img[:300, :400]).save(rotated, exif=exif)
+    result = det(str(rotated))
+    assert result.image_size == (400, 300)
+    if len(result):
+        assert float(result.boxes[:, [0, 2]].max()) <= 300 and float(result.boxes[:, [1, 3]].max()) <= 400

@@ -262,7 +262,8 @@ def letterbox_batch(
     n = len(images)
     H, W = input_hw
     device = torch.device(device)
-    batch = torch.zeros(n, 3, H, W, device=device, dtype=torch.float32)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    batch = torch.empty(n, 3, H, W, device=device, dtype=torch.float32, memory_format=layout).zero_()
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).reshape(3, 1, 1)
     inv_std = (1.0 / torch.tensor(std, dtype=torch.float64)).to(torch.float32).to(device).reshape(3, 1, 1)
     scales = torch.empty(n, dtype=torch.float32)
@@ -281,8 +282,6 @@ def letterbox_batch(
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
         x = x[0].to(device=device, dtype=torch.float32, non_blocking=True)
         batch[i, :, :nh, :nw] = (x - mean_t) * inv_std
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
     return batch.to(dtype), scales
 
 
