@@ -236,6 +236,9 @@ def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
     full, scales_full, _, _ = det.preprocess([np.array(Image.open(path).convert("RGB"))])
     assert sizes == [(1200, 1600)] and float(scales[0]) == float(scales_full[0]) == pytest.approx(0.16)  # 192 / 1200
     assert float((drafted - full).abs().mean()) < 2.0 / 127.5  # within ~2 grey levels on average
+    from efficientdet.deploy.detector import _load_path
+
+    assert tuple(_load_path(str(path), (192, 320))[0].shape) == (300, 400, 3)  # decoded at 1/4
 
     rotated = tmp_path / "rotated.jpg"
     exif = Image.Exif()
