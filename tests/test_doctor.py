@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from efficientdet.config import AnchorConfig, get_model_config
 from efficientdet.data.doctor import check_dataset, measure_anchor_fit, quick_summary
 from efficientdet.data.records import DetectionData, ImageRecord
 from efficientdet.data.spec import load_dataset
+from efficientdet.engine import train_cli
 
 from .data_factory import write_corrupt, write_image, write_json, write_yaml
 
@@ -98,13 +100,12 @@ def test_suggested_settings_raise_fit_on_tiny_boxes(tmp_path):
     report = check_dataset(path, model="efficientdet_d0")
     assert report.fit.fit < 0.2
     assert report.suggestion is not None and report.suggestion.fit > report.fit.fit + 0.3
-    # apply the printed options and measure again, independently of the search
-    options = report.suggestion.train_options().split()
-    size = int(options[options.index("--image-size") + 1].split("x")[0])
-    scale = float(options[options.index("--anchor-scale") + 1])
-    ratios_at = options.index("--aspect-ratios") + 1
-    ratios = tuple(tuple(float(v) for v in r.split(":")) for r in options[ratios_at:ratios_at + 3])
-    cfg = get_model_config("d0", image_size=size, anchor_scale=scale, aspect_ratios=ratios)
+    # the printed options, parsed by `efficientdet train` itself, give the fit the search promised
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(["--data", str(path), *report.suggestion.train_options().split()])
+    cfg = get_model_config("d0", image_size=train_cli.parse_image_size(args.image_size), anchor_scale=args.anchor_scale,
+                           num_scales=args.num_scales, aspect_ratios=train_cli.parse_aspect_ratios(args.aspect_ratios))
     applied = measure_anchor_fit(load_dataset(path), cfg.anchors, cfg.image_size)
     assert applied.fit == pytest.approx(report.suggestion.fit) and applied.fit > report.fit.fit
 

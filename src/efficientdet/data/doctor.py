@@ -91,7 +91,7 @@ class AnchorFit:
 
     def train_options(self) -> str:
         """The settings as ``efficientdet train`` options."""
-        ratios = " ".join(f"{rx:g}:{ry:g}" for rx, ry in self.aspect_ratios)
+        ratios = " ".join(f"{rx:g},{ry:g}" for rx, ry in self.aspect_ratios)
         h, w = self.image_size
         size = f"{h}" if h == w else f"{h}x{w}"
         return f"--image-size {size} --anchor-scale {self.anchor_scale:g} --num-scales {self.num_scales} --aspect-ratios {ratios}"
