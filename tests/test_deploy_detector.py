@@ -248,3 +248,20 @@ def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
     assert result.image_size == (400, 300)
     if len(result):
         assert float(result.boxes[:, [0, 2]].max()) <= 300 and float(result.boxes[:, [1, 3]].max()) <= 400
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_topk_flat_is_the_plain_top_k(ties):
+    """Two-stage selection (and its fallback for heavily tied logits, as from an untrained head)
+    returns the values of a plain top-k over anchors x classes."""
+    from efficientdet.deploy.detector import topk_flat
+
+    g = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(2, a, 7, generator=g) for a in (300, 120, 31)]
+    if ties:
+        chunks = [torch.full_like(c, -4.5).index_fill_(1, torch.tensor([3]), 1.0) for c in chunks]
+    flat = torch.cat(chunks, 1)  # (2, 451, 7)
+    logits, anchor_idx, class_idx = topk_flat(chunks, 100)
+    expected = flat.reshape(2, -1).topk(100).values
+    assert torch.equal(logits, expected)
+    assert torch.equal(flat[torch.arange(2).unsqueeze(1), anchor_idx, class_idx], logits)

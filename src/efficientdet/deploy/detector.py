@@ -343,7 +343,14 @@ def topk_flat(cls_chunks: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor,
     bound = amax.kthvalue(total - k + 1, dim=1).values  # (N,)
     out_l, out_a, out_c = [], [], []
     for i in range(n):
-        anchors = (amax[i] >= bound[i]).nonzero().squeeze(1)  # (s,) ascending
+        anchors = (amax[i] >= bound[i]).nonzero().squeeze(1)  # (s,) ascending, s >= k
+        if anchors.numel() > 2 * k:  # heavy ties (e.g. an untrained head): one plain top-k is cheaper
+            flat = torch.cat([c[i].reshape(-1) for c in cls_chunks])  # (A_all*K,)
+            logits, idx = flat.topk(k)
+            out_l.append(logits)
+            out_a.append(idx // num_classes)
+            out_c.append(idx % num_classes)
+            continue
         rows, start = [], 0
         for c, size in zip(cls_chunks, sizes):
             sel = anchors[(anchors >= start) & (anchors < start + size)]
@@ -351,9 +358,8 @@ def topk_flat(cls_chunks: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor,
                 rows.append(c[i].index_select(0, sel - start))  # (s_c, K)
             start += size
         rows_t = torch.cat(rows)  # (s, K), rows in the order of `anchors`
-        r, cls_idx = (rows_t >= bound[i]).nonzero().unbind(1)
-        vals = rows_t[r, cls_idx]
-        logits, pick = vals.topk(k)  # at least k candidates by construction
+        r, cls_idx = (rows_t >= bound[i]).nonzero().unbind(1)  # candidates, usually a few times k
+        logits, pick = rows_t[r, cls_idx].topk(k)  # sorted descending; at least k by construction
         out_l.append(logits)
         out_a.append(anchors[r[pick]])
         out_c.append(cls_idx[pick])
