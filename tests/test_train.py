@@ -30,6 +30,16 @@ from .data_factory import write_corrupt, write_image, write_json
 SYNTH_CATEGORY_IDS = [1, 3, 7, 10, 15, 22]  # documented in efficientdet.data.synth
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster than two on a shared 2-core machine (no spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
@@ -268,11 +278,18 @@ def test_ddp_two_processes_gloo(synth, straight, tmp_path):
            "-m", "efficientdet", "train", "--data", str(synth), "--model", "lite0", "--image-size", "64",
            "--epochs", "1", "--batch-size", "2", "--lr", "0.01", "--workers", "0", "--device", "cpu",
            "--out", str(out), "--quiet", "--no-plots"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-    assert "gloo" in proc.stdout and "SyncBatchNorm" in proc.stdout
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # torchrun and both workers
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"DDP run timed out\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:] + stdout[-2000:]
+    assert "gloo" in stdout and "SyncBatchNorm" in stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one run folder, no ddp2
-    assert proc.stdout.count("epoch 1/1: loss") == 1  # rank 0 logs
+    assert stdout.count("epoch 1/1: loss") == 1  # rank 0 logs
     ddp = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     single = torch.load(Path(straight[0].out) / "last.pt", map_location="cpu", weights_only=True)
     assert set(ddp) == set(single) and set(ddp["train_state"]) == set(single["train_state"])

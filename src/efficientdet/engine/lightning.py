@@ -1,0 +1,219 @@
+"""Optional PyTorch Lightning adapter (``pip install 'efficientdet[lightning]'``).
+
+    from efficientdet.engine.trainer import TrainConfig
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+    import lightning as L
+
+    cfg = TrainConfig(data="data.yaml", model="lite0", backbone_weights="imagenet", image_size=320)
+    dm = EfficientDetDataModule(cfg)
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    L.Trainer(max_epochs=cfg.epochs, gradient_clip_val=cfg.clip_grad).fit(module, dm)
+    module.export_checkpoint("model.pt")   # our format: efficientdet.factory.load_model(...)
+
+The module reuses the library's pieces (build_model, DetectionLoss, build_optimizer /
+build_scheduler stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
+runs the loop, devices, precision and logging. Logged: ``train/loss``, ``train/class_loss``,
+``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights when EMA is on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+try:
+    import lightning as L
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'") from exc
+
+from ..config import LossConfig, NMSConfig, get_model_config
+from . import distributed as dist_utils
+from .trainer import TrainConfig, build_model, default_lr, load_train_val, set_train_mode
+
+
+def _as_config(cfg) -> TrainConfig:
+    return cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(dict(cfg))
+
+
+class EfficientDetDataModule(L.LightningDataModule):
+    """Train/val loaders of a TrainConfig's dataset (annotations are read when constructed).
+
+    Batches: ``(images (B, 3, H, W) float32 normalised, [target dict, ...])`` as
+    :func:`efficientdet.data.collate` makes them."""
+
+    def __init__(self, cfg: TrainConfig | dict) -> None:
+        super().__init__()
+        self.cfg = _as_config(cfg)
+        self.train_data, self.val_data = load_train_val(self.cfg)
+        self.model_cfg = get_model_config(self.cfg.model, num_classes=self.train_data.num_classes,
+                                          **self.cfg.model_overrides())
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.train_data.class_names)
+
+    @property
+    def category_ids(self) -> list[int]:
+        return list(self.train_data.category_ids)
+
+    def _dataset(self, data, train: bool):
+        from ..data import AugmentConfig, DetectionDataset
+
+        c, m = self.cfg, self.model_cfg
+        return DetectionDataset(data, m.image_size, m.mean, m.std, train=train,
+                                augment=AugmentConfig(c.scale_min, c.scale_max, c.flip_prob), seed=c.seed)
+
+    def train_dataloader(self):
+        from ..data import create_loader
+
+        ds = self._dataset(self.train_data, True)
+        return create_loader(ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.workers, seed=self.cfg.seed,
+                             drop_last=len(ds) >= self.cfg.batch_size)
+
+    def val_dataloader(self):
+        from ..data import create_loader
+
+        return create_loader(self._dataset(self.val_data, False), self.cfg.eval_batch_size or self.cfg.batch_size,
+                             shuffle=False, num_workers=self.cfg.workers)
+
+
+class EfficientDetModule(L.LightningModule):
+    """An EfficientDet with its loss, optimizer, schedule and EMA, for ``lightning.Trainer``.
+
+    ``forward(images)`` returns the raw per-level outputs; ``val_data`` (a DetectionData) is
+    the ground truth for ``val/mAP`` (default: the datamodule's ``val_data``)."""
+
+    def __init__(self, cfg: TrainConfig | dict, class_names: list[str], category_ids: list[int] | None = None,
+                 val_data=None) -> None:
+        super().__init__()
+        self.cfg = _as_config(cfg)
+        self.class_names = list(class_names)
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(len(self.class_names)))
+        self.save_hyperparameters({"cfg": self.cfg.to_dict(), "class_names": self.class_names,
+                                   "category_ids": self.category_ids})
+        self.model = build_model(self.cfg, len(self.class_names), log=lambda m: None)
+        from ..detection.loss import DetectionLoss
+
+        self.loss_fn = DetectionLoss(self.model.config.anchors,
+                                     LossConfig(box_loss=self.cfg.box_loss, assigner=self.cfg.assigner),
+                                     len(self.class_names))
+        self.val_data = val_data
+        self.ema = None
+        self._detections: list[dict] = []
+
+    # -------------------------------------------------------------- training
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images)
+
+    def on_fit_start(self) -> None:
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.cfg.ema and self.ema is None:
+            from .ema import ModelEMA
+
+            self.ema = ModelEMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup_steps)
+            if getattr(self, "_ema_state", None) is not None:  # resumed from a Lightning checkpoint
+                self.ema.load_state_dict(self._ema_state)
+
+    def on_train_epoch_start(self) -> None:
+        set_train_mode(self.model, self.cfg.freeze)
+
+    def _targets(self, targets):
+        return [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        class_out, box_out = self.model(images)
+        losses = self.loss_fn(class_out, box_out, self._targets(targets), self.model.config.image_size)
+        n = images.shape[0]
+        for key in ("loss", "class_loss", "box_loss"):
+            self.log(f"train/{key}", losses[key].detach(), prog_bar=key == "loss", batch_size=n, sync_dist=True)
+        if not torch.isfinite(losses["loss"]):
+            return None  # Lightning skips the optimizer step for this batch
+        return losses["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None and outputs is not None:
+            self.ema.update(self.model)
+
+    def configure_optimizers(self):
+        from .optim import build_optimizer, build_scheduler
+
+        cfg = self.cfg
+        world = self.trainer.world_size if self.trainer is not None else 1
+        lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, cfg.batch_size * world)
+        optimizer = build_optimizer(self.model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
+        scheduler = build_scheduler(optimizer, total, warmup, min_lr_ratio=cfg.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint["efficientdet_ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._ema_state = checkpoint.get("efficientdet_ema")
+
+    # -------------------------------------------------------------- validation
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def on_validation_epoch_start(self) -> None:
+        self._detections = []
+
+    def validation_step(self, batch, batch_idx) -> None:
+        from ..data.coco import detections_to_coco
+        from ..detection.anchors import AnchorGenerator
+        from ..detection.postprocess import postprocess
+
+        images, targets = batch
+        model = self.eval_model()
+        model.eval()
+        cfg = model.config
+        class_out, box_out = model(images)
+        anchors = AnchorGenerator(cfg.anchors)(cfg.image_size, device=images.device)
+        dets = postprocess([c.float() for c in class_out], [b.float() for b in box_out], anchors, NMSConfig(),
+                           cfg.image_size, scales=[t["scale"] for t in targets],
+                           original_sizes=[t["original_size"] for t in targets])
+        for t, d in zip(targets, dets):
+            self._detections.extend(detections_to_coco(t["image_id"], d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(),
+                                                       d["labels"].cpu().numpy(), self.category_ids))
+
+    def on_validation_epoch_end(self) -> None:
+        from ..data.coco import records_to_coco
+        from .evaluator import coco_metrics
+
+        data = self.val_data if self.val_data is not None else getattr(self.trainer.datamodule, "val_data", None)
+        if data is None:
+            return
+        detections = [d for part in dist_utils.all_gather_object(self._detections) for d in part]
+        if self.trainer.sanity_checking:
+            return
+        seen = {}
+        for d in detections:  # a DistributedSampler may repeat images to even out the shards
+            seen.setdefault((d["image_id"], d["category_id"], tuple(d["bbox"]), d["score"]), d)
+        stats, _ = coco_metrics(records_to_coco(data), list(seen.values()))
+        self.log("val/mAP", stats["mAP"], prog_bar=True, rank_zero_only=True)
+        self.log("val/AP50", stats["AP50"], rank_zero_only=True)
+
+    # -------------------------------------------------------------- export
+
+    def export_checkpoint(self, path: str | Path) -> Path:
+        """Write the (EMA) weights in the library's checkpoint format (``factory.load_model``)."""
+        from ..factory import save_model_dict
+        from .checkpoint import save_checkpoint
+
+        payload = save_model_dict(self.eval_model(), self.class_names, self.category_ids)
+        payload["args"] = dataclasses.asdict(self.cfg)
+        trainer = self._trainer
+        payload["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer is not None else {}
+        save_checkpoint(path, payload)
+        return Path(path)
