@@ -106,8 +106,8 @@ def test_d7x_has_p8():
 
 
 def _photo(name: str) -> torch.Tensor:
-    skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
+    from skimage import data as skimage_data
 
     image = Image.fromarray(getattr(skimage_data, name)()).resize((224, 224), Image.BILINEAR)
     x = torch.from_numpy(np.array(image)).float().permute(2, 0, 1)[None]
