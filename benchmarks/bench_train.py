@@ -1,0 +1,148 @@
+"""Training-step throughput: our EfficientDet-D0 vs effdet's DetBenchTrain, side by side.
+
+    python benchmarks/bench_train.py [--rounds 2] [--steps 5] [--json out.json]
+
+One step = zero_grad + forward + loss (anchor labelling included) + backward + SGD step
+(lr 0.01, momentum 0.9, wd 4e-5), D0 at 512x512, batch 4, 90 classes, 8 random boxes per
+image, random weights and input, 2 threads. Each measurement runs in a fresh process
+(benchmarks/common.py: run_python / run_peer) so peak RSS is per configuration; the
+configurations are interleaved over ``--rounds`` rounds (the machine is shared) and the
+best round's median step time is reported. Both sides get the same environment
+(``OMP_WAIT_POLICY=PASSIVE`` unless --omp-active: idle OpenMP threads sleep instead of
+spinning, which matters on a loaded 2-core machine).
+
+Ours: float32 NCHW, channels_last, channels_last + bf16 autocast. effdet: float32 NCHW and
+channels_last (benchmarks/peer/peer_train.py). Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def worker(args) -> None:
+    """Our side in this process: prints one JSON line like peer_train.py."""
+    import torch
+
+    from efficientdet.detection.loss import DetectionLoss
+    from efficientdet.factory import create_model
+
+    common.set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    hw = (args.image_size, args.image_size)
+    model = create_model("efficientdet_d0", num_classes=90, image_size=hw).train()
+    loss_fn = DetectionLoss(model.config.anchors, None, 90)
+    x = torch.randn(args.batch, 3, *hw, generator=gen)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    # the same synthetic boxes as peer_train.py (yxyx fractions -> xyxy pixels, 0-based labels)
+    yx0 = torch.rand(args.batch, args.boxes, 2, generator=gen) * 0.7
+    size = 0.05 + torch.rand(args.batch, args.boxes, 2, generator=gen) * 0.25
+    yx1 = (yx0 + size).clamp(max=1.0)
+    cls = torch.randint(1, 91, (args.batch, args.boxes), generator=gen) - 1
+    targets = [{"boxes": torch.stack([yx0[i, :, 1] * hw[1], yx0[i, :, 0] * hw[0], yx1[i, :, 1] * hw[1],
+                                      yx1[i, :, 0] * hw[0]], dim=1), "labels": cls[i]} for i in range(args.batch)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
+    amp = args.amp == "bf16"
+    rss_before = common.peak_rss_mb()
+    losses = []
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            class_out, box_out = model(x)
+        out = loss_fn(class_out, box_out, targets, hw)
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+
+    timing = common.measure(step, args.warmup, args.steps, threads=args.threads)
+    common.emit_json({
+        "impl": "ours", "task": "train", "model": "efficientdet_d0", "image_size": list(hw), "batch": args.batch,
+        "channels_last": args.channels_last, "amp": args.amp, "step": timing,
+        "images_per_s": args.batch / (timing["median_ms"] / 1e3), "losses": [round(v, 4) for v in losses],
+        "peak_rss_mb": common.peak_rss_mb(), "peak_rss_mb_before_training": rss_before,
+    })
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--image-size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--boxes", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--amp", default="none")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY unset")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    env = {} if args.omp_active else {"OMP_WAIT_POLICY": "PASSIVE"}
+    common_args = ["--image-size", args.image_size, "--batch", args.batch, "--steps", args.steps,
+                   "--warmup", args.warmup, "--threads", args.threads, "--seed", args.seed, "--boxes", args.boxes]
+    configs = [
+        ("ours fp32", "ours", []),
+        ("ours channels_last", "ours", ["--channels-last"]),
+        ("ours channels_last+bf16", "ours", ["--channels-last", "--amp", "bf16"]),
+    ]
+    if not args.skip_peer and common.peer_available():
+        configs += [("effdet fp32", "peer", ["--model", "tf_efficientdet_d0"]),
+                    ("effdet channels_last", "peer", ["--model", "tf_efficientdet_d0", "--channels-last"])]
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+    for r in range(args.rounds):
+        for name, impl, extra in configs:
+            try:
+                if impl == "ours":
+                    res = common.run_python(__file__, ["--worker", *common_args, *extra], env=env)
+                else:
+                    res = common.run_peer("peer_train.py", [*common_args, *extra], env=env)
+            except common.SubprocessError as exc:
+                print(f"{name}: failed: {str(exc)[:500]}", file=sys.stderr)
+                continue
+            results[name].append(res)
+            print(f"round {r + 1} {name:26s} {res['images_per_s']:.3f} img/s  median {res['step']['median_ms'] / 1e3:.2f} s"
+                  f"  peak RSS {res['_peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
+    summary = {}
+    for name, runs in results.items():
+        if not runs:
+            continue
+        best = max(runs, key=lambda x: x["images_per_s"])
+        summary[name] = {"images_per_s": round(best["images_per_s"], 3),
+                         "median_step_s": round(best["step"]["median_ms"] / 1e3, 3),
+                         "all_rounds_images_per_s": [round(x["images_per_s"], 3) for x in runs],
+                         "peak_rss_mb": round(max(x["_peak_rss_mb"] for x in runs), 1)}
+    base = summary.get("effdet fp32", {}).get("images_per_s")
+    print(f"\nD0 {args.image_size}x{args.image_size} batch {args.batch} training step, {args.threads} threads, "
+          f"env {env or 'default'}\n{common.machine_info()}", file=sys.stderr)
+    print(f"{'config':28s} {'img/s':>8s} {'vs effdet fp32':>15s} {'peak RSS MiB':>13s}", file=sys.stderr)
+    for name, s in summary.items():
+        ratio = f"{s['images_per_s'] / base:.2f}x" if base else "-"
+        print(f"{name:28s} {s['images_per_s']:8.3f} {ratio:>15s} {s['peak_rss_mb']:13.0f}", file=sys.stderr)
+    out = {"benchmark": "train_step", "model": "d0", "image_size": args.image_size, "batch": args.batch,
+           "env": env, "machine": common.machine_info_dict(), "results": summary}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    common.emit_json(out)
+
+
+if __name__ == "__main__":
+    main()
