@@ -211,30 +211,6 @@ def test_checkpoints_and_names(lite0, tmp_path):
         det(torch.zeros(5, 8, 8))
 
 
-@pytest.mark.parametrize("ref_name", ["effdet_lite0_192x320", "effdet_d0_256"])
-def test_flat_postprocess_equals_the_library_postprocess(ref_name):
-    """The Detector's anchor-major post-processing on effdet's recorded head outputs gives the
-    detections of efficientdet.detection.postprocess (per-level layout), letterbox included."""
-    from efficientdet.config import AnchorConfig
-    from efficientdet.deploy.detector import level_chunks, postprocess_flat
-
-    ref = load_reference(ref_name)
-    hw = tuple(ref["image_size_hw"])
-    cls, box = ref["class_out"], ref["box_out"]
-    anchor_cfg = AnchorConfig(anchor_scale=3.0 if "lite" in ref_name else 4.0)
-    anchors = AnchorGenerator(anchor_cfg)(hw)
-    scales, sizes = torch.tensor([0.5, 1.25]), torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]])
-    for cfg in (NMSConfig(), NMSConfig(score_threshold=0.3, max_detections=50, iou_threshold=0.6)):
-        expected = postprocess(cls, box, anchors, cfg, hw, scales, sizes)
-        chunks, box_flat = level_chunks(cls, box, 90)
-        got = postprocess_flat(chunks, box_flat, anchors, cfg, hw, scales, sizes)
-        for e, g in zip(expected, got):
-            assert len(g["scores"]) == len(e["scores"]) > 0
-            assert torch.equal(g["labels"], e["labels"])
-            torch.testing.assert_close(g["scores"], e["scores"], atol=0, rtol=0)
-            torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-5, rtol=0)
-
-
 def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
     """A big JPEG by path is decoded at a reduced size (PIL draft) yet letterboxed by its full
     size; EXIF orientation 6 (rotate 90) gives the displayed (h, w)."""
@@ -258,20 +234,3 @@ def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
     assert result.image_size == (400, 300)
     if len(result):
         assert float(result.boxes[:, [0, 2]].max()) <= 300 and float(result.boxes[:, [1, 3]].max()) <= 400
-
-
-@pytest.mark.parametrize("ties", [False, True])
-def test_topk_flat_is_the_plain_top_k(ties):
-    """Two-stage selection (and its fallback for heavily tied logits, as from an untrained head)
-    returns the values of a plain top-k over anchors x classes."""
-    from efficientdet.deploy.detector import topk_flat
-
-    g = torch.Generator().manual_seed(0)
-    chunks = [torch.randn(2, a, 7, generator=g) for a in (300, 120, 31)]
-    if ties:
-        chunks = [torch.full_like(c, -4.5).index_fill_(1, torch.tensor([3]), 1.0) for c in chunks]
-    flat = torch.cat(chunks, 1)  # (2, 451, 7)
-    logits, anchor_idx, class_idx = topk_flat(chunks, 100)
-    expected = flat.reshape(2, -1).topk(100).values
-    assert torch.equal(logits, expected)
-    assert torch.equal(flat[torch.arange(2).unsqueeze(1), anchor_idx, class_idx], logits)

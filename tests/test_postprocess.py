@@ -261,3 +261,73 @@ def test_traced_padded_postprocess_runs_on_new_inputs():
     expected = postprocess_padded(list(new[:5]), list(new[5:]), anchors, cfg, hw)
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", REFERENCE_NAMES)
+def test_memory_layouts_give_the_same_detections(name):
+    """NCHW, channels_last and views of a flat (N, A_all, K) tensor (ONNX Runtime's output) take
+    different top-k paths; all give the detections of the NCHW path, letterbox included."""
+    ref = load_reference(name)
+    hw = tuple(ref["image_size_hw"])
+    anchors = AnchorGenerator(AnchorConfig(anchor_scale=3.0 if "lite" in name else 4.0))(hw)
+    cls, box = ref["class_out"], ref["box_out"]
+    n = cls[0].shape[0]
+    flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1) for c in cls], 1)  # (N, A_all*K)
+    flat_views, start = [], 0
+    for c in cls:  # per-level (N, A*K, H, W) views of the flat tensor
+        _, ak, h, w = c.shape
+        flat_views.append(flat[:, start:start + h * w * ak].reshape(n, h, w, ak).permute(0, 3, 1, 2))
+        start += h * w * ak
+    layouts = {
+        "channels_last": [c.contiguous(memory_format=torch.channels_last) for c in cls],
+        "flat views": flat_views,
+    }
+    scales, sizes = torch.tensor([0.5, 1.25]), torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]])
+    for cfg in (NMSConfig(), NMSConfig(score_threshold=0.3, max_detections=50, iou_threshold=0.6)):
+        expected = postprocess(cls, box, anchors, cfg, hw, scales, sizes)
+        for layout, outputs in layouts.items():
+            assert all(o.permute(0, 2, 3, 1)[0].is_contiguous() for o in outputs), layout
+            for e, g in zip(expected, postprocess(outputs, box, anchors, cfg, hw, scales, sizes)):
+                assert len(g["scores"]) == len(e["scores"]) > 0, layout
+                assert torch.equal(g["labels"], e["labels"]) and torch.equal(g["scores"], e["scores"]), layout
+                torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_topk_candidates_is_the_plain_top_k(ties, channels_last):
+    """Both two-stage paths (and their fallback for heavily tied logits, as from an untrained
+    head) return the values of a plain top-k over anchors x classes."""
+    g = torch.Generator().manual_seed(0)
+    a, k_cls = 3, 7
+    levels = [torch.randn(2, a * k_cls, h, w, generator=g) for h, w in ((10, 10), (5, 8), (3, 3))]
+    if ties:
+        levels = [torch.full_like(c, -4.5) for c in levels]
+        levels[0][:, 5, 2, 3] = 1.0
+    if channels_last:
+        levels = [c.contiguous(memory_format=torch.channels_last) for c in levels]
+    flat = torch.cat([c.permute(0, 2, 3, 1).reshape(2, -1, k_cls) for c in levels], 1)  # (2, A_all, K)
+    logits, anchor_idx, class_idx = topk_candidates(levels, a, 100)
+    assert torch.equal(logits, flat.reshape(2, -1).topk(100).values)
+    assert torch.equal(flat[torch.arange(2).unsqueeze(1), anchor_idx, class_idx], logits)
+
+
+def test_class_subset_keeps_only_those_classes():
+    """With ``class_subset`` only the chosen classes compete: the same detections as NMS over
+    those classes' logits alone, with labels in the full class numbering."""
+    ref = load_reference("effdet_d0_256")
+    hw = tuple(ref["image_size_hw"])
+    anchors = AnchorGenerator(AnchorConfig())(hw)
+    subset = [0, 2, 44]
+    got = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw, class_subset=subset)
+    masked = []  # all other classes pushed to -inf: they can never be candidates
+    for c in ref["class_out"]:
+        m = torch.full_like(c, float("-inf")).view(2, 9, 90, *c.shape[-2:])
+        m[:, :, subset] = c.view(2, 9, 90, *c.shape[-2:])[:, :, subset]
+        masked.append(m.view_as(c))
+    expected = postprocess(masked, ref["box_out"], anchors, NMSConfig(max_candidates=2 * 9 * 3 * 1364), hw)
+    for e, g in zip(expected, got):
+        keep = e["scores"] > 0  # -inf logits give score 0 fillers
+        assert set(g["labels"].tolist()) <= set(subset)
+        n_det = len(g["scores"])
+        assert torch.equal(g["labels"], e["labels"][keep][:n_det]) and torch.equal(g["scores"], e["scores"][keep][:n_det])

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import NMSConfig, resolve_model_name
+from ..detection.postprocess import postprocess
 from ..errors import ConfigError, DataError, WeightsError
 
 # COCO 2017 category ids 1..90 (the 90-slot layout of the official / effdet 90-class weights);
@@ -309,108 +310,6 @@ def levels_to_flat(cls_levels: Sequence[torch.Tensor], box_levels: Sequence[torc
     return cls, box
 
 
-def level_chunks(cls_levels: Sequence[torch.Tensor], box_levels: Sequence[torch.Tensor], num_classes: int
-                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Per-level outputs -> ([(N, H*W*A, K) per level], box deltas (N, A_all, 4)).
-
-    For channels_last outputs (the Detector's default) the class chunks are views, no copy:
-    (N, A*K, H, W) in channels_last memory is (N, H, W, A*K) = (N, H*W*A, K).
-    """
-    n = cls_levels[0].shape[0]
-    # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K)
-    chunks = [c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in cls_levels]
-    boxes = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in box_levels], 1)
-    return chunks, boxes
-
-
-def topk_flat(cls_chunks: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact top-k over anchors x classes of class logits given as anchor-major chunks.
-
-    cls_chunks: [(N, A_c, K)] consecutive anchor ranges (K contiguous). Returns logits (N, k'),
-    anchor indices (N, k') (into the concatenated anchors) and class indices (N, k'), by
-    descending logit, k' = min(k, A_all * K). Two stages: the k-th largest per-anchor maximum
-    bounds the k-th largest element from below, so only rows of anchors reaching it are read.
-    """
-    n, num_classes = cls_chunks[0].shape[0], cls_chunks[0].shape[2]
-    sizes = [c.shape[1] for c in cls_chunks]
-    total = sum(sizes)
-    k = min(k, total * num_classes)
-    if k >= total:
-        flat = torch.cat([c.reshape(n, -1) for c in cls_chunks], 1)  # (N, A_all*K)
-        logits, idx = flat.topk(k, dim=1)
-        return logits, idx // num_classes, idx % num_classes
-    amax = torch.cat([c.amax(-1) for c in cls_chunks], 1)  # (N, A_all)
-    bound = amax.kthvalue(total - k + 1, dim=1).values  # (N,)
-    out_l, out_a, out_c = [], [], []
-    for i in range(n):
-        anchors = (amax[i] >= bound[i]).nonzero().squeeze(1)  # (s,) ascending, s >= k
-        if anchors.numel() > 2 * k:  # heavy ties (e.g. an untrained head): one plain top-k is cheaper
-            flat = torch.cat([c[i].reshape(-1) for c in cls_chunks])  # (A_all*K,)
-            logits, idx = flat.topk(k)
-            out_l.append(logits)
-            out_a.append(idx // num_classes)
-            out_c.append(idx % num_classes)
-            continue
-        rows, start = [], 0
-        for c, size in zip(cls_chunks, sizes):
-            sel = anchors[(anchors >= start) & (anchors < start + size)]
-            if sel.numel():
-                rows.append(c[i].index_select(0, sel - start))  # (s_c, K)
-            start += size
-        rows_t = torch.cat(rows)  # (s, K), rows in the order of `anchors`
-        r, cls_idx = (rows_t >= bound[i]).nonzero().unbind(1)  # candidates, usually a few times k
-        logits, pick = rows_t[r, cls_idx].topk(k)  # sorted descending; at least k by construction
-        out_l.append(logits)
-        out_a.append(anchors[r[pick]])
-        out_c.append(cls_idx[pick])
-    return torch.stack(out_l), torch.stack(out_a), torch.stack(out_c)
-
-
-def postprocess_flat(cls_chunks: Sequence[torch.Tensor], box_flat: torch.Tensor, anchors_xyxy: torch.Tensor,
-                     cfg: NMSConfig, image_size_hw: Sequence[int], scales: torch.Tensor, original_sizes: torch.Tensor,
-                     class_subset: Sequence[int] | None = None) -> list[dict]:
-    """:func:`efficientdet.detection.postprocess.postprocess` for anchor-major outputs.
-
-    cls_chunks: [(N, A_c, K)] class logits (see :func:`level_chunks`); box_flat (N, A_all, 4)
-    deltas; scales (N,), original_sizes (N, 2) (h, w). Same steps and conventions: top-k
-    candidates, sigmoid, decode, score threshold, clip to the image area of the input, class-aware
-    NMS, divide by scale, clip to the original. ``class_subset``: only these classes compete.
-    Returns per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)}.
-    """
-    from ..detection.boxes import clip_boxes, decode_boxes
-    from ..detection.postprocess import batched_nms, soft_nms
-
-    device = box_flat.device
-    label_map = None
-    if class_subset is not None:
-        label_map = torch.as_tensor(list(class_subset), device=device)
-        cls_chunks = [c.index_select(2, label_map) for c in cls_chunks]
-    logits, anchor_idx, class_idx = topk_flat(cls_chunks, cfg.max_candidates)
-    if label_map is not None:
-        class_idx = label_map[class_idx]
-    anchors_xyxy = anchors_xyxy.to(device=device, dtype=torch.float32)
-    limit = torch.tensor([float(v) for v in image_size_hw], device=device)
-    results = []
-    for i in range(logits.shape[0]):
-        scores = logits[i].float().sigmoid()
-        boxes = decode_boxes(box_flat[i].index_select(0, anchor_idx[i]).float(), anchors_xyxy[anchor_idx[i]])
-        labels = class_idx[i]
-        if cfg.score_threshold > 0:
-            ok = scores >= cfg.score_threshold
-            scores, boxes, labels = scores[ok], boxes[ok], labels[ok]
-        scale = scales[i].to(device)
-        size = original_sizes[i].to(device)
-        boxes = clip_boxes(boxes, torch.minimum(size * scale, limit))
-        if cfg.method == "hard":
-            keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, cfg.max_detections)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        else:
-            keep, scores = soft_nms(boxes, scores, labels, cfg.soft_sigma, cfg.soft_score_threshold, cfg.max_detections)
-            boxes, labels = boxes[keep], labels[keep]
-        results.append({"boxes": clip_boxes(boxes / scale, size), "scores": scores, "labels": labels})
-    return results
-
-
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -631,15 +530,11 @@ class Detector:
         nms_inside = self.onnx is not None and self.onnx.has_nms
         if nms_inside:
             dets = self.onnx.run_nms(batch, scales, sizes_t)
-        elif self.onnx is not None:
-            cls_flat, box_flat = self.onnx.run_raw(batch)
-            dets = postprocess_flat([cls_flat], box_flat, self.anchors, self.nms, self.image_size, scales, sizes_t,
-                                    self.class_filter)
         else:
+            # channels_last network outputs and ONNX outputs are anchor-major: read without copies
             cls_out, box_out = self.raw(batch)
-            chunks, box_flat = level_chunks(cls_out, box_out, self.num_classes)
-            dets = postprocess_flat(chunks, box_flat, self.anchors, self.nms, self.image_size, scales, sizes_t,
-                                    self.class_filter)
+            dets = postprocess(cls_out, box_out, self.anchors, self.nms, self.image_size, scales, sizes_t,
+                               class_subset=self.class_filter)
         out = []
         for d in dets:
             if nms_inside:

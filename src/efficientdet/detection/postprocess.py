@@ -187,17 +187,68 @@ def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -
     Eager mode uses an exact two-stage selection that avoids copying the (N, A_all, K)
     logits: the k-th best per-anchor maximum bounds the k-th best element from below, so
     only the class rows of anchors reaching it are read, and only entries reaching it are
-    ranked. When tracing it is a plain flatten + topk.
+    ranked. It reads channels_last outputs (and views of a flat (N, A_all, K) tensor, as ONNX
+    Runtime returns) anchor-major, NCHW outputs class-major, without a copy either way. When
+    tracing, or when ties make the bound useless (an untrained head), it is a plain top-k.
     """
     n = class_outputs[0].shape[0]
     num_classes = class_outputs[0].shape[1] // num_anchors
     total_anchors = sum(c.shape[-2] * c.shape[-1] for c in class_outputs) * num_anchors
     k = min(k, total_anchors * num_classes)
     if torch.jit.is_tracing() or torch.jit.is_scripting() or k >= total_anchors:
-        # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K)
-        flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1) for c in class_outputs], 1)
-        logits, idx = flat.topk(k, dim=1)
-        return logits, idx // num_classes, idx % num_classes
+        return _plain_topk(class_outputs, num_classes, k)
+    # (N, A*K, H, W) -> (H, W, A*K) per image: contiguous when the memory is anchor-major
+    if all(c.permute(0, 2, 3, 1)[0].is_contiguous() for c in class_outputs):
+        return _topk_anchor_major(class_outputs, num_classes, k)
+    return _topk_class_major(class_outputs, num_anchors, num_classes, k)
+
+
+def _plain_topk(class_outputs: Sequence[Tensor], num_classes: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    n = class_outputs[0].shape[0]
+    # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K)
+    flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1) for c in class_outputs], 1)
+    logits, idx = flat.topk(k, dim=1)
+    return logits, idx // num_classes, idx % num_classes
+
+
+def _topk_anchor_major(class_outputs: Sequence[Tensor], num_classes: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Two-stage top-k for anchor-major memory: per level a (N, H*W*A, K) view, K contiguous."""
+    n = class_outputs[0].shape[0]
+    # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K): a view for anchor-major memory
+    chunks = [c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in class_outputs]
+    sizes = [c.shape[1] for c in chunks]
+    total = sum(sizes)
+    amax = torch.cat([c.amax(-1) for c in chunks], 1)  # (N, A_all)
+    bound = amax.kthvalue(total - k + 1, dim=1).values  # (N,)
+    out_l, out_a, out_c = [], [], []
+    for i in range(n):
+        anchors = (amax[i] >= bound[i]).nonzero().squeeze(1)  # (s,) ascending, s >= k
+        if anchors.numel() > 2 * k:  # heavy ties: one plain top-k is cheaper
+            logits, anchor_idx, class_idx = _plain_topk([c[i:i + 1] for c in class_outputs], num_classes, k)
+            out_l.append(logits[0])
+            out_a.append(anchor_idx[0])
+            out_c.append(class_idx[0])
+            continue
+        rows, start = [], 0
+        for c, size in zip(chunks, sizes):
+            sel = anchors[(anchors >= start) & (anchors < start + size)]
+            if sel.numel():
+                rows.append(c[i].index_select(0, sel - start))  # (s_c, K)
+            start += size
+        rows_t = torch.cat(rows)  # (s, K), rows in the order of `anchors`
+        r, cls_idx = (rows_t >= bound[i]).nonzero().unbind(1)  # candidates, usually a few times k
+        logits, pick = rows_t[r, cls_idx].topk(k)  # sorted descending; at least k by construction
+        out_l.append(logits)
+        out_a.append(anchors[r[pick]])
+        out_c.append(cls_idx[pick])
+    return torch.stack(out_l), torch.stack(out_a), torch.stack(out_c)
+
+
+def _topk_class_major(class_outputs: Sequence[Tensor], num_anchors: int, num_classes: int, k: int
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """Two-stage top-k for NCHW memory, reading class columns of the selected anchors."""
+    n = class_outputs[0].shape[0]
+    total_anchors = sum(c.shape[-2] * c.shape[-1] for c in class_outputs) * num_anchors
     hws = [c.shape[-2] * c.shape[-1] for c in class_outputs]
     # per-anchor max over classes: (N, A*K, H, W) -> (N, A, K, H*W) -> (N, A, H*W) -> (N, H*W*A)
     level_max = [
@@ -205,10 +256,17 @@ def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -
     ]
     # the k-th largest per-anchor max is a lower bound of the k-th largest element: every
     # top-k element is >= it and lies in an anchor whose max is >= it
-    bound = torch.cat(level_max, 1).kthvalue(total_anchors - k + 1, dim=1).values  # (N,)
+    amax = torch.cat(level_max, 1)  # (N, A_all)
+    bound = amax.kthvalue(total_anchors - k + 1, dim=1).values  # (N,)
     class_offsets = torch.arange(num_classes, device=class_outputs[0].device)
     all_logits, all_anchor, all_class = [], [], []
     for i in range(n):
+        if int((amax[i] >= bound[i]).sum()) > 2 * k:  # heavy ties: one plain top-k is cheaper
+            logits, anchor_idx, class_idx = _plain_topk([c[i:i + 1] for c in class_outputs], num_classes, k)
+            all_logits.append(logits[0])
+            all_anchor.append(anchor_idx[0])
+            all_class.append(class_idx[0])
+            continue
         vals_l, anchor_l, class_l = [], [], []
         offset = 0
         for c, hw, lm in zip(class_outputs, hws, level_max):
@@ -231,6 +289,17 @@ def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -
         all_anchor.append(anchors[pick])
         all_class.append(classes[pick])
     return torch.stack(all_logits), torch.stack(all_anchor), torch.stack(all_class)
+
+
+def select_classes(class_outputs: Sequence[Tensor], num_anchors: int, classes: Sequence[int]) -> list[Tensor]:
+    """Keep only ``classes`` (0-based) of per-level (N, A*K, H, W) logits -> (N, A*K', H, W)."""
+    out = []
+    index = torch.as_tensor(list(classes), device=class_outputs[0].device)
+    for c in class_outputs:
+        n, _, h, w = c.shape
+        # (N, A*K, H, W) -> (N, A, K, H, W) -> (N, A, K', H, W) -> (N, A*K', H, W)
+        out.append(c.view(n, num_anchors, -1, h, w).index_select(2, index).reshape(n, -1, h, w))
+    return out
 
 
 def _per_image(value, n: int, name: str, device, as_size: bool = False) -> Tensor | None:
@@ -262,6 +331,7 @@ def postprocess(
     scales=None,
     original_sizes=None,
     clip: bool = True,
+    class_subset: Sequence[int] | None = None,
 ) -> list[dict]:
     """Detections per image from raw head outputs.
 
@@ -271,6 +341,7 @@ def postprocess(
     None; original_sizes: (h, w) per image ((N, 2) or list). With ``clip`` (default) boxes are
     clipped before NMS to the image region of the model input (``original * scale``, or the
     whole input) and after rescaling to the original size; ``clip=False`` keeps them raw.
+    ``class_subset``: only these classes (0-based) compete for the candidates and detections.
     Returns a list (len N) of {"boxes": (D, 4) float32 xyxy original pixels, "scores": (D,)
     sigmoid probabilities, "labels": (D,) int64 0-based}, by descending score.
     """
@@ -284,7 +355,11 @@ def postprocess(
     device = class_outputs[0].device
     scales_t = _per_image(scales, n, "scales", device)
     sizes_t = _per_image(original_sizes, n, "original_sizes", device, as_size=True)
+    if class_subset is not None:
+        class_outputs = select_classes(class_outputs, num_anchors, class_subset)
     logits, anchor_idx, class_idx = topk_candidates(class_outputs, num_anchors, cfg.max_candidates)
+    if class_subset is not None:
+        class_idx = torch.as_tensor(list(class_subset), device=device)[class_idx]
     deltas = flatten_box_outputs(box_outputs)  # (N, A_all, 4)
     anchors_xyxy = anchors_xyxy.to(device=device, dtype=torch.float32)
     results = []
