@@ -48,7 +48,12 @@ class Conv2dSame(nn.Conv2d):
 
 
 class MaxPool2dSame(nn.Module):
-    """Max pooling with TF "same" padding: padded cells never win (padded with -inf)."""
+    """Max pooling with TF "same" padding: padded cells never win (as if padded with -inf).
+
+    For the 3x3 stride-2 pool of the BiFPN no pad is materialised: TF pads (0, 1) for an even
+    size, which is ``ceil_mode`` (the last window may overhang), and (1, 1) for an odd size,
+    which is ``padding=1``; max pooling never takes padding. Other shapes pad explicitly.
+    """
 
     def __init__(self, kernel_size: int = 3, stride: int = 2):
         super().__init__()
@@ -56,6 +61,8 @@ class MaxPool2dSame(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_size == 3 and self.stride == 2:
+            return F.max_pool2d(x, 3, 2, padding=(x.shape[-2] % 2, x.shape[-1] % 2), ceil_mode=True)
         x = pad_same(x, self.kernel_size, self.stride, value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
