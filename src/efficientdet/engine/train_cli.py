@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-scales", type=int, help="anchor scales per octave (default 3)")
     g.add_argument("--min-level", type=int, help="first pyramid level (3)")
     g.add_argument("--max-level", type=int, help="last pyramid level, 5..8 (default 7)")
+    g.add_argument("--bn-momentum", type=float, help="batch norm momentum, PyTorch convention (model default 0.01; "
+                   "0.1 suits short runs)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"images per process and step (default {d.batch_size})")
@@ -109,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "backbone_weights": args.backbone_weights, "image_size": parse_image_size(args.image_size),
         "freeze": args.freeze, "anchor_scale": args.anchor_scale, "aspect_ratios": parse_aspect_ratios(args.aspect_ratios),
         "num_scales": args.num_scales, "min_level": args.min_level, "max_level": args.max_level,
+        "bn_momentum": args.bn_momentum,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
         "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs, "clip_grad": args.clip_grad,
         "ema_warmup_steps": args.ema_warmup, "flip_prob": args.flip_prob, "box_loss": args.box_loss,

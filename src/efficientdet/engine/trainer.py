@@ -72,7 +72,9 @@ class TrainConfig:
     second JSON, is the validation split; without one the training split is used). Model:
     ``model`` a registered name; ``weights`` "coco" | path | None; ``backbone_weights``
     "imagenet" (efficientnet_lite0 only) | path | None; ``image_size`` int or [H, W] (model
-    default when None); anchor fields override the model's AnchorConfig. ``batch_size`` is per
+    default when None); anchor fields override the model's AnchorConfig; ``bn_momentum`` (PyTorch
+    convention, model default 0.01 as the official recipe) - 0.1 lets the running statistics of
+    the new BiFPN/head batch norms settle within a short run. ``batch_size`` is per
     process. ``lr`` None picks 0.08 * total_batch / 64 for SGD (official scaling) and 1e-3
     for AdamW. ``patience``: stop after that many epochs without a better val mAP (None: never).
     """
@@ -103,6 +105,7 @@ class TrainConfig:
     num_scales: int | None = None
     min_level: int | None = None
     max_level: int | None = None
+    bn_momentum: float | None = None
     scale_min: float = 0.1
     scale_max: float = 2.0
     flip_prob: float = 0.5
@@ -163,6 +166,7 @@ class TrainConfig:
             "num_scales": self.num_scales,
             "min_level": self.min_level,
             "max_level": self.max_level,
+            "bn_momentum": self.bn_momentum,
         }
 
 
