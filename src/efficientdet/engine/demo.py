@@ -25,17 +25,17 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 DEMO_SETTINGS = dict(
-    model="efficientdet_lite0", backbone_weights="imagenet", image_size=256, epochs=12, batch_size=8,
-    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1.0, scale_min=0.5, scale_max=1.5,
-    ema_decay=0.999, ema_warmup_steps=100, channels_last=True,
+    model="efficientdet_lite0", backbone_weights="imagenet", image_size=256, epochs=10, batch_size=8,
+    optimizer="adamw", lr=3e-3, weight_decay=1e-4, warmup_epochs=1.0, scale_min=0.5, scale_max=1.5,
+    ema_decay=0.999, ema_warmup_steps=100, channels_last=True, bn_momentum=0.1,
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEMO_SETTINGS
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--images", type=int, default=400, help="synthetic training images (default 400)")
-    parser.add_argument("--val-images", type=int, default=80, help="synthetic validation images (default 80)")
+    parser.add_argument("--images", type=int, default=240, help="synthetic training images (default 240)")
+    parser.add_argument("--val-images", type=int, default=60, help="synthetic validation images (default 60)")
     parser.add_argument("--epochs", type=int, default=d["epochs"], help=f"default {d['epochs']}")
     parser.add_argument("--image-size", type=int, default=d["image_size"], help=f"model input (default {d['image_size']})")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"])
