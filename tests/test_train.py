@@ -214,6 +214,7 @@ def test_bad_items_are_counted_and_training_goes_on(tmp_path, capsys):
     assert "images: 7 used of 8 listed" in out  # the missing file is skipped at read time
     for kind in ("missing_image", "bad_box_size", "box_outside", "unknown_category"):
         assert kind in out
+    assert "anchor fit:" in out  # the doctor's fast checks run before the first epoch
     assert "validating on the training images" in out
     assert "corrupt_image" in out  # met while loading, reported after the first epoch
 

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
+from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError, WeightsError
 from . import distributed as dist_utils
 
@@ -296,9 +297,8 @@ def load_train_val(cfg: TrainConfig, log: Callable[[str], None] = print):
 
 def print_data_summary(train_data, val_data, model_cfg: ModelConfig, log: Callable[[str], None] = print) -> str:
     """Print (through ``log``) and return the dataset summary shown when training starts:
-    counts of images/boxes/classes per split and each split's problem report.
-
-    The one place the trainer reports on its data; extend it here (e.g. anchor fit)."""
+    counts of images/boxes/classes per split, each split's problem report, and the dataset
+    doctor's fast checks (anchor fit, category mistakes)."""
     def counts(data) -> str:
         boxes = sum(int((~r.ignore).sum()) for r in data.records)
         empty = sum(1 for r in data.records if not (~r.ignore).any())
@@ -314,6 +314,7 @@ def print_data_summary(train_data, val_data, model_cfg: ModelConfig, log: Callab
     lines.append(train_data.report.summary(title="train data report"))
     if val_data is not train_data:
         lines.append(val_data.report.summary(title="val data report"))
+    lines.append(quick_summary(train_data, model_cfg))  # anchor fit and category mistakes
     text = "\n".join(lines)
     log(text)
     return text
