@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from efficientdet.cli import main as cli_main
-from efficientdet.config import AnchorConfig, get_model_config
+from efficientdet.config import AnchorConfig, get_model_config, parse_image_size
 from efficientdet.data.doctor import check_dataset, measure_anchor_fit, quick_summary
 from efficientdet.data.records import DetectionData, ImageRecord
 from efficientdet.data.spec import load_dataset
@@ -104,7 +104,7 @@ def test_suggested_settings_raise_fit_on_tiny_boxes(tmp_path):
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
     args = parser.parse_args(["--data", str(path), *report.suggestion.train_options().split()])
-    cfg = get_model_config("d0", image_size=train_cli.parse_image_size(args.image_size), anchor_scale=args.anchor_scale,
+    cfg = get_model_config("d0", image_size=parse_image_size(args.image_size), anchor_scale=args.anchor_scale,
                            num_scales=args.num_scales, aspect_ratios=train_cli.parse_aspect_ratios(args.aspect_ratios))
     applied = measure_anchor_fit(load_dataset(path), cfg.anchors, cfg.image_size)
     assert applied.fit == pytest.approx(report.suggestion.fit) and applied.fit > report.fit.fit

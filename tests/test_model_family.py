@@ -9,7 +9,6 @@ import torch
 
 import efficientdet as ed
 from efficientdet.config import get_model_config
-from efficientdet.nn.efficientnet import EfficientNet
 from efficientdet.nn.profile import count_multiply_adds
 
 from .reference import load_reference, reference_state_dict

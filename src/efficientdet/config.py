@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .errors import ConfigError
 
@@ -21,12 +20,22 @@ LITE_STD = (127.5, 127.5, 127.5)
 FUSIONS = ("fastattn", "softmax", "sum")
 
 
-def _as_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    hw = tuple(int(v) for v in image_size)
-    if len(hw) != 2:
-        raise ConfigError(f"image_size {image_size!r}: give one int or (height, width)")
+def parse_image_size(value, option: str = "image_size") -> tuple[int, int] | None:
+    """(height, width) from 512, "512", "384x640" (H x W), (384, 640) or None (stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+    else:
+        parts = [value] if isinstance(value, int) else list(value)
+    try:
+        hw = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        hw = ()
+    if len(hw) == 1:
+        hw = (hw[0], hw[0])
+    if len(hw) != 2 or min(hw) < 1:
+        raise ConfigError(f"{option} {value!r}: give S or HxW in pixels, e.g. 512 or 384x640")
     return hw  # type: ignore[return-value]
 
 
@@ -88,7 +97,7 @@ class ModelConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", _as_hw(self.image_size))
+        object.__setattr__(self, "image_size", parse_image_size(self.image_size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.num_classes < 1:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import AnchorConfig, ModelConfig, get_model_config
+from ..config import AnchorConfig, ModelConfig, get_model_config, parse_image_size
 from ..detection.anchors import AnchorGenerator
 from ..detection.boxes import box_iou
 from ..errors import DataError
@@ -357,18 +357,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--plot", default="box_sizes.png", metavar="FILE", help="PNG of box sizes against anchors ('' for none)")
     parser.add_argument("--no-verify", action="store_true", help="do not decode every image (faster)")
-
-
-def parse_image_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        parts = [int(v) for v in str(text).lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise DataError(f"--image-size {text!r}: give S or HxW in pixels, e.g. 512 or 384x640")
-    return (parts[0], parts[-1])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -90,7 +90,8 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
     import torch
 
     from ..factory import create_model
-    from .detector import Detector, _hw
+    from ..config import parse_image_size
+    from .detector import Detector
 
     opts = dict(conf=0.0, iou=0.5, max_det=100)
     if weights:
@@ -98,7 +99,7 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
                                    channels_last=False).model
     else:
         torch.manual_seed(0)
-        model = create_model(model_name, num_classes=num_classes, image_size=_hw(image_size) if image_size else None).eval()
+        model = create_model(model_name, num_classes=num_classes, image_size=parse_image_size(image_size) if image_size else None).eval()
     if engine == "eager":
         return Detector(model=model, **opts)
     if engine == "compile":

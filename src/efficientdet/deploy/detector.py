@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NMSConfig, resolve_model_name
+from ..config import NMSConfig, parse_image_size, resolve_model_name
 from ..detection.postprocess import postprocess
 from ..errors import ConfigError, DataError, WeightsError
 
@@ -368,7 +368,7 @@ class Detector:
                 class_names = class_names or meta["class_names"]
                 category_ids = category_ids if category_ids is not None else meta.get("category_ids")
                 exported_hw = tuple(meta["image_size"])
-                if image_size is not None and _hw(image_size) != exported_hw:
+                if image_size is not None and parse_image_size(image_size) != exported_hw:
                     raise ConfigError(f"{path}: exported for image size {exported_hw}; re-export with --image-size or drop the option")
                 image_size = exported_hw
             else:
@@ -393,7 +393,7 @@ class Detector:
             raise ConfigError(f"{len(self.names)} class names for a {self.num_classes}-class model; give one per class")
         self.category_ids = list(category_ids) if category_ids is not None else (
             list(COCO90_IDS) if self.num_classes == 90 and class_names is None else None)
-        self.image_size = _hw(image_size) if image_size is not None else tuple(self.config.image_size)
+        self.image_size = parse_image_size(image_size) if image_size is not None else tuple(self.config.image_size)
         self.mean, self.std = self.config.mean, self.config.std
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.nms = NMSConfig(max_candidates=max_candidates, iou_threshold=self.iou, score_threshold=self.conf,
@@ -460,7 +460,7 @@ class Detector:
             weights = state
         elif num_classes is None and class_names is not None:
             num_classes = len(class_names)
-        hw = _hw(image_size) if image_size else None
+        hw = parse_image_size(image_size) if image_size else None
         if isinstance(weights, dict):
             from ..weights import load_weights
 
@@ -581,17 +581,6 @@ def _as_list(images) -> list:
     if isinstance(images, (list, tuple)):
         return list(images)
     return [images]
-
-
-def _hw(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    hw = tuple(int(v) for v in size)
-    if len(hw) == 1:
-        return (hw[0], hw[0])
-    if len(hw) != 2 or min(hw) < 1:
-        raise ConfigError(f"image size {size!r}: give one int or (height, width)")
-    return hw  # type: ignore[return-value]
 
 
 def _default_names(num_classes: int) -> list[str]:

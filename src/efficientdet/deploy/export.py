@@ -33,11 +33,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import NMSConfig
+from ..config import NMSConfig, parse_image_size
 from ..detection.anchors import AnchorGenerator
 from ..detection.boxes import clip_boxes, decode_boxes
 from ..errors import ConfigError
-from .detector import _hw, fuse_for_inference, levels_to_flat
+from .detector import fuse_for_inference, levels_to_flat
 from .onnx_runtime import META_FORMAT, META_KEY, META_VERSION
 
 LETTERBOX = ("scale = min(H/h, W/w); resize to (round(h*scale), round(w*scale)) bilinear; place top-left; "
@@ -190,7 +190,7 @@ def _prepare(model: nn.Module, image_size, fuse: bool) -> tuple[nn.Module, tuple
     model = copy.deepcopy(model).eval().float()
     if fuse:
         fuse_for_inference(model)
-    hw = _hw(image_size) if image_size is not None else tuple(model.config.image_size)
+    hw = parse_image_size(image_size) if image_size is not None else tuple(model.config.image_size)
     return model, hw
 
 
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     model, names, category_ids = _load_for_export(args.weights, args.model)
     if args.nms and args.format != "onnx":
         raise ConfigError("--nms is available for --format onnx only; TorchScript exports raw outputs")
-    hw = _hw(args.image_size) if args.image_size else tuple(model.config.image_size)
+    hw = parse_image_size(args.image_size) if args.image_size else tuple(model.config.image_size)
     stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
     default_name = f"{stem}{'_nms' if args.nms else ''}.onnx" if args.format == "onnx" else f"{stem}.torchscript.pt"
     out = Path(args.out) if args.out else (Path(args.weights).parent if os.path.exists(args.weights) else Path(".")) / default_name

@@ -85,8 +85,6 @@ class Source:
             yield Frame(name, path, i, image)
 
     def _iter_video(self) -> Iterator[Frame]:
-        import cv2
-
         cap, i = self._cap, 0
         stem = os.path.basename(self.spec) if self.kind == "video" else f"webcam{self._target}"
         try:

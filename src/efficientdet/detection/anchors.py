@@ -20,22 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import AnchorConfig
-from ..errors import ConfigError
-
-
-def _check_hw(image_size_hw: Sequence[int] | int) -> tuple[int, int]:
-    if isinstance(image_size_hw, int):
-        image_size_hw = (image_size_hw, image_size_hw)
-    hw = tuple(int(v) for v in image_size_hw)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ConfigError(f"image size {tuple(image_size_hw)!r}: give a positive (height, width)")
-    return hw  # type: ignore[return-value]
+from ..config import AnchorConfig, parse_image_size
 
 
 def feature_sizes(image_size_hw: Sequence[int], min_level: int, max_level: int) -> list[tuple[int, int]]:
     """[(H_l, W_l) for l in min_level..max_level], ceil-halving the image size once per level."""
-    h, w = _check_hw(image_size_hw)
+    h, w = parse_image_size(image_size_hw)
     sizes = []
     for level in range(1, max_level + 1):
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
@@ -46,7 +36,7 @@ def feature_sizes(image_size_hw: Sequence[int], min_level: int, max_level: int) 
 
 def generate_anchors_xyxy(cfg: AnchorConfig, image_size_hw: Sequence[int]) -> np.ndarray:
     """The anchor grid as a float64 array (sum_l H_l*W_l*A, 4) of xyxy pixels (see module doc)."""
-    img_h, img_w = _check_hw(image_size_hw)
+    img_h, img_w = parse_image_size(image_size_hw)
     per_level = []
     for fh, fw in feature_sizes((img_h, img_w), cfg.min_level, cfg.max_level):
         stride_y, stride_x = img_h / float(fh), img_w / float(fw)
@@ -96,7 +86,7 @@ class AnchorGenerator:
         self, image_size_hw: Sequence[int], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
     ) -> Tensor:
         """(sum_l H_l*W_l*A, 4) xyxy anchors in model-input pixels for ``image_size_hw`` (h, w)."""
-        hw = _check_hw(image_size_hw)
+        hw = parse_image_size(image_size_hw)
         device = torch.device(device) if device is not None else torch.device("cpu")
         key = (hw, device, dtype)
         anchors = self._cache.get(key)

@@ -191,7 +191,6 @@ def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -
     Runtime returns) anchor-major, NCHW outputs class-major, without a copy either way. When
     tracing, or when ties make the bound useless (an untrained head), it is a plain top-k.
     """
-    n = class_outputs[0].shape[0]
     num_classes = class_outputs[0].shape[1] // num_anchors
     total_anchors = sum(c.shape[-2] * c.shape[-1] for c in class_outputs) * num_anchors
     k = min(k, total_anchors * num_classes)

@@ -14,26 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..config import parse_image_size
 from ..errors import ConfigError
 from .trainer import AMP_CHOICES, FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
 
 _DEFAULTS = TrainConfig()
-
-
-def parse_image_size(text: str | None) -> list[int] | None:
-    """'512' -> [512, 512]; '384x640' -> [384, 640] (height x width)."""
-    if text is None:
-        return None
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        hw = [int(p) for p in parts]
-    except ValueError:
-        hw = []
-    if len(hw) == 1:
-        hw = hw * 2
-    if len(hw) != 2 or min(hw) < 1:
-        raise ConfigError(f"--image-size {text!r}: give S or HxW in pixels, e.g. 512 or 384x640")
-    return hw
 
 
 def parse_aspect_ratios(items: list[str] | None) -> list[list[float]] | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import NMSConfig
+from ..config import NMSConfig, parse_image_size
 from ..errors import ConfigError, DataError
 
 
@@ -31,22 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype on the device")
     parser.add_argument("--out", default="runs/val", help="output folder (default runs/val)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def parse_image_size(text: str | None) -> tuple[int, int] | None:
-    """'512' -> (512, 512); '384x640' -> (384, 640) (height x width); None stays None."""
-    if text is None:
-        return None
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        hw = tuple(int(p) for p in parts)
-    except ValueError:
-        hw = ()
-    if len(hw) == 1:
-        hw = (hw[0], hw[0])
-    if len(hw) != 2 or min(hw) < 1:
-        raise ConfigError(f"--image-size {text!r}: give S or HxW in pixels, e.g. 512 or 384x640")
-    return hw  # type: ignore[return-value]
 
 
 def resolve_device(name: str | None) -> torch.device:

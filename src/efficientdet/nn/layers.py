@@ -62,7 +62,8 @@ class MaxPool2dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_size == 3 and self.stride == 2:
-            return F.max_pool2d(x, 3, 2, padding=(x.shape[-2] % 2, x.shape[-1] % 2), ceil_mode=True)
+            # int(): spatial sizes are static (exported graphs fix them; only the batch is dynamic)
+            return F.max_pool2d(x, 3, 2, padding=(int(x.shape[-2]) % 2, int(x.shape[-1]) % 2), ceil_mode=True)
         x = pad_same(x, self.kernel_size, self.stride, value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
