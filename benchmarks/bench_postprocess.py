@@ -41,13 +41,18 @@ def time_postprocess(
     threads: int | None = 2,
     nms_cfg: NMSConfig | None = None,
     device: str = "cpu",
+    channels_last: bool = False,
 ) -> dict:
-    """Times :func:`postprocess` on one image; returns {"median_ms", "p90_ms", "runs", "times_ms", ...}."""
+    """Times :func:`postprocess` on one image; returns {"median_ms", "p90_ms", "runs", "times_ms", ...}.
+
+    ``channels_last``: head outputs in channels_last memory, as the Detector's network returns
+    them (the anchor-major top-k path); otherwise NCHW, the model's default layout."""
     if threads:
         torch.set_num_threads(threads)
     nms_cfg = nms_cfg or NMSConfig()
     cls, box, anchors = make_outputs(image_size_hw, num_classes)
-    cls = [c.to(device) for c in cls]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    cls = [c.to(device).contiguous(memory_format=memory_format) for c in cls]
     box = [b.to(device) for b in box]
     anchors = anchors.to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -80,11 +85,13 @@ def main() -> None:
     args = ap.parse_args()
     methods = [args.method] if args.method else ["hard", "gaussian"]
     print(f"post-processing, D0 512x512, 49,104 anchors x 90 classes, 1 image, CPU, {args.threads} threads\n")
-    print("| NMS | median (ms) | p90 (ms) | runs |")
-    print("| --- | ---: | ---: | ---: |")
-    for m in methods:
-        r = time_postprocess(runs=args.runs, threads=args.threads, nms_cfg=NMSConfig(method=m))
-        print(f"| {m} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['runs']} |")
+    print("| head output layout | NMS | median (ms) | p90 (ms) | runs |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for layout in ("NCHW", "channels_last"):
+        for m in methods:
+            r = time_postprocess(runs=args.runs, threads=args.threads, nms_cfg=NMSConfig(method=m),
+                                 channels_last=layout == "channels_last")
+            print(f"| {layout} | {m} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['runs']} |")
 
 
 if __name__ == "__main__":
