@@ -11,7 +11,6 @@ mAP >= 0.5.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=d["lr"])
     ap.add_argument("--scale-jitter", type=float, nargs=2, default=(d["scale_min"], d["scale_max"]))
     ap.add_argument("--amp", default=d.get("amp", "none"))
+    ap.add_argument("--anchor-scale", type=float, default=d.get("anchor_scale"), help="default: the model's")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -50,7 +50,7 @@ def main() -> None:
         write_synthetic_dataset(out / "data", args.images, args.val_images, seed=args.seed, size=320, progress=False)
     settings = {**d, "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
                 "optimizer": args.optimizer, "lr": args.lr, "scale_min": args.scale_jitter[0],
-                "scale_max": args.scale_jitter[1], "amp": args.amp}
+                "scale_max": args.scale_jitter[1], "amp": args.amp, "anchor_scale": args.anchor_scale}
     cfg = TrainConfig(data=str(yaml_path), out=str(out / "run"), exist_ok=True, workers=args.workers, seed=args.seed,
                       progress=False, **settings)
     t1 = time.perf_counter()

@@ -110,9 +110,9 @@ def main() -> None:
                 net = res.get("network", {}).get("median_ms")
                 print(f"round {rnd + 1} {key} {impl:6s} {engine:15s} network {net if net is None else round(net, 1)} ms, "
                       f"end to end {res['end_to_end']['median_ms']:.1f} ms", flush=True)
-    table, summary = [], []
+    summary = []
     print()
-    print(f"| model | impl | engine | network ms (median) | end to end ms (median) | end to end p90 | vs effdet end to end | peak RSS MB |")
+    print("| model | impl | engine | network ms (median) | end to end ms (median) | end to end p90 | vs effdet end to end | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for key in args.models:
         base = rows.get((key, "effdet", "eager"))

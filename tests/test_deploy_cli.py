@@ -24,14 +24,7 @@ NAMES = ["cat", "dog", "bird"]
 CATEGORY_IDS = [10, 20, 30]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded torch: on the shared 2-core machine, 2-thread OpenMP regions stall
-    whenever another process holds a core (tests stay deterministic and fast either way)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ from efficientdet.weights import load_weights
 from .reference import load_reference, reference_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded torch: on the shared 2-core machine, 2-thread OpenMP regions stall
-    whenever another process holds a core (tests stay deterministic and fast either way)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

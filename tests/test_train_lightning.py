@@ -12,13 +12,7 @@ from efficientdet.engine.trainer import TrainConfig  # noqa: E402
 from efficientdet.factory import load_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two on a shared 2-core machine (no spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_lightning_short_fit(tmp_path):

@@ -26,11 +26,9 @@ the same machine and thread count).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
-import math
 import os
 import random
 import signal
