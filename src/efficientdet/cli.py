@@ -30,12 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="efficientdet", description="EfficientDet: train, evaluate, predict, export.")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", metavar="COMMAND")}
     for words, module_name, help_text in COMMANDS:
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError as exc:  # a command whose module is not installed in this build
-            if exc.name != module_name:
-                raise
-            continue
+        module = import_module(module_name)
         for depth in range(1, len(words)):
             prefix = words[:depth]
             if prefix not in groups:
