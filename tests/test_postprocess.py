@@ -10,9 +10,11 @@ from efficientdet.config import AnchorConfig, NMSConfig
 from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import (
     batched_nms,
+    fixed_shape_candidates,
+    fixed_shape_detections,
+    flatten_box_outputs,
     nms,
     postprocess,
-    postprocess_padded,
     soft_nms,
     topk_candidates,
 )
@@ -149,9 +151,6 @@ def test_detections_match_effdet(name):
     hw = ref["image_size_hw"]
     anchors = AnchorGenerator(AnchorConfig(anchor_scale=float(ref["config"]["anchor_scale"])))(hw)
     dets = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw, clip=False)
-    # the fixed-shape (traceable) path builds a 5000 x 5000 IoU matrix: check it on one fixture
-    traceable = name == REFERENCE_NAMES[1]
-    padded = postprocess_padded(ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw, clip=False, traceable=traceable)
     for i, d in enumerate(dets):
         r = ref["detections_xyxy_score_cls1"][i]
         r = r[r[:, 4] > 0]
@@ -162,10 +161,6 @@ def test_detections_match_effdet(name):
         np.testing.assert_allclose(ours[:, 0], theirs[:, 0], atol=1e-5, rtol=0)  # scores
         np.testing.assert_array_equal(ours[:, 1], theirs[:, 1])  # classes
         np.testing.assert_allclose(ours[:, 2:], theirs[:, 2:], atol=1e-3, rtol=0)  # boxes
-        # the fixed-shape path gives the same detections
-        b, s, l, num = (t[i] for t in padded)
-        assert int(num) == 100
-        assert torch.equal(b, d["boxes"]) and torch.equal(s, d["scores"]) and torch.equal(l, d["labels"])
 
 
 def test_topk_two_stage_equals_plain_topk():
@@ -219,7 +214,7 @@ def test_letterbox_undo_and_clip():
     assert (d["boxes"] <= 128).all() and (d["boxes"] >= 0).all()
 
 
-def test_score_threshold_soft_nms_and_padding():
+def test_score_threshold_and_soft_nms():
     ref = load_reference(REFERENCE_NAMES[1])
     hw = ref["image_size_hw"]
     anchors = AnchorGenerator(AnchorConfig(anchor_scale=3.0))(hw)
@@ -229,38 +224,47 @@ def test_score_threshold_soft_nms_and_padding():
     d = postprocess(ref["class_out"], ref["box_out"], anchors, cfg, hw)
     assert all((x["scores"] >= thr).all() for x in d)
     assert 0 < len(d[0]["scores"]) < 100
-    b, s, l, num = postprocess_padded(ref["class_out"], ref["box_out"], anchors, cfg, hw)
-    assert b.shape == (2, 100, 4) and s.shape == (2, 100) and l.shape == (2, 100)
-    for i, x in enumerate(d):
-        k = int(num[i])
-        assert k == len(x["scores"]) and torch.equal(s[i, :k], x["scores"]) and (s[i, k:] == 0).all()
-    b2, s2, l2, num2 = postprocess_padded(
-        ref["class_out"], ref["box_out"], anchors, cfg, hw, traceable=True
-    )
-    assert torch.equal(num2, num) and torch.equal(s2, s) and torch.equal(b2, b) and torch.equal(l2, l)
     soft = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(method="gaussian", max_candidates=1000), hw)
     for x, y in zip(soft, hard):
         assert len(x["scores"]) == 100 and (x["scores"][:-1] >= x["scores"][1:]).all()
         assert x["scores"][0] == y["scores"][0]
 
 
-def test_traced_padded_postprocess_runs_on_new_inputs():
-    ref = load_reference(REFERENCE_NAMES[1])
-    hw = ref["image_size_hw"]
-    anchors = AnchorGenerator(AnchorConfig(anchor_scale=3.0))(hw)
-    cfg = NMSConfig(max_candidates=500, max_detections=20)
-
-    def fn(*outs):
-        return postprocess_padded(list(outs[:5]), list(outs[5:]), anchors, cfg, hw)
-
-    inputs = tuple(ref["class_out"]) + tuple(ref["box_out"])
-    traced = torch.jit.trace(fn, inputs, check_trace=False)
-    g = torch.Generator().manual_seed(0)
-    new = tuple(t + 0.5 * torch.randn(t.shape, generator=g) for t in inputs)
-    got = traced(*new)
-    expected = postprocess_padded(list(new[:5]), list(new[5:]), anchors, cfg, hw)
-    for a, b in zip(got, expected):
-        assert torch.equal(a, b)
+@pytest.mark.parametrize("name", REFERENCE_NAMES)
+def test_fixed_shape_steps_give_the_postprocess_detections(name):
+    """The ONNX export's steps (fixed_shape_candidates, an NMS, fixed_shape_detections; here the
+    NMS is batched_nms) give postprocess's detections, zero-padded to max_detections: two-stage
+    and plain top-k, padding past the candidates, letterbox."""
+    ref = load_reference(name)
+    hw = tuple(ref["image_size_hw"])
+    anchors = AnchorGenerator(AnchorConfig(anchor_scale=3.0 if "lite" in name else 4.0))(hw)
+    cls, box = ref["class_out"], ref["box_out"]
+    n, num_classes = cls[0].shape[0], cls[0].shape[1] // 9
+    cls_flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in cls], 1)  # (N, A_all, K)
+    box_flat = flatten_box_outputs(box)
+    scales, sizes = torch.tensor([0.5, 1.25]), torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]])
+    configs = (NMSConfig(),  # k < A_all: two-stage top-k
+               NMSConfig(max_candidates=40, max_detections=60),  # fewer candidates than detections: padding
+               NMSConfig(score_threshold=0.3, max_detections=50, iou_threshold=0.6, max_candidates=10**6))  # plain
+    for cfg in configs:
+        expected = postprocess(cls, box, anchors, cfg, hw, scales, sizes)
+        k = min(cfg.max_candidates, cls_flat.shape[1] * num_classes)
+        scores, boxes, labels = fixed_shape_candidates(cls_flat, box_flat, anchors, k, hw, scales, sizes)
+        assert scores.shape == labels.shape == (n, k) and boxes.shape == (n, k, 4)
+        kept = torch.zeros(n, k)
+        for i in range(n):
+            ok = (scores[i] >= cfg.score_threshold).nonzero().squeeze(1)
+            keep = batched_nms(boxes[i, ok], scores[i, ok], labels[i, ok], cfg.iou_threshold, cfg.max_detections)
+            kept[i, ok[keep]] = 1.0
+        b, s, l, num = fixed_shape_detections(boxes, scores, labels, kept, cfg.max_detections, scales, sizes)
+        m = cfg.max_detections
+        assert b.shape == (n, m, 4) and s.shape == l.shape == (n, m) and num.dtype == l.dtype == torch.int64
+        for i, e in enumerate(expected):
+            d = int(num[i])
+            assert d == len(e["scores"]) > 0
+            assert torch.equal(l[i, :d], e["labels"]) and torch.equal(s[i, :d], e["scores"])
+            torch.testing.assert_close(b[i, :d], e["boxes"], atol=1e-5, rtol=0)
+            assert not s[i, d:].any() and not b[i, d:].any() and not l[i, d:].any()
 
 
 @pytest.mark.parametrize("name", REFERENCE_NAMES)

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..config import NMSConfig, parse_image_size
 from ..detection.anchors import AnchorGenerator
-from ..detection.boxes import clip_boxes, decode_boxes
+from ..detection.postprocess import batched_nms, fixed_shape_candidates, fixed_shape_detections
 from ..errors import ConfigError
 from .detector import fuse_for_inference, levels_to_flat
 from .onnx_runtime import META_FORMAT, META_KEY, META_VERSION
@@ -75,8 +75,6 @@ class _OnnxNMS(torch.autograd.Function):
 
     @staticmethod
     def _eager(boxes, scores, max_output: int, iou_threshold: float, score_threshold: float) -> torch.Tensor:
-        from ..detection.postprocess import batched_nms
-
         rows = []
         for b in range(scores.shape[0]):
             for c in range(scores.shape[1]):
@@ -101,7 +99,8 @@ class NMSExport(nn.Module):
 
     Same steps and arithmetic as :func:`efficientdet.detection.postprocess.postprocess` (top-k
     candidates over anchors x classes, decode, clip to the image region of the input, class-aware
-    hard NMS, keep M by score, divide by scale, clip to the original), with the ONNX op for NMS.
+    hard NMS, keep M by score, divide by scale, clip to the original): the fixed-shape steps of
+    :mod:`efficientdet.detection.postprocess` around the ONNX op for NMS.
     """
 
     def __init__(self, model: nn.Module, image_size_hw: tuple[int, int], nms: NMSConfig):
@@ -117,26 +116,9 @@ class NMSExport(nn.Module):
     def forward(self, images: torch.Tensor, scales: torch.Tensor, original_sizes: torch.Tensor):
         cls_out, box_out = self.model(images)
         cls_flat, box_flat = levels_to_flat(cls_out, box_out, self.num_classes)  # (N, A, K), (N, A, 4)
-        n, k, num_classes = cls_flat.shape[0], self.num_candidates, self.num_classes
-        num_anchors = cls_flat.shape[1]
-        if k < num_anchors:
-            # exact two-stage top-k: the k best elements lie in the k anchors with the best maxima
-            _, top_anchor = cls_flat.amax(-1).topk(k, dim=1)  # (N, k)
-            rows = cls_flat.gather(1, top_anchor.unsqueeze(-1).expand(n, k, num_classes))  # (N, k, K)
-            logits, idx = rows.reshape(n, -1).topk(k, dim=1)  # (N, k) by descending logit
-            row = torch.div(idx, num_classes, rounding_mode="floor")
-            anchor_idx = top_anchor.gather(1, row)
-            class_idx = idx - row * num_classes
-        else:
-            logits, idx = cls_flat.reshape(n, -1).topk(k, dim=1)
-            anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
-            class_idx = idx - anchor_idx * num_classes
-        scores = logits.float().sigmoid()
-        deltas = box_flat.gather(1, anchor_idx.unsqueeze(-1).expand(n, k, 4))  # (N, k, 4)
-        boxes = decode_boxes(deltas.float(), self.anchors[anchor_idx])  # (N, k, 4) input pixels
-        limit = torch.tensor([float(v) for v in self.image_size])
-        region = torch.minimum(original_sizes * scales.unsqueeze(1), limit)  # (N, 2) image area of the input
-        boxes = clip_boxes(boxes, region.unsqueeze(1))
+        n, k = cls_flat.shape[0], self.num_candidates
+        scores, boxes, class_idx = fixed_shape_candidates(cls_flat, box_flat, self.anchors, k, self.image_size,
+                                                          scales, original_sizes)  # (N, k), (N, k, 4), (N, k)
         # one score row per class: a candidate scores only in its own class (N, K, k)
         own = class_idx.unsqueeze(1) == torch.arange(self.num_classes).reshape(1, -1, 1)
         passing = scores >= self.nms.score_threshold if self.nms.score_threshold > 0 else torch.ones_like(own[:, 0])
@@ -146,23 +128,7 @@ class NMSExport(nn.Module):
                                   torch.tensor([0.0], dtype=torch.float32))  # (S, 3)
         kept = torch.zeros(n, k)
         kept = kept.index_put((selected[:, 0], selected[:, 2]), torch.ones_like(selected[:, 0], dtype=torch.float32))
-        m = min(self.nms.max_detections, k)
-        ranked = torch.where(kept > 0, scores, torch.full((), -1.0))
-        top, take = ranked.topk(m, dim=1)  # kept first, by score (ties: lower candidate index first)
-        valid = top >= 0
-        out_boxes = boxes.gather(1, take.unsqueeze(-1).expand(n, m, 4)) / scales.reshape(n, 1, 1)
-        out_boxes = clip_boxes(out_boxes, original_sizes.unsqueeze(1))
-        vf = valid.to(out_boxes.dtype)
-        out_boxes = out_boxes * vf.unsqueeze(-1)
-        out_scores = top.clamp(min=0) * vf
-        out_classes = class_idx.gather(1, take) * valid.to(torch.long)
-        num = valid.to(torch.long).sum(1)
-        pad = self.nms.max_detections - m
-        if pad > 0:
-            out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(n, pad, 4)], 1)
-            out_scores = torch.cat([out_scores, out_scores.new_zeros(n, pad)], 1)
-            out_classes = torch.cat([out_classes, out_classes.new_zeros(n, pad)], 1)
-        return out_boxes, out_scores, out_classes, num
+        return fixed_shape_detections(boxes, scores, class_idx, kept, self.nms.max_detections, scales, original_sizes)
 
 
 def export_metadata(model: nn.Module, image_size_hw: tuple[int, int], class_names: Sequence[str],

@@ -29,7 +29,7 @@ from .boxes import box_iou, clip_boxes, decode_boxes
 
 # ----------------------------------------------------------------------------- NMS
 def _greedy_keep(suppress: Tensor, alive: Tensor) -> Tensor:
-    """Exact greedy NMS on a precomputed relation (TorchScript-compatible).
+    """Exact greedy NMS on a precomputed relation.
 
     suppress: (B, B) bool, ``suppress[j, i]`` = box j (earlier in score order, j < i) would
     suppress box i; alive: (B,) bool boxes still candidates. Returns keep (B,) bool.
@@ -47,19 +47,6 @@ def _greedy_keep(suppress: Tensor, alive: Tensor) -> Tensor:
             break
         keep = new_keep
     return keep
-
-
-_scripted_greedy_keep = None
-
-
-def _greedy_keep_traceable(suppress: Tensor, alive: Tensor) -> Tensor:
-    """:func:`_greedy_keep`, scripted when tracing so the loop survives torch.jit.trace."""
-    global _scripted_greedy_keep
-    if torch.jit.is_tracing():
-        if _scripted_greedy_keep is None:
-            _scripted_greedy_keep = torch.jit.script(_greedy_keep)
-        return _scripted_greedy_keep(suppress, alive)
-    return _greedy_keep(suppress, alive)
 
 
 def _suppression(boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> Tensor:
@@ -189,12 +176,13 @@ def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -
     only the class rows of anchors reaching it are read, and only entries reaching it are
     ranked. It reads channels_last outputs (and views of a flat (N, A_all, K) tensor, as ONNX
     Runtime returns) anchor-major, NCHW outputs class-major, without a copy either way. When
-    tracing, or when ties make the bound useless (an untrained head), it is a plain top-k.
+    k covers every anchor, or ties make the bound useless (an untrained head), it is a plain
+    top-k. (For a traced graph see :func:`fixed_shape_candidates`.)
     """
     num_classes = class_outputs[0].shape[1] // num_anchors
     total_anchors = sum(c.shape[-2] * c.shape[-1] for c in class_outputs) * num_anchors
     k = min(k, total_anchors * num_classes)
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or k >= total_anchors:
+    if k >= total_anchors:
         return _plain_topk(class_outputs, num_classes, k)
     # (N, A*K, H, W) -> (H, W, A*K) per image: contiguous when the memory is anchor-major
     if all(c.permute(0, 2, 3, 1)[0].is_contiguous() for c in class_outputs):
@@ -394,92 +382,85 @@ def postprocess(
     return results
 
 
-def _postprocess_padded_traceable(
-    class_outputs, box_outputs, anchors_xyxy, cfg: NMSConfig, image_size_hw, scales_t, sizes_t, clip: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fixed-shape path (hard NMS over the full candidate IoU matrix), for torch.jit.trace."""
-    n = class_outputs[0].shape[0]
-    num_anchors = box_outputs[0].shape[1] // 4
-    logits, anchor_idx, class_idx = topk_candidates(class_outputs, num_anchors, cfg.max_candidates)  # (N, k)
-    deltas = flatten_box_outputs(box_outputs)  # (N, A_all, 4)
-    k = logits.shape[1]
-    scores = logits.float().sigmoid()  # (N, k), sorted descending
-    sel = deltas.gather(1, anchor_idx.unsqueeze(-1).expand(n, k, 4))  # (N, k, 4)
-    boxes = decode_boxes(sel.float(), anchors_xyxy.to(sel.device, torch.float32)[anchor_idx])  # (N, k, 4)
-    scale = scales_t if scales_t is not None else torch.ones(n, device=boxes.device)
-    if clip:
-        if sizes_t is not None:
-            region = sizes_t * scale.unsqueeze(1)  # (N, 2)
-            if image_size_hw is not None:
-                region = torch.minimum(region, torch.tensor([float(v) for v in image_size_hw], device=boxes.device))
-        else:
-            region = torch.tensor([float(v) for v in image_size_hw], device=boxes.device).expand(n, 2)
-        boxes = clip_boxes(boxes, region.unsqueeze(1))
-    m = cfg.max_detections
-    out_boxes, out_scores, out_labels, out_num = [], [], [], []
-    for i in range(n):
-        alive = scores[i] >= cfg.score_threshold
-        keep = _greedy_keep_traceable(_suppression(boxes[i], class_idx[i], cfg.iou_threshold), alive)  # (k,)
-        # kept candidates first, in score order: rank = position, pushed back when not kept
-        rank = torch.arange(k, device=boxes.device) + (~keep).to(torch.long) * k
-        take = torch.topk(rank, min(m, k), largest=False).indices  # ascending rank: kept first
-        valid = keep[take]
-        b = boxes[i, take] / scale[i]
-        if clip and sizes_t is not None:
-            b = clip_boxes(b, sizes_t[i])
-        vf = valid.to(b.dtype)
-        out_boxes.append(b * vf.unsqueeze(1))
-        out_scores.append(scores[i, take] * vf)
-        out_labels.append(class_idx[i, take] * valid.to(torch.long))
-        out_num.append(valid.sum())
-    res = [torch.stack(out_boxes), torch.stack(out_scores), torch.stack(out_labels), torch.stack(out_num)]
-    if k < m:  # pad the detection axis to max_detections
-        pad = m - k
-        res[0] = torch.cat([res[0], res[0].new_zeros(n, pad, 4)], 1)
-        res[1] = torch.cat([res[1], res[1].new_zeros(n, pad)], 1)
-        res[2] = torch.cat([res[2], res[2].new_zeros(n, pad)], 1)
-    return res[0], res[1], res[2], res[3]
+# ----------------------------------------------------------------------------- fixed shapes
+# The steps of :func:`postprocess` around NMS, batched over images with fixed shapes and no
+# data-dependent Python control flow, so that they trace into a graph: ONNX export with NMS
+# inside the graph (:class:`efficientdet.deploy.export.NMSExport`, which supplies the NMS).
 
 
-def postprocess_padded(
-    class_outputs: Sequence[Tensor],
-    box_outputs: Sequence[Tensor],
+def fixed_shape_candidates(
+    cls_flat: Tensor,
+    box_flat: Tensor,
     anchors_xyxy: Tensor,
-    nms_cfg: NMSConfig | None = None,
-    image_size_hw: Sequence[int] | None = None,
-    scales=None,
-    original_sizes=None,
-    clip: bool = True,
-    traceable: bool | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fixed-shape batched :func:`postprocess`, for export.
+    k: int,
+    image_size_hw: Sequence[int],
+    scales: Tensor,
+    original_sizes: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k over anchors x classes, decoded and clipped, with fixed shapes.
 
-    Returns boxes (N, M, 4) float32 xyxy original pixels, scores (N, M), labels (N, M) int64
-    and num_detections (N,) int64, M = ``max_detections``; rows past num_detections are
-    zero. ``traceable`` (default: only while tracing/scripting) selects the fixed-shape path
-    (plain top-k, full candidate IoU matrix, scripted greedy loop) that survives
-    ``torch.jit.trace``; it supports hard NMS only. Otherwise the fast path is run and padded.
+    cls_flat (N, A_all, K) logits and box_flat (N, A_all, 4) deltas in anchor order (as
+    :func:`efficientdet.deploy.detector.levels_to_flat` gives); anchors_xyxy (A_all, 4) for the
+    model input ``image_size_hw``; ``k`` <= A_all * K; scales (N,) letterbox factors;
+    original_sizes (N, 2) (h, w). Returns scores (N, k) sigmoid probabilities by descending
+    logit, boxes (N, k, 4) xyxy in input pixels clipped to the image region of the input
+    (``original * scale``, at most the input), class indices (N, k). When k < A_all the top-k
+    is an exact two-stage selection (the k best elements lie in the k anchors with the best
+    maxima); equal logits at the cut-off may be taken in any order.
     """
-    cfg = nms_cfg if nms_cfg is not None else NMSConfig()
-    n = class_outputs[0].shape[0]
-    device = class_outputs[0].device
-    if traceable is None:
-        traceable = torch.jit.is_tracing() or torch.jit.is_scripting()
-    if traceable:
-        if cfg.method != "hard":
-            raise ConfigError("nms method 'gaussian' cannot be exported with fixed shapes: use method='hard'")
-        scales_t = _per_image(scales, n, "scales", device)
-        sizes_t = _per_image(original_sizes, n, "original_sizes", device, as_size=True)
-        return _postprocess_padded_traceable(
-            class_outputs, box_outputs, anchors_xyxy, cfg, image_size_hw, scales_t, sizes_t, clip
-        )
-    dets = postprocess(class_outputs, box_outputs, anchors_xyxy, cfg, image_size_hw, scales, original_sizes, clip)
-    m = cfg.max_detections
-    boxes = torch.zeros(n, m, 4, device=device)
-    scores = torch.zeros(n, m, device=device)
-    labels = torch.zeros(n, m, dtype=torch.long, device=device)
-    num = torch.zeros(n, dtype=torch.long, device=device)
-    for i, d in enumerate(dets):
-        c = d["scores"].shape[0]
-        boxes[i, :c], scores[i, :c], labels[i, :c], num[i] = d["boxes"], d["scores"], d["labels"], c
-    return boxes, scores, labels, num
+    # int(): the anchor and class counts are constants of a traced graph; the batch may stay dynamic
+    n, num_anchors, num_classes = cls_flat.shape[0], int(cls_flat.shape[1]), int(cls_flat.shape[2])
+    if k < num_anchors:
+        _, top_anchor = cls_flat.amax(-1).topk(k, dim=1)  # (N, k)
+        rows = cls_flat.gather(1, top_anchor.unsqueeze(-1).expand(n, k, num_classes))  # (N, k, K)
+        logits, idx = rows.reshape(n, -1).topk(k, dim=1)  # (N, k) by descending logit
+        row = torch.div(idx, num_classes, rounding_mode="floor")
+        anchor_idx = top_anchor.gather(1, row)
+        class_idx = idx - row * num_classes
+    else:
+        logits, idx = cls_flat.reshape(n, -1).topk(k, dim=1)
+        anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
+        class_idx = idx - anchor_idx * num_classes
+    scores = logits.float().sigmoid()
+    deltas = box_flat.gather(1, anchor_idx.unsqueeze(-1).expand(n, k, 4))  # (N, k, 4)
+    boxes = decode_boxes(deltas.float(), anchors_xyxy[anchor_idx])  # (N, k, 4) input pixels
+    limit = torch.tensor([float(v) for v in image_size_hw], device=boxes.device)
+    region = torch.minimum(original_sizes * scales.unsqueeze(1), limit)  # (N, 2) image area of the input
+    return scores, clip_boxes(boxes, region.unsqueeze(1)), class_idx
+
+
+def fixed_shape_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    kept: Tensor,
+    max_detections: int,
+    scales: Tensor,
+    original_sizes: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The kept candidates as padded detections in original pixels, with fixed shapes.
+
+    boxes (N, k, 4) input pixels, scores (N, k) (>= 0), labels (N, k) and kept (N, k) (> 0:
+    kept by NMS) from :func:`fixed_shape_candidates` and an NMS; scales (N,), original_sizes
+    (N, 2) (h, w). Returns boxes (N, M, 4) xyxy original pixels (``/ scale``, clipped to the
+    original), scores (N, M), labels (N, M) int64 and num_detections (N,) int64, M =
+    ``max_detections``: the kept candidates by descending score, rows past num_detections zero.
+    """
+    n, k = scores.shape[0], int(scores.shape[1])  # int(): a constant of a traced graph
+    m = min(max_detections, k)
+    ranked = torch.where(kept > 0, scores, torch.full((), -1.0))
+    top, take = ranked.topk(m, dim=1)  # kept first, by score (ties: lower candidate index first)
+    valid = top >= 0
+    out_boxes = boxes.gather(1, take.unsqueeze(-1).expand(n, m, 4)) / scales.reshape(n, 1, 1)
+    out_boxes = clip_boxes(out_boxes, original_sizes.unsqueeze(1))
+    vf = valid.to(out_boxes.dtype)
+    out_boxes = out_boxes * vf.unsqueeze(-1)
+    out_scores = top.clamp(min=0) * vf
+    out_labels = labels.gather(1, take) * valid.to(torch.long)
+    num = valid.to(torch.long).sum(1)
+    pad = max_detections - m
+    if pad > 0:
+        out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(n, pad, 4)], 1)
+        out_scores = torch.cat([out_scores, out_scores.new_zeros(n, pad)], 1)
+        out_labels = torch.cat([out_labels, out_labels.new_zeros(n, pad)], 1)
+    return out_boxes, out_scores, out_labels, num
