@@ -26,6 +26,7 @@ _EXPORTS = {
     "load_weights": "efficientdet.weights",
     "EfficientDet": "efficientdet.nn.model",
     "Detector": "efficientdet.deploy.detector",
+    "keep_freed_memory": "efficientdet.runtime",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -8,7 +8,6 @@ print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from importlib import import_module
 
@@ -24,6 +23,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench",), "efficientdet.deploy.bench", "measure latency and throughput"),
     (("demo",), "efficientdet.engine.demo", "synthesize data, train, evaluate and predict in one go"),
 ]
+
+# commands that allocate large tensors step after step: keep freed memory for reuse (runtime.py)
+HEAVY_COMMANDS = ("train", "val", "predict", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,14 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import runtime
     from .errors import EfficientDetError
 
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in ("train", "demo"):
-        # Training shares the cores with its data-loading processes: idle OpenMP threads sleep
-        # instead of spinning (a spinning thread can slow a loaded 2-core machine down ~10x).
-        # Only effective before torch loads its OpenMP runtime, i.e. from the command line.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # training shares the cores with its data-loading processes
+        runtime.sleep_idle_openmp_threads()
+    if words and words[0] in HEAVY_COMMANDS:
+        runtime.keep_freed_memory()
 
     parser = build_parser()
     args = parser.parse_args(argv)
