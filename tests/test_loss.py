@@ -10,7 +10,7 @@ import torch
 from efficientdet.config import AnchorConfig, LossConfig
 from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.assign import label_anchors
-from efficientdet.detection.loss import DetectionLoss, huber_loss, sigmoid_focal_loss
+from efficientdet.detection.loss import DetectionLoss, focal_loss_sum, huber_loss, sigmoid_focal_loss
 from efficientdet.errors import ConfigError
 
 from .reference import REFERENCE_NAMES, load_reference
@@ -45,6 +45,25 @@ def test_focal_and_huber_by_hand():
     torch.testing.assert_close(got, torch.tensor([0.25 * (1 - p2) ** 1.5 * ce]))
     err = huber_loss(torch.tensor([0.05, -0.3, 0.1]), torch.zeros(3), delta=0.1)
     torch.testing.assert_close(err, torch.tensor([0.5 * 0.05**2, 0.5 * 0.01 + 0.1 * 0.2, 0.5 * 0.01]))
+
+
+@pytest.mark.parametrize("gamma,smoothing", [(1.5, 0.0), (2.0, 0.1)])
+def test_fused_focal_loss_sum_and_gradient_equal_the_elementwise_reference(gamma, smoothing):
+    g = torch.Generator().manual_seed(0)
+    n, a, k = 2, 300, 7
+    logits = (torch.randn(n, a, k, generator=g, dtype=torch.float64) * 4).requires_grad_(True)
+    cls_targets = torch.randint(-2, k, (n, a), generator=g)  # -2 ignored, -1 background, 0..k-1 class
+    assert {-2, -1, 0}.issubset(set(cls_targets.unique().tolist()))
+    got = focal_loss_sum(logits, cls_targets, 0.25, gamma, smoothing)
+    (got_grad,) = torch.autograd.grad(got * 3.0, logits)
+
+    onehot = (cls_targets.unsqueeze(-1) == torch.arange(k)).double()
+    kept = (cls_targets != -2).unsqueeze(-1).double()
+    expected = (sigmoid_focal_loss(logits, onehot, 0.25, gamma, smoothing) * kept).sum()
+    (expected_grad,) = torch.autograd.grad(expected * 3.0, logits)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-14)
+    assert (got_grad[cls_targets == -2] == 0).all()
 
 
 def _head_outputs(hw, num_classes=3, n=2, seed=0, requires_grad=False):

@@ -58,6 +58,60 @@ def sigmoid_focal_loss(
     return alpha_t * modulator * ce
 
 
+class _FocalLossSum(torch.autograd.Function):
+    """Sum of the focal loss over all (anchor, class) entries with its gradient computed in the
+    same pass. The dense part treats every entry as a negative; the few positive entries are
+    then corrected from their gathered logits. About a quarter of the memory traffic of the
+    element-wise autograd graph, which matters at (N, 49104, 90) logits per step."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, cls_targets: Tensor, alpha: float, gamma: float, label_smoothing: float) -> Tensor:
+        s2 = 0.5 * label_smoothing  # smoothed target of a negative; 1 - s2 for a positive
+        with torch.autocast(logits.device.type, enabled=False):
+            p = logits.sigmoid()
+            ce = F.softplus(logits)  # cross-entropy of a negative: softplus(x) - s2 * x
+            if s2:
+                ce.sub_(logits, alpha=s2)
+            # negatives: loss = (1 - alpha) p^gamma ce, ignored anchors (-2) weigh 0
+            modulator = p.pow(gamma).mul_((cls_targets != -2).unsqueeze(-1).to(p.dtype) * (1.0 - alpha))
+            total = (modulator * ce).sum()
+            # d/dx = (1 - alpha) p^gamma (gamma (1 - p) ce + p - s2)
+            grad = ce.mul_(torch.rsub(p, 1.0))
+            torch.add(p, grad, alpha=gamma, out=grad)
+            if s2:
+                grad.sub_(s2)
+            grad.mul_(modulator)
+            del modulator, ce
+
+            positive = cls_targets >= 0
+            flat = positive.nonzero(as_tuple=True)
+            flat = (flat[0] * cls_targets.shape[1] + flat[1]) * logits.shape[-1] + cls_targets[positive]
+            x, p = logits.reshape(-1)[flat], p.reshape(-1)[flat]
+            neg_ce = F.softplus(x) - s2 * x
+            pos_ce = F.softplus(-x) + s2 * x
+            neg_loss = (1.0 - alpha) * p.pow(gamma) * neg_ce
+            pos_mod = alpha * (1.0 - p).pow(gamma)
+            total = total + (pos_mod * pos_ce - neg_loss).sum()
+            # d/dx = alpha (1 - p)^gamma (-gamma p ce + p - 1 + s2)
+            grad.view(-1)[flat] = pos_mod * (p - 1.0 + s2 - gamma * p * pos_ce)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total, None, None, None, None
+
+
+def focal_loss_sum(
+    logits: Tensor, cls_targets: Tensor, alpha: float = 0.25, gamma: float = 1.5, label_smoothing: float = 0.0
+) -> Tensor:
+    """Summed :func:`sigmoid_focal_loss` of (N, A, K) float32 logits against per-anchor targets
+    (N, A) int64: class index, -1 background (all-zero targets) or -2 ignored (no loss).
+    Differentiable in ``logits``; equal to the element-wise reference, with less memory."""
+    return _FocalLossSum.apply(logits.contiguous(), cls_targets, float(alpha), float(gamma), float(label_smoothing))
+
+
 def huber_loss(input: Tensor, target: Tensor, delta: float = 0.1) -> Tensor:
     """Element-wise Huber loss: 0.5 x^2 for |x| <= delta, delta * (|x| - delta/2) beyond."""
     abs_err = (input - target).abs()
@@ -124,12 +178,7 @@ class DetectionLoss(nn.Module):
         )
         normalizer = t.num_positives.sum() + 1.0
 
-        # class loss: one-hot (N, A_all, K), background -1 and ignored -2 have no hot entry
-        classes = torch.arange(self.num_classes, device=cls_logits.device)
-        onehot = (t.cls_targets.unsqueeze(-1) == classes).to(cls_logits.dtype)
-        focal = sigmoid_focal_loss(cls_logits, onehot, cfg.alpha, cfg.gamma, cfg.label_smoothing)
-        not_ignored = (t.cls_targets != -2).unsqueeze(-1).to(focal.dtype)
-        class_loss = (focal * not_ignored).sum() / normalizer
+        class_loss = focal_loss_sum(cls_logits, t.cls_targets, cfg.alpha, cfg.gamma, cfg.label_smoothing) / normalizer
 
         if cfg.box_loss == "huber":
             mask = (t.box_targets != 0).to(box_deltas.dtype)
