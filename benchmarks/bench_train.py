@@ -11,8 +11,11 @@ best round's median step time is reported. Both sides get the same environment
 (``OMP_WAIT_POLICY=PASSIVE`` unless --omp-active: idle OpenMP threads sleep instead of
 spinning, which matters on a loaded 2-core machine).
 
-Ours: float32 NCHW, channels_last, channels_last + bf16 autocast. effdet: float32 NCHW and
-channels_last (benchmarks/peer/peer_train.py). Prints a table and one JSON line.
+Ours: float32 NCHW, channels_last, channels_last + bf16 autocast, all with the allocator
+setting ``efficientdet train`` applies (efficientdet/runtime.py: keep freed memory for reuse),
+and channels_last with glibc's default allocator. effdet (benchmarks/peer/peer_train.py):
+float32 NCHW and channels_last as shipped, and channels_last with the same allocator setting
+passed as ``GLIBC_TUNABLES``. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -26,9 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
+# efficientdet.runtime.keep_freed_memory() expressed as glibc tunables, for the peer's process
+KEEP_FREED_MEMORY_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.top_pad=67108864"
+
 
 def worker(args) -> None:
     """Our side in this process: prints one JSON line like peer_train.py."""
+    from efficientdet import runtime
+
+    if not args.default_malloc:
+        runtime.keep_freed_memory()  # as `efficientdet train` does
     import torch
 
     from efficientdet.detection.loss import DetectionLoss
@@ -87,6 +97,7 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--amp", default="none")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--default-malloc", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY unset")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--json", help="also write the results here")
@@ -102,18 +113,21 @@ def main() -> None:
         ("ours fp32", "ours", []),
         ("ours channels_last", "ours", ["--channels-last"]),
         ("ours channels_last+bf16", "ours", ["--channels-last", "--amp", "bf16"]),
+        ("ours channels_last, default malloc", "ours", ["--channels-last", "--default-malloc"]),
     ]
     if not args.skip_peer and common.peer_available():
         configs += [("effdet fp32", "peer", ["--model", "tf_efficientdet_d0"]),
-                    ("effdet channels_last", "peer", ["--model", "tf_efficientdet_d0", "--channels-last"])]
+                    ("effdet channels_last", "peer", ["--model", "tf_efficientdet_d0", "--channels-last"]),
+                    ("effdet channels_last, our malloc", "peer+malloc", ["--model", "tf_efficientdet_d0", "--channels-last"])]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
     for r in range(args.rounds):
         for name, impl, extra in configs:
             try:
                 if impl == "ours":
                     res = common.run_python(__file__, ["--worker", *common_args, *extra], env=env)
-                else:
-                    res = common.run_peer("peer_train.py", [*common_args, *extra], env=env)
+                else:  # the peer cannot import our runtime module: the same settings as glibc tunables
+                    peer_env = {**env, "GLIBC_TUNABLES": KEEP_FREED_MEMORY_TUNABLES} if impl == "peer+malloc" else env
+                    res = common.run_peer("peer_train.py", [*common_args, *extra], env=peer_env)
             except common.SubprocessError as exc:
                 print(f"{name}: failed: {str(exc)[:500]}", file=sys.stderr)
                 continue
