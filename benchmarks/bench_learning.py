@@ -1,11 +1,11 @@
 """Does the demo's configuration learn? COCO mAP@[.5:.95] on the synthetic validation split.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_learning.py --out runs/bench_learning [--epochs N ...]
+    python benchmarks/bench_learning.py --out runs/bench_learning [--epochs N ...]
 
 Writes the synthetic shapes dataset (efficientdet.data.synth), trains with the demo's
 settings (``efficientdet.engine.demo.DEMO_SETTINGS``, overridable below), and prints one JSON
 line: settings, mAP/AP50 per epoch, best mAP, train and total wall time, machine. Goal: best
-mAP >= 0.5.
+mAP >= 0.5. Applies the same process settings as ``efficientdet demo`` (efficientdet/runtime.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from common import emit_json, machine_info  # noqa: E402
 
 
 def main() -> None:
+    from efficientdet import runtime
+
+    runtime.sleep_idle_openmp_threads()  # before torch loads its OpenMP runtime
+    runtime.keep_freed_memory()
     from efficientdet.engine.demo import DEMO_SETTINGS
 
     d = DEMO_SETTINGS

@@ -6,8 +6,8 @@ One step = zero_grad + forward + loss (anchor labelling included) + backward + S
 (lr 0.01, momentum 0.9, wd 4e-5), D0 at 512x512, batch 4, 90 classes, 8 random boxes per
 image, random weights and input, 2 threads. Each measurement runs in a fresh process
 (benchmarks/common.py: run_python / run_peer) so peak RSS is per configuration; the
-configurations are interleaved over ``--rounds`` rounds (the machine is shared) and the
-best round's median step time is reported. Both sides get the same environment
+configurations are interleaved over ``--rounds`` rounds (the machine is shared); each round
+gives the median of its steps, and the table reports the median over rounds. Both sides get the same environment
 (``OMP_WAIT_POLICY=PASSIVE`` unless --omp-active: idle OpenMP threads sleep instead of
 spinning, which matters on a loaded 2-core machine).
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -132,24 +133,23 @@ def main() -> None:
                 print(f"{name}: failed: {str(exc)[:500]}", file=sys.stderr)
                 continue
             results[name].append(res)
-            print(f"round {r + 1} {name:26s} {res['images_per_s']:.3f} img/s  median {res['step']['median_ms'] / 1e3:.2f} s"
+            print(f"round {r + 1} {name:36s} {res['images_per_s']:.3f} img/s  median {res['step']['median_ms'] / 1e3:.2f} s"
                   f"  peak RSS {res['_peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
     summary = {}
     for name, runs in results.items():
         if not runs:
             continue
-        best = max(runs, key=lambda x: x["images_per_s"])
-        summary[name] = {"images_per_s": round(best["images_per_s"], 3),
-                         "median_step_s": round(best["step"]["median_ms"] / 1e3, 3),
+        summary[name] = {"images_per_s": round(statistics.median(x["images_per_s"] for x in runs), 3),
+                         "median_step_s": round(statistics.median(x["step"]["median_ms"] for x in runs) / 1e3, 3),
                          "all_rounds_images_per_s": [round(x["images_per_s"], 3) for x in runs],
                          "peak_rss_mb": round(max(x["_peak_rss_mb"] for x in runs), 1)}
     base = summary.get("effdet fp32", {}).get("images_per_s")
     print(f"\nD0 {args.image_size}x{args.image_size} batch {args.batch} training step, {args.threads} threads, "
           f"env {env or 'default'}\n{common.machine_info()}", file=sys.stderr)
-    print(f"{'config':28s} {'img/s':>8s} {'vs effdet fp32':>15s} {'peak RSS MiB':>13s}", file=sys.stderr)
+    print(f"{'config':36s} {'img/s':>8s} {'vs effdet fp32':>15s} {'peak RSS MiB':>13s}", file=sys.stderr)
     for name, s in summary.items():
         ratio = f"{s['images_per_s'] / base:.2f}x" if base else "-"
-        print(f"{name:28s} {s['images_per_s']:8.3f} {ratio:>15s} {s['peak_rss_mb']:13.0f}", file=sys.stderr)
+        print(f"{name:36s} {s['images_per_s']:8.3f} {ratio:>15s} {s['peak_rss_mb']:13.0f}", file=sys.stderr)
     out = {"benchmark": "train_step", "model": "d0", "image_size": args.image_size, "batch": args.batch,
            "env": env, "machine": common.machine_info_dict(), "results": summary}
     if args.json:

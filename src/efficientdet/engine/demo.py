@@ -124,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg)
     if result.stopped == "interrupted":
         return 130
-    val = None
     from ..data import load_dataset
 
     val = load_dataset(yaml_path, split="val")
