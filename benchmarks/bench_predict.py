@@ -35,6 +35,9 @@ def worker(args) -> None:
     """One measurement of ours in this process; prints one JSON line."""
     import tempfile
 
+    from efficientdet import runtime
+
+    runtime.keep_freed_memory()  # as `efficientdet predict` and `bench` do
     import torch
 
     from efficientdet import Detector, create_model

@@ -58,3 +58,13 @@ def write_yaml(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def tiny_train_config(data, out, **overrides):
+    """A TrainConfig for a run of seconds: Lite0 at 64x64, 2 epochs of batch 4, no workers."""
+    from efficientdet.engine.trainer import TrainConfig
+
+    base = dict(data=str(data), model="efficientdet_lite0", image_size=64, epochs=2, batch_size=4, lr=0.01,
+                workers=0, out=str(out), progress=False, seed=0, ema_warmup_steps=2)
+    base.update(overrides)
+    return TrainConfig(**base)

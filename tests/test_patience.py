@@ -20,6 +20,8 @@ from efficientdet.engine.evaluator import STAT_NAMES, EvalResult
 from efficientdet.engine.trainer import TrainConfig, train
 from efficientdet.errors import ConfigError
 
+from .data_factory import tiny_train_config
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -29,11 +31,8 @@ def synth(tmp_path_factory) -> Path:
     return write_synthetic_dataset(root / "data", num_train=4, num_val=2, seed=5, size=64, progress=False)
 
 
-def tiny(data, out, **kw) -> TrainConfig:
-    base = dict(data=str(data), model="efficientdet_lite0", image_size=64, epochs=2, batch_size=4, lr=0.01,
-                workers=0, out=str(out), progress=False, seed=0, ema=False, plots=False)
-    base.update(kw)
-    return TrainConfig(**base)
+def tiny(data, out, **kw):
+    return tiny_train_config(data, out, ema=False, plots=False, **kw)  # best.pt holds the raw model
 
 
 def script_map(monkeypatch, maps: list[float]) -> list[float]:

