@@ -75,6 +75,7 @@ def test_run_folder_and_checkpoints(straight):
     import yaml
 
     args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["channels_last"] is None and ", channels_last" in (run / "train.log").read_text()  # CPU default
     assert args["epochs"] == 2 and args["image_size"] == 64 and args["anchor_scale"] == 2.0
 
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)  # plain types only

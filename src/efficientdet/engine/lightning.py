@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..config import LossConfig, NMSConfig, get_model_config
 from . import distributed as dist_utils
-from .trainer import TrainConfig, build_model, default_lr, load_train_val, set_train_mode
+from .trainer import TrainConfig, build_model, default_lr, load_train_val, set_train_mode, use_channels_last
 
 
 def _as_config(cfg) -> TrainConfig:
@@ -109,7 +109,8 @@ class EfficientDetModule(L.LightningModule):
         return self.model(images)
 
     def on_fit_start(self) -> None:
-        if self.cfg.channels_last:
+        self.channels_last = use_channels_last(self.cfg.channels_last, self.device)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.cfg.ema and self.ema is None:
             from .ema import ModelEMA
@@ -126,7 +127,7 @@ class EfficientDetModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        if self.cfg.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         class_out, box_out = self.model(images)
         losses = self.loss_fn(class_out, box_out, self._targets(targets), self.model.config.image_size)

@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--box-loss", choices=("huber", "giou"), help="box regression loss (default huber)")
     g.add_argument("--assigner", choices=("argmax", "atss"), help="anchor assignment (default argmax, official)")
     g.add_argument("--amp", choices=AMP_CHOICES, help="autocast: bf16 (CPU or CUDA), fp16 (CUDA, GradScaler), none (default)")
-    g.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CPU, where it is 1.4x faster)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute activations to save memory")
     g = parser.add_argument_group("run")
     g.add_argument("--patience", type=int, help="stop after N epochs without a better val mAP (default: never)")
