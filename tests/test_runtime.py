@@ -1,4 +1,4 @@
-"""runtime.keep_freed_memory: repeated large allocations stop page-faulting."""
+"""runtime: the allocator setting (repeated large allocations stop page-faulting) and device names."""
 
 import os
 import subprocess
@@ -44,3 +44,22 @@ def test_keep_freed_memory_stops_page_faults_of_repeated_steps():
     # kept memory is reused: a small fraction of those (a little heap growth from fragmentation,
     # or the kernel reclaiming idle pages under memory pressure, may fault some pages in)
     assert kept < default / 4, f"{kept} page faults in 10 steps that reuse 256 MiB (default allocator: {default})"
+
+
+def test_resolve_device_names_and_one_line_errors():
+    import torch
+
+    from efficientdet.errors import ConfigError
+    from efficientdet.runtime import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected_auto = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert resolve_device(None) == resolve_device("auto") == expected_auto
+    with pytest.raises(ConfigError, match="'gpu7': give cpu, cuda, cuda:N or auto"):
+        resolve_device("gpu7")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda", local_rank=0) == resolve_device("0") == torch.device("cuda:0")
+    else:
+        for name in ("cuda", "1", "cuda:1"):
+            with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
+                resolve_device(name)

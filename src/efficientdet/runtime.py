@@ -1,4 +1,8 @@
-"""Process-wide CPU runtime settings that the command line applies before heavy work.
+"""Where and how the work runs: the device, and process-wide CPU settings the command line
+applies before heavy work.
+
+* :func:`resolve_device`: "auto"/None, "cpu", "cuda", "cuda:N" or "N" -> a torch.device, with
+  one-line errors for a bad name or missing CUDA.
 
 * :func:`keep_freed_memory`: glibc ``malloc`` hands every block over 32 MiB straight back to
   the kernel when freed, so a training step that allocates and frees gigabytes of
@@ -18,6 +22,30 @@ import ctypes
 import ctypes.util
 import os
 import sys
+
+
+
+def resolve_device(name=None, local_rank: int = 0):
+    """torch.device for ``name``: None or "auto" -> ``cuda:local_rank`` when CUDA is available,
+    else cpu; "N" -> ``cuda:N``; plain "cuda" -> ``cuda:local_rank`` (one GPU per process).
+    Raises ConfigError for a name torch does not know or CUDA that is not there."""
+    import torch
+
+    from .errors import ConfigError
+
+    if name is None or str(name) == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(f"cuda:{name}" if str(name).isdigit() else name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: give cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available here; use --device cpu")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
 
 # mallopt parameters from glibc's malloc.h
 _M_TRIM_THRESHOLD = -1

@@ -33,6 +33,7 @@ from torch import nn
 from ..config import NMSConfig, parse_image_size, resolve_model_name
 from ..detection.postprocess import postprocess
 from ..errors import ConfigError, DataError, WeightsError
+from ..runtime import resolve_device
 
 # COCO 2017 category ids 1..90 (the 90-slot layout of the official / effdet 90-class weights);
 # the 10 ids without annotations keep the names of the original COCO paper.
@@ -310,18 +311,6 @@ def levels_to_flat(cls_levels: Sequence[torch.Tensor], box_levels: Sequence[torc
     return cls, box
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device if not str(device).isdigit() else f"cuda:{device}")
-    except RuntimeError:
-        raise ConfigError(f"device {device!r}: give cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available here; use --device cpu")
-    return dev
-
-
 # ----------------------------------------------------------------------------- Detector
 class Detector:
     """Run a detector on images; see the module docstring for inputs and preprocessing.
@@ -348,7 +337,7 @@ class Detector:
                  half: bool = False, channels_last: bool | None = None, fuse: bool = True, compile: bool = False,
                  threads: int | None = None, max_candidates: int = 5000):
         self.onnx = None
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if (weights is None) == (model is None):
             raise ConfigError("Detector: give a checkpoint/ONNX path or model=..., not both or neither")
         if weights is not None:

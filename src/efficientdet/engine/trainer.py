@@ -46,6 +46,7 @@ from torch import nn
 from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
 from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError, WeightsError
+from ..runtime import resolve_device
 from . import distributed as dist_utils
 
 OPTIMIZER_NAMES = ("sgd", "adamw")
@@ -196,21 +197,6 @@ class TrainResult:
 def default_lr(optimizer: str, total_batch: int) -> float:
     """0.08 per 64 images for SGD (the official recipe, linearly scaled); 1e-3 for AdamW."""
     return 0.08 * total_batch / 64.0 if optimizer == "sgd" else 1e-3
-
-
-def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
-    if name is None or name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r}: give cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r}: CUDA is not available here; use --device cpu")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:

@@ -13,6 +13,7 @@ import torch
 
 from ..config import NMSConfig, parse_image_size
 from ..errors import ConfigError, DataError
+from ..runtime import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,18 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype on the device")
     parser.add_argument("--out", default="runs/val", help="output folder (default runs/val)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r}: give cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; fix: --device cpu")
-    return device
 
 
 def run(args: argparse.Namespace) -> int:
