@@ -19,12 +19,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-# class colours (RGB), cycled
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 DEMO_SETTINGS = dict(
     model="efficientdet_lite0", backbone_weights="imagenet", image_size=256, anchor_scale=2.0, epochs=20, batch_size=8,
@@ -49,56 +43,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def draw_detections(image, boxes, scores, labels, class_names, conf: float = 0.3):
-    """A copy of the PIL ``image`` with boxes ((D, 4) xyxy pixels), class names and scores drawn
-    for detections with score >= ``conf``."""
-    from PIL import ImageDraw, ImageFont
-
-    out = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default()
-    width = max(1, round(max(out.size) / 200))
-    for box, score, label in zip(np.asarray(boxes), np.asarray(scores), np.asarray(labels)):
-        if score < conf:
-            continue
-        colour = PALETTE[int(label) % len(PALETTE)]
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        text = f"{class_names[int(label)]} {score:.2f}"
-        tx1, ty1, tx2, ty2 = draw.textbbox((x1, y1), text, font=font)
-        ty = y1 - (ty2 - ty1) - 2 if y1 - (ty2 - ty1) - 2 >= 0 else y1
-        draw.rectangle([x1, ty, x1 + (tx2 - tx1) + 4, ty + (ty2 - ty1) + 2], fill=colour)
-        draw.text((x1 + 2, ty), text, fill=(0, 0, 0) if sum(colour) > 400 else (255, 255, 255), font=font)
-    return out
-
-
-@torch.inference_mode()
 def write_predictions(checkpoint: str | Path, data, out_dir: str | Path, count: int = 8, conf: float = 0.3) -> list[Path]:
     """Detect on the first ``count`` images of ``data`` (a DetectionData) with the model of
-    ``checkpoint``; write each image with its detections drawn to ``out_dir``. Returns the paths."""
+    ``checkpoint``, keeping scores >= ``conf``; write each image with its detections drawn to
+    ``out_dir``. Returns the paths."""
     from PIL import Image
 
-    from ..data.dataset import DetectionDataset
-    from ..detection.anchors import AnchorGenerator
-    from ..detection.postprocess import postprocess
-    from ..factory import load_model
+    from ..deploy.detector import Detector
+    from ..deploy.visualize import draw_detections
 
-    model, ckpt = load_model(checkpoint)
-    cfg = model.config
-    names = ckpt["class_names"]
-    dataset = DetectionDataset(data.records[:count], cfg.image_size, cfg.mean, cfg.std, train=False)
-    anchors = AnchorGenerator(cfg.anchors)(cfg.image_size)
+    detector = Detector(checkpoint, conf=conf)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for i in range(len(dataset)):
-        image, target = dataset[i]
-        class_out, box_out = model(image[None])
-        det = postprocess(class_out, box_out, anchors, None, cfg.image_size, scales=[target["scale"]],
-                          original_sizes=[target["original_size"]])[0]
-        record = dataset.records[i]
+    for record in data.records[:count]:
+        det = detector(record.path)
         with Image.open(record.path) as im:
-            drawn = draw_detections(im, det["boxes"], det["scores"], det["labels"], names, conf)
+            drawn = draw_detections(im, det.boxes, det.scores, det.labels, detector.names)
         path = out_dir / f"{Path(record.path).stem}_pred.jpg"
         drawn.save(path, quality=92)
         written.append(path)
