@@ -3,7 +3,8 @@
 Used by our benchmark scripts (run with our venv) and by the peer scripts in
 benchmarks/peer/ (run with the peer venv), so both sides are timed the same way.  Only the
 standard library is imported at module level; torch is imported lazily where needed, and
-nothing here imports our package or effdet.
+nothing here imports our package or effdet: the timing and peak-memory functions are those of
+``efficientdet/deploy/timing.py`` (also used by ``efficientdet bench``), loaded by file path.
 
     from common import measure, machine_info, run_python, run_peer
 
@@ -20,10 +21,8 @@ nothing here imports our package or effdet.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,21 @@ PEER_PYTHON = os.path.join(PEER_DIR, ".venv", "bin", "python")
 DEFAULT_THREADS = 2
 
 
+def _load_timing():
+    """efficientdet/deploy/timing.py, loaded by path: it imports only the standard library, so
+    the peer venv (without our package) shares our timing and memory functions."""
+    import importlib.util
+
+    path = os.path.join(REPO_ROOT, "src", "efficientdet", "deploy", "timing.py")
+    spec = importlib.util.spec_from_file_location("efficientdet_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+timing = _load_timing()
+
+
 def set_threads(threads: Optional[int] = DEFAULT_THREADS) -> None:
     """torch.set_num_threads(threads) unless threads is None."""
     if threads is not None:
@@ -46,19 +60,8 @@ def set_threads(threads: Optional[int] = DEFAULT_THREADS) -> None:
 
 
 def summarize(times_ms: Sequence[float]) -> dict:
-    """median / p90 / min / mean of a list of times in ms (p90: nearest-rank)."""
-    xs = sorted(float(t) for t in times_ms)
-    if not xs:
-        raise ValueError("no timings")
-    p90 = xs[max(0, math.ceil(0.9 * len(xs)) - 1)]
-    return {
-        "median_ms": statistics.median(xs),
-        "p90_ms": p90,
-        "min_ms": xs[0],
-        "mean_ms": statistics.fmean(xs),
-        "runs": len(xs),
-        "times_ms": [round(t, 3) for t in times_ms],
-    }
+    """median / p90 / min / mean of a list of times in ms (p90: nearest-rank), and the times."""
+    return {**timing.summarize(times_ms), "times_ms": [round(float(t), 3) for t in times_ms]}
 
 
 def measure(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
@@ -69,17 +72,8 @@ def measure(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
     torch.set_num_threads(threads) first (None leaves it alone).  Autograd mode is the
     caller's business (wrap fn in torch.no_grad()/inference_mode() as the case needs).
     """
-    import gc
     set_threads(threads)
-    for _ in range(max(0, warmup)):
-        fn()
-    gc.collect()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    out = summarize(times)
+    out = summarize(timing.time_calls(fn, warmup, repeats))
     out["threads"] = _torch_threads() if threads is None else int(threads)
     return out
 
@@ -106,10 +100,6 @@ def cpu_model() -> str:
 def machine_info_dict() -> dict:
     """The facts behind machine_info() as a dict (for JSON reports)."""
     try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        usable = os.cpu_count()
-    try:
         import torch
         torch_version = torch.__version__
         threads = torch.get_num_threads()
@@ -122,7 +112,7 @@ def machine_info_dict() -> dict:
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": timing.usable_cores(),
         "torch": torch_version,
         "torch_threads": threads,
         "python": platform.python_version(),
@@ -139,20 +129,7 @@ def machine_info() -> str:
             f"torch {d['torch']} ({d['torch_threads']} threads), Python {d['python']}{load}")
 
 
-def peak_rss_mb() -> Optional[float]:
-    """Peak resident set size of this process so far, MiB (VmHWM; ru_maxrss fallback)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    try:
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except Exception:  # pragma: no cover
-        return None
+peak_rss_mb = timing.peak_rss_mb
 
 
 def current_rss_mb() -> Optional[float]:

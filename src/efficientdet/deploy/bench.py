@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from .timing import peak_rss_mb, summarize, time_calls, usable_cores
 
 ENGINES = ("eager", "onnxruntime", "onnxruntime-nms", "compile")
 PARTS = ("network", "end_to_end", "from_image")
@@ -46,42 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     parser.add_argument("--in-process", action="store_true", help="measure everything in this process (peak memory then accumulates)")
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except Exception:  # noqa: BLE001 - not available on this platform
-        return None
-
-
-def _timeit(fn, warmup: int, repeats: int) -> dict:
-    for _ in range(max(0, warmup)):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    xs = sorted(times)
-    return {"median_ms": statistics.median(xs), "p90_ms": xs[max(0, math.ceil(0.9 * len(xs)) - 1)],
-            "min_ms": xs[0], "runs": len(xs)}
 
 
 def build_detector(engine: str, model_name: str, image_size, num_classes: int, threads: int | None,
@@ -116,7 +80,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
     import numpy as np
     import torch
 
-    threads = args.threads or _usable_cores()
+    threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
         t0 = time.perf_counter()
@@ -146,9 +110,9 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
                 fn = runs.get(part)
                 if fn is None:
                     continue
-                stats = _timeit(fn, args.warmup, args.repeats)
+                stats = summarize(time_calls(fn, args.warmup, args.repeats))
                 rows.append({"engine": engine, "batch": batch, "part": part, **stats,
-                             "images_per_s": 1000.0 * batch / stats["median_ms"], "peak_rss_mb": _peak_rss_mb(),
+                             "images_per_s": 1000.0 * batch / stats["median_ms"], "peak_rss_mb": peak_rss_mb(),
                              "setup_s": round(setup_s, 2), "threads": threads})
         return rows
 
@@ -204,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         results += measure_engine(engine, batch, args) if args.in_process else _child(engine, batch, args)
     hw = args.image_size or None
     summary = {
-        "model": args.model, "image_size": hw, "threads": args.threads or _usable_cores(), "repeats": args.repeats,
+        "model": args.model, "image_size": hw, "threads": args.threads or usable_cores(), "repeats": args.repeats,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"Python {platform.python_version()}",
         "results": results,

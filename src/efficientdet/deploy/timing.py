@@ -1,0 +1,68 @@
+"""Wall-clock timing and peak memory of repeated calls: ``efficientdet bench`` and the scripts in
+benchmarks/ use these same functions.
+
+Standard library only, and nothing from this package: benchmarks/common.py loads this file by
+path inside the peer's virtual environment, where efficientdet is not installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import statistics
+import time
+from typing import Callable, Sequence
+
+
+def time_calls(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> list[float]:
+    """``warmup`` untimed calls of ``fn()``, a garbage collection, then ``repeats`` timed calls;
+    returns their wall times in ms."""
+    for _ in range(max(0, warmup)):
+        fn()
+    gc.collect()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def summarize(times_ms: Sequence[float]) -> dict:
+    """median / p90 (nearest rank) / min / mean of times in ms, and the number of runs."""
+    xs = sorted(float(t) for t in times_ms)
+    if not xs:
+        raise ValueError("no timings")
+    return {
+        "median_ms": statistics.median(xs),
+        "p90_ms": xs[max(0, math.ceil(0.9 * len(xs)) - 1)],
+        "min_ms": xs[0],
+        "mean_ms": statistics.fmean(xs),
+        "runs": len(xs),
+    }
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far, MiB (VmHWM; ru_maxrss fallback)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # noqa: BLE001 - not available on this platform
+        return None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
