@@ -198,6 +198,19 @@ def _plain_topk(class_outputs: Sequence[Tensor], num_classes: int, k: int) -> tu
     return logits, idx // num_classes, idx % num_classes
 
 
+def _plain_topk_image(class_outputs: Sequence[Tensor], i: int, num_classes: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_plain_topk` of image ``i`` alone: (k,) logits, anchor and class indices. The
+    two-stage paths fall back to it under heavy ties, where one plain top-k is cheaper."""
+    logits, anchor_idx, class_idx = _plain_topk([c[i:i + 1] for c in class_outputs], num_classes, k)
+    return logits[0], anchor_idx[0], class_idx[0]
+
+
+def _stack_images(per_image: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """[(logits, anchors, classes) (k,) per image] -> three (N, k) tensors."""
+    logits, anchors, classes = (torch.stack(t) for t in zip(*per_image))
+    return logits, anchors, classes
+
+
 def _topk_anchor_major(class_outputs: Sequence[Tensor], num_classes: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Two-stage top-k for anchor-major memory: per level a (N, H*W*A, K) view, K contiguous."""
     n = class_outputs[0].shape[0]
@@ -207,14 +220,11 @@ def _topk_anchor_major(class_outputs: Sequence[Tensor], num_classes: int, k: int
     total = sum(sizes)
     amax = torch.cat([c.amax(-1) for c in chunks], 1)  # (N, A_all)
     bound = amax.kthvalue(total - k + 1, dim=1).values  # (N,)
-    out_l, out_a, out_c = [], [], []
+    per_image = []
     for i in range(n):
         anchors = (amax[i] >= bound[i]).nonzero().squeeze(1)  # (s,) ascending, s >= k
-        if anchors.numel() > 2 * k:  # heavy ties: one plain top-k is cheaper
-            logits, anchor_idx, class_idx = _plain_topk([c[i:i + 1] for c in class_outputs], num_classes, k)
-            out_l.append(logits[0])
-            out_a.append(anchor_idx[0])
-            out_c.append(class_idx[0])
+        if anchors.numel() > 2 * k:
+            per_image.append(_plain_topk_image(class_outputs, i, num_classes, k))
             continue
         rows, start = [], 0
         for c, size in zip(chunks, sizes):
@@ -225,10 +235,8 @@ def _topk_anchor_major(class_outputs: Sequence[Tensor], num_classes: int, k: int
         rows_t = torch.cat(rows)  # (s, K), rows in the order of `anchors`
         r, cls_idx = (rows_t >= bound[i]).nonzero().unbind(1)  # candidates, usually a few times k
         logits, pick = rows_t[r, cls_idx].topk(k)  # sorted descending; at least k by construction
-        out_l.append(logits)
-        out_a.append(anchors[r[pick]])
-        out_c.append(cls_idx[pick])
-    return torch.stack(out_l), torch.stack(out_a), torch.stack(out_c)
+        per_image.append((logits, anchors[r[pick]], cls_idx[pick]))
+    return _stack_images(per_image)
 
 
 def _topk_class_major(class_outputs: Sequence[Tensor], num_anchors: int, num_classes: int, k: int
@@ -246,13 +254,10 @@ def _topk_class_major(class_outputs: Sequence[Tensor], num_anchors: int, num_cla
     amax = torch.cat(level_max, 1)  # (N, A_all)
     bound = amax.kthvalue(total_anchors - k + 1, dim=1).values  # (N,)
     class_offsets = torch.arange(num_classes, device=class_outputs[0].device)
-    all_logits, all_anchor, all_class = [], [], []
+    per_image = []
     for i in range(n):
-        if int((amax[i] >= bound[i]).sum()) > 2 * k:  # heavy ties: one plain top-k is cheaper
-            logits, anchor_idx, class_idx = _plain_topk([c[i:i + 1] for c in class_outputs], num_classes, k)
-            all_logits.append(logits[0])
-            all_anchor.append(anchor_idx[0])
-            all_class.append(class_idx[0])
+        if int((amax[i] >= bound[i]).sum()) > 2 * k:
+            per_image.append(_plain_topk_image(class_outputs, i, num_classes, k))
             continue
         vals_l, anchor_l, class_l = [], [], []
         offset = 0
@@ -272,10 +277,8 @@ def _topk_class_major(class_outputs: Sequence[Tensor], num_anchors: int, num_cla
             offset += hw * num_anchors
         vals, anchors, classes = torch.cat(vals_l), torch.cat(anchor_l), torch.cat(class_l)
         logits, pick = vals.topk(k)  # sorted descending; at least k candidates by construction
-        all_logits.append(logits)
-        all_anchor.append(anchors[pick])
-        all_class.append(classes[pick])
-    return torch.stack(all_logits), torch.stack(all_anchor), torch.stack(all_class)
+        per_image.append((logits, anchors[pick], classes[pick]))
+    return _stack_images(per_image)
 
 
 def select_classes(class_outputs: Sequence[Tensor], num_anchors: int, classes: Sequence[int]) -> list[Tensor]:
