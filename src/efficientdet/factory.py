@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-
 from .config import AnchorConfig, ModelConfig, get_model_config
 from .errors import WeightsError
 from .nn.efficientnet import EfficientNet
