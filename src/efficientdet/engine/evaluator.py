@@ -132,6 +132,21 @@ def coco_metrics(gt: dict, detections: list[dict]) -> tuple[dict[str, float], li
     return stats, per_class
 
 
+def batch_detections_to_coco(class_out, box_out, targets: Sequence[dict], anchors: torch.Tensor, nms_cfg: NMSConfig,
+                             image_size_hw: Sequence[int], category_ids: Sequence[int]) -> list[tuple[int, list[dict]]]:
+    """Raw head outputs of a batch from :class:`~efficientdet.data.dataset.DetectionDataset`
+    (targets carry ``image_id``, ``scale``, ``original_size``) -> ``[(image_id, COCO result
+    dicts with the dataset's category ids)]``, one entry per image, boxes in original pixels."""
+    from ..data.coco import detections_to_coco
+    from ..detection.postprocess import postprocess
+
+    dets = postprocess([c.float() for c in class_out], [b.float() for b in box_out], anchors, nms_cfg, image_size_hw,
+                       scales=[t["scale"] for t in targets], original_sizes=[t["original_size"] for t in targets])
+    return [(t["image_id"], detections_to_coco(t["image_id"], d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(),
+                                               d["labels"].cpu().numpy(), category_ids))
+            for t, d in zip(targets, dets)]
+
+
 def evaluate(
     model: nn.Module,
     data,
@@ -153,11 +168,10 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from ..data.coco import detections_to_coco, records_to_coco
+    from ..data.coco import records_to_coco
     from ..data.dataset import DetectionDataset
     from ..data.loader import create_loader
     from ..detection.anchors import AnchorGenerator
-    from ..detection.postprocess import postprocess
     from .ema import unwrap_model
 
     name = getattr(data, "source", "") or "dataset"
@@ -186,17 +200,12 @@ def evaluate(
                 images = images.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     class_out, box_out = model(images)
-                class_out = [c.float() for c in class_out]
-                box_out = [b.float() for b in box_out]
-                dets = postprocess(class_out, box_out, anchors, nms_cfg, image_size_hw,
-                                   scales=[t["scale"] for t in targets],
-                                   original_sizes=[t["original_size"] for t in targets])
-                for t, d in zip(targets, dets):
-                    if t["image_id"] in seen:  # an undecodable image was substituted by the next one
+                for image_id, coco_dets in batch_detections_to_coco(class_out, box_out, targets, anchors, nms_cfg,
+                                                                    image_size_hw, data.category_ids):
+                    if image_id in seen:  # an undecodable image was substituted by the next one
                         continue
-                    seen.add(t["image_id"])
-                    detections.extend(detections_to_coco(t["image_id"], d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(),
-                                                         d["labels"].cpu().numpy(), data.category_ids))
+                    seen.add(image_id)
+                    detections.extend(coco_dets)
     finally:
         model.train(was_training)
     stats, per_class = coco_metrics(records_to_coco(data), detections)

@@ -171,22 +171,17 @@ class EfficientDetModule(L.LightningModule):
         self._detections = []
 
     def validation_step(self, batch, batch_idx) -> None:
-        from ..data.coco import detections_to_coco
-        from ..detection.anchors import AnchorGenerator
-        from ..detection.postprocess import postprocess
+        from .evaluator import batch_detections_to_coco
 
         images, targets = batch
         model = self.eval_model()
         model.eval()
         cfg = model.config
         class_out, box_out = model(images)
-        anchors = AnchorGenerator(cfg.anchors)(cfg.image_size, device=images.device)
-        dets = postprocess([c.float() for c in class_out], [b.float() for b in box_out], anchors, NMSConfig(),
-                           cfg.image_size, scales=[t["scale"] for t in targets],
-                           original_sizes=[t["original_size"] for t in targets])
-        for t, d in zip(targets, dets):
-            self._detections.extend(detections_to_coco(t["image_id"], d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(),
-                                                       d["labels"].cpu().numpy(), self.category_ids))
+        anchors = self.loss_fn.anchors(cfg.image_size, device=images.device)  # cached per size and device
+        for _, coco_dets in batch_detections_to_coco(class_out, box_out, targets, anchors, NMSConfig(), cfg.image_size,
+                                                     self.category_ids):
+            self._detections.extend(coco_dets)
 
     def on_validation_epoch_end(self) -> None:
         from ..data.coco import records_to_coco
