@@ -132,18 +132,6 @@ def machine_info() -> str:
 peak_rss_mb = timing.peak_rss_mb
 
 
-def current_rss_mb() -> Optional[float]:
-    """Current resident set size of this process, MiB (VmRSS)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 def emit_json(obj: dict) -> None:
     """Print ``obj`` as JSON on one line (the last line a script prints, for run_python)."""
     sys.stdout.flush()
