@@ -116,7 +116,8 @@ class _Stats:
         self.skipped = 0
         self.per_class: Counter = Counter()
         self.model_s = 0.0
-        self.names_seen: Counter = Counter()
+        self.written: set[str] = set()  # annotated image names already written
+        self.video_path: Path | None = None
 
 
 def _process(detector, frames, source, out_dir: Path, args, results: list, stats: _Stats, writer):
@@ -153,8 +154,6 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
         else:
             name = frame.name if frame.name.lower().endswith((".jpg", ".jpeg", ".png")) else Path(frame.name).stem + ".png"
             target = out_dir / name
-            if getattr(stats, "written", None) is None:
-                stats.written = set()
             if name in stats.written:  # the same file name from two folders of a glob
                 target = out_dir / f"{frame.index}_{name}"
             stats.written.add(name)
@@ -171,5 +170,5 @@ def _print_summary(source, detector, stats: _Stats, total_s: float, out_dir: Pat
     print(f"{source.spec}: {stats.images} {unit}{skipped}, {total} detections: {counts}")
     print(f"  time: {total_s:.2f} s total, {per_image_ms:.1f} ms per {unit[:-1]} in the detector "
           f"({detector.backend}, {detector.model_name}, input {detector.image_size[0]}x{detector.image_size[1]})")
-    saved = "" if no_save else (f"annotated video {getattr(stats, 'video_path', '')}, " if source.is_video else f"annotated {unit} in {out_dir}, ")
+    saved = "" if no_save else (f"annotated video {stats.video_path}, " if source.is_video else f"annotated {unit} in {out_dir}, ")
     print(f"  wrote {saved}results {json_path}")
