@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import DataError
 from .report import DataReport
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 # Boxes that overshoot the border by less than this many pixels are clipped silently
 # (float rounding in exported annotations), larger overshoots are clipped and reported.
 CLIP_TOLERANCE = 0.01

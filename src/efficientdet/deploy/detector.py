@@ -51,8 +51,6 @@ COCO90_NAMES: tuple[str, ...] = (
 )
 COCO90_IDS: tuple[int, ...] = tuple(range(1, 91))
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
-
 
 # ----------------------------------------------------------------------------- results
 @dataclass

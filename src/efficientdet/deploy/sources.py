@@ -16,8 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..data.records import IMAGE_EXTENSIONS
 from ..errors import DataError
-from .detector import IMAGE_EXTENSIONS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
 
