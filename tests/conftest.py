@@ -14,3 +14,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _mount_tmpfs(target, options: str) -> None:
+    """Mount a tmpfs at ``target`` (root; the suite runs as root in CI)."""
+    import subprocess
+
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real filesystem of ``size`` bytes (tmpfs): ``small_fs(65536) -> Path``, for disk-full tests.
+    Writing past the size fails with ENOSPC exactly as a full disk does."""
+    import subprocess
+
+    mounts = []
+
+    def make(size: int, readonly: bool = False):
+        target = tmp_path / f"fs{len(mounts)}"
+        target.mkdir()
+        _mount_tmpfs(target, f"size={int(size)}" + (",ro" if readonly else ""))
+        mounts.append(target)
+        return target
+
+    yield make
+    for target in reversed(mounts):
+        subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def readonly_dir(small_fs):
+    """A read-only folder (a tmpfs mounted ro: permission bits do not stop root)."""
+    return small_fs(1 << 20, readonly=True)

@@ -19,3 +19,7 @@ class WeightsError(EfficientDetError):
 
 class DataError(EfficientDetError):
     """A dataset, image or annotation file that cannot be used."""
+
+
+class OutputError(EfficientDetError):
+    """An output that cannot be written (disk full, read-only folder, a path under a file)."""

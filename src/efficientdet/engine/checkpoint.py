@@ -18,60 +18,21 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import WeightsError
+from ..fileio import atomic_write
 from ..weights import read_checkpoint
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically.
-
-    The dict is saved to a temporary file in the same folder, flushed and fsynced, then
-    moved over ``path`` with ``os.replace``: a crash or kill at any point leaves either the
-    previous file or the new one, never a truncated file, and no temporary file behind
-    (the temporary file is removed when the write fails with an exception). The parent
-    folder is created when missing.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot write the checkpoint ({exc.strerror or exc}); fix: pick a writable folder") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise WeightsError(f"{path}: cannot write the checkpoint ({exc.strerror or exc}); fix: check free disk space and permissions") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); silently skipped where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``payload`` to ``path`` atomically (:func:`efficientdet.fileio.atomic_write`):
+    a crash or kill at any point leaves either the previous file or the new one, never a
+    truncated file. An OSError (disk full, read-only folder) becomes a one-line OutputError."""
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -680,13 +680,13 @@ class Trainer:
     def _write_results(self) -> None:
         if not self.dist.is_main:
             return
-        tmp = self.run_dir / ".results.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        from ..fileio import atomic_write
+
+        with atomic_write(self.run_dir / "results.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             for row in self.history:
                 writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
-        os.replace(tmp, self.run_dir / "results.csv")
         if self.cfg.plots:
             from .plots import plot_history
 
