@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .records import DetectionData, ImageRecord, check_image_file, finish, read_image_size, sanitize_boxes
+from . import schema
+from .records import DetectionData, ImageRecord, check_image, finish, sanitize_boxes
 from .report import DataReport
 
 
@@ -45,19 +46,16 @@ def read_coco(
     try:
         with open(json_path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{json_path}: not valid JSON ({exc}); fix: re-export the annotations as COCO JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{json_path}: not valid UTF-8 JSON ({reason}); fix: re-export the annotations as COCO JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(f"{json_path}: no 'images' list; fix: give a COCO instances JSON with images, annotations, categories")
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder for {json_path.name} not found; fix: pass images=<folder> or set 'images' in the YAML")
 
-    # classes
-    cats = [c for c in doc.get("categories", []) or [] if isinstance(c, dict) and "id" in c]
     if category_ids is None:
-        cats = sorted(cats, key=lambda c: int(c["id"]))
-        category_ids = [int(c["id"]) for c in cats]
-        names_from_json = [str(c.get("name", c["id"])) for c in cats]
+        category_ids, names_from_json = _read_categories(doc, src, report)
         if class_names is not None and list(class_names) != names_from_json:
             raise DataError(
                 f"{json_path}: class names {list(class_names)} in the YAML differ from the JSON categories "
@@ -67,68 +65,32 @@ def read_coco(
     if class_names is None:
         raise DataError(f"{json_path}: category_ids given without class_names")
     if not category_ids:
-        raise DataError(f"{json_path}: no 'categories'; fix: add the categories list (id, name) to the JSON")
+        raise DataError(f"{json_path}: no usable 'categories'; fix: add the categories list (integer id, name) to the JSON")
     label_of = {cid: i for i, cid in enumerate(category_ids)}
 
-    # images
-    entries: dict[int, dict] = {}
-    usable: dict[int, tuple[str, int, int]] = {}
-    for n, img in enumerate(doc["images"]):
-        item = f"images[{n}]"
-        if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
-            report.add("bad_image_entry", src, item, "image entry lacks 'id' or 'file_name'")
-            continue
-        image_id = int(img["id"])
-        item = f"image id {image_id} ({img['file_name']})"
-        if image_id in entries:
-            report.add("duplicate_image_id", src, item, f"image id {image_id} appears again (first: {entries[image_id]['file_name']})")
-            continue
-        entries[image_id] = img
-        path = str(images_dir / img["file_name"])
-        if not check_image_file(path, report, src, item, verify_images):
-            continue
-        w, h = img.get("width"), img.get("height")
-        if not (isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0):
-            try:
-                w, h = read_image_size(path)
-            except Exception as exc:  # noqa: BLE001
-                report.add("corrupt_image", src, item, f"image file {path} cannot be opened ({type(exc).__name__})")
-                continue
-        usable[image_id] = (path, int(w), int(h))
+    entries, usable = _read_images(doc["images"], images_dir, src, report, verify_images)
 
     # annotations
     anns = doc.get("annotations")
+    if not isinstance(anns, list):
+        if anns is not None:
+            report.add("bad_annotation", src, "annotations", f"'annotations' is not a list ({schema.describe(anns)})",
+                       "every image is background", "make 'annotations' a list of annotation objects")
+        anns = []
     if not anns:
         report.add("empty_annotations", src, "annotations", "the 'annotations' list is empty or missing; every image is background")
-        anns = []
     per_image: dict[int, list] = {i: [] for i in usable}
-    boxes_listed = 0
     for n, ann in enumerate(anns):
-        boxes_listed += 1
-        ann_id = ann.get("id", n) if isinstance(ann, dict) else n
-        item = f"annotation id {ann_id}"
-        bbox = ann.get("bbox") if isinstance(ann, dict) else None
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or "image_id" not in ann:
-            report.add("bad_annotation", src, item, "annotation lacks 'image_id' or a 4-number 'bbox'")
+        parsed = _read_annotation(n, ann, entries, src, report)
+        if parsed is None:
             continue
-        try:
-            x, y, bw, bh = (float(v) if v is not None else math.nan for v in bbox)
-            image_id, cat = int(ann["image_id"]), int(ann.get("category_id", -1))
-        except (TypeError, ValueError):
-            report.add("bad_annotation", src, item, f"bbox {bbox} or ids are not numbers")
-            continue
-        item = f"annotation id {ann_id} (image id {image_id})"
-        if image_id not in entries:
-            report.add("orphan_annotation", src, item, f"image id {image_id} is not in 'images'")
-            continue
+        item, image_id, cat, box, crowd, area = parsed
         if image_id not in usable:
             continue  # its image was skipped and reported already
         if cat not in label_of:
-            report.add("unknown_category", src, item, f"category_id {cat} is not in categories {category_ids}")
+            report.add("unknown_category", src, item, f"category_id {cat} is not in categories {category_ids}", value=cat)
             continue
-        area = ann.get("area")
-        area = float(area) if isinstance(area, (int, float)) and area > 0 else math.nan
-        per_image[image_id].append((item, (x, y, x + bw, y + bh), label_of[cat], bool(ann.get("iscrowd", 0)), area))
+        per_image[image_id].append((item, box, label_of[cat], crowd, area))
 
     records = []
     for image_id, (path, w, h) in usable.items():
@@ -145,12 +107,114 @@ def read_coco(
                 ignore=np.array([a[3] for a in found], dtype=bool)[keep],
                 areas=np.array([a[4] for a in found], dtype=np.float32)[keep],
                 image_id=image_id,
-                file_name=str(entries[image_id]["file_name"]),
+                file_name=entries[image_id],
+                annotation_file=src,
             )
         )
-    finish(records, report, src, len(doc["images"]), boxes_listed,
+    finish(records, report, src, len(doc["images"]), len(anns),
            f"check that the images are in {images_dir} (pass images=<folder> or set 'images' in the YAML)")
     return DetectionData(records, list(class_names), list(category_ids), report, source=src, format="coco")
+
+
+def _read_categories(doc: dict, src: str, report: DataReport) -> tuple[list[int], list[str]]:
+    """(ids sorted, names in that order). Bad entries are reported and skipped; two categories
+    with one id or one name raise DataError (merging them would relabel boxes in silence)."""
+    cats = doc.get("categories")
+    if not isinstance(cats, list):
+        raise DataError(f"{src}: 'categories' is {schema.describe(cats)}, not a list; "
+                        "fix: add the categories list [{\"id\": 1, \"name\": ...}] to the JSON")
+    by_id: dict[int, str] = {}
+    by_name: dict[str, int] = {}
+    for n, cat in enumerate(cats):
+        item = f"categories[{n}]"
+        try:
+            if not isinstance(cat, dict):
+                raise schema.Invalid(f"expected an object with id and name, got {schema.describe(cat)}")
+            cid = schema.integer(cat.get("id"), "id")
+            name = schema.text(cat["name"], "name") if "name" in cat else str(cid)
+        except schema.Invalid as exc:
+            report.add("bad_category", src, item, str(exc))
+            continue
+        if cid in by_id:
+            raise DataError(f"{src}: {item}: category id {cid} is used by both {by_id[cid]!r} and {name!r}; "
+                            "fix: give every category its own id")
+        if name in by_name:
+            raise DataError(f"{src}: {item}: category name {name!r} is used by ids {by_name[name]} and {cid}; "
+                            "fix: give every category its own name (or merge them and their annotations)")
+        by_id[cid], by_name[name] = name, cid
+    ids = sorted(by_id)
+    return ids, [by_id[i] for i in ids]
+
+
+def _read_images(images: list, images_dir: Path, src: str, report: DataReport, verify: bool):
+    """({image id: file name} of valid entries, {image id: (path, w, h)} of usable images)."""
+    entries: dict[int, str] = {}
+    usable: dict[int, tuple[str, int, int]] = {}
+    for n, img in enumerate(images):
+        item = f"images[{n}]"
+        try:
+            if not isinstance(img, dict):
+                raise schema.Invalid(f"expected an object with id and file_name, got {schema.describe(img)}")
+            image_id = schema.integer(img.get("id"), "id")
+            file_name = schema.relative_path(img.get("file_name"), "file_name")
+        except schema.Invalid as exc:
+            report.add("bad_image_entry", src, item, str(exc))
+            continue
+        item = f"image id {image_id} ({file_name})"
+        if image_id in entries:
+            report.add("duplicate_image_id", src, item, f"image id {image_id} appears again (first: {entries[image_id]})",
+                       value=image_id)
+            continue
+        entries[image_id] = file_name
+        annotated = None
+        if img.get("width") is not None or img.get("height") is not None:
+            try:
+                annotated = (schema.positive_size(img.get("width"), "width"), schema.positive_size(img.get("height"), "height"))
+            except schema.Invalid as exc:
+                report.add("bad_image_entry", src, item, str(exc), "size read from the image file",
+                           "write width and height as integers > 0 (or leave them out)")
+        path = str(images_dir / file_name)
+        size = check_image(path, report, src, item, verify, annotated)
+        if size is not None:
+            usable[image_id] = (path, *size)
+    return entries, usable
+
+
+def _read_annotation(n: int, ann, entries: dict[int, str], src: str, report: DataReport):
+    """(item, image id, category id, xyxy box, crowd, area) of annotation ``n``, or None (reported)."""
+    ann_id = ann.get("id", n) if isinstance(ann, dict) else n
+    item = f"annotation id {ann_id}" if isinstance(ann_id, (int, str)) else f"annotations[{n}]"
+    try:
+        if not isinstance(ann, dict):
+            raise schema.Invalid(f"expected an object with image_id, category_id and bbox, got {schema.describe(ann)}")
+        image_id = schema.integer(ann.get("image_id"), "image_id")
+    except schema.Invalid as exc:
+        report.add("bad_annotation", src, item, str(exc))
+        return None
+    if image_id not in entries:
+        report.add("orphan_annotation", src, f"{item} (image id {image_id})", f"image id {image_id} is not in 'images'",
+                   value=image_id)
+        return None
+    item = f"{item} (image id {image_id}, {entries[image_id]})"
+    try:
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise schema.Invalid(f"bbox: expected [x, y, width, height], got {schema.describe(bbox)}")
+        x, y, bw, bh = (schema.number(v, "bbox", allow_null=True) for v in bbox)
+        cat = schema.integer(ann.get("category_id"), "category_id")
+    except schema.Invalid as exc:
+        report.add("bad_annotation", src, item, str(exc))
+        return None
+    crowd = False
+    if "iscrowd" in ann:
+        try:
+            crowd = schema.flag(ann["iscrowd"], "iscrowd")
+        except schema.Invalid as exc:
+            report.add("bad_iscrowd", src, item, str(exc), value=ann["iscrowd"])
+    area = ann.get("area")
+    area = float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) else math.nan
+    area = area if math.isfinite(area) and area > 0 else math.nan
+    return item, image_id, cat, (x, y, x + bw, y + bh), crowd, area
 
 
 def records_to_coco(data: DetectionData) -> dict:

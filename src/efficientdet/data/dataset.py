@@ -166,16 +166,33 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def load_report(self) -> DataReport:
         """Problems met while loading images so far (any process): corrupt files substituted,
-        size mismatches; ``stats["boxes_dropped_by_augment"]`` counts boxes cropped away."""
+        size mismatches the readers did not report already, and boxes dropped in training for
+        being under ``augment.min_box_size`` input pixels after scale/crop (``box_too_small``,
+        one problem per image with its count; ``stats["boxes_dropped_by_augment"]`` is the total)."""
         report = DataReport()
         status = self._status.numpy()
         for j in np.nonzero(status == _CORRUPT)[0]:
             r = self.records[int(j)]
-            report.add("corrupt_image", r.path, f"image id {r.image_id}", "image cannot be decoded at load time",
+            report.add("corrupt_image", r.path, _item(r), "image cannot be decoded at load time",
                        "substituted the next good image")
+        known = {p.file for p in self.source_report.of_kind("size_mismatch")} | {
+            p.item for p in self.source_report.of_kind("size_mismatch")}
         for j in np.nonzero(status == _SIZE_MISMATCH)[0]:
             r = self.records[int(j)]
-            report.add("size_mismatch", r.path, f"image id {r.image_id}",
+            if r.path in known or _item(r) in known or r.annotation_file in known:
+                continue  # reported by the reader already
+            report.add("size_mismatch", r.path, _item(r),
                        f"decoded size differs from the annotated {r.width}x{r.height}", "image resized to the annotated size")
-        report.stats["boxes_dropped_by_augment"] = int(self._dropped.sum())
+        dropped = self._dropped.numpy()
+        for j in np.nonzero(dropped)[0]:
+            r = self.records[int(j)]
+            report.add("box_too_small", r.annotation_file or r.path, _item(r),
+                       f"{int(dropped[j])} boxes fell under {self.augment.min_box_size:g} px after random scale/crop "
+                       f"at the {self.image_size[0]}x{self.image_size[1]} input", value=int(dropped[j]))
+        report.stats["boxes_dropped_by_augment"] = int(dropped.sum())
         return report
+
+
+def _item(record: ImageRecord) -> str:
+    """``image id 7 (a.jpg)``: how load-time problems name an image."""
+    return f"image id {record.image_id} ({record.file_name})"

@@ -44,6 +44,7 @@ class ImageRecord:
     ignore: np.ndarray | None = None
     file_name: str = ""  # as written in the annotations (COCO file_name, VOC filename, YOLO relative path)
     areas: np.ndarray | None = None
+    annotation_file: str = ""  # the file holding this image's boxes (COCO JSON, VOC XML, YOLO .txt)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -169,23 +170,36 @@ def finish(records: list[ImageRecord], report: DataReport, source: str, listed: 
         raise DataError(f"{source}: no usable images ({listed} listed; {counts}); fix: {fix}")
 
 
-def check_image_file(path: str, report: DataReport, file: str, item: str, verify: bool = False) -> bool:
-    """True when ``path`` exists (and, with ``verify``, fully decodes); else reports and returns False.
+def check_image(path: str, report: DataReport, file: str, item: str, verify: bool = False,
+                annotated_wh: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """The (width, height) to use for the image at ``path``, or None when it is unusable (reported).
 
-    Without ``verify`` only the file's existence is checked (a stat, no reading); a corrupt
-    file is then caught when the dataset loads it (see ``DetectionDataset``).
+    Reads the file header (no decoding; with ``verify`` the whole file is decoded). A size in
+    the annotations (``annotated_wh``) that differs from the file's is reported as
+    ``size_mismatch`` and kept: the boxes were drawn on that size, and the dataset resizes
+    the decoded image to it. Without an annotated size the header's size is used.
     """
     import os
 
     if not os.path.isfile(path):
         report.add("missing_image", file, item, f"image file {path} not found")
-        return False
-    if verify:
-        error = verify_image(path)
-        if error:
-            report.add("corrupt_image", file, item, f"image file {path} cannot be decoded ({error})")
-            return False
-    return True
+        return None
+    error = verify_image(path) if verify else ""
+    if not error:
+        try:
+            real_wh = read_image_size(path)
+        except Exception as exc:  # noqa: BLE001 - any header error means the file is unusable
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if error:
+        report.add("corrupt_image", file, item, f"image file {path} cannot be decoded ({error})")
+        return None
+    if annotated_wh is None:
+        return real_wh
+    if tuple(annotated_wh) != tuple(real_wh):
+        report.add("size_mismatch", file, item,
+                   f"annotated size {annotated_wh[0]}x{annotated_wh[1]} but the file {path} is {real_wh[0]}x{real_wh[1]}",
+                   value=f"{real_wh[0]}x{real_wh[1]}")
+    return int(annotated_wh[0]), int(annotated_wh[1])
 
 
 def verify_image(path: str) -> str:
