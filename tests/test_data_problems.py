@@ -143,7 +143,7 @@ def test_yolo_bad_lines(tmp_path):
     expect = {"unknown_category": "line 2", "bad_annotation": "line 3", "nan_box": "line 4", "box_clipped": "line 5"}
     for kind, item in expect.items():
         (p,) = data.report.of_kind(kind)
-        assert (p.file, p.item) == (label_file, item)
+        assert (p.file, p.item) == (label_file, f"{item} (image p.png)")
     (p,) = data.report.of_kind("corrupt_image")  # YOLO reads each header: a corrupt file is found now
     assert p.file.endswith("bad.png")
     (rec,) = data.records

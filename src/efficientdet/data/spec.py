@@ -1,8 +1,8 @@
 """The dataset YAML and :func:`load_dataset`, the one entry point for reading a dataset.
 
-A dataset YAML::
+Our dataset YAML::
 
-    format: coco            # coco | voc | yolo
+    format: coco            # coco | voc | yolo (no 'format': an Ultralytics data.yaml, YOLO)
     path: .                 # optional root for the paths below (default: the YAML's folder)
     names: [cat, dog]       # yolo: required (list, or {0: cat, 1: dog});
                             # voc: optional (default: all names found, sorted);
@@ -10,14 +10,25 @@ A dataset YAML::
     train:
       images: images/train
       annotations: annotations/train.json   # coco: JSON file; voc: folder of .xml;
-                                            # yolo: labels folder (default: images -> labels)
+                                            # yolo: labels folder (default: see below)
       list: ImageSets/Main/train.txt        # voc only, optional: the image stems to use
     val:
       images: images/val
       annotations: annotations/val.json
 
 ``train: images/train`` (a plain string) is short for ``train: {images: images/train}``.
-A COCO JSON works directly: ``load_dataset("instances.json", images="imgs/")``.
+
+An Ultralytics ``data.yaml`` loads unchanged: no ``format`` (YOLO); ``path`` (relative to the
+YAML's folder, else to the current folder); ``train``/``val``/``test`` each an image folder, a
+``.txt`` list of image paths (``./x`` and relative lines are relative to the list's folder)
+or a list of those; labels found by replacing the last ``/images/`` of each image path with
+``/labels/`` (``.txt`` suffix); ``names`` a list or an {index: name} dict; ``nc`` (checked
+against ``names``; alone it names the classes ``class0``...); ``test``/``download`` may be
+empty and ``download`` is ignored (we never fetch data). A COCO JSON works directly:
+``load_dataset("instances.json", images="imgs/")``.
+
+Every value is type-checked (:mod:`.schema`); a wrong one is a one-line DataError naming
+the YAML, the key and the fix.
 """
 
 from __future__ import annotations
@@ -28,15 +39,20 @@ from pathlib import Path
 import yaml
 
 from ..errors import DataError
+from . import schema
 from .records import DetectionData
 from .report import DataReport
 
 FORMATS = ("coco", "voc", "yolo")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class SplitSpec:
-    images: Path
+    """One split: ``images`` (one folder for COCO/VOC; YOLO: folders and/or .txt image lists),
+    ``annotations`` (COCO JSON, VOC XML folder, YOLO labels folder or None) and the VOC ``list``."""
+
+    images: tuple[Path, ...]
     annotations: Path | None = None
     list: Path | None = None
 
@@ -53,57 +69,131 @@ class DatasetSpec:
     @classmethod
     def from_yaml(cls, yaml_path: str | Path) -> "DatasetSpec":
         yaml_path = Path(yaml_path)
-        try:
-            doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-        except OSError:
-            raise DataError(f"{yaml_path}: dataset YAML not found; fix: give the path of an existing data.yaml") from None
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f"line {line + 1}" if line is not None else "file"
-            raise DataError(f"{yaml_path}: {where}: invalid YAML; fix: check indentation and colons") from None
-        if not isinstance(doc, dict):
-            raise DataError(f"{yaml_path}: expected a mapping with format, names, train, val; fix: see the data.yaml example in the docs")
-        fmt = str(doc.get("format", "")).lower()
-        if fmt not in FORMATS:
-            raise DataError(f"{yaml_path}: format: {doc.get('format')!r}; fix: set 'format' to one of {', '.join(FORMATS)}")
-        root = Path(doc.get("path") or ".")
-        if not root.is_absolute():
-            root = yaml_path.parent / root
-        names = doc.get("names")
-        if isinstance(names, dict):
-            try:
-                keys = sorted(int(k) for k in names)
-            except ValueError:
-                raise DataError(f"{yaml_path}: names: keys must be class indices 0..N-1; fix: use a list of names") from None
-            if keys != list(range(len(keys))):
-                raise DataError(f"{yaml_path}: names: indices {keys} are not 0..{len(keys) - 1}; fix: number the classes 0..N-1")
-            names = [str(names[k] if k in names else names[str(k)]) for k in keys]
-        elif names is not None:
-            if not isinstance(names, list) or not names:
-                raise DataError(f"{yaml_path}: names: expected a list of class names; fix: names: [cat, dog]")
-            names = [str(n) for n in names]
-            if len(set(names)) != len(names):
-                raise DataError(f"{yaml_path}: names: duplicate class names in {names}; fix: make every name unique")
+        doc = _read_yaml(yaml_path)
+        bad = _Bad(yaml_path)
+        fmt = doc.get("format", "yolo")
+        if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+            raise bad("format", f"{schema.describe(fmt)} is not a dataset format", f"set 'format' to one of {', '.join(FORMATS)}")
+        fmt = fmt.lower()
+        root = _root(doc.get("path"), yaml_path, bad)
+        names = _names(doc.get("names"), doc.get("nc"), bad)
         splits = {}
-        for split in ("train", "val", "test"):
+        for split in SPLITS:
             entry = doc.get(split)
-            if entry is None:
+            if entry is None or entry == "" or entry == []:
                 continue
-            if isinstance(entry, str):
-                entry = {"images": entry}
-            if not isinstance(entry, dict) or not entry.get("images"):
-                raise DataError(f"{yaml_path}: {split}: needs 'images' (and 'annotations'); fix: {split}: {{images: ..., annotations: ...}}")
-            ann = entry.get("annotations")
-            if ann is None and fmt != "yolo":
-                raise DataError(f"{yaml_path}: {split}: 'annotations' missing; fix: give the {'JSON file' if fmt == 'coco' else 'XML folder'}")
-            splits[split] = SplitSpec(
-                images=root / entry["images"],
-                annotations=root / ann if ann else None,
-                list=root / entry["list"] if entry.get("list") else None,
-            )
+            splits[split] = _split(entry, split, fmt, root, bad)
         if not splits:
-            raise DataError(f"{yaml_path}: no train/val splits; fix: add 'train:' and 'val:' sections")
+            raise bad("train", "no train/val splits", "add 'train:' and 'val:' sections")
         return cls(path=yaml_path, format=fmt, names=names, splits=splits)
+
+
+class _Bad:
+    """Builds the one-line DataError for a key of the YAML."""
+
+    def __init__(self, yaml_path: Path) -> None:
+        self.yaml_path = yaml_path
+
+    def __call__(self, key: str, what: str, fix: str) -> DataError:
+        return DataError(f"{self.yaml_path}: {key}: {what}; fix: {fix}")
+
+
+def _read_yaml(yaml_path: Path) -> dict:
+    try:
+        raw = yaml_path.read_bytes()
+    except OSError:
+        raise DataError(f"{yaml_path}: dataset YAML not found; fix: give the path of an existing data.yaml") from None
+    try:
+        doc = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{yaml_path}: byte {exc.start}: not UTF-8 text; fix: save the YAML as UTF-8") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f"line {line + 1}" if line is not None else "file"
+        raise DataError(f"{yaml_path}: {where}: invalid YAML; fix: check indentation and colons") from None
+    except RecursionError:
+        raise DataError(f"{yaml_path}: nested too deeply to be a dataset YAML; fix: see the data.yaml example in the docs") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{yaml_path}: expected a mapping with format, names, train, val; fix: see the data.yaml example in the docs")
+    return doc
+
+
+def _root(value, yaml_path: Path, bad: _Bad) -> Path:
+    """``path:`` -> the root folder (relative: to the YAML's folder, else the current folder)."""
+    if value is None or value == "":
+        return yaml_path.parent
+    if not isinstance(value, str):
+        raise bad("path", f"expected a folder, got {schema.describe(value)}", "write the dataset root folder as a string, or remove 'path'")
+    root = Path(value)
+    if root.is_absolute():
+        return root
+    beside = yaml_path.parent / root
+    return beside if beside.exists() or not root.exists() else root
+
+
+def _names(names, nc, bad: _Bad) -> list[str] | None:
+    """``names`` as a list or {index: name} dict (``nc``, when given, must agree)."""
+    if nc is not None:
+        try:
+            nc = schema.integer(nc, "nc")
+            if nc < 1:
+                raise schema.Invalid(f"nc: expected a class count >= 1, got {nc}")
+        except schema.Invalid as exc:
+            raise bad("nc", str(exc).split(": ", 1)[1], "set nc to the number of classes, or remove it") from None
+    if isinstance(names, dict):
+        try:
+            by_index = {schema.integer(int(k) if isinstance(k, str) and k.strip().isdigit() else k, "index"): v
+                        for k, v in names.items()}
+        except schema.Invalid as exc:
+            raise bad("names", f"keys must be class indices 0..N-1 ({exc})", "use a list of names or {0: name, 1: name}") from None
+        keys = sorted(by_index)
+        if keys != list(range(len(keys))):
+            raise bad("names", f"indices {keys} are not 0..{len(keys) - 1}", "number the classes 0..N-1")
+        names = [by_index[k] for k in keys]
+    elif names is None:
+        return [f"class{i}" for i in range(nc)] if nc else None
+    elif not isinstance(names, list):
+        raise bad("names", f"expected a list of class names, got {schema.describe(names)}", "names: [cat, dog]")
+    if not names:
+        raise bad("names", "empty", "list the class names: names: [cat, dog]")
+    for i, name in enumerate(names):
+        if isinstance(name, bool) or not isinstance(name, (str, int, float)) or str(name).strip() == "":
+            raise bad("names", f"class {i}: expected a name, got {schema.describe(name)}", "write every class name as a string")
+    names = [str(n) for n in names]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise bad("names", f"class name {dup!r} appears twice", "make every name unique")
+    if nc is not None and nc != len(names):
+        raise bad("nc", f"nc {nc} but {len(names)} names", "make nc equal the number of names, or remove nc")
+    return names
+
+
+def _paths(value, key: str, root: Path, bad: _Bad, many: bool) -> tuple[Path, ...]:
+    """A path string (or, with ``many``, a list of them) relative to ``root``."""
+    values = value if many and isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        if not isinstance(v, str) or not v.strip() or "\x00" in v:
+            kind = "a path or a list of paths" if many else "a path"
+            raise bad(key, f"expected {kind}, got {schema.describe(v)}", f"write {key} as a folder or file name string")
+        out.append(root / v)
+    return tuple(out)
+
+
+def _split(entry, split: str, fmt: str, root: Path, bad: _Bad) -> SplitSpec:
+    if isinstance(entry, (str, list)):
+        entry = {"images": entry}
+    if not isinstance(entry, dict) or entry.get("images") in (None, "", []):
+        raise bad(split, f"needs 'images' (got {schema.describe(entry)})", f"{split}: {{images: ..., annotations: ...}}")
+    images = _paths(entry["images"], f"{split}.images", root, bad, many=fmt == "yolo")
+    ann = entry.get("annotations")
+    if ann is None and fmt != "yolo":
+        raise bad(split, "'annotations' missing", f"give the {'JSON file' if fmt == 'coco' else 'XML folder'}")
+    return SplitSpec(
+        images=images,
+        annotations=_paths(ann, f"{split}.annotations", root, bad, many=False)[0] if ann is not None else None,
+        list=_paths(entry["list"], f"{split}.list", root, bad, many=False)[0] if entry.get("list") is not None else None,
+    )
 
 
 def load_dataset(
@@ -136,7 +226,7 @@ def load_dataset(
     if split not in spec.splits:
         raise DataError(f"{source}: no '{split}' split (has {', '.join(spec.splits)}); fix: add a '{split}:' section")
     s = spec.splits[split]
-    images_dir = Path(images) if images is not None else s.images
+    images_dir = Path(images) if images is not None else s.images[0]
     names = class_names if class_names is not None else spec.names
     if spec.format == "coco":
         from .coco import read_coco
@@ -152,4 +242,5 @@ def load_dataset(
 
     if names is None:
         raise DataError(f"{source}: YOLO datasets need class names; fix: add 'names: [...]' to the YAML")
-    return read_yolo(images_dir, s.annotations, class_names=names, verify_images=verify_images, report=report)
+    sources = [Path(images)] if images is not None else list(s.images)
+    return read_yolo(sources, s.annotations, class_names=names, verify_images=verify_images, report=report)
