@@ -110,20 +110,27 @@ def test_suggested_settings_raise_fit_on_tiny_boxes(tmp_path):
     assert applied.fit == pytest.approx(report.suggestion.fit) and applied.fit > report.fit.fit
 
 
-def test_cli_writes_table_json_and_plot(tmp_path, capsys):
+def test_cli_writes_table_json_and_plot_into_a_new_folder(tmp_path, capsys, monkeypatch):
     path = _tiny_box_dataset(tmp_path)
-    out_json, out_png = tmp_path / "report.json", tmp_path / "sizes.png"
-    assert cli_main(["data", "check", str(path), "--model", "d0", "--json", str(out_json), "--plot", str(out_png)]) == 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "check").mkdir(parents=True)
+    (tmp_path / "runs" / "check" / "box_sizes.png").write_text("the user's file")
+    out_json = tmp_path / "report.json"
+    assert cli_main(["data", "check", str(path), "--model", "d0", "--json", str(out_json), "--out", "runs/check"]) == 0
     printed = capsys.readouterr().out
     assert "anchor fit:" in printed and "--anchor-scale" in printed
     doc = json.loads(out_json.read_text())
     assert doc["anchor_fit"]["num_boxes"] == 48 and doc["suggestion"]["fit"] > doc["anchor_fit"]["fit"]
-    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the folder that held a file is left alone: the outputs go to a new numbered folder
+    assert (tmp_path / "runs" / "check" / "box_sizes.png").read_text() == "the user's file"
+    assert (tmp_path / "runs" / "check2" / "box_sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "runs" / "check2" / "report.json").read_text()) == doc
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png") == []  # nothing in the current folder
 
 
 def test_no_usable_image_is_fatal(tmp_path, capsys):
     path = _coco(tmp_path, [{"id": 1, "file_name": "gone.jpg", "width": 10, "height": 10}], [], [{"id": 1, "name": "a"}])
-    assert cli_main(["data", "check", str(path), "--plot", ""]) != 0
+    assert cli_main(["data", "check", str(path), "--no-plot", "--out", str(tmp_path / "check")]) == 2
     err = capsys.readouterr().err
     assert "no usable images" in err and err.count("\n") == 1
 

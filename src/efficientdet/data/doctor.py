@@ -7,8 +7,14 @@ class, an off-by-one class count, declared classes without boxes, the class hist
 sizes per class in model-input pixels, and the anchor fit: the share of ground-truth boxes
 whose best anchor has IoU >= 0.5, the official matcher's positive threshold. A box below that
 is only ever matched by the forced best-anchor rule, with a poor regression target. When the
-fit is low, a small search over image size, anchor scale and aspect ratios proposes settings,
-printed as ``efficientdet train`` options.
+fit is low, a search over image size (only when the user did not fix it), anchor scale and a
+menu of aspect-ratio sets proposes settings, printed as ``efficientdet train`` options, and
+only when they raise the fit by at least ``MIN_GAIN``.
+
+Boxes too small to train on (under ``AugmentConfig.min_box_size`` px at the model input, where
+training drops them) are reported per box for every split; ``data check`` exits with status 2
+when more than ``MAX_UNTRAINABLE`` of a split's boxes cannot train (dropped while reading, or
+too small). Problems are read from the readers' structured records, never from message text.
 
 ``quick_summary`` is the cheap part (no decoding) that ``train`` prints before the first epoch.
 """
@@ -17,27 +23,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import AnchorConfig, ModelConfig, get_model_config, parse_image_size
-from ..detection.anchors import AnchorGenerator
-from ..detection.boxes import box_iou
-from ..errors import DataError
+from ..detection.anchors import feature_sizes, generate_anchors_xyxy
+from ..errors import ConfigError, DataError
 from .records import DetectionData
-from .transforms import letterbox_scale
+from .report import DataProblem, DataReport
+from .transforms import AugmentConfig, letterbox_scale
 
 MATCH_IOU = 0.5
 GOOD_FIT = 0.9  # below this share of boxes with a positive anchor, search for better settings
 # COCO's size buckets (area in pixels of the model input)
 SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
 MAX_FIT_BOXES = 20_000  # boxes sampled for the anchor fit of a large dataset
+MIN_GAIN = 0.02  # a suggestion must raise the anchor fit by at least this much (2 points)
+MAX_UNTRAINABLE = 0.25  # data check fails when a larger share of a split's boxes cannot train
+# aspect-ratio sets the search may propose, as (rx, ry) per anchor in the official convention
+# ((1.4, 0.7) is a 2:1 box): always three, so the head keeps its shape and pretrained weights fit
+RATIO_SETS: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4)),  # official: 1:1, 2:1, 1:2
+    ((1.0, 1.0), (1.4, 0.7), (2.0, 0.5)),  # wide objects: 1:1, 2:1, 4:1
+    ((1.0, 1.0), (0.7, 1.4), (0.5, 2.0)),  # tall objects: 1:1, 1:2, 1:4
+    ((1.0, 1.0), (2.0, 0.5), (0.5, 2.0)),  # elongated both ways: 1:1, 4:1, 1:4
+)
+ANCHOR_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
 
 
 # ---- boxes in model-input pixels ---------------------------------------------------------------
@@ -65,15 +80,45 @@ def size_bucket_names(boxes_xyxy: np.ndarray) -> np.ndarray:
 
 # ---- anchor fit ---------------------------------------------------------------------------------
 
-def best_anchor_iou(boxes_xyxy: np.ndarray, anchor_cfg: AnchorConfig, image_size_hw: tuple[int, int],
-                    chunk: int = 512) -> np.ndarray:
-    """(M,) IoU of each box with its best anchor of the real grid at ``image_size_hw``."""
-    if len(boxes_xyxy) == 0:
+def best_anchor_iou(boxes_xyxy: np.ndarray, anchor_cfg: AnchorConfig, image_size_hw: tuple[int, int]) -> np.ndarray:
+    """(M,) IoU of each box with its best anchor of the real grid at ``image_size_hw``.
+
+    Exact and fast: for one anchor shape, the x-overlap with a box only falls as the anchor
+    centre moves away from the box centre (same for y), so the best anchor of each shape is
+    the one at the grid centre nearest the box centre. That is M x (levels x shapes) IoUs
+    instead of M x all anchors.
+    """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
         return np.zeros((0,))
-    anchors = AnchorGenerator(anchor_cfg)(image_size_hw)
-    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32)
-    best = [box_iou(boxes[i:i + chunk], anchors).amax(dim=1) for i in range(0, len(boxes), chunk)]
-    return torch.cat(best).numpy().astype(np.float64)
+    anchors = generate_anchors_xyxy(anchor_cfg, image_size_hw)  # (sum_l H_l*W_l*A, 4)
+    a = anchor_cfg.num_anchors
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    best = np.zeros(len(boxes))
+    offset = 0
+    for fh, fw in feature_sizes(image_size_hw, anchor_cfg.min_level, anchor_cfg.max_level):
+        level = anchors[offset:offset + fh * fw * a].reshape(fh, fw, a, 4)  # (H*W*A, 4) -> (H, W, A, 4)
+        offset += fh * fw * a
+        xs = (level[0, :, 0, 0] + level[0, :, 0, 2]) / 2  # (W,) column centres, ascending
+        ys = (level[:, 0, 0, 1] + level[:, 0, 0, 3]) / 2  # (H,) row centres
+        near = level[_nearest(ys, cy), _nearest(xs, cx)]  # (M, A, 4): per shape, the nearest anchor
+        iw = np.minimum(near[..., 2], boxes[:, None, 2]) - np.maximum(near[..., 0], boxes[:, None, 0])
+        ih = np.minimum(near[..., 3], boxes[:, None, 3]) - np.maximum(near[..., 1], boxes[:, None, 1])
+        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        anchor_area = (near[..., 2] - near[..., 0]) * (near[..., 3] - near[..., 1])
+        iou = inter / np.maximum(anchor_area + area[:, None] - inter, 1e-12)
+        best = np.maximum(best, iou.max(axis=1))
+    return best
+
+
+def _nearest(centres: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of the nearest of ascending ``centres`` for each of ``values``."""
+    idx = np.clip(np.searchsorted(centres, values), 1, max(len(centres) - 1, 1))
+    if len(centres) == 1:
+        return np.zeros(len(values), dtype=np.int64)
+    left = centres[idx - 1]
+    return np.where(np.abs(values - left) <= np.abs(centres[idx] - values), idx - 1, idx)
 
 
 @dataclass
@@ -118,65 +163,101 @@ def measure_anchor_fit(data: DetectionData, anchor_cfg: AnchorConfig, image_size
     )
 
 
-def data_aspect_ratios(boxes_xyxy: np.ndarray) -> tuple[tuple[float, float], ...]:
-    """Three (rx, ry) ratios with rx * ry = 1 at the 15th, 50th and 85th percentile of box w/h."""
-    w = boxes_xyxy[:, 2] - boxes_xyxy[:, 0]
-    h = boxes_xyxy[:, 3] - boxes_xyxy[:, 1]
-    ratios = np.quantile(w / np.maximum(h, 1e-6), [0.15, 0.5, 0.85])
-    return tuple((round(float(np.sqrt(r)), 2), round(float(1 / np.sqrt(r)), 2)) for r in ratios)
-
-
-def search_anchor_settings(data: DetectionData, model_cfg: ModelConfig, max_boxes: int = 5000) -> list[AnchorFit]:
+def search_anchor_settings(data: DetectionData, model_cfg: ModelConfig, max_boxes: int = 5000,
+                           fixed_image_size: bool = False, progress: bool = True) -> list[AnchorFit]:
     """Candidate settings ranked by fit (best first); the model's own settings are included.
 
-    Searches image size (native, x1.25, x1.5, x2, rounded to 32), anchor scale (1.0-5.0) and
-    aspect ratios (the official three, and three from the data's box shapes).
+    Searches anchor scale (``ANCHOR_SCALES``), the aspect-ratio sets of ``RATIO_SETS`` and,
+    unless ``fixed_image_size``, the image size (native, x1.25, x1.5, x2, rounded to 32).
     """
+    from tqdm import tqdm
+
     base = model_cfg.anchors
-    boxes, _ = input_boxes(data, model_cfg.image_size)
-    ratio_sets = [base.aspect_ratios]
-    if len(boxes):
-        ratio_sets.append(data_aspect_ratios(boxes))
     h0, w0 = model_cfg.image_size
-    sizes = []
-    for factor in (1.0, 1.25, 1.5, 2.0):
-        size = (int(round(h0 * factor / 32)) * 32, int(round(w0 * factor / 32)) * 32)
-        if size not in sizes:
-            sizes.append(size)
+    sizes = [(h0, w0)]
+    if not fixed_image_size:
+        for factor in (1.25, 1.5, 2.0):
+            size = (int(round(h0 * factor / 32)) * 32, int(round(w0 * factor / 32)) * 32)
+            if size not in sizes:
+                sizes.append(size)
+    ratio_sets = list(dict.fromkeys([tuple(base.aspect_ratios), *RATIO_SETS]))
+    candidates = [(size, scale, ratios) for size in sizes for scale in ANCHOR_SCALES for ratios in ratio_sets]
     results = []
-    for size in sizes:
-        for scale in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0):
-            for ratios in ratio_sets:
-                cfg = dataclasses.replace(base, anchor_scale=scale, aspect_ratios=ratios)
-                results.append(measure_anchor_fit(data, cfg, size, max_boxes=max_boxes))
+    for size, scale, ratios in tqdm(candidates, desc="anchor search", unit="setting", disable=not progress,
+                                    leave=False, file=sys.stderr):
+        cfg = dataclasses.replace(base, anchor_scale=scale, aspect_ratios=ratios)
+        results.append(measure_anchor_fit(data, cfg, size, max_boxes=max_boxes))
     # best fit first; among near-equal fits prefer the smaller (cheaper) image size
     results.sort(key=lambda f: (-round(f.fit, 3), f.image_size[0] * f.image_size[1], -f.median_best_iou))
     return results
 
 
+# ---- boxes too small to train on ------------------------------------------------------------------
+
+def small_box_problems(data: DetectionData, image_size_hw: tuple[int, int],
+                       min_size: float = AugmentConfig.min_box_size) -> list[DataProblem]:
+    """One ``box_too_small`` problem per box (not ignored) whose width or height, letterboxed into
+    ``image_size_hw``, is under ``min_size`` px: training drops such boxes (see DetectionDataset).
+    Each names the annotation file, the image and the smallest box side that trains there."""
+    found = DataReport()
+    h, w = image_size_hw
+    for record in data.records:
+        if not len(record.labels):
+            continue
+        scale = letterbox_scale(record.height, record.width, image_size_hw)
+        boxes = record.boxes.astype(np.float64)
+        side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        for k in np.nonzero((side * scale < min_size) & ~record.ignore)[0]:
+            bw, bh = boxes[k, 2] - boxes[k, 0], boxes[k, 3] - boxes[k, 1]
+            found.add("box_too_small", record.annotation_file or data.source, f"image {record.file_name}",
+                      f"box {bw:.3g}x{bh:.3g} px is {bw * scale:.2g}x{bh * scale:.2g} px at the {h}x{w} input; "
+                      f"boxes train from {min_size:g} px there = {min_size / scale:.3g} px in this image",
+                      value=f"{bw:.3g}x{bh:.3g}")
+    return found.problems
+
+
+def untrainable_share(data: DetectionData, too_small: int) -> tuple[int, int]:
+    """(boxes that cannot train, boxes listed): dropped while reading + ``too_small``."""
+    listed = int(data.report.stats.get("boxes_listed", 0))
+    used = sum(len(r.labels) for r in data.records)
+    listed = max(listed, used)
+    return (listed - used) + too_small, listed
+
+
+def small_box_line(data: DetectionData, problems: list[DataProblem], image_size_hw, min_size: float) -> str:
+    """One line: how many boxes are too small, at which input, and an example with its file."""
+    n = len(problems)
+    total = sum(int((~r.ignore).sum()) for r in data.records)
+    line = (f"boxes too small to train: {n} of {total} ({n / max(total, 1):.1%}) are under {min_size:g} px at the "
+            f"{image_size_hw[0]}x{image_size_hw[1]} input and are dropped in training")
+    if n:
+        line += f" (e.g. {problems[0].file}: {problems[0].item}: {problems[0].message}); fix: {problems[0].fix}"
+    return line
+
+
 # ---- categories and sizes -----------------------------------------------------------------------
 
 def category_findings(data: DetectionData) -> list[str]:
-    """Explanations for category problems: id 0, off-by-one class counts, classes without boxes."""
+    """Explanations for category problems: id 0, off-by-one class counts, classes without boxes.
+    Reads the offending values from the problem records (``DataProblem.value``)."""
     findings = []
     unknown = data.report.of_kind("unknown_category")
-    coco_ids = Counter(m.group(1) for p in unknown if (m := re.search(r"category_id (\S+)", p.message)))
-    if coco_ids.get("0"):
+    values = Counter(p.value for p in unknown)
+    n = data.num_classes
+    if data.format == "coco" and values.get("0") and 0 not in data.category_ids:
         findings.append(
-            f"{coco_ids['0']} annotations use category_id 0, which is not a declared category "
+            f"{values['0']} annotations use category_id 0, which is not a declared category "
             f"(declared: {sorted(data.category_ids)}); COCO ids are the 'categories' ids, usually from 1: "
             "were the ids exported 0-based? fix the ids or add the category"
         )
-    n = data.num_classes
-    yolo_classes = Counter(m.group(1) for p in unknown if (m := re.search(r"class (\S+) is not in 0\.\.", p.message)))
-    if yolo_classes.get(str(n)):
+    if data.format == "yolo" and values.get(str(n)):
         findings.append(
-            f"{yolo_classes[str(n)]} labels use class {n} with only {n} names (0..{n - 1}): "
+            f"{values[str(n)]} labels use class {n} with only {n} names (0..{n - 1}): "
             "is a name missing from 'names' (an off-by-one class count)?"
         )
     if unknown and not findings:
-        values = sorted(set(coco_ids) | set(yolo_classes))
-        findings.append(f"{len(unknown)} boxes have classes outside the declared ones ({', '.join(values) or 'names'}); they are dropped")
+        shown = sorted(values)[:10]
+        findings.append(f"{len(unknown)} boxes have classes outside the declared ones ({', '.join(shown) or 'names'}); they are dropped")
     histogram = class_histogram(data)
     empty = [name for name, count in histogram.items() if count == 0]
     if empty:
@@ -217,6 +298,26 @@ class DoctorReport:
     fit: AnchorFit
     suggestion: AnchorFit | None
     fatal: list[str]
+    untrainable: dict[str, tuple[int, int]] = field(default_factory=dict)  # split -> (cannot train, listed)
+    max_untrainable: float = MAX_UNTRAINABLE
+    min_box_size: float = AugmentConfig.min_box_size
+    fixed_image_size: bool = False
+
+    def too_many_untrainable(self) -> list[str]:
+        """One line per split whose share of boxes that cannot train is over ``max_untrainable``."""
+        out = []
+        h, w = self.model_cfg.image_size
+        for split, (bad, listed) in self.untrainable.items():
+            if listed and bad / listed > self.max_untrainable:
+                small = self.splits[split].report.count("box_too_small")
+                out.append(
+                    f"{self.splits[split].source}: [{split}] {bad} of {listed} boxes ({bad / listed:.0%}) cannot train "
+                    f"({small} under {self.min_box_size:g} px at the {h}x{w} input, {bad - small} dropped while reading), "
+                    f"over the {self.max_untrainable:.0%} limit; fix: "
+                    + ("train at a larger --image-size, " if small else "")
+                    + "repair the reported boxes, or raise --max-untrainable"
+                )
+        return out
 
     def table(self) -> str:
         lines = []
@@ -234,9 +335,17 @@ class DoctorReport:
         for name, s in self.sizes.items():
             lines.append(f"  {name.ljust(width)}  {s['boxes']:>7}  " + "  ".join(f"{s[k]:>7}" for k in ("min", "p10", "median", "p90", "max")))
         lines.append("")
+        for split, (bad, listed) in self.untrainable.items():
+            lines.append(f"[{split}] boxes that cannot train: {bad} of {listed} ({bad / max(listed, 1):.1%}; "
+                         f"limit {self.max_untrainable:.0%}): dropped while reading, or under {self.min_box_size:g} px "
+                         f"at the {h}x{w} input")
         lines.append(fit_line(self.fit))
         if self.suggestion is not None:
-            lines.append(f"  suggested settings raise it to {self.suggestion.fit:.1%}: {self.suggestion.train_options()}")
+            lines.append(f"  suggested settings raise the anchor fit from {self.fit.fit:.1%} to {self.suggestion.fit:.1%}: "
+                         f"{self.suggestion.train_options()}")
+        elif self.fit.fit < GOOD_FIT and self.fit.num_boxes:
+            where = f" at the fixed {h}x{w} input" if self.fixed_image_size else ""
+            lines.append(f"  no anchor setting{where} raises the fit by {MIN_GAIN:.0%} or more: keep the model's anchors")
         for finding in self.findings:
             lines.append(f"note: {finding}")
         for problem in self.fatal:
@@ -250,6 +359,8 @@ class DoctorReport:
             "splits": {s: {"source": d.source, **d.report.to_dict()} for s, d in self.splits.items()},
             "class_histogram": self.histogram,
             "box_sizes": self.sizes,
+            "untrainable": {s: {"boxes": bad, "listed": n} for s, (bad, n) in self.untrainable.items()},
+            "max_untrainable": self.max_untrainable,
             "anchor_fit": dataclasses.asdict(self.fit),
             "suggestion": dataclasses.asdict(self.suggestion) | {"train_options": self.suggestion.train_options()}
             if self.suggestion else None,
@@ -265,23 +376,32 @@ def fit_line(fit: AnchorFit) -> str:
 
 
 def check_dataset(source: str | Path, model: str = "efficientdet_d0", image_size=None, splits=("train", "val"),
-                  verify_images: bool = True, search: bool = True, model_cfg: ModelConfig | None = None) -> DoctorReport:
-    """Run every check on ``source`` (dataset YAML or COCO JSON). The first split is the training split."""
-    from .spec import load_dataset
+                  verify_images: bool = True, search: bool = True, model_cfg: ModelConfig | None = None,
+                  max_untrainable: float = MAX_UNTRAINABLE, progress: bool = True) -> DoctorReport:
+    """Run every check on ``source`` (dataset YAML or COCO JSON). The first split is the training split.
 
+    ``image_size`` (S or (H, W)) fixes the input size: the anchor search then keeps it.
+    """
+    from .spec import DatasetSpec, load_dataset
+
+    if not 0.0 <= max_untrainable <= 1.0:
+        raise ConfigError(f"--max-untrainable {max_untrainable}: need a share between 0 and 1 (e.g. 0.25)")
     cfg = model_cfg or get_model_config(model, image_size=image_size)
     loaded: dict[str, DetectionData] = {}
     fatal: list[str] = []
     source = Path(source)
-    for split in splits if source.suffix.lower() in (".yaml", ".yml") else ("train",):
+    if source.suffix.lower() in (".yaml", ".yml"):
+        present = DatasetSpec.from_yaml(source).splits
+        splits = [s for i, s in enumerate(splits) if i == 0 or s in present]  # later splits are optional
+    else:
+        splits = ["train"]
+    for split in splits:
         first = next(iter(loaded.values()), None)
         try:
             loaded[split] = load_dataset(source, split, verify_images=verify_images,
                                          class_names=first.class_names if first else None,
                                          category_ids=first.category_ids if first else None)
         except DataError as exc:
-            if "no '" in str(exc) and split != splits[0]:
-                continue  # an optional split (e.g. no val section)
             fatal.append(str(exc))
     if not loaded:
         raise DataError(fatal[0] if fatal else f"{source}: nothing to check")
@@ -289,22 +409,33 @@ def check_dataset(source: str | Path, model: str = "efficientdet_d0", image_size
     if train.num_classes == 0:
         fatal.append(f"{source}: no classes declared; fix: list the class names (or COCO categories)")
     cfg = cfg.replace(num_classes=max(train.num_classes, 1))
+    min_size = AugmentConfig.min_box_size
+    untrainable = {}
+    for split, data in loaded.items():
+        small = small_box_problems(data, cfg.image_size, min_size)
+        data.report.problems.extend(small)
+        untrainable[split] = untrainable_share(data, len(small))
     fit = measure_anchor_fit(train, cfg.anchors, cfg.image_size)
     suggestion = None
     if search and fit.fit < GOOD_FIT and fit.num_boxes:
-        best = search_anchor_settings(train, cfg)[0]
-        if best.fit > fit.fit:
+        best = search_anchor_settings(train, cfg, fixed_image_size=image_size is not None, progress=progress)[0]
+        if best.fit >= fit.fit + MIN_GAIN:
             suggestion = best
     return DoctorReport(
         splits=loaded, model_cfg=cfg, findings=category_findings(train), histogram=class_histogram(train),
         sizes=size_stats(train, cfg.image_size), fit=fit, suggestion=suggestion, fatal=fatal,
+        untrainable=untrainable, max_untrainable=max_untrainable, min_box_size=min_size,
+        fixed_image_size=image_size is not None,
     )
 
 
-def quick_summary(train: DetectionData, model_cfg: ModelConfig) -> str:
-    """What ``train`` prints before the first epoch: class findings and the anchor fit (no decoding)."""
+def quick_summary(train: DetectionData, model_cfg: ModelConfig, min_box_size: float = AugmentConfig.min_box_size) -> str:
+    """What ``train`` prints before the first epoch: boxes too small to train (always, with the
+    count), class findings and the anchor fit (no decoding)."""
+    small = small_box_problems(train, model_cfg.image_size, min_box_size)
     fit = measure_anchor_fit(train, model_cfg.anchors, model_cfg.image_size, max_boxes=5000)
-    lines = [fit_line(fit)] + [f"note: {finding}" for finding in category_findings(train)]
+    lines = [small_box_line(train, small, model_cfg.image_size, min_box_size), fit_line(fit)]
+    lines += [f"note: {finding}" for finding in category_findings(train)]
     if fit.fit < GOOD_FIT:
         lines.append("note: a low anchor fit slows or stops learning; run 'efficientdet data check' for suggested settings")
     return "\n".join(lines)
@@ -340,32 +471,56 @@ def plot_box_sizes(report: DoctorReport, path: str | Path) -> Path:
     ax.set_title(f"{cfg.name} at {cfg.image_size[0]}x{cfg.image_size[1]}: anchor fit {report.fit.fit:.1%}")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
+    from ..fileio import write_via_temp
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        write_via_temp(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
     return path
 
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", help="dataset YAML or COCO JSON")
+    parser.add_argument("data", help="dataset YAML (ours or an Ultralytics data.yaml) or COCO JSON")
     parser.add_argument("--model", default="efficientdet_d0", help="model whose input size and anchors to check against")
-    parser.add_argument("--image-size", default=None, help="model input size: S or HxW (default: the model's)")
+    parser.add_argument("--image-size", default=None,
+                        help="model input size: S or HxW (default: the model's); when given, the anchor search keeps it")
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits of a dataset YAML to read")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
-    parser.add_argument("--plot", default="box_sizes.png", metavar="FILE", help="PNG of box sizes against anchors ('' for none)")
+    parser.add_argument("--out", default="runs/check",
+                        help="folder for report.json and box_sizes.png; a new numbered one (runs/check2...) "
+                             "when it already holds files (default runs/check)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report to PATH")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw box_sizes.png")
+    parser.add_argument("--max-untrainable", type=float, default=MAX_UNTRAINABLE, metavar="SHARE",
+                        help=f"exit with status 2 when more than this share of a split's boxes cannot train "
+                             f"(dropped while reading, or under {AugmentConfig.min_box_size:g} px at the input; "
+                             f"default {MAX_UNTRAINABLE})")
     parser.add_argument("--no-verify", action="store_true", help="do not decode every image (faster)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.trainer import make_run_dir
+    from ..fileio import make_dirs, write_json
+
     report = check_dataset(args.data, args.model, parse_image_size(args.image_size), tuple(args.splits),
-                           verify_images=not args.no_verify)
+                           verify_images=not args.no_verify, max_untrainable=args.max_untrainable,
+                           progress=not args.quiet)
     print(report.table())
-    if args.plot:
-        print(f"box size plot: {plot_box_sizes(report, args.plot)}")
+    out = make_dirs(make_run_dir(args.out, exist_ok=False))
+    write_json(out / "report.json", report.to_dict())
+    print(f"JSON report: {out / 'report.json'}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        write_json(args.json, report.to_dict())
         print(f"JSON report: {args.json}")
-    return 1 if report.fatal else 0
+    if not args.no_plot:
+        print(f"box size plot: {plot_box_sizes(report, out / 'box_sizes.png')}")
+    if report.fatal:
+        raise DataError(report.fatal[0] + (f" (and {len(report.fatal) - 1} more above)" if len(report.fatal) > 1 else ""))
+    too_many = report.too_many_untrainable()
+    if too_many:
+        raise DataError(too_many[0])
+    return 0
