@@ -139,3 +139,80 @@ def test_quick_summary_reports_fit_and_findings(tmp_path):
     data = load_dataset(_tiny_box_dataset(tmp_path))
     text = quick_summary(data, get_model_config("d0"))
     assert "anchor fit:" in text and "data check" in text
+
+
+def test_fast_anchor_fit_equals_iou_against_every_anchor():
+    """The nearest-centre shortcut gives each box the same best IoU as box_iou over the whole grid."""
+    import torch
+
+    from efficientdet.data.doctor import best_anchor_iou
+    from efficientdet.detection.anchors import AnchorGenerator
+    from efficientdet.detection.boxes import box_iou
+
+    rng = np.random.default_rng(3)
+    for hw, scale in [((128, 96), 4.0), ((100, 130), 2.5)]:  # sizes that do not divide by the strides too
+        cfg = AnchorConfig(anchor_scale=scale)
+        xy = rng.uniform(-10, 120, size=(300, 2))
+        wh = np.exp(rng.uniform(np.log(1), np.log(150), size=(300, 2)))
+        boxes = np.concatenate([xy, xy + wh], axis=1)
+        brute = box_iou(torch.as_tensor(boxes, dtype=torch.float64),
+                        AnchorGenerator(cfg)(hw, dtype=torch.float64)).amax(dim=1).numpy()
+        np.testing.assert_allclose(best_anchor_iou(boxes, cfg, hw), brute, rtol=1e-9, atol=1e-12)
+
+
+def test_fixed_image_size_is_kept_and_ratios_come_from_the_menu(tmp_path):
+    from efficientdet.data.doctor import RATIO_SETS
+
+    path = _tiny_box_dataset(tmp_path)
+    report = check_dataset(path, model="efficientdet_d0", image_size=parse_image_size("512"), progress=False)
+    assert report.suggestion is not None and report.suggestion.image_size == (512, 512)
+    assert "--image-size 512 " in report.suggestion.train_options()
+    assert report.suggestion.aspect_ratios in RATIO_SETS
+    assert report.suggestion.fit >= report.fit.fit + 0.02
+    text = report.table()
+    assert f"from {report.fit.fit:.1%} to {report.suggestion.fit:.1%}" in text
+
+
+def test_no_suggestion_when_nothing_raises_the_fit(tmp_path):
+    """Boxes of exactly the model's anchors: 100% fit, nothing to propose."""
+    write_image(tmp_path / "images" / "a.png", 64, 64)
+    # lite0 at 64x64: P3 stride 8, anchor scale 3 -> 24x24 anchor centred at (12, 12)
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 24, 24]}]
+    path = _coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}], anns, [{"id": 1, "name": "sq"}])
+    report = check_dataset(path, model="efficientdet_lite0", image_size=(64, 64), progress=False)
+    assert report.fit.fit == 1.0 and report.suggestion is None
+
+
+def _small_box_coco(tmp_path, n_small, n_big):
+    """One 640x640 image; boxes of 8 px (1.6 px at a 128 input: under 2, dropped) and 64 px."""
+    write_image(tmp_path / "images" / "big.png", 640, 640)
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [10 + 20 * i, 10, 8, 8]} for i in range(n_small)]
+    anns += [{"id": 100 + i, "image_id": 1, "category_id": 1, "bbox": [10 + 70 * i, 300, 64, 64]} for i in range(n_big)]
+    return _coco(tmp_path, [{"id": 1, "file_name": "big.png", "width": 640, "height": 640}], anns, [{"id": 1, "name": "a"}])
+
+
+def test_too_many_untrainable_boxes_exit_2_with_one_line(tmp_path, capsys):
+    path = _small_box_coco(tmp_path, n_small=4, n_big=6)  # 40% too small at 128
+    args = ["data", "check", str(path), "--model", "efficientdet_lite0", "--image-size", "128", "--no-plot",
+            "--quiet", "--out", str(tmp_path / "check")]
+    assert cli_main(args) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: ") and str(path) in line and "4 of 10 boxes (40%)" in line and "fix:" in line
+    (small,) = {p["item"] for p in json.loads((tmp_path / "check" / "report.json").read_text())["splits"]["train"]["problems"]
+                if p["kind"] == "box_too_small"}
+    assert small == "image big.png"
+    assert "box_too_small" in captured.out and "10 px in this image" in captured.out  # 2 px / (128 / 640)
+    # the threshold is an option; at the model's own 320 input the 8-px boxes are 4 px and train
+    assert cli_main(args[:-2] + ["--max-untrainable", "0.5", "--out", str(tmp_path / "c2")]) == 0
+    assert cli_main(["data", "check", str(path), "--model", "efficientdet_lite0", "--no-plot", "--quiet",
+                     "--out", str(tmp_path / "c3")]) == 0
+
+
+def test_train_summary_always_counts_small_boxes(tmp_path):
+    data = load_dataset(_small_box_coco(tmp_path, n_small=3, n_big=1))
+    text = quick_summary(data, get_model_config("efficientdet_lite0", image_size=(128, 128)))
+    assert "boxes too small to train: 3 of 4 (75.0%) are under 2 px at the 128x128 input" in text
+    assert "big.png" in text and "10 px in this image" in text
+    text = quick_summary(data, get_model_config("efficientdet_lite0", image_size=(640, 640)))
+    assert "boxes too small to train: 0 of 4" in text

@@ -209,8 +209,9 @@ def small_box_problems(data: DetectionData, image_size_hw: tuple[int, int],
         side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         for k in np.nonzero((side * scale < min_size) & ~record.ignore)[0]:
             bw, bh = boxes[k, 2] - boxes[k, 0], boxes[k, 3] - boxes[k, 1]
+            xyxy = ", ".join(f"{v:.4g}" for v in boxes[k])
             found.add("box_too_small", record.annotation_file or data.source, f"image {record.file_name}",
-                      f"box {bw:.3g}x{bh:.3g} px is {bw * scale:.2g}x{bh * scale:.2g} px at the {h}x{w} input; "
+                      f"box xyxy [{xyxy}] ({bw:.3g}x{bh:.3g} px) is {bw * scale:.2g}x{bh * scale:.2g} px at the {h}x{w} input; "
                       f"boxes train from {min_size:g} px there = {min_size / scale:.3g} px in this image",
                       value=f"{bw:.3g}x{bh:.3g}")
     return found.problems
