@@ -33,6 +33,7 @@ the YAML, the key and the fix.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def _root(value, yaml_path: Path, bad: _Bad) -> Path:
     root = Path(value)
     if root.is_absolute():
         return root
-    beside = yaml_path.parent / root
+    beside = Path(os.path.normpath(yaml_path.parent / root))  # 'cfg/../datasets/x' -> 'datasets/x' in messages
     return beside if beside.exists() or not root.exists() else root
 
 
