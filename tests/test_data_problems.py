@@ -60,7 +60,6 @@ EXPECTED = {  # kind -> (item text, action)
     "nan_box": ("annotation id 104", "dropped box"),
     "unknown_category": ("annotation id 105", "dropped box"),
     "orphan_annotation": ("annotation id 106", "dropped box"),
-    "corrupt_image": ("image id 5 (corrupt.jpg)", "skipped image"),  # its header cannot be read
 }
 
 
@@ -72,18 +71,18 @@ def test_each_problem_found_once_with_file_and_item(messy):
         assert len(found) == 1, (kind, [str(p) for p in found])
         assert found[0].file == str(messy) and item in found[0].item and found[0].action == action
         assert str(messy) in str(found[0]) and item in str(found[0])
-    assert report.count() == len(EXPECTED)  # the truncated JPEG's header reads: it is caught when decoded
+    assert report.count() == len(EXPECTED)  # corrupt files are not decoded at read time
     by_id = {r.image_id: r for r in data.records}
-    assert sorted(by_id) == [1, 2, 4, 6]
+    assert sorted(by_id) == [1, 2, 4, 5, 6]
     np.testing.assert_array_equal(by_id[1].boxes, [[10, 10, 30, 30], [90, 10, 100, 20]])  # clipped
     np.testing.assert_array_equal(by_id[1].labels, [1, 1])
     assert by_id[2].file_name == "good2.png"  # the first of the duplicates is kept
-    assert report.stats["images_listed"] == 7 and report.stats["images_used"] == 4
+    assert report.stats["images_listed"] == 7 and report.stats["images_used"] == 5
     assert report.stats["images_without_boxes"] == 1  # image 4: a count, not a problem
-    assert report.stats["boxes_listed"] == 10 and report.stats["boxes_used"] == 4
+    assert report.stats["boxes_listed"] == 10 and report.stats["boxes_used"] == 5
 
     summary = report.summary()
-    assert "box_clipped" in summary and "clipped box" in summary and "4 used of 7" in summary
+    assert "box_clipped" in summary and "clipped box" in summary and "5 used of 7" in summary
     d = json.loads(json.dumps(report.to_dict()))
     assert d["counts"]["nan_box"] == 1 and len(d["problems"]) == len(EXPECTED)
     assert {"kind", "file", "item", "message", "action", "fix", "value"} <= set(d["problems"][0])
@@ -104,11 +103,11 @@ def test_corrupt_image_at_load_time_is_substituted_and_reported_once(messy, num_
     for _epoch in range(2):
         for _images, targets in create_loader(ds, batch_size=2, shuffle=False, num_workers=num_workers):
             ids += [t["image_id"] for t in targets]
-    order = [r.image_id for r in ds.records]  # [1, 2, 4, 6]: 6 is truncated -> replaced by the next good (1)
-    assert order == [1, 2, 4, 6]
-    assert ids == [1, 2, 4, 1] * 2
+    order = [r.image_id for r in ds.records]  # [1, 2, 4, 5, 6]: 5 and 6 are bad -> replaced by the next good (1)
+    assert order == [1, 2, 4, 5, 6]
+    assert ids == [1, 2, 4, 1, 1] * 2
     report = ds.load_report()  # seen from the main process, whatever the workers did
-    assert [p.item for p in report.of_kind("corrupt_image")] == ["image id 6 (trunc.jpg)"]
+    assert sorted(p.item for p in report.of_kind("corrupt_image")) == ["image id 5 (corrupt.jpg)", "image id 6 (trunc.jpg)"]
     assert all(p.action == "substituted the next good image" for p in report.problems)
 
 

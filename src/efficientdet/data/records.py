@@ -174,7 +174,9 @@ def check_image(path: str, report: DataReport, file: str, item: str, verify: boo
                 annotated_wh: tuple[int, int] | None = None) -> tuple[int, int] | None:
     """The (width, height) to use for the image at ``path``, or None when it is unusable (reported).
 
-    Reads the file header (no decoding; with ``verify`` the whole file is decoded). A size in
+    Reads the file header (no decoding; with ``verify`` the whole file is decoded; without it, a
+    file whose header cannot be read but whose size is annotated is kept for the dataset to
+    report when it fails to load). A size in
     the annotations (``annotated_wh``) that differs from the file's is reported as
     ``size_mismatch`` and kept: the boxes were drawn on that size, and the dataset resizes
     the decoded image to it. Without an annotated size the header's size is used.
@@ -189,6 +191,10 @@ def check_image(path: str, report: DataReport, file: str, item: str, verify: boo
         try:
             real_wh = read_image_size(path)
         except Exception as exc:  # noqa: BLE001 - any header error means the file is unusable
+            if annotated_wh is not None and not verify:
+                # the size is known: keep the image; loading finds it undecodable, reports it
+                # and substitutes another (DetectionDataset), as for any file corrupt past its header
+                return int(annotated_wh[0]), int(annotated_wh[1])
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     if error:
         report.add("corrupt_image", file, item, f"image file {path} cannot be decoded ({error})")
