@@ -151,6 +151,7 @@ def sanitize_boxes(
         if overshoot > CLIP_TOLERANCE:
             report.add("box_clipped", file, items[i], f"box xyxy {_fmt(boxes[i])} extends past the {width}x{height} image")
         out[i] = (cx1, cy1, cx2, cy2)
+    out[~keep] = 0.0  # dropped rows may hold NaN or 1e308: never cast them
     return out.astype(np.float32), keep
 
 

@@ -244,4 +244,7 @@ def load_dataset(
     if names is None:
         raise DataError(f"{source}: YOLO datasets need class names; fix: add 'names: [...]' to the YAML")
     sources = [Path(images)] if images is not None else list(s.images)
+    for path in sources:
+        if not path.exists():
+            raise DataError(f"{source}: {split}: {path} not found; fix: set '{split}' to an image folder or a .txt list of images")
     return read_yolo(sources, s.annotations, class_names=names, verify_images=verify_images, report=report)
