@@ -148,3 +148,22 @@ def test_yolo_bad_lines(tmp_path):
     (rec,) = data.records
     np.testing.assert_allclose(rec.boxes, [[40, 20, 60, 30], [85, 20, 100, 30]], atol=1e-4)
     assert not math.isnan(float(rec.boxes.sum()))
+
+
+def test_boxes_dropped_in_training_are_reported_with_their_files(tmp_path):
+    """Boxes under min_box_size after scale/crop are dropped by the dataset: each image's count is a
+    box_too_small problem naming the annotation file and the image, even with no other problem."""
+    write_image(tmp_path / "images" / "a.png", 400, 400)
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [10 + 40 * i, 10, 4, 4]} for i in range(5)]
+    path = write_json(tmp_path / "t.json", {"images": [{"id": 1, "file_name": "a.png", "width": 400, "height": 400}],
+                                             "annotations": anns, "categories": [{"id": 1, "name": "x"}]})
+    data = load_dataset(path)
+    assert data.report.ok
+    # 4 px boxes letterboxed 400 -> 64: 0.64 px, under 2 px at any jitter scale up to 2.0
+    ds = DetectionDataset(data, (64, 64), MEAN, STD, train=True)
+    _image, target = ds[0]
+    assert len(target["boxes"]) == 0
+    report = ds.load_report()
+    (p,) = report.problems
+    assert (p.kind, p.file, p.item, p.value) == ("box_too_small", str(path), "image id 1 (a.png)", "5")
+    assert "5 boxes fell under 2 px" in p.message and report.stats["boxes_dropped_by_augment"] == 5

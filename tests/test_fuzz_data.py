@@ -378,17 +378,16 @@ def test_the_fuzz_covers_every_format_and_fault_class():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A Lite0 64x64 checkpoint for classes [a, b], trained 1 epoch on the good COCO dataset."""
-    from efficientdet.engine.trainer import train
+    """An (untrained) Lite0 64x64 checkpoint for classes [a, b]: val's faults are in the data."""
+    import torch
 
-    from .data_factory import tiny_train_config
+    from efficientdet.factory import create_model, save_model_dict
 
-    root = tmp_path_factory.mktemp("good")
-    data = write_coco(root)
-    result = train(tiny_train_config(data, root / "run", epochs=1, ema_decay=0.0, batch_size=3))
-    path = result.best_checkpoint or result.last_checkpoint
-    assert path is not None and Path(path).is_file()
-    return Path(path)
+    torch.manual_seed(0)
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=(64, 64))
+    path = tmp_path_factory.mktemp("ckpt") / "lite0.pt"
+    torch.save(save_model_dict(model, class_names=NAMES, category_ids=[1, 2]), path)
+    return path
 
 
 def _val_args(data: Path, weights: Path, out: Path) -> list[str]:
@@ -396,8 +395,12 @@ def _val_args(data: Path, weights: Path, out: Path) -> list[str]:
             "--batch-size", "3", "--workers", "0", "--out", str(out), "--quiet"]
 
 
+# val on a seeded sample of each format's faults (all of them: ~2 min on 2 cores)
+VAL_SAMPLE = [CASES[int(i)] for i in np.random.default_rng(SEED + 2).choice(len(CASES), 16, replace=False)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", VAL_SAMPLE, ids=[c.name for c in VAL_SAMPLE])
 def test_val_reports_every_planted_fault(case, checkpoint, tmp_path, capsys, one_torch_thread):
     data, expect = _build(case, tmp_path)
     code, out, err = run_cli(_val_args(data, checkpoint, tmp_path / "val"), capsys)
@@ -405,10 +408,7 @@ def test_val_reports_every_planted_fault(case, checkpoint, tmp_path, capsys, one
         # the fault removed a class (e.g. a category with a bad id): val refuses, naming the dataset
         assert str(data) in err
         return
-    if code == 0 and any(k in " ".join(expect) for k in ("size_mismatch",)):
-        pass
-    # val only reads (no training): boxes are never "too small to train" there
-    check_outcome(case, code, out, err, [e for e in expect if e != "box_too_small"])
+    check_outcome(case, code, out, err, expect)
 
 
 TRAIN_SAMPLE = [CASES[int(i)] for i in np.random.default_rng(SEED + 1).choice(len(CASES), 6, replace=False)]
@@ -424,7 +424,7 @@ def test_train_one_epoch_reports_every_planted_fault(case, tmp_path, capsys, one
     check_outcome(case, code, out, err, expect)
 
 
-SUBPROCESS_SAMPLE = [c for c in CASES if c.name in ("coco image id 'img_one'", "yaml latin-1", "yolo orphan label")] or CASES[:3]
+SUBPROCESS_SAMPLE = [c for c in CASES if c.name in ("coco image id 'img_one'", "yaml latin-1")]
 
 
 @pytest.mark.slow
@@ -435,6 +435,10 @@ def test_data_check_in_a_subprocess(case, tmp_path):
                            "--image-size", "64", "--no-plot", "--quiet", "--out", str(tmp_path / "check")],
                           capture_output=True, text=True, timeout=120, env=os.environ | {"PYTHONWARNINGS": "ignore"})
     check_outcome(case, proc.returncode, proc.stdout, proc.stderr, expect)
+
+
+def test_subprocess_sample_exists():
+    assert len(SUBPROCESS_SAMPLE) == 2
 
 
 def test_fault_cases_are_deterministic():
