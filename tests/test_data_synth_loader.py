@@ -14,6 +14,7 @@ from PIL import Image
 
 from efficientdet.data import DetectionDataset, ImageRecord, create_loader, load_dataset, write_synthetic_dataset
 from efficientdet.data.synth import CATEGORY_IDS, CLASS_NAMES
+from efficientdet.errors import DataError
 
 MEAN, STD = (100.0, 110.0, 120.0), (50.0, 50.0, 50.0)
 
@@ -33,7 +34,7 @@ def synth(tmp_path_factory):
 
 def test_synth_deterministic_per_seed(synth):
     a, b, c = (_files(synth / k) for k in "abc")
-    assert len(a) == 40 + 4 + 3  # images, train.json, val.json, data.yaml
+    assert len(a) == 40 + 4 + 3 + 1  # images, train.json, val.json, data.yaml, the synth marker
     assert a == b
     assert a.keys() == c.keys()
     assert a["train.json"] != c["train.json"]
@@ -92,6 +93,19 @@ def test_synth_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(list((out / "images").glob("*.jpg"))) == 10
     assert len(load_dataset(out / "data.yaml", "train")) == 8
+
+
+def test_synth_never_overwrites_a_users_files(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.json").write_text("my annotations")
+    with pytest.raises(DataError, match=r"train\.json: exists and was not written by 'data synth'; fix: pick a new --out"):
+        write_synthetic_dataset(tmp_path / "mine", 2, 1, seed=0, size=64, progress=False)
+    assert (tmp_path / "mine" / "train.json").read_text() == "my annotations"
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["train.json"]
+    # its own earlier output may be rewritten (e.g. the demo after an interrupted synth)
+    write_synthetic_dataset(tmp_path / "ours", 2, 1, seed=0, size=64, progress=False)
+    write_synthetic_dataset(tmp_path / "ours", 2, 1, seed=1, size=64, progress=False)
+    assert len(load_dataset(tmp_path / "ours" / "data.yaml", "train")) == 2
 
 
 def test_loader_two_workers_yields_correct_batches(tmp_path):

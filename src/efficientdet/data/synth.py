@@ -29,6 +29,7 @@ EMPTY_FRACTION = 0.08
 MAX_OBJECTS = 7
 JPEG_QUALITY = 92
 _SPLIT_CODE = {"train": 0, "val": 1}
+SYNTH_MARKER = ".efficientdet-synth"  # in a folder synth wrote: it may rewrite that folder, no other
 
 
 # ---------------------------------------------------------------------------- drawing
@@ -195,6 +196,8 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
     import yaml
     from tqdm import tqdm
 
+    from ..fileio import make_dirs, write_text, write_via_temp
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; fix: pick another --out")
@@ -202,7 +205,15 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
         raise DataError(f"--images {num_train} --val-images {num_val}: need at least 1 training image; fix: --images N with N >= 1")
     if size < 64:
         raise DataError(f"--size {size}: too small for the shapes; fix: --size 64 or more")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    planned = ["data.yaml", "train.json", "val.json"] + [
+        f"images/{split}_{i:06d}.jpg" for split, count in (("train", num_train), ("val", num_val)) for i in range(count)]
+    if not (out / SYNTH_MARKER).exists():  # a folder synth wrote before may be rewritten, nothing else
+        clash = next((name for name in planned if (out / name).exists()), None)
+        if clash is not None:
+            raise DataError(f"{out / clash}: exists and was not written by 'data synth'; "
+                            "fix: pick a new --out (nothing was overwritten)")
+    make_dirs(out / "images")
+    (out / SYNTH_MARKER).touch()
     bar = tqdm(total=num_train + num_val, desc="synth", unit="img", disable=not progress)
     for split, count in (("train", num_train), ("val", num_val)):
         entries = []
@@ -210,10 +221,11 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
             rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], i])
             image, objs = render_image(rng, size)
             file_name = f"{split}_{i:06d}.jpg"
-            image.save(out / "images" / file_name, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+            write_via_temp(out / "images" / file_name,
+                           lambda tmp, image=image: image.save(tmp, format="JPEG", quality=JPEG_QUALITY, subsampling=0))
             entries.append((file_name, image.width, image.height, objs))
             bar.update(1)
-        (out / f"{split}.json").write_text(json.dumps(_coco_doc(split, entries)), encoding="utf-8")
+        write_text(out / f"{split}.json", json.dumps(_coco_doc(split, entries)))
     bar.close()
     spec = {
         "format": "coco",
@@ -223,7 +235,7 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
         "val": {"images": "images", "annotations": "val.json"},
     }
     yaml_path = out / "data.yaml"
-    yaml_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    write_text(yaml_path, yaml.safe_dump(spec, sort_keys=False))
     return yaml_path
 
 
