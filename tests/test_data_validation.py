@@ -200,3 +200,14 @@ def test_non_utf8_yaml_is_a_one_line_error(tmp_path):
     path.write_bytes("names: [caf\u00e9]\ntrain: images\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"d\.yaml: byte 11: not UTF-8 text; fix: save the YAML as UTF-8"):
         load_dataset(path)
+
+
+def test_roboflow_export_with_dotdot_splits_loads(tmp_path):
+    """Roboflow writes data.yaml beside train/ and valid/ but names them '../train/images'."""
+    write_image(tmp_path / "train" / "images" / "a.jpg", 40, 40)
+    _labels(tmp_path / "train" / "labels" / "a.txt", "0 0.5 0.5 0.5 0.5\n")
+    write_image(tmp_path / "valid" / "images" / "b.jpg", 40, 40)
+    yaml = write_yaml(tmp_path / "data.yaml", "train: ../train/images\nval: ../valid/images\nnc: 1\nnames: ['cell']\n")
+    data = load_dataset(yaml, "train")
+    np.testing.assert_allclose(data.records[0].boxes, [[10, 10, 30, 30]])
+    assert data.report.ok and len(load_dataset(yaml, "val")) == 1

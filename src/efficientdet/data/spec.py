@@ -22,7 +22,8 @@ An Ultralytics ``data.yaml`` loads unchanged: no ``format`` (YOLO); ``path`` (re
 YAML's folder, else to the current folder); ``train``/``val``/``test`` each an image folder, a
 ``.txt`` list of image paths (``./x`` and relative lines are relative to the list's folder)
 or a list of those; labels found by replacing the last ``/images/`` of each image path with
-``/labels/`` (``.txt`` suffix); ``names`` a list or an {index: name} dict; ``nc`` (checked
+``/labels/`` (``.txt`` suffix; a split ``../x`` that does not exist is read as ``x``, as
+Ultralytics does for Roboflow exports); ``names`` a list or an {index: name} dict; ``nc`` (checked
 against ``names``; alone it names the classes ``class0``...); ``test``/``download`` may be
 empty and ``download`` is ignored (we never fetch data). A COCO JSON works directly:
 ``load_dataset("instances.json", images="imgs/")``.
@@ -177,7 +178,10 @@ def _paths(value, key: str, root: Path, bad: _Bad, many: bool) -> tuple[Path, ..
         if not isinstance(v, str) or not v.strip() or "\x00" in v:
             kind = "a path or a list of paths" if many else "a path"
             raise bad(key, f"expected {kind}, got {schema.describe(v)}", f"write {key} as a folder or file name string")
-        out.append(root / v)
+        path = root / v
+        if not path.exists() and v.startswith("../") and (root / v[3:]).exists():
+            path = root / v[3:]  # as Ultralytics: Roboflow exports write '../train/images' beside the YAML
+        out.append(path)
     return tuple(out)
 
 
