@@ -211,3 +211,23 @@ def test_roboflow_export_with_dotdot_splits_loads(tmp_path):
     data = load_dataset(yaml, "train")
     np.testing.assert_allclose(data.records[0].boxes, [[10, 10, 30, 30]])
     assert data.report.ok and len(load_dataset(yaml, "val")) == 1
+
+
+def test_size_mismatch_found_at_read_is_not_reported_again_at_load(tmp_path):
+    from efficientdet.data import DetectionDataset
+
+    write_image(tmp_path / "images" / "a.png", 120, 80)
+    write_image(tmp_path / "images" / "b.png", 50, 50)
+    coco = write_json(tmp_path / "t.json", {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+                                                       {"id": 2, "file_name": "b.png", "width": 50, "height": 50}],
+                                            "annotations": [], "categories": [{"id": 1, "name": "x"}]})
+    data = load_dataset(coco)
+    ds = DetectionDataset(data, (64, 64), (0, 0, 0), (1, 1, 1))
+    for i in range(len(ds)):
+        ds[i]
+    assert data.report.count("size_mismatch") == 1 and ds.load_report().count("size_mismatch") == 0
+    # a record built by hand (no reader) still gets the load-time check
+    ds = DetectionDataset(data.records, (64, 64), (0, 0, 0), (1, 1, 1))
+    ds[0]
+    (p,) = ds.load_report().of_kind("size_mismatch")
+    assert p.item == "image id 1 (a.png)"

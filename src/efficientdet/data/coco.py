@@ -4,7 +4,12 @@ Category ids (COCO's 1..90 with gaps, or any integers) map to contiguous 0-based
 the order of increasing id; ``DetectionData.category_ids[label]`` maps back. COCO ``bbox``
 is [x, y, w, h] in pixels; records hold xyxy = [x, y, x + w, y + h]. ``iscrowd=1``
 annotations are kept with ``ignore=True``. Image sizes come from the JSON (``width``,
-``height``); only entries without them open the image header.
+``height``) and are checked against each image file's header (``size_mismatch``; the header is
+read, never decoded); entries without them take the header's size.
+
+Every value is type-checked (:mod:`.schema`): an image entry, category or annotation of the
+wrong type is a counted problem naming the JSON and the item (with the image's file name);
+two categories with one id or one name are refused (a merge would relabel boxes in silence).
 """
 
 from __future__ import annotations

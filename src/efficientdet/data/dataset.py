@@ -175,11 +175,11 @@ class DetectionDataset(torch.utils.data.Dataset):
             r = self.records[int(j)]
             report.add("corrupt_image", r.path, _item(r), "image cannot be decoded at load time",
                        "substituted the next good image")
-        known = {p.file for p in self.source_report.of_kind("size_mismatch")} | {
-            p.item for p in self.source_report.of_kind("size_mismatch")}
+        # (file, item) of the mismatches the readers found (COCO: "image id N (name)", VOC: "image name")
+        known = {(p.file, p.item) for p in self.source_report.of_kind("size_mismatch")}
         for j in np.nonzero(status == _SIZE_MISMATCH)[0]:
             r = self.records[int(j)]
-            if r.path in known or _item(r) in known or r.annotation_file in known:
+            if {(r.annotation_file, _item(r)), (r.annotation_file, f"image {r.file_name}")} & known:
                 continue  # reported by the reader already
             report.add("size_mismatch", r.path, _item(r),
                        f"decoded size differs from the annotated {r.width}x{r.height}", "image resized to the annotated size")
