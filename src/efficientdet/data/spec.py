@@ -215,8 +215,9 @@ def load_dataset(
 
     ``images`` overrides the image folder. ``class_names`` and ``category_ids`` impose a
     class list (pass the training split's to the validation split so labels agree).
-    ``verify_images`` decodes every image now (slow, for ``data check``); otherwise files
-    are only checked to exist and corrupt ones are caught when loaded. Problems are in the
+    ``verify_images`` decodes every image now (slow, for ``data check``); otherwise only each
+    file's header is read (its size checked against the annotations) and files corrupt past
+    the header are caught when loaded. Problems are in the
     returned ``.report``; a split with no usable image raises DataError.
     """
     source = Path(source)
