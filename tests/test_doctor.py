@@ -117,8 +117,10 @@ def test_cli_writes_table_json_and_plot_into_a_new_folder(tmp_path, capsys, monk
     (tmp_path / "runs" / "check" / "box_sizes.png").write_text("the user's file")
     out_json = tmp_path / "report.json"
     assert cli_main(["data", "check", str(path), "--model", "d0", "--json", str(out_json), "--out", "runs/check"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "anchor fit:" in printed and "--anchor-scale" in printed
+    assert "reading train.json" in captured.err and "anchor search" in captured.err  # progress bars
     doc = json.loads(out_json.read_text())
     assert doc["anchor_fit"]["num_boxes"] == 48 and doc["suggestion"]["fit"] > doc["anchor_fit"]["fit"]
     # the folder that held a file is left alone: the outputs go to a new numbered folder

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import schema
-from .records import DetectionData, ImageRecord, check_image, finish, sanitize_boxes
+from .records import DetectionData, ImageRecord, check_image, finish, progress, sanitize_boxes
 from .report import DataReport
 
 
@@ -34,6 +34,7 @@ def read_coco(
     category_ids: list[int] | None = None,
     verify_images: bool = False,
     report: DataReport | None = None,
+    show_progress: bool = False,
 ) -> DetectionData:
     """Read a COCO detection JSON. ``images_dir`` defaults to ``<json folder>/images`` if it
     exists, else the JSON's folder. ``class_names``+``category_ids`` impose a class list
@@ -73,7 +74,8 @@ def read_coco(
         raise DataError(f"{json_path}: no usable 'categories'; fix: add the categories list (integer id, name) to the JSON")
     label_of = {cid: i for i, cid in enumerate(category_ids)}
 
-    entries, usable = _read_images(doc["images"], images_dir, src, report, verify_images)
+    images = progress(doc["images"], f"reading {json_path.name}", show_progress)
+    entries, usable = _read_images(images, images_dir, src, report, verify_images)
 
     # annotations
     anns = doc.get("annotations")

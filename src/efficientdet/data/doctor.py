@@ -399,7 +399,7 @@ def check_dataset(source: str | Path, model: str = "efficientdet_d0", image_size
     for split in splits:
         first = next(iter(loaded.values()), None)
         try:
-            loaded[split] = load_dataset(source, split, verify_images=verify_images,
+            loaded[split] = load_dataset(source, split, verify_images=verify_images, show_progress=progress,
                                          class_names=first.class_names if first else None,
                                          category_ids=first.category_ids if first else None)
         except DataError as exc:

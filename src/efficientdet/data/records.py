@@ -209,6 +209,17 @@ def check_image(path: str, report: DataReport, file: str, item: str, verify: boo
     return int(annotated_wh[0]), int(annotated_wh[1])
 
 
+def progress(items, desc: str, enabled: bool):
+    """``items`` wrapped in a tqdm bar on stderr when ``enabled`` (reading a large split takes time)."""
+    if not enabled:
+        return items
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="img", leave=False, file=sys.stderr)
+
+
 def verify_image(path: str) -> str:
     """Decode ``path`` fully; returns '' when fine, else the error text (one line)."""
     from PIL import Image

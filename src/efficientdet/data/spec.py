@@ -210,6 +210,7 @@ def load_dataset(
     category_ids: list[int] | None = None,
     verify_images: bool = False,
     report: DataReport | None = None,
+    show_progress: bool = False,
 ) -> DetectionData:
     """Read one split of a dataset: ``source`` is a dataset YAML or a COCO JSON.
 
@@ -218,14 +219,15 @@ def load_dataset(
     ``verify_images`` decodes every image now (slow, for ``data check``); otherwise only each
     file's header is read (its size checked against the annotations) and files corrupt past
     the header are caught when loaded. Problems are in the
-    returned ``.report``; a split with no usable image raises DataError.
+    returned ``.report``; a split with no usable image raises DataError. ``show_progress``: a
+    tqdm bar (stderr) over the images.
     """
     source = Path(source)
     if source.suffix.lower() == ".json":
         from .coco import read_coco
 
         return read_coco(source, images, class_names=class_names, category_ids=category_ids,
-                         verify_images=verify_images, report=report)
+                         verify_images=verify_images, report=report, show_progress=show_progress)
     if source.suffix.lower() not in (".yaml", ".yml"):
         raise DataError(f"{source}: unknown dataset file type; fix: give a dataset .yaml or a COCO .json")
     spec = DatasetSpec.from_yaml(source)
@@ -238,12 +240,12 @@ def load_dataset(
         from .coco import read_coco
 
         return read_coco(s.annotations, images_dir, class_names=names, category_ids=category_ids,
-                         verify_images=verify_images, report=report)
+                         verify_images=verify_images, report=report, show_progress=show_progress)
     if spec.format == "voc":
         from .voc import read_voc
 
         return read_voc(s.annotations, images_dir, class_names=names, ids_file=s.list,
-                        verify_images=verify_images, report=report)
+                        verify_images=verify_images, report=report, show_progress=show_progress)
     from .yolo import read_yolo
 
     if names is None:
@@ -252,4 +254,5 @@ def load_dataset(
     for path in sources:
         if not path.exists():
             raise DataError(f"{source}: {split}: {path} not found; fix: set '{split}' to an image folder or a .txt list of images")
-    return read_yolo(sources, s.annotations, class_names=names, verify_images=verify_images, report=report)
+    return read_yolo(sources, s.annotations, class_names=names, verify_images=verify_images, report=report,
+                     show_progress=show_progress)

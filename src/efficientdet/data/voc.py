@@ -29,6 +29,7 @@ from .records import (
     ImageRecord,
     check_image,
     finish,
+    progress,
     sanitize_boxes,
 )
 from .report import DataReport
@@ -68,6 +69,7 @@ def read_voc(
     ids_file: str | Path | None = None,
     verify_images: bool = False,
     report: DataReport | None = None,
+    show_progress: bool = False,
 ) -> DetectionData:
     """Read every ``*.xml`` in the folder ``annotations`` (or only the stems listed one per line
     in ``ids_file``, as in ``ImageSets/Main/train.txt``); images are looked up in ``images_dir``
@@ -132,7 +134,8 @@ def read_voc(
     label_of = {n: i for i, n in enumerate(class_names)}
 
     records = []
-    for image_id, (src, path, size, item, filename, objects) in enumerate(parsed):
+    rows = progress(parsed, f"reading {ann_dir.name}", show_progress)
+    for image_id, (src, path, size, item, filename, objects) in enumerate(rows):
         wh = check_image(path, report, src, item, verify_images, size)
         if wh is None:
             continue

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import schema
-from .records import IMAGE_EXTENSIONS, DetectionData, ImageRecord, check_image, finish, sanitize_boxes
+from .records import IMAGE_EXTENSIONS, DetectionData, ImageRecord, check_image, finish, progress, sanitize_boxes
 from .report import DataReport
 
 
@@ -136,6 +136,7 @@ def read_yolo(
     class_names: list[str],
     verify_images: bool = False,
     report: DataReport | None = None,
+    show_progress: bool = False,
 ) -> DetectionData:
     """Read a YOLO split: ``images`` is an image folder, a ``.txt`` image list, or a list of
     those; ``labels_dir`` the labels folder (None: the Ultralytics rule, see module doc)."""
@@ -155,7 +156,7 @@ def read_yolo(
     boxes_listed = 0
     seen: set[str] = set()
     expected_labels: set[str] = set()
-    for image_id, (path, name, label_path) in enumerate(entries):
+    for image_id, (path, name, label_path) in enumerate(progress(entries, "reading images", show_progress)):
         item = f"image {name}"
         key = os.path.normpath(str(path))
         if key in seen:
