@@ -209,6 +209,10 @@ def test_too_many_untrainable_boxes_exit_2_with_one_line(tmp_path, capsys):
     assert cli_main(args[:-2] + ["--max-untrainable", "0.5", "--out", str(tmp_path / "c2")]) == 0
     assert cli_main(["data", "check", str(path), "--model", "efficientdet_lite0", "--no-plot", "--quiet",
                      "--out", str(tmp_path / "c3")]) == 0
+    capsys.readouterr()
+    assert cli_main(args[:-2] + ["--max-untrainable", "25", "--out", str(tmp_path / "c4")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "error: --max-untrainable 25.0: not a share of boxes; fix: give a value from 0 to 1 (e.g. 0.25)"
 
 
 def test_train_summary_always_counts_small_boxes(tmp_path):

@@ -386,7 +386,7 @@ def check_dataset(source: str | Path, model: str = "efficientdet_d0", image_size
     from .spec import DatasetSpec, load_dataset
 
     if not 0.0 <= max_untrainable <= 1.0:
-        raise ConfigError(f"--max-untrainable {max_untrainable}: need a share between 0 and 1 (e.g. 0.25)")
+        raise ConfigError(f"--max-untrainable {max_untrainable}: not a share of boxes; fix: give a value from 0 to 1 (e.g. 0.25)")
     cfg = model_cfg or get_model_config(model, image_size=image_size)
     loaded: dict[str, DetectionData] = {}
     fatal: list[str] = []
