@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 RUNS_ROOT = Path("runs")
-COMMANDS_WITH_RUNS = ("train", "val", "predict", "export", "bench", "demo")
+COMMANDS_WITH_RUNS = ("train", "val", "predict", "export", "bench", "demo", "synth")
 
 
 def _numbered_child(base: Path) -> Path:

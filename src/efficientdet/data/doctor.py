@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -352,9 +351,11 @@ def plot_box_sizes(report: DoctorReport, path: str | Path) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="dataset YAML or COCO JSON")
     parser.add_argument("--model", default="efficientdet_d0", help="model whose input size and anchors to check against")
-    parser.add_argument("--image-size", default=None, help="model input size: S or HxW (default: the model's)")
+    from .. import cli_options
+
+    cli_options.add(parser, "image_size")  # shared CLI vocabulary (efficientdet/cli_options.py)
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits of a dataset YAML to read")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    cli_options.add(parser, "json")
     parser.add_argument("--plot", default="box_sizes.png", metavar="FILE", help="PNG of box sizes against anchors ('' for none)")
     parser.add_argument("--no-verify", action="store_true", help="do not decode every image (faster)")
 
@@ -366,6 +367,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"box size plot: {plot_box_sizes(report, args.plot)}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
-        print(f"JSON report: {args.json}")
+        from ..cli_options import write_json_output
+
+        write_json_output(args.json, report.to_dict())
+        if args.json != "-":
+            print(f"JSON report: {args.json}")
     return 1 if report.fatal else 0

@@ -7,7 +7,7 @@ Graph inputs/outputs (the image size is fixed at export; the batch is fixed or d
   ``box_deltas`` (N, A_all, 4) (ty, tx, th, tw), concatenated over levels P3..P7 in anchor
   order (level, row, column, anchor), the order of
   :class:`efficientdet.detection.anchors.AnchorGenerator`.
-* ``--nms`` (ONNX only): inputs ``images``, ``scales`` (N,) (the letterbox factor of each
+* ``--nms-in-graph`` (ONNX only): inputs ``images``, ``scales`` (N,) (the letterbox factor of each
   image) and ``original_sizes`` (N, 2) (h, w of each original image); the graph decodes,
   clips, runs class-aware NMS with the ONNX ``NonMaxSuppression`` op and undoes the letterbox.
   Outputs ``boxes`` (N, M, 4) xyxy in ORIGINAL pixels, ``scores`` (N, M), ``classes`` (N, M)
