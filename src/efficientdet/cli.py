@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import EfficientDetError
 
     words = sys.argv[1:] if argv is None else argv
+    if words == ["--version"]:  # answered without importing the commands (and torch)
+        from . import __version__
+
+        print(f"efficientdet {__version__}")
+        return 0
     if words and (words[0] in HEAVY_COMMANDS or " ".join(words[:2]) in HEAVY_COMMANDS):
         runtime.prepare_heavy_work()  # before torch starts its OpenMP threads
 

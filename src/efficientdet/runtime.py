@@ -138,17 +138,18 @@ def measure_bf16_slowdown(repeats: int = 5) -> float:
     return median_s(torch.bfloat16) / max(median_s(torch.float32), 1e-9)
 
 
-def precision_warning(precision: str, device, flags: set[str] | None = None, measure=measure_bf16_slowdown,
+def precision_warning(precision: str, device, flags: set[str] | None = None, measure=None,
                       threshold: float = 1.5) -> str | None:
     """A one-line warning when ``precision`` (fp32 / bf16 / fp16) on ``device`` runs slower
     than fp32: bf16/fp16 on a CPU without AVX512-BF16 / AMX (``flags``: the CPU's, default
-    :func:`cpu_flags`) measured ``threshold`` times slower or more; else None."""
+    :func:`cpu_flags`) measured (``measure()``, default :func:`measure_bf16_slowdown`)
+    ``threshold`` times slower or more; else None."""
     if precision == "fp32" or getattr(device, "type", str(device)) != "cpu":
         return None
     flags = cpu_flags() if flags is None else flags
     if any(f in flags for f in NATIVE_BF16_FLAGS):
         return None
-    slowdown = measure()
+    slowdown = (measure or measure_bf16_slowdown)()
     if slowdown < threshold:
         return None
     return (f"warning: {precision} runs {slowdown:.1f}x slower than fp32 on this CPU (no AVX512-BF16/AMX); "

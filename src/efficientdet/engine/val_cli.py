@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.weights)
     data = load_dataset(args.data, split=args.split, images=args.images)
     inputs["image folder"] = sorted({str(Path(r.path).parent) for r in data.records})
-    out = make_run_dir(args.out, args.exist_ok, "val")
-    refuse_inputs_inside(out, inputs)
+    if args.out is not None:
+        refuse_inputs_inside(args.out, inputs)
     if not args.quiet:
         warn_if_slow_precision(precision, device)
     names = list(ckpt.get("class_names") or [])
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(model, data, image_size or model.config.image_size, nms_cfg, batch_size=args.batch,
                       num_workers=args.workers, device=device, amp_dtype=amp_dtype, progress=not args.quiet)
     print(result.table())
+    out = make_run_dir(args.out, args.exist_ok, "val")  # claimed once there are results to write
+    refuse_inputs_inside(out, inputs)
     # the evaluator's writers, each into a temporary file that is renamed when complete
     write_via_temp(out / "results.json", lambda tmp: write_results_json(tmp, result.detections))
     write_via_temp(out / "metrics.json", lambda tmp: write_metrics(tmp, result))
