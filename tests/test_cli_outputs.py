@@ -9,14 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# as efficientdet.deploy.sources does before its first capture (this module uses OpenCV earlier)
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from efficientdet import create_model
-from efficientdet.cli import main
-from efficientdet.factory import save_model_dict
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from efficientdet import create_model  # noqa: E402
+from efficientdet.cli import main  # noqa: E402
+from efficientdet.factory import save_model_dict  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -140,3 +143,26 @@ def test_predict_read_only_out_as_a_user_sees_it(ckpt, photos, readonly_dir):
     assert proc.returncode == 2, proc.stderr
     assert len(err) == 1 and err[0].startswith(f"error: {readonly_dir}") and "Read-only" in err[0], proc.stderr
     assert _files(readonly_dir) == []
+
+
+def test_predict_video_on_a_full_disk_leaves_no_truncated_video(ckpt, tmp_path, small_fs, capfd):
+    import cv2
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 128))
+    rs = np.random.RandomState(1)
+    for _ in range(6):  # noise compresses badly: ~50 KB a frame
+        writer.write(rs.randint(0, 256, (128, 160, 3), dtype=np.uint8))
+    writer.release()
+    fs = small_fs(32768)
+    out = fs / "pred"
+    rc = main(["predict", "--weights", str(ckpt), "--source", str(video), "--out", str(out), "--quiet"])
+    assert rc == 2
+    assert "No space left" in _one_error_line(capfd, out / "clip.mp4")
+    assert _files(fs) == []
+    # with room, the same run writes a video that reads back with every frame
+    out = tmp_path / "ok"
+    assert main(["predict", "--weights", str(ckpt), "--source", str(video), "--out", str(out), "--quiet"]) == 0
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    cap.release()

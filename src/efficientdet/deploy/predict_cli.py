@@ -189,7 +189,8 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
 
 class _VideoOutput:
     """An mp4v video written to a temporary name in the same folder and renamed on ``release``
-    (``abort`` removes it): a failed or interrupted run leaves no truncated video."""
+    once it reads back with all its frames (OpenCV reports no write errors: a full disk shows
+    as a file that does not open); ``release(ok=False)`` removes it. No truncated video is left."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         import os
@@ -199,7 +200,7 @@ class _VideoOutput:
 
         from ..fileio import TEMP_SUFFIX, output_error
 
-        self.path = path
+        self.path, self.frames = path, 0
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TEMP_SUFFIX}{path.suffix}", dir=path.parent)
             os.close(fd)
@@ -213,9 +214,13 @@ class _VideoOutput:
 
     def write(self, frame) -> None:
         self.writer.write(frame)
+        self.frames += 1
 
     def release(self, ok: bool = True) -> None:
+        import errno
         import os
+
+        import cv2
 
         from ..fileio import fsync_dir, output_error
 
@@ -223,9 +228,14 @@ class _VideoOutput:
         if not ok:
             self.tmp.unlink(missing_ok=True)
             return
+        check = cv2.VideoCapture(str(self.tmp))
+        readable = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == self.frames
+        check.release()
         try:
-            if self.tmp.stat().st_size == 0:  # OpenCV reports no write errors; an empty file is one
-                raise OSError(28, "no video data could be written (disk full?)")
+            if not readable:
+                free = os.statvfs(self.tmp.parent).f_bavail
+                raise (OSError(errno.ENOSPC, "No space left on device; the video is incomplete") if free == 0
+                       else OSError(errno.EIO, "the video did not write completely"))
             os.replace(self.tmp, self.path)
         except OSError as exc:
             self.tmp.unlink(missing_ok=True)
