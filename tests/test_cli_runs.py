@@ -101,12 +101,15 @@ def test_predict_refuses_an_out_that_holds_the_source(ckpt, tmp_path, capfd, whe
     assert _digests(photos) == before  # the originals are untouched, nothing added
 
 
-def test_val_and_export_refuse_an_out_that_holds_their_inputs(ckpt, tmp_path, capfd):
+def test_val_train_and_export_refuse_an_out_that_holds_their_inputs(ckpt, tmp_path, capfd):
     from efficientdet.data.synth import write_synthetic_dataset
 
     data_yaml = write_synthetic_dataset(tmp_path / "shapes", 1, 1, seed=0, size=64, progress=False)
     before = _digests(data_yaml.parent)
     rc = main(["val", "--weights", str(ckpt), "--data", str(data_yaml), "--out", str(data_yaml.parent), "--quiet"])
+    assert rc == 2 and "holds the dataset" in _error_line(capfd)
+    assert _digests(data_yaml.parent) == before
+    rc = main(["train", "--data", str(data_yaml), "--out", str(data_yaml.parent), "--image-size", "64", "--quiet"])
     assert rc == 2 and "holds the dataset" in _error_line(capfd)
     assert _digests(data_yaml.parent) == before
     rc = main(["export", "--weights", str(ckpt), "--out", str(ckpt.parent), "--exist-ok", "--quiet"])

@@ -135,6 +135,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if not cfg.resume:
+        from ..run_dirs import refuse_inputs_inside
+
+        refuse_inputs_inside(cfg.out, {"dataset": cfg.data, "validation dataset": cfg.val_data,
+                                       "weights file": cfg.weights, "backbone weights file": cfg.backbone_weights})
     if not cfg.resume and cfg.progress:
         from ..runtime import resolve_device, warn_if_slow_precision
 
