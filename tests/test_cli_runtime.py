@@ -138,6 +138,9 @@ def test_models_caches_its_costs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(profile, "count_parameters", fail)
     assert main(["models", "lite0", "--json", str(out)]) == 0
     assert json.loads(out.read_text()) == first and "computing" not in capsys.readouterr().err
+    assert main(["models", "lite0", "--json", "-"]) == 0  # '-': stdout carries the JSON alone
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == first and "GFLOPs" in printed.err
     # another package version (or config) is another key, and a damaged cache is no cache:
     # both compute again (stand-in counters here) and rewrite the file
     import efficientdet

@@ -8,6 +8,7 @@ print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from importlib import import_module
 
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     apply_command_defaults(args, args.command_words)
     try:
+        if getattr(args, "json", None) == "-":  # stdout carries the JSON alone; messages go to stderr
+            args.json_stdout = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(args.run(args) or 0)
         return int(args.run(args) or 0)
     except EfficientDetError as exc:
         print(f"error: {exc}", file=sys.stderr)

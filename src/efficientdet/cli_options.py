@@ -86,14 +86,17 @@ def precision_of(args: argparse.Namespace) -> str:
     return getattr(args, "precision", None) or "fp32"
 
 
-def write_json_output(path: str, obj) -> None:
+def write_json_output(args: argparse.Namespace, obj) -> None:
     """What ``--json PATH`` means everywhere: ``obj`` as JSON to PATH (written atomically), or
-    to standard output for '-'."""
+    for '-' to standard output, which then carries the JSON alone (:func:`efficientdet.cli.main`
+    sends the command's other messages to stderr and leaves the real stdout in ``args.json_stdout``)."""
     import json
+    import sys
 
-    if path == "-":
-        print(json.dumps(obj, indent=2))
+    if args.json == "-":
+        stream = getattr(args, "json_stdout", None) or sys.stdout
+        print(json.dumps(obj, indent=2), file=stream)
         return
     from .fileio import write_json
 
-    write_json(path, obj)
+    write_json(args.json, obj)

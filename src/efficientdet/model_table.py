@@ -106,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from . import cli_options
 
     rows = model_rows(args.names, args.quiet)
-    if args.json != "-":
-        print(format_table(rows))
+    print(format_table(rows))
     if args.json:
-        cli_options.write_json_output(args.json, rows)
+        cli_options.write_json_output(args, rows)
     return 0

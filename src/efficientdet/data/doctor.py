@@ -369,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from ..cli_options import write_json_output
 
-        write_json_output(args.json, report.to_dict())
+        write_json_output(args, report.to_dict())
         if args.json != "-":
             print(f"JSON report: {args.json}")
     return 1 if report.fatal else 0

@@ -214,6 +214,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.model}, input {hw or 'default'}, threads {summary['threads']}, {args.repeats} runs (median / p90)")
         print(format_table(results))
     if args.json:
-        cli_options.write_json_output(args.json, summary)
+        cli_options.write_json_output(args, summary)
     failed = [r for r in results if r.get("part") == "error"]
     return 1 if failed and len(failed) == len(results) else 0

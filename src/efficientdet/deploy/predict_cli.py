@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     json_path = out_dir / "predictions.json"
     write_json(json_path, results, indent=None)
     if args.json:
-        cli_options.write_json_output(args.json, results)
+        cli_options.write_json_output(args, results)
     if stats.images == 0:
         raise DataError(f"{args.source}: no image could be read ({stats.skipped} skipped); see the warnings above")
     _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)

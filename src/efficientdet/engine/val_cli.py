@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
     write_via_temp(out / "metrics.json", lambda tmp: write_metrics(tmp, result))
     write_via_temp(out / "per_class.csv", lambda tmp: write_per_class_csv(tmp, result))
     if args.json:
-        cli_options.write_json_output(args.json, result.to_dict())
+        cli_options.write_json_output(args, result.to_dict())
     print(f"wrote {out / 'results.json'}, {out / 'metrics.json'}, {out / 'per_class.csv'}")
     return 0
