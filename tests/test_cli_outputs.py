@@ -133,6 +133,7 @@ def test_predict_to_a_read_only_folder_or_under_a_file(ckpt, photos, readonly_di
     assert "a parent of this path is a file" in _one_error_line(capfd, out)
 
 
+@pytest.mark.slow
 def test_predict_read_only_out_as_a_user_sees_it(ckpt, photos, readonly_dir):
     """The installed command in a fresh process: exit status 2, one line on stderr, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "efficientdet", "predict", "--weights", str(ckpt),

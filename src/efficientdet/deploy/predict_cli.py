@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import cli_options
 from ..errors import ConfigError, DataError
 from ..fileio import make_dirs, write_json
+from ..progress import bar as progress_bar
 from ..run_dirs import make_run_dir, refuse_inputs_inside
 
 
@@ -78,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
     from .sources import open_source
 
     if args.batch < 1:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--batch {args.batch}: need at least 1")
     source = open_source(args.source)  # unknown source / unreadable video fail before the model loads
     inputs = {"source": [source.spec, *source.paths] if source.kind != "webcam" else None, "weights file": args.weights}
@@ -93,20 +92,14 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict] = []
     writer = None
     show_bar = source.kind in ("folder", "glob", "video") and not args.quiet
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(source) or None, desc=f"predict {source.kind}", unit="img" if not source.is_video else "frame",
-                   disable=not show_bar, file=sys.stderr, leave=False)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        bar = None
+    bar = progress_bar(None, not show_bar, total=len(source) or None, desc=f"predict {source.kind}",
+                       unit="img" if not source.is_video else "frame", leave=False)
     t_start = time.perf_counter()
     pending = []
     finished = False
     try:
         for frame in source:
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if frame.error:
                 stats.skipped += 1
                 print(f"warning: {frame.error}", file=sys.stderr)
@@ -119,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
             writer = _process(detector, pending, source, out_dir, args, results, stats, writer)
         finished = True
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if writer is not None:
             writer.release(ok=finished)
     total_s = time.perf_counter() - t_start
