@@ -139,3 +139,30 @@ def test_predict_soft_nms_is_the_library_soft_nms(ckpt, tmp_path):
         want = sorted(float(s) for s, c in zip(ref.scores, ref.labels) if int(c) == k)
         np.testing.assert_allclose(got, want, atol=2e-5)
     assert sorted(r["score"] for r in soft) != sorted(r["score"] for r in hard)
+
+
+def test_val_soft_nms_is_the_library_soft_nms(tmp_path):
+    """val --nms soft evaluates the detections of evaluate() with Gaussian soft-NMS."""
+    from efficientdet.config import NMSConfig
+    from efficientdet.data import load_dataset
+    from efficientdet.data.synth import CATEGORY_IDS, CLASS_NAMES, write_synthetic_dataset
+    from efficientdet.engine.evaluator import evaluate
+
+    torch.manual_seed(0)
+    model = create_model("efficientdet_lite0", num_classes=len(CLASS_NAMES), image_size=64).eval()
+    weights = tmp_path / "shapes.pt"
+    torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), weights)
+    data_yaml = write_synthetic_dataset(tmp_path / "data", 1, 2, seed=0, size=64, progress=False)
+    common = ["val", "--weights", str(weights), "--data", str(data_yaml), "--workers", "0", "--device", "cpu",
+              "--quiet", "--max-det", "20"]
+    assert main([*common, "--nms", "soft", "--out", str(tmp_path / "soft")]) == 0
+    assert main([*common, "--out", str(tmp_path / "hard")]) == 0
+    soft = json.loads((tmp_path / "soft" / "results.json").read_text())
+    hard = json.loads((tmp_path / "hard" / "results.json").read_text())
+    ref = evaluate(model, load_dataset(data_yaml, split="val"), (64, 64),
+                   NMSConfig(score_threshold=0.0, max_detections=20, method="gaussian"), progress=False)
+    assert len(soft) == len(ref.detections) > 0
+    for image_id in {d["image_id"] for d in soft}:  # per image, scores compared order-insensitively
+        np.testing.assert_allclose(sorted(d["score"] for d in soft if d["image_id"] == image_id),
+                                   sorted(d["score"] for d in ref.detections if d["image_id"] == image_id), atol=1e-5)
+    assert sorted(d["score"] for d in soft) != sorted(d["score"] for d in hard)
