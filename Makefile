@@ -22,7 +22,7 @@ test: install
 	$(PY) -m pytest -n 2 -q tests
 
 demo: install
-	$(VENV)/bin/efficientdet demo --out runs/demo
+	$(VENV)/bin/efficientdet demo   # a new runs/demo/N each time
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

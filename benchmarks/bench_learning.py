@@ -23,8 +23,7 @@ from common import emit_json, machine_info  # noqa: E402
 def main() -> None:
     from efficientdet import runtime
 
-    runtime.sleep_idle_openmp_threads()  # before torch loads its OpenMP runtime
-    runtime.keep_freed_memory()
+    runtime.prepare_heavy_work()  # as `efficientdet train`/`demo` do, before torch loads its OpenMP runtime
     from efficientdet.engine.demo import DEMO_SETTINGS
 
     d = DEMO_SETTINGS
@@ -34,11 +33,11 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=80)
     ap.add_argument("--epochs", type=int, default=d["epochs"])
     ap.add_argument("--image-size", type=int, default=d["image_size"])
-    ap.add_argument("--batch-size", type=int, default=d["batch_size"])
+    ap.add_argument("--batch", type=int, default=d["batch_size"])
     ap.add_argument("--optimizer", default=d["optimizer"])
     ap.add_argument("--lr", type=float, default=d["lr"])
     ap.add_argument("--scale-jitter", type=float, nargs=2, default=(d["scale_min"], d["scale_max"]))
-    ap.add_argument("--amp", default=d.get("amp", "none"))
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     ap.add_argument("--anchor-scale", type=float, default=d.get("anchor_scale"), help="default: the model's")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -52,9 +51,9 @@ def main() -> None:
     yaml_path = out / "data" / "data.yaml"
     if not yaml_path.exists():
         write_synthetic_dataset(out / "data", args.images, args.val_images, seed=args.seed, size=320, progress=False)
-    settings = {**d, "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
+    settings = {**d, "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch,
                 "optimizer": args.optimizer, "lr": args.lr, "scale_min": args.scale_jitter[0],
-                "scale_max": args.scale_jitter[1], "amp": args.amp, "anchor_scale": args.anchor_scale}
+                "scale_max": args.scale_jitter[1], "amp": {"fp32": "none"}.get(args.precision, args.precision), "anchor_scale": args.anchor_scale}
     cfg = TrainConfig(data=str(yaml_path), out=str(out / "run"), exist_ok=True, workers=args.workers, seed=args.seed,
                       progress=False, **settings)
     t1 = time.perf_counter()

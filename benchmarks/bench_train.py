@@ -63,7 +63,7 @@ def worker(args) -> None:
     targets = [{"boxes": torch.stack([yx0[i, :, 1] * hw[1], yx0[i, :, 0] * hw[0], yx1[i, :, 1] * hw[1],
                                       yx1[i, :, 0] * hw[0]], dim=1), "labels": cls[i]} for i in range(args.batch)]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
-    amp = args.amp == "bf16"
+    amp = args.precision == "bf16"
     rss_before = common.peak_rss_mb()
     losses = []
 
@@ -79,7 +79,7 @@ def worker(args) -> None:
     timing = common.measure(step, args.warmup, args.steps, threads=args.threads)
     common.emit_json({
         "impl": "ours", "task": "train", "model": "efficientdet_d0", "image_size": list(hw), "batch": args.batch,
-        "channels_last": args.channels_last, "amp": args.amp, "step": timing,
+        "channels_last": args.channels_last, "precision": args.precision, "step": timing,
         "images_per_s": args.batch / (timing["median_ms"] / 1e3), "losses": [round(v, 4) for v in losses],
         "peak_rss_mb": common.peak_rss_mb(), "peak_rss_mb_before_training": rss_before,
     })
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--amp", default="none")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype of ours (as train)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--default-malloc", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY unset")
@@ -113,7 +113,7 @@ def main() -> None:
     configs = [
         ("ours fp32", "ours", []),
         ("ours channels_last", "ours", ["--channels-last"]),
-        ("ours channels_last+bf16", "ours", ["--channels-last", "--amp", "bf16"]),
+        ("ours channels_last+bf16", "ours", ["--channels-last", "--precision", "bf16"]),
         ("ours channels_last, default malloc", "ours", ["--channels-last", "--default-malloc"]),
     ]
     if not args.skip_peer and common.peer_available():

@@ -112,8 +112,8 @@ def test_predict_video_writes_an_annotated_video(ckpt, tmp_path, capsys):
 
 
 def test_export_then_predict_on_the_onnx_file(ckpt, tmp_path, capsys):
-    onnx_path = tmp_path / "small.onnx"
-    assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(onnx_path), "--dynamic-batch"]) == 0
+    onnx_path = tmp_path / "exported" / "small.onnx"  # --out is a folder; the file is named after the weights
+    assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(onnx_path.parent), "--dynamic-batch"]) == 0
     out = capsys.readouterr().out
     assert "exported efficientdet_lite0" in out and "max |difference|" in out
     src = tmp_path / "imgs"
@@ -127,8 +127,8 @@ def test_export_then_predict_on_the_onnx_file(ckpt, tmp_path, capsys):
     assert [p.name for p in res_onnx.iterdir()] == ["predictions.json"]  # --no-save
     assert len(a) == len(b) > 0 and [r["category_id"] for r in a] == [r["category_id"] for r in b]
     np.testing.assert_allclose([r["bbox"] for r in a], [r["bbox"] for r in b], atol=0.05)
-    ts_path = tmp_path / "small.torchscript.pt"
-    assert main(["export", "--weights", str(ckpt), "--format", "torchscript", "--out", str(ts_path)]) == 0
+    ts_path = tmp_path / "exported2" / "small.torchscript.pt"  # exported/ holds a run: a new numbered folder
+    assert main(["export", "--weights", str(ckpt), "--format", "torchscript", "--out", str(onnx_path.parent)]) == 0
     assert ts_path.is_file() and "max |difference|" in capsys.readouterr().out
 
 
@@ -154,8 +154,8 @@ def test_user_errors_are_one_line_with_exit_code_2(ckpt, tmp_path, capfd):
     assert main(["predict", "--weights", str(plain), "--source", str(tmp_path / "imgs")]) == 2
     assert "no efficientdet metadata" in _error_line(capfd)
 
-    assert main(["export", "--weights", str(ckpt), "--format", "torchscript", "--nms"]) == 2
-    assert "--nms" in _error_line(capfd)
+    assert main(["export", "--weights", str(ckpt), "--format", "torchscript", "--nms-in-graph"]) == 2
+    assert "--nms-in-graph" in _error_line(capfd)
 
 
 def test_bench_prints_the_table_and_json(tmp_path, capsys):

@@ -113,10 +113,10 @@ def test_suggested_settings_raise_fit_on_tiny_boxes(tmp_path):
 def test_cli_writes_table_json_and_plot_into_a_new_folder(tmp_path, capsys, monkeypatch):
     path = _tiny_box_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "runs" / "check").mkdir(parents=True)
-    (tmp_path / "runs" / "check" / "box_sizes.png").write_text("the user's file")
+    (tmp_path / "checks").mkdir(parents=True)
+    (tmp_path / "checks" / "box_sizes.png").write_text("the user's file")
     out_json = tmp_path / "report.json"
-    assert cli_main(["data", "check", str(path), "--model", "d0", "--json", str(out_json), "--out", "runs/check"]) == 0
+    assert cli_main(["data", "check", str(path), "--model", "d0", "--json", str(out_json), "--out", "checks"]) == 0
     captured = capsys.readouterr()
     printed = captured.out
     assert "anchor fit:" in printed and "--anchor-scale" in printed
@@ -124,9 +124,12 @@ def test_cli_writes_table_json_and_plot_into_a_new_folder(tmp_path, capsys, monk
     doc = json.loads(out_json.read_text())
     assert doc["anchor_fit"]["num_boxes"] == 48 and doc["suggestion"]["fit"] > doc["anchor_fit"]["fit"]
     # the folder that held a file is left alone: the outputs go to a new numbered folder
-    assert (tmp_path / "runs" / "check" / "box_sizes.png").read_text() == "the user's file"
-    assert (tmp_path / "runs" / "check2" / "box_sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "runs" / "check2" / "report.json").read_text()) == doc
+    assert (tmp_path / "checks" / "box_sizes.png").read_text() == "the user's file"
+    assert (tmp_path / "checks2" / "box_sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "checks2" / "report.json").read_text()) == doc
+    # without --out: a new numbered folder under runs/check
+    assert cli_main(["data", "check", str(path), "--model", "d0", "--no-plot", "--quiet"]) == 0
+    assert json.loads((tmp_path / "runs" / "check" / "1" / "report.json").read_text()) == doc
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png") == []  # nothing in the current folder
 
 

@@ -392,7 +392,7 @@ def checkpoint(tmp_path_factory):
 
 def _val_args(data: Path, weights: Path, out: Path) -> list[str]:
     return ["val", "--weights", str(weights), "--data", str(data), "--split", "train", "--image-size", "64",
-            "--batch-size", "3", "--workers", "0", "--out", str(out), "--quiet"]
+            "--batch", "3", "--workers", "0", "--out", str(out), "--quiet"]
 
 
 # val on a seeded sample of each format's faults (all of them: ~2 min on 2 cores)
@@ -419,7 +419,7 @@ TRAIN_SAMPLE = [CASES[int(i)] for i in np.random.default_rng(SEED + 1).choice(le
 def test_train_one_epoch_reports_every_planted_fault(case, tmp_path, capsys, one_torch_thread):
     data, expect = _build(case, tmp_path)
     code, out, err = run_cli(["train", "--data", str(data), "--model", "efficientdet_lite0", "--image-size", "64",
-                              "--epochs", "1", "--batch-size", "3", "--workers", "0", "--ema-decay", "0",
+                              "--epochs", "1", "--batch", "3", "--workers", "0", "--ema-decay", "0",
                               "--out", str(tmp_path / "run"), "--quiet", "--no-plots"], capsys)
     check_outcome(case, code, out, err, expect)
 

@@ -268,7 +268,7 @@ def test_ddp_two_processes_gloo(synth, straight, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "efficientdet", "train", "--data", str(synth), "--model", "lite0", "--image-size", "64",
-           "--epochs", "1", "--batch-size", "2", "--lr", "0.01", "--workers", "0", "--device", "cpu",
+           "--epochs", "1", "--batch", "2", "--lr", "0.01", "--workers", "0", "--device", "cpu",
            "--out", str(out), "--quiet", "--no-plots"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)

@@ -142,7 +142,7 @@ def test_effdet_file_is_not_our_checkpoint(tmp_path):
 
 
 def test_models_command_prints_table(capsys):
-    assert cli_main(["models", "--json"]) == 0
+    assert cli_main(["models", "--json", "-"]) == 0
     rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["efficientdet_d0"]["params"] == 3_880_067 and rows["efficientdet_d0"]["input"] == "512x512"
     assert rows["efficientdet_d7"]["anchor scale"] == 5.0 and rows["efficientdet_lite0"]["anchor scale"] == 3.0

@@ -8,6 +8,7 @@ print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from importlib import import_module
 
@@ -24,12 +25,15 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "efficientdet.engine.demo", "synthesize data, train, evaluate and predict in one go"),
 ]
 
-# commands that allocate large tensors step after step: keep freed memory for reuse (runtime.py)
-HEAVY_COMMANDS = ("train", "val", "predict", "bench", "demo")
+# commands that run networks or decode many images: one place sets their CPU runtime (runtime.py)
+HEAVY_COMMANDS = ("train", "val", "predict", "bench", "export", "demo", "data check")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="efficientdet", description="EfficientDet: train, evaluate, predict, export.")
+    parser.add_argument("--version", action="version", version=f"efficientdet {__version__}")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", metavar="COMMAND")}
     for words, module_name, help_text in COMMANDS:
         module = import_module(module_name)
@@ -40,27 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[prefix] = group_parser.add_subparsers(dest=f"command_{depth}", metavar="COMMAND")
         sub = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, command_words=" ".join(words))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from . import runtime
+    from .cli_options import apply_command_defaults
     from .errors import EfficientDetError
 
     words = sys.argv[1:] if argv is None else argv
-    if words and words[0] in ("train", "demo"):
-        # training shares the cores with its data-loading processes
-        runtime.sleep_idle_openmp_threads()
-    if words and words[0] in HEAVY_COMMANDS:
-        runtime.keep_freed_memory()
+    if words == ["--version"]:  # answered without importing the commands (and torch)
+        from . import __version__
+
+        print(f"efficientdet {__version__}")
+        return 0
+    if words and (words[0] in HEAVY_COMMANDS or " ".join(words[:2]) in HEAVY_COMMANDS):
+        runtime.prepare_heavy_work()  # before torch starts its OpenMP threads
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 1
+    apply_command_defaults(args, args.command_words)
     try:
+        if getattr(args, "json", None) == "-":  # stdout carries the JSON alone; messages go to stderr
+            args.json_stdout = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(args.run(args) or 0)
         return int(args.run(args) or 0)
     except EfficientDetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -487,36 +487,36 @@ def plot_box_sizes(report: DoctorReport, path: str | Path) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="dataset YAML (ours or an Ultralytics data.yaml) or COCO JSON")
     parser.add_argument("--model", default="efficientdet_d0", help="model whose input size and anchors to check against")
-    parser.add_argument("--image-size", default=None,
-                        help="model input size: S or HxW (default: the model's); when given, the anchor search keeps it")
+    from .. import cli_options
+
+    cli_options.add(parser, "image_size")  # shared CLI vocabulary (efficientdet/cli_options.py); kept when given
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits of a dataset YAML to read")
-    parser.add_argument("--out", default="runs/check",
-                        help="folder for report.json and box_sizes.png; a new numbered one (runs/check2...) "
-                             "when it already holds files (default runs/check)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report to PATH")
+    cli_options.add(parser, "out", "exist_ok", "json", "quiet")
     parser.add_argument("--no-plot", action="store_true", help="do not draw box_sizes.png")
     parser.add_argument("--max-untrainable", type=float, default=MAX_UNTRAINABLE, metavar="SHARE",
                         help=f"exit with status 2 when more than this share of a split's boxes cannot train "
                              f"(dropped while reading, or under {AugmentConfig.min_box_size:g} px at the input; "
                              f"default {MAX_UNTRAINABLE})")
     parser.add_argument("--no-verify", action="store_true", help="do not decode every image (faster)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.trainer import make_run_dir
     from ..fileio import make_dirs, write_json
+    from ..run_dirs import make_run_dir
 
     report = check_dataset(args.data, args.model, parse_image_size(args.image_size), tuple(args.splits),
                            verify_images=not args.no_verify, max_untrainable=args.max_untrainable,
                            progress=not args.quiet)
     print(report.table())
-    out = make_dirs(make_run_dir(args.out, exist_ok=False))
+    out = make_dirs(make_run_dir(args.out, args.exist_ok, command="check"))
     write_json(out / "report.json", report.to_dict())
     print(f"JSON report: {out / 'report.json'}")
     if args.json:
-        write_json(args.json, report.to_dict())
-        print(f"JSON report: {args.json}")
+        from ..cli_options import write_json_output
+
+        write_json_output(args, report.to_dict())
+        if args.json != "-":
+            print(f"JSON report: {args.json}")
     if not args.no_plot:
         print(f"box size plot: {plot_box_sizes(report, out / 'box_sizes.png')}")
     if report.fatal:

@@ -240,16 +240,21 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="output folder")
+    from .. import cli_options
+
+    cli_options.add(parser, "out", "exist_ok")  # shared CLI vocabulary (efficientdet/cli_options.py)
     parser.add_argument("--images", type=int, default=500, help="training images (default 500)")
     parser.add_argument("--val-images", type=int, default=None, help="validation images (default: images / 5, at least 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--size", type=int, default=320, help="longer image side in pixels (default 320)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_options.add(parser, "quiet")
 
 
 def run(args) -> int:
+    from ..run_dirs import make_run_dir
+
     num_val = args.val_images if args.val_images is not None else max(1, args.images // 5)
-    yaml_path = write_synthetic_dataset(args.out, args.images, num_val, args.seed, args.size, progress=not args.quiet)
+    out = make_run_dir(args.out, args.exist_ok, "synth")
+    yaml_path = write_synthetic_dataset(out, args.images, num_val, args.seed, args.size, progress=not args.quiet)
     print(f"wrote {args.images} train + {num_val} val images: {yaml_path}")
     return 0

@@ -1,6 +1,6 @@
 """``efficientdet bench``: latency, throughput and peak memory of inference per engine and batch.
 
-    efficientdet bench --model efficientdet_d0 --batch 1 8 --engine eager onnxruntime compile \
+    efficientdet bench --model efficientdet_d0 --batches 1 8 --engine eager onnxruntime compile \
         [--image-size 512] [--threads 2] [--repeats 10] [--json out.json]
 
 Engines: ``eager`` (PyTorch, BN folded, channels_last, inference_mode), ``onnxruntime`` (the raw
@@ -13,6 +13,12 @@ top-k, decode, class-aware NMS, 100 detections, like effdet's DetBenchPredict) a
 Weights are random unless ``--weights`` is given (cost does not depend on the values; NMS runs
 over all 5000 candidates with score threshold 0, as DetBenchPredict does). Each (engine, batch)
 runs in a fresh process, so peak memory (peak RSS) is its own.
+
+The parts are timed in interleaved rounds (network, end_to_end, from_image, network, ...),
+after all of them are warmed up: timed one after the other, a part that ran while the machine
+was busier (another job, OpenMP threads spinning, a cold allocator) could show a network time
+larger than the end-to-end time that contains it. Idle OpenMP threads sleep (the CLI's
+:func:`efficientdet.runtime.prepare_heavy_work`, also in the per-engine processes).
 """
 
 from __future__ import annotations
@@ -26,25 +32,29 @@ import sys
 import tempfile
 import time
 
-from .timing import peak_rss_mb, summarize, time_calls, usable_cores
+from .timing import peak_rss_mb, summarize, usable_cores
 
 ENGINES = ("eager", "onnxruntime", "onnxruntime-nms", "compile")
 PARTS = ("network", "end_to_end", "from_image")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .. import cli_options
+
     parser.add_argument("--model", default="efficientdet_d0", help="registered model name (default efficientdet_d0)")
     parser.add_argument("--weights", default=None, help="optional: our checkpoint or (with --model) a weights file")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    cli_options.add(parser, "batch")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, metavar="N",
+                        help="several batch sizes to time one after the other (instead of --batch)")
     parser.add_argument("--engine", nargs="+", default=["eager", "onnxruntime"], choices=ENGINES,
                         help="engines to time (default eager onnxruntime)")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W] (default the model's)")
+    cli_options.add(parser, "image_size")
     parser.add_argument("--num-classes", type=int, default=90)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ONNX Runtime (default: usable cores)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    cli_options.add(parser, "json", "quiet")
     parser.add_argument("--in-process", action="store_true", help="measure everything in this process (peak memory then accumulates)")
 
 
@@ -63,7 +73,7 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
                                    channels_last=False).model
     else:
         torch.manual_seed(0)
-        model = create_model(model_name, num_classes=num_classes, image_size=parse_image_size(image_size) if image_size else None).eval()
+        model = create_model(model_name, num_classes=num_classes, image_size=parse_image_size(image_size, "--image-size")).eval()
     if engine == "eager":
         return Detector(model=model, **opts)
     if engine == "compile":
@@ -104,25 +114,46 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
         }
         if det.onnx is not None and det.onnx.has_nms:
             runs["network"] = None  # the graph always includes NMS
-        rows = []
+        parts = {part: runs[part] for part in args.parts if runs.get(part) is not None}
         with torch.inference_mode():
-            for part in args.parts:
-                fn = runs.get(part)
-                if fn is None:
-                    continue
-                stats = summarize(time_calls(fn, args.warmup, args.repeats))
-                rows.append({"engine": engine, "batch": batch, "part": part, **stats,
-                             "images_per_s": 1000.0 * batch / stats["median_ms"], "peak_rss_mb": peak_rss_mb(),
-                             "setup_s": round(setup_s, 2), "threads": threads})
+            times = time_interleaved(parts, args.warmup, args.repeats, quiet=getattr(args, "quiet", False),
+                                     desc=f"bench {engine} batch {batch}")
+        rows = []
+        for part, part_times in times.items():
+            stats = summarize(part_times)
+            rows.append({"engine": engine, "batch": batch, "part": part, **stats,
+                         "images_per_s": 1000.0 * batch / stats["median_ms"], "peak_rss_mb": peak_rss_mb(),
+                         "setup_s": round(setup_s, 2), "threads": threads})
         return rows
+
+
+def time_interleaved(parts: dict, warmup: int, repeats: int, quiet: bool = False, desc: str = "bench") -> dict[str, list[float]]:
+    """{part: fn} -> {part: wall times in ms}: every part warmed up ``warmup`` times, then
+    ``repeats`` rounds that each time every part once (a tqdm bar counts the rounds), so that
+    all parts see the same machine state and their medians compare."""
+    import gc
+
+    from ..progress import bar
+
+    for fn in parts.values():
+        for _ in range(max(0, warmup)):
+            fn()
+    gc.collect()
+    times: dict[str, list[float]] = {part: [] for part in parts}
+    for _ in bar(range(max(1, repeats)), quiet, desc=desc, unit="round", leave=False):
+        for part, fn in parts.items():
+            t0 = time.perf_counter()
+            fn()
+            times[part].append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def _child(engine: str, batch: int, args) -> list[dict]:
     cmd = [sys.executable, "-m", "efficientdet.cli", "bench", "--in-process", "--model", args.model,
            "--engine", engine, "--batch", str(batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--num-classes", str(args.num_classes), "--parts", *args.parts]
+           "--num-classes", str(args.num_classes), "--parts", *args.parts, "--quiet"]
     if args.image_size:
-        cmd += ["--image-size", *map(str, args.image_size)]
+        cmd += ["--image-size", str(args.image_size)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.weights:
@@ -156,15 +187,21 @@ def format_table(results: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import cli_options
     from ..config import resolve_model_name
     from ..errors import ConfigError
 
+    from ..progress import bar
+
     args.model = resolve_model_name(args.model)
-    if min(args.batch) < 1 or args.repeats < 1:
-        raise ConfigError("--batch and --repeats must be at least 1")
+    batches = args.batches or [args.batch]
+    if min(batches) < 1 or args.repeats < 1:
+        raise ConfigError("--batch/--batches and --repeats must be at least 1")
     results: list[dict] = []
-    jobs = [(e, b) for e in args.engine for b in args.batch]
-    for engine, batch in jobs:
+    jobs = [(e, b) for e in args.engine for b in batches]
+    progress = bar(jobs, args.quiet or len(jobs) == 1, desc="bench", unit="run")
+    for engine, batch in progress:
+        progress.set_postfix_str(f"{engine} batch {batch}")
         results += measure_engine(engine, batch, args) if args.in_process else _child(engine, batch, args)
     hw = args.image_size or None
     summary = {
@@ -177,7 +214,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.model}, input {hw or 'default'}, threads {summary['threads']}, {args.repeats} runs (median / p90)")
         print(format_table(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+        cli_options.write_json_output(args, summary)
     failed = [r for r in results if r.get("part") == "error"]
     return 1 if failed and len(failed) == len(results) else 0

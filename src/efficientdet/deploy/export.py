@@ -7,7 +7,7 @@ Graph inputs/outputs (the image size is fixed at export; the batch is fixed or d
   ``box_deltas`` (N, A_all, 4) (ty, tx, th, tw), concatenated over levels P3..P7 in anchor
   order (level, row, column, anchor), the order of
   :class:`efficientdet.detection.anchors.AnchorGenerator`.
-* ``--nms`` (ONNX only): inputs ``images``, ``scales`` (N,) (the letterbox factor of each
+* ``--nms-in-graph`` (ONNX only): inputs ``images``, ``scales`` (N,) (the letterbox factor of each
   image) and ``original_sizes`` (N, 2) (h, w of each original image); the graph decodes,
   clips, runs class-aware NMS with the ONNX ``NonMaxSuppression`` op and undoes the letterbox.
   Outputs ``boxes`` (N, M, 4) xyxy in ORIGINAL pixels, ``scores`` (N, M), ``classes`` (N, M)
@@ -237,20 +237,19 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .. import cli_options
+
     parser.add_argument("--weights", required=True, help="our checkpoint (.pt), or with --model: 'coco' or an effdet/state_dict file")
     parser.add_argument("--model", default=None, help="model name for --weights that are not our checkpoint (e.g. efficientdet_d0)")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    parser.add_argument("--nms", action="store_true", help="ONNX only: decode + NMS inside the graph (inputs images, scales, original_sizes)")
+    parser.add_argument("--nms-in-graph", action="store_true",
+                        help="ONNX only: decode + hard NMS inside the graph (inputs images, scales, original_sizes)")
     parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: batch axis dynamic (TorchScript is always batch-free)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the example input (the fixed batch without --dynamic-batch)")
+    cli_options.add(parser, "batch", "image_size", "conf", "iou", "max_det")
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]; default the model's")
-    parser.add_argument("--conf", type=float, default=0.001, help="--nms: score threshold baked into the graph")
-    parser.add_argument("--iou", type=float, default=0.5, help="--nms: NMS IoU threshold baked into the graph")
-    parser.add_argument("--max-det", type=int, default=100, help="--nms: detections per image (padded)")
     parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (default: folded into the convs)")
     parser.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch after export")
-    parser.add_argument("--out", default=None, help="output file (default: next to the weights, .onnx / .torchscript.pt)")
+    cli_options.add(parser, "out", "exist_ok", "quiet")
 
 
 def _load_for_export(weights: str, model_name: str | None):
@@ -267,24 +266,42 @@ def _load_for_export(weights: str, model_name: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    model, names, category_ids = _load_for_export(args.weights, args.model)
-    if args.nms and args.format != "onnx":
-        raise ConfigError("--nms is available for --format onnx only; TorchScript exports raw outputs")
-    hw = parse_image_size(args.image_size) if args.image_size else tuple(model.config.image_size)
+    """``--batch``: the example input's batch (the fixed batch without --dynamic-batch);
+    ``--conf/--iou/--max-det``: the NMS settings baked into a ``--nms-in-graph`` file. Writes
+    ``OUT/<weights stem>[_nms].onnx`` or ``.torchscript.pt`` into a new run folder
+    (``runs/export/N`` or ``--out``), all or nothing."""
+    from ..fileio import write_via_temp
+    from ..progress import stage
+    from ..run_dirs import make_run_dir, refuse_inputs_inside
+
+    if args.nms_in_graph and args.format != "onnx":
+        raise ConfigError("--nms-in-graph is available for --format onnx only; fix: TorchScript exports raw outputs, drop it")
+    if args.out is not None:
+        refuse_inputs_inside(args.out, {"weights file": args.weights})
+    quiet = args.quiet
+    with stage(f"loading {args.weights}", quiet):
+        model, names, category_ids = _load_for_export(args.weights, args.model)
+    hw = parse_image_size(args.image_size, "--image-size") if args.image_size else tuple(model.config.image_size)
     stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
-    default_name = f"{stem}{'_nms' if args.nms else ''}.onnx" if args.format == "onnx" else f"{stem}.torchscript.pt"
-    out = Path(args.out) if args.out else (Path(args.weights).parent if os.path.exists(args.weights) else Path(".")) / default_name
-    if args.format == "onnx":
-        export_onnx(model, out, names, category_ids, nms=args.nms, dynamic_batch=args.dynamic_batch, opset=args.opset,
-                    image_size=hw, batch=args.batch, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                    fuse=not args.no_fuse)
-    else:
-        export_torchscript(model, out, names, category_ids, image_size=hw, batch=args.batch, fuse=not args.no_fuse)
+    name = f"{stem}{'_nms' if args.nms_in_graph else ''}.onnx" if args.format == "onnx" else f"{stem}.torchscript.pt"
+    out_dir = make_run_dir(args.out, args.exist_ok, "export")
+    refuse_inputs_inside(out_dir, {"weights file": args.weights})
+    out = out_dir / name
+    with stage(f"exporting {model.config.name} to {args.format} ({hw[0]}x{hw[1]})", quiet):
+        if args.format == "onnx":
+            write_via_temp(out, lambda tmp: export_onnx(
+                model, tmp, names, category_ids, nms=args.nms_in_graph, dynamic_batch=args.dynamic_batch,
+                opset=args.opset, image_size=hw, batch=args.batch, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                fuse=not args.no_fuse))
+        else:
+            write_via_temp(out, lambda tmp: export_torchscript(model, tmp, names, category_ids, image_size=hw,
+                                                               batch=args.batch, fuse=not args.no_fuse))
     size_mb = out.stat().st_size / 2**20
-    print(f"exported {model.config.name} ({args.format}{', nms' if args.nms else ', raw outputs'}, input {hw[0]}x{hw[1]}"
-          f"{', dynamic batch' if args.dynamic_batch else ''}) -> {out} ({size_mb:.1f} MiB)")
-    if not args.no_check and not args.nms:
-        diff = check_raw_parity(model, out, hw, args.format, batch=args.batch)
+    print(f"exported {model.config.name} ({args.format}{', nms' if args.nms_in_graph else ', raw outputs'}, "
+          f"input {hw[0]}x{hw[1]}{', dynamic batch' if args.dynamic_batch else ''}) -> {out} ({size_mb:.1f} MiB)")
+    if not args.no_check and not args.nms_in_graph:
+        with stage("checking the exported outputs against PyTorch", quiet):
+            diff = check_raw_parity(model, out, hw, args.format, batch=args.batch)
         print(f"check: max |difference| vs PyTorch {diff:.2e} on a random batch")
     return 0
 

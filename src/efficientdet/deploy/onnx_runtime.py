@@ -96,7 +96,7 @@ class OnnxModel:
         nms = self.meta["nms"]
         if abs(detector.iou - float(nms["iou_threshold"])) > 1e-9:
             raise ConfigError(f"{self.path}: NMS is inside this file at IoU {nms['iou_threshold']}; "
-                              f"re-export with --iou {detector.iou} or export raw outputs (no --nms)")
+                              f"re-export with --iou {detector.iou} or export raw outputs (no --nms-in-graph)")
         if detector.conf < float(nms["score_threshold"]):
             raise ConfigError(f"{self.path}: exported with score threshold {nms['score_threshold']}; "
                               f"use --conf >= that or re-export with --conf {detector.conf}")
@@ -114,7 +114,7 @@ class OnnxModel:
     def run_raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, H, W) normalised -> class logits (N, A_all, K), box deltas (N, A_all, 4) float32."""
         if self.has_nms:
-            raise ConfigError(f"{self.path}: this file has NMS inside; raw outputs need an export without --nms")
+            raise ConfigError(f"{self.path}: this file has NMS inside; raw outputs need an export without --nms-in-graph")
         cls, box = self.session.run(None, {"images": self._batch_np(batch)})
         return torch.from_numpy(cls), torch.from_numpy(box)
 

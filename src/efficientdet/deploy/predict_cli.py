@@ -3,7 +3,8 @@
 W: our checkpoint, an exported ``.onnx`` file, or with ``--model NAME`` "coco" / an effdet
 state_dict. S: an image, a folder, a glob, a video file or a webcam index.
 
-Writes to ``--out`` (default ``runs/predict``): annotated images (same file names) or an
+Writes to a new run folder (``runs/predict/N``, or ``--out``; see :mod:`efficientdet.run_dirs`;
+an ``--out`` that holds the source is refused): annotated images (same file names) or an
 annotated ``<video>.mp4`` (unless ``--no-save``), and ``predictions.json``: a COCO results list
 ``[{"image_id", "file_name", "category_id", "bbox": [x, y, w, h], "score"}]`` in original
 pixels. ``image_id`` is the file stem when it is a number (COCO's ``000000397133.jpg`` ->
@@ -15,42 +16,58 @@ Unreadable images are reported and skipped; a summary per source is printed at t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from ..errors import DataError
+from .. import cli_options
+from ..errors import ConfigError, DataError
+from ..fileio import make_dirs, write_json
+from ..progress import bar as progress_bar
+from ..run_dirs import make_run_dir, refuse_inputs_inside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="checkpoint (.pt), exported .onnx, or with --model: 'coco' / a weights file")
     parser.add_argument("--model", default=None, help="model name when --weights is not our checkpoint (e.g. efficientdet_d0)")
     parser.add_argument("--source", required=True, help="image, folder, glob ('imgs/*.jpg'), video file or webcam index")
-    parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
-    parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
-    parser.add_argument("--max-det", type=int, default=100, help="detections per image (default 100)")
+    cli_options.add(parser, "conf", "iou", "max_det", "nms")
     parser.add_argument("--classes", nargs="+", default=None, help="keep only these classes (names or indices)")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, help="model input H [W] (default the model's)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument("--half", action="store_true", help="bf16 on CPU, fp16 on CUDA")
-    parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
+    cli_options.add(parser, "image_size", "device", "precision", "batch")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
+    cli_options.add(parser, "out", "exist_ok", "json", "quiet")
     parser.add_argument("--no-save", action="store_true", help="do not write annotated images/video (predictions.json is still written)")
 
 
 def build_detector(args: argparse.Namespace):
-    """The Detector the CLI options describe (shared with export/bench)."""
+    """The Detector the CLI options describe: ``--precision`` bf16 on CPU / fp16 on CUDA runs
+    the network in that dtype (the Detector's ``half``); ``--nms soft`` switches its NMS to
+    Gaussian soft-NMS; the default device (auto) is the CPU for an ONNX file."""
+    import dataclasses
+
+    from ..runtime import resolve_device, warn_if_slow_precision
     from .detector import Detector
 
-    options = dict(conf=args.conf, iou=args.iou, max_det=args.max_det, classes=args.classes,
-                   image_size=args.image_size, device=args.device, half=args.half,
+    is_onnx = str(args.weights).lower().endswith(".onnx")
+    device = resolve_device("cpu" if is_onnx and args.device in (None, "auto") else args.device)
+    precision = cli_options.precision_of(args)
+    native_half = "bf16" if device.type == "cpu" else "fp16"
+    if precision not in ("fp32", native_half):
+        raise ConfigError(f"--precision {precision} on {device.type}: the detector runs {native_half} there; "
+                          f"fix: use --precision {native_half} or fp32")
+    options = dict(conf=args.conf, iou=args.iou, max_det=args.max_det, classes=getattr(args, "classes", None),
+                   image_size=args.image_size, device=device, half=precision != "fp32",
                    threads=getattr(args, "threads", None))
-    if args.model:
-        return Detector.from_name(args.model, weights=args.weights, **options)
-    return Detector(args.weights, **options)
+    detector = Detector.from_name(args.model, weights=args.weights, **options) if args.model else Detector(args.weights, **options)
+    if cli_options.nms_method(args) != detector.nms.method:
+        if detector.onnx is not None and detector.onnx.has_nms:
+            raise ConfigError(f"{args.weights}: this ONNX file has hard NMS inside; fix: drop --nms soft or export "
+                              "without --nms-in-graph")
+        detector.nms = dataclasses.replace(detector.nms, method=cli_options.nms_method(args))
+    if not args.quiet:
+        warn_if_slow_precision(precision, device)
+    return detector
 
 
 def _image_id(name: str, position: int) -> int:
@@ -62,30 +79,27 @@ def run(args: argparse.Namespace) -> int:
     from .sources import open_source
 
     if args.batch < 1:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--batch {args.batch}: need at least 1")
     source = open_source(args.source)  # unknown source / unreadable video fail before the model loads
+    inputs = {"source": [source.spec, *source.paths] if source.kind != "webcam" else None, "weights file": args.weights}
+    if args.out is not None:
+        refuse_inputs_inside(args.out, inputs)
     detector = build_detector(args)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_run_dir(args.out, args.exist_ok, "predict")
+    refuse_inputs_inside(out_dir, inputs)
+    make_dirs(out_dir)
     stats = _Stats()
     results: list[dict] = []
     writer = None
-    show_bar = source.kind in ("folder", "glob", "video")
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(source) or None, desc=f"predict {source.kind}", unit="img" if not source.is_video else "frame",
-                   disable=not show_bar, file=sys.stderr, leave=False)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        bar = None
+    show_bar = source.kind in ("folder", "glob", "video") and not args.quiet
+    bar = progress_bar(None, not show_bar, total=len(source) or None, desc=f"predict {source.kind}",
+                       unit="img" if not source.is_video else "frame", leave=False)
     t_start = time.perf_counter()
     pending = []
+    finished = False
     try:
         for frame in source:
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if frame.error:
                 stats.skipped += 1
                 print(f"warning: {frame.error}", file=sys.stderr)
@@ -96,14 +110,16 @@ def run(args: argparse.Namespace) -> int:
                 pending = []
         if pending:
             writer = _process(detector, pending, source, out_dir, args, results, stats, writer)
+        finished = True
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if writer is not None:
-            writer.release()
+            writer.release(ok=finished)
     total_s = time.perf_counter() - t_start
     json_path = out_dir / "predictions.json"
-    json_path.write_text(json.dumps(results))
+    write_json(json_path, results, indent=None)
+    if args.json:
+        cli_options.write_json_output(args, results)
     if stats.images == 0:
         raise DataError(f"{args.source}: no image could be read ({stats.skipped} skipped); see the warnings above")
     _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)
@@ -121,6 +137,7 @@ class _Stats:
 
 
 def _process(detector, frames, source, out_dir: Path, args, results: list, stats: _Stats, writer):
+    from ..fileio import write_via_temp
     from .visualize import draw_detections
 
     t0 = time.perf_counter()
@@ -146,9 +163,7 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
             if writer is None:
                 stem = Path(source.spec).stem if source.kind == "video" else f"webcam{source.spec}"
                 path = out_dir / f"{stem}.mp4"
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps, drawn.size)
-                if not writer.isOpened():
-                    raise DataError(f"{path}: OpenCV cannot write an mp4v video here; use --no-save or another --out")
+                writer = _VideoOutput(path, source.fps, drawn.size)
                 stats.video_path = path
             writer.write(np.ascontiguousarray(np.asarray(drawn)[:, :, ::-1]))
         else:
@@ -157,8 +172,67 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
             if name in stats.written:  # the same file name from two folders of a glob
                 target = out_dir / f"{frame.index}_{name}"
             stats.written.add(name)
-            drawn.save(target, quality=95) if name.lower().endswith((".jpg", ".jpeg")) else drawn.save(target)
+            if frame.path and Path(frame.path).resolve() == target.resolve():  # never replace a source file
+                raise ConfigError(f"{target}: is the source image itself; fix: give another --out")
+            options = {"quality": 95} if name.lower().endswith((".jpg", ".jpeg")) else {}
+            write_via_temp(target, lambda tmp: drawn.save(tmp, **options))
     return writer
+
+
+class _VideoOutput:
+    """An mp4v video written to a temporary name in the same folder and renamed on ``release``
+    once it reads back with all its frames (OpenCV reports no write errors: a full disk shows
+    as a file that does not open); ``release(ok=False)`` removes it. No truncated video is left."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+        import os
+        import tempfile
+
+        import cv2
+
+        from ..fileio import TEMP_SUFFIX, output_error
+
+        self.path, self.frames = path, 0
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TEMP_SUFFIX}{path.suffix}", dir=path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise output_error(path, exc) from None
+        self.tmp = Path(tmp)
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self.writer.isOpened():
+            self.tmp.unlink(missing_ok=True)
+            raise DataError(f"{path}: OpenCV cannot write an mp4v video here; fix: use --no-save or another --out")
+
+    def write(self, frame) -> None:
+        self.writer.write(frame)
+        self.frames += 1
+
+    def release(self, ok: bool = True) -> None:
+        import errno
+        import os
+
+        import cv2
+
+        from ..fileio import fsync_dir, output_error
+
+        self.writer.release()
+        if not ok:
+            self.tmp.unlink(missing_ok=True)
+            return
+        check = cv2.VideoCapture(str(self.tmp))
+        readable = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == self.frames
+        check.release()
+        try:
+            if not readable:
+                free = os.statvfs(self.tmp.parent).f_bavail
+                raise (OSError(errno.ENOSPC, "No space left on device; the video is incomplete") if free == 0
+                       else OSError(errno.EIO, "the video did not write completely"))
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise output_error(self.path, exc) from None
+        fsync_dir(self.path.parent)
 
 
 def _print_summary(source, detector, stats: _Stats, total_s: float, out_dir: Path, json_path: Path, no_save: bool) -> None:

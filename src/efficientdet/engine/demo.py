@@ -1,8 +1,9 @@
 """``efficientdet demo``: synthesize a dataset, train, evaluate and draw predictions in one go.
 
-    efficientdet demo --out runs/demo        # (make demo) about 10 minutes on a 2-core CPU
+    efficientdet demo                 # (make demo) about 10 minutes on a 2-core CPU
 
-Writes ``OUT/data/`` (the synthetic shapes dataset, COCO format), the training run in
+OUT is a new run folder (``runs/demo/N``, or ``--out``; ``--exist-ok`` reuses a folder and the
+dataset in it). Writes ``OUT/data/`` (the synthetic shapes dataset, COCO format), the training run in
 ``OUT/`` (results.csv, best.pt, last.pt, plots, metrics.json) and ``OUT/predictions/``
 (validation images with the predicted boxes, class names and scores drawn).
 
@@ -19,6 +20,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ..config import parse_image_size
+
 
 DEMO_SETTINGS = dict(
     model="efficientdet_lite0", backbone_weights="imagenet", image_size=256, anchor_scale=2.0, epochs=20, batch_size=8,
@@ -28,19 +31,19 @@ DEMO_SETTINGS = dict(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .. import cli_options
+
     d = DEMO_SETTINGS
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    cli_options.add(parser, "out", "exist_ok")
     parser.add_argument("--images", type=int, default=240, help="synthetic training images (default 240)")
     parser.add_argument("--val-images", type=int, default=60, help="synthetic validation images (default 60)")
     parser.add_argument("--epochs", type=int, default=d["epochs"], help=f"default {d['epochs']}")
-    parser.add_argument("--image-size", type=int, default=d["image_size"], help=f"model input (default {d['image_size']})")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"])
+    cli_options.add(parser, "image_size", "batch")  # demo defaults: DEMO_SETTINGS (256, 8)
     parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    cli_options.add(parser, "precision", "device")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-predictions", type=int, default=8, help="validation images to draw (default 8)")
-    parser.add_argument("--conf", type=float, default=0.3, help="score threshold for the drawings (default 0.3)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli_options.add(parser, "conf", "quiet")
 
 
 def write_predictions(checkpoint: str | Path, data, out_dir: str | Path, count: int = 8, conf: float = 0.3) -> list[Path]:
@@ -52,26 +55,29 @@ def write_predictions(checkpoint: str | Path, data, out_dir: str | Path, count: 
     from ..deploy.detector import Detector
     from ..deploy.visualize import draw_detections
 
+    from ..fileio import write_via_temp
+
     detector = Detector(checkpoint, conf=conf)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for record in data.records[:count]:
         det = detector(record.path)
         with Image.open(record.path) as im:
             drawn = draw_detections(im, det.boxes, det.scores, det.labels, detector.names)
         path = out_dir / f"{Path(record.path).stem}_pred.jpg"
-        drawn.save(path, quality=92)
+        write_via_temp(path, lambda tmp: drawn.save(tmp, quality=92))
         written.append(path)
     return written
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.synth import write_synthetic_dataset
+    from ..run_dirs import make_run_dir
+    from .train_cli import PRECISION_TO_AMP
     from .trainer import TrainConfig, train
 
     t0 = time.perf_counter()
-    out = Path(args.out)
+    out = make_run_dir(args.out, args.exist_ok, "demo")
     data_dir = out / "data"
     yaml_path = data_dir / "data.yaml"
     stamp = data_dir / f".synth-{args.images}-{args.val_images}-{args.seed}"
@@ -81,9 +87,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"writing a synthetic dataset ({args.images} train + {args.val_images} val images) to {data_dir}")
         write_synthetic_dataset(data_dir, args.images, args.val_images, seed=args.seed, size=320, progress=not args.quiet)
         stamp.touch()
-    settings = {**DEMO_SETTINGS, "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
-    cfg = TrainConfig(data=str(yaml_path), out=str(out), exist_ok=True, workers=args.workers, amp=args.amp,
-                      seed=args.seed, progress=not args.quiet, **settings)
+    settings = {**DEMO_SETTINGS, "epochs": args.epochs, "batch_size": args.batch,
+                "image_size": parse_image_size(args.image_size, "--image-size") or DEMO_SETTINGS["image_size"]}
+    cfg = TrainConfig(data=str(yaml_path), out=str(out), exist_ok=True, workers=args.workers, device=args.device,
+                      amp=PRECISION_TO_AMP[args.precision or "fp32"], seed=args.seed, progress=not args.quiet, **settings)
+    if not args.quiet:
+        from ..runtime import resolve_device, warn_if_slow_precision
+
+        warn_if_slow_precision(args.precision or "fp32", resolve_device(args.device))
     result = train(cfg)
     if result.stopped == "interrupted":
         return 130

@@ -1,7 +1,7 @@
 """``efficientdet train``: train a detector on a dataset (see :mod:`efficientdet.engine.trainer`).
 
     efficientdet train --data data.yaml --model lite0 --backbone-weights imagenet \
-        --image-size 320 --epochs 50 --batch-size 8 --out runs/shapes
+        --image-size 320 --epochs 50 --batch 8 --out runs/shapes
     efficientdet train --resume runs/shapes          # continue an interrupted run
     torchrun --nproc_per_node 2 -m efficientdet train --data data.yaml ...   # DDP
 
@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from .. import cli_options
 from ..config import parse_image_size
 from ..errors import ConfigError
-from .trainer import AMP_CHOICES, FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
+from .trainer import FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
 
 _DEFAULTS = TrainConfig()
+PRECISION_TO_AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # --precision -> TrainConfig.amp
 
 
 def parse_aspect_ratios(items: list[str] | None) -> list[list[float]] | None:
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help=f"model name, e.g. d0, lite0 (default {d.model})")
     g.add_argument("--weights", help="coco (the released COCO weights), PATH, or none (default none)")
     g.add_argument("--backbone-weights", help="imagenet (efficientnet_lite0) or PATH of an EfficientNet checkpoint")
-    g.add_argument("--image-size", help="model input S or HxW (default: the model's native size)")
+    cli_options.add(g, "image_size")
     g.add_argument("--freeze", choices=FREEZE_CHOICES, help="backbone: train the BiFPN and heads only")
     g.add_argument("--anchor-scale", type=float, help="anchor size in strides (model default: 4, Lite 3)")
     g.add_argument("--aspect-ratios", nargs="+", metavar="R", help="W,H pairs or w/h ratios (default 1,1 1.4,0.7 0.7,1.4)")
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "0.1 suits short runs)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    g.add_argument("--batch-size", type=int, help=f"images per process and step (default {d.batch_size})")
+    cli_options.add(g, "batch")
     g.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.08 * batch / 64, AdamW 1e-3)")
     g.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help=f"default {d.optimizer}")
     g.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay} (not on norms and biases)")
@@ -72,38 +74,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--flip-prob", type=float, help=f"horizontal flip probability (default {d.flip_prob})")
     g.add_argument("--box-loss", choices=("huber", "giou"), help="box regression loss (default huber)")
     g.add_argument("--assigner", choices=("argmax", "atss"), help="anchor assignment (default argmax, official)")
-    g.add_argument("--amp", choices=AMP_CHOICES, help="autocast: bf16 (CPU or CUDA), fp16 (CUDA, GradScaler), none (default)")
+    cli_options.add(g, "precision")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for CPU, where it is 1.4x faster)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute activations to save memory")
     g = parser.add_argument_group("run")
     g.add_argument("--patience", type=int, help="stop after N epochs without a better val mAP (default: never)")
     g.add_argument("--val-interval", type=int, help="validate every N epochs (default 1; always after the last)")
-    g.add_argument("--out", help=f"run folder (default {d.out}; a number is added if it holds a run)")
-    g.add_argument("--exist-ok", action="store_true", default=None, help="write into --out even if it holds a run")
+    cli_options.add(g, "out", "exist_ok")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
     g.add_argument("--workers", type=int, help=f"data loader processes (default {d.workers})")
-    g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    cli_options.add(g, "device")
     g.add_argument("--seed", type=int, help=f"default {d.seed}")
     g.add_argument("--no-sync-bn", action="store_true", default=None, help="DDP on CUDA: keep per-process BatchNorm")
     g.add_argument("--no-plots", action="store_true", default=None, help="skip the PNG plots")
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+    cli_options.add(g, "quiet")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed options: given options override the defaults."""
     given = {
         "data": args.data, "val_data": args.val_data, "model": args.model, "weights": args.weights,
-        "backbone_weights": args.backbone_weights, "image_size": parse_image_size(args.image_size),
+        "backbone_weights": args.backbone_weights, "image_size": parse_image_size(args.image_size, "--image-size"),
         "freeze": args.freeze, "anchor_scale": args.anchor_scale, "aspect_ratios": parse_aspect_ratios(args.aspect_ratios),
         "num_scales": args.num_scales, "min_level": args.min_level, "max_level": args.max_level,
         "bn_momentum": args.bn_momentum,
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+        "epochs": args.epochs, "batch_size": args.batch, "lr": args.lr, "optimizer": args.optimizer,
         "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs, "clip_grad": args.clip_grad,
         "ema_warmup_steps": args.ema_warmup, "flip_prob": args.flip_prob, "box_loss": args.box_loss,
-        "assigner": args.assigner, "amp": args.amp, "channels_last": args.channels_last,
+        "assigner": args.assigner, "amp": PRECISION_TO_AMP.get(args.precision), "channels_last": args.channels_last,
         "grad_checkpointing": args.grad_checkpointing, "patience": args.patience, "val_interval": args.val_interval,
-        "out": args.out, "exist_ok": args.exist_ok, "resume": args.resume, "workers": args.workers,
+        "out": args.out, "exist_ok": args.exist_ok or None, "resume": args.resume, "workers": args.workers,
         "device": args.device, "seed": args.seed,
     }
     if args.ema_decay is not None:
@@ -133,7 +134,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = train(config_from_args(args))
+    cfg = config_from_args(args)
+    if not cfg.resume:
+        from ..run_dirs import refuse_inputs_inside
+
+        refuse_inputs_inside(cfg.out, {"dataset": cfg.data, "validation dataset": cfg.val_data,
+                                       "weights file": cfg.weights, "backbone weights file": cfg.backbone_weights})
+    if not cfg.resume and cfg.progress:
+        from ..runtime import resolve_device, warn_if_slow_precision
+
+        warn_if_slow_precision({"none": "fp32"}.get(cfg.amp, cfg.amp), resolve_device(cfg.device))
+    result = train(cfg)
     if result.stopped == "interrupted":
         return 130
     return 0

@@ -47,6 +47,7 @@ from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
 from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError, WeightsError
 from ..runtime import resolve_device
+from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
 from . import distributed as dist_utils
 
 OPTIMIZER_NAMES = ("sgd", "adamw")
@@ -317,17 +318,6 @@ def find_checkpoint(resume: str | os.PathLike) -> Path:
     if not path.is_file():
         raise ConfigError(f"{resume}: no last.pt to resume from; fix: give the run folder of an interrupted run (runs/NAME)")
     return path
-
-
-def make_run_dir(out: str | os.PathLike, exist_ok: bool) -> Path:
-    """``out``, or ``out2``, ``out3``... when ``out`` already holds a run and ``exist_ok`` is False."""
-    path = Path(out)
-    if exist_ok or not path.exists() or not any(path.iterdir()):
-        return path
-    n = 2
-    while Path(f"{path}{n}").exists():
-        n += 1
-    return Path(f"{path}{n}")
 
 
 class _DeferInterrupt:

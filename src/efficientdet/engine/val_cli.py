@@ -1,7 +1,9 @@
 """``efficientdet val``: COCO metrics of a checkpoint on a dataset split.
 
 Prints the metrics table and writes ``OUT/results.json`` (COCO results with the dataset's
-category ids, xywh in original pixels), ``OUT/metrics.json`` and ``OUT/per_class.csv``.
+category ids, xywh in original pixels), ``OUT/metrics.json`` and ``OUT/per_class.csv``, each
+all or nothing (:mod:`efficientdet.fileio`). OUT is a new run folder (``runs/val/N``, or
+``--out``; see :mod:`efficientdet.run_dirs`); one that holds the dataset or weights is refused.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
+from .. import cli_options
 from ..config import NMSConfig, parse_image_size
 from ..errors import ConfigError, DataError
-from ..runtime import resolve_device
+from ..fileio import write_via_temp
+from ..run_dirs import make_run_dir, refuse_inputs_inside
+from ..runtime import precision_dtype, resolve_device, warn_if_slow_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,17 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset YAML or COCO JSON")
     parser.add_argument("--split", default="val", help="split of the YAML to evaluate (default val)")
     parser.add_argument("--images", default=None, help="image folder (overrides the YAML / next to the COCO JSON)")
-    parser.add_argument("--image-size", default=None,
-                        help="model input: S or HxW (default: the checkpoint's training size)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    cli_options.add(parser, "image_size", "batch")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
-    parser.add_argument("--conf", type=float, default=0.0, help="score threshold (default 0: keep all, as COCO eval)")
-    parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
-    parser.add_argument("--max-det", type=int, default=100, help="detections kept per image (default 100)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype on the device")
-    parser.add_argument("--out", default="runs/val", help="output folder (default runs/val)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_options.add(parser, "conf", "iou", "max_det", "nms", "device", "precision", "out", "exist_ok", "json", "quiet")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,15 +34,25 @@ def run(args: argparse.Namespace) -> int:
     from ..factory import load_model
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
 
-    image_size = parse_image_size(args.image_size)
-    nms_cfg = NMSConfig(iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size {args.batch_size}: need at least 1")
+    image_size = parse_image_size(args.image_size, "--image-size")
+    nms_cfg = NMSConfig(iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det,
+                        method=cli_options.nms_method(args))
+    if args.batch < 1:
+        raise ConfigError(f"--batch {args.batch}: need at least 1")
     device = resolve_device(args.device)
-    amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.amp]
+    precision = cli_options.precision_of(args)
+    amp_dtype = precision_dtype(precision, device)
+    inputs = {"weights file": args.weights, "dataset": args.data, "image folder": args.images}
+    if args.out is not None:
+        refuse_inputs_inside(args.out, inputs)
 
     model, ckpt = load_model(args.weights)
     data = load_dataset(args.data, split=args.split, images=args.images)
+    inputs["image folder"] = sorted({str(Path(r.path).parent) for r in data.records})
+    if args.out is not None:
+        refuse_inputs_inside(args.out, inputs)
+    if not args.quiet:
+        warn_if_slow_precision(precision, device)
     names = list(ckpt.get("class_names") or [])
     if list(data.class_names) != names:
         raise DataError(
@@ -56,12 +61,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if data.report.count():
         print(data.report.summary(title=f"{args.data} ({args.split}): problems found while reading"))
-    result = evaluate(model, data, image_size or model.config.image_size, nms_cfg, batch_size=args.batch_size,
+    result = evaluate(model, data, image_size or model.config.image_size, nms_cfg, batch_size=args.batch,
                       num_workers=args.workers, device=device, amp_dtype=amp_dtype, progress=not args.quiet)
     print(result.table())
-    out = Path(args.out)
-    write_results_json(out / "results.json", result.detections)
-    write_metrics(out / "metrics.json", result)
-    write_per_class_csv(out / "per_class.csv", result)
+    out = make_run_dir(args.out, args.exist_ok, "val")  # claimed once there are results to write
+    refuse_inputs_inside(out, inputs)
+    # the evaluator's writers, each into a temporary file that is renamed when complete
+    write_via_temp(out / "results.json", lambda tmp: write_results_json(tmp, result.detections))
+    write_via_temp(out / "metrics.json", lambda tmp: write_metrics(tmp, result))
+    write_via_temp(out / "per_class.csv", lambda tmp: write_per_class_csv(tmp, result))
+    if args.json:
+        cli_options.write_json_output(args, result.to_dict())
     print(f"wrote {out / 'results.json'}, {out / 'metrics.json'}, {out / 'per_class.csv'}")
     return 0

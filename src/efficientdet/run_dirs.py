@@ -1,0 +1,70 @@
+"""Where a command writes: a new run folder every time, never a folder that holds its inputs.
+
+One rule for every command (train, val, predict, export, bench, demo):
+
+* no ``--out``: a new numbered folder ``runs/COMMAND/1``, ``runs/COMMAND/2``... (the first
+  number above all the existing ones). The default folders ``runs/COMMAND`` themselves always
+  hold numbered runs, also when given as ``--out`` (``TrainConfig.out`` defaults to ``runs/train``).
+* ``--out DIR``: DIR when it does not exist or is empty, or with ``exist_ok``; otherwise
+  ``DIR2``, ``DIR3``... (the first free one), so an earlier run is never mixed with a new one.
+* :func:`refuse_inputs_inside` refuses an output folder that is, or holds, an input (a source
+  image / video / folder, the dataset, the weights file): one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+RUNS_ROOT = Path("runs")
+COMMANDS_WITH_RUNS = ("train", "val", "predict", "export", "bench", "demo", "synth", "check")
+
+
+def _numbered_child(base: Path) -> Path:
+    numbers = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return base / str(max(numbers, default=0) + 1)
+
+
+def make_run_dir(out: str | os.PathLike | None, exist_ok: bool = False, command: str = "train") -> Path:
+    """The folder a run of ``command`` writes to (see the module docstring); not created here,
+    except that a numbered folder is created at once to claim its number."""
+    from .fileio import make_dirs
+
+    path = Path(out) if out is not None else RUNS_ROOT / command
+    if path in {RUNS_ROOT / c for c in COMMANDS_WITH_RUNS}:
+        for _ in range(100):  # another process may claim the same number between the scan and mkdir
+            child = _numbered_child(path)
+            make_dirs(path)
+            try:
+                child.mkdir()
+                return child
+            except FileExistsError:
+                continue
+        raise ConfigError(f"{path}: cannot claim a new numbered run folder; fix: give --out")
+    if exist_ok or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return path
+    n = 2
+    while Path(f"{path}{n}").exists():
+        n += 1
+    return Path(f"{path}{n}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_inputs_inside(out: str | os.PathLike, inputs: dict[str, object]) -> None:
+    """ConfigError when the output folder ``out`` is, or contains, one of ``inputs``
+    ({what: path or list of paths}; None and non-existing paths are ignored)."""
+    out_real = Path(os.path.realpath(out))
+    for what, value in inputs.items():
+        paths = value if isinstance(value, (list, tuple)) else [value]
+        for p in paths:
+            if p is None or not os.path.exists(str(p)):
+                continue
+            if _inside(Path(os.path.realpath(str(p))), out_real):
+                raise ConfigError(
+                    f"{out}: this output folder holds the {what} {p}, which the results could overwrite; "
+                    "fix: give another --out (or none: a new runs/COMMAND/N)")
