@@ -89,7 +89,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
         h, w = det.image_size
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, h, w, generator=g)
-        if det.backend == "torch":
+        if det.backend.name == "torch":
             x = x.to(det.dtype)
             if det.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -102,7 +102,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
             "end_to_end": lambda: det.detect_batch(x, scales, sizes),
             "from_image": lambda: det.predict(images),
         }
-        if det.onnx is not None and det.onnx.has_nms:
+        if det.backend.outputs == "nms":
             runs["network"] = None  # the graph always includes NMS
         rows = []
         with torch.inference_mode():
