@@ -260,3 +260,52 @@ def test_val_cli_class_names_mismatch(synth, model, tmp_path, capsys):
     assert rc == 2
     assert len(err.splitlines()) == 1 and "class names" in err and "other.pt" in err
     assert not (tmp_path / "v").exists()
+
+
+# ------------------------------------------------------------------ exported files
+@pytest.mark.slow
+def test_val_on_exported_files_gives_the_checkpoints_metrics(synth, model, tmp_path, capsys):
+    """``val --weights`` on the TorchScript and ONNX (raw, fixed batch 1; NMS inside) exports scores
+    through the same evaluator: the same detections per image (order-insensitive, float rounding)
+    and the checkpoint's 12 COCO numbers; each results.json rescored by pycocotools directly."""
+    from efficientdet.deploy.detector import Detections
+    from efficientdet.deploy.export import export_onnx, export_torchscript
+
+    from .matching import assert_same_detections
+
+    ckpt = tmp_path / "model.pt"
+    torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), ckpt)
+    files = {"torchscript": export_torchscript(model, tmp_path / "m.torchscript.pt", CLASS_NAMES, CATEGORY_IDS),
+             "onnx": export_onnx(model, tmp_path / "m.onnx", CLASS_NAMES, CATEGORY_IDS),
+             "onnx-nms": export_onnx(model, tmp_path / "m_nms.onnx", CLASS_NAMES, CATEGORY_IDS, nms=True, conf=0.0)}
+
+    def val(weights, out):
+        rc = cli_main(["val", "--weights", str(weights), "--data", str(synth), "--out", str(out), "--workers", "0",
+                       "--batch-size", "3", "--max-det", "10", "--quiet"])
+        assert rc == 0
+        return json.loads((out / "metrics.json").read_text())["stats"], json.loads((out / "results.json").read_text())
+
+    def per_image(results):
+        by_image = {}
+        for d in results:
+            x, y, w, h = d["bbox"]
+            by_image.setdefault(d["image_id"], []).append(([x, y, x + w, y + h], d["score"], d["category_id"]))
+        return {i: Detections(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]),
+                              torch.tensor([r[2] for r in rows]), [], (160, 160)) for i, rows in by_image.items()}
+
+    expected_stats, expected = val(ckpt, tmp_path / "val_ckpt")
+    assert len(expected) == 4 * 10
+    for kind, path in files.items():
+        stats, results = val(path, tmp_path / f"val_{kind}")
+        got, want = per_image(results), per_image(expected)
+        assert got.keys() == want.keys(), kind
+        for image_id in want:
+            assert_same_detections(want[image_id], got[image_id], score_tol=1e-4, box_tol=0.02, max_det=10)
+        assert [stats[n] for n in STAT_NAMES] == pytest.approx([expected_stats[n] for n in STAT_NAMES], abs=2e-3), kind
+        assert [stats[n] for n in STAT_NAMES] == pytest.approx(list(_pycoco_stats(_val_json(synth), results, tmp_path)),
+                                                               abs=1e-12), kind
+    capsys.readouterr()
+    rc = cli_main(["val", "--weights", str(files["onnx"]), "--data", str(synth), "--image-size", "256",
+                   "--out", str(tmp_path / "v"), "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "m.onnx" in err and "image size" in err
