@@ -230,3 +230,33 @@ def test_foreign_onnx_files_are_refused(tmp_path, lite0_onnx):
         torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8)), str(foreign))
     with pytest.raises(WeightsError, match="no efficientdet metadata"):
         Detector(foreign)
+
+
+def test_predict_and_bench_take_exported_files(lite0, lite0_onnx, tmp_path, capsys):
+    """The CLI commands accept the TorchScript file export writes (before: 'is the file complete?'):
+    predict gives the Detector's detections in predictions.json; bench times the file's backend."""
+    from efficientdet.cli import main
+
+    names = [f"n{i}" for i in range(90)]
+    ts = export_torchscript(lite0, tmp_path / "l0.torchscript.pt", names, list(range(1, 91)))
+    image = tmp_path / "img.png"
+    Image.fromarray(_images()[0]).save(image)
+    assert main(["predict", "--weights", str(ts), "--source", str(image), "--conf", "0.3", "--out", str(tmp_path / "p"),
+                 "--no-save"]) == 0
+    assert "torchscript" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    got = Detector(ts, conf=0.3)(str(image))
+    from efficientdet.deploy.detector import Detections
+
+    written = Detections(torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in rows)]),
+                         torch.tensor([r["score"] for r in rows]), torch.tensor([r["category_id"] - 1 for r in rows]),
+                         [], got.image_size)  # category ids 1..90 -> labels; JSON rounds to 0.01 px, 1e-5
+    assert len(rows) == len(got) > 0
+    assert_same_detections(got, written, score_tol=2e-5, box_tol=0.011, conf=0.3)
+    for weights, backend in ((ts, "torchscript"), (lite0_onnx[0], "onnxruntime")):
+        out = tmp_path / f"bench_{backend}.json"
+        assert main(["bench", "--model", "lite0", "--weights", str(weights), "--engine", "eager", "--batch", "1",
+                     "--repeats", "1", "--warmup", "0", "--threads", "1", "--parts", "end_to_end", "--json", str(out),
+                     "--in-process"]) == 0
+        result = json.loads(out.read_text())["results"]
+        assert [r["part"] for r in result] == ["end_to_end"] and result[0]["median_ms"] > 0

@@ -58,6 +58,10 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
     from .detector import Detector
 
     opts = dict(conf=0.0, iou=0.5, max_det=100)
+    from .backends import is_exported
+
+    if weights and is_exported(weights):  # a TorchScript / ONNX file runs in its own runtime, whatever --engine says
+        return Detector(weights, threads=threads, **opts)
     if weights:
         model = Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False,
                                    channels_last=False).model
