@@ -4,7 +4,8 @@ W: our checkpoint, an exported ``.onnx`` file, or with ``--model NAME`` "coco" /
 state_dict. S: an image, a folder, a glob, a video file or a webcam index.
 
 Writes to ``--out`` (default ``runs/predict``): annotated images (same file names) or an
-annotated ``<video>.mp4`` (unless ``--no-save``), and ``predictions.json``: a COCO results list
+annotated ``<video>.mp4`` (H.264 with the ``video`` extra, else the best codec OpenCV has:
+see :mod:`efficientdet.deploy.video`; unless ``--no-save``), and ``predictions.json``: a COCO results list
 ``[{"image_id", "file_name", "category_id", "bbox": [x, y, w, h], "score"}]`` in original
 pixels. ``image_id`` is the file stem when it is a number (COCO's ``000000397133.jpg`` ->
 397133), else the 1-based position in the source (video: frame number + 1);
@@ -96,11 +97,17 @@ def run(args: argparse.Namespace) -> int:
                 pending = []
         if pending:
             writer = _process(detector, pending, source, out_dir, args, results, stats, writer)
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # no partial video left behind
+        raise
     finally:
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.release()
+    if writer is not None:
+        stats.video_path, stats.video_codec = writer.close(), writer.codec
+        if writer.note:
+            print(f"note: {writer.path}: written as {writer.codec}; {writer.note}", file=sys.stderr)
     total_s = time.perf_counter() - t_start
     json_path = out_dir / "predictions.json"
     json_path.write_text(json.dumps(results))
@@ -118,9 +125,12 @@ class _Stats:
         self.model_s = 0.0
         self.written: set[str] = set()  # annotated image names already written
         self.video_path: Path | None = None
+        self.video_codec = ""
 
 
 def _process(detector, frames, source, out_dir: Path, args, results: list, stats: _Stats, writer):
+    import numpy as np
+
     from .visualize import draw_detections
 
     t0 = time.perf_counter()
@@ -140,17 +150,15 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
             continue
         drawn = draw_detections(frame.image, det.boxes, det.scores, det.labels, detector.names)
         if source.is_video:
-            import cv2
-            import numpy as np
-
             if writer is None:
+                from .video import VideoWriter
+
                 stem = Path(source.spec).stem if source.kind == "video" else f"webcam{source.spec}"
-                path = out_dir / f"{stem}.mp4"
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps, drawn.size)
-                if not writer.isOpened():
-                    raise DataError(f"{path}: OpenCV cannot write an mp4v video here; use --no-save or another --out")
-                stats.video_path = path
-            writer.write(np.ascontiguousarray(np.asarray(drawn)[:, :, ::-1]))
+                writer = VideoWriter(out_dir / f"{stem}.mp4", source.fps, drawn.size)
+                if source.kind == "video" and writer.path.resolve() == Path(source.spec).resolve():
+                    writer.abort()  # never write over the input video
+                    writer = VideoWriter(out_dir / f"{stem}_pred.mp4", source.fps, drawn.size)
+            writer.write(np.asarray(drawn))
         else:
             name = frame.name if frame.name.lower().endswith((".jpg", ".jpeg", ".png")) else Path(frame.name).stem + ".png"
             target = out_dir / name
@@ -170,5 +178,6 @@ def _print_summary(source, detector, stats: _Stats, total_s: float, out_dir: Pat
     print(f"{source.spec}: {stats.images} {unit}{skipped}, {total} detections: {counts}")
     print(f"  time: {total_s:.2f} s total, {per_image_ms:.1f} ms per {unit[:-1]} in the detector "
           f"({detector.backend}, {detector.model_name}, input {detector.image_size[0]}x{detector.image_size[1]})")
-    saved = "" if no_save else (f"annotated video {stats.video_path}, " if source.is_video else f"annotated {unit} in {out_dir}, ")
+    saved = "" if no_save else (f"annotated video {stats.video_path} ({stats.video_codec}), " if source.is_video
+                                else f"annotated {unit} in {out_dir}, ")
     print(f"  wrote {saved}results {json_path}")
