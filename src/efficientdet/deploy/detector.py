@@ -131,6 +131,8 @@ class Detector:
             if kind == "checkpoint":
                 model, class_names, category_ids = _load_checkpoint(path, class_names, category_ids)
             else:
+                if compile:
+                    raise ConfigError(f"{path}: an exported file runs in its own runtime; fix: drop compile=True")
                 backend = open_exported(path, resolve_device("cpu" if kind == "onnx" and device in (None, "auto") else device),
                                         half=half, threads=threads)
                 class_names = class_names or backend.class_names
