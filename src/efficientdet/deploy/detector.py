@@ -123,7 +123,7 @@ class Detector:
                  half: bool = False, channels_last: bool | None = None, fuse: bool = True, compile: bool = False,
                  threads: int | None = None, max_candidates: int = 5000):
         if (weights is None) == (model is None):
-            raise ConfigError("Detector: give a checkpoint/exported file path or model=..., not both or neither")
+            raise ConfigError("Detector: needs one source; fix: give a checkpoint/exported file path or model=..., not both or neither")
         backend: Backend
         if weights is not None:
             path = os.fspath(weights)
@@ -149,7 +149,7 @@ class Detector:
         self.num_classes = self.config.num_classes
         self.names = list(class_names) if class_names is not None else _default_names(self.num_classes)
         if len(self.names) != self.num_classes:
-            raise ConfigError(f"{len(self.names)} class names for a {self.num_classes}-class model; give one per class")
+            raise ConfigError(f"{len(self.names)} class names for a {self.num_classes}-class model; fix: give one per class")
         self.category_ids = list(category_ids) if category_ids is not None else (
             list(COCO90_IDS) if self.num_classes == 90 and class_names is None else None)
         self.image_size = backend.image_size or (
@@ -242,12 +242,12 @@ class Detector:
         for c in classes:
             if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
                 if c.strip().lower() not in lookup:
-                    raise ConfigError(f"class {c!r} is not one of this model's classes ({', '.join(self.names[:10])}...)")
+                    raise ConfigError(f"class {c!r} is not one of this model's classes; fix: pick from {', '.join(self.names[:10])}...")
                 out.append(lookup[c.strip().lower()])
             else:
                 i = int(c)
                 if not 0 <= i < self.num_classes:
-                    raise ConfigError(f"class index {i}: need 0..{self.num_classes - 1}")
+                    raise ConfigError(f"class index {i}: out of range; fix: give 0..{self.num_classes - 1}")
                 out.append(i)
         return sorted(set(out))
 
@@ -325,7 +325,7 @@ def _load_checkpoint(path: str, class_names, category_ids) -> tuple[nn.Module, S
     if not isinstance(ckpt, dict) or ckpt.get("format") != "efficientdet":
         raise WeightsError(
             f"{path}: not an efficientdet checkpoint (a plain state_dict, e.g. effdet's?); "
-            f"use --model NAME --weights {path} (Detector.from_name(NAME, weights=PATH))"
+            f"fix: use --model NAME --weights {path} (Detector.from_name(NAME, weights=PATH))"
         )
     model, ckpt = load_model(ckpt)
     return (model, class_names or ckpt.get("class_names"),

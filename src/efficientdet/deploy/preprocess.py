@@ -43,7 +43,7 @@ def load_path(path: str, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tuple
             rgb = to_rgb(apply_exif(image, orientation))
             array = np.array(rgb)  # writable copy (np.asarray of PIL is read-only)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot read this image ({exc.__class__.__name__}: {exc}); is the file complete and an image?") from None
+        raise DataError(f"{path}: cannot read this image ({exc.__class__.__name__}: {exc}); fix: check that the file is a complete image") from None
     return torch.from_numpy(array), (h, w)
 
 
@@ -56,7 +56,7 @@ def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tupl
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.isfile(path):
-            raise DataError(f"{path}: no such image file; check the path")
+            raise DataError(f"{path}: no such image file; fix: check the path")
         tensor, hw = load_path(path, input_hw)
         return tensor.permute(2, 0, 1), hw, path
     if isinstance(item, torch.Tensor):
@@ -64,7 +64,7 @@ def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tupl
         if x.ndim == 2:
             x = x.unsqueeze(0)
         if x.ndim != 3 or x.shape[0] not in (1, 3):
-            raise ConfigError(f"image tensor of shape {tuple(item.shape)}: give (3, H, W) uint8 or float 0-255")
+            raise ConfigError(f"image tensor of shape {tuple(item.shape)} is not an image; fix: give (3, H, W) uint8 or float 0-255")
         if x.shape[0] == 1:
             x = x.expand(3, -1, -1)
         return x, (int(x.shape[1]), int(x.shape[2])), None
@@ -73,7 +73,7 @@ def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tupl
         if a.ndim == 2:
             a = np.repeat(a[:, :, None], 3, axis=2)
         if a.ndim != 3 or a.shape[2] not in (3, 4):
-            raise ConfigError(f"image array of shape {item.shape}: give (H, W, 3) RGB uint8")
+            raise ConfigError(f"image array of shape {item.shape} is not an image; fix: give (H, W, 3) RGB uint8")
         a = a[:, :, :3]
         if not a.flags.writeable:
             a = a.copy()
@@ -89,7 +89,7 @@ def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tupl
 
         a = np.array(to_rgb(item))
         return torch.from_numpy(a).permute(2, 0, 1), (int(a.shape[0]), int(a.shape[1])), getattr(item, "filename", None) or None
-    raise ConfigError(f"unsupported image input {type(item).__name__}: give a path, PIL image, HWC uint8 array or CHW tensor")
+    raise ConfigError(f"unsupported image input {type(item).__name__}; fix: give a path, PIL image, HWC uint8 array or CHW tensor")
 
 
 def letterbox_batch(
