@@ -260,3 +260,7 @@ def test_predict_and_bench_take_exported_files(lite0, lite0_onnx, tmp_path, caps
                      "--in-process"]) == 0
         result = json.loads(out.read_text())["results"]
         assert [r["part"] for r in result] == ["end_to_end"] and result[0]["median_ms"] > 0
+    capsys.readouterr()
+    assert main(["export", "--weights", str(ts), "--format", "onnx"]) == 2  # not a traceback
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already an exported file" in err and "fix:" in err

@@ -235,8 +235,10 @@ def _load_for_export(weights: str, model_name: str | None):
     if model_name:
         det = Detector.from_name(model_name, weights=weights, fuse=False, channels_last=False)
     else:
-        if str(weights).lower().endswith(".onnx"):
-            raise ConfigError(f"{weights}: already an ONNX file; export from a checkpoint")
+        from .backends import is_exported
+
+        if is_exported(weights):
+            raise ConfigError(f"{weights}: already an exported file; fix: export from the checkpoint it came from")
         det = Detector(weights, fuse=False, channels_last=False)
     return det.model, det.names, det.category_ids
 
