@@ -59,13 +59,13 @@ def worker(args) -> None:
             export_onnx(model, path, nms=engine == "onnxruntime-nms", conf=0.0, iou=0.5, max_det=100)
             det = Detector(path, threads=args.threads, **opts)
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        if det.backend == "torch" and det.channels_last:
+        if det.backend.name == "torch" and det.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         scales, sizes = torch.ones(1), [(size, size)]
         out = {"impl": "ours", "engine": engine, "model": ours, "image_size": size}
         with torch.inference_mode():
             warm = 15 if engine == "compile" else args.warmup
-            if not (det.onnx is not None and det.onnx.has_nms):
+            if det.backend.outputs != "nms":
                 out["network"] = common.measure(lambda: det.raw(x), warm, args.repeats, threads=args.threads)
             out["end_to_end"] = common.measure(lambda: det.detect_batch(x, scales, sizes), args.warmup, args.repeats,
                                                threads=args.threads)

@@ -14,11 +14,13 @@ from efficientdet import Detector, create_model
 from efficientdet.config import NMSConfig
 from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import postprocess
-from efficientdet.deploy.detector import COCO90_NAMES, fuse_for_inference
+from efficientdet.deploy.detector import COCO90_NAMES
 from efficientdet.errors import ConfigError, DataError, WeightsError
 from efficientdet.factory import save_model_dict
+from efficientdet.nn.fuse import fuse_for_inference
 from efficientdet.weights import load_weights
 
+from .matching import box_iou
 from .reference import load_reference, reference_state_dict
 
 
@@ -59,6 +61,8 @@ def test_every_input_kind_gives_the_same_detections(lite0, tmp_path):
                   Image.fromarray(img).convert("RGBA")):
         _same(ref, det(other))
     assert det(str(path)).source == str(path)
+    with pytest.raises(TypeError, match="ONE image"):  # det(x)[0] from list-returning APIs: say what to do
+        ref[0]
     # a list is one batch; an (N, 3, H, W) tensor counts as N images
     batch = det([img, str(path), Image.fromarray(img[:100])])
     assert len(batch) == 3
@@ -168,14 +172,22 @@ def test_class_filter_keeps_the_per_class_detections(lite0):
         Detector(model=lite0, classes=[90])
 
 
-def test_half_precision_runs(lite0):
+def test_half_precision_finds_the_confident_float32_detections(lite0):
+    """bf16 keeps 8 mantissa bits per activation; on the fixture's random weights its class logits
+    differ from float32's by ~0.4 on average (measured), so near-ties reorder and NMS keeps other
+    representatives: judge it by recall of float32's confident detections (score >= 0.9): a bf16
+    detection of the same class with IoU >= 0.5 (bf16 at conf 0.05, so only its boxes are judged).
+    A broken half path (wrong input scaling, a layer left in another dtype) recalls ~0."""
     img = _image(100, 200, seed=3)
-    full = Detector(model=lite0, conf=0.3)(img)
-    half = Detector(model=lite0, conf=0.3, half=True)
-    assert half.dtype == torch.bfloat16
+    full = Detector(model=lite0, conf=0.9, max_det=5000)(img)
+    half = Detector(model=lite0, conf=0.05, max_det=5000, half=True)
+    assert half.dtype == torch.bfloat16 and next(half.backend.network.parameters()).dtype == torch.bfloat16
     got = half(img)
-    assert got.boxes.dtype == torch.float32 and len(got) > 0
-    assert int(got.labels[0]) in full.labels[:5].tolist()  # bf16 keeps the strongest detections
+    assert got.boxes.dtype == torch.float32 and got.scores.dtype == torch.float32
+    assert len(full) >= 50  # plenty to judge by
+    iou = box_iou(full.boxes, got.boxes)
+    found = ((iou >= 0.5) & (full.labels[:, None] == got.labels[None, :])).any(1)
+    assert float(found.float().mean()) >= 0.7, f"bf16 recalls {int(found.sum())} of {len(full)} confident detections"
 
 
 def test_checkpoints_and_names(lite0, tmp_path):
@@ -215,9 +227,9 @@ def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
     full, scales_full, _, _ = det.preprocess([np.array(Image.open(path).convert("RGB"))])
     assert sizes == [(1200, 1600)] and float(scales[0]) == float(scales_full[0]) == pytest.approx(0.16)  # 192 / 1200
     assert float((drafted - full).abs().mean()) < 2.0 / 127.5  # within ~2 grey levels on average
-    from efficientdet.deploy.detector import _load_path
+    from efficientdet.deploy.preprocess import load_path
 
-    assert tuple(_load_path(str(path), (192, 320))[0].shape) == (300, 400, 3)  # decoded at 1/4
+    assert tuple(load_path(str(path), (192, 320))[0].shape) == (300, 400, 3)  # decoded at 1/4
 
     rotated = tmp_path / "rotated.jpg"
     exif = Image.Exif()

@@ -171,6 +171,28 @@ def test_evaluate_end_to_end(synth, model, tmp_path):
     assert json.loads(json.dumps(result.to_dict()))["num_images"] == 4
 
 
+def test_eval_result_carries_cocoeval_precision(synth, model):
+    """EvalResult.precision is COCOeval's precision array (pycocotools run the standard way on the
+    dataset's own JSON), and the PR-curve plot reads it instead of re-running COCOeval."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from efficientdet.config import NMSConfig
+    from efficientdet.engine.plots import coco_precision
+
+    data = load_dataset(synth, split="val")
+    result = evaluate(model, data, (128, 128), NMSConfig(max_detections=100), batch_size=4, progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(synth.parent / "val.json"))
+        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(result.detections))), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    assert result.precision.shape == (10, 101, len(CLASS_NAMES), 4, 3)
+    np.testing.assert_allclose(result.precision, ev.eval["precision"], atol=1e-12)
+    assert (result.precision > 0).any()
+    assert coco_precision(result, data) is result.precision
+
+
 class OracleModel(torch.nn.Module):
     """Stands in for EfficientDet: box deltas 0 (boxes = anchors), one confident class logit
     at P3 cell (row 5, col 6), anchor 0 (scale 1, ratio 1:1), class ``k``; records its inputs."""
@@ -260,3 +282,62 @@ def test_val_cli_class_names_mismatch(synth, model, tmp_path, capsys):
     assert rc == 2
     assert len(err.splitlines()) == 1 and "class names" in err and "other.pt" in err
     assert not (tmp_path / "v").exists()
+
+
+# ------------------------------------------------------------------ exported files
+@pytest.mark.slow
+def test_val_on_exported_files_gives_the_checkpoints_metrics(synth, model, tmp_path, capsys):
+    """``val --weights`` on the TorchScript and ONNX (raw, fixed batch 1; NMS inside) exports scores
+    through the same evaluator: the same detections per image (order-insensitive, float rounding)
+    and the checkpoint's 12 COCO numbers; each results.json rescored by pycocotools directly.
+    The ground truth is the checkpoint's own 3 strongest detections per image (a random model
+    scores 0 on the real labels), so its mAP is high and a shifted box or score would show."""
+    from efficientdet.config import NMSConfig
+    from efficientdet.deploy.detector import Detections
+    from efficientdet.deploy.export import export_onnx, export_torchscript
+
+    from .matching import assert_same_detections
+
+    ckpt = tmp_path / "model.pt"
+    torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), ckpt)
+    files = {"torchscript": export_torchscript(model, tmp_path / "m.torchscript.pt", CLASS_NAMES, CATEGORY_IDS),
+             "onnx": export_onnx(model, tmp_path / "m.onnx", CLASS_NAMES, CATEGORY_IDS),
+             "onnx-nms": export_onnx(model, tmp_path / "m_nms.onnx", CLASS_NAMES, CATEGORY_IDS, nms=True, conf=0.0)}
+    own = evaluate(model.eval(), load_dataset(synth, split="val"), (128, 128), NMSConfig(max_detections=3),
+                   progress=False).detections
+    gt = _val_json(synth)
+    gt["annotations"] = [{"id": i + 1, "image_id": d["image_id"], "category_id": d["category_id"], "bbox": d["bbox"],
+                          "area": d["bbox"][2] * d["bbox"][3], "iscrowd": 0} for i, d in enumerate(own)]
+    (tmp_path / "pseudo.json").write_text(json.dumps(gt))
+    data_yaml = tmp_path / "pseudo.yaml"
+    data_yaml.write_text(f"format: coco\npath: {synth.parent}\nval: {{images: images, annotations: {tmp_path / 'pseudo.json'}}}\n")
+
+    def val(weights, out):
+        rc = cli_main(["val", "--weights", str(weights), "--data", str(data_yaml), "--out", str(out), "--workers", "0",
+                       "--batch", "3", "--max-det", "10", "--quiet"])
+        assert rc == 0
+        return json.loads((out / "metrics.json").read_text())["stats"], json.loads((out / "results.json").read_text())
+
+    def per_image(results):
+        by_image = {}
+        for d in results:
+            x, y, w, h = d["bbox"]
+            by_image.setdefault(d["image_id"], []).append(([x, y, x + w, y + h], d["score"], d["category_id"]))
+        return {i: Detections(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]),
+                              torch.tensor([r[2] for r in rows]), [], (160, 160)) for i, rows in by_image.items()}
+
+    expected_stats, expected = val(ckpt, tmp_path / "val_ckpt")
+    assert len(expected) == 4 * 10 and expected_stats["mAP"] > 0.8
+    for kind, path in files.items():
+        stats, results = val(path, tmp_path / f"val_{kind}")
+        got, want = per_image(results), per_image(expected)
+        assert got.keys() == want.keys(), kind
+        for image_id in want:
+            assert_same_detections(want[image_id], got[image_id], score_tol=1e-4, box_tol=0.02, max_det=10)
+        assert [stats[n] for n in STAT_NAMES] == pytest.approx([expected_stats[n] for n in STAT_NAMES], abs=2e-3), kind
+        assert [stats[n] for n in STAT_NAMES] == pytest.approx(list(_pycoco_stats(gt, results, tmp_path)), abs=1e-12), kind
+    capsys.readouterr()
+    rc = cli_main(["val", "--weights", str(files["onnx"]), "--data", str(data_yaml), "--image-size", "256",
+                   "--out", str(tmp_path / "v"), "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "m.onnx" in err and "image size" in err

@@ -105,11 +105,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     fsync_dir(path.parent)
 
 
-def write_via_temp(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
-    """For writers that need a file *name* (``torch.onnx.export``, ``Image.save`` with a format
-    from the suffix, matplotlib): ``writer(tmp_path)`` writes a temporary file in the same
-    folder with the same suffix, which then replaces ``path``. Same guarantees as
-    :func:`atomic_write`."""
+@contextlib.contextmanager
+def temporary_path(path: str | os.PathLike) -> Iterator[Path]:
+    """``with temporary_path(path) as tmp: ...``: for writers that need a file *name* and may
+    write over a long time (``torch.onnx.export``, an ffmpeg process, a video stream): they
+    write ``tmp``, a temporary file in the same folder with the same suffix, which replaces
+    ``path`` when the block ends without an exception. Same guarantees as :func:`atomic_write`."""
     path = Path(path)
     make_dirs(path.parent)
     try:
@@ -119,7 +120,7 @@ def write_via_temp(path: str | os.PathLike, writer: Callable[[Path], None]) -> N
         raise output_error(path, exc) from None
     tmp = Path(tmp_name)
     try:
-        writer(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -130,6 +131,12 @@ def write_via_temp(path: str | os.PathLike, writer: Callable[[Path], None]) -> N
             raise output_error(path, exc) from None
         raise
     fsync_dir(path.parent)
+
+
+def write_via_temp(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+    """``writer(tmp_path)`` writes a temporary file that then replaces ``path`` (:func:`temporary_path`)."""
+    with temporary_path(path) as tmp:
+        writer(tmp)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

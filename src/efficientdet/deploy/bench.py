@@ -68,6 +68,10 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
     from .detector import Detector
 
     opts = dict(conf=0.0, iou=0.5, max_det=100)
+    from .backends import is_exported
+
+    if weights and is_exported(weights):  # a TorchScript / ONNX file runs in its own runtime, whatever --engine says
+        return Detector(weights, threads=threads, **opts)
     if weights:
         model = Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False,
                                    channels_last=False).model
@@ -99,7 +103,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
         h, w = det.image_size
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, h, w, generator=g)
-        if det.backend == "torch":
+        if det.backend.name == "torch":
             x = x.to(det.dtype)
             if det.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -112,7 +116,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
             "end_to_end": lambda: det.detect_batch(x, scales, sizes),
             "from_image": lambda: det.predict(images),
         }
-        if det.onnx is not None and det.onnx.has_nms:
+        if det.backend.outputs == "nms":
             runs["network"] = None  # the graph always includes NMS
         parts = {part: runs[part] for part in args.parts if runs.get(part) is not None}
         with torch.inference_mode():

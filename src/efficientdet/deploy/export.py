@@ -14,10 +14,11 @@ Graph inputs/outputs (the image size is fixed at export; the batch is fixed or d
   int64 0-based, ``num_detections`` (N,) int64; M = max detections, rows past
   num_detections are zero. The score threshold, IoU and M are fixed at export (metadata).
 
-Metadata: ONNX ``metadata_props`` key ``efficientdet`` (JSON; also a few flat keys for
-humans); TorchScript ``_extra_files["efficientdet.json"]``. It holds model name, config,
-num_classes, class names, category ids, image size, mean, std, the letterbox convention,
-the output layout and the NMS settings.
+Metadata (:mod:`efficientdet.deploy.metadata`, read back by :mod:`efficientdet.deploy.backends`):
+ONNX ``metadata_props`` key ``efficientdet`` (JSON; also a few flat keys for humans);
+TorchScript ``_extra_files["efficientdet.json"]``. It holds model name, config, num_classes,
+class names, category ids, image size, mean, std, the letterbox convention, the output layout
+and the NMS settings. Files are written to a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -36,12 +37,11 @@ from torch import nn
 from ..config import NMSConfig, parse_image_size
 from ..detection.anchors import AnchorGenerator
 from ..detection.postprocess import batched_nms, fixed_shape_candidates, fixed_shape_detections
+from ..detection.layout import levels_to_flat
 from ..errors import ConfigError
-from .detector import fuse_for_inference, levels_to_flat
-from .onnx_runtime import META_FORMAT, META_KEY, META_VERSION
-
-LETTERBOX = ("scale = min(H/h, W/w); resize to (round(h*scale), round(w*scale)) bilinear; place top-left; "
-             "pad bottom/right with the mean colour (0 after normalisation); original boxes = input boxes / scale")
+from ..fileio import write_via_temp
+from ..nn.fuse import fuse_for_inference
+from .metadata import TORCHSCRIPT_EXTRA, build_metadata, onnx_props
 
 
 class RawExport(nn.Module):
@@ -131,27 +131,6 @@ class NMSExport(nn.Module):
         return fixed_shape_detections(boxes, scores, class_idx, kept, self.nms.max_detections, scales, original_sizes)
 
 
-def export_metadata(model: nn.Module, image_size_hw: tuple[int, int], class_names: Sequence[str],
-                    category_ids: Sequence[int] | None, outputs: str, nms: NMSConfig | None) -> dict:
-    """The metadata dict stored with an exported file (see the module docstring)."""
-    from ..factory import config_to_dict
-
-    cfg = model.config
-    return {
-        "format": META_FORMAT, "version": META_VERSION, "model_name": cfg.name, "num_classes": cfg.num_classes,
-        "class_names": list(class_names), "category_ids": list(category_ids) if category_ids is not None else None,
-        "image_size": list(image_size_hw), "mean": list(cfg.mean), "std": list(cfg.std), "letterbox": LETTERBOX,
-        "input_layout": "NCHW float32 RGB, (x - mean) / std in 0-255 units",
-        "outputs": outputs,
-        "output_layout": ("class_logits (N, A_all, K), box_deltas (N, A_all, 4) ty,tx,th,tw; anchor order level,row,col,anchor"
-                          if outputs == "raw" else
-                          "boxes (N, M, 4) xyxy original pixels, scores (N, M), classes (N, M) 0-based, num_detections (N,)"),
-        "nms": None if nms is None else {"iou_threshold": nms.iou_threshold, "score_threshold": nms.score_threshold,
-                                         "max_detections": nms.max_detections, "max_candidates": nms.max_candidates},
-        "config": config_to_dict(cfg),
-    }
-
-
 def _prepare(model: nn.Module, image_size, fuse: bool) -> tuple[nn.Module, tuple[int, int]]:
     model = copy.deepcopy(model).eval().float()
     if fuse:
@@ -175,7 +154,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, class_names: Sequence
     model, hw = _prepare(model, image_size, fuse)
     names = list(class_names) if class_names is not None else _default_names(model.config.num_classes)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     images = torch.zeros(batch, 3, *hw)
     nms_cfg = None
     if nms:
@@ -189,21 +167,22 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, class_names: Sequence
         args = (images,)
         input_names, output_names = ["images"], ["class_logits", "box_deltas"]
     dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings on the static "same" padding, legacy-exporter notices
-        torch.onnx.export(module, args, os.fspath(path), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-    proto = onnx.load(os.fspath(path))
-    meta = export_metadata(model, hw, names, category_ids, "nms" if nms else "raw", nms_cfg)
-    flat = {META_KEY: json.dumps(meta), "model_name": meta["model_name"], "num_classes": str(meta["num_classes"]),
-            "class_names": json.dumps(names), "image_size": json.dumps(list(hw)), "mean": json.dumps(meta["mean"]),
-            "std": json.dumps(meta["std"]), "letterbox": LETTERBOX, "outputs": meta["outputs"]}
-    del proto.metadata_props[:]
-    for key, value in flat.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = f"efficientdet {meta['model_name']} ({meta['outputs']} outputs); see metadata 'efficientdet'"
-    onnx.save(proto, os.fspath(path))
+    meta = build_metadata(model.config, hw, names, category_ids, "nms" if nms else "raw", nms_cfg)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings on the static "same" padding, legacy-exporter notices
+            torch.onnx.export(module, args, os.fspath(tmp), input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+        proto = onnx.load(os.fspath(tmp))
+        del proto.metadata_props[:]
+        for key, value in onnx_props(meta).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"efficientdet {meta['model_name']} ({meta['outputs']} outputs); see metadata 'efficientdet'"
+        onnx.save(proto, os.fspath(tmp))
+
+    write_via_temp(path, write)
     return path
 
 
@@ -217,22 +196,18 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, class_names: S
     model, hw = _prepare(model, image_size, fuse)
     names = list(class_names) if class_names is not None else _default_names(model.config.num_classes)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(RawExport(model).eval(), torch.zeros(batch, 3, *hw), check_trace=False)
-        meta = export_metadata(model, hw, names, category_ids, "raw", None)
-        torch.jit.save(traced, os.fspath(path), _extra_files={"efficientdet.json": json.dumps(meta)})
+    meta = build_metadata(model.config, hw, names, category_ids, "raw", None)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in favour of torch.export
+            torch.jit.save(traced, os.fspath(tmp), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+
+    write_via_temp(path, write)
     return path
-
-
-def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
-    """(module, metadata) of a file from :func:`export_torchscript`."""
-    extra = {"efficientdet.json": ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in favour of torch.export
-        module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
-    return module, json.loads(extra["efficientdet.json"])
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -259,8 +234,10 @@ def _load_for_export(weights: str, model_name: str | None):
     if model_name:
         det = Detector.from_name(model_name, weights=weights, fuse=False, channels_last=False)
     else:
-        if str(weights).lower().endswith(".onnx"):
-            raise ConfigError(f"{weights}: already an ONNX file; export from a checkpoint")
+        from .backends import is_exported
+
+        if is_exported(weights):
+            raise ConfigError(f"{weights}: already an exported file; fix: export from the checkpoint it came from")
         det = Detector(weights, fuse=False, channels_last=False)
     return det.model, det.names, det.category_ids
 
@@ -270,7 +247,6 @@ def run(args: argparse.Namespace) -> int:
     ``--conf/--iou/--max-det``: the NMS settings baked into a ``--nms-in-graph`` file. Writes
     ``OUT/<weights stem>[_nms].onnx`` or ``.torchscript.pt`` into a new run folder
     (``runs/export/N`` or ``--out``), all or nothing."""
-    from ..fileio import write_via_temp
     from ..progress import stage
     from ..run_dirs import make_run_dir, refuse_inputs_inside
 
@@ -289,13 +265,11 @@ def run(args: argparse.Namespace) -> int:
     out = out_dir / name
     with stage(f"exporting {model.config.name} to {args.format} ({hw[0]}x{hw[1]})", quiet):
         if args.format == "onnx":
-            write_via_temp(out, lambda tmp: export_onnx(
-                model, tmp, names, category_ids, nms=args.nms_in_graph, dynamic_batch=args.dynamic_batch,
-                opset=args.opset, image_size=hw, batch=args.batch, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                fuse=not args.no_fuse))
+            export_onnx(model, out, names, category_ids, nms=args.nms_in_graph, dynamic_batch=args.dynamic_batch,
+                        opset=args.opset, image_size=hw, batch=args.batch, conf=args.conf, iou=args.iou,
+                        max_det=args.max_det, fuse=not args.no_fuse)  # all or nothing (fileio.write_via_temp)
         else:
-            write_via_temp(out, lambda tmp: export_torchscript(model, tmp, names, category_ids, image_size=hw,
-                                                               batch=args.batch, fuse=not args.no_fuse))
+            export_torchscript(model, out, names, category_ids, image_size=hw, batch=args.batch, fuse=not args.no_fuse)
     size_mb = out.stat().st_size / 2**20
     print(f"exported {model.config.name} ({args.format}{', nms' if args.nms_in_graph else ', raw outputs'}, "
           f"input {hw[0]}x{hw[1]}{', dynamic batch' if args.dynamic_batch else ''}) -> {out} ({size_mb:.1f} MiB)")
@@ -307,19 +281,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_raw_parity(model: nn.Module, path: str | os.PathLike, image_size_hw, fmt: str, batch: int = 1) -> float:
-    """Max abs difference of the exported raw outputs vs the PyTorch model on a random batch."""
-    import numpy as np
+    """Max abs difference of the exported file's raw outputs (run by its backend) vs the PyTorch
+    model on a random batch. ``fmt`` is read from the file itself and kept for callers."""
+    from .backends import open_exported
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, *image_size_hw, generator=g)
     with torch.no_grad():
-        ref = levels_to_flat(*model.eval()(x), model.config.num_classes)
-    if fmt == "onnx":
-        from .onnx_runtime import OnnxModel
-
-        got = OnnxModel(path).run_raw(x)
-    else:
-        module, _ = load_torchscript(path)
-        with torch.no_grad():
-            got = module(x)
-    return max(float(np.abs(r.numpy() - o.numpy()).max()) for r, o in zip(ref, got))
+        ref_cls, ref_box = model.eval()(x)
+        got_cls, got_box = open_exported(path, torch.device("cpu")).raw(x)
+    return max(float((r - o).abs().max()) for r, o in zip(ref_cls + ref_box, got_cls + got_box))

@@ -5,7 +5,8 @@ state_dict. S: an image, a folder, a glob, a video file or a webcam index.
 
 Writes to a new run folder (``runs/predict/N``, or ``--out``; see :mod:`efficientdet.run_dirs`;
 an ``--out`` that holds the source is refused): annotated images (same file names) or an
-annotated ``<video>.mp4`` (unless ``--no-save``), and ``predictions.json``: a COCO results list
+annotated ``<video>.mp4`` (H.264 with the ``video`` extra, else the best codec OpenCV has:
+see :mod:`efficientdet.deploy.video`; unless ``--no-save``), and ``predictions.json``: a COCO results list
 ``[{"image_id", "file_name", "category_id", "bbox": [x, y, w, h], "score"}]`` in original
 pixels. ``image_id`` is the file stem when it is a number (COCO's ``000000397133.jpg`` ->
 397133), else the 1-based position in the source (video: frame number + 1);
@@ -61,7 +62,7 @@ def build_detector(args: argparse.Namespace):
                    threads=getattr(args, "threads", None))
     detector = Detector.from_name(args.model, weights=args.weights, **options) if args.model else Detector(args.weights, **options)
     if cli_options.nms_method(args) != detector.nms.method:
-        if detector.onnx is not None and detector.onnx.has_nms:
+        if detector.backend.outputs == "nms":
             raise ConfigError(f"{args.weights}: this ONNX file has hard NMS inside; fix: drop --nms soft or export "
                               "without --nms-in-graph")
         detector.nms = dataclasses.replace(detector.nms, method=cli_options.nms_method(args))
@@ -96,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
                        unit="img" if not source.is_video else "frame", leave=False)
     t_start = time.perf_counter()
     pending = []
-    finished = False
     try:
         for frame in source:
             bar.update(1)
@@ -110,11 +110,16 @@ def run(args: argparse.Namespace) -> int:
                 pending = []
         if pending:
             writer = _process(detector, pending, source, out_dir, args, results, stats, writer)
-        finished = True
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # no partial video left behind
+        raise
     finally:
         bar.close()
-        if writer is not None:
-            writer.release(ok=finished)
+    if writer is not None:
+        stats.video_path, stats.video_codec = writer.close(), writer.codec
+        if writer.note:
+            print(f"note: {writer.path}: written as {writer.codec}; {writer.note}", file=sys.stderr)
     total_s = time.perf_counter() - t_start
     json_path = out_dir / "predictions.json"
     write_json(json_path, results, indent=None)
@@ -134,9 +139,12 @@ class _Stats:
         self.model_s = 0.0
         self.written: set[str] = set()  # annotated image names already written
         self.video_path: Path | None = None
+        self.video_codec = ""
 
 
 def _process(detector, frames, source, out_dir: Path, args, results: list, stats: _Stats, writer):
+    import numpy as np
+
     from ..fileio import write_via_temp
     from .visualize import draw_detections
 
@@ -157,15 +165,15 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
             continue
         drawn = draw_detections(frame.image, det.boxes, det.scores, det.labels, detector.names)
         if source.is_video:
-            import cv2
-            import numpy as np
-
             if writer is None:
+                from .video import VideoWriter
+
                 stem = Path(source.spec).stem if source.kind == "video" else f"webcam{source.spec}"
-                path = out_dir / f"{stem}.mp4"
-                writer = _VideoOutput(path, source.fps, drawn.size)
-                stats.video_path = path
-            writer.write(np.ascontiguousarray(np.asarray(drawn)[:, :, ::-1]))
+                writer = VideoWriter(out_dir / f"{stem}.mp4", source.fps, drawn.size)
+                if source.kind == "video" and writer.path.resolve() == Path(source.spec).resolve():
+                    writer.abort()  # never write over the input video
+                    writer = VideoWriter(out_dir / f"{stem}_pred.mp4", source.fps, drawn.size)
+            writer.write(np.asarray(drawn))
         else:
             name = frame.name if frame.name.lower().endswith((".jpg", ".jpeg", ".png")) else Path(frame.name).stem + ".png"
             target = out_dir / name
@@ -179,62 +187,6 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
     return writer
 
 
-class _VideoOutput:
-    """An mp4v video written to a temporary name in the same folder and renamed on ``release``
-    once it reads back with all its frames (OpenCV reports no write errors: a full disk shows
-    as a file that does not open); ``release(ok=False)`` removes it. No truncated video is left."""
-
-    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
-        import os
-        import tempfile
-
-        import cv2
-
-        from ..fileio import TEMP_SUFFIX, output_error
-
-        self.path, self.frames = path, 0
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TEMP_SUFFIX}{path.suffix}", dir=path.parent)
-            os.close(fd)
-        except OSError as exc:
-            raise output_error(path, exc) from None
-        self.tmp = Path(tmp)
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-        if not self.writer.isOpened():
-            self.tmp.unlink(missing_ok=True)
-            raise DataError(f"{path}: OpenCV cannot write an mp4v video here; fix: use --no-save or another --out")
-
-    def write(self, frame) -> None:
-        self.writer.write(frame)
-        self.frames += 1
-
-    def release(self, ok: bool = True) -> None:
-        import errno
-        import os
-
-        import cv2
-
-        from ..fileio import fsync_dir, output_error
-
-        self.writer.release()
-        if not ok:
-            self.tmp.unlink(missing_ok=True)
-            return
-        check = cv2.VideoCapture(str(self.tmp))
-        readable = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == self.frames
-        check.release()
-        try:
-            if not readable:
-                free = os.statvfs(self.tmp.parent).f_bavail
-                raise (OSError(errno.ENOSPC, "No space left on device; the video is incomplete") if free == 0
-                       else OSError(errno.EIO, "the video did not write completely"))
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            self.tmp.unlink(missing_ok=True)
-            raise output_error(self.path, exc) from None
-        fsync_dir(self.path.parent)
-
-
 def _print_summary(source, detector, stats: _Stats, total_s: float, out_dir: Path, json_path: Path, no_save: bool) -> None:
     unit = "frames" if source.is_video else "images"
     counts = ", ".join(f"{name} {n}" for name, n in stats.per_class.most_common()) or "none"
@@ -244,5 +196,6 @@ def _print_summary(source, detector, stats: _Stats, total_s: float, out_dir: Pat
     print(f"{source.spec}: {stats.images} {unit}{skipped}, {total} detections: {counts}")
     print(f"  time: {total_s:.2f} s total, {per_image_ms:.1f} ms per {unit[:-1]} in the detector "
           f"({detector.backend}, {detector.model_name}, input {detector.image_size[0]}x{detector.image_size[1]})")
-    saved = "" if no_save else (f"annotated video {stats.video_path}, " if source.is_video else f"annotated {unit} in {out_dir}, ")
+    saved = "" if no_save else (f"annotated video {stats.video_path} ({stats.video_codec}), " if source.is_video
+                                else f"annotated {unit} in {out_dir}, ")
     print(f"  wrote {saved}results {json_path}")

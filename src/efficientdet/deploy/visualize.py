@@ -3,6 +3,13 @@
 Line width and font size scale with the image (about 0.3% and 2.2% of its mean side), so the
 labels are readable on a 200-pixel thumbnail and on a 4K frame alike. Uses PIL ImageDraw and
 its default font at that size (``ImageFont.load_default(size=...)``).
+
+Crowded images: :func:`place_labels` puts each label, strongest detection first, at the first
+free spot of: above the box, inside its top, below it, inside its bottom (left-aligned, then
+right-aligned), always inside the image; only when every spot is taken does a label go where
+it overlaps the fewest others. Labels are drawn after all boxes, so no box line crosses a
+label, with black or white text by the fill's luminance (WCAG contrast >= 4.5 either way on
+these fills) and a thin dark edge so light fills stand out on light images.
 """
 
 from __future__ import annotations
@@ -30,11 +37,52 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+Rect = tuple[float, float, float, float]  # x1, y1, x2, y2
+
+
+def _overlap(a: Rect, b: Rect) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(boxes, label_sizes, image_size: tuple[int, int], order) -> list[Rect]:
+    """Label rectangles for ``boxes`` ((D, 4) xyxy): label i is ``label_sizes[i]`` = (w, h) pixels.
+
+    ``image_size``: (W, H); ``order``: the detections to place first (strongest first). Returns
+    one rectangle per box (input order), inside the image whenever the label fits in it.
+    """
+    W, H = image_size
+    placed: list[Rect] = []
+    rects: list[Rect | None] = [None] * len(label_sizes)
+    for i in order:
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        w, h = label_sizes[i]
+        spots = []
+        for left in (x1, x2 - w):
+            for top in (y1 - h, y1, y2, y2 - h):  # above, inside top, below, inside bottom
+                lx = min(max(0.0, left), max(0.0, W - w))
+                ty = min(max(0.0, top), max(0.0, H - h))
+                spots.append((lx, ty, lx + w, ty + h))
+        best = min(spots, key=lambda r: (sum(_overlap(r, p) for p in placed) > 0, sum(_overlap(r, p) for p in placed)))
+        rects[i] = best
+        placed.append(best)
+    return rects
+
+
+def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with ``fill`` (WCAG relative luminance)."""
+    def linear(c: int) -> float:
+        c = c / 255.0
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    lum = 0.2126 * linear(fill[0]) + 0.7152 * linear(fill[1]) + 0.0722 * linear(fill[2])
+    return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)
+
+
 def draw_detections(image, boxes, scores, labels, names, line_width: int | None = None, font_size: int | None = None):
     """Return an RGB PIL copy of ``image`` (PIL or (H, W, 3) uint8 RGB) with the detections drawn.
 
     boxes: (D, 4) xyxy pixels; scores: (D,); labels: (D,) class indices; names: the class
-    names indexed by label.
+    names indexed by label. Labels are placed by :func:`place_labels`.
     """
     from PIL import Image, ImageDraw
 
@@ -44,23 +92,26 @@ def draw_detections(image, boxes, scores, labels, names, line_width: int | None 
     lw = line_width or max(1, round(side * 0.003))
     fs = font_size or max(10, round(side * 0.022))
     font = _font(fs)
+    pad = max(1, fs // 6)
     draw = ImageDraw.Draw(img)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(int)
-    # lowest score first, so the strongest boxes and labels end on top
-    for i in np.argsort(scores, kind="stable"):
-        x1, y1, x2, y2 = (float(v) for v in boxes[i])
-        color = class_color(int(labels[i]))
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
+    texts, extents, sizes = [], [], []
+    for i in range(len(scores)):
         name = names[labels[i]] if 0 <= labels[i] < len(names) else str(labels[i])
-        text = f"{name} {scores[i]:.2f}"
-        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
-        tw, th = tx1 - tx0, ty1 - ty0
-        pad = max(1, fs // 6)
-        top = y1 - th - 2 * pad if y1 - th - 2 * pad >= 0 else y1  # above the box, inside when no room
-        left = min(max(0.0, x1), max(0.0, w - tw - 2 * pad))
-        draw.rectangle((left, top, left + tw + 2 * pad, top + th + 2 * pad), fill=color)
-        luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        draw.text((left + pad - tx0, top + pad - ty0), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
+        texts.append(f"{name} {scores[i]:.2f}")
+        extents.append(draw.textbbox((0, 0), texts[-1], font=font))
+        sizes.append((extents[-1][2] - extents[-1][0] + 2 * pad, extents[-1][3] - extents[-1][1] + 2 * pad))
+    strongest_first = np.argsort(-scores, kind="stable")
+    rects = place_labels(boxes, sizes, (w, h), strongest_first)
+    # boxes, then labels; lowest score first, so the strongest end on top
+    for i in strongest_first[::-1]:
+        draw.rectangle(tuple(float(v) for v in boxes[i]), outline=class_color(int(labels[i])), width=lw)
+    for i in strongest_first[::-1]:
+        color = class_color(int(labels[i]))
+        x0, y0, x1, y1 = rects[i]
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=color, outline=(40, 40, 40))
+        tx0, ty0 = extents[i][:2]
+        draw.text((x0 + pad - tx0, y0 + pad - ty0), texts[i], fill=_text_color(color), font=font)
     return img

@@ -403,7 +403,7 @@ def fixed_shape_candidates(
     """Top-k over anchors x classes, decoded and clipped, with fixed shapes.
 
     cls_flat (N, A_all, K) logits and box_flat (N, A_all, 4) deltas in anchor order (as
-    :func:`efficientdet.deploy.detector.levels_to_flat` gives); anchors_xyxy (A_all, 4) for the
+    :func:`efficientdet.detection.layout.levels_to_flat` gives); anchors_xyxy (A_all, 4) for the
     model input ``image_size_hw``; ``k`` <= A_all * K; scales (N,) letterbox factors;
     original_sizes (N, 2) (h, w). Returns scores (N, k) sigmoid probabilities by descending
     logit, boxes (N, k, 4) xyxy in input pixels clipped to the image region of the input

@@ -7,6 +7,11 @@ runs the model under ``torch.inference_mode``, decodes with the anchor grid and
 dataset's own category ids and scores the detections with ``COCOeval('bbox')`` against
 :func:`records_to_coco` (crowd / difficult boxes are ``iscrowd`` and neither help nor hurt).
 
+The model is an EfficientDet module, or a detector such as
+:class:`efficientdet.deploy.detector.Detector` (duck-typed: ``config``, ``image_size``,
+``detect_batch``), which is how ``val`` scores an exported TorchScript / ONNX file through the
+same data, letterbox and COCOeval.
+
 Conventions of the numbers (pycocotools'): a value of -1 means "no ground truth to score"
 (e.g. ``AP_small`` when there are no small objects, or a class with no gt boxes).
 """
@@ -40,13 +45,16 @@ class EvalResult:
     ``stats``: the 12 COCO numbers by name (:data:`STAT_NAMES`); ``per_class``: one dict per
     class ``{"class", "category_id", "AP", "AP50", "num_gt"}`` (AP over IoU .5:.95, area all,
     100 detections; -1 when the class has no gt box); ``detections``: COCO results
-    ``[{"image_id", "category_id" (the dataset's), "bbox": [x, y, w, h] original pixels, "score"}]``.
+    ``[{"image_id", "category_id" (the dataset's), "bbox": [x, y, w, h] original pixels, "score"}]``;
+    ``precision``: COCOeval's ``eval["precision"]`` (T=10 IoUs, R=101 recall points, K classes
+    in category-id order, A=4 areas, M=3 maxDets; -1 where undefined), for PR curves.
     """
 
     stats: dict[str, float]
     per_class: list[dict] = field(default_factory=list)
     detections: list[dict] = field(default_factory=list)
     num_images: int = 0
+    precision: np.ndarray | None = None
 
     @property
     def map(self) -> float:
@@ -88,12 +96,18 @@ def _coco_from_dict(doc: dict):
 
 
 def coco_metrics(gt: dict, detections: list[dict]) -> tuple[dict[str, float], list[dict]]:
+    """(stats by :data:`STAT_NAMES`, per-class list) of :func:`coco_eval`."""
+    stats, per_class, _ = coco_eval(gt, detections)
+    return stats, per_class
+
+
+def coco_eval(gt: dict, detections: list[dict]) -> tuple[dict[str, float], list[dict], np.ndarray]:
     """Score COCO ``detections`` against the COCO ground-truth dict ``gt`` (pycocotools
     ``COCOeval(iouType="bbox")``, stdout captured).
 
-    Returns (stats by :data:`STAT_NAMES`, per-class list): per-class AP is the mean of
-    ``eval["precision"][t, :, k, area=all, maxDets=100]`` over IoU thresholds .5:.95 (AP) or
-    at .5 (AP50), ignoring -1 entries, and -1 when the class has no gt box.
+    Returns (stats by :data:`STAT_NAMES`, per-class list, ``eval["precision"]`` (T, R, K, A, M)):
+    per-class AP is the mean of ``precision[t, :, k, area=all, maxDets=100]`` over IoU
+    thresholds .5:.95 (AP) or at .5 (AP50), ignoring -1 entries, and -1 when the class has no gt box.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -129,7 +143,7 @@ def coco_metrics(gt: dict, detections: list[dict]) -> tuple[dict[str, float], li
         ap50 = float(np.mean(p_50[p_50 > -1])) if (p_50 > -1).any() else -1.0
         per_class.append({"class": str(c.get("name", cid)), "category_id": cid, "AP": ap, "AP50": ap50,
                           "num_gt": num_gt.get(cid, 0)})
-    return stats, per_class
+    return stats, per_class, precision
 
 
 def batch_detections_to_coco(class_out, box_out, targets: Sequence[dict], anchors: torch.Tensor, nms_cfg: NMSConfig,
@@ -137,11 +151,17 @@ def batch_detections_to_coco(class_out, box_out, targets: Sequence[dict], anchor
     """Raw head outputs of a batch from :class:`~efficientdet.data.dataset.DetectionDataset`
     (targets carry ``image_id``, ``scale``, ``original_size``) -> ``[(image_id, COCO result
     dicts with the dataset's category ids)]``, one entry per image, boxes in original pixels."""
-    from ..data.coco import detections_to_coco
     from ..detection.postprocess import postprocess
 
     dets = postprocess([c.float() for c in class_out], [b.float() for b in box_out], anchors, nms_cfg, image_size_hw,
                        scales=[t["scale"] for t in targets], original_sizes=[t["original_size"] for t in targets])
+    return _to_coco(dets, targets, category_ids)
+
+
+def _to_coco(dets: Sequence[dict], targets: Sequence[dict], category_ids: Sequence[int]) -> list[tuple[int, list[dict]]]:
+    """Per-image {"boxes", "scores", "labels"} in original pixels -> [(image_id, COCO result dicts)]."""
+    from ..data.coco import detections_to_coco
+
     return [(t["image_id"], detections_to_coco(t["image_id"], d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(),
                                                d["labels"].cpu().numpy(), category_ids))
             for t, d in zip(targets, dets)]
@@ -162,6 +182,9 @@ def evaluate(
 
     ``model``: an EfficientDet (``model.config`` gives mean/std, anchors and class count); it is
     moved to ``device`` and put in eval mode, and its training mode is restored afterwards.
+    Or a Detector (any backend; see the module docstring): its own device, precision and
+    conf / iou / max_det apply, so ``nms_cfg`` and ``amp_dtype`` must stay None and
+    ``image_size_hw`` None or its input size.
     ``image_size_hw``: model input (h, w) (default ``model.config.image_size``). ``amp_dtype``:
     e.g. ``torch.float16``/``torch.bfloat16`` for autocast, None for float32. Images that fail
     to decode get no detections (their gt still counts); images without gt are fine.
@@ -177,12 +200,20 @@ def evaluate(
     name = getattr(data, "source", "") or "dataset"
     if len(data.records) == 0:
         raise DataError(f"{name}: no images to evaluate; fix: give a validation split with at least one image")
-    cfg = unwrap_model(model).config
+    is_detector = hasattr(model, "detect_batch")
+    cfg = model.config if is_detector else unwrap_model(model).config
     if cfg.num_classes != len(data.class_names):
         raise ConfigError(
             f"{name}: {len(data.class_names)} classes in the data but the model predicts {cfg.num_classes}; "
             "fix: evaluate on the dataset the model was trained for"
         )
+    if is_detector:
+        if nms_cfg is not None or amp_dtype is not None:
+            raise ConfigError("evaluate(Detector): give conf / iou / max_det / half to the Detector, not nms_cfg / amp_dtype")
+        if image_size_hw is not None and tuple(int(v) for v in image_size_hw) != tuple(model.image_size):
+            raise ConfigError(f"image size {tuple(image_size_hw)}: this detector takes {tuple(model.image_size)}; "
+                              "fix: drop the option or re-export at that size")
+        image_size_hw = model.image_size
     image_size_hw = tuple(int(v) for v in (image_size_hw if image_size_hw is not None else cfg.image_size))
     nms_cfg = nms_cfg if nms_cfg is not None else NMSConfig()
     device = torch.device(device)
@@ -190,26 +221,35 @@ def evaluate(
     loader = create_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     anchors = AnchorGenerator(cfg.anchors)(image_size_hw, device=device)
 
-    was_training = model.training
-    model.to(device).eval()
+    was_training = False if is_detector else model.training
+    if not is_detector:
+        model.to(device).eval()
     detections: list[dict] = []
     seen: set[int] = set()
     try:
         with torch.inference_mode():
             for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
-                images = images.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    class_out, box_out = model(images)
-                for image_id, coco_dets in batch_detections_to_coco(class_out, box_out, targets, anchors, nms_cfg,
-                                                                    image_size_hw, data.category_ids):
+                if is_detector:
+                    dets = model.detect_batch(images, torch.tensor([float(t["scale"]) for t in targets]),
+                                              [tuple(t["original_size"]) for t in targets])
+                    per_image = _to_coco(dets, targets, data.category_ids)
+                else:
+                    images = images.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        class_out, box_out = model(images)
+                    per_image = batch_detections_to_coco(class_out, box_out, targets, anchors, nms_cfg, image_size_hw,
+                                                         data.category_ids)
+                for image_id, coco_dets in per_image:
                     if image_id in seen:  # an undecodable image was substituted by the next one
                         continue
                     seen.add(image_id)
                     detections.extend(coco_dets)
     finally:
-        model.train(was_training)
-    stats, per_class = coco_metrics(records_to_coco(data), detections)
-    return EvalResult(stats=stats, per_class=per_class, detections=detections, num_images=len(data.records))
+        if not is_detector:
+            model.train(was_training)
+    stats, per_class, precision = coco_eval(records_to_coco(data), detections)
+    return EvalResult(stats=stats, per_class=per_class, detections=detections, num_images=len(data.records),
+                      precision=precision)
 
 
 def write_results_json(path: str | os.PathLike, detections: list[dict]) -> None:

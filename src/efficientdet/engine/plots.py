@@ -2,7 +2,7 @@
 
 * :func:`plot_history`: results.csv rows -> loss curves (total, class, box) and val mAP/AP50.
 * :func:`plot_pr_curves`: precision-recall per class at IoU 0.5 and averaged over
-  IoU 0.5:0.95, recomputed with pycocotools' COCOeval from an EvalResult's detections.
+  IoU 0.5:0.95, from the COCOeval precision array an EvalResult carries.
 """
 
 from __future__ import annotations
@@ -50,26 +50,15 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> None:
 
 def coco_precision(eval_result, data) -> np.ndarray:
     """COCOeval ``eval["precision"]`` (T=10 IoUs, R=101 recall points, K classes, A=4 areas,
-    M=3 maxDets) for ``eval_result.detections`` against ``data`` (a DetectionData); -1 where
-    undefined. Classes in increasing category-id order (= 0-based label order)."""
-    import contextlib
-    import io
-
-    from pycocotools.cocoeval import COCOeval
-
+    M=3 maxDets) of ``eval_result`` (an EvalResult, which carries it) against ``data`` (a
+    DetectionData); recomputed only for a result without it. -1 where undefined. Classes in
+    increasing category-id order (= 0-based label order)."""
+    if getattr(eval_result, "precision", None) is not None:
+        return eval_result.precision
     from ..data.coco import records_to_coco
-    from .evaluator import _coco_from_dict
+    from .evaluator import coco_eval
 
-    gt = _coco_from_dict(records_to_coco(data))
-    with contextlib.redirect_stdout(io.StringIO()):
-        if eval_result.detections:
-            dt = gt.loadRes([dict(d) for d in eval_result.detections])
-        else:
-            dt = _coco_from_dict({"images": gt.dataset["images"], "categories": gt.dataset["categories"]})
-        ev = COCOeval(gt, dt, iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-    return ev.eval["precision"]
+    return coco_eval(records_to_coco(data), eval_result.detections)[2]
 
 
 def plot_pr_curves(eval_result, data, path: str | os.PathLike) -> None:

@@ -1,4 +1,4 @@
-"""``efficientdet val``: COCO metrics of a checkpoint on a dataset split.
+"""``efficientdet val``: COCO metrics of a checkpoint or an exported TorchScript / ONNX file on a dataset split.
 
 Prints the metrics table and writes ``OUT/results.json`` (COCO results with the dataset's
 category ids, xywh in original pixels), ``OUT/metrics.json`` and ``OUT/per_class.csv``, each
@@ -20,7 +20,7 @@ from ..runtime import precision_dtype, resolve_device, warn_if_slow_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint saved by efficientdet (train or save_model_dict)")
+    parser.add_argument("--weights", required=True, help="checkpoint saved by efficientdet, or a file from efficientdet export")
     parser.add_argument("--data", required=True, help="dataset YAML or COCO JSON")
     parser.add_argument("--split", default="val", help="split of the YAML to evaluate (default val)")
     parser.add_argument("--images", default=None, help="image folder (overrides the YAML / next to the COCO JSON)")
@@ -46,14 +46,23 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
 
-    model, ckpt = load_model(args.weights)
+    from ..deploy.backends import is_exported
+
+    if is_exported(args.weights):  # TorchScript / ONNX: run through its backend by a Detector
+        from ..deploy.detector import Detector
+
+        model = Detector(args.weights, conf=args.conf, iou=args.iou, max_det=args.max_det, image_size=image_size,
+                         device=args.device, half=amp_dtype is not None)
+        names, nms_cfg, amp_dtype, image_size = model.names, None, None, model.image_size
+    else:
+        model, ckpt = load_model(args.weights)
+        names = list(ckpt.get("class_names") or [])
     data = load_dataset(args.data, split=args.split, images=args.images)
     inputs["image folder"] = sorted({str(Path(r.path).parent) for r in data.records})
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
     if not args.quiet:
         warn_if_slow_precision(precision, device)
-    names = list(ckpt.get("class_names") or [])
     if list(data.class_names) != names:
         raise DataError(
             f"{args.data}: class names {data.class_names} differ from those of {args.weights} {names}; "
