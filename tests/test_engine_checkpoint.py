@@ -11,7 +11,7 @@ import torch
 
 from efficientdet.engine import checkpoint as ckpt_mod
 from efficientdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from efficientdet.errors import WeightsError
+from efficientdet.errors import OutputError, WeightsError
 
 
 def _payload(value: float) -> dict:
@@ -56,7 +56,7 @@ def test_crash_at_replace_keeps_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.os, "replace", failing_replace)
-    with pytest.raises(WeightsError, match="last.pt"):
+    with pytest.raises(OutputError, match="last.pt: cannot write .No space left"):
         save_checkpoint(path, _payload(2.0))
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
