@@ -23,9 +23,10 @@ byte anywhere in the stored data, in any torch file), then the stored checksum i
 Files are written through :func:`efficientdet.fileio.atomic_write` (temporary name, then
 rename) and never hold non-finite floating tensors: :func:`write_checkpoint` refuses them.
 
-Test hook: ``EFFICIENTDET_FAULT_EXIT_AFTER=NAME[:N]`` makes the process ``os._exit(86)``
-right after the N-th (default first) successful write of a checkpoint named NAME, for
-fault-injection tests of what a kill at that point leaves behind.
+Test hooks, for fault-injection tests of what a kill leaves behind:
+``EFFICIENTDET_FAULT_EXIT_AFTER=NAME[:N]`` makes the process ``os._exit(86)`` right after the
+N-th (default first) write of a checkpoint named NAME; ``EFFICIENTDET_FAULT_EXIT_DURING=NAME[:N]``
+in the middle of it (the temporary file written, not yet renamed).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ..fileio import atomic_write
 
 FORMAT = "efficientdet"
 CHECKPOINT_VERSION = 1
-FAULT_ENV = "EFFICIENTDET_FAULT_EXIT_AFTER"
+FAULT_ENV = {"after": "EFFICIENTDET_FAULT_EXIT_AFTER", "during": "EFFICIENTDET_FAULT_EXIT_DURING"}
 FAULT_EXIT_CODE = 86
 _FIX_CORRUPT = "restore it from a backup or retrain; for a run folder, resume from the other checkpoint (last.pt/best.pt)"
 
@@ -173,24 +174,31 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> str:
         raise WeightsError(f"{path}: not written: {bad} holds NaN/inf values (the previous file is kept); "
                            "fix: lower --lr or keep --clip-grad on")
     payload = {**payload, "checksum": content_checksum(payload)}
+    name = Path(path).name
     with atomic_write(path, "wb") as f:
-        torch.save(payload, f)
-    _fault_point(Path(path).name)
+        try:
+            torch.save(payload, f)
+        except RuntimeError as exc:  # torch's zip writer hides a failed write (disk full) behind its own error
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
+        _fault_point("during", name)
+    _fault_point("after", name)
     return payload["checksum"]
 
 
-_fault_counts: dict[str, int] = {}
+_fault_counts: dict[tuple[str, str], int] = {}
 
 
-def _fault_point(name: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
+def _fault_point(when: str, name: str) -> None:
+    spec = os.environ.get(FAULT_ENV[when])
     if not spec:
         return
     target, _, nth = spec.partition(":")
     if target != name:
         return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] == int(nth or 1):
+    _fault_counts[when, name] = _fault_counts.get((when, name), 0) + 1
+    if _fault_counts[when, name] == int(nth or 1):
         os._exit(FAULT_EXIT_CODE)
 
 
