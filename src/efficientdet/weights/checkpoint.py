@@ -133,7 +133,8 @@ def _feed(h, obj) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous().reshape(-1)
         h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())
     elif isinstance(obj, dict):
         h.update(f"D{len(obj)}:".encode())
         for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
@@ -149,16 +150,27 @@ def _feed(h, obj) -> None:
         raise TypeError(f"checkpoint content of type {type(obj).__name__} is not a tensor or plain type")
 
 
-def nonfinite_tensor(obj, where: str = "") -> str | None:
-    """The key path of the first floating tensor in ``obj`` holding NaN/inf, else None."""
+def nonfinite_tensor(obj) -> str | None:
+    """The key path (``train_state.model.fpn...``) of the first floating tensor in ``obj``
+    holding NaN/inf, else None (one fused pass over all tensors; per tensor only on failure)."""
+    floats: list[tuple[str, torch.Tensor]] = []
+    _floating(obj, "", floats)
+    if not floats:
+        return None
+    peaks = torch._foreach_norm([t.detach() for _, t in floats], float("inf"))  # max |x|: NaN/inf propagate
+    if bool(torch.isfinite(torch.stack([p.float().cpu() for p in peaks])).all()):
+        return None
+    return next(where for where, t in floats if not bool(torch.isfinite(t).all()))
+
+
+def _floating(obj, where: str, out: list) -> None:
     if isinstance(obj, torch.Tensor):
-        return where or "tensor" if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+        if obj.is_floating_point() and obj.numel():
+            out.append((where or "tensor", obj))
+        return
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for key, value in items:
-        found = nonfinite_tensor(value, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
+        _floating(value, f"{where}.{key}" if where else str(key), out)
 
 
 # ----------------------------------------------------------------------------- write
