@@ -143,11 +143,12 @@ def test_kill_during_a_checkpoint_write_then_resume_equals_straight(synth, strai
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sigkill_at_a_random_moment_then_resume_equals_straight(synth, straight, tmp_path, capsys, seed):
-    """SIGKILL at a random moment after the first checkpoint (mid-step, mid-write, in validation...)."""
+def test_sigkill_at_a_random_moment_then_resume_equals_straight(synth, straight, tmp_path, capsys):
+    """SIGKILL at a random moment after the first checkpoint (mid-step, mid-write, in validation...):
+    whatever the moment, the resumed run must equal the straight one."""
     out = tmp_path / "run"
-    delay = random.Random(seed).uniform(0.0, 2.0)
+    delay = random.uniform(0.0, 2.0)
+    print(f"SIGKILL {delay:.2f} s after the first last.pt")  # shown when the test fails
     code, output = run_cli_subprocess(synth, out, kill_after_s=delay)
     assert code in (-signal.SIGKILL, 0), output[-2000:]
     read_checkpoint(out / "last.pt")  # whatever the moment, last.pt is complete and its checksum right
