@@ -789,16 +789,17 @@ class Trainer:
                 "args": self.cfg.to_dict(), "metrics": dict(self.last_metrics)}
 
     def save_last(self, rng_per_rank: list | None = None, new_best: bool = False) -> Path:
-        """Commit last.pt (and best.pt when ``new_best``) as one transaction (rank 0 writes;
-        Ctrl+C waits until both files are written)."""
+        """Commit last.pt (and best.pt when ``new_best``: ``best_payload`` is this moment's) as
+        one transaction (rank 0 writes; Ctrl+C waits until both files are written)."""
         from .checkpoint import commit
 
         path = self.run_dir / "last.pt"
         if self.dist.is_main:
             with _DeferInterrupt():
-                section = self._model_section()
-                if new_best:
-                    self.best_payload = self._best_payload(section)
+                if new_best:  # the same weights: share the tensors (stored once in last.pt)
+                    section = {k: v for k, v in self.best_payload.items() if k not in ("train_state", "args", "metrics")}
+                else:
+                    section = self._model_section()
                 last = {**section, "train_state": self._train_state(rng_per_rank), "args": self.cfg.to_dict(),
                         "metrics": dict(self.last_metrics)}
                 commit(self.run_dir, last, self.best_payload if new_best else None)
@@ -930,6 +931,8 @@ class Trainer:
                     self.epoch += 1
                     self.step_in_epoch = 0
                     self.epoch_sums = self._zero_sums()
+                    if improved:
+                        self.best_payload = self._best_payload(self._model_section())
                 rngs = dist_utils.all_gather_object(_rng_for_gather())
                 self.save_last(rngs, new_best=improved)
                 self._write_results()
