@@ -50,7 +50,8 @@ FORMAT = "efficientdet"
 CHECKPOINT_VERSION = 1
 FAULT_ENV = {"after": "EFFICIENTDET_FAULT_EXIT_AFTER", "during": "EFFICIENTDET_FAULT_EXIT_DURING"}
 FAULT_EXIT_CODE = 86
-_FIX_CORRUPT = "restore it from a backup or retrain; for a run folder, resume from the other checkpoint (last.pt/best.pt)"
+_FIX_CORRUPT = ("use an intact copy (a run's last.pt and best.pt are separate files: to go on from best.pt, "
+                "train with --weights best.pt)")
 
 
 # ----------------------------------------------------------------------------- model section
@@ -290,8 +291,10 @@ def _sniff(path: Path) -> str | None:
 
 
 def _is_text(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\r\n\t" for c in text)
+    for cut in range(4):  # the 512-byte head may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return all(c.isprintable() or c in "\r\n\t" for c in text)
+    return False
