@@ -158,8 +158,12 @@ def nonfinite_tensor(obj) -> str | None:
     _floating(obj, "", floats)
     if not floats:
         return None
-    peaks = torch._foreach_norm([t.detach() for _, t in floats], float("inf"))  # max |x|: NaN/inf propagate
-    if bool(torch.isfinite(torch.stack([p.float().cpu() for p in peaks])).all()):
+    groups: dict[tuple, list[torch.Tensor]] = {}  # foreach kernels take one device and dtype at a time
+    for _, t in floats:
+        groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    # max |x| per tensor: NaN/inf propagate, finite values cannot overflow
+    peaks = [p.float().cpu() for group in groups.values() for p in torch._foreach_norm(group, float("inf"))]
+    if bool(torch.isfinite(torch.stack(peaks)).all()):
         return None
     return next(where for where, t in floats if not bool(torch.isfinite(t).all()))
 
