@@ -36,7 +36,6 @@ import hashlib
 import os
 import pickle
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ FAULT_ENV = {"after": "EFFICIENTDET_FAULT_EXIT_AFTER", "during": "EFFICIENTDET_F
 FAULT_EXIT_CODE = 86
 _FIX_CORRUPT = ("use an intact copy (a run's last.pt and best.pt are separate files: to go on from best.pt, "
                 "train with --weights best.pt)")
+_CORRUPT = f"checksum mismatch: the file is corrupted; fix: {_FIX_CORRUPT}"
 
 
 # ----------------------------------------------------------------------------- model section
@@ -242,7 +242,9 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise WeightsError(
             f"{path}: refused to unpickle: it holds Python objects other than tensors and plain types, which could "
             "run code when loaded; fix: save plain weights instead: torch.save(model.state_dict(), PATH)") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes torch raise is the file's problem
+        if _is_zip(path):  # a complete zip whose members passed their CRCs: damaged where no CRC looks
+            raise WeightsError(f"{path}: {_CORRUPT}") from None
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); "
                            f"fix: {_FIX_CORRUPT}") from None
     if isinstance(obj, dict) and "checksum" in obj:
@@ -251,8 +253,22 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         except TypeError:
             ok = False
         if not ok:
-            raise WeightsError(f"{path}: checksum mismatch: the file is corrupted; fix: {_FIX_CORRUPT}")
+            raise WeightsError(f"{path}: {_CORRUPT}")
     return obj
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _zip_is_complete(path: Path) -> bool:
+    """The zip's central directory or its end record is at the end (the file was not cut short)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - (1 << 16) - 22))
+        tail = f.read()
+    return b"PK\x05\x06" in tail or b"PK\x01\x02" in tail
 
 
 def _sniff(path: Path) -> str | None:
@@ -268,29 +284,31 @@ def _sniff(path: Path) -> str | None:
         return ("an ONNX model, not a PyTorch checkpoint; fix: use the .pt file it was exported from, "
                 "or run the ONNX file with predict (efficientdet predict --weights FILE.onnx)")
     if head[:4] != b"PK\x03\x04":
+        if _zip_is_complete(path):  # a zip's end records, but not its first bytes
+            return _CORRUPT
         if head[:1] == b"\x80":  # torch's legacy (non-zip) format: no CRC to check
             return None
         if _is_text(head):
             return "a text file, not a PyTorch checkpoint; fix: give the .pt file written by efficientdet train"
         return "not a PyTorch checkpoint (unknown file type); fix: give the .pt file written by efficientdet train"
+    if not _zip_is_complete(path):
+        return f"not a complete checkpoint (the file is cut short: an interrupted copy or write?); fix: {_FIX_CORRUPT}"
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
                 return ("a TorchScript model, not a checkpoint; fix: load it with torch.jit.load, or give the "
                         ".pt file written by efficientdet train")
+            if not any(n.endswith(("data.pkl", "/version", "/byteorder")) or "/data/" in n for n in names):
+                return "a zip archive, not a PyTorch checkpoint; fix: give the .pt file written by efficientdet train"
             for info in zf.infolist():
                 if info.CRC == 0 and info.file_size:
                     continue  # written without CRC (torch.serialization config): nothing to check
                 with zf.open(info) as member:
                     while member.read(1 << 22):
                         pass
-    except zipfile.BadZipFile as exc:
-        if "CRC" in str(exc):
-            return f"checksum mismatch: the file is corrupted; fix: {_FIX_CORRUPT}"
-        return f"not a complete checkpoint (truncated or damaged zip archive); fix: {_FIX_CORRUPT}"
-    except (OSError, EOFError, zlib.error) as exc:
-        return f"not a complete checkpoint (truncated or damaged: {exc.__class__.__name__}); fix: {_FIX_CORRUPT}"
+    except Exception:  # noqa: BLE001 - a CRC error, or any of the errors zipfile raises on damaged headers
+        return _CORRUPT
     return None
 
 
