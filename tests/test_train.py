@@ -150,7 +150,7 @@ def test_resume_refuses_changed_settings_and_missing_run(tmp_path):
         train(TrainConfig(resume=str(tmp_path / "nothing")))
 
 
-def test_nonfinite_losses_skip_then_stop_keeping_last_good(synth, tmp_path, monkeypatch, capsys):
+def test_nonfinite_losses_roll_back_then_stop_keeping_last_good(synth, tmp_path, monkeypatch, capsys):
     original = DetectionLoss.forward
     calls = {"n": 0}
 
@@ -164,15 +164,23 @@ def test_nonfinite_losses_skip_then_stop_keeping_last_good(synth, tmp_path, monk
 
     monkeypatch.setattr(DetectionLoss, "forward", flaky)
     out = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row") as info:
-        train(tiny(synth, out, epochs=3, max_bad_steps=3))
-    assert str(out / "last.pt") in str(info.value)
-    assert "step skipped" in capsys.readouterr().out
+    # 2 steps per epoch: epoch 1 = 1 good + rollback 1; epoch 2 = rollbacks 2, 3 (no step applied);
+    # epoch 3 step 1 is the 4th bad step in a row with max_bad_steps=3: stop
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 3 step 1 \(non-finite loss \(nan\)\) "
+                                               r"after 3 rollbacks") as info:
+        train(tiny(synth, out, epochs=4, max_bad_steps=3, warmup_epochs=0))
+    assert str(out / "last.pt") in str(info.value) and "fix: lower --lr" in str(info.value)
+    printed = capsys.readouterr().out
+    assert printed.count("step not applied; weights rolled back") == 3
+    # after 1 of 8 steps the cosine factor is (1 + cos(pi / 8)) / 2 = 0.9619; lr 0.01 halved: 0.00481
+    assert "learning rate lowered 2x to 0.00481 (rollback 1 of at most 3)" in printed
+    assert "epoch 2/4: loss n/a (no step applied: all 2 rolled back)" in printed  # never "loss 0.0000"
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    assert ckpt["train_state"]["epoch"] == 1  # written after epoch 1, not after the failed epoch 2
+    assert ckpt["train_state"]["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     rows = read_csv(out / "results.csv")
-    assert len(rows) == 1 and rows[0]["skipped_steps"] == "1"
+    assert [r["skipped_steps"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["train_loss"]) > 0 and rows[1]["train_loss"] == ""  # no finished step: no loss
 
 
 def messy_coco(root: Path, images: int = 6, boxes_on_first: int = 150) -> Path:
@@ -216,10 +224,12 @@ def test_no_usable_image_is_one_clear_error(tmp_path, capsys):
     data = write_json(tmp_path / "empty.json", doc)
     with pytest.raises(DataError):
         train(tiny(data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # a failed start leaves no run folder (the retry is not run2)
     code = cli.main(["train", "--data", str(data), "--model", "lite0", "--image-size", "64", "--epochs", "1",
                      "--workers", "0", "--out", str(tmp_path / "run2"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0]
+    assert not (tmp_path / "run2").exists()
 
 
 class Snapshot:

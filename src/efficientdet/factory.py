@@ -1,36 +1,17 @@
-"""Model factory: named models, weights resolution and our checkpoint's model section.
-
-Our checkpoint format (plain types and tensors only, loaded with ``weights_only=True``)::
-
-    {"format": "efficientdet", "version": 1, "model": state_dict, "config": config_to_dict(cfg),
-     "class_names": [...], "category_ids": [...] | None, ...training state added by the trainer}
-"""
+"""Model factory: named models, weights resolution, and rebuilding a model from our checkpoint
+(the format itself lives in :mod:`efficientdet.weights.checkpoint`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from .config import AnchorConfig, ModelConfig, get_model_config
-from .errors import WeightsError
+from .config import get_model_config
 from .nn.efficientnet import EfficientNet
 from .nn.model import EfficientDet
 from .weights import load_weights, read_checkpoint
+from .weights.checkpoint import (  # noqa: F401 - re-exported: the public names of the format
+    CHECKPOINT_VERSION, config_from_dict, config_to_dict, save_model_dict, validate_checkpoint)
 from .weights.registry import fetch_pretrained
-
-CHECKPOINT_VERSION = 1
-
-
-def config_to_dict(cfg: ModelConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def config_from_dict(data: dict) -> ModelConfig:
-    data = dict(data)
-    data["anchors"] = AnchorConfig(**data["anchors"])
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in data.items() if k in known})
-
 
 def create_model(
     name: str,
@@ -67,33 +48,10 @@ def create_backbone(name: str, num_classes: int = 1000, weights: str | os.PathLi
     return net
 
 
-def save_model_dict(model: EfficientDet, class_names: list[str] | None = None, category_ids: list[int] | None = None) -> dict:
-    """The model section of our checkpoint, as plain types."""
-    names = list(class_names) if class_names is not None else [str(i) for i in range(model.config.num_classes)]
-    if len(names) != model.config.num_classes:
-        raise WeightsError(f"{len(names)} class names for a {model.config.num_classes}-class model")
-    return {
-        "format": "efficientdet",
-        "version": CHECKPOINT_VERSION,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config_to_dict(model.config),
-        "class_names": names,
-        "category_ids": list(category_ids) if category_ids is not None else None,
-    }
-
-
 def load_model(path: str | os.PathLike | dict) -> tuple[EfficientDet, dict]:
     """Rebuild a model from our checkpoint; returns (model in eval mode, checkpoint dict)."""
     ckpt = read_checkpoint(path) if not isinstance(path, dict) else path
     label = os.fspath(path) if not isinstance(path, dict) else "checkpoint"
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "efficientdet":
-        raise WeightsError(
-            f"{label}: not an efficientdet checkpoint; for effdet or other weights use "
-            "create_model(NAME, weights=PATH)"
-        )
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise WeightsError(f"{label}: checkpoint version {ckpt['version']} is newer than this library; upgrade efficientdet")
-    model = EfficientDet(config_from_dict(ckpt["config"]))
+    model = EfficientDet(validate_checkpoint(ckpt, label))
     load_weights(model, ckpt, source="efficientdet", name=label)
     return model.eval(), ckpt
-

@@ -1,50 +1,86 @@
-"""Checkpoints on disk: atomic save, safe load, and RNG state as plain types.
+"""The checkpoints of a run folder: ``last.pt`` + ``best.pt`` written as one transaction,
+resume loading, and RNG state as plain types.
 
-Layout (see :func:`efficientdet.factory.save_model_dict` for the model section)::
+The file format (checksum, version, validation) is :mod:`efficientdet.weights.checkpoint`;
+the trainer adds these sections to the model section::
 
-    {"format": "efficientdet", "version": 1,
-     "model": state_dict to ship (the EMA weights when EMA is on),
-     "config": ..., "class_names": [...], "category_ids": [...],
-     "train_state": {"model": raw training weights, "optimizer": ..., "scheduler": ...,
-                     "ema": ..., "epoch": int, "scaler": ..., "rng": rng_state(),
-                     "best_map": float, ...},
-     "args": {...}, "metrics": {...}}
+    "train_state": {"model": raw training weights, "optimizer": ..., "scheduler": ...,
+                    "ema": ..., "scaler": ..., "epoch": int, "step_in_epoch": int, "rng": rng_state(),
+                    "best_map": float, "best_epoch": int, "guard": DivergenceGuard state,
+                    "best": the whole best.pt payload (without its checksum) | None, ...},
+    "args": TrainConfig as a dict, "metrics": {...}
 
-Everything is tensors and plain Python types, so :func:`load_checkpoint` reads it with
-``torch.load(weights_only=True)``; nothing in a checkpoint can run code when loaded.
+The transaction (:func:`commit`): ``last.pt`` is the commit record and is written first; it
+carries the payload of ``best.pt`` (whose weight tensors are the same objects as its own
+``model`` when this epoch is the best, so ``torch.save`` stores them once). ``best.pt`` is
+written second, only when the best changed. A kill
+
+- while ``last.pt`` is written leaves the previous pair (each file is written atomically);
+- between the two writes leaves a new ``last.pt`` and an older (or no) ``best.pt``: the
+  resumed run compares the checksum of ``best.pt`` with that of the payload recorded in
+  ``last.pt`` and rewrites ``best.pt`` from it (:func:`restore_best`), so both files again
+  describe the same moment. The payload is rebuilt bit for bit, so the checksum matches.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import WeightsError
-from ..fileio import atomic_write
-from ..weights import read_checkpoint
+from ..weights.checkpoint import content_checksum, read_checkpoint, validate_checkpoint, write_checkpoint
+
+save_checkpoint = write_checkpoint  # one writer for every checkpoint (the Lightning adapter uses this name)
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically (:func:`efficientdet.fileio.atomic_write`):
-    a crash or kill at any point leaves either the previous file or the new one, never a
-    truncated file. An OSError (disk full, read-only folder) becomes a one-line OutputError."""
-    with atomic_write(path, "wb") as f:
-        torch.save(payload, f)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
-
-    Raises WeightsError (one line) for a missing, truncated or unsafe file, or a file that
-    does not hold a dict.
-    """
+def load_checkpoint(path: str | os.PathLike, *, training: bool = False) -> dict:
+    """Read and check one of our checkpoints (any bad file: one-line WeightsError).
+    ``training``: it must hold the training state needed to resume (a run's ``last.pt``)."""
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise WeightsError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict; fix: give a file saved by efficientdet")
+    if training:
+        validate_checkpoint(ckpt, str(path))
+        ts = ckpt.get("train_state")
+        if not isinstance(ts, dict) or "args" not in ckpt or "optimizer" not in ts:
+            raise WeightsError(f"{path}: holds no training state (best.pt?); fix: resume from the run's last.pt")
     return ckpt
+
+
+def commit(run_dir: Path, last: dict, best: dict | None) -> None:
+    """Write ``last.pt`` (which must carry ``train_state["best"]``), then ``best.pt`` when
+    ``best`` is given (see the module docstring for what a kill in between leaves)."""
+    write_checkpoint(run_dir / "last.pt", last)
+    if best is not None:
+        write_checkpoint(run_dir / "best.pt", best)
+
+
+def restore_best(run_dir: Path, best: dict | None, log: Callable[[str], None] = print) -> None:
+    """Make ``run_dir/best.pt`` hold ``best`` (the payload recorded in ``last.pt``): rewrite it
+    when it is missing, unreadable or from another moment. Nothing to do for ``best`` None."""
+    if best is None:
+        return
+    path = run_dir / "best.pt"
+    expected = content_checksum(best)
+    why = "missing"
+    if path.is_file():
+        try:
+            current = read_checkpoint(path)
+        except WeightsError as exc:
+            why = f"unreadable ({str(exc).split(': ', 1)[-1].split(';')[0]})"
+        else:
+            if isinstance(current, dict) and current.get("checksum") == expected:
+                return
+            why = "from another moment than last.pt"
+    write_checkpoint(path, best)
+    ts = best.get("train_state", {})
+    log(f"{path}: was {why} (a run stopped between the checkpoint writes): rewritten from last.pt "
+        f"(epoch {ts.get('best_epoch')}, mAP {ts.get('best_map', float('nan')):.4f})")
 
 
 def rng_state() -> dict:

@@ -6,29 +6,38 @@ One run = one folder (``out``)::
     results.csv    one row per epoch: epoch, train_loss, class_loss, box_loss, lr, mAP, AP50,
                    epoch_time_s, val_time_s, images_per_s, skipped_steps
     last.pt        full state after every epoch (and on Ctrl+C): resume with --resume RUN_DIR
-    best.pt        the weights of the best validation mAP (no optimizer state)
+    best.pt        the weights of the best validation mAP (no optimizer state); not written when
+                   the validation split has no boxes (no mAP to choose by): use last.pt
     results.png    loss and mAP curves;  pr_curves.png  precision/recall per class (at the end)
     metrics.json   COCO metrics of the best weights;  train.log  the printed lines
+    .lock          held while the run writes here (:mod:`efficientdet.engine.runlock`)
 
-Checkpoints use the project format (``factory.save_model_dict`` + ``train_state``, see
+The folder comes into being only once the data and model are ready (a failed start leaves
+nothing); the run then holds its lock and removes temporary files of killed runs.
+Checkpoints use the project format (:mod:`efficientdet.weights.checkpoint`: checksummed,
+never holding NaN/inf weights); ``last.pt`` and ``best.pt`` are one transaction (see
 :mod:`efficientdet.engine.checkpoint`); ``"model"`` holds the EMA weights when EMA is on.
 
-Per iteration: forward (autocast when ``amp``), DetectionLoss in float32, a non-finite loss
-skips the step (``max_bad_steps`` in a row stop the run, keeping the last good checkpoint),
-backward, clip the gradient norm, optimizer step, scheduler step, EMA update. Multi-process
+Per iteration: forward (autocast when ``amp``), DetectionLoss in float32, backward, clip the
+gradient norm, optimizer step, scheduler step, EMA update. A bad step (non-finite, or loss /
+gradient norm exploding against its running mean: :mod:`efficientdet.engine.guard`) is not
+applied: the weights roll back to the last in-memory snapshot and the learning rate is
+halved; ``max_bad_steps`` rollbacks without progress in between stop the run. Multi-process
 runs (torchrun) use DDP; see :mod:`efficientdet.engine.distributed`.
 
 Resume is exact: model, optimizer, scheduler, EMA, AMP scaler, RNG states, the epoch and
 the step inside it are saved; the data order and augmentation of an epoch are a function
 of (seed, epoch), so a resumed run sees the same batches (bit-exact with ``workers=0`` on
-the same machine and thread count).
+the same machine and thread count). Ctrl+C is held until the running step is complete (its
+forward pass already moved the BatchNorm statistics), so the saved state is always between
+two steps.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import math
 import os
 import random
 import signal
@@ -45,7 +54,7 @@ from torch import nn
 
 from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
 from ..data.doctor import quick_summary
-from ..errors import ConfigError, DataError, EfficientDetError, WeightsError
+from ..errors import ConfigError, DataError, EfficientDetError
 from ..runtime import resolve_device
 from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
 from . import distributed as dist_utils
@@ -62,7 +71,7 @@ RESUME_OVERRIDABLE = ("workers", "device", "progress", "plots")
 
 
 class TrainingDiverged(EfficientDetError):
-    """Too many non-finite losses in a row; the last good checkpoint is kept."""
+    """Training kept diverging after ``max_bad_steps`` rollbacks; the last good checkpoint is kept."""
 
 
 def use_channels_last(setting: bool | None, device: torch.device) -> bool:
@@ -83,6 +92,8 @@ class TrainConfig:
     the new BiFPN/head batch norms settle within a short run. ``batch_size`` is per
     process. ``lr`` None picks 0.08 * total_batch / 64 for SGD (official scaling) and 1e-3
     for AdamW. ``patience``: stop after that many epochs without a better val mAP (None: never).
+    ``max_bad_steps``: divergent steps (each rolled back, halving the learning rate) tolerated
+    without healthy progress in between; one more stops the run.
     """
 
     data: str = ""
@@ -375,9 +386,7 @@ class Trainer:
             ckpt_path = find_checkpoint(cfg.resume)
             from .checkpoint import load_checkpoint
 
-            ckpt = load_checkpoint(ckpt_path)
-            if "train_state" not in ckpt or "args" not in ckpt or "optimizer" not in ckpt["train_state"]:
-                raise WeightsError(f"{ckpt_path}: holds no training state (best.pt?); fix: resume from the run's last.pt")
+            ckpt = load_checkpoint(ckpt_path, training=True)
             saved = TrainConfig.from_dict(ckpt["args"])
             defaults = TrainConfig()
             overrides = {k: getattr(cfg, k) for k in RESUME_OVERRIDABLE if getattr(cfg, k) != getattr(defaults, k)}
@@ -390,11 +399,15 @@ class Trainer:
         self.best_map = -1.0
         self.best_epoch = 0
         self.history: list[dict] = []
-        self.bad_in_a_row = 0
         self.epoch_sums = self._zero_sums()
         self.last_metrics: dict = {}
         self.best_eval = None
+        self.best_payload: dict | None = None  # what best.pt holds (recorded in last.pt too)
         self._log_file = None
+        self._early_log: list[str] | None = []  # lines printed before the run folder exists
+        self._lock = None
+        self._snapshot: dict | None = None
+        self._unsaved = False  # steps done since the last commit
 
     # ------------------------------------------------------------------ setup
 
@@ -412,6 +425,8 @@ class Trainer:
         if self._log_file is not None:
             self._log_file.write(message + "\n")
             self._log_file.flush()
+        elif self._early_log is not None:
+            self._early_log.append(message)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -424,10 +439,6 @@ class Trainer:
 
         self.run_dir = Path(cfg.out) if cfg.resume else make_run_dir(cfg.out, cfg.exist_ok)
         self.run_dir = Path(dist_utils.broadcast_object(str(self.run_dir)))
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.run_dir / "train.log", "a" if cfg.resume else "w", encoding="utf-8")
-        dist_utils.barrier()
         if cfg.resume:
             ts = self.resume_ckpt["train_state"]
             self.log(f"resuming from {cfg.resume}: {ts['epoch']} epochs and {ts.get('step_in_epoch', 0)} steps done")
@@ -489,12 +500,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.params = [p for p in model.parameters() if p.requires_grad]
 
+        from .guard import DivergenceGuard
+
+        self.guard = DivergenceGuard(cfg.max_bad_steps)
+        self.val_has_boxes = any(bool((~r.ignore).any()) for r in self.val_data.records)
         if self.resume_ckpt is not None:
             self._load_state(self.resume_ckpt["train_state"])
-        elif self.dist.is_main:
-            import yaml
-
-            (self.run_dir / "args.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        self._open_run_folder()
+        if not self.val_has_boxes:
+            self.log("warning: the validation split has no boxes, so there is no mAP to choose the best epoch by: "
+                     "validation is skipped and best.pt is not written; use last.pt (the final weights)")
         if self.dist.enabled:
             torch.manual_seed(cfg.seed + 1000 * self.dist.rank)  # per-rank stream (drop path); resume restores below
 
@@ -507,6 +522,54 @@ class Trainer:
         self.log(f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
                  f"{self.steps_per_epoch} steps/epoch, warm-up {warmup} steps then cosine; "
                  f"EMA {'decay %g' % cfg.ema_decay if cfg.ema else 'off'}; run folder {self.run_dir}")
+
+    def _open_run_folder(self) -> None:
+        """Create the run folder (only now that the run can start), take its lock, remove
+        temporary files of killed runs, start train.log with the lines printed so far, write
+        args.yaml (a fresh run) or bring best.pt in line with last.pt (a resumed one)."""
+        cfg = self.cfg
+        if self.dist.is_main:
+            from ..fileio import make_dirs, remove_stale_temporaries, write_text
+            from .runlock import RunLock
+
+            existed = self.run_dir.is_dir()
+            make_dirs(self.run_dir)
+            self._lock = RunLock(self.run_dir).acquire()
+            removed = remove_stale_temporaries(self.run_dir)
+            earlier = sorted(p.name for p in self.run_dir.glob("*") if p.name in ("last.pt", "best.pt", "args.yaml"))
+            try:
+                self._log_file = open(self.run_dir / "train.log", "a" if cfg.resume else "w", encoding="utf-8")
+            except OSError as exc:
+                from ..fileio import output_error
+
+                raise output_error(self.run_dir / "train.log", exc) from None
+            for line in self._early_log or ():
+                self._log_file.write(line + "\n")
+            self._early_log = None
+            if removed:
+                self.log(f"{self.run_dir}: removed {len(removed)} temporary file(s) left by a killed run "
+                         f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})")
+            if cfg.resume:
+                from .checkpoint import restore_best
+
+                restore_best(self.run_dir, self.best_payload, self.log)
+            else:
+                if existed and earlier:
+                    self.log(f"warning: {self.run_dir} holds an earlier run ({', '.join(earlier)}); --exist-ok: "
+                             "this run replaces its files as it writes its own")
+                import yaml
+
+                write_text(self.run_dir / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        dist_utils.barrier()
+
+    def close(self) -> None:
+        """Close train.log and release the run folder's lock (safe to call twice)."""
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _load_state(self, ts: dict) -> None:
         self.model.load_state_dict(ts["model"])
@@ -523,6 +586,9 @@ class Trainer:
         self.best_epoch = int(ts.get("best_epoch", 0))
         self.history = list(ts.get("history", []))
         self.epoch_sums = dict(ts.get("epoch_sums") or self._zero_sums())
+        self.best_payload = ts.get("best")
+        if ts.get("guard"):
+            self.guard.load_state_dict(ts["guard"])
         rngs = ts.get("rng_per_rank")
         if rngs and len(rngs) == self.dist.world_size:
             self._pending_rng = rngs[self.dist.rank]
@@ -558,8 +624,10 @@ class Trainer:
             class_out, box_out = self.train_model(images)
         return self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
 
-    def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict | None:
-        """One iteration; returns the (all-reduced) losses, or None when the step was skipped."""
+    def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict | str:
+        """One iteration; returns the (all-reduced) losses, or why the step was not applied
+        (a bad step: see :mod:`efficientdet.engine.guard`). Every decision is the same on every
+        rank (losses and gradients are all-reduced), so DDP ranks never part ways."""
         cfg = self.cfg
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
@@ -567,39 +635,87 @@ class Trainer:
         targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
         losses = self._forward_loss(images, targets)
         loss = losses["loss"]
-        # Agree across ranks on finiteness before backward (a rank skipping alone would hang DDP).
         parts = torch.stack([loss.detach(), losses["class_loss"].detach(), losses["box_loss"].detach()]).float().cpu()
         bad = (~torch.isfinite(parts[0])).float().reshape(1)
         stats = dist_utils.all_reduce_sum(torch.cat([torch.nan_to_num(parts, nan=0.0, posinf=0.0, neginf=0.0), bad]))
-        if stats[3] > 0:
+        world = self.dist.world_size
+        loss_value = float("nan") if stats[3] > 0 else float(stats[0]) / world
+        reason = self.guard.check_loss(loss_value)
+        if reason:
             self.optimizer.zero_grad(set_to_none=True)
-            return None
+            return reason
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
         if cfg.clip_grad > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad))
         else:
-            grad_norm = torch.zeros(())
-        if self.scaler is None and not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)  # same on every rank: gradients are all-reduced
-            return None
-        with _DeferInterrupt():
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+        # with fp16 the GradScaler skips inf/NaN gradients itself (and lowers its scale)
+        reason = self.guard.check_grad(grad_norm) if self.scaler is None or math.isfinite(grad_norm) else None
+        if reason:
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            self.step_in_epoch += 1
-            self.global_step += 1
-        world = self.dist.world_size
-        return {"loss": float(stats[0]) / world, "class_loss": float(stats[1]) / world, "box_loss": float(stats[2]) / world}
+            return reason
+        if self.guard.wants_snapshot(loss_value):
+            self._take_snapshot()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.guard.accept(loss_value, grad_norm)
+        self.step_in_epoch += 1
+        self.global_step += 1
+        return {"loss": loss_value, "class_loss": float(stats[1]) / world, "box_loss": float(stats[2]) / world}
+
+    def _take_snapshot(self) -> None:
+        """Copy the state a rollback returns to (in memory: weights with BatchNorm statistics,
+        optimizer, EMA, AMP scaler)."""
+        import copy
+
+        self._snapshot = {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "ema": copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None,
+            "scaler": copy.deepcopy(self.scaler.state_dict()) if self.scaler is not None else None,
+            "epoch": self.epoch, "step": self.step_in_epoch,
+        }
+        self.guard.snapshot_taken()
+
+    def _roll_back(self, reason: str) -> None:
+        """A bad step was met: restore the snapshot and halve the learning rate, or stop."""
+        from .guard import LR_FACTOR
+
+        where = f"epoch {self.epoch + 1} step {self.step_in_epoch + 1}"
+        if self.guard.rolled_back():
+            last = self.run_dir / "last.pt"
+            kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"training diverged at {where} ({reason}) after {self.guard.max_rollbacks} rollbacks with the learning rate "
+                f"lowered to {self.optimizer.param_groups[0]['lr']:.3g}: training stopped; {kept}; fix: lower --lr "
+                "(e.g. a tenth), keep --clip-grad on, use --amp none, or check the data (efficientdet data check)")
+        snap = self._snapshot
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(snap["ema"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(snap["scaler"])
+        sched = self.scheduler
+        sched.base_lrs = [b * LR_FACTOR for b in sched.base_lrs]
+        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.log(f"warning: {where}: {reason}: step not applied; weights rolled back to epoch {snap['epoch'] + 1} "
+                 f"step {snap['step'] + 1}, learning rate lowered {1 / LR_FACTOR:g}x to "
+                 f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.guard.rollbacks} of at most "
+                 f"{self.guard.max_rollbacks})")
 
     # ------------------------------------------------------------------ evaluation and checkpoints
 
@@ -645,26 +761,39 @@ class Trainer:
             "rng": rng_state(),
             "rng_per_rank": rng_per_rank,
             "world_size": self.dist.world_size,
+            "guard": self.guard.state_dict(),
+            "best": self.best_payload,
         }
 
-    def _payload(self, full: bool, rng_per_rank: list | None = None) -> dict:
-        from ..factory import save_model_dict
+    def _model_section(self) -> dict:
+        """The shipped (EMA) weights as a checkpoint's model section, copied (the model trains on)."""
+        from ..weights.checkpoint import save_model_dict
 
-        payload = save_model_dict(self.eval_model(), self.train_data.class_names, self.train_data.category_ids)
-        if full:
-            payload["train_state"] = self._train_state(rng_per_rank)
-        else:
-            payload["train_state"] = {"epoch": self.epoch, "best_map": self.best_map, "best_epoch": self.best_epoch}
-        payload["args"] = self.cfg.to_dict()
-        payload["metrics"] = dict(self.last_metrics)
-        return payload
+        section = save_model_dict(self.eval_model(), self.train_data.class_names, self.train_data.category_ids)
+        section["model"] = {k: v.clone() for k, v in section["model"].items()}
+        return section
 
-    def save_last(self, rng_per_rank: list | None = None) -> Path:
-        from .checkpoint import save_checkpoint
+    def _best_payload(self, section: dict) -> dict:
+        """What best.pt holds: ``section`` (its tensors are shared with last.pt's, stored once)."""
+        return {**section, "train_state": {"epoch": self.epoch, "best_map": self.best_map, "best_epoch": self.best_epoch},
+                "args": self.cfg.to_dict(), "metrics": dict(self.last_metrics)}
+
+    def save_last(self, rng_per_rank: list | None = None, new_best: bool = False) -> Path:
+        """Commit last.pt (and best.pt when ``new_best``: ``best_payload`` is this moment's) as
+        one transaction (rank 0 writes; Ctrl+C waits until both files are written)."""
+        from .checkpoint import commit
 
         path = self.run_dir / "last.pt"
         if self.dist.is_main:
-            save_checkpoint(path, self._payload(True, rng_per_rank))
+            with _DeferInterrupt():
+                if new_best:  # the same weights: share the tensors (stored once in last.pt)
+                    section = {k: v for k, v in self.best_payload.items() if k not in ("train_state", "args", "metrics")}
+                else:
+                    section = self._model_section()
+                last = {**section, "train_state": self._train_state(rng_per_rank), "args": self.cfg.to_dict(),
+                        "metrics": dict(self.last_metrics)}
+                commit(self.run_dir, last, self.best_payload if new_best else None)
+                self._unsaved = False
         return path
 
     def _write_results(self) -> None:
@@ -707,32 +836,26 @@ class Trainer:
         sums = self.epoch_sums
         try:
             for images, targets in iterator:
-                t0 = time.perf_counter()
-                out = self._train_step(images, targets)
-                dt = time.perf_counter() - t0
-                if out is None:
-                    sums["skipped"] += 1
-                    self.bad_in_a_row += 1
-                    self.log(f"warning: non-finite loss or gradient at epoch {epoch + 1} step {self.step_in_epoch + 1}: "
-                             f"step skipped ({self.bad_in_a_row} in a row)")
-                    if self.bad_in_a_row >= cfg.max_bad_steps:
-                        last = self.run_dir / "last.pt"
-                        kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint was written yet"
-                        raise TrainingDiverged(
-                            f"{self.bad_in_a_row} non-finite losses in a row at epoch {epoch + 1}: training stopped; {kept}; "
-                            "fix: lower --lr, use --amp none, or check the data (efficientdet data check)")
-                    self.step_in_epoch += 1  # the batch is consumed; resume skips it too
-                    self.global_step += 1
-                    bar.update(1)
-                    continue
-                self.bad_in_a_row = 0
-                n_images = images.shape[0] * self.dist.world_size
-                sums["steps"] += 1
-                sums["images"] += n_images
-                sums["time"] += dt
-                for k in ("loss", "class_loss", "box_loss"):
-                    sums[k] += out[k]
+                with _DeferInterrupt():  # Ctrl+C lands between steps (see the module docstring)
+                    t0 = time.perf_counter()
+                    out = self._train_step(images, targets)
+                    dt = time.perf_counter() - t0
+                    self._unsaved = True
+                    if isinstance(out, str):
+                        sums["skipped"] += 1
+                        self._roll_back(out)
+                        self.step_in_epoch += 1  # the batch is consumed; resume skips it too
+                        self.global_step += 1
+                    else:
+                        n_images = images.shape[0] * self.dist.world_size
+                        sums["steps"] += 1
+                        sums["images"] += n_images
+                        sums["time"] += dt
+                        for k in ("loss", "class_loss", "box_loss"):
+                            sums[k] += out[k]
                 bar.update(1)
+                if isinstance(out, str):
+                    continue
                 bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{n_images / dt:.1f}", refresh=False)
                 for cb in self.callbacks:
@@ -747,11 +870,19 @@ class Trainer:
         return sums
 
     def fit(self) -> TrainResult:
-        """Train to the end (or early stop / Ctrl+C); returns a TrainResult. Sets up on first call."""
-        if not hasattr(self, "model"):
-            self.setup()
+        """Train to the end (or early stop / Ctrl+C); returns a TrainResult. Sets up on first
+        call; releases the run folder when done (or failed)."""
+        try:
+            if not hasattr(self, "model"):
+                self.setup()
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         stopped = "completed"
+        self._take_snapshot()  # what a divergence in the first steps rolls back to
         for cb in self.callbacks:
             if hasattr(cb, "on_train_start"):
                 cb.on_train_start(self)
@@ -759,8 +890,8 @@ class Trainer:
             while self.epoch < cfg.epochs:
                 epoch = self.epoch
                 sums = self._run_epoch(epoch)
-                steps = max(1, sums["steps"])
-                do_val = (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
+                steps = sums["steps"]
+                do_val = self.val_has_boxes and ((epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs)
                 result, stats, val_time = None, {}, None
                 if do_val:
                     t0 = time.perf_counter()
@@ -768,9 +899,9 @@ class Trainer:
                     val_time = round(time.perf_counter() - t0, 2)
                 row = {
                     "epoch": epoch + 1,
-                    "train_loss": round(sums["loss"] / steps, 6),
-                    "class_loss": round(sums["class_loss"] / steps, 6),
-                    "box_loss": round(sums["box_loss"] / steps, 6),
+                    "train_loss": round(sums["loss"] / steps, 6) if steps else None,  # None: no step finished
+                    "class_loss": round(sums["class_loss"] / steps, 6) if steps else None,
+                    "box_loss": round(sums["box_loss"] / steps, 6) if steps else None,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "mAP": round(stats["mAP"], 6) if do_val else None,
                     "AP50": round(stats["AP50"], 6) if do_val else None,
@@ -790,15 +921,18 @@ class Trainer:
                     self.epoch += 1
                     self.step_in_epoch = 0
                     self.epoch_sums = self._zero_sums()
+                    if improved:
+                        self.best_payload = self._best_payload(self._model_section())
                 rngs = dist_utils.all_gather_object(_rng_for_gather())
-                self.save_last(rngs)
-                if improved and self.dist.is_main:
-                    from .checkpoint import save_checkpoint
-
-                    save_checkpoint(self.run_dir / "best.pt", self._payload(False))
+                self.save_last(rngs, new_best=improved)
                 self._write_results()
-                msg = (f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} (class {row['class_loss']:.4f}, "
-                       f"box {row['box_loss']:.4f}), {row['epoch_time_s']:.1f}s")
+                if steps:
+                    msg = (f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} (class {row['class_loss']:.4f}, "
+                           f"box {row['box_loss']:.4f}), {row['epoch_time_s']:.1f}s")
+                else:
+                    msg = f"epoch {epoch + 1}/{cfg.epochs}: loss n/a (no step applied: all {sums['skipped']} rolled back)"
+                if sums["skipped"] and steps:
+                    msg += f", {sums['skipped']} step(s) rolled back"
                 if do_val:
                     msg += f"; val mAP {stats['mAP']:.4f} AP50 {stats['AP50']:.4f} (best {self.best_map:.4f} @ {self.best_epoch})"
                 self.log(msg)
@@ -816,7 +950,9 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             stopped = "interrupted"
-            path = self.save_last(None)
+            path = self.run_dir / "last.pt"
+            if self._unsaved or not path.exists():
+                self.save_last(None)
             if self.dist.is_main:
                 self._write_results()
                 self.log(f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}: "
@@ -829,7 +965,7 @@ class Trainer:
         eval_result = self.best_eval
         metrics = dict(self.last_metrics)
         if self.dist.is_main and stopped != "interrupted":
-            if eval_result is None and best_path.exists():  # best epoch before a resume: evaluate it again
+            if eval_result is None and self.best_payload is not None and best_path.exists():  # best epoch before a resume: evaluate it again
                 from ..factory import load_model
                 from .evaluator import evaluate
 
@@ -839,8 +975,10 @@ class Trainer:
                                        num_workers=self.cfg.workers, device=self.device, amp_dtype=self.amp_dtype,
                                        progress=False)
             if eval_result is not None:
+                from ..fileio import write_json
+
                 metrics = _plain(dict(eval_result.stats))
-                (self.run_dir / "metrics.json").write_text(json.dumps(_plain(eval_result.to_dict()), indent=1), encoding="utf-8")
+                write_json(self.run_dir / "metrics.json", _plain(eval_result.to_dict()))
                 self.log(f"best weights (epoch {self.best_epoch}) on the validation split:\n{eval_result.table()}")
                 if self.cfg.plots:
                     from .plots import plot_pr_curves
@@ -849,17 +987,26 @@ class Trainer:
                         plot_pr_curves(eval_result, self.val_data, self.run_dir / "pr_curves.png")
                     except Exception as exc:  # noqa: BLE001
                         self.log(f"warning: could not draw pr_curves.png ({exc})")
-            self.log(f"results in {self.run_dir}: best.pt (mAP {self.best_map:.4f}, epoch {self.best_epoch}), "
-                     f"last.pt, results.csv, plots")
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+            self.log(f"results in {self.run_dir}: {', '.join(self._result_files(best_path))}")
         return TrainResult(
             run_dir=self.run_dir, epochs_completed=self.epoch, best_map=self.best_map, best_epoch=self.best_epoch,
             stopped=stopped, history=list(self.history), metrics=metrics,
-            last_checkpoint=self.run_dir / "last.pt", best_checkpoint=best_path if best_path.exists() else None,
+            last_checkpoint=self.run_dir / "last.pt",
+            best_checkpoint=best_path if self.best_payload is not None and best_path.exists() else None,
             eval_result=eval_result,
         )
+
+
+    def _result_files(self, best_path: Path) -> list[str]:
+        """The files of this run for the final message: only those that exist."""
+        files = []
+        if self.best_payload is not None and best_path.exists():
+            files.append(f"best.pt (mAP {self.best_map:.4f}, epoch {self.best_epoch})")
+        elif not self.val_has_boxes:
+            files.append("no best.pt (the validation split has no boxes; use last.pt)")
+        files += [n for n in ("last.pt", "results.csv", "metrics.json", "results.png", "pr_curves.png")
+                  if (self.run_dir / n).exists()]
+        return files
 
 
 def _rng_for_gather() -> dict:
@@ -874,6 +1021,5 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     try:
         return trainer.fit()
     finally:
-        if trainer._log_file is not None:
-            trainer._log_file.close()
+        trainer.close()
         dist_utils.cleanup()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .checkpoint import model_state, read_checkpoint
 from .convert import from_efficientnet_pytorch, is_efficientnet_pytorch, unwrap_state_dict
 
 log = logging.getLogger("efficientdet")
@@ -35,23 +34,6 @@ class LoadReport:
     loaded: int
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """``torch.load(path, weights_only=True)`` with one-line errors for a bad path or an unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file; check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise WeightsError(
-            f"{path}: refused to unpickle code from this file ({first}); re-save it as a plain state_dict "
-            "(torch.save(model.state_dict(), path))"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:  # OSError: truncated zip archive
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); is the file complete?") from None
 
 
 def detect_source(obj: dict) -> str:
@@ -79,7 +61,7 @@ def load_weights(model: nn.Module, weights, source: str = "auto", *, name: str |
     if source == "efficientdet":
         if obj.get("format") != "efficientdet":
             raise WeightsError(f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); use source='effdet' for plain state_dicts")
-        state = obj["model"]
+        state = model_state(obj, label)
     else:
         state = unwrap_state_dict(obj)
     if not state:
