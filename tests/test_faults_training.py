@@ -36,7 +36,7 @@ from .data_factory import tiny_train_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # the CLI spelling of tiny_train_config(..., plots=False)
-TINY_ARGS = ["--model", "lite0", "--image-size", "64", "--epochs", "2", "--batch-size", "4", "--lr", "0.01",
+TINY_ARGS = ["--model", "lite0", "--image-size", "64", "--epochs", "2", "--batch", "4", "--lr", "0.01",
              "--workers", "0", "--ema-warmup", "2", "--seed", "0", "--quiet", "--no-plots"]
 FAULT_EXIT = 86  # efficientdet.weights.checkpoint.FAULT_EXIT_CODE, spelled out: the test's own truth
 
@@ -104,9 +104,11 @@ def resume(out: Path, capsys) -> str:
 
 
 def one_error_line(capsys) -> str:
+    """The one error line a user sees last (progress lines such as "loading X ..." may precede it)."""
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    errors = [ln for ln in err if ln.startswith("error: ")]
+    assert len(errors) == 1 and err[-1] == errors[0] and "Traceback" not in "\n".join(err), err
+    return errors[0]
 
 
 # ----------------------------------------------------------------------------- kills
@@ -319,7 +321,7 @@ def test_second_run_in_the_same_folder_is_refused(synth, tmp_path, capsys):
 def test_divergence_rolls_back_and_lowers_lr_and_never_saves_nonfinite(synth, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", str(synth), "--model", "lite0", "--image-size", "64", "--epochs", "2",
-            "--batch-size", "2", "--lr", "10", "--clip-grad", "0", "--warmup-epochs", "0", "--workers", "0",
+            "--batch", "2", "--lr", "10", "--clip-grad", "0", "--warmup-epochs", "0", "--workers", "0",
             "--quiet", "--no-plots", "--out", str(out)]
     capsys.readouterr()
     code = cli.main(args)

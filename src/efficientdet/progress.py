@@ -16,7 +16,8 @@ SPINNER = "|/-\\"
 @contextlib.contextmanager
 def stage(what: str, quiet: bool = False, stream=None) -> Iterator[None]:
     """``with stage("exporting to onnx", quiet): ...`` shows ``what ... |`` with a spinner and
-    seconds while the block runs (on a terminal), then ``what: done in 12.3 s`` (or ``failed``)."""
+    seconds while the block runs (on a terminal), then ``what: done in 12.3 s``; on an exception
+    nothing more (the error line that follows says what went wrong)."""
     stream = stream or sys.stderr
     if quiet:
         yield
@@ -45,7 +46,8 @@ def stage(what: str, quiet: bool = False, stream=None) -> Iterator[None]:
         if spinner is not None:
             spinner.join()
             stream.write("\r\033[K")
-        print(f"{what}: {'done' if ok else 'failed'} in {time.perf_counter() - t0:.1f} s", file=stream, flush=True)
+        if ok:
+            print(f"{what}: done in {time.perf_counter() - t0:.1f} s", file=stream, flush=True)
 
 
 def bar(iterable: Iterable | None = None, quiet: bool = False, **tqdm_options):
