@@ -16,7 +16,7 @@ import torch
 import efficientdet as ed
 from efficientdet.data.synth import write_synthetic_dataset
 from efficientdet.engine.trainer import IMAGENET_BACKBONES, TrainConfig, build_model, train
-from efficientdet.errors import ConfigError
+from efficientdet.errors import ConfigError, WeightsError
 
 from .data_factory import tiny_train_config as tiny
 
@@ -125,3 +125,106 @@ def test_backbone_weights_imagenet_refused_for_a_backbone_without_package():
         build_model(TrainConfig(data="x.yaml", model="lite3", backbone_weights="imagenet"), 3, log=lambda m: None)
     message = str(info.value)
     assert "efficientnet_lite3" in message and "efficientnet_lite2" in message and "fix:" in message
+
+
+# ---- checkpoints carry their model, anchors, image size and classes ---------------------------
+
+ANCHORS = dict(anchor_scale=2.0, num_scales=2, aspect_ratios=[[1.0, 1.0], [2.0, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def source_run(synth, tmp_path_factory):
+    """A finished tiny run with non-default anchors at 64x64: its best.pt is what users fine-tune from."""
+    out = tmp_path_factory.mktemp("runs") / "source"
+    result = train(tiny(synth, out, epochs=1, image_size=[64, 64], **ANCHORS))
+    return result.best_checkpoint
+
+
+def _saved(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_finetune_without_model_takes_everything_from_the_checkpoint(synth, source_run, tmp_path):
+    snap = Snapshot()
+    cfg = tiny(synth, tmp_path / "tuned", epochs=1, model=None, image_size=None, weights=str(source_run))
+    result = train(cfg, callbacks=[snap])
+    before, after = _saved(source_run), _saved(result.best_checkpoint)
+    assert after["config"] == before["config"]  # model, image size, anchors (scale, ratios, scales, levels)
+    assert after["config"]["anchors"]["anchor_scale"] == 2.0 and tuple(after["config"]["image_size"]) == (64, 64)
+    assert after["class_names"] == before["class_names"] and after["category_ids"] == before["category_ids"]
+    start = {k: v for k, v in snap.state.items() if not k.endswith("num_batches_tracked")}
+    assert all(torch.equal(v, before["model"][k]) for k, v in start.items())  # training starts from the file
+    assert after["args"]["model"] == "efficientdet_lite0" and after["args"]["anchor_scale"] == 2.0  # args.yaml too
+    log = (result.run_dir / "train.log").read_text()
+    assert f"weights: {source_run}: efficientdet_lite0 at 64x64, anchor scale 2" in log
+
+
+@pytest.mark.parametrize("flag, value, saved", [("--model", "d0", "efficientdet_lite0"), ("--anchor-scale", "3", "2"),
+                                                ("--image-size", "96", "64x64")])
+def test_conflicting_flag_is_refused_naming_both_values(synth, source_run, tmp_path, capsys, flag, value, saved):
+    from efficientdet import cli
+
+    code = cli.main(["train", "--data", str(synth), "--weights", str(source_run), flag, value,
+                     "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    shown = {"--model": "efficientdet_d0", "--anchor-scale": "3", "--image-size": "96x96"}[flag]
+    assert err[0] == (f"error: {flag} {shown} conflicts with the checkpoint's {saved} ({source_run}); fix: drop {flag} "
+                      "(the checkpoint carries its model, image size and anchors)")
+    assert not any((tmp_path / "run").glob("*.pt"))
+
+
+def test_repeating_the_checkpoints_values_is_accepted(source_run):
+    cfg = TrainConfig(data="x.yaml", model="lite0", image_size=64, anchor_scale=2.0, weights=str(source_run))
+    model = build_model(cfg, 6, log=lambda m: None)
+    assert model.config.anchors.num_scales == 2 and model.config.anchors.aspect_ratios == ((1.0, 1.0), (2.0, 0.5))
+
+
+def _per_class(weight: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return weight.reshape(-1, num_classes, *weight.shape[1:])  # (A*K, C, 1, 1) -> (A, K, C, 1, 1)
+
+
+def test_same_classes_in_another_order_are_mapped_by_name(source_run):
+    saved = _saved(source_run)
+    names = list(saved["class_names"])
+    shuffled = [names[i] for i in (3, 0, 5, 1, 4, 2)]
+    lines = []
+    model = build_model(TrainConfig(data="x.yaml", weights=str(source_run)), len(names), class_names=shuffled,
+                        log=lines.append)
+    k = len(names)
+    for key in ("class_net.predict.conv_pw.weight", "class_net.predict.conv_pw.bias"):
+        ours = _per_class(model.state_dict()[key], k)
+        theirs = _per_class(saved["model"][key], k)
+        for new_index, name in enumerate(shuffled):
+            assert torch.equal(ours[:, new_index], theirs[:, names.index(name)]), (key, name)
+    assert "classes mapped by name" in lines[-1]
+    # the box layer is untouched by the mapping
+    assert torch.equal(model.box_net.predict.conv_pw.weight, saved["model"]["box_net.predict.conv_pw.weight"])
+
+
+def test_other_classes_get_a_new_class_head_and_say_so(source_run):
+    saved = _saved(source_run)
+    other = [f"part{i}" for i in range(len(saved["class_names"]))]  # same count, other names: must not load silently
+    lines = []
+    model = build_model(TrainConfig(data="x.yaml", weights=str(source_run)), len(other), class_names=other,
+                        log=lines.append)
+    bias = model.class_net.predict.conv_pw.bias
+    torch.testing.assert_close(bias, torch.full_like(bias, -4.59511985013459))  # the prior, log((1 - 0.01) / 0.01)
+    assert "starts anew" in lines[-1] and "part0" in lines[-1]
+    assert torch.equal(model.box_net.predict.conv_pw.weight, saved["model"]["box_net.predict.conv_pw.weight"])
+
+
+def test_python_create_model_takes_the_checkpoint_settings(source_run):
+    saved = _saved(source_run)
+    model = ed.create_model(weights=source_run)
+    assert model.config.name == "efficientdet_lite0" and model.config.image_size == (64, 64)
+    assert model.config.anchors.anchor_scale == 2.0 and model.config.num_classes == len(saved["class_names"])
+    assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
+    with pytest.raises(WeightsError) as info:
+        ed.create_model("d0", weights=source_run)
+    assert str(info.value).startswith("model efficientdet_d0 conflicts with the checkpoint's efficientdet_lite0")
+    other_anchors = ed.create_model("lite0", num_classes=len(saved["class_names"]), image_size=64, num_scales=2,
+                                    aspect_ratios=((1.0, 1.0), (2.0, 0.5)))  # Lite0's anchor scale 3.0: same shapes
+    with pytest.raises(WeightsError, match=r"anchor_scale 2\.0 differs from this model's 3\.0.*create_model\(weights=PATH\)"):
+        ed.load_weights(other_anchors, source_run)

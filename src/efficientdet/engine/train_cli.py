@@ -16,7 +16,7 @@ import dataclasses
 
 from ..config import parse_image_size
 from ..errors import ConfigError
-from .trainer import AMP_CHOICES, FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
+from .trainer import AMP_CHOICES, DEFAULT_MODEL, FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
 
 _DEFAULTS = TrainConfig()
 
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and model")
     g.add_argument("--data", help="dataset YAML (train/val splits) or COCO JSON")
     g.add_argument("--val-data", help="validation COCO JSON / YAML when --data has no val split")
-    g.add_argument("--model", help=f"model name, e.g. d0, lite0 (default {d.model})")
+    g.add_argument("--model", help=f"model name, e.g. d0, lite0 (default: a --weights checkpoint's model, else {DEFAULT_MODEL})")
     g.add_argument("--weights", help="coco (the released COCO weights), PATH, or none (default none)")
     g.add_argument("--backbone-weights", help="imagenet (Lite0-Lite2 backbones) or PATH of an EfficientNet checkpoint")
     g.add_argument("--image-size", help="model input S or HxW (default: the model's native size)")

@@ -50,6 +50,7 @@ from ..errors import ConfigError, DataError, EfficientDetError, WeightsError
 from ..runtime import resolve_device
 from . import distributed as dist_utils
 
+DEFAULT_MODEL = "efficientdet_d0"
 OPTIMIZER_NAMES = ("sgd", "adamw")
 AMP_CHOICES = ("none", "bf16", "fp16")
 FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
@@ -82,7 +83,8 @@ class TrainConfig:
 
     Data: ``data`` is a dataset YAML (train/val splits) or a COCO JSON (then ``val_data``, a
     second JSON, is the validation split; without one the training split is used). Model:
-    ``model`` a registered name; ``weights`` "coco" | path | None; ``backbone_weights``
+    ``model`` a registered name (None: the checkpoint's with ``weights`` = our checkpoint, which
+    also sets the image size and anchors; else efficientdet_d0); ``weights`` "coco" | path | None; ``backbone_weights``
     "imagenet" (efficientnet_lite0-lite2) | path | None; ``image_size`` int or [H, W] (model
     default when None); anchor fields override the model's AnchorConfig; ``bn_momentum`` (PyTorch
     convention, model default 0.01 as the official recipe) - 0.1 lets the running statistics of
@@ -92,7 +94,7 @@ class TrainConfig:
     """
 
     data: str = ""
-    model: str = "efficientdet_d0"
+    model: str | None = None  # None: the model of a --weights checkpoint of ours, else DEFAULT_MODEL
     val_data: str | None = None
     weights: str | None = None
     backbone_weights: str | None = None
@@ -234,27 +236,76 @@ def imagenet_backbone_path(backbone: str) -> str:
     return getattr(module, class_name).get_model_file_path()
 
 
-def build_model(cfg: TrainConfig, num_classes: int, *, load_pretrained: bool = True, log: Callable[[str], None] = print):
-    """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
-    (unless ``load_pretrained`` is False, as when resuming) and the backbone frozen per ``freeze``."""
-    from ..factory import create_model
-    from ..weights import load_weights
+def cli_option(field: str) -> str:
+    """A TrainConfig field as its command-line option (``anchor_scale`` -> ``--anchor-scale``)."""
+    return "--" + field.replace("_", "-")
 
-    backbone_weights = cfg.backbone_weights if load_pretrained else None
-    if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
-        backbone_weights = imagenet_backbone_path(get_model_config(cfg.model).backbone)
+
+def adopt_checkpoint_settings(cfg: TrainConfig, ckpt: dict, label: str) -> ModelConfig:
+    """Take the model, image size and anchors of our checkpoint into ``cfg`` (in place, so that
+    args.yaml records them); an option that contradicts the file raises WeightsError naming both."""
+    from ..factory import CHECKPOINT_FIELDS, checkpoint_config
+
+    given = {k: v for k, v in cfg.model_overrides().items() if k in CHECKPOINT_FIELDS}
+    saved = checkpoint_config(ckpt, label, cfg.model, option=cli_option, **given)
+    a = saved.anchors
+    cfg.model, cfg.image_size = saved.name, list(saved.image_size)
+    cfg.anchor_scale, cfg.aspect_ratios, cfg.num_scales = a.anchor_scale, [list(r) for r in a.aspect_ratios], a.num_scales
+    cfg.min_level, cfg.max_level = a.min_level, a.max_level
+    return saved
+
+
+def resolve_model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
+    """The ModelConfig ``build_model`` will build for ``cfg``, without building it (reads the
+    ``weights`` checkpoint when it is ours, adopting its settings into ``cfg``)."""
+    from ..factory import is_our_checkpoint
+    from ..weights import read_checkpoint
+
+    weights = cfg.weights
+    if weights is not None and str(weights).lower() not in ("none", "coco"):
+        ckpt = read_checkpoint(weights)
+        if is_our_checkpoint(ckpt):
+            adopt_checkpoint_settings(cfg, ckpt, str(weights))
+    return get_model_config(cfg.model or DEFAULT_MODEL, num_classes=num_classes, **cfg.model_overrides())
+
+
+def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | None = None,
+                load_pretrained: bool = True, log: Callable[[str], None] = print):
+    """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
+    (unless ``load_pretrained`` is False, as when resuming) and parts frozen per ``freeze``.
+
+    With ``weights`` = our checkpoint, the model, image size and anchors come from the file and
+    are written into ``cfg`` (see ``adopt_checkpoint_settings``); its class layer is mapped to
+    ``class_names`` (the dataset's) by name, or trained anew when the names differ.
+    """
+    from ..factory import create_model, is_our_checkpoint
+    from ..weights import load_weights, read_checkpoint
+
     weights = cfg.weights if load_pretrained else None
     if weights is not None and str(weights).lower() == "none":
         weights = None
+    coco = weights is not None and str(weights).lower() == "coco"
+    ckpt = read_checkpoint(weights) if weights is not None and not coco else None
+    if is_our_checkpoint(ckpt):
+        saved = adopt_checkpoint_settings(cfg, ckpt, str(weights))
+        log(f"weights: {weights}: {saved.name} at {saved.image_size[0]}x{saved.image_size[1]}, anchor scale "
+            f"{saved.anchors.anchor_scale:g}, {saved.anchors.num_anchors} anchors per cell, classes {ckpt.get('class_names')}")
+    cfg.model = cfg.model or DEFAULT_MODEL
+    backbone_weights = cfg.backbone_weights if load_pretrained else None
+    if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
+        backbone_weights = imagenet_backbone_path(get_model_config(cfg.model).backbone)
     if backbone_weights is not None and str(backbone_weights).lower() == "none":
         backbone_weights = None
     if weights is not None and backbone_weights is not None:
         raise ConfigError("give either --weights (whole detector) or --backbone-weights (backbone only), not both")
-    model = create_model(cfg.model, num_classes=num_classes, weights=weights,
+    model = create_model(cfg.model, num_classes=num_classes, weights="coco" if coco else None,
                          grad_checkpointing=cfg.grad_checkpointing, **cfg.model_overrides())
     if backbone_weights is not None:
         report = load_weights(model, backbone_weights)
         log(f"backbone weights: {backbone_weights} ({report.loaded} tensors)")
+    elif ckpt is not None:
+        report = load_weights(model, ckpt, name=str(weights), class_names=class_names)
+        log(f"weights: {weights} ({report.loaded} tensors)" + "".join(f"; {note}" for note in report.notes))
     elif weights is not None:
         log(f"weights: {weights}")
     elif load_pretrained:
@@ -467,7 +518,8 @@ class Trainer:
         if self.resume_ckpt is not None and list(self.resume_ckpt["class_names"]) != list(self.train_data.class_names):
             raise DataError(f"{cfg.data}: classes {self.train_data.class_names} differ from the checkpoint's "
                             f"{self.resume_ckpt['class_names']}; fix: resume with the dataset the run started with")
-        model = build_model(cfg, self.train_data.num_classes, load_pretrained=self.resume_ckpt is None, log=self.log)
+        model = build_model(cfg, self.train_data.num_classes, class_names=self.train_data.class_names,
+                            load_pretrained=self.resume_ckpt is None, log=self.log)
         self.model_cfg: ModelConfig = model.config
         print_data_summary(self.train_data, self.val_data, self.model_cfg, log=self.log)
 
