@@ -1,0 +1,63 @@
+"""Calibrate the memory guard (efficientdet.resources): analytic estimate vs measured peak RSS.
+
+For Lite0 and D0 at a few small sizes (batch 2), each measurement in a fresh process:
+``resources.measure_step_memory`` (growth of peak RSS over two real steps) next to the
+analytic element count in bytes (``_count``, factor 1). The factors in resources.py
+(TRAIN_FACTOR, INFER_FACTOR, CHECKPOINTED_FACTOR) are the medians of the printed ratios.
+
+    python benchmarks/bench_memory_guard.py            # the table (a few minutes on 2 cores)
+    python benchmarks/bench_memory_guard.py --quick    # Lite0 only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+from common import machine_info, run_python
+
+CASES = [("efficientdet_lite0", s) for s in (128, 256, 384)] + [("efficientdet_d0", s) for s in (128, 256, 384)]
+MODES = ("train", "infer", "train+gc")
+
+
+def child(model: str, size: int, batch: int, mode: str) -> None:
+    from efficientdet.config import get_model_config
+    from efficientdet.resources import _count, measure_step_memory
+
+    cfg = get_model_config(model, num_classes=6, image_size=size)
+    measured = measure_step_memory(cfg, batch, train=mode != "infer", grad_checkpointing=mode == "train+gc")
+    counts = _count(cfg, cfg.image_size)
+    key = {"train": "all", "infer": "peak", "train+gc": "checkpointed"}[mode]
+    analytic = 4 * batch * counts[key]
+    print(json.dumps({"measured": measured, "analytic": analytic}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs=4, metavar=("MODEL", "SIZE", "BATCH", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="Lite0 only")
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+    if args.child:
+        model, size, batch, mode = args.child
+        child(model, int(size), int(batch), mode)
+        return
+    print(machine_info())
+    print(f"{'model':20s} {'size':>5s} {'mode':9s} {'analytic MB':>12s} {'measured MB':>12s} {'ratio':>6s}")
+    ratios: dict[str, list[float]] = {m: [] for m in MODES}
+    for model, size in CASES:
+        if args.quick and "lite0" not in model:
+            continue
+        for mode in MODES:
+            r = run_python(__file__, ["--child", model, size, args.batch, mode], timeout=900)
+            ratio = r["measured"] / r["analytic"]
+            ratios[mode].append(ratio)
+            print(f"{model:20s} {size:5d} {mode:9s} {r['analytic'] / 1e6:12.1f} {r['measured'] / 1e6:12.1f} {ratio:6.2f}",
+                  flush=True)
+    for mode, values in ratios.items():
+        print(f"{mode}: median ratio {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
