@@ -2,8 +2,9 @@
 
 For Lite0 and D0 at a few small sizes (batch 2), each measurement in a fresh process:
 ``resources.measure_step_memory`` (growth of peak RSS over two real steps) next to the
-analytic element count in bytes (``_count``, factor 1). The factors in resources.py
-(TRAIN_FACTOR, INFER_FACTOR, CHECKPOINTED_FACTOR) are the medians of the printed ratios.
+analytic element count in bytes (``_count``, factor 1) and the guard's estimate. The last
+lines fit ``measured - anchors = factor x analytic + offset`` per mode: the factors in
+resources.py (TRAIN_FACTOR, INFER_FACTOR, CHECKPOINTED_FACTOR) and OVERHEAD come from them.
 
     python benchmarks/bench_memory_guard.py            # the table (a few minutes on 2 cores)
     python benchmarks/bench_memory_guard.py --quick    # Lite0 only
@@ -23,14 +24,24 @@ MODES = ("train", "infer", "train+gc")
 
 def child(model: str, size: int, batch: int, mode: str) -> None:
     from efficientdet.config import get_model_config
-    from efficientdet.resources import _count, measure_step_memory
+    from efficientdet.resources import _count, estimate_memory, measure_step_memory
 
     cfg = get_model_config(model, num_classes=6, image_size=size)
-    measured = measure_step_memory(cfg, batch, train=mode != "infer", grad_checkpointing=mode == "train+gc")
+    train, gc = mode != "infer", mode == "train+gc"
+    measured = measure_step_memory(cfg, batch, train=train, grad_checkpointing=gc)
     counts = _count(cfg, cfg.image_size)
     key = {"train": "all", "infer": "peak", "train+gc": "checkpointed"}[mode]
-    analytic = 4 * batch * counts[key]
-    print(json.dumps({"measured": measured, "analytic": analytic}))
+    print(json.dumps({"measured": measured, "analytic": 4 * batch * counts[key], "anchors": 4 * counts["anchors"],
+                      "estimate": estimate_memory(cfg, batch, train=train, grad_checkpointing=gc)}))
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``y = factor * x + offset`` over (x, y) points."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    factor = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else my / mx
+    return factor, my - factor * mx
 
 
 def main() -> None:
@@ -44,19 +55,20 @@ def main() -> None:
         child(model, int(size), int(batch), mode)
         return
     print(machine_info())
-    print(f"{'model':20s} {'size':>5s} {'mode':9s} {'analytic MB':>12s} {'measured MB':>12s} {'ratio':>6s}")
-    ratios: dict[str, list[float]] = {m: [] for m in MODES}
+    print(f"{'model':20s} {'size':>5s} {'mode':9s} {'analytic MB':>12s} {'measured MB':>12s} "
+          f"{'estimate MB':>12s} {'estimate/measured':>18s}")
+    points: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
     for model, size in CASES:
         if args.quick and "lite0" not in model:
             continue
         for mode in MODES:
             r = run_python(__file__, ["--child", model, size, args.batch, mode], timeout=900)
-            ratio = r["measured"] / r["analytic"]
-            ratios[mode].append(ratio)
-            print(f"{model:20s} {size:5d} {mode:9s} {r['analytic'] / 1e6:12.1f} {r['measured'] / 1e6:12.1f} {ratio:6.2f}",
-                  flush=True)
-    for mode, values in ratios.items():
-        print(f"{mode}: median ratio {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})")
+            points[mode].append((r["analytic"], r["measured"] - r["anchors"]))
+            print(f"{model:20s} {size:5d} {mode:9s} {r['analytic'] / 1e6:12.1f} {r['measured'] / 1e6:12.1f} "
+                  f"{r['estimate'] / 1e6:12.1f} {r['estimate'] / r['measured']:18.2f}", flush=True)
+    for mode, values in points.items():
+        factor, offset = fit(values)
+        print(f"{mode}: measured - anchors = {factor:.2f} x analytic + {offset / 1e6:.0f} MB")
 
 
 if __name__ == "__main__":

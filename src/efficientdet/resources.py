@@ -29,11 +29,12 @@ from .config import ModelConfig
 from .errors import ResourceError
 
 # Calibrated by benchmarks/bench_memory_guard.py (measured peak RSS / analytic element bytes).
-TRAIN_FACTOR = 1.0
-INFER_FACTOR = 1.0
-CHECKPOINTED_FACTOR = 1.0  # the same for the --grad-checkpointing count (stage boundaries + one stage)
+TRAIN_FACTOR = 1.5
+INFER_FACTOR = 2.3
+CHECKPOINTED_FACTOR = 1.7  # the same for the --grad-checkpointing count (stage boundaries + one stage)
 LOSS_TENSORS_PER_OUTPUT = 6  # sigmoid, focal weights, targets, ... per class/box output of each anchor
 BYTES = 4  # float32
+OVERHEAD = 40_000_000  # bytes a first step costs whatever the size (kernel caches, scratch)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def _count(cfg: ModelConfig, image_size: tuple[int, int]) -> dict:
     everything = sum(stage_sums) + fpn + heads + loss
     checkpointed = sum(boundaries) + (cfg.fpn_repeats + 1) * pyramid + heads + loss + max(max(stage_sums), cell)
     infer = max(peak, 3 * pyramid) + pyramid + outputs
-    return {"all": everything, "peak": infer, "checkpointed": checkpointed}
+    anchors = 4 * outputs // (cfg.num_classes + 4)  # (x1, y1, x2, y2) per anchor, once for the batch
+    return {"all": everything, "peak": infer, "checkpointed": checkpointed, "anchors": anchors}
 
 
 def estimate_memory(cfg: ModelConfig, batch: int, *, train: bool, grad_checkpointing: bool = False,
@@ -111,13 +113,14 @@ def estimate_memory(cfg: ModelConfig, batch: int, *, train: bool, grad_checkpoin
     """Bytes of memory one step of ``cfg`` at ``cfg.image_size`` with ``batch`` images needs on
     top of the model's weights (training: forward+backward, gradients, optimizer state)."""
     counts = _count(cfg, cfg.image_size)
+    fixed = OVERHEAD + BYTES * counts["anchors"]
     if not train:
-        return int(INFER_FACTOR * BYTES * batch * counts["peak"])
+        return int(fixed + INFER_FACTOR * BYTES * batch * counts["peak"])
     if grad_checkpointing:
         activations = CHECKPOINTED_FACTOR * counts["checkpointed"]
     else:
         activations = TRAIN_FACTOR * counts["all"]
-    return int(BYTES * batch * activations + 2 * BYTES * num_params)
+    return int(fixed + BYTES * batch * activations + 2 * BYTES * num_params)
 
 
 def _cgroup_free() -> int | None:

@@ -387,7 +387,9 @@ class Detector:
                              max_detections=self.max_det)
         self.class_filter = self._resolve_classes(classes)
         from ..detection.anchors import AnchorGenerator
+        from ..resources import check_memory
 
+        check_memory(self.config, 1, train=False, device=self.device, image_size=self.image_size)  # before the anchors
         self.anchor_gen = AnchorGenerator(self.config.anchors)
         self.anchors = self.anchor_gen(self.image_size, device=self.device)
         self.feature_sizes = self.anchor_gen.feature_sizes(self.image_size)

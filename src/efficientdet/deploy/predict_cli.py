@@ -59,6 +59,7 @@ def _image_id(name: str, position: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..resources import check_memory
     from .sources import open_source
 
     if args.batch < 1:
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch {args.batch}: need at least 1")
     source = open_source(args.source)  # unknown source / unreadable video fail before the model loads
     detector = build_detector(args)
+    check_memory(detector.config, args.batch, train=False, device=detector.device, image_size=detector.image_size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = _Stats()

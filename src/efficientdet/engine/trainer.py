@@ -47,6 +47,7 @@ from torch import nn
 from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
 from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError, WeightsError
+from ..resources import check_memory
 from ..runtime import resolve_device
 from . import distributed as dist_utils
 
@@ -270,13 +271,16 @@ def resolve_model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | None = None,
-                load_pretrained: bool = True, log: Callable[[str], None] = print):
+                load_pretrained: bool = True, device: torch.device | str | None = None,
+                log: Callable[[str], None] = print):
     """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
     (unless ``load_pretrained`` is False, as when resuming) and parts frozen per ``freeze``.
 
     With ``weights`` = our checkpoint, the model, image size and anchors come from the file and
     are written into ``cfg`` (see ``adopt_checkpoint_settings``); its class layer is mapped to
     ``class_names`` (the dataset's) by name, or trained anew when the names differ.
+    Before anything is allocated, the memory guard refuses a training step that cannot fit on
+    ``device`` (default: ``cfg.device``) at this image size and batch.
     """
     from ..factory import create_model, is_our_checkpoint
     from ..weights import load_weights, read_checkpoint
@@ -291,6 +295,9 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
         log(f"weights: {weights}: {saved.name} at {saved.image_size[0]}x{saved.image_size[1]}, anchor scale "
             f"{saved.anchors.anchor_scale:g}, {saved.anchors.num_anchors} anchors per cell, classes {ckpt.get('class_names')}")
     cfg.model = cfg.model or DEFAULT_MODEL
+    check_memory(get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()), cfg.batch_size,
+                 train=True, device=resolve_device(cfg.device) if device is None else device,
+                 grad_checkpointing=cfg.grad_checkpointing)
     backbone_weights = cfg.backbone_weights if load_pretrained else None
     if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
         backbone_weights = imagenet_backbone_path(get_model_config(cfg.model).backbone)
@@ -519,7 +526,7 @@ class Trainer:
             raise DataError(f"{cfg.data}: classes {self.train_data.class_names} differ from the checkpoint's "
                             f"{self.resume_ckpt['class_names']}; fix: resume with the dataset the run started with")
         model = build_model(cfg, self.train_data.num_classes, class_names=self.train_data.class_names,
-                            load_pretrained=self.resume_ckpt is None, log=self.log)
+                            load_pretrained=self.resume_ckpt is None, device=self.device, log=self.log)
         self.model_cfg: ModelConfig = model.config
         print_data_summary(self.train_data, self.val_data, self.model_cfg, log=self.log)
 

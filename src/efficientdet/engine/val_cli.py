@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..factory import load_model
+    from ..resources import check_memory
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
 
     image_size = parse_image_size(args.image_size)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.amp]
 
     model, ckpt = load_model(args.weights)
+    check_memory(model, args.batch_size, train=False, device=device, image_size=image_size)
     data = load_dataset(args.data, split=args.split, images=args.images)
     names = list(ckpt.get("class_names") or [])
     if list(data.class_names) != names:
