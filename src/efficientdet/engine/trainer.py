@@ -295,9 +295,6 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
         log(f"weights: {weights}: {saved.name} at {saved.image_size[0]}x{saved.image_size[1]}, anchor scale "
             f"{saved.anchors.anchor_scale:g}, {saved.anchors.num_anchors} anchors per cell, classes {ckpt.get('class_names')}")
     cfg.model = cfg.model or DEFAULT_MODEL
-    check_memory(get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()), cfg.batch_size,
-                 train=True, device=resolve_device(cfg.device) if device is None else device,
-                 grad_checkpointing=cfg.grad_checkpointing)
     backbone_weights = cfg.backbone_weights if load_pretrained else None
     if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
         backbone_weights = imagenet_backbone_path(get_model_config(cfg.model).backbone)
@@ -305,6 +302,9 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
         backbone_weights = None
     if weights is not None and backbone_weights is not None:
         raise ConfigError("give either --weights (whole detector) or --backbone-weights (backbone only), not both")
+    check_memory(get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()), cfg.batch_size,
+                 train=True, device=resolve_device(cfg.device) if device is None else device,
+                 grad_checkpointing=cfg.grad_checkpointing)
     model = create_model(cfg.model, num_classes=num_classes, weights="coco" if coco else None,
                          grad_checkpointing=cfg.grad_checkpointing, **cfg.model_overrides())
     if backbone_weights is not None:
