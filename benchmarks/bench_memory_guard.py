@@ -6,6 +6,31 @@ analytic element count in bytes (``_count``, factor 1) and the guard's estimate.
 lines fit ``measured - anchors = factor x analytic + offset`` per mode: the factors in
 resources.py (TRAIN_FACTOR, INFER_FACTOR, CHECKPOINTED_FACTOR) and OVERHEAD come from them.
 
+Calibration run (2-core AMD EPYC, torch 2.13 CPU, batch 2; MB of peak RSS growth; the
+resources.py factors were set from these: train 1.45, infer 2.3, train+gc 2.1, overhead 40 MB)::
+
+    model               size  mode      analytic  measured
+    efficientdet_lite0   128  train         64.7     151.3
+    efficientdet_lite0   128  infer          9.0      47.8
+    efficientdet_lite0   128  train+gc      28.8     122.7
+    efficientdet_lite0   256  train        259.0     381.5
+    efficientdet_lite0   256  infer         36.0     102.9
+    efficientdet_lite0   256  train+gc     115.3     254.8
+    efficientdet_lite0   384  train        582.7     895.1
+    efficientdet_lite0   384  infer         81.0     180.0
+    efficientdet_lite0   384  train+gc     259.5     563.2
+    efficientdet_d0      128  train         70.8     164.4
+    efficientdet_d0      128  infer          9.0      53.7
+    efficientdet_d0      128  train+gc      30.8     134.1
+    efficientdet_d0      256  train        283.1     447.3
+    efficientdet_d0      256  infer         36.0     114.5
+    efficientdet_d0      256  train+gc     123.2     262.0
+    efficientdet_d0      384  train        636.9     895.1
+    efficientdet_d0      384  infer         81.0     220.6
+
+With those factors the guard's estimate is 0.78-1.27x of every measurement above (the test
+suite holds it to a factor of 2 on any CPU: tests/test_memory_guard.py).
+
     python benchmarks/bench_memory_guard.py            # the table (a few minutes on 2 cores)
     python benchmarks/bench_memory_guard.py --quick    # Lite0 only
 """

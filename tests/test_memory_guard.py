@@ -16,7 +16,7 @@ from efficientdet import cli, resources
 from efficientdet.config import get_model_config
 from efficientdet.errors import ResourceError
 
-STATED_FACTOR = 2.0  # the estimate is within this factor of measured peak RSS growth (calibration: ~1.3)
+STATED_FACTOR = 2.0  # the estimate is within this factor of measured peak RSS growth (calibration: 0.78-1.27)
 
 
 def _rss(key: str) -> int:

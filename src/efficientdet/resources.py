@@ -28,10 +28,12 @@ from pathlib import Path
 from .config import ModelConfig
 from .errors import ResourceError
 
-# Calibrated by benchmarks/bench_memory_guard.py (measured peak RSS / analytic element bytes).
-TRAIN_FACTOR = 1.5
+# Calibrated by benchmarks/bench_memory_guard.py (Lite0 and D0 at 128-384, batch 2, 2-core AMD EPYC):
+# measured peak RSS growth ~ factor x analytic bytes + OVERHEAD; the estimates land at 0.8-1.3x
+# of the measurements there.
+TRAIN_FACTOR = 1.45
 INFER_FACTOR = 2.3
-CHECKPOINTED_FACTOR = 1.7  # the same for the --grad-checkpointing count (stage boundaries + one stage)
+CHECKPOINTED_FACTOR = 2.1  # the same for the --grad-checkpointing count (stage boundaries + one stage)
 LOSS_TENSORS_PER_OUTPUT = 6  # sigmoid, focal weights, targets, ... per class/box output of each anchor
 BYTES = 4  # float32
 OVERHEAD = 40_000_000  # bytes a first step costs whatever the size (kernel caches, scratch)
