@@ -16,7 +16,7 @@ from .config import AnchorConfig, ModelConfig, get_model_config, resolve_model_n
 from .errors import ConfigError, WeightsError
 from .nn.efficientnet import EfficientNet
 from .nn.model import EfficientDet
-from .weights import load_weights, read_checkpoint
+from .weights import is_our_checkpoint, load_weights, read_checkpoint
 from .weights.registry import fetch_pretrained
 
 CHECKPOINT_VERSION = 1
@@ -46,10 +46,6 @@ def show_value(field: str, value) -> str:
     if field == "aspect_ratios":
         return " ".join(f"{w:g},{h:g}" for w, h in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def is_our_checkpoint(obj) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == "efficientdet"
 
 
 def checkpoint_config(
@@ -158,7 +154,7 @@ def load_model(path: str | os.PathLike | dict) -> tuple[EfficientDet, dict]:
     """Rebuild a model from our checkpoint; returns (model in eval mode, checkpoint dict)."""
     ckpt = read_checkpoint(path) if not isinstance(path, dict) else path
     label = os.fspath(path) if not isinstance(path, dict) else "checkpoint"
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "efficientdet":
+    if not is_our_checkpoint(ckpt):
         raise WeightsError(
             f"{label}: not an efficientdet checkpoint; for effdet or other weights use "
             "create_model(NAME, weights=PATH)"

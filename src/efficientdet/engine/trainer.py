@@ -242,7 +242,7 @@ def cli_option(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def adopt_checkpoint_settings(cfg: TrainConfig, ckpt: dict, label: str) -> ModelConfig:
+def adopt_checkpoint_settings(cfg: TrainConfig, ckpt: dict, label: str) -> None:
     """Take the model, image size and anchors of our checkpoint into ``cfg`` (in place, so that
     args.yaml records them); an option that contradicts the file raises WeightsError naming both."""
     from ..factory import CHECKPOINT_FIELDS, checkpoint_config
@@ -253,20 +253,27 @@ def adopt_checkpoint_settings(cfg: TrainConfig, ckpt: dict, label: str) -> Model
     cfg.model, cfg.image_size = saved.name, list(saved.image_size)
     cfg.anchor_scale, cfg.aspect_ratios, cfg.num_scales = a.anchor_scale, [list(r) for r in a.aspect_ratios], a.num_scales
     cfg.min_level, cfg.max_level = a.min_level, a.max_level
-    return saved
+
+
+def _detector_weights(cfg: TrainConfig, load_pretrained: bool = True) -> tuple[str | None, bool, dict | None]:
+    """(``weights`` or None, whether it is "coco", the file's contents when it is a path); our
+    checkpoint's model, image size and anchors are adopted into ``cfg``."""
+    from ..weights import is_our_checkpoint, read_checkpoint
+
+    weights = cfg.weights if load_pretrained else None
+    if weights is not None and str(weights).lower() == "none":
+        weights = None
+    coco = weights is not None and str(weights).lower() == "coco"
+    ckpt = read_checkpoint(weights) if weights is not None and not coco else None
+    if is_our_checkpoint(ckpt):
+        adopt_checkpoint_settings(cfg, ckpt, str(weights))
+    return weights, coco, ckpt
 
 
 def resolve_model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
     """The ModelConfig ``build_model`` will build for ``cfg``, without building it (reads the
     ``weights`` checkpoint when it is ours, adopting its settings into ``cfg``)."""
-    from ..factory import is_our_checkpoint
-    from ..weights import read_checkpoint
-
-    weights = cfg.weights
-    if weights is not None and str(weights).lower() not in ("none", "coco"):
-        ckpt = read_checkpoint(weights)
-        if is_our_checkpoint(ckpt):
-            adopt_checkpoint_settings(cfg, ckpt, str(weights))
+    _detector_weights(cfg)
     return get_model_config(cfg.model or DEFAULT_MODEL, num_classes=num_classes, **cfg.model_overrides())
 
 
@@ -282,18 +289,14 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
     Before anything is allocated, the memory guard refuses a training step that cannot fit on
     ``device`` (default: ``cfg.device``) at this image size and batch.
     """
-    from ..factory import create_model, is_our_checkpoint
-    from ..weights import load_weights, read_checkpoint
+    from ..factory import create_model
+    from ..weights import is_our_checkpoint, load_weights
 
-    weights = cfg.weights if load_pretrained else None
-    if weights is not None and str(weights).lower() == "none":
-        weights = None
-    coco = weights is not None and str(weights).lower() == "coco"
-    ckpt = read_checkpoint(weights) if weights is not None and not coco else None
+    weights, coco, ckpt = _detector_weights(cfg, load_pretrained)
     if is_our_checkpoint(ckpt):
-        saved = adopt_checkpoint_settings(cfg, ckpt, str(weights))
-        log(f"weights: {weights}: {saved.name} at {saved.image_size[0]}x{saved.image_size[1]}, anchor scale "
-            f"{saved.anchors.anchor_scale:g}, {saved.anchors.num_anchors} anchors per cell, classes {ckpt.get('class_names')}")
+        a = get_model_config(cfg.model, **cfg.model_overrides()).anchors
+        log(f"weights: {weights}: {cfg.model} at {cfg.image_size[0]}x{cfg.image_size[1]}, anchor scale "
+            f"{a.anchor_scale:g}, {a.num_anchors} anchors per cell, classes {ckpt.get('class_names')}")
     cfg.model = cfg.model or DEFAULT_MODEL
     backbone_weights = cfg.backbone_weights if load_pretrained else None
     if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":

@@ -55,8 +55,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); is the file complete?") from None
 
 
+def is_our_checkpoint(obj) -> bool:
+    """A dict in our checkpoint format (``factory.save_model_dict``)."""
+    return isinstance(obj, dict) and obj.get("format") == "efficientdet"
+
+
 def detect_source(obj: dict) -> str:
-    if isinstance(obj, dict) and obj.get("format") == "efficientdet":
+    if is_our_checkpoint(obj):
         return "efficientdet"
     state = unwrap_state_dict(obj)
     return "efficientnet-pytorch" if is_efficientnet_pytorch(state) else "effdet"
@@ -85,7 +90,7 @@ def load_weights(
     if source == "auto":
         source = detect_source(obj)
     if source == "efficientdet":
-        if obj.get("format") != "efficientdet":
+        if not is_our_checkpoint(obj):
             raise WeightsError(f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); use source='effdet' for plain state_dicts")
         state = obj["model"]
         config = getattr(model, "config", None)
