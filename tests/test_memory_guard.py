@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import efficientdet as ed
 from efficientdet import cli, resources
@@ -115,3 +116,19 @@ def test_estimate_is_within_the_stated_factor_of_measured_peak_rss(size, train):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = r["estimate"] / r["measured"]
     assert 1 / STATED_FACTOR < ratio < STATED_FACTOR, r
+
+
+@pytest.mark.parametrize("command", ["val", "predict"])
+def test_val_and_predict_refuse_image_size_100000(synth, tmp_path, capsys, command):
+    from efficientdet.data.synth import CLASS_NAMES
+    from efficientdet.factory import save_model_dict
+
+    weights = tmp_path / "model.pt"
+    torch.save(save_model_dict(ed.create_model("lite0", num_classes=len(CLASS_NAMES), image_size=64), CLASS_NAMES), weights)
+    image = sorted((synth.parent / "images").iterdir())[0]
+    extra = ["--data", str(synth)] if command == "val" else ["--source", str(image), "--out", str(tmp_path / "pred")]
+    code = cli.main([command, "--weights", str(weights), "--image-size", "100000", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: efficientdet_lite0 at 100000x100000, batch ") and "inference needs about" in err[0]
+    assert err[0].endswith("fix: a smaller --image-size or --batch")
