@@ -140,6 +140,22 @@ def source_run(synth, tmp_path_factory):
     return result.best_checkpoint
 
 
+@pytest.fixture(scope="module")
+def made_ckpt(synth, tmp_path_factory):
+    """Our checkpoint as the trainer writes its model section, made without training (fast):
+    Lite0 at 64x64 with non-default anchors and the synthetic dataset's classes."""
+    from efficientdet.data.synth import CATEGORY_IDS, CLASS_NAMES
+    from efficientdet.factory import save_model_dict
+
+    torch.manual_seed(0)
+    model = ed.create_model("lite0", num_classes=len(CLASS_NAMES), image_size=64, anchor_scale=2.0, num_scales=2,
+                            aspect_ratios=((1.0, 1.0), (2.0, 0.5)))
+    torch.nn.init.normal_(model.class_net.predict.conv_pw.bias)  # rows that differ per class
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), path)
+    return path
+
+
 def _saved(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -162,21 +178,21 @@ def test_finetune_without_model_takes_everything_from_the_checkpoint(synth, sour
 
 @pytest.mark.parametrize("flag, value, saved", [("--model", "d0", "efficientdet_lite0"), ("--anchor-scale", "3", "2"),
                                                 ("--image-size", "96", "64x64")])
-def test_conflicting_flag_is_refused_naming_both_values(synth, source_run, tmp_path, capsys, flag, value, saved):
+def test_conflicting_flag_is_refused_naming_both_values(synth, made_ckpt, tmp_path, capsys, flag, value, saved):
     from efficientdet import cli
 
-    code = cli.main(["train", "--data", str(synth), "--weights", str(source_run), flag, value,
+    code = cli.main(["train", "--data", str(synth), "--weights", str(made_ckpt), flag, value,
                      "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     shown = {"--model": "efficientdet_d0", "--anchor-scale": "3", "--image-size": "96x96"}[flag]
-    assert err[0] == (f"error: {flag} {shown} conflicts with the checkpoint's {saved} ({source_run}); fix: drop {flag} "
+    assert err[0] == (f"error: {flag} {shown} conflicts with the checkpoint's {saved} ({made_ckpt}); fix: drop {flag} "
                       "(the checkpoint carries its model, image size and anchors)")
     assert not any((tmp_path / "run").glob("*.pt"))
 
 
-def test_repeating_the_checkpoints_values_is_accepted(source_run):
-    cfg = TrainConfig(data="x.yaml", model="lite0", image_size=64, anchor_scale=2.0, weights=str(source_run))
+def test_repeating_the_checkpoints_values_is_accepted(made_ckpt):
+    cfg = TrainConfig(data="x.yaml", model="lite0", image_size=64, anchor_scale=2.0, weights=str(made_ckpt))
     model = build_model(cfg, 6, log=lambda m: None)
     assert model.config.anchors.num_scales == 2 and model.config.anchors.aspect_ratios == ((1.0, 1.0), (2.0, 0.5))
 
@@ -185,12 +201,12 @@ def _per_class(weight: torch.Tensor, num_classes: int) -> torch.Tensor:
     return weight.reshape(-1, num_classes, *weight.shape[1:])  # (A*K, C, 1, 1) -> (A, K, C, 1, 1)
 
 
-def test_same_classes_in_another_order_are_mapped_by_name(source_run):
-    saved = _saved(source_run)
+def test_same_classes_in_another_order_are_mapped_by_name(made_ckpt):
+    saved = _saved(made_ckpt)
     names = list(saved["class_names"])
     shuffled = [names[i] for i in (3, 0, 5, 1, 4, 2)]
     lines = []
-    model = build_model(TrainConfig(data="x.yaml", weights=str(source_run)), len(names), class_names=shuffled,
+    model = build_model(TrainConfig(data="x.yaml", weights=str(made_ckpt)), len(names), class_names=shuffled,
                         log=lines.append)
     k = len(names)
     for key in ("class_net.predict.conv_pw.weight", "class_net.predict.conv_pw.bias"):
@@ -203,11 +219,11 @@ def test_same_classes_in_another_order_are_mapped_by_name(source_run):
     assert torch.equal(model.box_net.predict.conv_pw.weight, saved["model"]["box_net.predict.conv_pw.weight"])
 
 
-def test_other_classes_get_a_new_class_head_and_say_so(source_run):
-    saved = _saved(source_run)
+def test_other_classes_get_a_new_class_head_and_say_so(made_ckpt):
+    saved = _saved(made_ckpt)
     other = [f"part{i}" for i in range(len(saved["class_names"]))]  # same count, other names: must not load silently
     lines = []
-    model = build_model(TrainConfig(data="x.yaml", weights=str(source_run)), len(other), class_names=other,
+    model = build_model(TrainConfig(data="x.yaml", weights=str(made_ckpt)), len(other), class_names=other,
                         log=lines.append)
     bias = model.class_net.predict.conv_pw.bias
     torch.testing.assert_close(bias, torch.full_like(bias, -4.59511985013459))  # the prior, log((1 - 0.01) / 0.01)
@@ -215,16 +231,16 @@ def test_other_classes_get_a_new_class_head_and_say_so(source_run):
     assert torch.equal(model.box_net.predict.conv_pw.weight, saved["model"]["box_net.predict.conv_pw.weight"])
 
 
-def test_python_create_model_takes_the_checkpoint_settings(source_run):
-    saved = _saved(source_run)
-    model = ed.create_model(weights=source_run)
+def test_python_create_model_takes_the_checkpoint_settings(made_ckpt):
+    saved = _saved(made_ckpt)
+    model = ed.create_model(weights=made_ckpt)
     assert model.config.name == "efficientdet_lite0" and model.config.image_size == (64, 64)
     assert model.config.anchors.anchor_scale == 2.0 and model.config.num_classes == len(saved["class_names"])
     assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
     with pytest.raises(WeightsError) as info:
-        ed.create_model("d0", weights=source_run)
+        ed.create_model("d0", weights=made_ckpt)
     assert str(info.value).startswith("model efficientdet_d0 conflicts with the checkpoint's efficientdet_lite0")
     other_anchors = ed.create_model("lite0", num_classes=len(saved["class_names"]), image_size=64, num_scales=2,
                                     aspect_ratios=((1.0, 1.0), (2.0, 0.5)))  # Lite0's anchor scale 3.0: same shapes
     with pytest.raises(WeightsError, match=r"anchor_scale 2\.0 differs from this model's 3\.0.*create_model\(weights=PATH\)"):
-        ed.load_weights(other_anchors, source_run)
+        ed.load_weights(other_anchors, made_ckpt)
