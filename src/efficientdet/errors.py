@@ -23,3 +23,7 @@ class DataError(EfficientDetError):
 
 class OutputError(EfficientDetError):
     """An output that cannot be written (disk full, read-only folder, a path under a file)."""
+
+
+class ResourceError(EfficientDetError):
+    """A step that needs more memory than the machine has (see ``efficientdet.resources``)."""

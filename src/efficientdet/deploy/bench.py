@@ -94,12 +94,15 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
     import numpy as np
     import torch
 
+    from ..resources import check_memory
+
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
         t0 = time.perf_counter()
         det = build_detector(engine, args.model, args.image_size, args.num_classes, threads, args.weights, workdir)
         setup_s = time.perf_counter() - t0
+        check_memory(det.config, batch, train=False, device=det.device, image_size=det.image_size)
         h, w = det.image_size
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, h, w, generator=g)

