@@ -161,6 +161,57 @@ def match_detections(off_boxes, off_scores, off_classes, ours: dict, box_tol=1e-
     return int(((box_diff < box_tol) & same_class & (score_diff < score_tol)).any(1).sum())
 
 
+def check_checkpoint_formats(tf, off32, x32, our_cfg, hw, rng) -> dict:
+    """Load the official float32 model's weights from the files the official code writes and
+    reads: Keras ``save_weights`` as .h5 and as a TF (object-based) checkpoint, and a name-based
+    checkpoint with ExponentialMovingAverage shadows (the released checkpoints' layout) restored
+    by the official ``util_keras.restore_ckpt``. Max |official - ours| over all outputs."""
+    import tempfile
+
+    import torch
+    from tf2 import util_keras
+
+    import efficientdet as ed
+
+    def ours_outputs(path):
+        model = ed.create_model(our_cfg.name, image_size=hw, aspect_ratios="official-v2")
+        ed.load_weights(model, path, source="automl")
+        with torch.no_grad():
+            cls, box = model.eval()(torch.from_numpy(x32).permute(0, 3, 1, 2).contiguous())
+        return [t.permute(0, 2, 3, 1).numpy() for t in cls + box]
+
+    def official_outputs():
+        cls, box = off32(x32, training=False)
+        return [t.numpy() for t in cls + box]
+
+    def worst(a, b):
+        return max(max_abs(x, y) for x, y in zip(a, b))
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = official_outputs()
+        off32.save_weights(os.path.join(tmp, "weights.h5"))
+        out["keras_h5"] = worst(reference, ours_outputs(os.path.join(tmp, "weights.h5")))
+        off32.save_weights(os.path.join(tmp, "tf2", "ckpt"))
+        out["tf2_object_based"] = worst(reference, ours_outputs(os.path.join(tmp, "tf2")))
+        # name-based with EMA shadows that differ from the raw variables, plus optimizer slots and a step
+        shadows = {}
+        for v in off32.weights:
+            name = v.name.split(":")[0]
+            shadows[name] = tf.Variable(v.numpy() * rng.uniform(0.9, 1.1, v.shape).astype(np.float32))
+            shadows[name + "/ExponentialMovingAverage"] = tf.Variable(v.numpy())
+            if "kernel" in name:
+                shadows[name + "/Momentum"] = tf.Variable(np.zeros(v.shape, np.float32))
+        shadows["global_step"] = tf.Variable(np.int64(1000))
+        prefix = tf.compat.v1.train.Saver(var_list=shadows).save(None, os.path.join(tmp, "tf1", "model"))
+        for v in off32.weights:  # forget the weights; the official restore must bring them back
+            v.assign(np.zeros(v.shape, np.float32))
+        util_keras.restore_ckpt(off32, prefix, ema_decay=0.9998, skip_mismatch=False)
+        out["tf1_name_based_ema"] = worst(official_outputs(), ours_outputs(prefix))
+        out["tf1_restored_equals_original"] = worst(reference, official_outputs())
+    return out
+
+
 def _stage(label: str, start: list) -> None:
     now = time.perf_counter()
     print(f"  {label}: {now - start[0]:.1f} s", file=sys.stderr, flush=True)
@@ -224,6 +275,8 @@ def run_model(spec, args, official_mods, rng):
     result["float32"] = {"class": compare_levels(off_cls32, cls32), "box": compare_levels(off_box32, box32)}
     tf.keras.backend.set_floatx("float32")
     _stage("float32 forward passes", clock)
+    result["checkpoint_formats"] = check_checkpoint_formats(tf, off32, x32, our_cfg, hw, rng)
+    _stage("checkpoint formats", clock)
 
     # anchors (official: yxyx float32 from float64 numpy)
     lv = (off_cfg.min_level, off_cfg.max_level, off_cfg.num_scales)
@@ -279,15 +332,17 @@ def run_model(spec, args, official_mods, rng):
 
 def summary_table(results: list[dict]) -> str:
     lines = ["| model | input | mapped tensors | float64 class / box max diff | float32 class / box max diff (rel.) "
-             "| anchors v2 / v1 diff | decode diff | detections hard: same rule / shipped | soft-NMS: same rule / shipped |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| .h5 / TF2 / TF1+EMA files | anchors v2 / v1 diff | decode diff | detections hard: same rule / shipped "
+             "| soft-NMS: same rule / shipped |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         f64 = max(x["max_abs_diff"] for x in r["float64"]["class"]), max(x["max_abs_diff"] for x in r["float64"]["box"])
         f32 = [max(x["max_abs_diff"] / x["max_abs"] for x in r["float32"][k]) for k in ("class", "box")]
-        d = r["detections"]
+        d, fmt = r["detections"], r["checkpoint_formats"]
         lines.append(
             f"| {r['model']} | {r['image_size'][0]}x{r['image_size'][1]} | {r['mapped_tensors']} | {f64[0]:.1e} / {f64[1]:.1e} "
-            f"| {f32[0]:.1e} / {f32[1]:.1e} | {r['anchors']['official_v2_vs_official']:.1e} / "
+            f"| {f32[0]:.1e} / {f32[1]:.1e} | {fmt['keras_h5']:.1e} / {fmt['tf2_object_based']:.1e} / {fmt['tf1_name_based_ema']:.1e} "
+            f"| {r['anchors']['official_v2_vs_official']:.1e} / "
             f"{r['anchors']['official_v1_vs_official_given_v1_ratios']:.1e} | {r['box_decoding_max_abs_diff']:.1e} "
             f"| {d['hard']['matched_official_rule']}/{d['hard']['official']} / {d['hard']['matched_shipped']}/{d['hard']['official']} "
             f"| {d['gaussian']['matched_official_rule']}/{d['gaussian']['official']} / "

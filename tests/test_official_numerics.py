@@ -99,3 +99,40 @@ def test_train_cli_aspect_ratio_set_names(capsys):
     assert cli_main(["train", "--data", "d.yaml", "--aspect-ratios", "official-v3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --aspect-ratios 'official-v3': ") and "fix: give official-v1 or" in err[0]
+
+
+# ----------------------------------------------------------------------------- google/automl weights
+def test_official_variables_map_onto_ours_by_name():
+    """The effdet fixture's weights under their official names (a dict, no TensorFlow needed)
+    give what the official Keras model computed with them (fixture made from google/automl)."""
+    from .reference import check_official_outputs, official_lite0
+
+    record, variables, x = official_lite0()
+    assert len(variables) == 588 and "efficientnet-lite0/stem/conv2d/kernel" in variables
+    model = ed.create_model("lite0", image_size=(192, 320), aspect_ratios="official-v2")
+    assert ed.load_weights(model, variables, source="automl").loaded == 588
+    check_official_outputs(model, record, x)
+
+
+def test_official_variables_of_another_model_are_refused():
+    from efficientdet.errors import WeightsError
+
+    from .reference import official_lite0
+
+    _, variables, _ = official_lite0()
+    lite1 = ed.create_model("lite1", image_size=(192, 320))
+    before = {k: v.clone() for k, v in lite1.state_dict().items()}
+    with pytest.raises(WeightsError, match=r"does not fit this model \(\d+ missing, \d+ unexpected, \d+ mismatched") as info:
+        ed.load_weights(lite1, variables, source="automl")
+    assert "\n" not in str(info.value)
+    assert all(torch.equal(v, lite1.state_dict()[k]) for k, v in before.items())
+
+
+def test_automl_checkpoint_without_tensorflow_says_how_to_get_it(monkeypatch, tmp_path):
+    import sys
+
+    from efficientdet.errors import WeightsError
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
+    with pytest.raises(WeightsError, match=r"needs TensorFlow; fix: pip install 'efficientdet\[automl\]'"):
+        ed.load_weights(ed.create_model("lite0", image_size=(64, 64)), tmp_path / "model", source="automl")

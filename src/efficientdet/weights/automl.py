@@ -162,6 +162,23 @@ def from_automl(variables: dict[str, np.ndarray], model: nn.Module) -> tuple[dic
     return state, unexpected, ignored
 
 
+def to_automl(model: nn.Module) -> dict[str, np.ndarray]:
+    """The inverse of :func:`from_automl`: ``model``'s weights as {official variable name: array}
+    in TF layouts (to assign to the official Keras model, or to write a TF checkpoint)."""
+    state = model.state_dict()
+    out: dict[str, np.ndarray] = {}
+    for key, name in automl_names(model).items():
+        value = state[key].detach().cpu().numpy()
+        if name.endswith("/WSM"):  # one vector -> WSM, WSM_1, ... scalars
+            for i, v in enumerate(value):
+                out[name if i == 0 else f"{name}_{i}"] = np.asarray(v)
+        elif value.ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out); (C, 1, kh, kw) -> (kh, kw, C, 1)
+            out[name] = value.transpose(2, 3, 0, 1) if name.endswith("depthwise_kernel") else value.transpose(2, 3, 1, 0)
+        else:
+            out[name] = value
+    return out
+
+
 # ----------------------------------------------------------------------------- reading files
 def _tensorflow():
     try:
@@ -207,7 +224,7 @@ def read_automl_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarra
     names = [k for k in shapes if not k.endswith(EMA_SUFFIX)]
     with_ema = [k for k in names if k + EMA_SUFFIX in shapes]
     variables = {k: reader.get_tensor(k + EMA_SUFFIX if k + EMA_SUFFIX in shapes else k) for k in names}
-    notes = [f"{len(with_ema)} of {len(names)} variables from their exponential moving averages"] if with_ema else []
+    notes = [f"{len(with_ema)} variables read from their exponential moving averages"] if with_ema else []
     return variables, notes
 
 
