@@ -365,7 +365,6 @@ def main(argv=None) -> int:
         tqdm.write(json.dumps(result))
     print(summary_table(results))
     if args.json:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from efficientdet.fileio import write_json
 
         write_json(args.json, {"automl_commit_verified": VERIFIED_COMMIT, "results": results})
