@@ -96,6 +96,9 @@ def test_train_cli_aspect_ratio_set_names(capsys):
     # official tf2/anchors.py: aspect_x = np.sqrt(r), aspect_y = 1.0 / aspect_x
     assert cfg.aspect_ratios == [[1.0, 1.0], [math.sqrt(2.0), 1.0 / math.sqrt(2.0)], [math.sqrt(0.5), 1.0 / math.sqrt(0.5)]]
     assert cfg.model_overrides()["aspect_ratios"] == get_model_config("d0", aspect_ratios="official-v2").anchors.aspect_ratios
+    from efficientdet.engine.trainer import TrainConfig
+
+    assert TrainConfig(aspect_ratios="official-v2").aspect_ratios == cfg.aspect_ratios  # the Python equivalent
     assert cli_main(["train", "--data", "d.yaml", "--aspect-ratios", "official-v3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --aspect-ratios 'official-v3': ") and "fix: give official-v1 or" in err[0]

@@ -1,6 +1,9 @@
 """Pretrained COCO weights: the effdet release files, downloaded once into the torch hub cache.
 
 Each file name carries the first 8 hex digits of its SHA-256, which is checked after download.
+They are effdet's ports of the official releases and expect the "official-v1" anchor aspect
+ratios, the default (see ``config.ASPECT_RATIO_SETS``). google/automl checkpoints themselves
+load with ``load_weights(model, path, source="automl")``.
 """
 
 from __future__ import annotations
