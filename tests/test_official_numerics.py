@@ -129,6 +129,10 @@ def test_official_variables_of_another_model_are_refused():
         ed.load_weights(lite1, variables, source="automl")
     assert "\n" not in str(info.value)
     assert all(torch.equal(v, lite1.state_dict()[k]) for k, v in before.items())
+    from efficientdet.factory import create_backbone
+
+    with pytest.raises(WeightsError, match="load into an EfficientDet, not a EfficientNet"):
+        ed.load_weights(create_backbone("efficientnet_lite0"), variables, source="automl")
 
 
 def test_automl_checkpoint_without_tensorflow_says_how_to_get_it(monkeypatch, tmp_path):

@@ -58,7 +58,12 @@ def _param(layer: str, param: str, depthwise: bool = False) -> str:
 def automl_names(model: nn.Module) -> dict[str, str]:
     """{our state-dict key: official variable name} for every parameter and BN statistic of an
     ``EfficientDet`` (``num_batches_tracked`` has no official counterpart and is left out)."""
-    cfg = model.config
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(model, "backbone"):
+        raise WeightsError(
+            f"source='automl': google/automl checkpoints load into an EfficientDet, not a {type(model).__name__}; "
+            "fix: build the detector with create_model(NAME)"
+        )
     state = model.state_dict()
     backbone = cfg.backbone.replace("_", "-")
     num_levels = cfg.max_level - cfg.min_level + 1
