@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-automl demo bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -n 2 -q tests
+
+# load_weights(source="automl") against the official model's outputs, in the TensorFlow env
+# (TF 2.15 needs numpy < 2, so not in .venv): benchmarks/official/.venv, built on first use
+test-automl:
+	bash benchmarks/official/setup_official.sh
+	benchmarks/official/.venv/bin/python -m pytest -q -p no:cacheprovider -m tensorflow tests/test_weights_automl.py
 
 demo: install
 	$(VENV)/bin/efficientdet demo   # a new runs/demo/N each time

@@ -78,3 +78,33 @@ def test_box_format_round_trips():
     assert torch.equal(cxcywh_to_xyxy(xyxy_to_cxcywh(b)), b)
     assert xyxy_to_xywh(b).tolist() == [[1.0, 2.0, 4.0, 8.0]]
     assert torch.equal(xywh_to_xyxy(xyxy_to_xywh(b)), b)
+
+
+# ----------------------------------------------------------------------------- named aspect-ratio sets
+def test_official_v2_anchors_by_hand():
+    """official-v2 = hparams aspect_ratios [1.0, 2.0, 0.5] -> (sqrt r, 1/sqrt r) (google/automl tf2/anchors.py)."""
+    v2 = AnchorGenerator(AnchorConfig(aspect_ratios="official-v2"))((512, 512), dtype=torch.float64)
+    # level 3, cell (0, 0), centre (4, 4), base 32: ratio 2 -> 32*sqrt(2) x 32/sqrt(2)
+    hw, hh = 16 * 2**0.5, 16 / 2**0.5
+    torch.testing.assert_close(v2[1], torch.tensor([4 - hw, 4 - hh, 4 + hw, 4 + hh], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(v2[2], torch.tensor([4 - hh, 4 - hw, 4 + hh, 4 + hw], dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_official_v1_is_the_default_and_v2_moves_two_thirds_of_d0_anchors():
+    assert AnchorConfig().aspect_ratios == AnchorConfig(aspect_ratios="official-v1").aspect_ratios == (
+        (1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    v1 = AnchorGenerator(AnchorConfig())((512, 512), dtype=torch.float64)
+    v2 = AnchorGenerator(AnchorConfig(aspect_ratios="official-v2"))((512, 512), dtype=torch.float64)
+    moved = (v1 - v2).abs().amax(1) > 1e-9
+    ratio_index = torch.arange(v1.shape[0]) % 3  # anchors within a cell: scale-major, then ratio
+    assert torch.equal(moved, ratio_index != 0)  # the (1, 1) anchors stay, the others move
+    # largest move: P7 (stride 128), scale 2^(2/3), ratio 2: half-width 4*128*2^(2/3)*(sqrt 2 - 1.4)/2
+    expected = 4 * 128 * 2 ** (2 / 3) * (2**0.5 - 1.4) / 2
+    assert float((v1 - v2).abs().max()) == pytest.approx(expected, abs=1e-9) and 5.7 < expected < 5.8
+
+
+def test_unknown_aspect_ratio_set_is_config_error():
+    with pytest.raises(ConfigError, match="official-v1 or official-v2"):
+        AnchorConfig(aspect_ratios="official-v3")
+    with pytest.raises(ConfigError, match="pairs"):
+        AnchorConfig(aspect_ratios=((1.0, 0.0),))

@@ -220,3 +220,19 @@ def test_atss_on_real_grid_positives_inside_boxes():
     mb = out.matched_boxes[0][pos]
     assert ((ctr > mb[:, :2]) & (ctr < mb[:, 2:])).all()
     torch.testing.assert_close(out.box_targets[0][pos], encode_boxes(mb, anchors[pos]))
+
+
+@pytest.mark.parametrize("edge", ["left", "top", "right", "bottom"])
+def test_atss_centre_within_0_01_of_an_edge_is_not_inside(edge):
+    """Reference ATSS / mmdetection: inside means min(l, t, r, b) > 0.01 px, not > 0."""
+    box = torch.tensor([[0.0, 0, 10, 10]], dtype=torch.float64)
+
+    def anchors(d):  # an 18 x 10 (or 10 x 18) anchor whose centre lies d px inside the given edge
+        x1, y1, x2, y2 = {"left": (d - 9, 0, d + 9, 10), "right": (1 - d, 0, 19 - d, 10),
+                          "top": (0, d - 9, 10, d + 9), "bottom": (0, 1 - d, 10, 19 - d)}[edge]
+        return torch.tensor([[x1, y1, x2, y2], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=torch.float64)
+
+    # IoU (9 + d) * 10 / (280 - (9 + d) * 10) = 0.474 for d ~ 0, above mean + std = 0.432 of (0.474, 0, 0)
+    assert assign_atss(anchors(0.005), [3], box, topk=3).tolist() == [-1, -1, -1]  # 0.005 px from the edge
+    assert assign_atss(anchors(0.009), [3], box, topk=3).tolist() == [-1, -1, -1]  # 0.009 px: still within 0.01
+    assert assign_atss(anchors(0.011), [3], box, topk=3).tolist() == [0, -1, -1]  # 0.011 px: inside

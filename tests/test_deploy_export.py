@@ -116,7 +116,7 @@ def test_onnx_metadata(lite0_onnx):
         assert meta["format"] == "efficientdet-export" and meta["outputs"] == kind
         assert meta["model_name"] == "efficientdet_lite0" and meta["num_classes"] == 90
         assert meta["class_names"][:2] == ["n0", "n1"] and meta["category_ids"][:2] == [1, 2]
-        assert meta["image_size"] == [192, 320] and meta["mean"] == [127.5] * 3 and meta["std"] == [127.5] * 3
+        assert meta["image_size"] == [192, 320] and meta["mean"] == [127.0] * 3 and meta["std"] == [128.0] * 3
         assert "top-left" in meta["letterbox"] and json.loads(props["class_names"])[5] == "n5"
     assert json.loads({p.key: p.value for p in onnx.load(str(nms)).metadata_props}["efficientdet"])["nms"] == {
         "iou_threshold": 0.5, "score_threshold": 0.05, "max_detections": 100, "max_candidates": 5000}

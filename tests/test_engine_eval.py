@@ -236,7 +236,7 @@ def test_evaluate_maps_boxes_and_labels_back(synth):
     assert sorted(d["image_id"] for d in result.detections) == sorted(r.image_id for r in data.records)
     x = torch.cat(oracle.inputs)
     assert x.shape == (4, 3, 128, 128)
-    # lite mean/std 127.5: inputs in [-1, 1]
+    # lite: (x - 127) / 128, inputs in [-1, 1]
     assert float(x.min()) >= -1.0 - 1e-6 and float(x.max()) <= 1.0 + 1e-6
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -15,9 +16,48 @@ from .errors import ConfigError
 ACTIVATIONS = ("swish", "relu6", "relu")
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-LITE_MEAN = (127.5, 127.5, 127.5)  # the Lite models take (x - 127.5) / 127.5
-LITE_STD = (127.5, 127.5, 127.5)
+# The Lite models take (x - 127) / 128, as the official ones (hparams_config.lite_common_param) and
+# the EfficientNet-Lite ImageNet weights; effdet uses (x - 127.5) / 127.5 (within 0.008 of it).
+LITE_MEAN = (127.0, 127.0, 127.0)
+LITE_STD = (128.0, 128.0, 128.0)
 FUSIONS = ("fastattn", "softmax", "sum")
+
+
+def _wh(ratio: float) -> tuple[float, float]:
+    """Official conversion of a w/h ratio to (width, height) factors: (sqrt r, 1 / sqrt r)."""
+    rx = math.sqrt(ratio)
+    return (rx, 1.0 / rx)
+
+
+# Named anchor aspect-ratio sets, (width, height) factors per anchor in cell order.
+# "official-v1": the official code until September 2020, when the released COCO checkpoints
+# (and effdet's ports of them) were trained; our default. "official-v2": the official code since
+# (hparams aspect_ratios [1.0, 2.0, 0.5]); for training from scratch to match today's official code.
+ASPECT_RATIO_SETS: dict[str, tuple[tuple[float, float], ...]] = {
+    "official-v1": ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4)),
+    "official-v2": (_wh(1.0), _wh(2.0), _wh(0.5)),
+}
+DEFAULT_ASPECT_RATIOS = "official-v1"
+
+
+def resolve_aspect_ratios(value) -> tuple[tuple[float, float], ...]:
+    """(width, height) pairs from a set name (``ASPECT_RATIO_SETS``) or a sequence of pairs."""
+    if isinstance(value, str):
+        key = value.strip().lower().replace("_", "-")
+        if key not in ASPECT_RATIO_SETS:
+            raise ConfigError(
+                f"aspect_ratios {value!r}: unknown set; fix: choose {' or '.join(ASPECT_RATIO_SETS)}, or give (width, height) pairs"
+            )
+        return ASPECT_RATIO_SETS[key]
+    try:
+        pairs = tuple(tuple(float(v) for v in r) for r in value)
+    except (TypeError, ValueError):
+        pairs = ()
+    if not pairs or any(len(r) != 2 or not min(r) > 0 for r in pairs):
+        raise ConfigError(
+            f"aspect_ratios={value!r}: not (width, height) pairs > 0; fix: give such pairs or a set name ({', '.join(ASPECT_RATIO_SETS)})"
+        )
+    return pairs
 
 
 def parse_image_size(value, option: str = "image_size") -> tuple[int, int] | None:
@@ -44,23 +84,23 @@ class AnchorConfig:
     """Anchor grid: ``num_scales`` octave scales x ``aspect_ratios`` per cell, levels min..max.
 
     Anchor size at level l, scale i, ratio (rx, ry): ``anchor_scale * 2**l * 2**(i/num_scales)``
-    times (rx, ry) for (width, height).
+    times (rx, ry) for (width, height). ``aspect_ratios`` takes (width, height) pairs or a set
+    name from ``ASPECT_RATIO_SETS`` ("official-v1", the default, or "official-v2"); it is stored
+    as the exact pairs.
     """
 
     min_level: int = 3
     max_level: int = 7
     num_scales: int = 3
-    aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    aspect_ratios: tuple[tuple[float, float], ...] = ASPECT_RATIO_SETS[DEFAULT_ASPECT_RATIOS]
     anchor_scale: float = 4.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "aspect_ratios", tuple(tuple(float(v) for v in r) for r in self.aspect_ratios))
+        object.__setattr__(self, "aspect_ratios", resolve_aspect_ratios(self.aspect_ratios))
         if not 1 <= self.min_level <= self.max_level:
             raise ConfigError(f"anchor levels {self.min_level}..{self.max_level}: need 1 <= min_level <= max_level")
         if self.num_scales < 1:
             raise ConfigError(f"num_scales={self.num_scales}: need at least 1")
-        if not self.aspect_ratios or any(len(r) != 2 or min(r) <= 0 for r in self.aspect_ratios):
-            raise ConfigError(f"aspect_ratios={self.aspect_ratios}: give (width, height) pairs > 0")
         if self.anchor_scale <= 0:
             raise ConfigError(f"anchor_scale={self.anchor_scale}: need a positive number")
 

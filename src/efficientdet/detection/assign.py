@@ -28,6 +28,9 @@ from .boxes import box_iou, encode_boxes
 
 BACKGROUND = -1
 IGNORE = -2
+# ATSS centre test: an anchor centre counts as inside a box when its smallest distance to the
+# box's edges exceeds this (pixels), as in the reference ATSS code and mmdetection's ATSSAssigner.
+ATSS_CENTER_MARGIN = 0.01
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -123,9 +126,10 @@ def assign_atss(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
     box centre (all of them when a level has fewer; ties in distance go to whichever
     ``torch.topk`` returns); the IoU threshold is mean + std of these candidates' IoUs (std
     with Bessel's correction as in the reference ATSS code; 0 for a single candidate); a
-    candidate is positive when its IoU >= threshold and its centre lies strictly inside the
-    box. An anchor positive for several boxes goes to the one with the highest IoU (then the
-    lowest box index). There is no force-matching: a box whose candidates all fail stays
+    candidate is positive when its IoU >= threshold and its centre lies inside the box by
+    more than ``ATSS_CENTER_MARGIN`` (0.01 px) from every edge, as in the reference code. An
+    anchor positive for several boxes goes to the one with the highest IoU (then the lowest
+    box index). There is no force-matching: a box whose candidates all fail stays
     unmatched, as in the paper.
 
     Centerness: the ATSS paper adds a centerness branch to FCOS-style heads; we do not. The
@@ -164,7 +168,7 @@ def assign_atss(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
             gt_boxes[:, None, 3] - cand_ctr[..., 1],
         ],
         dim=-1,
-    ).amin(-1) > 0  # (M, C)
+    ).amin(-1) > ATSS_CENTER_MARGIN  # (M, C)
     positive = (cand_iou >= mean + std) & inside  # (M, C)
     score = torch.full_like(iou, -1.0)  # (M, A): IoU where positive, -1 elsewhere
     score.scatter_(1, cand, torch.where(positive, cand_iou, torch.full_like(cand_iou, -1.0)))

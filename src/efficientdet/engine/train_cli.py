@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 
 from .. import cli_options
-from ..config import parse_image_size
+from ..config import ASPECT_RATIO_SETS, DEFAULT_ASPECT_RATIOS, parse_image_size, resolve_aspect_ratios
 from ..errors import ConfigError
 from .trainer import DEFAULT_MODEL, FREEZE_CHOICES, OPTIMIZER_NAMES, RESUME_OVERRIDABLE, TrainConfig, train
 
@@ -24,9 +24,12 @@ PRECISION_TO_AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # --precisi
 
 
 def parse_aspect_ratios(items: list[str] | None) -> list[list[float]] | None:
-    """'1,1 1.4,0.7 0.7,1.4' (width,height pairs) or '1 2 0.5' (w/h ratios r -> (sqrt r, 1/sqrt r))."""
+    """A set name ('official-v1', 'official-v2'), '1,1 1.4,0.7 0.7,1.4' (width,height pairs) or
+    '1 2 0.5' (w/h ratios r -> (sqrt r, 1/sqrt r)); returns the exact (width, height) pairs."""
     if not items:
         return None
+    if len(items) == 1 and items[0].strip().lower().replace("_", "-") in ASPECT_RATIO_SETS:
+        return [list(r) for r in resolve_aspect_ratios(items[0])]
     out = []
     for item in items:
         try:
@@ -37,7 +40,10 @@ def parse_aspect_ratios(items: list[str] | None) -> list[list[float]] | None:
             r = values[0] ** 0.5
             values = [r, 1.0 / r]
         if len(values) != 2 or min(values) <= 0:
-            raise ConfigError(f"--aspect-ratios {item!r}: give W,H pairs (1.4,0.7) or ratios w/h (2.0), all positive")
+            raise ConfigError(
+                f"--aspect-ratios {item!r}: not a set name, W,H pair or ratio; fix: give {' or '.join(ASPECT_RATIO_SETS)}, "
+                "W,H pairs (1.4,0.7) or ratios w/h (2.0), all positive"
+            )
         out.append(values)
     return out
 
@@ -53,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli_options.add(g, "image_size")
     g.add_argument("--freeze", choices=FREEZE_CHOICES, help="keep parts fixed: backbone (train BiFPN and heads), backbone+fpn (heads only); default none")
     g.add_argument("--anchor-scale", type=float, help="anchor size in strides (model default: 4, Lite 3)")
-    g.add_argument("--aspect-ratios", nargs="+", metavar="R", help="W,H pairs or w/h ratios (default 1,1 1.4,0.7 0.7,1.4)")
+    g.add_argument("--aspect-ratios", nargs="+", metavar="R", help=f"{' or '.join(ASPECT_RATIO_SETS)} (the official anchors before/after "
+                   f"Sep 2020; default {DEFAULT_ASPECT_RATIOS}: 1,1 1.4,0.7 0.7,1.4, what the COCO weights expect), "
+                   "W,H pairs or w/h ratios")
     g.add_argument("--num-scales", type=int, help="anchor scales per octave (default 3)")
     g.add_argument("--min-level", type=int, help="first pyramid level (3)")
     g.add_argument("--max-level", type=int, help="last pyramid level, 5..8 (default 7)")

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config
+from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config, resolve_aspect_ratios
 from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError
 from ..resources import check_memory
@@ -157,7 +157,7 @@ class TrainConfig:
         if isinstance(self.image_size, (tuple, list)):
             self.image_size = [int(v) for v in self.image_size]
         if self.aspect_ratios is not None:
-            self.aspect_ratios = [[float(v) for v in r] for r in self.aspect_ratios]
+            self.aspect_ratios = [list(r) for r in resolve_aspect_ratios(self.aspect_ratios)]  # a set name -> exact pairs
         checks = [
             (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
             (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),

@@ -1,4 +1,4 @@
-"""Load weights from the layouts users hold: ours, effdet's, EfficientNet-PyTorch's.
+"""Load weights from the layouts users hold: ours, effdet's, EfficientNet-PyTorch's, google/automl's.
 
 ``load_weights`` never loads part of a checkpoint in silence: the only keys it skips are the
 class prediction layer when the classes differ (fine-tuning), and a classifier's head
@@ -22,7 +22,7 @@ from .convert import from_efficientnet_pytorch, is_efficientnet_pytorch, unwrap_
 
 log = logging.getLogger("efficientdet")
 
-SOURCES = ("auto", "efficientdet", "effdet", "efficientnet-pytorch")
+SOURCES = ("auto", "efficientdet", "effdet", "efficientnet-pytorch", "automl")
 CLASS_HEAD_KEYS = ("class_net.predict.conv_pw.weight", "class_net.predict.conv_pw.bias")
 CLASSIFIER_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 
@@ -51,7 +51,8 @@ def load_weights(
 
     ``source``: "auto" (detect), "efficientdet" (our checkpoint), "effdet" (rwightman's files or any
     state_dict in our layout), "efficientnet-pytorch" (lukemelas layout; into an EfficientNet, or
-    into an EfficientDet's backbone).
+    into an EfficientDet's backbone), "automl" (a google/automl TF checkpoint or Keras .h5 file, or
+    a dict {official variable name: array}; never detected, see ``weights/automl.py``).
 
     Our checkpoint into an EfficientDet: its image size and anchors must be the model's
     (WeightsError naming both otherwise). ``class_names`` (the model's classes, in order): the
@@ -61,6 +62,8 @@ def load_weights(
     if source not in SOURCES:
         raise WeightsError(f"source={source!r}: choose one of {', '.join(SOURCES)}")
     label = name or (os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else "state_dict")
+    if source == "automl":
+        return _load_automl(model, weights, label)
     obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
     if not isinstance(obj, dict):
         raise WeightsError(f"{label}: expected a dict of tensors, got {type(obj).__name__}")
@@ -129,6 +132,23 @@ def _map_class_head(state: dict, saved: list[str], names: list[str], label: str)
         per_anchor = value.reshape(-1, len(saved), *value.shape[1:])  # (A*K, ...) -> (A, K, ...)
         state[key] = per_anchor[:, order].reshape(value.shape)
     return state, [f"classes mapped by name from the checkpoint's order {saved} to {names}"], ()
+
+
+def _load_automl(model: nn.Module, weights, label: str) -> LoadReport:
+    """source="automl": read (TensorFlow) and map by name (``weights/automl.py``), then load as any other."""
+    from .automl import from_automl, read_automl_checkpoint
+
+    variables, notes = read_automl_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else (weights, [])
+    state, unexpected, ignored = from_automl(variables, model)
+    if not state:
+        raise WeightsError(f"{label}: no google/automl EfficientDet variables for this model; fix: is it a google/automl checkpoint?")
+    report = _load_matching(model, {**state, **{n: torch.zeros(0) for n in unexpected}}, label, "automl")
+    if ignored:
+        notes.append(f"ignored {ignored} variables that are not network weights (optimizer slots, step counters)")
+    report.notes = notes + report.notes
+    for note in report.notes:
+        log.warning("%s: %s", label, note)
+    return report
 
 
 def _load_matching(

@@ -1,6 +1,11 @@
 """Pretrained COCO weights: the effdet release files, downloaded once into the torch hub cache.
 
 Each file name carries the first 8 hex digits of its SHA-256, which is checked after download.
+They are effdet's ports of the official releases, run (as effdet does) with the "official-v1"
+anchor aspect ratios, the default (see ``config.ASPECT_RATIO_SETS``): the D0-D7x releases were
+trained with them; the Lite releases (2021) post-date the official switch to "official-v2",
+which was not re-checked here. google/automl checkpoints themselves
+load with ``load_weights(model, path, source="automl")``.
 """
 
 from __future__ import annotations
