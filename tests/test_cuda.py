@@ -59,7 +59,12 @@ TARGETS = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0], [30.0, 5.0, 120.0, 
 
 def _step(model, device, amp: str | None = None, channels_last: bool = False, dtype=torch.float32):
     """One training step's forward + loss + backward as the trainer does it (autocast around the
-    network, the loss in float32, fp16 gradients through a loss scale). Returns (loss, head grads)."""
+    network, the loss in float32). Returns (loss, gradients of the two prediction layers).
+
+    No loss scale for fp16: this loss's gradients are far above fp16's subnormal range (the
+    GradScaler's overflow handling has its own test). Only the prediction layers' gradients
+    are compared: deeper ones pass back through train-mode batch norms over a handful of
+    values (P6, P7 at 128x128), where rounding differences are amplified in any precision."""
     model = copy.deepcopy(model).to(device, dtype).train()
     x = (torch.rand(2, 3, *HW, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device, dtype)
     if channels_last:
@@ -70,10 +75,9 @@ def _step(model, device, amp: str | None = None, channels_last: bool = False, dt
     with torch.autocast(torch.device(device).type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None):
         class_out, box_out = model(x)
     loss = DetectionLoss(model.config.anchors, None, model.config.num_classes)(class_out, box_out, targets, HW)["loss"]
-    scale = 2.0 ** 12 if amp == "fp16" else 1.0  # what GradScaler does: keep small fp16 gradients from flushing to 0
-    (loss * scale).backward()
-    grads = torch.cat([p.grad.detach().double().flatten().cpu() / scale for n, p in model.named_parameters()
-                       if n.startswith(("class_net", "box_net"))])
+    loss.backward()
+    grads = torch.cat([p.grad.detach().double().flatten().cpu() for n, p in model.named_parameters()
+                       if n.startswith(("class_net.predict", "box_net.predict"))])
     return float(loss.detach()), grads
 
 
@@ -83,10 +87,10 @@ def float64_step(lite0_weights):
 
 
 @pytest.mark.parametrize("variant, loss_tol, min_cos", [
-    ("fp32", 2e-3, 0.999),  # TF32 convolutions on the GPU
-    ("fp32-channels_last", 2e-3, 0.999),
-    ("bf16", 3e-2, 0.9),
-    ("fp16", 1e-2, 0.95),
+    ("fp32", 2e-3, 0.9999),  # TF32 convolutions on the GPU
+    ("fp32-channels_last", 2e-3, 0.9999),
+    ("bf16", 3e-2, 0.98),
+    ("fp16", 1e-2, 0.99),
 ])
 def test_training_step_precision_agrees_with_float64(lite0_weights, float64_step, variant, loss_tol, min_cos):
     amp = variant if variant in AMP_DTYPES else None
@@ -212,25 +216,16 @@ def test_sync_batchnorm_and_ddp_over_nccl(lite0_weights, tmp_path):
 # ----------------------------------------------------------------------------- inference
 
 
-def _image(h: int, w: int, seed: int = 0):
-    import numpy as np
-    from PIL import Image
-
-    rs = np.random.RandomState(seed)
-    small = rs.randint(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
-    return np.array(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))
-
-
-def assert_same_detections(ref, got, strong: float, score_tol: float, min_iou: float) -> None:
+def assert_same_detections(ref: dict, got: dict, strong: float, score_tol: float, min_iou: float) -> None:
     """Order-insensitive: every detection scoring >= ``strong`` in either set has a partner in the
     other with the same class, IoU >= ``min_iou`` and a score within ``score_tol``."""
     for a, b in ((ref, got), (got, ref)):
-        keep = a.scores >= strong
+        keep = a["scores"] >= strong
         assert int(keep.sum()) > 0, "no strong detection to compare"
-        iou = box_iou(a.boxes[keep], b.boxes) if len(b) else torch.zeros(int(keep.sum()), 0)
-        for i, (label, score) in enumerate(zip(a.labels[keep], a.scores[keep])):
-            ok = (b.labels == label) & (iou[i] >= min_iou) & ((b.scores - score).abs() <= score_tol)
-            assert bool(ok.any()), f"class {int(label)} score {float(score):.3f} box {a.boxes[keep][i].tolist()} has no partner"
+        iou = box_iou(a["boxes"][keep].float(), b["boxes"].float())
+        for i, (label, score) in enumerate(zip(a["labels"][keep], a["scores"][keep].float())):
+            ok = (b["labels"] == label) & (iou[i] >= min_iou) & ((b["scores"].float() - score).abs() <= score_tol)
+            assert bool(ok.any()), f"class {int(label)} score {float(score):.3f} box {a['boxes'][keep][i].tolist()} has no partner"
 
 
 @pytest.fixture(scope="module")
@@ -238,27 +233,56 @@ def detector_model(lite0_weights):
     return _lite0(lite0_weights, (192, 320)).eval()
 
 
-def test_half_precision_detector_gives_the_float32_detections(detector_model):
-    """``Detector(half=True)``: fp16 on CUDA (bf16 on the CPU) finds the float32 detections."""
-    img = _image(150, 260, seed=1)
-    ref = Detector(model=detector_model, device=DEVICE, conf=0.2)(img)
+def _detect(detector: Detector, images: torch.Tensor) -> list[dict]:
+    """Detections of a normalised batch (the fixture's input: its logits spread as a trained
+    model's do, so the kept set is not cut by max_det among near-equal scores)."""
+    batch = images.to(detector.device, detector.dtype)
+    if detector.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    n, _, h, w = images.shape
+    return detector.detect_batch(batch, torch.ones(n), [(h, w)] * n)
+
+
+def _rel(got: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    """||got - ref|| / ||ref|| over all pyramid levels."""
+    diff = torch.cat([(g.float().cpu() - r.float().cpu()).flatten() for g, r in zip(got, ref)])
+    return float(diff.norm() / torch.cat([r.float().cpu().flatten() for r in ref]).norm())
+
+
+def test_half_precision_detector_matches_float32(detector_model):
+    """``Detector(half=True)``: fp16 on CUDA (bf16 on the CPU) gives float32's head outputs within
+    the format's rounding, and float32 detections on the host. (The fixture weights score
+    thousands of boxes near 1.0, so the kept top-100 is decided by rounding: detections are
+    compared where it is not, in the compile test.)"""
+    x = load_reference("effdet_lite0_192x320")["input"]
+    full = Detector(model=detector_model, device=DEVICE, conf=0.2)
     half = Detector(model=detector_model, device=DEVICE, conf=0.2, half=True)
     assert half.dtype == (torch.float16 if ON_CUDA else torch.bfloat16)
-    got = half(img)
-    assert got.boxes.dtype == torch.float32 and got.boxes.device.type == "cpu"
-    tol = (0.01, 0.97) if ON_CUDA else (0.05, 0.9)
-    assert_same_detections(ref, got, strong=0.35, score_tol=tol[0], min_iou=tol[1])
+    ref_cls, ref_box = full.raw(x.to(full.device))
+    cls, box = half.raw(x.to(half.device, half.dtype))
+    assert all(t.dtype == torch.float32 for t in cls + box)
+    # The whole network cast (weights too, unlike autocast): rounding compounds through ~30 layers
+    # of these random-but-calibrated weights. Measured on a CPU in bf16 (8-bit mantissa): 0.28
+    # (classes), 0.60 (boxes); fp16 (11-bit) should be ~8x closer. A wrong layout or a NaN gives > 1.
+    tol = 0.1 if ON_CUDA else 0.75
+    assert _rel(cls, ref_cls) < tol and _rel(box, ref_box) < tol, (_rel(cls, ref_cls), _rel(box, ref_box))
+    dets = _detect(half, x)
+    assert len(dets) == 2 and all(d["boxes"].dtype == torch.float32 and d["boxes"].device.type == "cpu"
+                                  and 0 < len(d["scores"]) <= 100 for d in dets)
 
 
 @pytest.mark.slow
 @needs_cuda
 def test_compiled_detector_gives_the_eager_detections(detector_model):
     """``Detector(compile=True)`` (torch.compile, Triton kernels) on the GPU: the eager detections."""
-    imgs = [_image(150, 260, seed=1), _image(200, 120, seed=2)]
-    ref = Detector(model=detector_model, device=DEVICE, conf=0.2)(imgs)
-    got = Detector(model=detector_model, device=DEVICE, conf=0.2, compile=True)(imgs)
-    for a, b in zip(ref, got):
-        assert_same_detections(a, b, strong=0.25, score_tol=1e-3, min_iou=0.99)
+    x = load_reference("effdet_lite0_192x320")["input"]
+    eager = Detector(model=detector_model, device=DEVICE, conf=0.2)
+    compiled = Detector(model=detector_model, device=DEVICE, conf=0.2, compile=True)
+    ref_cls, ref_box = eager.raw(x.to(eager.device))
+    cls, box = compiled.raw(x.to(compiled.device))
+    assert _rel(cls, ref_cls) < 1e-3 and _rel(box, ref_box) < 1e-3  # float32 (TF32), other kernels
+    for a, b in zip(_detect(eager, x), _detect(compiled, x)):
+        assert_same_detections(a, b, strong=0.2, score_tol=2e-3, min_iou=0.95)
 
 
 def _gpu_providers() -> list[str]:
