@@ -3,6 +3,7 @@ one JSON line printed last, the same settings and JSON keys as benchmarks/peer/p
 
     python benchmarks/gpu_bench.py train --model efficientdet_d0 --image-size 512 --batch 64 \
         --precision bf16 [--grad-checkpointing] [--channels-last] [--steps 10] [--device cuda]
+    python benchmarks/gpu_bench.py env --device cuda     # GPU, driver, versions, ORT providers, TensorRT
     python benchmarks/gpu_bench.py infer --model efficientdet_d0 --image-size 512 --batch 1 \
         --precision fp16 --engine eager|cudagraph|compile|onnxruntime-gpu [--repeats 50]
 
@@ -229,9 +230,29 @@ def _onnxruntime_gpu(model, hw, args):
     return run, {"provider": session.get_providers()[0], "onnxruntime": ort.__version__}
 
 
+def environment(device: str) -> dict:
+    """What the machine offers: device, versions, ONNX Runtime providers, TensorRT, the peer's packages."""
+    import importlib
+
+    info = common.device_info(device)
+    import torch
+
+    info["cuda_available"] = torch.cuda.is_available()
+    for name in ("onnxruntime", "tensorrt", "torch_tensorrt", "effdet", "timm", "torchvision", "pycocotools"):
+        try:
+            info[name] = getattr(importlib.import_module(name), "__version__", "installed")
+        except Exception:  # noqa: BLE001 - absent or broken: recorded as not available
+            info[name] = None
+    if info["onnxruntime"]:
+        import onnxruntime
+
+        info["ort_providers"] = onnxruntime.get_available_providers()
+    return info
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("task", choices=("train", "infer"))
+    ap.add_argument("task", choices=("train", "infer", "env"))
     ap.add_argument("--model", default="efficientdet_d0")
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
@@ -248,6 +269,9 @@ def main(argv=None) -> None:
     ap.add_argument("--engine", choices=ENGINES, default="eager")
     ap.add_argument("--parts", nargs="+", default=["network", "end_to_end"], choices=("network", "end_to_end"))
     args = ap.parse_args(argv)
+    if args.task == "env":
+        common.emit_json(environment(args.device))
+        return
     result = {"impl": "ours", "task": args.task, "model": args.model, "image_size": args.image_size,
               "batch": args.batch, "precision": args.precision, "device": args.device,
               "channels_last": args.channels_last}
