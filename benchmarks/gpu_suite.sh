@@ -13,11 +13,14 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 SITE="${TMPDIR:-/tmp}/efficientdet-gpu-site"
-if [[ " $* " != *" --dry-run "* ]] && compgen -G ".whl/*.whl" > /dev/null; then
-    # the carried wheels (effdet and what its Python lacks, for CPython 3.12), installed beside,
-    # not into, that Python; the dry run takes the peer from benchmarks/peer/.venv instead
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-        || { echo "error: .whl: the carried wheels did not install; fix: rebuild them with benchmarks/gpu_prepare.sh" >&2; exit 2; }
+if [[ " $* " != *" --dry-run "* ]] && compgen -G ".whl/*.whl" > /dev/null \
+        && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+    # the carried wheels (effdet and what its Python lacks, built for CPython 3.12), installed
+    # beside, not into, that Python; elsewhere the peer comes from benchmarks/peer/.venv
+    if ! log="$("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl 2>&1)"; then
+        echo "error: .whl: the carried wheels did not install ($(echo "$log" | grep -m1 -i error)); fix: rebuild them with benchmarks/gpu_prepare.sh" >&2
+        exit 2
+    fi
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
