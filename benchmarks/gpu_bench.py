@@ -16,7 +16,7 @@ infer: the network with BN folded, cast to the precision (as ``Detector(half=Tru
 channels_last; ``network`` = normalised batch -> raw outputs, ``end_to_end`` = network + top-k,
 decode, class-aware NMS, 100 detections per image copied to the host (Detector.detect_batch's
 work). Engines: ``eager``; ``cudagraph`` (the network captured once in a CUDA graph and replayed,
-post-processing eager); ``compile`` (torch.compile, mode max-autotune-no-cudagraphs);
+post-processing eager); ``compile`` (torch.compile, default mode, as ``Detector(compile=True)``);
 ``onnxruntime-gpu`` (our ONNX export on ONNX Runtime's TensorRT or CUDA provider, float32).
 
 Out of memory is a result, not a crash: the JSON line then says ``"oom": true`` (gpu_suite
@@ -130,7 +130,7 @@ def infer(args) -> dict:
     if args.engine == "eager":
         network = model
     elif args.engine == "compile":
-        network = torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=False)
+        network = torch.compile(model, dynamic=False)  # as Detector(compile=True); max-autotune would take minutes
     elif args.engine == "cudagraph":
         network = _cuda_graph(model, x)
     else:

@@ -258,7 +258,8 @@ class Suite:
         lines = [f"{'stage':<7} {'job':<62} {'status':<8} {'result'}"]
         for stage, block in self.report["stages"].items():
             for row in block["jobs"]:
-                lines.append(f"{stage:<7} {row['job'][:62]:<62} {row['status']:<8} {_brief(row.get('result'))}")
+                cell = row.get("counts") or row.get("reason") or _brief(row.get("result")) or row.get("error", "")
+                lines.append(f"{stage:<7} {row['job'][:62]:<62} {row['status']:<8} {cell}")
         return "\n".join(lines)
 
 
@@ -285,7 +286,7 @@ def _brief(result) -> str:
     parts = []
     ips = result.get("images_per_s")
     if isinstance(ips, (int, float)):
-        parts.append(f"{ips:.1f} img/s")
+        parts.append(f"batch {result.get('batch')}: {ips:.1f} img/s, step {result['step']['median_ms']:.1f} ms")
     elif isinstance(ips, dict):
         for key in ("network", "end_to_end"):
             if key in result:

@@ -157,6 +157,8 @@ def test_grad_scaler_skips_an_overflowing_fp16_step(synth, tmp_path):
 
     trainer = Trainer(tiny_train_config(synth, tmp_path / "run", device=DEVICE, amp="fp16", ema=False, plots=False))
     trainer.setup()
+    trainer._log_file.close()  # train.log is not needed here
+    trainer._log_file = None
     images, targets = next(iter(trainer._make_loader(0)))
     real_loss = trainer.loss_fn
 
