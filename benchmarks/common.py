@@ -223,3 +223,77 @@ def run_peer(script_path: str, args: Sequence[str] = (), timeout: Optional[float
     if not os.path.exists(path) and os.path.exists(os.path.join(PEER_DIR, path)):
         path = os.path.join(PEER_DIR, path)
     return run_python(path, args, python=PEER_PYTHON, timeout=timeout, env=env)
+
+
+# ----------------------------------------------------------------------------- GPU (gpu_bench.py, peer/peer_gpu.py)
+
+
+def measure_device(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 10) -> dict:
+    """Like measure(), for work on ``device``: on CUDA every call ends with a synchronize, so the
+    wall time is the device's time (launch gaps included, as a user sees them). Thread count is
+    left alone (the GPU machine's cores are not shared)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        def timed():
+            fn()
+            torch.cuda.synchronize(dev)
+    else:
+        timed = fn
+    return measure(timed, warmup, repeats, threads=None)
+
+
+def synthetic_boxes(batch: int, boxes: int, hw, num_classes: int, gen):
+    """The benchmark's ground truth: (B, M, 4) yxyx boxes in pixels and (B, M) 1-based classes,
+    at random positions (5% to 30% of each side). Ours converts to xyxy / 0-based, effdet uses them as is."""
+    import torch
+
+    yx0 = torch.rand(batch, boxes, 2, generator=gen) * 0.7
+    size = 0.05 + torch.rand(batch, boxes, 2, generator=gen) * 0.25
+    yx1 = (yx0 + size).clamp(max=1.0)
+    scale = torch.tensor([float(hw[0]), float(hw[1])])
+    return torch.cat([yx0 * scale, yx1 * scale], dim=-1), torch.randint(1, num_classes + 1, (batch, boxes), generator=gen)
+
+
+def device_info(device) -> dict:
+    """GPU model, memory, driver, torch/CUDA/cuDNN versions (CPU model for a CPU device)."""
+    import torch
+
+    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count()}
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(dev)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            info["driver"] = out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
+    return info
+
+
+def reset_peak_memory(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device) -> Optional[float]:
+    """Peak tensor memory on a CUDA device since reset_peak_memory (None on CPU: see peak RSS)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
