@@ -101,7 +101,7 @@ def _inference_network(args, device):
     """The folded network in the precision and memory format a Detector uses."""
     import torch
 
-    from efficientdet.deploy.detector import fuse_for_inference
+    from efficientdet.nn.fuse import fuse_for_inference
 
     model, hw = build(args)
     model = fuse_for_inference(model.eval()).to(device, _dtype(args.precision))
@@ -203,7 +203,7 @@ def _onnxruntime_gpu(model, hw, args):
     if not providers:
         return None, {"error": f"no GPU provider in onnxruntime {ort.__version__} (have {ort.get_available_providers()}); "
                                "needs onnxruntime-gpu"}
-    from efficientdet.deploy.detector import flat_to_levels
+    from efficientdet.detection.layout import flat_to_levels
     from efficientdet.deploy.export import export_onnx
     from efficientdet.detection.anchors import AnchorGenerator
 
