@@ -7,6 +7,9 @@ Public API (imported lazily, so ``import efficientdet`` does no work)::
     model = ed.create_model("efficientdet_d0", num_classes=90, image_size=(512, 512))
     class_outputs, box_outputs = model(images)   # lists over levels P3..P7
     ed.load_weights(model, "file.pth", source="auto")
+    result = ed.train(ed.TrainConfig(data="data.yaml", model="efficientdet_lite0", epochs=20))
+    detector = ed.Detector("runs/train/1/best.pt"); detections = detector("photo.jpg")
+    ed.export_onnx(ed.load_model("best.pt")[0], "model.onnx")
 """
 
 from importlib import import_module
@@ -22,10 +25,18 @@ _EXPORTS = {
     "NMSConfig": "efficientdet.config",
     "EfficientDetError": "efficientdet.errors",
     "create_model": "efficientdet.factory",
+    "load_model": "efficientdet.factory",
     "create_backbone": "efficientdet.factory",
     "load_weights": "efficientdet.weights",
     "EfficientDet": "efficientdet.nn.model",
     "Detector": "efficientdet.deploy.detector",
+    "Detections": "efficientdet.deploy.detector",
+    "export_onnx": "efficientdet.deploy.export",
+    "export_torchscript": "efficientdet.deploy.export",
+    "train": "efficientdet.engine.trainer",
+    "TrainConfig": "efficientdet.engine.trainer",
+    "evaluate": "efficientdet.engine.evaluator",
+    "load_dataset": "efficientdet.data",
     "keep_freed_memory": "efficientdet.runtime",
 }
 
