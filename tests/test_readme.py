@@ -228,3 +228,27 @@ def test_python_blocks(tour):
     assert set(result.names) <= set(CLASS_NAMES)
     assert len(ns["results"]) == 2
     assert ns["onnx_detector"].names == CLASS_NAMES
+    tuned = ns["tuned"]
+    assert tuned.config.name == "efficientdet_lite0" and tuple(tuned.config.image_size) == (128, 128)
+    assert tuned.config.num_classes == 6
+
+
+def test_make_demo_is_what_the_readme_says():
+    """The quick start's description of `make demo` (not run here: ~10 minutes) against the
+    Makefile and the demo command's defaults."""
+    import argparse
+
+    from efficientdet.engine import demo
+
+    text = " ".join(README.read_text().split())  # prose may be re-wrapped
+    makefile = (README.parent / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "efficientdet demo" in recipe and "install" in recipe.splitlines()[0]
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.images, args.val_images, args.epochs) == (240, 60, 20)
+    assert demo.DEMO_SETTINGS["model"] == "efficientdet_lite0" and demo.DEMO_SETTINGS["image_size"] == 256
+    assert demo.DEMO_SETTINGS["backbone_weights"] == "imagenet"
+    assert "(240 training and 60 validation images), trains Lite0 from its ImageNet backbone at 256x256 for 20 epochs" in text
+    assert "runs/demo/N" in text
