@@ -116,6 +116,9 @@ def test_dataset_and_check(tour):
     assert report["model"] == "efficientdet_lite0" and report["image_size"] == [128, 128]
     assert report["splits"]["train"]["stats"]["images_used"] == 48
     assert (root / "runs/check/1/box_sizes.png").stat().st_size > 0
+    # the README's reason for the tour's --anchor-scale 2
+    suggestion = [line for line in _block_output(outputs, "data check").splitlines() if "suggested settings" in line]
+    assert len(suggestion) == 1 and "--anchor-scale 2 " in suggestion[0]
 
 
 def test_yaml_block_is_the_tour_dataset(tour):
