@@ -11,6 +11,8 @@ The README's fenced blocks are extracted and run in their order in one temporary
   COCO weights, which CI cannot reach).
 * ```yaml blocks: parsed with yaml.safe_load; the one that describes the tour's dataset must be
   what ``data synth`` wrote, and loads through our loader to the same records.
+* blocks without a language are text (the source layout tree); any other language fails the
+  test, so a new kind of example cannot slip past unrun.
 
 Then the outputs are checked against independent truth: the files exist and parse (json,
 onnxruntime, torch.jit, OpenCV's frame count), counts follow from the commands' options, and the
@@ -86,6 +88,8 @@ def tour(tmp_path_factory):
                 import yaml
 
                 outputs[i] = yaml.safe_load(code)
+            else:
+                assert lang == "", f"README block {i}: ```{lang} examples are not run by this test; fix: extend it"
     finally:
         os.chdir(before)
     # the documented exceptions, and no others
