@@ -225,7 +225,7 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "none":
         return None
     if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs a CUDA device; on CPU use --amp bf16 (or none)")
+        raise ConfigError("--precision fp16 (amp=\"fp16\") needs a CUDA device; fix: on CPU use --precision bf16 or fp32")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
@@ -777,7 +777,7 @@ class Trainer:
             raise TrainingDiverged(
                 f"training diverged at {where} ({reason}) after {self.guard.max_rollbacks} rollbacks with the learning rate "
                 f"lowered to {self.optimizer.param_groups[0]['lr']:.3g}: training stopped; {kept}; fix: lower --lr "
-                "(e.g. a tenth), keep --clip-grad on, use --amp none, or check the data (efficientdet data check)")
+                "(e.g. a tenth), keep --clip-grad on, use --precision fp32, or check the data (efficientdet data check)")
         snap = self._snapshot
         self.model.load_state_dict(snap["model"])
         self.optimizer.load_state_dict(snap["optimizer"])
