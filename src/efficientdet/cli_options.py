@@ -86,6 +86,14 @@ def precision_of(args: argparse.Namespace) -> str:
     return getattr(args, "precision", None) or "fp32"
 
 
+def check_json_output(args: argparse.Namespace, inputs: dict[str, object]) -> None:
+    """Refuse, before the work, a ``--json PATH`` that would overwrite one of the command's
+    ``inputs`` ({what: path(s)}) or is a folder (:func:`efficientdet.run_dirs.refuse_output_file`)."""
+    from .run_dirs import refuse_output_file
+
+    refuse_output_file(getattr(args, "json", None), inputs, "--json")
+
+
 def write_json_output(args: argparse.Namespace, obj) -> None:
     """What ``--json PATH`` means everywhere: ``obj`` as JSON to PATH (written atomically), or
     for '-' to standard output, which then carries the JSON alone (:func:`efficientdet.cli.main`

@@ -9,6 +9,9 @@ One rule for every command (train, val, predict, export, bench, demo):
   ``DIR2``, ``DIR3``... (the first free one), so an earlier run is never mixed with a new one.
 * :func:`refuse_inputs_inside` refuses an output folder that is, or holds, an input (a source
   image / video / folder, the dataset, the weights file): one line, exit 2.
+* :func:`refuse_output_file` does the same for a single output file (``--json PATH``): it may
+  not be an input nor an existing file inside an input folder, nor a folder; checked before
+  the work starts.
 """
 
 from __future__ import annotations
@@ -68,3 +71,24 @@ def refuse_inputs_inside(out: str | os.PathLike, inputs: dict[str, object]) -> N
                 raise ConfigError(
                     f"{out}: this output folder holds the {what} {p}, which the results could overwrite; "
                     "fix: give another --out (or none: a new runs/COMMAND/N)")
+
+
+def refuse_output_file(path: str | os.PathLike | None, inputs: dict[str, object], option: str = "--json") -> None:
+    """ConfigError, before any work, when the file ``path`` that ``option`` names is a folder,
+    or already exists and is one of ``inputs`` or lies inside an input folder (writing it would
+    overwrite something the user gave). None and '-' (stdout) pass."""
+    if path is None or str(path) == "-" or not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: {option} names a folder; fix: give {option} a file name, e.g. {Path(path) / 'results.json'}")
+    real = Path(os.path.realpath(path))
+    for what, value in inputs.items():
+        for p in value if isinstance(value, (list, tuple)) else [value]:
+            if p is None or not os.path.exists(str(p)):
+                continue
+            p_real = Path(os.path.realpath(str(p)))
+            if real == p_real:
+                raise ConfigError(f"{path}: {option} would overwrite the {what} {p}; fix: give {option} a new file name")
+            if _inside(real, p_real):
+                raise ConfigError(f"{path}: {option} would overwrite a file in the {what} {p}; "
+                                  f"fix: give {option} a new file name")

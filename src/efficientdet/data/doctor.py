@@ -502,8 +502,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import make_dirs, write_json
+    from ..cli_options import check_json_output
+    from .spec import dataset_files
     from ..run_dirs import make_run_dir
 
+    check_json_output(args, {"dataset": dataset_files(args.data)})
     report = check_dataset(args.data, args.model, parse_image_size(args.image_size), tuple(args.splits),
                            verify_images=not args.no_verify, max_untrainable=args.max_untrainable,
                            progress=not args.quiet)

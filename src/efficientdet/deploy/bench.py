@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import bar
 
     args.model = resolve_model_name(args.model)
+    cli_options.check_json_output(args, {"weights file": args.weights})
     batches = args.batches or [args.batch]
     if min(batches) < 1 or args.repeats < 1:
         raise ConfigError("--batch/--batches and --repeats must be at least 1")

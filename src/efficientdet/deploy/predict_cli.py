@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = {"source": [source.spec, *source.paths] if source.kind != "webcam" else None, "weights file": args.weights}
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
+    cli_options.check_json_output(args, inputs)
     detector = build_detector(args)
     check_memory(detector.config, args.batch, train=False, device=detector.device, image_size=detector.image_size)
     out_dir = make_run_dir(args.out, args.exist_ok, "predict")

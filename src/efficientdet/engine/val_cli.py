@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..data.spec import dataset_files
     from ..factory import load_model
     from ..resources import check_memory
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = {"weights file": args.weights, "dataset": args.data, "image folder": args.images}
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
+    cli_options.check_json_output(args, {**inputs, "dataset": dataset_files(args.data)})
 
     from ..deploy.backends import is_exported
 
