@@ -80,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     from ..resources import check_memory
     from .sources import open_source
 
-    if args.batch < 1:
-        raise ConfigError(f"--batch {args.batch}: need at least 1")
     source = open_source(args.source)  # unknown source / unreadable video fail before the model loads
     inputs = {"source": [source.spec, *source.paths] if source.kind != "webcam" else None, "weights file": args.weights}
     if args.out is not None:

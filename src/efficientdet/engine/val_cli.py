@@ -39,8 +39,6 @@ def run(args: argparse.Namespace) -> int:
     image_size = parse_image_size(args.image_size, "--image-size")
     nms_cfg = NMSConfig(iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det,
                         method=cli_options.nms_method(args))
-    if args.batch < 1:
-        raise ConfigError(f"--batch {args.batch}: need at least 1")
     device = resolve_device(args.device)
     precision = cli_options.precision_of(args)
     amp_dtype = precision_dtype(precision, device)
