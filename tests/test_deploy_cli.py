@@ -158,6 +158,18 @@ def test_user_errors_are_one_line_with_exit_code_2(ckpt, tmp_path, capfd):
     assert "--nms-in-graph" in _error_line(capfd)
 
 
+def test_bench_with_corrupt_weights_is_a_one_line_error(ckpt, tmp_path, capfd):
+    """Found by trying: each engine runs in a child process, and a user error there (a corrupt
+    --weights) made bench exit with status 1 and a table of failures; now exit 2 and one line."""
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(ckpt.read_bytes()[:1000])  # an interrupted copy
+    rc = main(["bench", "--weights", str(broken), "--model", "lite0", "--image-size", "64", "--engine", "eager",
+               "--repeats", "1", "--warmup", "0", "--quiet"])
+    assert rc == 2
+    line = _error_line(capfd)
+    assert line.startswith(f"error: {broken}: not a complete checkpoint") and "; fix: " in line
+
+
 def test_bench_prints_the_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--model", "lite0", "--image-size", "64", "--engine", "eager", "onnxruntime", "--batch", "1",

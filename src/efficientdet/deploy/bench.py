@@ -171,7 +171,8 @@ def _child(engine: str, batch: int, args) -> list[dict]:
         proc = subprocess.run(cmd + ["--json", out], capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return [{"engine": engine, "batch": batch, "part": "error", "error": tail[0]}]
+            user_error = proc.returncode == 2 and tail[0].startswith("error: ")  # efficientdet.cli's one line
+            return [{"engine": engine, "batch": batch, "part": "error", "error": tail[0], "user_error": user_error}]
         with open(out) as f:
             return json.load(f)["results"]
     finally:
@@ -224,4 +225,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         cli_options.write_json_output(args, summary)
     failed = [r for r in results if r.get("part") == "error"]
+    if failed and len(failed) == len(results) and all(r.get("user_error") for r in failed):
+        # every measurement met the same kind of user error (bad weights, size...): one line, exit 2
+        raise ConfigError(failed[0]["error"].removeprefix("error: "))
     return 1 if failed and len(failed) == len(results) else 0
