@@ -89,6 +89,45 @@ def test_predict_folder_skips_a_corrupt_image_and_writes_coco_results(ckpt, tmp_
     capsys.readouterr()
 
 
+def test_predict_interrupted_keeps_the_detections_done(ckpt, tmp_path, capfd, monkeypatch):
+    """Found by trying: Ctrl+C during predict on a folder left annotated images but no
+    predictions.json. Now the detections of the images done are written, the message says how
+    many, and the exit status is 130."""
+    from efficientdet.deploy import predict_cli
+
+    src = tmp_path / "imgs"
+    _write_images(src, ["000001.png", "000002.png", "000003.png"])
+    full = tmp_path / "full"
+    assert main(["predict", "--weights", str(ckpt), "--source", str(src), "--conf", "0.01", "--out", str(full),
+                 "--quiet", "--no-save"]) == 0
+    process, calls = predict_cli._process, []
+
+    def ctrl_c_on_the_second_image(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return process(*a, **k)
+
+    monkeypatch.setattr(predict_cli, "_process", ctrl_c_on_the_second_image)
+    out = tmp_path / "cut"
+    capfd.readouterr()
+    assert main(["predict", "--weights", str(ckpt), "--source", str(src), "--conf", "0.01", "--out", str(out),
+                 "--quiet"]) == 130
+    err = capfd.readouterr().err
+    assert f"interrupted after 1 of 3 images (0 skipped); their detections are in {out / 'predictions.json'}" in err
+    kept = json.loads((out / "predictions.json").read_text())
+    expected = [d for d in json.loads((full / "predictions.json").read_text()) if d["file_name"] == "000001.png"]
+    assert expected and {d["file_name"] for d in kept} == {"000001.png"}
+
+    def key(d):
+        return (d["category_id"], d["score"], *d["bbox"])
+
+    for a, b in zip(sorted(kept, key=key), sorted(expected, key=key), strict=True):
+        assert a["category_id"] == b["category_id"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=0.05)
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "predictions.json"]
+
+
 def test_predict_video_writes_an_annotated_video(ckpt, tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 64))
