@@ -209,6 +209,24 @@ def test_bench_with_corrupt_weights_is_a_one_line_error(ckpt, tmp_path, capfd):
     assert line.startswith(f"error: {broken}: not a complete checkpoint") and "; fix: " in line
 
 
+def test_model_option_never_overrides_our_checkpoint(ckpt, tmp_path, capfd):
+    """Found by trying: predict/export --model efficientdet_d0 with a Lite0 checkpoint silently
+    ran Lite0, and bench --weights (default --model d0) labelled a Lite0 run 'efficientdet_d0'."""
+    _write_images(tmp_path / "imgs", ["a.png"])
+    for argv in (["predict", "--source", str(tmp_path / "imgs"), "--out", str(tmp_path / "p")],
+                 ["export", "--out", str(tmp_path / "e")]):
+        assert main([*argv, "--weights", str(ckpt), "--model", "efficientdet_d0", "--quiet"]) == 2
+        line = _error_line(capfd)
+        assert line.startswith("error: --model efficientdet_d0 conflicts with the checkpoint's efficientdet_lite0")
+        assert "fix: drop --model" in line
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--weights", str(ckpt), "--engine", "eager", "--parts", "network", "--repeats", "1",
+                 "--warmup", "0", "--in-process", "--quiet", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["model"] == "efficientdet_lite0" and [r["model"] for r in data["results"]] == ["efficientdet_lite0"]
+
+
 def test_bench_prints_the_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--model", "lite0", "--image-size", "64", "--engine", "eager", "onnxruntime", "--batch", "1",

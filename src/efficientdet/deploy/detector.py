@@ -213,6 +213,10 @@ class Detector:
                 raise ConfigError(f"{path}: an exported file carries its model; fix: use --weights {path} without --model")
             state = read_checkpoint(path)
             if isinstance(state, dict) and state.get("format") == "efficientdet":
+                from ..factory import checkpoint_config
+
+                # our checkpoint carries its model: a different ``name`` is refused, not ignored
+                checkpoint_config(state, path, name, option=lambda field: f"--{field.replace('_', '-')}")
                 return cls(path, class_names=class_names, category_ids=category_ids, **options)
             if num_classes is None:
                 num_classes = _num_classes_in(state)
