@@ -160,3 +160,22 @@ def test_counts_below_their_minimum_are_one_line_errors(capfd, argv, line):
     assert cli.main(argv) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(line) and "; fix: " in err[0], err
+
+
+@pytest.mark.parametrize("mistake", ["no source", "empty folder", "glob", "image size", "model", "device"])
+def test_common_mistakes_end_in_error_and_fix(tmp_path, capfd, mistake):
+    """Found by trying: these one-line errors had no 'fix:' part (the promised form is
+    'error: <item>: <what>; fix: <how>')."""
+    (tmp_path / "empty").mkdir()
+    predict = ["predict", "--weights", "w.pt", "--out", str(tmp_path / "out")]
+    argv = {
+        "no source": [*predict, "--source", str(tmp_path / "nowhere.jpg")],
+        "empty folder": [*predict, "--source", str(tmp_path / "empty")],
+        "glob": [*predict, "--source", str(tmp_path / "empty" / "*.jpg")],
+        "image size": ["val", "--weights", "w.pt", "--data", "d.yaml", "--image-size", "0"],
+        "model": ["data", "check", "d.yaml", "--model", "efficientdet_d9"],
+        "device": ["val", "--weights", "w.pt", "--data", "d.yaml", "--device", "tpu"],
+    }[mistake]
+    assert cli.main(argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "; fix: " in err[0], err

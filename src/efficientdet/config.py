@@ -75,7 +75,7 @@ def parse_image_size(value, option: str = "image_size") -> tuple[int, int] | Non
     if len(hw) == 1:
         hw = (hw[0], hw[0])
     if len(hw) != 2 or min(hw) < 1:
-        raise ConfigError(f"{option} {value!r}: give S or HxW in pixels, e.g. 512 or 384x640")
+        raise ConfigError(f"{option} {value!r}: need S or HxW in pixels; fix: e.g. 512 or 384x640")
     return hw  # type: ignore[return-value]
 
 
@@ -253,7 +253,7 @@ def resolve_model_name(name: str) -> str:
             return candidate
     close = difflib.get_close_matches(key, list(_MODEL_TABLE), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise ConfigError(f"unknown model {name!r}{hint}; valid models: {', '.join(_MODEL_TABLE)}")
+    raise ConfigError(f"unknown model {name!r}{hint}; fix: give one of {', '.join(_MODEL_TABLE)}")
 
 
 def get_model_config(name: str, **overrides) -> ModelConfig:

@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
               f"their detections are in {json_path}", file=sys.stderr)
         raise KeyboardInterrupt
     if stats.images == 0:
-        raise DataError(f"{args.source}: no image could be read ({stats.skipped} skipped); see the warnings above")
+        raise DataError(f"{args.source}: no image could be read ({stats.skipped} skipped); "
+                        "fix: see the warnings above for why each was skipped")
     _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)
     return 0
 

@@ -54,7 +54,7 @@ class Source:
                 cap.release()
                 what = f"webcam {capture_target}" if kind == "webcam" else f"{spec}"
                 raise DataError(f"{what}: cannot open this video (unreadable file or unsupported codec); "
-                                "check the file plays, or convert it to mp4 (H.264)")
+                                "fix: check the file plays, or convert it to mp4 (H.264)")
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.fps = float(fps) if fps and fps > 0 and fps < 1000 else 30.0
             self._count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) if kind == "video" else 0
@@ -115,7 +115,8 @@ def open_source(spec: str | int) -> Source:
     if path.is_dir():
         files = sorted(str(p) for p in path.iterdir() if p.is_file() and _is_image(p.name))
         if not files:
-            raise DataError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...)")
+            raise DataError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
+                            "fix: give a folder of images, or an image, video or glob")
         return Source(text, "folder", files)
     if path.is_file():
         if text.lower().endswith(VIDEO_EXTENSIONS):
@@ -124,6 +125,6 @@ def open_source(spec: str | int) -> Source:
     if any(c in text for c in "*?["):
         files = sorted(p for p in globlib.glob(os.path.expanduser(text), recursive=True) if os.path.isfile(p) and _is_image(p))
         if not files:
-            raise DataError(f"{text}: the pattern matches no image files")
+            raise DataError(f"{text}: the pattern matches no image files; fix: check the pattern (quote it: 'imgs/*.jpg')")
         return Source(text, "glob", files)
-    raise DataError(f"{text}: no such image, folder, video, glob match or webcam index; check the --source path")
+    raise DataError(f"{text}: no such image, folder, video, glob match or webcam index; fix: check the --source path")
