@@ -336,6 +336,11 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
         log(f"weights: {weights}")
     elif load_pretrained:
         log("weights: random initialisation (give --weights coco or --backbone-weights for a pretrained start)")
+    random_frozen = {"backbone": weights is None and backbone_weights is None,
+                     "backbone+fpn": weights is None}.get(cfg.freeze, False)
+    if load_pretrained and random_frozen:  # allowed (tests do it), but never silently
+        log(f"warning: --freeze {cfg.freeze} keeps randomly initialised layers fixed, which rarely learns; "
+            f"fix: give --weights{'' if cfg.freeze == 'backbone+fpn' else ' or --backbone-weights'} (or drop --freeze)")
     for part in frozen_parts(model, cfg.freeze):
         part.requires_grad_(False)
     return model
