@@ -73,6 +73,21 @@ def test_make_run_dir_numbers_runs(tmp_path, monkeypatch):
     assert make_run_dir(mine, exist_ok=True) == mine
 
 
+def test_an_out_that_is_a_file_is_refused(ckpt, tmp_path, capfd):
+    """Found by trying: train --out notes.txt trained into a new folder 'notes.txt2'."""
+    from efficientdet.data.synth import write_synthetic_dataset
+
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", 1, 1, seed=0, size=64, progress=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for argv in (["train", "--data", str(data_yaml), "--model", "lite0", "--image-size", "64", "--epochs", "1"],
+                 ["data", "synth", "--images", "1"],
+                 ["export", "--weights", str(ckpt)]):
+        assert main([*argv, "--out", str(notes), "--quiet"]) == 2, argv
+        assert _error_line(capfd) == f"error: {notes}: --out names a file, not a folder; fix: give --out a new or empty folder"
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "shapes"]
+
+
 def test_predict_twice_writes_two_numbered_runs(ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _photos(tmp_path / "first", ["a.jpg"])

@@ -7,6 +7,7 @@ One rule for every command (train, val, predict, export, bench, demo):
   hold numbered runs, also when given as ``--out`` (``TrainConfig.out`` defaults to ``runs/train``).
 * ``--out DIR``: DIR when it does not exist or is empty, or with ``exist_ok``; otherwise
   ``DIR2``, ``DIR3``... (the first free one), so an earlier run is never mixed with a new one.
+  An ``--out`` that is a file is refused (one line), not turned into ``FILE2``.
 * :func:`refuse_inputs_inside` refuses an output folder that is, or holds, an input (a source
   image / video / folder, the dataset, the weights file): one line, exit 2.
 * :func:`refuse_output_file` does the same for a single output file (``--json PATH``): it may
@@ -46,6 +47,8 @@ def make_run_dir(out: str | os.PathLike | None, exist_ok: bool = False, command:
             except FileExistsError:
                 continue
         raise ConfigError(f"{path}: cannot claim a new numbered run folder; fix: give --out")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: --out names a file, not a folder; fix: give --out a new or empty folder")
     if exist_ok or not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return path
     n = 2
