@@ -162,7 +162,7 @@ def test_counts_below_their_minimum_are_one_line_errors(capfd, argv, line):
     assert len(err) == 1 and err[0].startswith(line) and "; fix: " in err[0], err
 
 
-@pytest.mark.parametrize("mistake", ["no source", "empty folder", "glob", "image size", "model", "device"])
+@pytest.mark.parametrize("mistake", ["no source", "empty folder", "glob", "image size", "model", "device", "webcam"])
 def test_common_mistakes_end_in_error_and_fix(tmp_path, capfd, mistake):
     """Found by trying: these one-line errors had no 'fix:' part (the promised form is
     'error: <item>: <what>; fix: <how>')."""
@@ -175,6 +175,7 @@ def test_common_mistakes_end_in_error_and_fix(tmp_path, capfd, mistake):
         "image size": ["val", "--weights", "w.pt", "--data", "d.yaml", "--image-size", "0"],
         "model": ["data", "check", "d.yaml", "--model", "efficientdet_d9"],
         "device": ["val", "--weights", "w.pt", "--data", "d.yaml", "--device", "tpu"],
+        "webcam": [*predict, "--source", "9"],  # no camera 9 here (nor on CI)
     }[mistake]
     assert cli.main(argv) == 2
     err = capfd.readouterr().err.strip().splitlines()

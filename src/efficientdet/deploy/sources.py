@@ -49,11 +49,21 @@ class Source:
             os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our one-line errors, not FFmpeg's log
             import cv2
 
-            cap = cv2.VideoCapture(capture_target)
+            log = getattr(getattr(cv2, "utils", None), "logging", None)  # OpenCV's own WARN lines (V4L2...)
+            level = log.getLogLevel() if log else None
+            if log:
+                log.setLogLevel(log.LOG_LEVEL_ERROR)
+            try:
+                cap = cv2.VideoCapture(capture_target)
+            finally:
+                if log:
+                    log.setLogLevel(level)
             if not cap.isOpened():
                 cap.release()
-                what = f"webcam {capture_target}" if kind == "webcam" else f"{spec}"
-                raise DataError(f"{what}: cannot open this video (unreadable file or unsupported codec); "
+                if kind == "webcam":
+                    raise DataError(f"webcam {capture_target}: cannot open this camera; fix: check it is connected "
+                                    "and not in use, or give an image, folder or video file as --source")
+                raise DataError(f"{spec}: cannot open this video (unreadable file or unsupported codec); "
                                 "fix: check the file plays, or convert it to mp4 (H.264)")
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.fps = float(fps) if fps and fps > 0 and fps < 1000 else 30.0
