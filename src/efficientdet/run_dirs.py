@@ -79,8 +79,15 @@ def refuse_inputs_inside(out: str | os.PathLike, inputs: dict[str, object]) -> N
 def refuse_output_file(path: str | os.PathLike | None, inputs: dict[str, object], option: str = "--json") -> None:
     """ConfigError, before any work, when the file ``path`` that ``option`` names is a folder,
     or already exists and is one of ``inputs`` or lies inside an input folder (writing it would
-    overwrite something the user gave). None and '-' (stdout) pass."""
-    if path is None or str(path) == "-" or not os.path.lexists(path):
+    overwrite something the user gave), or lies in an existing folder that cannot be written.
+    None and '-' (stdout) pass."""
+    if path is None or str(path) == "-":
+        return
+    parent = Path(path).parent
+    if parent.is_dir() and not os.access(parent, os.W_OK):  # read-only: say so now, not after the work
+        raise ConfigError(f"{path}: {option} cannot be written (folder {parent} is read-only); "
+                          f"fix: give {option} a path in a folder you can write to")
+    if not os.path.lexists(path):
         return
     if os.path.isdir(path):
         raise ConfigError(f"{path}: {option} names a folder; fix: give {option} a file name, e.g. {Path(path) / 'results.json'}")
