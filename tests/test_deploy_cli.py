@@ -89,6 +89,21 @@ def test_predict_folder_skips_a_corrupt_image_and_writes_coco_results(ckpt, tmp_
     capsys.readouterr()
 
 
+def test_predict_folder_names_what_it_does_not_read(ckpt, tmp_path, capfd):
+    """Found by trying: a folder's videos, other files and subfolders were left out without a word."""
+    src = tmp_path / "mixed"
+    _write_images(src, ["a.png"])
+    _write_images(src / "sub", ["b.png", "c.png"])
+    (src / "notes.txt").write_text("x")
+    (src / "clip.mp4").write_bytes(b"\0" * 10)
+    (src / ".DS_Store").write_bytes(b"\0")  # hidden files are not news
+    assert main(["predict", "--weights", str(ckpt), "--source", str(src), "--out", str(tmp_path / "out"), "--quiet",
+                 "--no-save", "--conf", "0.01"]) == 0
+    err = capfd.readouterr().err
+    assert f"note: {src}: not read (1 .mp4, 1 .txt, 1 subfolder): a folder's images only, not recursive" in err
+    assert {d["file_name"] for d in json.loads((tmp_path / "out" / "predictions.json").read_text())} == {"a.png"}
+
+
 def test_predict_interrupted_keeps_the_detections_done(ckpt, tmp_path, capfd, monkeypatch):
     """Found by trying: Ctrl+C during predict on a folder left annotated images but no
     predictions.json. Now the detections of the images done are written, the message says how

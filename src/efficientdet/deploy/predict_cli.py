@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     from .sources import open_source
 
     source = open_source(args.source)  # unknown source / unreadable video fail before the model loads
+    if source.not_read:  # nothing skipped in silence: name what the folder holds besides images
+        what = ", ".join(f"{n} {kind}{'s' if kind == 'subfolder' and n > 1 else ''}" for kind, n in source.not_read.items())
+        print(f"note: {args.source}: not read ({what}): a folder's images only, not recursive; "
+              f"for more give a glob ('{Path(args.source) / '**' / '*.jpg'}') or a video file", file=sys.stderr)
     inputs = {"source": [source.spec, *source.paths] if source.kind != "webcam" else None, "weights file": args.weights}
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)

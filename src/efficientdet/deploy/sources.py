@@ -37,7 +37,10 @@ class Frame:
 
 class Source:
     """An ordered set of inputs. ``kind``: image | folder | glob | video | webcam; ``len(source)``
-    is the number of frames when known (video frame count may be an estimate), else 0."""
+    is the number of frames when known (video frame count may be an estimate), else 0.
+    ``not_read``: what a folder holds besides images, {".ext" or "subfolder": count} (not read)."""
+
+    not_read: dict[str, int] = {}
 
     def __init__(self, spec: str, kind: str, paths: list[str] | None = None, capture_target=None):
         self.spec, self.kind, self.paths, self._target = spec, kind, paths or [], capture_target
@@ -123,11 +126,16 @@ def open_source(spec: str | int) -> Source:
         return Source(text, "webcam", capture_target=int(text))
     path = Path(text).expanduser()
     if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.is_file() and _is_image(p.name))
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        files = sorted(str(p) for p in entries if p.is_file() and _is_image(p.name))
         if not files:
             raise DataError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
                             "fix: give a folder of images, or an image, video or glob")
-        return Source(text, "folder", files)
+        source = Source(text, "folder", files)
+        others = [("subfolder" if p.is_dir() else (p.suffix.lower() or "no extension")) for p in entries
+                  if not (p.is_file() and _is_image(p.name))]
+        source.not_read = {kind: others.count(kind) for kind in sorted(set(others))}
+        return source
     if path.is_file():
         if text.lower().endswith(VIDEO_EXTENSIONS):
             return Source(text, "video", capture_target=str(path))
