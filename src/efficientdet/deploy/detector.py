@@ -334,7 +334,7 @@ def _load_checkpoint(path: str, class_names, category_ids) -> tuple[nn.Module, S
             f"{path}: not an efficientdet checkpoint (a plain state_dict, e.g. effdet's?); "
             f"fix: use --model NAME --weights {path} (Detector.from_name(NAME, weights=PATH))"
         )
-    model, ckpt = load_model(ckpt)
+    model, ckpt = load_model(ckpt, label=path)  # messages name the file
     return (model, class_names or ckpt.get("class_names"),
             category_ids if category_ids is not None else ckpt.get("category_ids"))
 
