@@ -114,3 +114,69 @@ def test_a_bad_choice_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["predict", "--weights", "w", "--source", "s", "--nms", "fancy"])
     assert info.value.code == 2 and "invalid choice: 'fancy'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--conf", "5", "score_threshold=5.0 (--conf): need 0 <= value <= 1"),
+    ("--conf", "-0.1", "score_threshold=-0.1 (--conf)"),
+    ("--conf", "nan", "score_threshold=nan (--conf)"),
+    ("--iou", "0", "iou_threshold=0.0 (--iou): need 0 < value <= 1"),
+    ("--max-det", "0", "max_detections=0 (--max-det)"),
+])
+def test_detection_thresholds_out_of_range_are_one_line_errors(tmp_path, capfd, option, value, expected):
+    """Found by trying: --conf 5 / -0.1 / nan ran and silently kept no (or every) detection.
+    val, predict and export refuse them in one line with the fix, exit status 2."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from efficientdet import create_model
+    from efficientdet.factory import save_model_dict
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "small.pt"
+    torch.save(save_model_dict(create_model("efficientdet_lite0", num_classes=1, image_size=64).eval(), ["cat"]), ckpt)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    commands = [["val", "--weights", str(ckpt), "--data", str(tmp_path / "d.yaml")],
+                ["predict", "--weights", str(ckpt), "--source", str(tmp_path / "a.png"), "--out", str(tmp_path / "p")],
+                ["export", "--weights", str(ckpt), "--out", str(tmp_path / "e")]]
+    for argv in commands:
+        assert cli.main([*argv, option, value, "--quiet"]) == 2, argv
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {expected}") and "; fix: " in err[0], err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["export", "--weights", "w.pt", "--batch", "0"], "error: --batch 0: need 1 or more; fix: give --batch 1 or more"),
+    (["val", "--weights", "w.pt", "--data", "d.yaml", "--workers", "-1"], "error: --workers -1: need 0 or more"),
+    (["train", "--data", "d.yaml", "--workers", "-1"], "error: --workers -1: need 0 or more"),
+    (["predict", "--weights", "w.pt", "--source", "s", "--threads", "-2"], "error: --threads -2: need 0 or more"),
+    (["bench", "--batches", "1", "0"], "error: --batches 0: need 1 or more"),
+])
+def test_counts_below_their_minimum_are_one_line_errors(capfd, argv, line):
+    """Found by trying: export --batch 0 and val --workers -1 ended in tracebacks. Every command
+    checks --batch/--batches/--workers/--threads in one place (cli_options.check_counts)."""
+    assert cli.main(argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line) and "; fix: " in err[0], err
+
+
+@pytest.mark.parametrize("mistake", ["no source", "empty folder", "glob", "image size", "model", "device", "webcam"])
+def test_common_mistakes_end_in_error_and_fix(tmp_path, capfd, mistake):
+    """Found by trying: these one-line errors had no 'fix:' part (the promised form is
+    'error: <item>: <what>; fix: <how>')."""
+    (tmp_path / "empty").mkdir()
+    predict = ["predict", "--weights", "w.pt", "--out", str(tmp_path / "out")]
+    argv = {
+        "no source": [*predict, "--source", str(tmp_path / "nowhere.jpg")],
+        "empty folder": [*predict, "--source", str(tmp_path / "empty")],
+        "glob": [*predict, "--source", str(tmp_path / "empty" / "*.jpg")],
+        "image size": ["val", "--weights", "w.pt", "--data", "d.yaml", "--image-size", "0"],
+        "model": ["data", "check", "d.yaml", "--model", "efficientdet_d9"],
+        "device": ["val", "--weights", "w.pt", "--data", "d.yaml", "--device", "tpu"],
+        "webcam": [*predict, "--source", "9"],  # no camera 9 here (nor on CI)
+    }[mistake]
+    assert cli.main(argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "; fix: " in err[0], err

@@ -114,6 +114,16 @@ def test_val_to_a_read_only_folder(shapes, readonly_dir, capfd):
 
 
 # ------------------------------------------------------------------ predict
+def test_val_json_in_a_read_only_folder_is_refused_before_the_work(shapes, readonly_dir, tmp_path, capfd):
+    """Found by trying: val --json ro/x.json evaluated the whole split, then failed to write."""
+    data_yaml, weights = shapes
+    target = readonly_dir / "x.json"
+    assert main(["val", "--weights", str(weights), "--data", str(data_yaml), "--out", str(tmp_path / "v"),
+                 "--json", str(target), "--quiet"]) == 2
+    assert "is read-only" in _one_error_line(capfd, target)
+    assert not (tmp_path / "v").exists()  # refused before evaluating (no run folder claimed)
+
+
 def test_predict_on_a_full_disk_leaves_no_partial_image(ckpt, photos, small_fs, capfd):
     fs = small_fs(16384)
     out = fs / "pred"

@@ -73,6 +73,21 @@ def test_make_run_dir_numbers_runs(tmp_path, monkeypatch):
     assert make_run_dir(mine, exist_ok=True) == mine
 
 
+def test_an_out_that_is_a_file_is_refused(ckpt, tmp_path, capfd):
+    """Found by trying: train --out notes.txt trained into a new folder 'notes.txt2'."""
+    from efficientdet.data.synth import write_synthetic_dataset
+
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", 1, 1, seed=0, size=64, progress=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for argv in (["train", "--data", str(data_yaml), "--model", "lite0", "--image-size", "64", "--epochs", "1"],
+                 ["data", "synth", "--images", "1"],
+                 ["export", "--weights", str(ckpt)]):
+        assert main([*argv, "--out", str(notes), "--quiet"]) == 2, argv
+        assert _error_line(capfd) == f"error: {notes}: --out names a file, not a folder; fix: give --out a new or empty folder"
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "shapes"]
+
+
 def test_predict_twice_writes_two_numbered_runs(ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _photos(tmp_path / "first", ["a.jpg"])
@@ -115,6 +130,39 @@ def test_val_train_and_export_refuse_an_out_that_holds_their_inputs(ckpt, tmp_pa
     rc = main(["export", "--weights", str(ckpt), "--out", str(ckpt.parent), "--exist-ok", "--quiet"])
     assert rc == 2 and "holds the weights file" in _error_line(capfd)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["small.pt"]
+
+
+def test_json_never_overwrites_an_input(ckpt, tmp_path, capfd, monkeypatch):
+    """--json PATH naming the weights, the dataset YAML or annotations, a source or dataset image,
+    or a folder is refused before any work, in one line, and the input's bytes are unchanged
+    (found by trying it: val/predict/data check/bench used to write their JSON over it)."""
+    from efficientdet.data.synth import write_synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", 1, 1, seed=0, size=64, progress=False)
+    photos = tmp_path / "photos"
+    _photos(photos)
+    inputs = [ckpt, data_yaml.parent, photos]
+    before = [_digests(p.parent if p.is_file() else p) for p in inputs]
+    image = sorted((data_yaml.parent / "images").iterdir())[0]
+    val = ["val", "--weights", str(ckpt), "--data", str(data_yaml), "--quiet"]
+    predict = ["predict", "--weights", str(ckpt), "--source", str(photos), "--quiet"]
+    cases = [
+        (val, ckpt, "would overwrite the weights file"),
+        (val, data_yaml.parent / "val.json", "would overwrite the dataset"),
+        (val, image, "would overwrite a file in the dataset"),
+        (predict, photos / "a.jpg", "would overwrite a file in the source"),
+        (predict, ckpt, "would overwrite the weights file"),
+        (["data", "check", str(data_yaml), "--quiet"], data_yaml, "would overwrite the dataset"),
+        (["bench", "--weights", str(ckpt), "--model", "lite0", "--quiet"], ckpt, "would overwrite the weights file"),
+        (predict, photos, "names a folder"),
+    ]
+    for argv, target, message in cases:
+        assert main([*argv, "--json", str(target)]) == 2, (argv, target)
+        line = _error_line(capfd)
+        assert message in line and str(target) in line and "--json" in line, line
+    assert [_digests(p.parent if p.is_file() else p) for p in inputs] == before
+    assert not (tmp_path / "runs").exists()  # refused before claiming a run folder
 
 
 def test_predict_soft_nms_is_the_library_soft_nms(ckpt, tmp_path):

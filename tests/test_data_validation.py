@@ -81,6 +81,26 @@ def test_orphan_and_misplaced_label_files_are_reported(ultralytics):
     assert str(root / "labels" / "train" / "b.txt") in misplaced.message
 
 
+def test_ultralytics_without_any_label_file_is_reported(ultralytics):
+    """Found by trying: a dataset whose labels folder is missing (or misplaced) read as all
+    background with 'no problems found', and trained on zero boxes."""
+    import shutil
+
+    yaml, root = ultralytics
+    shutil.rmtree(root / "labels")
+    data = load_dataset(yaml, "train")
+    assert [len(r.boxes) for r in data.records] == [0, 0]  # kept, as background
+    (problem,) = data.report.of_kind("empty_annotations")
+    assert problem.file == str(root / "labels" / "train")
+    assert f"no label file for any of the 2 images (looked for e.g. {root / 'labels' / 'train' / 'a.txt'})" in problem.message
+    assert not data.report.ok
+
+
+def test_a_split_with_some_labels_is_not_flagged(ultralytics):
+    yaml, _ = ultralytics  # b.png has no label file: an ordinary background image
+    assert load_dataset(yaml, "train").report.of_kind("empty_annotations") == []
+
+
 @pytest.mark.parametrize("token, kind", [("nan", "bad_annotation"), ("inf", "bad_annotation"), ("-inf", "bad_annotation"),
                                          ("1.5", "bad_annotation"), ("x", "bad_annotation"), ("2", "unknown_category"),
                                          ("-1", "unknown_category"), ("1e30", "unknown_category")])

@@ -89,6 +89,60 @@ def test_predict_folder_skips_a_corrupt_image_and_writes_coco_results(ckpt, tmp_
     capsys.readouterr()
 
 
+def test_predict_folder_names_what_it_does_not_read(ckpt, tmp_path, capfd):
+    """Found by trying: a folder's videos, other files and subfolders were left out without a word."""
+    src = tmp_path / "mixed"
+    _write_images(src, ["a.png"])
+    _write_images(src / "sub", ["b.png", "c.png"])
+    (src / "notes.txt").write_text("x")
+    (src / "clip.mp4").write_bytes(b"\0" * 10)
+    (src / ".DS_Store").write_bytes(b"\0")  # hidden files are not news
+    assert main(["predict", "--weights", str(ckpt), "--source", str(src), "--out", str(tmp_path / "out"), "--quiet",
+                 "--no-save", "--conf", "0.01"]) == 0
+    err = capfd.readouterr().err
+    assert f"note: {src}: not read (1 .mp4, 1 .txt, 1 subfolder): a folder's images only, not recursive" in err
+    assert {d["file_name"] for d in json.loads((tmp_path / "out" / "predictions.json").read_text())} == {"a.png"}
+
+
+def test_predict_interrupted_keeps_the_detections_done(ckpt, tmp_path, capfd, monkeypatch):
+    """Found by trying: Ctrl+C during predict on a folder left annotated images but no
+    predictions.json. Now the detections of the images done are written, the message says how
+    many, and the exit status is 130."""
+    from efficientdet.deploy import predict_cli
+
+    src = tmp_path / "imgs"
+    _write_images(src, ["000001.png", "000002.png", "000003.png"])
+    full = tmp_path / "full"
+    assert main(["predict", "--weights", str(ckpt), "--source", str(src), "--conf", "0.01", "--out", str(full),
+                 "--quiet", "--no-save"]) == 0
+    process, calls = predict_cli._process, []
+
+    def ctrl_c_on_the_second_image(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return process(*a, **k)
+
+    monkeypatch.setattr(predict_cli, "_process", ctrl_c_on_the_second_image)
+    out = tmp_path / "cut"
+    capfd.readouterr()
+    assert main(["predict", "--weights", str(ckpt), "--source", str(src), "--conf", "0.01", "--out", str(out),
+                 "--quiet"]) == 130
+    err = capfd.readouterr().err
+    assert f"interrupted after 1 of 3 images (0 skipped); their detections are in {out / 'predictions.json'}" in err
+    kept = json.loads((out / "predictions.json").read_text())
+    expected = [d for d in json.loads((full / "predictions.json").read_text()) if d["file_name"] == "000001.png"]
+    assert expected and {d["file_name"] for d in kept} == {"000001.png"}
+
+    def key(d):
+        return (d["category_id"], d["score"], *d["bbox"])
+
+    for a, b in zip(sorted(kept, key=key), sorted(expected, key=key), strict=True):
+        assert a["category_id"] == b["category_id"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=0.05)
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "predictions.json"]
+
+
 def test_predict_video_writes_an_annotated_video(ckpt, tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 64))
@@ -156,6 +210,36 @@ def test_user_errors_are_one_line_with_exit_code_2(ckpt, tmp_path, capfd):
 
     assert main(["export", "--weights", str(ckpt), "--format", "torchscript", "--nms-in-graph"]) == 2
     assert "--nms-in-graph" in _error_line(capfd)
+
+
+def test_bench_with_corrupt_weights_is_a_one_line_error(ckpt, tmp_path, capfd):
+    """Found by trying: each engine runs in a child process, and a user error there (a corrupt
+    --weights) made bench exit with status 1 and a table of failures; now exit 2 and one line."""
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(ckpt.read_bytes()[:1000])  # an interrupted copy
+    rc = main(["bench", "--weights", str(broken), "--model", "lite0", "--image-size", "64", "--engine", "eager",
+               "--repeats", "1", "--warmup", "0", "--quiet"])
+    assert rc == 2
+    line = _error_line(capfd)
+    assert line.startswith(f"error: {broken}: not a complete checkpoint") and "; fix: " in line
+
+
+def test_model_option_never_overrides_our_checkpoint(ckpt, tmp_path, capfd):
+    """Found by trying: predict/export --model efficientdet_d0 with a Lite0 checkpoint silently
+    ran Lite0, and bench --weights (default --model d0) labelled a Lite0 run 'efficientdet_d0'."""
+    _write_images(tmp_path / "imgs", ["a.png"])
+    for argv in (["predict", "--source", str(tmp_path / "imgs"), "--out", str(tmp_path / "p")],
+                 ["export", "--out", str(tmp_path / "e")]):
+        assert main([*argv, "--weights", str(ckpt), "--model", "efficientdet_d0", "--quiet"]) == 2
+        line = _error_line(capfd)
+        assert line.startswith("error: --model efficientdet_d0 conflicts with the checkpoint's efficientdet_lite0")
+        assert "fix: drop --model" in line
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--weights", str(ckpt), "--engine", "eager", "--parts", "network", "--repeats", "1",
+                 "--warmup", "0", "--in-process", "--quiet", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["model"] == "efficientdet_lite0" and [r["model"] for r in data["results"]] == ["efficientdet_lite0"]
 
 
 def test_bench_prints_the_table_and_json(tmp_path, capsys):

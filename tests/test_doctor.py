@@ -165,6 +165,26 @@ def test_fast_anchor_fit_equals_iou_against_every_anchor():
         np.testing.assert_allclose(best_anchor_iou(boxes, cfg, hw), brute, rtol=1e-9, atol=1e-12)
 
 
+def test_anchor_fit_at_a_huge_input_size_uses_little_memory():
+    """Found by trying: data check --image-size 100000 built every anchor (12500 x 12500 cells on
+    P3: tens of GB) and was killed by the OOM killer with no message. The fit now needs only the
+    grid's row/column centres: same hand-computed IoUs as at 64x64, a few MB."""
+    import tracemalloc
+
+    from efficientdet.data.doctor import best_anchor_iou
+
+    cfg = AnchorConfig(min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),), anchor_scale=4.0)
+    boxes = np.array([[4, 4, 36, 36], [12, 12, 28, 28], [8, 4, 40, 36]], dtype=np.float64)  # as in the 64x64 test
+    tracemalloc.start()
+    try:
+        got = best_anchor_iou(boxes, cfg, (100000, 100000))  # stride 8 exactly: the same grid near the boxes
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(got, [1.0, 256 / 1024, 896 / 1152], rtol=1e-12)
+    assert peak < 20e6, peak  # the full P3 grid alone would be 12500**2 * 4 * 8 bytes = 5 GB
+
+
 def test_fixed_image_size_is_kept_and_ratios_come_from_the_menu(tmp_path):
     from efficientdet.data.doctor import RATIO_SETS
 

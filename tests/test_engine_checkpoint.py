@@ -189,6 +189,23 @@ def test_our_tag_without_config_is_a_one_line_error_not_a_keyerror(tmp_path):
         load_checkpoint(_tagged_with_config(tmp_path), training=True)
 
 
+def test_predict_and_export_name_the_file_of_a_bad_checkpoint(tmp_path, capfd):
+    """Found by trying: predict/export said 'error: checkpoint: checkpoint version 99 ...' without
+    the file (Detector validated the dict it had read); now every command names it."""
+    from efficientdet.cli import main
+
+    from PIL import Image
+
+    path = tmp_path / "from the future.pt"
+    save_checkpoint(path, {**read_checkpoint(_tagged_with_config(tmp_path)), "version": 99})
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    for argv in (["predict", "--source", str(tmp_path / "a.png"), "--out", str(tmp_path / "p")],
+                 ["export", "--out", str(tmp_path / "e")]):
+        assert main([*argv, "--weights", str(path), "--quiet"]) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert err == [f"error: {path}: checkpoint version 99 is newer than this library reads (1); fix: upgrade efficientdet"]
+
+
 def _tagged_with_config(tmp_path):
     from efficientdet.factory import create_model, save_model_dict
 

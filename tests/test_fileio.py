@@ -61,3 +61,25 @@ def test_remove_stale_temporaries_keeps_user_files(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert len(removed) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "last.pt"]
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """Found by trying: results, checkpoints and annotated images came out 0600 (mkstemp's
+    owner-only mode), unreadable to the group/others who can read files written with open()."""
+    import os
+    import stat
+
+    from efficientdet.fileio import write_text, write_via_temp
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        write_text(tmp_path / "a.json", "{}")
+        write_via_temp(tmp_path / "b.mp4", lambda tmp: tmp.write_bytes(b"x"))
+        os.umask(0o077)
+        write_text(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert mode == {"plain.txt": 0o644, "a.json": 0o644, "b.mp4": 0o644, "private.json": 0o600}

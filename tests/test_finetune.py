@@ -69,6 +69,27 @@ def test_freeze_choice_is_checked():
         TrainConfig(data="x.yaml", freeze="fpn")
 
 
+def test_freezing_random_layers_is_never_silent(tmp_path):
+    """Found by trying: --freeze backbone+fpn without --weights trained the heads on a fixed
+    random network, without a word. Now the log says so with the fix; with weights it does not."""
+    from efficientdet.factory import save_model_dict
+
+    def logged(**options) -> list[str]:
+        lines: list[str] = []
+        build_model(TrainConfig(data="x.yaml", model="lite0", image_size=64, **options), 2, class_names=["a", "b"],
+                    log=lines.append)
+        return [line for line in lines if line.startswith("warning: --freeze")]
+
+    assert logged(freeze="backbone+fpn") == [
+        "warning: --freeze backbone+fpn keeps randomly initialised layers fixed, which rarely learns; "
+        "fix: give --weights (or drop --freeze)"]
+    assert "or --backbone-weights" in logged(freeze="backbone")[0]
+    assert logged(freeze="none") == []
+    ckpt = tmp_path / "ours.pt"
+    torch.save(save_model_dict(ed.create_model("efficientdet_lite0", num_classes=2, image_size=64), ["a", "b"]), ckpt)
+    assert logged(freeze="backbone+fpn", weights=str(ckpt)) == []
+
+
 def test_set_train_mode_keeps_frozen_batch_norms_in_eval():
     from efficientdet.engine.trainer import set_train_mode
 

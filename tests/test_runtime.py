@@ -55,11 +55,11 @@ def test_resolve_device_names_and_one_line_errors():
     assert resolve_device("cpu") == torch.device("cpu")
     expected_auto = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
     assert resolve_device(None) == resolve_device("auto") == expected_auto
-    with pytest.raises(ConfigError, match="'gpu7': give cpu, cuda, cuda:N or auto"):
+    with pytest.raises(ConfigError, match="'gpu7': not a device; fix: give cpu, cuda, cuda:N or auto"):
         resolve_device("gpu7")
     if torch.cuda.is_available():
         assert resolve_device("cuda", local_rank=0) == resolve_device("0") == torch.device("cuda:0")
     else:
         for name in ("cuda", "1", "cuda:1"):
-            with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
+            with pytest.raises(ConfigError, match="CUDA is not available here; fix: use --device cpu"):
                 resolve_device(name)

@@ -272,6 +272,18 @@ def test_option_errors_are_one_line():
         config_from_args(parser.parse_args(["train", "--data", "d.yaml", "--image-size", "big"]))
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--seed", "-1", "seed=-1: need 0 <= seed < 2**32; fix:"),  # was numpy's traceback
+    ("--seed", str(2**32), "seed=4294967296: need"),
+    ("--clip-grad", "-1", "clip_grad=-1.0: need 0 (off) or a positive norm; fix:"),  # was silently "off"
+    ("--weight-decay", "-0.1", "weight_decay=-0.1: need 0 or more; fix:"),
+])
+def test_train_refuses_bad_numbers_in_one_line(capfd, option, value, message):
+    assert cli.main(["train", "--data", "d.yaml", option, value]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+
+
 def test_ddp_two_processes_gloo(synth, straight, tmp_path):
     """torchrun with 2 CPU processes: one run folder, one checkpoint of the same layout."""
     out = tmp_path / "ddp"

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from . import runtime
-    from .cli_options import apply_command_defaults
+    from .cli_options import apply_command_defaults, check_counts
     from .errors import EfficientDetError
 
     words = sys.argv[1:] if argv is None else argv
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     apply_command_defaults(args, args.command_words)
     try:
+        check_counts(args)
         if getattr(args, "json", None) == "-":  # stdout carries the JSON alone; messages go to stderr
             args.json_stdout = sys.stdout
             with contextlib.redirect_stdout(sys.stderr):

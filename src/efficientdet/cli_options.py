@@ -76,6 +76,25 @@ def apply_command_defaults(args: argparse.Namespace, command: str) -> argparse.N
     return args
 
 
+# the least value of counting options, wherever a command has them (None: the command's default)
+MINIMUMS: dict[str, tuple[int, str]] = {
+    "batch": (1, "--batch"), "batches": (1, "--batches"), "workers": (0, "--workers"), "threads": (0, "--threads"),
+}
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """ConfigError (one line) for a counting option below its minimum (:data:`MINIMUMS`), e.g.
+    ``--batch 0`` or ``--workers -1``, before a command starts (called by :func:`efficientdet.cli.main`)."""
+    from .errors import ConfigError
+
+    for name, (least, flag) in MINIMUMS.items():
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None and v < least:
+                raise ConfigError(f"{flag} {v}: need {least} or more; fix: give {flag} {least} or more"
+                                  + (" (0: the default)" if name == "threads" else ""))
+
+
 def nms_method(args: argparse.Namespace) -> str:
     """``--nms`` -> :class:`efficientdet.config.NMSConfig` ``method`` ("hard" / "gaussian")."""
     return "gaussian" if getattr(args, "nms", "hard") == "soft" else "hard"
@@ -84,6 +103,14 @@ def nms_method(args: argparse.Namespace) -> str:
 def precision_of(args: argparse.Namespace) -> str:
     """``--precision`` with its default (fp32)."""
     return getattr(args, "precision", None) or "fp32"
+
+
+def check_json_output(args: argparse.Namespace, inputs: dict[str, object]) -> None:
+    """Refuse, before the work, a ``--json PATH`` that would overwrite one of the command's
+    ``inputs`` ({what: path(s)}) or is a folder (:func:`efficientdet.run_dirs.refuse_output_file`)."""
+    from .run_dirs import refuse_output_file
+
+    refuse_output_file(getattr(args, "json", None), inputs, "--json")
 
 
 def write_json_output(args: argparse.Namespace, obj) -> None:

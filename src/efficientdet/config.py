@@ -75,7 +75,7 @@ def parse_image_size(value, option: str = "image_size") -> tuple[int, int] | Non
     if len(hw) == 1:
         hw = (hw[0], hw[0])
     if len(hw) != 2 or min(hw) < 1:
-        raise ConfigError(f"{option} {value!r}: give S or HxW in pixels, e.g. 512 or 384x640")
+        raise ConfigError(f"{option} {value!r}: need S or HxW in pixels; fix: e.g. 512 or 384x640")
     return hw  # type: ignore[return-value]
 
 
@@ -210,10 +210,14 @@ class NMSConfig:
     def __post_init__(self) -> None:
         if self.method not in ("hard", "gaussian"):
             raise ConfigError(f"nms method={self.method!r}: choose hard or gaussian")
-        if not 0 < self.iou_threshold <= 1:
-            raise ConfigError(f"iou_threshold={self.iou_threshold}: need 0 < value <= 1")
+        if not 0 < self.iou_threshold <= 1:  # also refuses NaN
+            raise ConfigError(f"iou_threshold={self.iou_threshold} (--iou): need 0 < value <= 1; fix: e.g. --iou 0.5")
+        if not 0 <= self.score_threshold <= 1:  # a score is a probability: above 1 nothing is ever kept
+            raise ConfigError(f"score_threshold={self.score_threshold} (--conf): need 0 <= value <= 1; "
+                              "fix: e.g. --conf 0.25 (0 keeps every detection)")
         if self.max_detections < 1 or self.max_candidates < 1:
-            raise ConfigError("max_detections and max_candidates must be at least 1")
+            raise ConfigError(f"max_detections={self.max_detections} (--max-det), max_candidates={self.max_candidates}: "
+                              "need at least 1; fix: e.g. --max-det 100")
 
 
 # name: (backbone, native size, fpn channels, fpn repeats, head repeats, anchor scale, fusion, act, max level)
@@ -249,7 +253,7 @@ def resolve_model_name(name: str) -> str:
             return candidate
     close = difflib.get_close_matches(key, list(_MODEL_TABLE), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise ConfigError(f"unknown model {name!r}{hint}; valid models: {', '.join(_MODEL_TABLE)}")
+    raise ConfigError(f"unknown model {name!r}{hint}; fix: give one of {', '.join(_MODEL_TABLE)}")
 
 
 def get_model_config(name: str, **overrides) -> ModelConfig:

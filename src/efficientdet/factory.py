@@ -119,10 +119,11 @@ def create_backbone(name: str, num_classes: int = 1000, weights: str | os.PathLi
     return net
 
 
-def load_model(path: str | os.PathLike | dict) -> tuple[EfficientDet, dict]:
-    """Rebuild a model from our checkpoint; returns (model in eval mode, checkpoint dict)."""
+def load_model(path: str | os.PathLike | dict, label: str | None = None) -> tuple[EfficientDet, dict]:
+    """Rebuild a model from our checkpoint (a path, or the dict read from the file ``label``
+    names in messages); returns (model in eval mode, checkpoint dict)."""
     ckpt = read_checkpoint(path) if not isinstance(path, dict) else path
-    label = os.fspath(path) if not isinstance(path, dict) else "checkpoint"
+    label = label or (os.fspath(path) if not isinstance(path, dict) else "checkpoint")
     model = EfficientDet(validate_checkpoint(ckpt, label))
     load_weights(model, ckpt, source="efficientdet", name=label)
     return model.eval(), ckpt

@@ -8,7 +8,9 @@ annotated images) goes through :func:`atomic_write` or one of its shorthands:
 - a crash or kill at any point leaves either the old file or the new one, never a
   truncated file; a failed write (exception) removes the temporary file;
 - an ``OSError`` (disk full, read-only folder, a path under a file...) becomes an
-  :class:`OutputError`: one line naming the path and the fix.
+  :class:`OutputError`: one line naming the path and the fix;
+- the file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask),
+  not the owner-only 0600 of a temporary file.
 
 Temporary files of a killed process can remain; :func:`remove_stale_temporaries` deletes
 the ones in a folder (callers run it where they own the folder, e.g. a run folder they hold
@@ -39,6 +41,30 @@ def _io_fix(exc: OSError) -> str:
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         return "a parent of this path is a file: pick another --out"
     return "check the path, free space and permissions"
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it races with threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_temporary(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """``mkstemp`` in ``path``'s folder, with the permissions of a plainly created file."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError:
+        pass  # a filesystem without permissions (e.g. FAT): its default is all there is
+    return fd, tmp
 
 
 def output_error(path: str | os.PathLike, exc: OSError, what: str = "cannot write") -> OutputError:
@@ -86,7 +112,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     path = Path(path)
     make_dirs(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = _new_temporary(path, f".{path.name}.", TEMP_SUFFIX)
     except OSError as exc:
         raise output_error(path, exc) from None
     try:
@@ -114,7 +140,7 @@ def temporary_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     make_dirs(path.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TEMP_SUFFIX}{path.suffix}", dir=path.parent)
+        fd, tmp_name = _new_temporary(path, f".{path.stem}.", f"{TEMP_SUFFIX}{path.suffix}")
         os.close(fd)
     except OSError as exc:
         raise output_error(path, exc) from None

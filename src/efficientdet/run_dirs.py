@@ -7,8 +7,12 @@ One rule for every command (train, val, predict, export, bench, demo):
   hold numbered runs, also when given as ``--out`` (``TrainConfig.out`` defaults to ``runs/train``).
 * ``--out DIR``: DIR when it does not exist or is empty, or with ``exist_ok``; otherwise
   ``DIR2``, ``DIR3``... (the first free one), so an earlier run is never mixed with a new one.
+  An ``--out`` that is a file is refused (one line), not turned into ``FILE2``.
 * :func:`refuse_inputs_inside` refuses an output folder that is, or holds, an input (a source
   image / video / folder, the dataset, the weights file): one line, exit 2.
+* :func:`refuse_output_file` does the same for a single output file (``--json PATH``): it may
+  not be an input nor an existing file inside an input folder, nor a folder; checked before
+  the work starts.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def make_run_dir(out: str | os.PathLike | None, exist_ok: bool = False, command:
             except FileExistsError:
                 continue
         raise ConfigError(f"{path}: cannot claim a new numbered run folder; fix: give --out")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: --out names a file, not a folder; fix: give --out a new or empty folder")
     if exist_ok or not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return path
     n = 2
@@ -68,3 +74,31 @@ def refuse_inputs_inside(out: str | os.PathLike, inputs: dict[str, object]) -> N
                 raise ConfigError(
                     f"{out}: this output folder holds the {what} {p}, which the results could overwrite; "
                     "fix: give another --out (or none: a new runs/COMMAND/N)")
+
+
+def refuse_output_file(path: str | os.PathLike | None, inputs: dict[str, object], option: str = "--json") -> None:
+    """ConfigError, before any work, when the file ``path`` that ``option`` names is a folder,
+    or already exists and is one of ``inputs`` or lies inside an input folder (writing it would
+    overwrite something the user gave), or lies in an existing folder that cannot be written.
+    None and '-' (stdout) pass."""
+    if path is None or str(path) == "-":
+        return
+    parent = Path(path).parent
+    if parent.is_dir() and not os.access(parent, os.W_OK):  # read-only: say so now, not after the work
+        raise ConfigError(f"{path}: {option} cannot be written (folder {parent} is read-only); "
+                          f"fix: give {option} a path in a folder you can write to")
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: {option} names a folder; fix: give {option} a file name, e.g. {Path(path) / 'results.json'}")
+    real = Path(os.path.realpath(path))
+    for what, value in inputs.items():
+        for p in value if isinstance(value, (list, tuple)) else [value]:
+            if p is None or not os.path.exists(str(p)):
+                continue
+            p_real = Path(os.path.realpath(str(p)))
+            if real == p_real:
+                raise ConfigError(f"{path}: {option} would overwrite the {what} {p}; fix: give {option} a new file name")
+            if _inside(real, p_real):
+                raise ConfigError(f"{path}: {option} would overwrite a file in the {what} {p}; "
+                                  f"fix: give {option} a new file name")

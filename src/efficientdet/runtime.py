@@ -43,10 +43,10 @@ def resolve_device(name=None, local_rank: int = 0):
     try:
         device = torch.device(f"cuda:{name}" if str(name).isdigit() else name)
     except RuntimeError:
-        raise ConfigError(f"device {name!r}: give cpu, cuda, cuda:N or auto") from None
+        raise ConfigError(f"device {name!r}: not a device; fix: give cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r}: CUDA is not available here; use --device cpu")
+            raise ConfigError(f"device {name!r}: CUDA is not available here; fix: use --device cpu")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import AnchorConfig, ModelConfig, get_model_config, parse_image_size
-from ..detection.anchors import feature_sizes, generate_anchors_xyxy
+from ..detection.anchors import anchor_levels
 from ..errors import ConfigError, DataError
 from .records import DetectionData
 from .report import DataProblem, DataReport
@@ -91,18 +91,13 @@ def best_anchor_iou(boxes_xyxy: np.ndarray, anchor_cfg: AnchorConfig, image_size
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     if len(boxes) == 0:
         return np.zeros((0,))
-    anchors = generate_anchors_xyxy(anchor_cfg, image_size_hw)  # (sum_l H_l*W_l*A, 4)
-    a = anchor_cfg.num_anchors
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     best = np.zeros(len(boxes))
-    offset = 0
-    for fh, fw in feature_sizes(image_size_hw, anchor_cfg.min_level, anchor_cfg.max_level):
-        level = anchors[offset:offset + fh * fw * a].reshape(fh, fw, a, 4)  # (H*W*A, 4) -> (H, W, A, 4)
-        offset += fh * fw * a
-        xs = (level[0, :, 0, 0] + level[0, :, 0, 2]) / 2  # (W,) column centres, ascending
-        ys = (level[:, 0, 0, 1] + level[:, 0, 0, 3]) / 2  # (H,) row centres
-        near = level[_nearest(ys, cy), _nearest(xs, cx)]  # (M, A, 4): per shape, the nearest anchor
+    # the grid by level as centres and shapes: memory O(H + W), not O(H * W) (a huge --image-size fits)
+    for xs, ys, half in anchor_levels(anchor_cfg, image_size_hw):
+        x, y = xs[_nearest(xs, cx)][:, None], ys[_nearest(ys, cy)][:, None]  # (M, 1): nearest centres
+        near = np.stack([x - half[:, 0], y - half[:, 1], x + half[:, 0], y + half[:, 1]], axis=2)  # (M, A, 4)
         iw = np.minimum(near[..., 2], boxes[:, None, 2]) - np.maximum(near[..., 0], boxes[:, None, 0])
         ih = np.minimum(near[..., 3], boxes[:, None, 3]) - np.maximum(near[..., 1], boxes[:, None, 1])
         inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
@@ -502,8 +497,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import make_dirs, write_json
+    from ..cli_options import check_json_output
+    from .spec import dataset_files
     from ..run_dirs import make_run_dir
 
+    check_json_output(args, {"dataset": dataset_files(args.data)})
     report = check_dataset(args.data, args.model, parse_image_size(args.image_size), tuple(args.splits),
                            verify_images=not args.no_verify, max_untrainable=args.max_untrainable,
                            progress=not args.quiet)

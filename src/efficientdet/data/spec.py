@@ -201,6 +201,23 @@ def _split(entry, split: str, fmt: str, root: Path, bad: _Bad) -> SplitSpec:
     )
 
 
+def dataset_files(source: str | Path) -> list[Path]:
+    """The files and folders a dataset ``source`` (YAML or COCO JSON) names: the source itself
+    and, for a YAML, every split's image folders / lists and annotation files or folders
+    (what a command must never write over). A YAML that does not parse gives just itself:
+    reading the dataset reports that problem."""
+    source = Path(source)
+    files = [source]
+    if source.suffix.lower() in (".yaml", ".yml") and source.is_file():
+        try:
+            spec = DatasetSpec.from_yaml(source)
+        except DataError:
+            return files
+        for s in spec.splits.values():
+            files += [*s.images, *(p for p in (s.annotations, s.list) if p is not None)]
+    return files
+
+
 def load_dataset(
     source: str | Path,
     split: str = "train",

@@ -156,6 +156,12 @@ def read_yolo(
     boxes_listed = 0
     seen: set[str] = set()
     expected_labels: set[str] = set()
+    if labels_dir is None and entries and not any(label_path.is_file() for _, _, label_path in entries):
+        # the Ultralytics rule found no label file at all: a misplaced labels folder, not a background set
+        first = entries[0][2]
+        report.add("empty_annotations", str(first.parent), "folder",
+                   f"no label file for any of the {len(entries)} images (looked for e.g. {first}); every image is background",
+                   fix="put the .txt labels in the 'labels' folder beside 'images' (Ultralytics layout), or set 'annotations'")
     for image_id, (path, name, label_path) in enumerate(progress(entries, "reading images", show_progress)):
         item = f"image {name}"
         key = os.path.normpath(str(path))

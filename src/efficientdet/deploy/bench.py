@@ -35,13 +35,15 @@ import time
 from .timing import peak_rss_mb, summarize, usable_cores
 
 ENGINES = ("eager", "onnxruntime", "onnxruntime-nms", "compile")
+DEFAULT_MODEL = "efficientdet_d0"  # without --model and --weights
 PARTS = ("network", "end_to_end", "from_image")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .. import cli_options
 
-    parser.add_argument("--model", default="efficientdet_d0", help="registered model name (default efficientdet_d0)")
+    parser.add_argument("--model", default=None,
+                        help="registered model name (default: the --weights checkpoint's model, else efficientdet_d0)")
     parser.add_argument("--weights", default=None, help="optional: our checkpoint or (with --model) a weights file")
     cli_options.add(parser, "batch")
     parser.add_argument("--batches", type=int, nargs="+", default=None, metavar="N",
@@ -72,12 +74,14 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
 
     if weights and is_exported(weights):  # a TorchScript / ONNX file runs in its own runtime, whatever --engine says
         return Detector(weights, threads=threads, **opts)
-    if weights:
-        model = Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False,
-                                   channels_last=False).model
+    if weights:  # our checkpoint carries its model; other weights need model_name
+        det = (Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False, channels_last=False)
+               if model_name else Detector(weights, image_size=image_size, fuse=False, channels_last=False))
+        model = det.model
     else:
         torch.manual_seed(0)
-        model = create_model(model_name, num_classes=num_classes, image_size=parse_image_size(image_size, "--image-size")).eval()
+        model = create_model(model_name or DEFAULT_MODEL, num_classes=num_classes,
+                             image_size=parse_image_size(image_size, "--image-size")).eval()
     if engine == "eager":
         return Detector(model=model, **opts)
     if engine == "compile":
@@ -128,7 +132,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
         rows = []
         for part, part_times in times.items():
             stats = summarize(part_times)
-            rows.append({"engine": engine, "batch": batch, "part": part, **stats,
+            rows.append({"engine": engine, "batch": batch, "part": part, "model": det.model_name, **stats,
                          "images_per_s": 1000.0 * batch / stats["median_ms"], "peak_rss_mb": peak_rss_mb(),
                          "setup_s": round(setup_s, 2), "threads": threads})
         return rows
@@ -156,7 +160,7 @@ def time_interleaved(parts: dict, warmup: int, repeats: int, quiet: bool = False
 
 
 def _child(engine: str, batch: int, args) -> list[dict]:
-    cmd = [sys.executable, "-m", "efficientdet.cli", "bench", "--in-process", "--model", args.model,
+    cmd = [sys.executable, "-m", "efficientdet.cli", "bench", "--in-process", *(["--model", args.model] if args.model else []),
            "--engine", engine, "--batch", str(batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--num-classes", str(args.num_classes), "--parts", *args.parts, "--quiet"]
     if args.image_size:
@@ -171,7 +175,8 @@ def _child(engine: str, batch: int, args) -> list[dict]:
         proc = subprocess.run(cmd + ["--json", out], capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return [{"engine": engine, "batch": batch, "part": "error", "error": tail[0]}]
+            user_error = proc.returncode == 2 and tail[0].startswith("error: ")  # efficientdet.cli's one line
+            return [{"engine": engine, "batch": batch, "part": "error", "error": tail[0], "user_error": user_error}]
         with open(out) as f:
             return json.load(f)["results"]
     finally:
@@ -200,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..progress import bar
 
-    args.model = resolve_model_name(args.model)
+    args.model = resolve_model_name(args.model) if args.model else None
+    cli_options.check_json_output(args, {"weights file": args.weights})
     batches = args.batches or [args.batch]
     if min(batches) < 1 or args.repeats < 1:
         raise ConfigError("--batch/--batches and --repeats must be at least 1")
@@ -211,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
         progress.set_postfix_str(f"{engine} batch {batch}")
         results += measure_engine(engine, batch, args) if args.in_process else _child(engine, batch, args)
     hw = args.image_size or None
+    measured = {r["model"] for r in results if r.get("model")}  # what ran: a checkpoint's or a file's own model
+    args.model = measured.pop() if len(measured) == 1 else args.model or (DEFAULT_MODEL if not args.weights else None)
     summary = {
         "model": args.model, "image_size": hw, "threads": args.threads or usable_cores(), "repeats": args.repeats,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -223,4 +231,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         cli_options.write_json_output(args, summary)
     failed = [r for r in results if r.get("part") == "error"]
+    if failed and len(failed) == len(results) and all(r.get("user_error") for r in failed):
+        # every measurement met the same kind of user error (bad weights, size...): one line, exit 2
+        raise ConfigError(failed[0]["error"].removeprefix("error: "))
     return 1 if failed and len(failed) == len(results) else 0

@@ -213,6 +213,10 @@ class Detector:
                 raise ConfigError(f"{path}: an exported file carries its model; fix: use --weights {path} without --model")
             state = read_checkpoint(path)
             if isinstance(state, dict) and state.get("format") == "efficientdet":
+                from ..factory import checkpoint_config
+
+                # our checkpoint carries its model: a different ``name`` is refused, not ignored
+                checkpoint_config(state, path, name, option=lambda field: f"--{field.replace('_', '-')}")
                 return cls(path, class_names=class_names, category_ids=category_ids, **options)
             if num_classes is None:
                 num_classes = _num_classes_in(state)
@@ -330,7 +334,7 @@ def _load_checkpoint(path: str, class_names, category_ids) -> tuple[nn.Module, S
             f"{path}: not an efficientdet checkpoint (a plain state_dict, e.g. effdet's?); "
             f"fix: use --model NAME --weights {path} (Detector.from_name(NAME, weights=PATH))"
         )
-    model, ckpt = load_model(ckpt)
+    model, ckpt = load_model(ckpt, label=path)  # messages name the file
     return (model, class_names or ckpt.get("class_names"),
             category_ids if category_ids is not None else ckpt.get("category_ids"))
 

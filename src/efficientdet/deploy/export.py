@@ -250,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import stage
     from ..run_dirs import make_run_dir, refuse_inputs_inside
 
+    NMSConfig(iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det)  # same checks as val/predict
     if args.nms_in_graph and args.format != "onnx":
         raise ConfigError("--nms-in-graph is available for --format onnx only; fix: TorchScript exports raw outputs, drop it")
     if args.out is not None:

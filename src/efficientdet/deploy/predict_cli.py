@@ -12,6 +12,8 @@ pixels. ``image_id`` is the file stem when it is a number (COCO's ``000000397133
 397133), else the 1-based position in the source (video: frame number + 1);
 ``category_id`` the checkpoint's category ids when it has them, else the class index.
 Unreadable images are reported and skipped; a summary per source is printed at the end.
+Ctrl+C ends a webcam stream normally; elsewhere it keeps the detections of the images done in
+``predictions.json`` (a partial annotated video is removed) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -80,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
     from ..resources import check_memory
     from .sources import open_source
 
-    if args.batch < 1:
-        raise ConfigError(f"--batch {args.batch}: need at least 1")
     source = open_source(args.source)  # unknown source / unreadable video fail before the model loads
+    if source.not_read:  # nothing skipped in silence: name what the folder holds besides images
+        what = ", ".join(f"{n} {kind}{'s' if kind == 'subfolder' and n > 1 else ''}" for kind, n in source.not_read.items())
+        print(f"note: {args.source}: not read ({what}): a folder's images only, not recursive; "
+              f"for more give a glob ('{Path(args.source) / '**' / '*.jpg'}') or a video file", file=sys.stderr)
     inputs = {"source": [source.spec, *source.paths] if source.kind != "webcam" else None, "weights file": args.weights}
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
+    cli_options.check_json_output(args, inputs)
     detector = build_detector(args)
     check_memory(detector.config, args.batch, train=False, device=detector.device, image_size=detector.image_size)
     out_dir = make_run_dir(args.out, args.exist_ok, "predict")
@@ -99,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                        unit="img" if not source.is_video else "frame", leave=False)
     t_start = time.perf_counter()
     pending = []
+    interrupted = False
     try:
         for frame in source:
             bar.update(1)
@@ -112,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
                 pending = []
         if pending:
             writer = _process(detector, pending, source, out_dir, args, results, stats, writer)
+    except KeyboardInterrupt:  # Ctrl+C: the way a webcam stream ends; elsewhere keep what is done
+        interrupted = source.kind != "webcam"
+        if interrupted and writer is not None:
+            writer.abort()  # no partial video of a file left behind
+            writer = None
     except BaseException:
         if writer is not None:
             writer.abort()  # no partial video left behind
@@ -127,8 +138,14 @@ def run(args: argparse.Namespace) -> int:
     write_json(json_path, results, indent=None)
     if args.json:
         cli_options.write_json_output(args, results)
+    if interrupted:
+        unit = "frames" if source.is_video else "images"
+        print(f"interrupted after {stats.images} of {len(source) or '?'} {unit} ({stats.skipped} skipped); "
+              f"their detections are in {json_path}", file=sys.stderr)
+        raise KeyboardInterrupt
     if stats.images == 0:
-        raise DataError(f"{args.source}: no image could be read ({stats.skipped} skipped); see the warnings above")
+        raise DataError(f"{args.source}: no image could be read ({stats.skipped} skipped); "
+                        "fix: see the warnings above for why each was skipped")
     _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)
     return 0
 

@@ -37,7 +37,10 @@ class Frame:
 
 class Source:
     """An ordered set of inputs. ``kind``: image | folder | glob | video | webcam; ``len(source)``
-    is the number of frames when known (video frame count may be an estimate), else 0."""
+    is the number of frames when known (video frame count may be an estimate), else 0.
+    ``not_read``: what a folder holds besides images, {".ext" or "subfolder": count} (not read)."""
+
+    not_read: dict[str, int] = {}
 
     def __init__(self, spec: str, kind: str, paths: list[str] | None = None, capture_target=None):
         self.spec, self.kind, self.paths, self._target = spec, kind, paths or [], capture_target
@@ -49,12 +52,22 @@ class Source:
             os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our one-line errors, not FFmpeg's log
             import cv2
 
-            cap = cv2.VideoCapture(capture_target)
+            log = getattr(getattr(cv2, "utils", None), "logging", None)  # OpenCV's own WARN lines (V4L2...)
+            level = log.getLogLevel() if log else None
+            if log:
+                log.setLogLevel(log.LOG_LEVEL_ERROR)
+            try:
+                cap = cv2.VideoCapture(capture_target)
+            finally:
+                if log:
+                    log.setLogLevel(level)
             if not cap.isOpened():
                 cap.release()
-                what = f"webcam {capture_target}" if kind == "webcam" else f"{spec}"
-                raise DataError(f"{what}: cannot open this video (unreadable file or unsupported codec); "
-                                "check the file plays, or convert it to mp4 (H.264)")
+                if kind == "webcam":
+                    raise DataError(f"webcam {capture_target}: cannot open this camera; fix: check it is connected "
+                                    "and not in use, or give an image, folder or video file as --source")
+                raise DataError(f"{spec}: cannot open this video (unreadable file or unsupported codec); "
+                                "fix: check the file plays, or convert it to mp4 (H.264)")
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.fps = float(fps) if fps and fps > 0 and fps < 1000 else 30.0
             self._count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) if kind == "video" else 0
@@ -113,10 +126,16 @@ def open_source(spec: str | int) -> Source:
         return Source(text, "webcam", capture_target=int(text))
     path = Path(text).expanduser()
     if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.is_file() and _is_image(p.name))
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        files = sorted(str(p) for p in entries if p.is_file() and _is_image(p.name))
         if not files:
-            raise DataError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...)")
-        return Source(text, "folder", files)
+            raise DataError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
+                            "fix: give a folder of images, or an image, video or glob")
+        source = Source(text, "folder", files)
+        others = [("subfolder" if p.is_dir() else (p.suffix.lower() or "no extension")) for p in entries
+                  if not (p.is_file() and _is_image(p.name))]
+        source.not_read = {kind: others.count(kind) for kind in sorted(set(others))}
+        return source
     if path.is_file():
         if text.lower().endswith(VIDEO_EXTENSIONS):
             return Source(text, "video", capture_target=str(path))
@@ -124,6 +143,6 @@ def open_source(spec: str | int) -> Source:
     if any(c in text for c in "*?["):
         files = sorted(p for p in globlib.glob(os.path.expanduser(text), recursive=True) if os.path.isfile(p) and _is_image(p))
         if not files:
-            raise DataError(f"{text}: the pattern matches no image files")
+            raise DataError(f"{text}: the pattern matches no image files; fix: check the pattern (quote it: 'imgs/*.jpg')")
         return Source(text, "glob", files)
-    raise DataError(f"{text}: no such image, folder, video, glob match or webcam index; check the --source path")
+    raise DataError(f"{text}: no such image, folder, video, glob match or webcam index; fix: check the --source path")

@@ -34,26 +34,36 @@ def feature_sizes(image_size_hw: Sequence[int], min_level: int, max_level: int) 
     return sizes
 
 
-def generate_anchors_xyxy(cfg: AnchorConfig, image_size_hw: Sequence[int]) -> np.ndarray:
-    """The anchor grid as a float64 array (sum_l H_l*W_l*A, 4) of xyxy pixels (see module doc)."""
+def anchor_levels(cfg: AnchorConfig, image_size_hw: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The grid per level, without materialising it: [(xs (W_l,), ys (H_l,), half (A, 2))] of
+    float64 column / row centres and the A anchor shapes' half width and height, in cell order.
+    Anchor ``a`` of cell (r, c) is ``[xs[c] - half[a, 0], ys[r] - half[a, 1], xs[c] + half[a, 0], ys[r] + half[a, 1]]``."""
     img_h, img_w = parse_image_size(image_size_hw)
-    per_level = []
+    levels = []
     for fh, fw in feature_sizes((img_h, img_w), cfg.min_level, cfg.max_level):
         stride_y, stride_x = img_h / float(fh), img_w / float(fw)
         # np.arange exactly as the reference builds centres (start + i * delta)
         xs = np.arange(stride_x / 2, img_w, stride_x)
         ys = np.arange(stride_y / 2, img_h, stride_y)
-        xv, yv = np.meshgrid(xs, ys)  # (H_l, W_l) each
-        xv, yv = xv.reshape(-1), yv.reshape(-1)  # (H_l*W_l,) row-major: row then column
-        cell_anchors = []
+        half = []
         for octave in range(cfg.num_scales):
             octave_scale = octave / float(cfg.num_scales)
             for rx, ry in cfg.aspect_ratios:
-                half_w = cfg.anchor_scale * stride_x * 2**octave_scale * rx / 2.0
-                half_h = cfg.anchor_scale * stride_y * 2**octave_scale * ry / 2.0
-                cell_anchors.append(np.stack([xv - half_w, yv - half_h, xv + half_w, yv + half_h], axis=1))
-        # A x (H*W, 4) -> (H*W, A, 4) -> (H*W*A, 4)
-        per_level.append(np.stack(cell_anchors, axis=1).reshape(-1, 4))
+                half.append((cfg.anchor_scale * stride_x * 2**octave_scale * rx / 2.0,
+                             cfg.anchor_scale * stride_y * 2**octave_scale * ry / 2.0))
+        levels.append((xs, ys, np.array(half, dtype=np.float64)))
+    return levels
+
+
+def generate_anchors_xyxy(cfg: AnchorConfig, image_size_hw: Sequence[int]) -> np.ndarray:
+    """The anchor grid as a float64 array (sum_l H_l*W_l*A, 4) of xyxy pixels (see module doc)."""
+    per_level = []
+    for xs, ys, half in anchor_levels(cfg, image_size_hw):
+        xv, yv = np.meshgrid(xs, ys)  # (H_l, W_l) each
+        xv, yv = xv.reshape(-1, 1), yv.reshape(-1, 1)  # (H_l*W_l, 1) row-major: row then column
+        # (H*W, 1) -/+ (A,) -> (H*W, A, 4) -> (H*W*A, 4)
+        cells = np.stack([xv - half[:, 0], yv - half[:, 1], xv + half[:, 0], yv + half[:, 1]], axis=2)
+        per_level.append(cells.reshape(-1, 4))
     return np.concatenate(per_level, axis=0)
 
 

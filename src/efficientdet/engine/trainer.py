@@ -170,6 +170,10 @@ class TrainConfig:
             (self.patience is None or self.patience >= 1, f"patience={self.patience}: need at least 1 epoch (or leave it out)"),
             (self.workers >= 0, f"workers={self.workers}: need 0 or more"),
             (self.max_bad_steps >= 1, f"max_bad_steps={self.max_bad_steps}: need at least 1"),
+            (0 <= self.seed < 2**32, f"seed={self.seed}: need 0 <= seed < 2**32; fix: e.g. --seed 0"),
+            (self.clip_grad >= 0, f"clip_grad={self.clip_grad}: need 0 (off) or a positive norm; fix: e.g. --clip-grad 10"),
+            (self.weight_decay is None or self.weight_decay >= 0,
+             f"weight_decay={self.weight_decay}: need 0 or more; fix: e.g. --weight-decay 4e-5"),
         ]
         for ok, message in checks:
             if not ok:
@@ -332,6 +336,11 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
         log(f"weights: {weights}")
     elif load_pretrained:
         log("weights: random initialisation (give --weights coco or --backbone-weights for a pretrained start)")
+    random_frozen = {"backbone": weights is None and backbone_weights is None,
+                     "backbone+fpn": weights is None}.get(cfg.freeze, False)
+    if load_pretrained and random_frozen:  # allowed (tests do it), but never silently
+        log(f"warning: --freeze {cfg.freeze} keeps randomly initialised layers fixed, which rarely learns; "
+            f"fix: give --weights{'' if cfg.freeze == 'backbone+fpn' else ' or --backbone-weights'} (or drop --freeze)")
     for part in frozen_parts(model, cfg.freeze):
         part.requires_grad_(False)
     return model

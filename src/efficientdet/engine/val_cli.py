@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..data.spec import dataset_files
     from ..factory import load_model
     from ..resources import check_memory
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
@@ -38,14 +39,13 @@ def run(args: argparse.Namespace) -> int:
     image_size = parse_image_size(args.image_size, "--image-size")
     nms_cfg = NMSConfig(iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det,
                         method=cli_options.nms_method(args))
-    if args.batch < 1:
-        raise ConfigError(f"--batch {args.batch}: need at least 1")
     device = resolve_device(args.device)
     precision = cli_options.precision_of(args)
     amp_dtype = precision_dtype(precision, device)
     inputs = {"weights file": args.weights, "dataset": args.data, "image folder": args.images}
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
+    cli_options.check_json_output(args, {**inputs, "dataset": dataset_files(args.data)})
 
     from ..deploy.backends import is_exported
 

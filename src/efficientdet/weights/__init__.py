@@ -176,7 +176,8 @@ def _load_matching(
         examples = (missing + unexpected + mismatched)[:3]
         raise WeightsError(
             f"{label}: does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} mismatched keys, e.g. {', '.join(examples)}); is it for another model or image layout?"
+            f"{len(mismatched)} mismatched keys, e.g. {', '.join(examples)}); fix: give the model these weights were made for "
+            "(--model), or a checkpoint of this model"
         )
     module.load_state_dict(to_load, strict=False)
     report = LoadReport(source=source, loaded=len(to_load), skipped=skipped + [k for k in skip if k in expected])
