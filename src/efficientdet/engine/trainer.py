@@ -229,7 +229,7 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "none":
         return None
     if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 (amp=\"fp16\") needs a CUDA device; fix: on CPU use --precision bf16 or fp32")
+        raise ConfigError("--precision fp16 needs a CUDA device (TrainConfig amp=\"fp16\"); fix: on CPU use --precision bf16 or fp32")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
