@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from efficientdet.engine import checkpoint as ckpt_mod
-from efficientdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from efficientdet.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
+from efficientdet.weights.checkpoint import write_checkpoint as save_checkpoint
 from efficientdet.engine.checkpoint import restore_best
 from efficientdet.engine.guard import DivergenceGuard
 from efficientdet.engine.runlock import RunLock

@@ -29,6 +29,7 @@ from ..detection.anchors import AnchorGenerator
 from ..detection.postprocess import postprocess
 from ..errors import ConfigError, WeightsError
 from ..runtime import resolve_device
+from ..weights.checkpoint import is_our_checkpoint
 from .backends import Backend, TorchBackend, file_kind, open_exported
 from .preprocess import as_list, preprocess
 
@@ -212,7 +213,7 @@ class Detector:
             if file_kind(path) != "checkpoint":
                 raise ConfigError(f"{path}: an exported file carries its model; fix: use --weights {path} without --model")
             state = read_checkpoint(path)
-            if isinstance(state, dict) and state.get("format") == "efficientdet":
+            if is_our_checkpoint(state):
                 from ..factory import checkpoint_config
 
                 # our checkpoint carries its model: a different ``name`` is refused, not ignored
@@ -329,7 +330,7 @@ def _load_checkpoint(path: str, class_names, category_ids) -> tuple[nn.Module, S
     from ..weights import read_checkpoint
 
     ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "efficientdet":
+    if not is_our_checkpoint(ckpt):
         raise WeightsError(
             f"{path}: not an efficientdet checkpoint (a plain state_dict, e.g. effdet's?); "
             f"fix: use --model NAME --weights {path} (Detector.from_name(NAME, weights=PATH))"

@@ -188,10 +188,7 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
                 from .video import VideoWriter
 
                 stem = Path(source.spec).stem if source.kind == "video" else f"webcam{source.spec}"
-                writer = VideoWriter(out_dir / f"{stem}.mp4", source.fps, drawn.size)
-                if source.kind == "video" and writer.path.resolve() == Path(source.spec).resolve():
-                    writer.abort()  # never write over the input video
-                    writer = VideoWriter(out_dir / f"{stem}_pred.mp4", source.fps, drawn.size)
+                writer = VideoWriter(out_dir / f"{stem}.mp4", source.fps, drawn.size)  # out_dir holds no input (run())
             writer.write(np.asarray(drawn))
         else:
             name = frame.name if frame.name.lower().endswith((".jpg", ".jpeg", ".png")) else Path(frame.name).stem + ".png"
@@ -199,8 +196,6 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
             if name in stats.written:  # the same file name from two folders of a glob
                 target = out_dir / f"{frame.index}_{name}"
             stats.written.add(name)
-            if frame.path and Path(frame.path).resolve() == target.resolve():  # never replace a source file
-                raise ConfigError(f"{target}: is the source image itself; fix: give another --out")
             options = {"quality": 95} if name.lower().endswith((".jpg", ".jpeg")) else {}
             write_via_temp(target, lambda tmp: drawn.save(tmp, **options))
     return writer

@@ -35,7 +35,6 @@ import torch
 from ..errors import WeightsError
 from ..weights.checkpoint import content_checksum, read_checkpoint, validate_checkpoint, write_checkpoint
 
-save_checkpoint = write_checkpoint  # one writer for every checkpoint (the Lightning adapter uses this name)
 
 
 def load_checkpoint(path: str | os.PathLike, *, training: bool = False) -> dict:

@@ -204,12 +204,11 @@ class EfficientDetModule(L.LightningModule):
 
     def export_checkpoint(self, path: str | Path) -> Path:
         """Write the (EMA) weights in the library's checkpoint format (``factory.load_model``)."""
-        from ..factory import save_model_dict
-        from .checkpoint import save_checkpoint
+        from ..weights.checkpoint import save_model_dict, write_checkpoint
 
         payload = save_model_dict(self.eval_model(), self.class_names, self.category_ids)
         payload["args"] = dataclasses.asdict(self.cfg)
         trainer = self._trainer
         payload["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer is not None else {}
-        save_checkpoint(path, payload)
+        write_checkpoint(path, payload)
         return Path(path)
