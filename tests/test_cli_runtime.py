@@ -154,6 +154,10 @@ def test_models_caches_its_costs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(profile, "count_parameters", lambda cfg: 4321)
     assert model_table.model_rows(["efficientdet_lite0"])[0]["params"] == 4321
     assert len(json.loads(cache_file.read_text())) == 1
+    # an entry of the wrong type (a hand-edited or foreign file) is computed again, not printed
+    cache_file.write_text(json.dumps({k: {"params": "many", "multiply_adds": None} for k in json.loads(cache_file.read_text())}))
+    monkeypatch.setattr(profile, "count_parameters", lambda cfg: 777)
+    assert model_table.model_rows(["efficientdet_lite0"])[0]["params"] == 777
 
 
 @pytest.mark.slow

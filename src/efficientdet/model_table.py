@@ -45,6 +45,12 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
+def _valid_entry(entry) -> bool:
+    """A cache entry as :func:`model_costs` writes it (a damaged one is computed again)."""
+    return (isinstance(entry, dict) and all(type(entry.get(k)) is int and entry[k] >= 0
+                                            for k in ("params", "multiply_adds")))
+
+
 def model_costs(names: list[str], quiet: bool = False) -> dict[str, dict]:
     """{name: {"params", "multiply_adds"}} for registered models, from the cache where it has
     them; the others are computed (tqdm bar) and added to the cache."""
@@ -55,7 +61,7 @@ def model_costs(names: list[str], quiet: bool = False) -> dict[str, dict]:
     path = cache_path()
     cache = _read_cache(path)
     keys = {name: cost_key(get_model_config(name)) for name in names}
-    missing = [name for name in names if not isinstance(cache.get(keys[name]), dict)]
+    missing = [name for name in names if not _valid_entry(cache.get(keys[name]))]
     if missing:
         from .nn.profile import count_multiply_adds, count_parameters
 
