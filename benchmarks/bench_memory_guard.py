@@ -34,16 +34,18 @@ suite holds it to a factor of 2 on any CPU: tests/test_memory_guard.py).
     python benchmarks/bench_memory_guard.py            # the table (a few minutes on 2 cores)
     python benchmarks/bench_memory_guard.py --quick    # Lite0 only
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 from common import machine_info, run_python
 
-CASES = [("efficientdet_lite0", s) for s in (128, 256, 384)] + [("efficientdet_d0", s) for s in (128, 256, 384)]
+CASES = [("efficientdet_lite0", s) for s in (128, 256, 384)] + [
+    ("efficientdet_d0", s) for s in (128, 256, 384)
+]
 MODES = ("train", "infer", "train+gc")
 
 
@@ -56,8 +58,16 @@ def child(model: str, size: int, batch: int, mode: str) -> None:
     measured = measure_step_memory(cfg, batch, train=train, grad_checkpointing=gc)
     counts = _count(cfg, cfg.image_size)
     key = {"train": "all", "infer": "peak", "train+gc": "checkpointed"}[mode]
-    print(json.dumps({"measured": measured, "analytic": 4 * batch * counts[key], "anchors": 4 * counts["anchors"],
-                      "estimate": estimate_memory(cfg, batch, train=train, grad_checkpointing=gc)}))
+    print(
+        json.dumps(
+            {
+                "measured": measured,
+                "analytic": 4 * batch * counts[key],
+                "anchors": 4 * counts["anchors"],
+                "estimate": estimate_memory(cfg, batch, train=train, grad_checkpointing=gc),
+            }
+        )
+    )
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -70,8 +80,12 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=4, metavar=("MODEL", "SIZE", "BATCH", "MODE"), help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--child", nargs=4, metavar=("MODEL", "SIZE", "BATCH", "MODE"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--quick", action="store_true", help="Lite0 only")
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
@@ -80,8 +94,10 @@ def main() -> None:
         child(model, int(size), int(batch), mode)
         return
     print(machine_info())
-    print(f"{'model':20s} {'size':>5s} {'mode':9s} {'analytic MB':>12s} {'measured MB':>12s} "
-          f"{'estimate MB':>12s} {'estimate/measured':>18s}")
+    print(
+        f"{'model':20s} {'size':>5s} {'mode':9s} {'analytic MB':>12s} {'measured MB':>12s} "
+        f"{'estimate MB':>12s} {'estimate/measured':>18s}"
+    )
     points: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
     for model, size in CASES:
         if args.quick and "lite0" not in model:
@@ -89,8 +105,11 @@ def main() -> None:
         for mode in MODES:
             r = run_python(__file__, ["--child", model, size, args.batch, mode], timeout=900)
             points[mode].append((r["analytic"], r["measured"] - r["anchors"]))
-            print(f"{model:20s} {size:5d} {mode:9s} {r['analytic'] / 1e6:12.1f} {r['measured'] / 1e6:12.1f} "
-                  f"{r['estimate'] / 1e6:12.1f} {r['estimate'] / r['measured']:18.2f}", flush=True)
+            print(
+                f"{model:20s} {size:5d} {mode:9s} {r['analytic'] / 1e6:12.1f} {r['measured'] / 1e6:12.1f} "
+                f"{r['estimate'] / 1e6:12.1f} {r['estimate'] / r['measured']:18.2f}",
+                flush=True,
+            )
     for mode, values in points.items():
         factor, offset = fit(values)
         print(f"{mode}: measured - anchors = {factor:.2f} x analytic + {offset / 1e6:.0f} MB")

@@ -45,8 +45,15 @@ DEFAULT_MODELS = ["d0@512", "d0@333x517", "lite0", "d3@384x640", "lite3x@333x517
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--automl", required=True, help="google/automl checkout (the folder holding efficientdet/)")
-    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="NAME or NAME@S or NAME@HxW (default: %(default)s)")
+    p.add_argument(
+        "--automl", required=True, help="google/automl checkout (the folder holding efficientdet/)"
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=DEFAULT_MODELS,
+        help="NAME or NAME@S or NAME@HxW (default: %(default)s)",
+    )
     p.add_argument("--batch", type=int, default=2, help="images per forward pass (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -57,7 +64,9 @@ def import_official(automl: str):
     root = Path(automl).resolve()
     src = root / "efficientdet" if (root / "efficientdet" / "hparams_config.py").is_file() else root
     if not (src / "hparams_config.py").is_file():
-        sys.exit(f"error: {automl}: no efficientdet/hparams_config.py; fix: give the google/automl checkout")
+        sys.exit(
+            f"error: {automl}: no efficientdet/hparams_config.py; fix: give the google/automl checkout"
+        )
     sys.path.insert(0, str(src))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -89,7 +98,9 @@ def build_official(tf, hparams_config, efficientdet_keras, name, hw, dtype):
     resample = efficientdet_keras.ResampleFeatureMap
     if not hasattr(resample, "_official_upsample2d"):
         resample._official_upsample2d = resample._upsample2d
-    resample._upsample2d = _upsample2d_without_float32 if dtype == "float64" else resample._official_upsample2d
+    resample._upsample2d = (
+        _upsample2d_without_float32 if dtype == "float64" else resample._official_upsample2d
+    )
     cfg = hparams_config.get_efficientdet_config(name.replace("efficientdet_", "efficientdet-"))
     cfg.image_size = hw
     model = efficientdet_keras.EfficientDetNet(config=cfg)
@@ -131,7 +142,9 @@ def randomize(tf, model, rng, calib_input):
             if v.name.split("/")[-1].startswith("pointwise_kernel"):
                 v.assign(v.numpy() * target / spread)
             elif v.name.split("/")[-1].startswith("bias"):
-                v.assign(np.full(v.shape, -2.5 if "class" in v.name else 0.0, v.dtype.as_numpy_dtype))
+                v.assign(
+                    np.full(v.shape, -2.5 if "class" in v.name else 0.0, v.dtype.as_numpy_dtype)
+                )
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -143,21 +156,29 @@ def compare_levels(official, ours_nchw) -> list[dict]:
     """Per level: max |diff| and the largest magnitude, official NHWC against ours NCHW."""
     rows = []
     for o, t in zip(official, ours_nchw):
-        t = t.detach().permute(0, 2, 3, 1).numpy()  # (N, A*K, H, W) -> (N, H, W, A*K), the official layout
+        t = (
+            t.detach().permute(0, 2, 3, 1).numpy()
+        )  # (N, A*K, H, W) -> (N, H, W, A*K), the official layout
         rows.append({"max_abs_diff": max_abs(o, t), "max_abs": float(np.max(np.abs(o)))})
     return rows
 
 
-def match_detections(off_boxes, off_scores, off_classes, ours: dict, box_tol=1e-3, score_tol=1e-5) -> int:
+def match_detections(
+    off_boxes, off_scores, off_classes, ours: dict, box_tol=1e-3, score_tol=1e-5
+) -> int:
     """Official detections (yxyx, score, class) found among ours (xyxy, 0-based labels), any order."""
     import torch
 
     if not len(off_scores) or not len(ours["scores"]):
         return 0
     ours_yxyx = ours["boxes"].double()[:, [1, 0, 3, 2]]
-    box_diff = (torch.as_tensor(off_boxes, dtype=torch.float64)[:, None] - ours_yxyx[None]).abs().amax(-1)
+    box_diff = (
+        (torch.as_tensor(off_boxes, dtype=torch.float64)[:, None] - ours_yxyx[None]).abs().amax(-1)
+    )
     same_class = torch.as_tensor(off_classes)[:, None] == ours["labels"][None]
-    score_diff = (torch.as_tensor(off_scores, dtype=torch.float64)[:, None] - ours["scores"].double()[None]).abs()
+    score_diff = (
+        torch.as_tensor(off_scores, dtype=torch.float64)[:, None] - ours["scores"].double()[None]
+    ).abs()
     return int(((box_diff < box_tol) & same_class & (score_diff < score_tol)).any(1).sum())
 
 
@@ -198,12 +219,16 @@ def check_checkpoint_formats(tf, off32, x32, our_cfg, hw, rng) -> dict:
         shadows = {}
         for v in off32.weights:
             name = v.name.split(":")[0]
-            shadows[name] = tf.Variable(v.numpy() * rng.uniform(0.9, 1.1, v.shape).astype(np.float32))
+            shadows[name] = tf.Variable(
+                v.numpy() * rng.uniform(0.9, 1.1, v.shape).astype(np.float32)
+            )
             shadows[name + "/ExponentialMovingAverage"] = tf.Variable(v.numpy())
             if "kernel" in name:
                 shadows[name + "/Momentum"] = tf.Variable(np.zeros(v.shape, np.float32))
         shadows["global_step"] = tf.Variable(np.int64(1000))
-        prefix = tf.compat.v1.train.Saver(var_list=shadows).save(None, os.path.join(tmp, "tf1", "model"))
+        prefix = tf.compat.v1.train.Saver(var_list=shadows).save(
+            None, os.path.join(tmp, "tf1", "model")
+        )
         for v in off32.weights:  # forget the weights; the official restore must bring them back
             v.assign(np.zeros(v.shape, np.float32))
         util_keras.restore_ckpt(off32, prefix, ema_decay=0.9998, skip_mismatch=False)
@@ -222,7 +247,7 @@ def run_model(spec, args, official_mods, rng):
     import torch
 
     import efficientdet as ed
-    from efficientdet.config import AnchorConfig, NMSConfig, get_model_config, parse_image_size
+    from efficientdet.config import AnchorConfig, NMSConfig, get_model_config
     from efficientdet.detection.anchors import AnchorGenerator
     from efficientdet.detection.boxes import decode_boxes, xyxy_to_yxyx
     from efficientdet.detection.postprocess import flatten_box_outputs, postprocess
@@ -235,14 +260,22 @@ def run_model(spec, args, official_mods, rng):
     clock = [time.perf_counter()]
 
     # official model in float64 with random weights; ours from the same variables
-    off64, off_cfg = build_official(tf, hparams_config, efficientdet_keras, our_cfg.name, hw, "float64")
+    off64, off_cfg = build_official(
+        tf, hparams_config, efficientdet_keras, our_cfg.name, hw, "float64"
+    )
     images = rng.integers(0, 256, size=(args.batch, *hw, 3)).astype(np.float64)
     off_mean = np.asarray(off_cfg.mean_rgb, np.float64).reshape(-1)
     off_std = np.asarray(off_cfg.stddev_rgb, np.float64).reshape(-1)
-    result["normalisation"] = {"official_mean": off_mean.tolist(), "official_std": off_std.tolist(),
-                               "ours_mean": list(our_cfg.mean), "ours_std": list(our_cfg.std),
-                               "max_abs_diff": max_abs((images - off_mean) / off_std,
-                                                       (images - np.asarray(our_cfg.mean)) / np.asarray(our_cfg.std))}
+    result["normalisation"] = {
+        "official_mean": off_mean.tolist(),
+        "official_std": off_std.tolist(),
+        "ours_mean": list(our_cfg.mean),
+        "ours_std": list(our_cfg.std),
+        "max_abs_diff": max_abs(
+            (images - off_mean) / off_std,
+            (images - np.asarray(our_cfg.mean)) / np.asarray(our_cfg.std),
+        ),
+    }
     x64 = (images - off_mean) / off_std
     randomize(tf, off64, rng, x64)
     _stage("official float64 model built and randomised", clock)
@@ -259,7 +292,10 @@ def run_model(spec, args, official_mods, rng):
     off_cls64, off_box64 = [t.numpy() for t in off_cls64], [t.numpy() for t in off_box64]
     with torch.no_grad():
         cls64, box64 = ours64(torch.from_numpy(x64).permute(0, 3, 1, 2).contiguous())
-    result["float64"] = {"class": compare_levels(off_cls64, cls64), "box": compare_levels(off_box64, box64)}
+    result["float64"] = {
+        "class": compare_levels(off_cls64, cls64),
+        "box": compare_levels(off_box64, box64),
+    }
     _stage("float64 forward passes", clock)
 
     # float32: a fresh official model given the same values, ours cast
@@ -272,7 +308,10 @@ def run_model(spec, args, official_mods, rng):
     ours32 = ours.float().eval()
     with torch.no_grad():
         cls32, box32 = ours32(torch.from_numpy(x32).permute(0, 3, 1, 2).contiguous())
-    result["float32"] = {"class": compare_levels(off_cls32, cls32), "box": compare_levels(off_box32, box32)}
+    result["float32"] = {
+        "class": compare_levels(off_cls32, cls32),
+        "box": compare_levels(off_box32, box32),
+    }
     tf.keras.backend.set_floatx("float32")
     _stage("float32 forward passes", clock)
     result["checkpoint_formats"] = check_checkpoint_formats(tf, off32, x32, our_cfg, hw, rng)
@@ -281,18 +320,34 @@ def run_model(spec, args, official_mods, rng):
     # anchors (official: yxyx float32 from float64 numpy)
     lv = (off_cfg.min_level, off_cfg.max_level, off_cfg.num_scales)
     off_v2 = anchors_mod.Anchors(*lv, off_cfg.aspect_ratios, off_cfg.anchor_scale, hw).boxes.numpy()
-    off_v1 = anchors_mod.Anchors(*lv, [1.0, [1.4, 0.7], [0.7, 1.4]], off_cfg.anchor_scale, hw).boxes.numpy()
-    ours_v2 = xyxy_to_yxyx(AnchorGenerator(AnchorConfig(aspect_ratios="official-v2", anchor_scale=our_cfg.anchors.anchor_scale,
-                                                        max_level=our_cfg.max_level))(hw)).numpy()
+    off_v1 = anchors_mod.Anchors(
+        *lv, [1.0, [1.4, 0.7], [0.7, 1.4]], off_cfg.anchor_scale, hw
+    ).boxes.numpy()
+    ours_v2 = xyxy_to_yxyx(
+        AnchorGenerator(
+            AnchorConfig(
+                aspect_ratios="official-v2",
+                anchor_scale=our_cfg.anchors.anchor_scale,
+                max_level=our_cfg.max_level,
+            )
+        )(hw)
+    ).numpy()
     ours_v1 = xyxy_to_yxyx(AnchorGenerator(our_cfg.anchors)(hw)).numpy()
-    result["anchors"] = {"count": int(off_v2.shape[0]), "official_v2_vs_official": max_abs(off_v2, ours_v2),
-                         "official_v1_vs_official_given_v1_ratios": max_abs(off_v1, ours_v1),
-                         "v1_vs_v2_max_px": max_abs(off_v1, off_v2),
-                         "v1_vs_v2_moved_fraction": float(np.mean(np.abs(off_v1 - off_v2).max(1) > 1e-6))}
+    result["anchors"] = {
+        "count": int(off_v2.shape[0]),
+        "official_v2_vs_official": max_abs(off_v2, ours_v2),
+        "official_v1_vs_official_given_v1_ratios": max_abs(off_v1, ours_v1),
+        "v1_vs_v2_max_px": max_abs(off_v1, off_v2),
+        "v1_vs_v2_moved_fraction": float(np.mean(np.abs(off_v1 - off_v2).max(1) > 1e-6)),
+    }
 
     # box decoding on the official float32 outputs
-    deltas = flatten_box_outputs([torch.from_numpy(b).permute(0, 3, 1, 2) for b in off_box32])  # (N, A_all, 4)
-    off_dec = anchors_mod.decode_box_outputs(tf.constant(deltas.numpy()), tf.constant(off_v2)).numpy()
+    deltas = flatten_box_outputs(
+        [torch.from_numpy(b).permute(0, 3, 1, 2) for b in off_box32]
+    )  # (N, A_all, 4)
+    off_dec = anchors_mod.decode_box_outputs(
+        tf.constant(deltas.numpy()), tf.constant(off_v2)
+    ).numpy()
     anchors_xyxy = torch.from_numpy(off_v2[:, [1, 0, 3, 2]])
     ours_dec = xyxy_to_yxyx(decode_boxes(deltas, anchors_xyxy)).numpy()
     result["box_decoding_max_abs_diff"] = max_abs(off_dec, ours_dec)
@@ -307,37 +362,67 @@ def run_model(spec, args, official_mods, rng):
         n, _, h, w = c.shape
         c5 = c.view(n, num_anchors, -1, h, w)  # (N, A*K, H, W) -> (N, A, K, H, W)
         keep = c5 == c5.amax(2, keepdim=True)
-        best_only.append(torch.where(keep, c5, torch.full_like(c5, float("-inf"))).view(n, -1, h, w))
+        best_only.append(
+            torch.where(keep, c5, torch.full_like(c5, float("-inf"))).view(n, -1, h, w)
+        )
     params = dict(off_cfg.as_dict())
     result["detections"] = {}
     for method in ("hard", "gaussian"):
-        params["nms_configs"] = {"method": method, "iou_thresh": None, "score_thresh": None, "sigma": None,
-                                 "pyfunc": False, "max_nms_inputs": 0, "max_output_size": 100}
-        ob, os_, oc, ov = [t.numpy() for t in postprocess_mod.postprocess_per_class(
-            params, [tf.constant(c) for c in off_cls32], [tf.constant(b) for b in off_box32])]
+        params["nms_configs"] = {
+            "method": method,
+            "iou_thresh": None,
+            "score_thresh": None,
+            "sigma": None,
+            "pyfunc": False,
+            "max_nms_inputs": 0,
+            "max_output_size": 100,
+        }
+        ob, os_, oc, ov = [
+            t.numpy()
+            for t in postprocess_mod.postprocess_per_class(
+                params, [tf.constant(c) for c in off_cls32], [tf.constant(b) for b in off_box32]
+            )
+        ]
         nms = NMSConfig(max_candidates=total, method=method, max_detections=100)
         same_rule = postprocess(best_only, box_nchw, anchors_xyxy, nms, hw, clip=False)
         shipped = postprocess(cls_nchw, box_nchw, anchors_xyxy, NMSConfig(method=method), hw)
         rows = []
         for i in range(args.batch):
             k = int(ov[i])
-            off = (ob[i, :k], os_[i, :k], oc[i, :k].astype(np.int64) - 1)  # official classes are 1-based
-            rows.append({"official": k, "ours_official_rule": len(same_rule[i]["scores"]),
-                         "matched_official_rule": match_detections(*off, same_rule[i]),
-                         "ours_shipped": len(shipped[i]["scores"]), "matched_shipped": match_detections(*off, shipped[i])})
+            off = (
+                ob[i, :k],
+                os_[i, :k],
+                oc[i, :k].astype(np.int64) - 1,
+            )  # official classes are 1-based
+            rows.append(
+                {
+                    "official": k,
+                    "ours_official_rule": len(same_rule[i]["scores"]),
+                    "matched_official_rule": match_detections(*off, same_rule[i]),
+                    "ours_shipped": len(shipped[i]["scores"]),
+                    "matched_shipped": match_detections(*off, shipped[i]),
+                }
+            )
         result["detections"][method] = {k: sum(r[k] for r in rows) for k in rows[0]}
         _stage(f"detections ({method} NMS)", clock)
     return result
 
 
 def summary_table(results: list[dict]) -> str:
-    lines = ["| model | input | mapped tensors | float64 class / box max diff | float32 class / box max diff (rel.) "
-             "| .h5 / TF2 / TF1+EMA files | anchors v2 / v1 diff | decode diff | detections hard: same rule / shipped "
-             "| soft-NMS: same rule / shipped |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | input | mapped tensors | float64 class / box max diff | float32 class / box max diff (rel.) "
+        "| .h5 / TF2 / TF1+EMA files | anchors v2 / v1 diff | decode diff | detections hard: same rule / shipped "
+        "| soft-NMS: same rule / shipped |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
-        f64 = max(x["max_abs_diff"] for x in r["float64"]["class"]), max(x["max_abs_diff"] for x in r["float64"]["box"])
-        f32 = [max(x["max_abs_diff"] / x["max_abs"] for x in r["float32"][k]) for k in ("class", "box")]
+        f64 = (
+            max(x["max_abs_diff"] for x in r["float64"]["class"]),
+            max(x["max_abs_diff"] for x in r["float64"]["box"]),
+        )
+        f32 = [
+            max(x["max_abs_diff"] / x["max_abs"] for x in r["float32"][k]) for k in ("class", "box")
+        ]
         d, fmt = r["detections"], r["checkpoint_formats"]
         lines.append(
             f"| {r['model']} | {r['image_size'][0]}x{r['image_size'][1]} | {r['mapped_tensors']} | {f64[0]:.1e} / {f64[1]:.1e} "
@@ -346,7 +431,8 @@ def summary_table(results: list[dict]) -> str:
             f"{r['anchors']['official_v1_vs_official_given_v1_ratios']:.1e} | {r['box_decoding_max_abs_diff']:.1e} "
             f"| {d['hard']['matched_official_rule']}/{d['hard']['official']} / {d['hard']['matched_shipped']}/{d['hard']['official']} "
             f"| {d['gaussian']['matched_official_rule']}/{d['gaussian']['official']} / "
-            f"{d['gaussian']['matched_shipped']}/{d['gaussian']['official']} |")
+            f"{d['gaussian']['matched_shipped']}/{d['gaussian']['official']} |"
+        )
     return "\n".join(lines)
 
 

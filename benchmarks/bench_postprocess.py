@@ -20,7 +20,9 @@ from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import postprocess
 
 
-def make_outputs(image_size_hw=(512, 512), num_classes: int = 90, batch: int = 1, seed: int = 0, anchor_cfg=None):
+def make_outputs(
+    image_size_hw=(512, 512), num_classes: int = 90, batch: int = 1, seed: int = 0, anchor_cfg=None
+):
     """Random head outputs in the model layout: lists over levels of (N, A*K, H, W), (N, A*4, H, W)."""
     anchor_cfg = anchor_cfg or AnchorConfig()
     gen = AnchorGenerator(anchor_cfg)
@@ -84,13 +86,19 @@ def main() -> None:
     ap.add_argument("--method", choices=("hard", "gaussian"), default=None, help="default: both")
     args = ap.parse_args()
     methods = [args.method] if args.method else ["hard", "gaussian"]
-    print(f"post-processing, D0 512x512, 49,104 anchors x 90 classes, 1 image, CPU, {args.threads} threads\n")
+    print(
+        f"post-processing, D0 512x512, 49,104 anchors x 90 classes, 1 image, CPU, {args.threads} threads\n"
+    )
     print("| head output layout | NMS | median (ms) | p90 (ms) | runs |")
     print("| --- | --- | ---: | ---: | ---: |")
     for layout in ("NCHW", "channels_last"):
         for m in methods:
-            r = time_postprocess(runs=args.runs, threads=args.threads, nms_cfg=NMSConfig(method=m),
-                                 channels_last=layout == "channels_last")
+            r = time_postprocess(
+                runs=args.runs,
+                threads=args.threads,
+                nms_cfg=NMSConfig(method=m),
+                channels_last=layout == "channels_last",
+            )
             print(f"| {layout} | {m} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['runs']} |")
 
 

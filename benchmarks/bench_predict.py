@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 MODELS = {  # ours, effdet's, image size
     "d0": ("efficientdet_d0", "tf_efficientdet_d0", 512, "effdet_d0_256.pt"),
@@ -46,9 +46,14 @@ def worker(args) -> None:
 
     common.set_threads(args.threads)
     ours, _, size, fixture = MODELS[args.model]
-    ref = torch.load(os.path.join(common.REPO_ROOT, "tests", "fixtures", fixture), weights_only=True)
+    ref = torch.load(
+        os.path.join(common.REPO_ROOT, "tests", "fixtures", fixture), weights_only=True
+    )
     model = create_model(ours, image_size=size).eval()
-    load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in ref["state_dict_fp16"].items()})
+    load_weights(
+        model,
+        {k: v.float() if v.is_floating_point() else v for k, v in ref["state_dict_fp16"].items()},
+    )
     opts = dict(conf=0.0, iou=0.5, max_det=100, max_candidates=5000)
     engine = args.worker
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +61,9 @@ def worker(args) -> None:
             det = Detector(model=model, compile=engine == "compile", **opts)
         else:
             path = os.path.join(tmp, "m.onnx")
-            export_onnx(model, path, nms=engine == "onnxruntime-nms", conf=0.0, iou=0.5, max_det=100)
+            export_onnx(
+                model, path, nms=engine == "onnxruntime-nms", conf=0.0, iou=0.5, max_det=100
+            )
             det = Detector(path, threads=args.threads, **opts)
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         if det.backend.name == "torch" and det.channels_last:
@@ -66,10 +73,16 @@ def worker(args) -> None:
         with torch.inference_mode():
             warm = 15 if engine == "compile" else args.warmup
             if det.backend.outputs != "nms":
-                out["network"] = common.measure(lambda: det.raw(x), warm, args.repeats, threads=args.threads)
-            out["end_to_end"] = common.measure(lambda: det.detect_batch(x, scales, sizes), args.warmup, args.repeats,
-                                               threads=args.threads)
-            out["num_detections"] = int(len(det.detect_batch(x, scales, sizes)[0]["scores"]))
+                out["network"] = common.measure(
+                    lambda: det.raw(x), warm, args.repeats, threads=args.threads
+                )
+            out["end_to_end"] = common.measure(
+                lambda: det.detect_batch(x, scales, sizes),
+                args.warmup,
+                args.repeats,
+                threads=args.threads,
+            )
+            out["num_detections"] = len(det.detect_batch(x, scales, sizes)[0]["scores"])
     out["peak_rss_mb"] = common.peak_rss_mb()
     common.emit_json(out)
 
@@ -78,7 +91,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["d0", "lite0"], choices=list(MODELS))
     ap.add_argument("--engines", nargs="+", default=["eager", "onnxruntime", "onnxruntime-nms"])
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
+    ap.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (slow to build)"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -90,7 +105,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    engines = list(args.engines) + (["compile"] if args.compile and "compile" not in args.engines else [])
+    engines = list(args.engines) + (
+        ["compile"] if args.compile and "compile" not in args.engines else []
+    )
     print(common.machine_info())
     rows: dict[tuple, list[dict]] = {}
     for rnd in range(args.rounds):
@@ -102,20 +119,54 @@ def main() -> None:
                 if impl == "effdet":
                     if not common.peer_available():
                         continue
-                    res = common.run_peer("peer_predict.py", ["--model", peer, "--image-size", str(size), "--batch", "1",
-                                                              "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                                                              "--threads", str(args.threads), "--weights", "fixture", *extra])
+                    res = common.run_peer(
+                        "peer_predict.py",
+                        [
+                            "--model",
+                            peer,
+                            "--image-size",
+                            str(size),
+                            "--batch",
+                            "1",
+                            "--repeats",
+                            str(args.repeats),
+                            "--warmup",
+                            str(args.warmup),
+                            "--threads",
+                            str(args.threads),
+                            "--weights",
+                            "fixture",
+                            *extra,
+                        ],
+                    )
                 else:
-                    res = common.run_python(os.path.abspath(__file__), ["--worker", engine, "--model", key,
-                                                                        "--repeats", str(args.repeats), "--warmup",
-                                                                        str(args.warmup), "--threads", str(args.threads)])
+                    res = common.run_python(
+                        os.path.abspath(__file__),
+                        [
+                            "--worker",
+                            engine,
+                            "--model",
+                            key,
+                            "--repeats",
+                            str(args.repeats),
+                            "--warmup",
+                            str(args.warmup),
+                            "--threads",
+                            str(args.threads),
+                        ],
+                    )
                 rows.setdefault((key, impl, engine), []).append(res)
                 net = res.get("network", {}).get("median_ms")
-                print(f"round {rnd + 1} {key} {impl:6s} {engine:15s} network {net if net is None else round(net, 1)} ms, "
-                      f"end to end {res['end_to_end']['median_ms']:.1f} ms", flush=True)
+                print(
+                    f"round {rnd + 1} {key} {impl:6s} {engine:15s} network {net if net is None else round(net, 1)} ms, "
+                    f"end to end {res['end_to_end']['median_ms']:.1f} ms",
+                    flush=True,
+                )
     summary = []
     print()
-    print("| model | impl | engine | network ms (median) | end to end ms (median) | end to end p90 | vs effdet end to end | peak RSS MB |")
+    print(
+        "| model | impl | engine | network ms (median) | end to end ms (median) | end to end p90 | vs effdet end to end | peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for key in args.models:
         base = rows.get((key, "effdet", "eager"))
@@ -129,17 +180,37 @@ def main() -> None:
             peak = max(r.get("_peak_rss_mb") or 0 for r in rs)
             ratio = f"{e2e / base_e2e:.2f}x" if base_e2e else "-"
             netm = f"{statistics.median(net):.1f}" if net else "(in graph)"
-            print(f"| {MODELS[key][0]} {MODELS[key][2]} | {impl} | {engine} | {netm} | {e2e:.1f} | {p90:.1f} | {ratio} | {peak:.0f} |")
-            summary.append({"model": MODELS[key][0], "image_size": MODELS[key][2], "impl": impl, "engine": engine,
-                            "network_ms": statistics.median(net) if net else None, "end_to_end_ms": e2e,
-                            "end_to_end_p90_ms": p90, "ratio_to_effdet": e2e / base_e2e if base_e2e else None,
-                            "peak_rss_mb": peak, "rounds": len(rs)})
+            print(
+                f"| {MODELS[key][0]} {MODELS[key][2]} | {impl} | {engine} | {netm} | {e2e:.1f} | {p90:.1f} | {ratio} | {peak:.0f} |"
+            )
+            summary.append(
+                {
+                    "model": MODELS[key][0],
+                    "image_size": MODELS[key][2],
+                    "impl": impl,
+                    "engine": engine,
+                    "network_ms": statistics.median(net) if net else None,
+                    "end_to_end_ms": e2e,
+                    "end_to_end_p90_ms": p90,
+                    "ratio_to_effdet": e2e / base_e2e if base_e2e else None,
+                    "peak_rss_mb": peak,
+                    "rounds": len(rs),
+                }
+            )
     if args.json:
         import json
 
         with open(args.json, "w") as f:
-            json.dump({"machine": common.machine_info_dict(), "threads": args.threads, "results": summary,
-                       "raw": {"|".join(k): v for k, v in rows.items()}}, f, indent=1)
+            json.dump(
+                {
+                    "machine": common.machine_info_dict(),
+                    "threads": args.threads,
+                    "results": summary,
+                    "raw": {"|".join(k): v for k, v in rows.items()},
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 # efficientdet.runtime.keep_freed_memory() expressed as glibc tunables, for the peer's process
 KEEP_FREED_MEMORY_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.top_pad=67108864"
@@ -60,8 +60,21 @@ def worker(args) -> None:
     size = 0.05 + torch.rand(args.batch, args.boxes, 2, generator=gen) * 0.25
     yx1 = (yx0 + size).clamp(max=1.0)
     cls = torch.randint(1, 91, (args.batch, args.boxes), generator=gen) - 1
-    targets = [{"boxes": torch.stack([yx0[i, :, 1] * hw[1], yx0[i, :, 0] * hw[0], yx1[i, :, 1] * hw[1],
-                                      yx1[i, :, 0] * hw[0]], dim=1), "labels": cls[i]} for i in range(args.batch)]
+    targets = [
+        {
+            "boxes": torch.stack(
+                [
+                    yx0[i, :, 1] * hw[1],
+                    yx0[i, :, 0] * hw[0],
+                    yx1[i, :, 1] * hw[1],
+                    yx1[i, :, 0] * hw[0],
+                ],
+                dim=1,
+            ),
+            "labels": cls[i],
+        }
+        for i in range(args.batch)
+    ]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
     amp = args.precision == "bf16"
     rss_before = common.peak_rss_mb()
@@ -77,12 +90,22 @@ def worker(args) -> None:
         losses.append(float(out["loss"].detach()))
 
     timing = common.measure(step, args.warmup, args.steps, threads=args.threads)
-    common.emit_json({
-        "impl": "ours", "task": "train", "model": "efficientdet_d0", "image_size": list(hw), "batch": args.batch,
-        "channels_last": args.channels_last, "precision": args.precision, "step": timing,
-        "images_per_s": args.batch / (timing["median_ms"] / 1e3), "losses": [round(v, 4) for v in losses],
-        "peak_rss_mb": common.peak_rss_mb(), "peak_rss_mb_before_training": rss_before,
-    })
+    common.emit_json(
+        {
+            "impl": "ours",
+            "task": "train",
+            "model": "efficientdet_d0",
+            "image_size": list(hw),
+            "batch": args.batch,
+            "channels_last": args.channels_last,
+            "precision": args.precision,
+            "step": timing,
+            "images_per_s": args.batch / (timing["median_ms"] / 1e3),
+            "losses": [round(v, 4) for v in losses],
+            "peak_rss_mb": common.peak_rss_mb(),
+            "peak_rss_mb_before_training": rss_before,
+        }
+    )
 
 
 def main() -> None:
@@ -96,7 +119,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype of ours (as train)")
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="autocast dtype of ours (as train)",
+    )
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--default-malloc", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY unset")
@@ -108,8 +136,22 @@ def main() -> None:
         return
 
     env = {} if args.omp_active else {"OMP_WAIT_POLICY": "PASSIVE"}
-    common_args = ["--image-size", args.image_size, "--batch", args.batch, "--steps", args.steps,
-                   "--warmup", args.warmup, "--threads", args.threads, "--seed", args.seed, "--boxes", args.boxes]
+    common_args = [
+        "--image-size",
+        args.image_size,
+        "--batch",
+        args.batch,
+        "--steps",
+        args.steps,
+        "--warmup",
+        args.warmup,
+        "--threads",
+        args.threads,
+        "--seed",
+        args.seed,
+        "--boxes",
+        args.boxes,
+    ]
     configs = [
         ("ours fp32", "ours", []),
         ("ours channels_last", "ours", ["--channels-last"]),
@@ -117,9 +159,15 @@ def main() -> None:
         ("ours channels_last, default malloc", "ours", ["--channels-last", "--default-malloc"]),
     ]
     if not args.skip_peer and common.peer_available():
-        configs += [("effdet fp32", "peer", ["--model", "tf_efficientdet_d0"]),
-                    ("effdet channels_last", "peer", ["--model", "tf_efficientdet_d0", "--channels-last"]),
-                    ("effdet channels_last, our malloc", "peer+malloc", ["--model", "tf_efficientdet_d0", "--channels-last"])]
+        configs += [
+            ("effdet fp32", "peer", ["--model", "tf_efficientdet_d0"]),
+            ("effdet channels_last", "peer", ["--model", "tf_efficientdet_d0", "--channels-last"]),
+            (
+                "effdet channels_last, our malloc",
+                "peer+malloc",
+                ["--model", "tf_efficientdet_d0", "--channels-last"],
+            ),
+        ]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
     for r in range(args.rounds):
         for name, impl, extra in configs:
@@ -127,31 +175,59 @@ def main() -> None:
                 if impl == "ours":
                     res = common.run_python(__file__, ["--worker", *common_args, *extra], env=env)
                 else:  # the peer cannot import our runtime module: the same settings as glibc tunables
-                    peer_env = {**env, "GLIBC_TUNABLES": KEEP_FREED_MEMORY_TUNABLES} if impl == "peer+malloc" else env
+                    peer_env = (
+                        {**env, "GLIBC_TUNABLES": KEEP_FREED_MEMORY_TUNABLES}
+                        if impl == "peer+malloc"
+                        else env
+                    )
                     res = common.run_peer("peer_train.py", [*common_args, *extra], env=peer_env)
             except common.SubprocessError as exc:
                 print(f"{name}: failed: {str(exc)[:500]}", file=sys.stderr)
                 continue
             results[name].append(res)
-            print(f"round {r + 1} {name:36s} {res['images_per_s']:.3f} img/s  median {res['step']['median_ms'] / 1e3:.2f} s"
-                  f"  peak RSS {res['_peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
+            print(
+                f"round {r + 1} {name:36s} {res['images_per_s']:.3f} img/s  median {res['step']['median_ms'] / 1e3:.2f} s"
+                f"  peak RSS {res['_peak_rss_mb']:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
     summary = {}
     for name, runs in results.items():
         if not runs:
             continue
-        summary[name] = {"images_per_s": round(statistics.median(x["images_per_s"] for x in runs), 3),
-                         "median_step_s": round(statistics.median(x["step"]["median_ms"] for x in runs) / 1e3, 3),
-                         "all_rounds_images_per_s": [round(x["images_per_s"], 3) for x in runs],
-                         "peak_rss_mb": round(max(x["_peak_rss_mb"] for x in runs), 1)}
+        summary[name] = {
+            "images_per_s": round(statistics.median(x["images_per_s"] for x in runs), 3),
+            "median_step_s": round(
+                statistics.median(x["step"]["median_ms"] for x in runs) / 1e3, 3
+            ),
+            "all_rounds_images_per_s": [round(x["images_per_s"], 3) for x in runs],
+            "peak_rss_mb": round(max(x["_peak_rss_mb"] for x in runs), 1),
+        }
     base = summary.get("effdet fp32", {}).get("images_per_s")
-    print(f"\nD0 {args.image_size}x{args.image_size} batch {args.batch} training step, {args.threads} threads, "
-          f"env {env or 'default'}\n{common.machine_info()}", file=sys.stderr)
-    print(f"{'config':36s} {'img/s':>8s} {'vs effdet fp32':>15s} {'peak RSS MiB':>13s}", file=sys.stderr)
+    print(
+        f"\nD0 {args.image_size}x{args.image_size} batch {args.batch} training step, {args.threads} threads, "
+        f"env {env or 'default'}\n{common.machine_info()}",
+        file=sys.stderr,
+    )
+    print(
+        f"{'config':36s} {'img/s':>8s} {'vs effdet fp32':>15s} {'peak RSS MiB':>13s}",
+        file=sys.stderr,
+    )
     for name, s in summary.items():
         ratio = f"{s['images_per_s'] / base:.2f}x" if base else "-"
-        print(f"{name:36s} {s['images_per_s']:8.3f} {ratio:>15s} {s['peak_rss_mb']:13.0f}", file=sys.stderr)
-    out = {"benchmark": "train_step", "model": "d0", "image_size": args.image_size, "batch": args.batch,
-           "env": env, "machine": common.machine_info_dict(), "results": summary}
+        print(
+            f"{name:36s} {s['images_per_s']:8.3f} {ratio:>15s} {s['peak_rss_mb']:13.0f}",
+            file=sys.stderr,
+        )
+    out = {
+        "benchmark": "train_step",
+        "model": "d0",
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "env": env,
+        "machine": common.machine_info_dict(),
+        "results": summary,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     common.emit_json(out)

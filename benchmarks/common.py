@@ -18,6 +18,7 @@ nothing here imports our package or effdet: the timing and peak-memory functions
   (``_peak_rss_mb``, from wait4, so peaks of different measurements never mix) and its wall
   time (``_wall_s``).  Measure memory with one fresh process per measurement.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
@@ -52,10 +53,11 @@ def _load_timing():
 timing = _load_timing()
 
 
-def set_threads(threads: Optional[int] = DEFAULT_THREADS) -> None:
+def set_threads(threads: int | None = DEFAULT_THREADS) -> None:
     """torch.set_num_threads(threads) unless threads is None."""
     if threads is not None:
         import torch
+
         torch.set_num_threads(int(threads))
 
 
@@ -64,8 +66,12 @@ def summarize(times_ms: Sequence[float]) -> dict:
     return {**timing.summarize(times_ms), "times_ms": [round(float(t), 3) for t in times_ms]}
 
 
-def measure(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
-            threads: Optional[int] = DEFAULT_THREADS) -> dict:
+def measure(
+    fn: Callable[[], object],
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = DEFAULT_THREADS,
+) -> dict:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones.
 
     Returns dict(median_ms, p90_ms, min_ms, mean_ms, runs, times_ms, threads).  Sets
@@ -78,9 +84,10 @@ def measure(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
     return out
 
 
-def _torch_threads() -> Optional[int]:
+def _torch_threads() -> int | None:
     try:
         import torch
+
         return torch.get_num_threads()
     except Exception:  # pragma: no cover - torch missing
         return None
@@ -101,6 +108,7 @@ def machine_info_dict() -> dict:
     """The facts behind machine_info() as a dict (for JSON reports)."""
     try:
         import torch
+
         torch_version = torch.__version__
         threads = torch.get_num_threads()
     except Exception:  # pragma: no cover
@@ -125,8 +133,10 @@ def machine_info() -> str:
     """One line: CPU model, cores, torch and Python versions, current load average."""
     d = machine_info_dict()
     load = ", load {:.2f} {:.2f} {:.2f}".format(*d["loadavg"]) if d["loadavg"] else ""
-    return (f"{d['cpu']}, {d['cores']} cores ({d['usable_cores']} usable), "
-            f"torch {d['torch']} ({d['torch_threads']} threads), Python {d['python']}{load}")
+    return (
+        f"{d['cpu']}, {d['cores']} cores ({d['usable_cores']} usable), "
+        f"torch {d['torch']} ({d['torch_threads']} threads), Python {d['python']}{load}"
+    )
 
 
 peak_rss_mb = timing.peak_rss_mb
@@ -142,9 +152,14 @@ class SubprocessError(RuntimeError):
     pass
 
 
-def run_python(script_path: str, args: Sequence[str] = (), python: Optional[str] = None,
-               timeout: Optional[float] = 1800, env: Optional[dict] = None,
-               cwd: Optional[str] = None) -> dict:
+def run_python(
+    script_path: str,
+    args: Sequence[str] = (),
+    python: str | None = None,
+    timeout: float | None = 1800,
+    env: dict | None = None,
+    cwd: str | None = None,
+) -> dict:
     """Run ``python script_path *args`` in a fresh process and return its last-line JSON.
 
     ``python`` defaults to this interpreter.  The result gets ``_peak_rss_mb`` (the child's
@@ -160,8 +175,7 @@ def run_python(script_path: str, args: Sequence[str] = (), python: Optional[str]
         run_env.update(env)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=run_env,
-                                cwd=cwd or REPO_ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=run_env, cwd=cwd or REPO_ROOT)
         timed_out = threading.Event()
 
         def _kill():
@@ -190,15 +204,18 @@ def run_python(script_path: str, args: Sequence[str] = (), python: Optional[str]
     if proc.returncode != 0:
         raise SubprocessError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stderr (tail) ---\n{stderr[-3000:]}"
-            f"\n--- stdout (tail) ---\n{stdout[-1000:]}")
+            f"\n--- stdout (tail) ---\n{stdout[-1000:]}"
+        )
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     try:
         result = json.loads(lines[-1])
         if not isinstance(result, dict):
             raise ValueError("not a JSON object")
     except (IndexError, ValueError) as e:
-        raise SubprocessError(f"{' '.join(cmd)}: last stdout line is not a JSON object ({e})"
-                              f"\n--- stdout (tail) ---\n{stdout[-2000:]}") from None
+        raise SubprocessError(
+            f"{' '.join(cmd)}: last stdout line is not a JSON object ({e})"
+            f"\n--- stdout (tail) ---\n{stdout[-2000:]}"
+        ) from None
     result["_peak_rss_mb"] = usage.ru_maxrss / 1024.0  # Linux: KiB
     result["_wall_s"] = round(wall, 3)
     return result
@@ -208,8 +225,12 @@ def peer_available() -> bool:
     return os.access(PEER_PYTHON, os.X_OK)
 
 
-def run_peer(script_path: str, args: Sequence[str] = (), timeout: Optional[float] = 1800,
-             env: Optional[dict] = None) -> dict:
+def run_peer(
+    script_path: str,
+    args: Sequence[str] = (),
+    timeout: float | None = 1800,
+    env: dict | None = None,
+) -> dict:
     """Run a script with the peer venv's Python (effdet in its own process).
 
     ``script_path`` may be a bare name of a script in benchmarks/peer/ (e.g.
@@ -217,8 +238,9 @@ def run_peer(script_path: str, args: Sequence[str] = (), timeout: Optional[float
     ``_wall_s``; see run_python.  Set the peer venv up with benchmarks/peer/setup_peer.sh.
     """
     if not peer_available():
-        raise SubprocessError(f"peer venv missing ({PEER_PYTHON}); run "
-                              f"bash benchmarks/peer/setup_peer.sh")
+        raise SubprocessError(
+            f"peer venv missing ({PEER_PYTHON}); run bash benchmarks/peer/setup_peer.sh"
+        )
     path = os.fspath(script_path)
     if not os.path.exists(path) and os.path.exists(os.path.join(PEER_DIR, path)):
         path = os.path.join(PEER_DIR, path)
@@ -236,6 +258,7 @@ def measure_device(fn: Callable[[], object], device, warmup: int = 3, repeats: i
 
     dev = torch.device(device)
     if dev.type == "cuda":
+
         def timed():
             fn()
             torch.cuda.synchronize(dev)
@@ -253,23 +276,38 @@ def synthetic_boxes(batch: int, boxes: int, hw, num_classes: int, gen):
     size = 0.05 + torch.rand(batch, boxes, 2, generator=gen) * 0.25
     yx1 = (yx0 + size).clamp(max=1.0)
     scale = torch.tensor([float(hw[0]), float(hw[1])])
-    return torch.cat([yx0 * scale, yx1 * scale], dim=-1), torch.randint(1, num_classes + 1, (batch, boxes), generator=gen)
+    return torch.cat([yx0 * scale, yx1 * scale], dim=-1), torch.randint(
+        1, num_classes + 1, (batch, boxes), generator=gen
+    )
 
 
 def device_info(device) -> dict:
     """GPU model, memory, driver, torch/CUDA/cuDNN versions (CPU model for a CPU device)."""
     import torch
 
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count()}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+    }
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(dev)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             info["driver"] = out.stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             info["driver"] = None
@@ -284,7 +322,7 @@ def reset_peak_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_gib(device) -> Optional[float]:
+def peak_memory_gib(device) -> float | None:
     """Peak tensor memory on a CUDA device since reset_peak_memory (None on CPU: see peak RSS)."""
     import torch
 

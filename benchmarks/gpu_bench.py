@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ENGINES = ("eager", "cudagraph", "compile", "onnxruntime-gpu")
@@ -70,7 +70,10 @@ def train(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     yxyx, cls = common.synthetic_boxes(args.batch, args.boxes, hw, args.num_classes, gen)
-    targets = [{"boxes": yxyx[i][:, [1, 0, 3, 2]].to(device), "labels": (cls[i] - 1).to(device)} for i in range(args.batch)]
+    targets = [
+        {"boxes": yxyx[i][:, [1, 0, 3, 2]].to(device), "labels": (cls[i] - 1).to(device)}
+        for i in range(args.batch)
+    ]
     loss_fn = DetectionLoss(model.config.anchors, None, args.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
     amp = args.precision != "fp32"
@@ -93,8 +96,12 @@ def train(args) -> dict:
 
     common.reset_peak_memory(device)
     timing = common.measure_device(step, device, args.warmup, args.steps)
-    return {"step": timing, "images_per_s": args.batch / (timing["median_ms"] / 1e3),
-            "losses": [round(float(v), 4) for v in losses[-3:]], "peak_memory_gib": common.peak_memory_gib(device)}
+    return {
+        "step": timing,
+        "images_per_s": args.batch / (timing["median_ms"] / 1e3),
+        "losses": [round(float(v), 4) for v in losses[-3:]],
+        "peak_memory_gib": common.peak_memory_gib(device),
+    }
 
 
 def _inference_network(args, device):
@@ -122,7 +129,9 @@ def infer(args) -> dict:
     if args.engine in ("cudagraph", "onnxruntime-gpu") and device.type != "cuda":
         return {"error": f"engine {args.engine} needs CUDA"}
     model, hw = _inference_network(args, device)
-    x = torch.randn(args.batch, 3, *hw, generator=torch.Generator().manual_seed(0)).to(device, _dtype(args.precision))
+    x = torch.randn(args.batch, 3, *hw, generator=torch.Generator().manual_seed(0)).to(
+        device, _dtype(args.precision)
+    )
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
@@ -130,7 +139,9 @@ def infer(args) -> dict:
     if args.engine == "eager":
         network = model
     elif args.engine == "compile":
-        network = torch.compile(model, dynamic=False)  # as Detector(compile=True); max-autotune would take minutes
+        network = torch.compile(
+            model, dynamic=False
+        )  # as Detector(compile=True); max-autotune would take minutes
     elif args.engine == "cudagraph":
         network = _cuda_graph(model, x)
     else:
@@ -149,7 +160,15 @@ def infer(args) -> dict:
 
     def end_to_end():
         cls_out, box_out = network(x)
-        dets = postprocess([c.float() for c in cls_out], [b.float() for b in box_out], anchors, nms, hw, scales, sizes)
+        dets = postprocess(
+            [c.float() for c in cls_out],
+            [b.float() for b in box_out],
+            anchors,
+            nms,
+            hw,
+            scales,
+            sizes,
+        )
         return [{k: v.cpu() for k, v in d.items()} for d in dets]
 
     out = {"setup_s": round(setup_s, 2), **extra}
@@ -158,7 +177,9 @@ def infer(args) -> dict:
         for part, fn in (("network", lambda: network(x)), ("end_to_end", end_to_end)):
             if part in args.parts:
                 out[part] = common.measure_device(fn, device, args.warmup, args.repeats)
-    out["images_per_s"] = {p: args.batch / (out[p]["median_ms"] / 1e3) for p in args.parts if p in out}
+    out["images_per_s"] = {
+        p: args.batch / (out[p]["median_ms"] / 1e3) for p in args.parts if p in out
+    }
     out["peak_memory_gib"] = common.peak_memory_gib(device)
     return out
 
@@ -199,13 +220,19 @@ def _onnxruntime_gpu(model, hw, args):
         import onnxruntime as ort
     except ImportError:
         return None, {"error": "onnxruntime not installed"}
-    providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in ort.get_available_providers()]
+    providers = [
+        p
+        for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+        if p in ort.get_available_providers()
+    ]
     if not providers:
-        return None, {"error": f"no GPU provider in onnxruntime {ort.__version__} (have {ort.get_available_providers()}); "
-                               "needs onnxruntime-gpu"}
-    from efficientdet.detection.layout import flat_to_levels
+        return None, {
+            "error": f"no GPU provider in onnxruntime {ort.__version__} (have {ort.get_available_providers()}); "
+            "needs onnxruntime-gpu"
+        }
     from efficientdet.deploy.export import export_onnx
     from efficientdet.detection.anchors import AnchorGenerator
+    from efficientdet.detection.layout import flat_to_levels
 
     cpu_model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
     path = Path(tempfile.mkdtemp(prefix="gpu-bench-")) / "model.onnx"
@@ -220,7 +247,9 @@ def _onnxruntime_gpu(model, hw, args):
 
         binding = session.io_binding()
         xc = x.float().contiguous()
-        binding.bind_input("images", "cuda", device.index or 0, np.float32, list(xc.shape), xc.data_ptr())
+        binding.bind_input(
+            "images", "cuda", device.index or 0, np.float32, list(xc.shape), xc.data_ptr()
+        )
         binding.bind_output("class_logits")
         binding.bind_output("box_deltas")
         session.run_with_iobinding(binding)
@@ -238,10 +267,18 @@ def environment(device: str) -> dict:
     import torch
 
     info["cuda_available"] = torch.cuda.is_available()
-    for name in ("onnxruntime", "tensorrt", "torch_tensorrt", "effdet", "timm", "torchvision", "pycocotools"):
+    for name in (
+        "onnxruntime",
+        "tensorrt",
+        "torch_tensorrt",
+        "effdet",
+        "timm",
+        "torchvision",
+        "pycocotools",
+    ):
         try:
             info[name] = getattr(importlib.import_module(name), "__version__", "installed")
-        except Exception:  # noqa: BLE001 - absent or broken: recorded as not available
+        except Exception:
             info[name] = None
     if info["onnxruntime"]:
         import onnxruntime
@@ -267,21 +304,30 @@ def main(argv=None) -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--engine", choices=ENGINES, default="eager")
-    ap.add_argument("--parts", nargs="+", default=["network", "end_to_end"], choices=("network", "end_to_end"))
+    ap.add_argument(
+        "--parts", nargs="+", default=["network", "end_to_end"], choices=("network", "end_to_end")
+    )
     args = ap.parse_args(argv)
     if args.task == "env":
         common.emit_json(environment(args.device))
         return
-    result = {"impl": "ours", "task": args.task, "model": args.model, "image_size": args.image_size,
-              "batch": args.batch, "precision": args.precision, "device": args.device,
-              "channels_last": args.channels_last}
+    result = {
+        "impl": "ours",
+        "task": args.task,
+        "model": args.model,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "precision": args.precision,
+        "device": args.device,
+        "channels_last": args.channels_last,
+    }
     if args.task == "train":
         result["grad_checkpointing"] = args.grad_checkpointing
     else:
         result["engine"] = args.engine
     try:
         result.update(train(args) if args.task == "train" else infer(args))
-    except Exception as exc:  # noqa: BLE001 - out of memory is a measurement; anything else re-raised
+    except Exception as exc:
         if not common.is_out_of_memory(exc):
             raise
         result.update(oom=True, error=str(exc).splitlines()[0][:200])

@@ -20,7 +20,11 @@ def _mount_tmpfs(target, options: str) -> None:
     """Mount a tmpfs at ``target`` (root; the suite runs as root in CI)."""
     import subprocess
 
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], check=True, capture_output=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture

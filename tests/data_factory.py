@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image
 
 
-def write_image(path: Path, width: int, height: int, colour=(128, 128, 128), fmt: str | None = None) -> Path:
+def write_image(
+    path: Path, width: int, height: int, colour=(128, 128, 128), fmt: str | None = None
+) -> Path:
     """A solid-colour image of width x height."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (width, height), colour).save(path, format=fmt)
@@ -27,7 +29,9 @@ def write_truncated_jpeg(path: Path, width: int = 64, height: int = 48) -> Path:
     """A JPEG cut in half: the header opens, decoding fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path, format="JPEG", quality=95)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        path, format="JPEG", quality=95
+    )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
@@ -64,7 +68,18 @@ def tiny_train_config(data, out, **overrides):
     """A TrainConfig for a run of seconds: Lite0 at 64x64, 2 epochs of batch 4, no workers."""
     from efficientdet.engine.trainer import TrainConfig
 
-    base = dict(data=str(data), model="efficientdet_lite0", image_size=64, epochs=2, batch_size=4, lr=0.01,
-                workers=0, out=str(out), progress=False, seed=0, ema_warmup_steps=2)
+    base = dict(
+        data=str(data),
+        model="efficientdet_lite0",
+        image_size=64,
+        epochs=2,
+        batch_size=4,
+        lr=0.01,
+        workers=0,
+        out=str(out),
+        progress=False,
+        seed=0,
+        ema_warmup_steps=2,
+    )
     base.update(overrides)
     return TrainConfig(**base)

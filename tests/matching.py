@@ -24,7 +24,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
-def match(a, b, score_tol: float, box_tol: float, min_iou: float = 0.9) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+def match(
+    a, b, score_tol: float, box_tol: float, min_iou: float = 0.9
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """Greedy one-to-one matching (a's detections by descending score) -> (pairs, unmatched a, unmatched b).
 
     ``a``/``b``: anything with ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,)."""
@@ -49,11 +51,22 @@ def match(a, b, score_tol: float, box_tol: float, min_iou: float = 0.9) -> tuple
             used.add(best)
             pairs.append((i, best))
     matched_a = {i for i, _ in pairs}
-    return pairs, [i for i in range(len(a.scores)) if i not in matched_a], [j for j in range(len(b.scores)) if j not in used]
+    return (
+        pairs,
+        [i for i in range(len(a.scores)) if i not in matched_a],
+        [j for j in range(len(b.scores)) if j not in used],
+    )
 
 
-def assert_same_detections(a, b, *, score_tol: float = 1e-4, box_tol: float = 0.05, conf: float = 0.0,
-                           max_det: int | None = None) -> None:
+def assert_same_detections(
+    a,
+    b,
+    *,
+    score_tol: float = 1e-4,
+    box_tol: float = 0.05,
+    conf: float = 0.0,
+    max_det: int | None = None,
+) -> None:
     """``a`` and ``b`` hold the same detections up to order and rounding (see the module docstring)."""
     assert len(a.scores) > 0 and len(b.scores) > 0
     _, only_a, only_b = match(a, b, score_tol, box_tol)
@@ -69,4 +82,5 @@ def assert_same_detections(a, b, *, score_tol: float = 1e-4, box_tol: float = 0.
     bad_b = [j for j in only_b if not at_boundary(b, a, j)]
     assert not bad_a and not bad_b, (
         f"unmatched detections: a {[(int(a.labels[i]), round(float(a.scores[i]), 5)) for i in bad_a][:5]}, "
-        f"b {[(int(b.labels[j]), round(float(b.scores[j]), 5)) for j in bad_b][:5]}")
+        f"b {[(int(b.labels[j]), round(float(b.scores[j]), 5)) for j in bad_b][:5]}"
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -11,7 +11,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE_NAMES = ("effdet_d0_256", "effdet_lite0_192x320")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_reference(name: str) -> dict:
     """The recorded effdet outputs; treat as read-only."""
     return torch.load(FIXTURES / f"{name}.pt", weights_only=True)
@@ -22,7 +22,7 @@ def reference_state_dict(ref: dict) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in ref["state_dict_fp16"].items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def official_lite0() -> tuple[dict, dict, torch.Tensor]:
     """Treat as read-only: (record of tests/fixtures/automl_lite0_192x320.pt, the effdet lite0 fixture's weights as
     google/automl variables {name: array}, the input (1, 3, 192, 320) the record was made with)."""
@@ -48,6 +48,12 @@ def check_official_outputs(model, record: dict, x: torch.Tensor, kinds=("class",
         if kind not in kinds:
             continue
         for level, out in enumerate(outputs):
-            flat = out.permute(0, 2, 3, 1).reshape(-1)  # (1, C, H, W) -> (H*W*C,), the official NHWC order
-            torch.testing.assert_close(flat[record[f"{kind}_index"][level]], record[f"{kind}_value"][level],
-                                       atol=2e-3, rtol=0)
+            flat = out.permute(0, 2, 3, 1).reshape(
+                -1
+            )  # (1, C, H, W) -> (H*W*C,), the official NHWC order
+            torch.testing.assert_close(
+                flat[record[f"{kind}_index"][level]],
+                record[f"{kind}_value"][level],
+                atol=2e-3,
+                rtol=0,
+            )

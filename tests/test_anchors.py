@@ -62,7 +62,13 @@ def test_cache_per_size_device_dtype():
     assert gen((256, 256)) is a
     assert gen((256, 320)) is not a
     assert gen((256, 256), dtype=torch.float64).dtype == torch.float64
-    assert gen.num_anchors_per_level((256, 256)) == [9 * 32 * 32, 9 * 16 * 16, 9 * 8 * 8, 9 * 4 * 4, 9 * 2 * 2]
+    assert gen.num_anchors_per_level((256, 256)) == [
+        9 * 32 * 32,
+        9 * 16 * 16,
+        9 * 8 * 8,
+        9 * 4 * 4,
+        9 * 2 * 2,
+    ]
 
 
 def test_bad_size_is_config_error():
@@ -86,13 +92,26 @@ def test_official_v2_anchors_by_hand():
     v2 = AnchorGenerator(AnchorConfig(aspect_ratios="official-v2"))((512, 512), dtype=torch.float64)
     # level 3, cell (0, 0), centre (4, 4), base 32: ratio 2 -> 32*sqrt(2) x 32/sqrt(2)
     hw, hh = 16 * 2**0.5, 16 / 2**0.5
-    torch.testing.assert_close(v2[1], torch.tensor([4 - hw, 4 - hh, 4 + hw, 4 + hh], dtype=torch.float64), rtol=0, atol=1e-12)
-    torch.testing.assert_close(v2[2], torch.tensor([4 - hh, 4 - hw, 4 + hh, 4 + hw], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        v2[1],
+        torch.tensor([4 - hw, 4 - hh, 4 + hw, 4 + hh], dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
+    torch.testing.assert_close(
+        v2[2],
+        torch.tensor([4 - hh, 4 - hw, 4 + hh, 4 + hw], dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_official_v1_is_the_default_and_v2_moves_two_thirds_of_d0_anchors():
-    assert AnchorConfig().aspect_ratios == AnchorConfig(aspect_ratios="official-v1").aspect_ratios == (
-        (1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    assert (
+        AnchorConfig().aspect_ratios
+        == AnchorConfig(aspect_ratios="official-v1").aspect_ratios
+        == ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    )
     v1 = AnchorGenerator(AnchorConfig())((512, 512), dtype=torch.float64)
     v2 = AnchorGenerator(AnchorConfig(aspect_ratios="official-v2"))((512, 512), dtype=torch.float64)
     moved = (v1 - v2).abs().amax(1) > 1e-9
@@ -100,7 +119,9 @@ def test_official_v1_is_the_default_and_v2_moves_two_thirds_of_d0_anchors():
     assert torch.equal(moved, ratio_index != 0)  # the (1, 1) anchors stay, the others move
     # largest move: P7 (stride 128), scale 2^(2/3), ratio 2: half-width 4*128*2^(2/3)*(sqrt 2 - 1.4)/2
     expected = 4 * 128 * 2 ** (2 / 3) * (2**0.5 - 1.4) / 2
-    assert float((v1 - v2).abs().max()) == pytest.approx(expected, abs=1e-9) and 5.7 < expected < 5.8
+    assert (
+        float((v1 - v2).abs().max()) == pytest.approx(expected, abs=1e-9) and 5.7 < expected < 5.8
+    )
 
 
 def test_unknown_aspect_ratio_set_is_config_error():

@@ -78,8 +78,14 @@ def test_argmax_matcher_500_boxes_against_numpy():
     wh = torch.rand(500, 2, generator=g) * 60 + 0.5
     boxes = torch.cat([xy, xy + wh], 1)
     labels = torch.randint(0, 5, (500,), generator=g)
-    out = label_anchors(anchors, [{"boxes": boxes, "labels": labels}], hw, num_classes=5,
-                        match_threshold=0.5, unmatched_threshold=0.4)
+    out = label_anchors(
+        anchors,
+        [{"boxes": boxes, "labels": labels}],
+        hw,
+        num_classes=5,
+        match_threshold=0.5,
+        unmatched_threshold=0.4,
+    )
     iou = box_iou(boxes, anchors).numpy()
     ref = _numpy_argmax_matcher(iou, 0.5, 0.4)
     expected_cls = np.where(ref >= 0, labels.numpy()[np.maximum(ref, 0)], ref)
@@ -120,11 +126,19 @@ def test_degenerate_boxes_dropped_and_counted():
             [float("nan"), 0.0, 10.0, 10.0],
         ]
     )
-    boxes, labels, dropped = filter_degenerate_boxes(torch.cat([bad[:2], good, bad[2:]]), torch.arange(6), (128, 128))
+    boxes, labels, dropped = filter_degenerate_boxes(
+        torch.cat([bad[:2], good, bad[2:]]), torch.arange(6), (128, 128)
+    )
     assert dropped == 5 and torch.equal(boxes, good) and labels.tolist() == [2]
     anchors = AnchorGenerator(AnchorConfig())((128, 128))
-    with_bad = label_anchors(anchors, [{"boxes": torch.cat([bad, good]), "labels": torch.zeros(6, dtype=torch.long)}], (128, 128))
-    clean = label_anchors(anchors, [{"boxes": good, "labels": torch.zeros(1, dtype=torch.long)}], (128, 128))
+    with_bad = label_anchors(
+        anchors,
+        [{"boxes": torch.cat([bad, good]), "labels": torch.zeros(6, dtype=torch.long)}],
+        (128, 128),
+    )
+    clean = label_anchors(
+        anchors, [{"boxes": good, "labels": torch.zeros(1, dtype=torch.long)}], (128, 128)
+    )
     assert with_bad.num_dropped == 5 and clean.num_dropped == 0
     assert torch.equal(with_bad.cls_targets, clean.cls_targets)
     assert torch.equal(with_bad.box_targets, clean.box_targets)
@@ -135,7 +149,7 @@ def test_whole_image_box_and_tiny_box():
     whole = torch.tensor([[0.0, 0.0, 256.0, 256.0]])
     out = label_anchors(anchors, [{"boxes": whole, "labels": torch.tensor([0])}], (256, 256))
     iou = box_iou(whole, anchors)[0]
-    expected = (iou >= 0.5)
+    expected = iou >= 0.5
     expected[int(iou.argmax())] = True
     assert torch.equal(out.cls_targets[0] == 0, expected) and expected.any()
     # a 1 x 1 box: far below every anchor's IoU threshold, force-matched to its best anchor only
@@ -149,11 +163,19 @@ def test_bad_targets_raise_data_error():
     anchors = AnchorGenerator(AnchorConfig())((128, 128))
     box = torch.tensor([[10.0, 10.0, 60.0, 60.0]])
     with pytest.raises(DataError, match="0-based"):
-        label_anchors(anchors, [{"boxes": box, "labels": torch.tensor([5])}], (128, 128), num_classes=5)
+        label_anchors(
+            anchors, [{"boxes": box, "labels": torch.tensor([5])}], (128, 128), num_classes=5
+        )
     with pytest.raises(DataError, match=r"\(M, 4\)"):
-        label_anchors(anchors, [{"boxes": torch.zeros(2, 5), "labels": torch.zeros(2, dtype=torch.long)}], (128, 128))
+        label_anchors(
+            anchors,
+            [{"boxes": torch.zeros(2, 5), "labels": torch.zeros(2, dtype=torch.long)}],
+            (128, 128),
+        )
     with pytest.raises(DataError, match="one label per box"):
-        label_anchors(anchors, [{"boxes": box, "labels": torch.zeros(2, dtype=torch.long)}], (128, 128))
+        label_anchors(
+            anchors, [{"boxes": box, "labels": torch.zeros(2, dtype=torch.long)}], (128, 128)
+        )
     with pytest.raises(DataError, match="dict"):
         label_anchors(anchors, [box], (128, 128))
 
@@ -173,7 +195,11 @@ def test_atss_centre_must_be_strictly_inside():
     assert assign_atss(edge, [3], torch.tensor([[0.0, 0, 10, 10]]), topk=3).tolist() == [-1, -1, -1]
     # centre (1, 5) inside: IoU 100/180 = 0.556 >= threshold 0.506
     inside = torch.tensor([[-8.0, 0, 10, 10]] + far)
-    assert assign_atss(inside, [3], torch.tensor([[0.0, 0, 10, 10]]), topk=3).tolist() == [0, -1, -1]
+    assert assign_atss(inside, [3], torch.tensor([[0.0, 0, 10, 10]]), topk=3).tolist() == [
+        0,
+        -1,
+        -1,
+    ]
 
 
 def test_atss_shared_anchor_goes_to_highest_iou():
@@ -201,10 +227,17 @@ def test_atss_empty_ground_truth_and_no_priors():
     anchors = torch.tensor([[0.0, 0, 10, 10], [10, 0, 20, 10]])
     assert assign_atss(anchors, [2], torch.zeros(0, 4)).tolist() == [-1, -1]
     assert assign_atss(torch.zeros(0, 4), [0], torch.tensor([[0.0, 0, 10, 10]])).shape == (0,)
-    out = label_anchors(torch.zeros(0, 4), [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}],
-                        assigner="atss", num_anchors_per_level=[0])
+    out = label_anchors(
+        torch.zeros(0, 4),
+        [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}],
+        assigner="atss",
+        num_anchors_per_level=[0],
+    )
     assert out.cls_targets.shape == (1, 0) and out.num_positives.tolist() == [0.0]
-    out = label_anchors(torch.zeros(0, 4), [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}])
+    out = label_anchors(
+        torch.zeros(0, 4),
+        [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}],
+    )
     assert out.cls_targets.shape == (1, 0)
 
 
@@ -212,8 +245,13 @@ def test_atss_on_real_grid_positives_inside_boxes():
     gen = AnchorGenerator(AnchorConfig())
     anchors = gen((256, 256))
     boxes = torch.tensor([[20.0, 30.0, 120.0, 100.0], [150.0, 140.0, 250.0, 250.0]])
-    out = label_anchors(anchors, [{"boxes": boxes, "labels": torch.tensor([1, 2])}], (256, 256),
-                        assigner="atss", num_anchors_per_level=gen.num_anchors_per_level((256, 256)))
+    out = label_anchors(
+        anchors,
+        [{"boxes": boxes, "labels": torch.tensor([1, 2])}],
+        (256, 256),
+        assigner="atss",
+        num_anchors_per_level=gen.num_anchors_per_level((256, 256)),
+    )
     pos = out.cls_targets[0] >= 0
     assert pos.sum() > 0 and set(out.cls_targets[0][pos].tolist()) == {1, 2}
     ctr = (anchors[pos, :2] + anchors[pos, 2:]) / 2
@@ -228,11 +266,25 @@ def test_atss_centre_within_0_01_of_an_edge_is_not_inside(edge):
     box = torch.tensor([[0.0, 0, 10, 10]], dtype=torch.float64)
 
     def anchors(d):  # an 18 x 10 (or 10 x 18) anchor whose centre lies d px inside the given edge
-        x1, y1, x2, y2 = {"left": (d - 9, 0, d + 9, 10), "right": (1 - d, 0, 19 - d, 10),
-                          "top": (0, d - 9, 10, d + 9), "bottom": (0, 1 - d, 10, 19 - d)}[edge]
-        return torch.tensor([[x1, y1, x2, y2], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=torch.float64)
+        x1, y1, x2, y2 = {
+            "left": (d - 9, 0, d + 9, 10),
+            "right": (1 - d, 0, 19 - d, 10),
+            "top": (0, d - 9, 10, d + 9),
+            "bottom": (0, 1 - d, 10, 19 - d),
+        }[edge]
+        return torch.tensor(
+            [[x1, y1, x2, y2], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=torch.float64
+        )
 
     # IoU (9 + d) * 10 / (280 - (9 + d) * 10) = 0.474 for d ~ 0, above mean + std = 0.432 of (0.474, 0, 0)
-    assert assign_atss(anchors(0.005), [3], box, topk=3).tolist() == [-1, -1, -1]  # 0.005 px from the edge
-    assert assign_atss(anchors(0.009), [3], box, topk=3).tolist() == [-1, -1, -1]  # 0.009 px: still within 0.01
+    assert assign_atss(anchors(0.005), [3], box, topk=3).tolist() == [
+        -1,
+        -1,
+        -1,
+    ]  # 0.005 px from the edge
+    assert assign_atss(anchors(0.009), [3], box, topk=3).tolist() == [
+        -1,
+        -1,
+        -1,
+    ]  # 0.009 px: still within 0.01
     assert assign_atss(anchors(0.011), [3], box, topk=3).tolist() == [0, -1, -1]  # 0.011 px: inside

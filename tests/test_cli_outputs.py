@@ -12,14 +12,14 @@ from pathlib import Path
 # as efficientdet.deploy.sources does before its first capture (this module uses OpenCV earlier)
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
-from efficientdet import create_model  # noqa: E402
-from efficientdet.cli import main  # noqa: E402
-from efficientdet.factory import save_model_dict  # noqa: E402
+from efficientdet import create_model
+from efficientdet.cli import main
+from efficientdet.factory import save_model_dict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,7 +52,9 @@ def shapes(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("efficientdet_lite0", num_classes=len(CLASS_NAMES), image_size=64).eval()
     torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), root / "shapes.pt")
-    return write_synthetic_dataset(root / "data", 1, 2, seed=0, size=64, progress=False), root / "shapes.pt"
+    return write_synthetic_dataset(
+        root / "data", 1, 2, seed=0, size=64, progress=False
+    ), root / "shapes.pt"
 
 
 def _one_error_line(capfd, path) -> str:
@@ -64,7 +66,11 @@ def _one_error_line(capfd, path) -> str:
 
 def _files(folder: Path) -> list[str]:
     """Every file left under ``folder`` (temporaries included: their names start with '.')."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    return (
+        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        if folder.exists()
+        else []
+    )
 
 
 def _under_a_file(tmp_path: Path) -> Path:
@@ -85,7 +91,21 @@ def test_export_on_a_full_disk_leaves_no_partial_onnx(ckpt, small_fs, capfd):
 
 def test_export_to_a_read_only_folder_or_under_a_file(ckpt, readonly_dir, tmp_path, capfd):
     out = readonly_dir / "exported"
-    assert main(["export", "--weights", str(ckpt), "--format", "torchscript", "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(ckpt),
+                "--format",
+                "torchscript",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "cannot create the folder" in _one_error_line(capfd, out)
     out = _under_a_file(tmp_path)
     assert main(["export", "--weights", str(ckpt), "--out", str(out), "--quiet"]) == 2
@@ -96,8 +116,23 @@ def test_export_to_a_read_only_folder_or_under_a_file(ckpt, readonly_dir, tmp_pa
 def test_val_on_a_full_disk_leaves_no_empty_results(shapes, small_fs, capfd):
     data, weights = shapes
     fs = small_fs(4096)  # one page: the ~20 KB of results.json does not fit
-    rc = main(["val", "--weights", str(weights), "--data", str(data), "--out", str(fs), "--exist-ok",
-               "--workers", "0", "--device", "cpu", "--quiet"])
+    rc = main(
+        [
+            "val",
+            "--weights",
+            str(weights),
+            "--data",
+            str(data),
+            "--out",
+            str(fs),
+            "--exist-ok",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert rc == 2
     line = _one_error_line(capfd, fs / "results.json")
     assert "No space left" in line
@@ -106,20 +141,52 @@ def test_val_on_a_full_disk_leaves_no_empty_results(shapes, small_fs, capfd):
 
 def test_val_to_a_read_only_folder(shapes, readonly_dir, capfd):
     data, weights = shapes
-    rc = main(["val", "--weights", str(weights), "--data", str(data), "--out", str(readonly_dir), "--exist-ok",
-               "--workers", "0", "--device", "cpu", "--quiet"])
+    rc = main(
+        [
+            "val",
+            "--weights",
+            str(weights),
+            "--data",
+            str(data),
+            "--out",
+            str(readonly_dir),
+            "--exist-ok",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert rc == 2
     assert "pick a folder you can write to" in _one_error_line(capfd, readonly_dir / "results.json")
     assert _files(readonly_dir) == []
 
 
 # ------------------------------------------------------------------ predict
-def test_val_json_in_a_read_only_folder_is_refused_before_the_work(shapes, readonly_dir, tmp_path, capfd):
+def test_val_json_in_a_read_only_folder_is_refused_before_the_work(
+    shapes, readonly_dir, tmp_path, capfd
+):
     """Found by trying: val --json ro/x.json evaluated the whole split, then failed to write."""
     data_yaml, weights = shapes
     target = readonly_dir / "x.json"
-    assert main(["val", "--weights", str(weights), "--data", str(data_yaml), "--out", str(tmp_path / "v"),
-                 "--json", str(target), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "val",
+                "--weights",
+                str(weights),
+                "--data",
+                str(data_yaml),
+                "--out",
+                str(tmp_path / "v"),
+                "--json",
+                str(target),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "is read-only" in _one_error_line(capfd, target)
     assert not (tmp_path / "v").exists()  # refused before evaluating (no run folder claimed)
 
@@ -127,7 +194,9 @@ def test_val_json_in_a_read_only_folder_is_refused_before_the_work(shapes, reado
 def test_predict_on_a_full_disk_leaves_no_partial_image(ckpt, photos, small_fs, capfd):
     fs = small_fs(16384)
     out = fs / "pred"
-    rc = main(["predict", "--weights", str(ckpt), "--source", str(photos), "--out", str(out), "--quiet"])
+    rc = main(
+        ["predict", "--weights", str(ckpt), "--source", str(photos), "--out", str(out), "--quiet"]
+    )
     assert rc == 2
     line = _one_error_line(capfd, out / "a.png")
     assert "No space left" in line
@@ -136,23 +205,71 @@ def test_predict_on_a_full_disk_leaves_no_partial_image(ckpt, photos, small_fs, 
 
 def test_predict_to_a_read_only_folder_or_under_a_file(ckpt, photos, readonly_dir, tmp_path, capfd):
     out = readonly_dir / "pred"
-    assert main(["predict", "--weights", str(ckpt), "--source", str(photos), "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(ckpt),
+                "--source",
+                str(photos),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "cannot create the folder" in _one_error_line(capfd, out)
     out = _under_a_file(tmp_path)
-    assert main(["predict", "--weights", str(ckpt), "--source", str(photos), "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(ckpt),
+                "--source",
+                str(photos),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "a parent of this path is a file" in _one_error_line(capfd, out)
 
 
 @pytest.mark.slow
 def test_predict_read_only_out_as_a_user_sees_it(ckpt, photos, readonly_dir):
     """The installed command in a fresh process: exit status 2, one line on stderr, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "efficientdet", "predict", "--weights", str(ckpt),
-                           "--source", str(photos), "--out", str(readonly_dir), "--exist-ok", "--device", "cpu", "--quiet"],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "efficientdet",
+            "predict",
+            "--weights",
+            str(ckpt),
+            "--source",
+            str(photos),
+            "--out",
+            str(readonly_dir),
+            "--exist-ok",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
+    )
     err = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
-    assert len(err) == 1 and err[0].startswith(f"error: {readonly_dir}") and "Read-only" in err[0], proc.stderr
+    assert (
+        len(err) == 1 and err[0].startswith(f"error: {readonly_dir}") and "Read-only" in err[0]
+    ), proc.stderr
     assert _files(readonly_dir) == []
 
 
@@ -167,13 +284,29 @@ def test_predict_video_on_a_full_disk_leaves_no_truncated_video(ckpt, tmp_path, 
     writer.release()
     fs = small_fs(32768)
     out = fs / "pred"
-    rc = main(["predict", "--weights", str(ckpt), "--source", str(video), "--out", str(out), "--quiet"])
+    rc = main(
+        ["predict", "--weights", str(ckpt), "--source", str(video), "--out", str(out), "--quiet"]
+    )
     assert rc == 2
     assert "No space left" in _one_error_line(capfd, out / "clip.mp4")
     assert _files(fs) == []
     # with room, the same run writes a video that reads back with every frame
     out = tmp_path / "ok"
-    assert main(["predict", "--weights", str(ckpt), "--source", str(video), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(ckpt),
+                "--source",
+                str(video),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cap = cv2.VideoCapture(str(out / "clip.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     cap.release()

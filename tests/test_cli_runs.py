@@ -44,8 +44,11 @@ def _photos(folder: Path, names=("a.jpg", "b.png")) -> dict[str, str]:
 
 def _digests(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under ``folder``."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _error_line(capfd) -> str:
@@ -56,11 +59,18 @@ def _error_line(capfd) -> str:
 
 def test_make_run_dir_numbers_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert make_run_dir(None, command="predict") == Path("runs/predict/1") and Path("runs/predict/1").is_dir()
+    assert (
+        make_run_dir(None, command="predict") == Path("runs/predict/1")
+        and Path("runs/predict/1").is_dir()
+    )
     assert make_run_dir(None, command="predict") == Path("runs/predict/2")
     (tmp_path / "runs/predict/7").mkdir()
-    assert make_run_dir(None, command="predict") == Path("runs/predict/8")  # above every existing number
-    assert make_run_dir("runs/val", command="val") == Path("runs/val/1")  # the default folders always hold runs
+    assert make_run_dir(None, command="predict") == Path(
+        "runs/predict/8"
+    )  # above every existing number
+    assert make_run_dir("runs/val", command="val") == Path(
+        "runs/val/1"
+    )  # the default folders always hold runs
     assert make_run_dir("runs/train", True) == Path("runs/train/1")  # TrainConfig.out's default
     mine = tmp_path / "mine"
     assert make_run_dir(mine) == mine  # does not exist yet
@@ -80,25 +90,54 @@ def test_an_out_that_is_a_file_is_refused(ckpt, tmp_path, capfd):
     data_yaml = write_synthetic_dataset(tmp_path / "shapes", 1, 1, seed=0, size=64, progress=False)
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    for argv in (["train", "--data", str(data_yaml), "--model", "lite0", "--image-size", "64", "--epochs", "1"],
-                 ["data", "synth", "--images", "1"],
-                 ["export", "--weights", str(ckpt)]):
+    for argv in (
+        [
+            "train",
+            "--data",
+            str(data_yaml),
+            "--model",
+            "lite0",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+        ],
+        ["data", "synth", "--images", "1"],
+        ["export", "--weights", str(ckpt)],
+    ):
         assert main([*argv, "--out", str(notes), "--quiet"]) == 2, argv
-        assert _error_line(capfd) == f"error: {notes}: --out names a file, not a folder; fix: give --out a new or empty folder"
-    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "shapes"]
+        assert (
+            _error_line(capfd)
+            == f"error: {notes}: --out names a file, not a folder; fix: give --out a new or empty folder"
+        )
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt",
+        "shapes",
+    ]
 
 
 def test_predict_twice_writes_two_numbered_runs(ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _photos(tmp_path / "first", ["a.jpg"])
     _photos(tmp_path / "second", ["z.png"])
-    assert main(["predict", "--weights", str(ckpt), "--source", "first", "--conf", "0.01", "--quiet"]) == 0
-    assert main(["predict", "--weights", str(ckpt), "--source", "second", "--conf", "0.01", "--quiet"]) == 0
+    assert (
+        main(["predict", "--weights", str(ckpt), "--source", "first", "--conf", "0.01", "--quiet"])
+        == 0
+    )
+    assert (
+        main(["predict", "--weights", str(ckpt), "--source", "second", "--conf", "0.01", "--quiet"])
+        == 0
+    )
     runs = tmp_path / "runs" / "predict"
     assert sorted(p.name for p in runs.iterdir()) == ["1", "2"]
     assert sorted(p.name for p in (runs / "1").iterdir()) == ["a.jpg", "predictions.json"]
-    assert sorted(p.name for p in (runs / "2").iterdir()) == ["predictions.json", "z.png"]  # no old image beside it
-    assert {r["file_name"] for r in json.loads((runs / "2" / "predictions.json").read_text())} <= {"z.png"}
+    assert sorted(p.name for p in (runs / "2").iterdir()) == [
+        "predictions.json",
+        "z.png",
+    ]  # no old image beside it
+    assert {r["file_name"] for r in json.loads((runs / "2" / "predictions.json").read_text())} <= {
+        "z.png"
+    }
     assert "runs/predict/2" in capsys.readouterr().out
 
 
@@ -109,7 +148,20 @@ def test_predict_refuses_an_out_that_holds_the_source(ckpt, tmp_path, capfd, whe
     source = photos / "a.jpg" if where == "an image" else photos
     out = {"the folder": photos, "its parent": photos.parent, "an image": photos}[where]
     for extra in ([], ["--exist-ok"]):
-        rc = main(["predict", "--weights", str(ckpt), "--source", str(source), "--out", str(out), "--conf", "0.01", *extra])
+        rc = main(
+            [
+                "predict",
+                "--weights",
+                str(ckpt),
+                "--source",
+                str(source),
+                "--out",
+                str(out),
+                "--conf",
+                "0.01",
+                *extra,
+            ]
+        )
         assert rc == 2
         line = _error_line(capfd)
         assert str(out) in line and "holds the source" in line
@@ -121,13 +173,37 @@ def test_val_train_and_export_refuse_an_out_that_holds_their_inputs(ckpt, tmp_pa
 
     data_yaml = write_synthetic_dataset(tmp_path / "shapes", 1, 1, seed=0, size=64, progress=False)
     before = _digests(data_yaml.parent)
-    rc = main(["val", "--weights", str(ckpt), "--data", str(data_yaml), "--out", str(data_yaml.parent), "--quiet"])
+    rc = main(
+        [
+            "val",
+            "--weights",
+            str(ckpt),
+            "--data",
+            str(data_yaml),
+            "--out",
+            str(data_yaml.parent),
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "holds the dataset" in _error_line(capfd)
     assert _digests(data_yaml.parent) == before
-    rc = main(["train", "--data", str(data_yaml), "--out", str(data_yaml.parent), "--image-size", "64", "--quiet"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data_yaml),
+            "--out",
+            str(data_yaml.parent),
+            "--image-size",
+            "64",
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "holds the dataset" in _error_line(capfd)
     assert _digests(data_yaml.parent) == before
-    rc = main(["export", "--weights", str(ckpt), "--out", str(ckpt.parent), "--exist-ok", "--quiet"])
+    rc = main(
+        ["export", "--weights", str(ckpt), "--out", str(ckpt.parent), "--exist-ok", "--quiet"]
+    )
     assert rc == 2 and "holds the weights file" in _error_line(capfd)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["small.pt"]
 
@@ -154,7 +230,11 @@ def test_json_never_overwrites_an_input(ckpt, tmp_path, capfd, monkeypatch):
         (predict, photos / "a.jpg", "would overwrite a file in the source"),
         (predict, ckpt, "would overwrite the weights file"),
         (["data", "check", str(data_yaml), "--quiet"], data_yaml, "would overwrite the dataset"),
-        (["bench", "--weights", str(ckpt), "--model", "lite0", "--quiet"], ckpt, "would overwrite the weights file"),
+        (
+            ["bench", "--weights", str(ckpt), "--model", "lite0", "--quiet"],
+            ckpt,
+            "would overwrite the weights file",
+        ),
         (predict, photos, "names a folder"),
     ]
     for argv, target, message in cases:
@@ -172,7 +252,16 @@ def test_predict_soft_nms_is_the_library_soft_nms(ckpt, tmp_path):
 
     photos = tmp_path / "p"
     _photos(photos, ["a.png"])
-    common = ["--weights", str(ckpt), "--source", str(photos / "a.png"), "--conf", "0.005", "--no-save", "--quiet"]
+    common = [
+        "--weights",
+        str(ckpt),
+        "--source",
+        str(photos / "a.png"),
+        "--conf",
+        "0.005",
+        "--no-save",
+        "--quiet",
+    ]
     assert main(["predict", *common, "--out", str(tmp_path / "soft"), "--nms", "soft"]) == 0
     assert main(["predict", *common, "--out", str(tmp_path / "hard")]) == 0
     soft = json.loads((tmp_path / "soft" / "predictions.json").read_text())
@@ -201,16 +290,36 @@ def test_val_soft_nms_is_the_library_soft_nms(tmp_path):
     weights = tmp_path / "shapes.pt"
     torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), weights)
     data_yaml = write_synthetic_dataset(tmp_path / "data", 1, 2, seed=0, size=64, progress=False)
-    common = ["val", "--weights", str(weights), "--data", str(data_yaml), "--workers", "0", "--device", "cpu",
-              "--quiet", "--max-det", "20"]
+    common = [
+        "val",
+        "--weights",
+        str(weights),
+        "--data",
+        str(data_yaml),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--max-det",
+        "20",
+    ]
     assert main([*common, "--nms", "soft", "--out", str(tmp_path / "soft")]) == 0
     assert main([*common, "--out", str(tmp_path / "hard")]) == 0
     soft = json.loads((tmp_path / "soft" / "results.json").read_text())
     hard = json.loads((tmp_path / "hard" / "results.json").read_text())
-    ref = evaluate(model, load_dataset(data_yaml, split="val"), (64, 64),
-                   NMSConfig(score_threshold=0.0, max_detections=20, method="gaussian"), progress=False)
+    ref = evaluate(
+        model,
+        load_dataset(data_yaml, split="val"),
+        (64, 64),
+        NMSConfig(score_threshold=0.0, max_detections=20, method="gaussian"),
+        progress=False,
+    )
     assert len(soft) == len(ref.detections) > 0
     for image_id in {d["image_id"] for d in soft}:  # per image, scores compared order-insensitively
-        np.testing.assert_allclose(sorted(d["score"] for d in soft if d["image_id"] == image_id),
-                                   sorted(d["score"] for d in ref.detections if d["image_id"] == image_id), atol=1e-5)
+        np.testing.assert_allclose(
+            sorted(d["score"] for d in soft if d["image_id"] == image_id),
+            sorted(d["score"] for d in ref.detections if d["image_id"] == image_id),
+            atol=1e-5,
+        )
     assert sorted(d["score"] for d in soft) != sorted(d["score"] for d in hard)

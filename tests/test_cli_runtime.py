@@ -20,7 +20,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_every_heavy_command_lets_idle_openmp_threads_sleep(monkeypatch, capsys):
     """cli.main applies the runtime settings before parsing (so before any work) for each heavy
     command, and only for those."""
-    for words in (["train"], ["val"], ["predict"], ["bench"], ["export"], ["demo"], ["data", "check"], ["models"]):
+    for words in (
+        ["train"],
+        ["val"],
+        ["predict"],
+        ["bench"],
+        ["export"],
+        ["demo"],
+        ["data", "check"],
+        ["models"],
+    ):
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
         with pytest.raises(SystemExit):
             cli.main([*words, "--help"])
@@ -36,13 +45,23 @@ def test_every_heavy_command_lets_idle_openmp_threads_sleep(monkeypatch, capsys)
 def test_bf16_warning_states_the_measured_cost():
     cpu = torch.device("cpu")
     message = runtime.precision_warning("bf16", cpu, flags={"avx2"}, measure=lambda: 6.84)
-    assert message == ("warning: bf16 runs 6.8x slower than fp32 on this CPU (no AVX512-BF16/AMX); "
-                       "use --precision fp32")
-    assert runtime.precision_warning("bf16", cpu, flags={"avx2", "avx512_bf16"}, measure=lambda: 6.8) is None
+    assert message == (
+        "warning: bf16 runs 6.8x slower than fp32 on this CPU (no AVX512-BF16/AMX); "
+        "use --precision fp32"
+    )
+    assert (
+        runtime.precision_warning("bf16", cpu, flags={"avx2", "avx512_bf16"}, measure=lambda: 6.8)
+        is None
+    )
     assert runtime.precision_warning("bf16", cpu, flags={"amx_bf16"}, measure=lambda: 6.8) is None
-    assert runtime.precision_warning("bf16", cpu, flags=set(), measure=lambda: 1.1) is None  # not slower
+    assert (
+        runtime.precision_warning("bf16", cpu, flags=set(), measure=lambda: 1.1) is None
+    )  # not slower
     assert runtime.precision_warning("fp32", cpu, flags=set(), measure=lambda: 6.8) is None
-    assert runtime.precision_warning("bf16", torch.device("cuda", 0), flags=set(), measure=lambda: 6.8) is None
+    assert (
+        runtime.precision_warning("bf16", torch.device("cuda", 0), flags=set(), measure=lambda: 6.8)
+        is None
+    )
 
 
 def test_bf16_slowdown_is_measured_on_this_cpu():
@@ -65,7 +84,16 @@ def test_predict_warns_about_bf16_on_a_cpu_without_native_support(tmp_path, monk
     Image.new("RGB", (64, 48), (90, 120, 30)).save(tmp_path / "x.png")
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
     monkeypatch.setattr(runtime, "measure_bf16_slowdown", lambda: 7.25)
-    common = ["predict", "--weights", str(weights), "--source", str(tmp_path / "x.png"), "--device", "cpu", "--no-save"]
+    common = [
+        "predict",
+        "--weights",
+        str(weights),
+        "--source",
+        str(tmp_path / "x.png"),
+        "--device",
+        "cpu",
+        "--no-save",
+    ]
     assert main([*common, "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
     assert "warning: bf16 runs 7.2x slower than fp32 on this CPU" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "fp32")]) == 0
@@ -101,12 +129,24 @@ def test_bench_times_parts_in_interleaved_rounds(monkeypatch):
             load_s = max(0.0, 0.030 - 0.0003 * len(calls))
             calls.append(name)
             clock.now += load_s + extra_s
+
         return fn
 
-    times = bench.time_interleaved({"network": part("network", 0.0), "end_to_end": part("end_to_end", 0.002)},
-                                   warmup=2, repeats=10, quiet=True)
-    assert calls[:4] == ["network", "network", "end_to_end", "end_to_end"]  # every part warmed up first
-    assert calls[4:] == ["network", "end_to_end"] * 10  # then rounds: one call of each part per round
+    times = bench.time_interleaved(
+        {"network": part("network", 0.0), "end_to_end": part("end_to_end", 0.002)},
+        warmup=2,
+        repeats=10,
+        quiet=True,
+    )
+    assert calls[:4] == [
+        "network",
+        "network",
+        "end_to_end",
+        "end_to_end",
+    ]  # every part warmed up first
+    assert (
+        calls[4:] == ["network", "end_to_end"] * 10
+    )  # then rounds: one call of each part per round
     assert len(times["network"]) == len(times["end_to_end"]) == 10
     net, e2e = (timing.summarize(times[p])["median_ms"] for p in ("network", "end_to_end"))
     assert e2e > net and e2e - net == pytest.approx(2.0 - 0.3, abs=1e-6)
@@ -149,13 +189,22 @@ def test_models_caches_its_costs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(profile, "count_multiply_adds", lambda cfg: 5_000_000_000)
     monkeypatch.setattr(efficientdet, "__version__", "999.0")
     rows = model_table.model_rows(["efficientdet_lite0"])
-    assert (rows[0]["params"], rows[0]["GFLOPs"]) == (1234, 5.0) and len(json.loads(cache_file.read_text())) == 2
+    assert (rows[0]["params"], rows[0]["GFLOPs"]) == (1234, 5.0) and len(
+        json.loads(cache_file.read_text())
+    ) == 2
     cache_file.write_text("{not json")
     monkeypatch.setattr(profile, "count_parameters", lambda cfg: 4321)
     assert model_table.model_rows(["efficientdet_lite0"])[0]["params"] == 4321
     assert len(json.loads(cache_file.read_text())) == 1
     # an entry of the wrong type (a hand-edited or foreign file) is computed again, not printed
-    cache_file.write_text(json.dumps({k: {"params": "many", "multiply_adds": None} for k in json.loads(cache_file.read_text())}))
+    cache_file.write_text(
+        json.dumps(
+            {
+                k: {"params": "many", "multiply_adds": None}
+                for k in json.loads(cache_file.read_text())
+            }
+        )
+    )
     monkeypatch.setattr(profile, "count_parameters", lambda cfg: 777)
     assert model_table.model_rows(["efficientdet_lite0"])[0]["params"] == 777
 
@@ -166,14 +215,49 @@ def test_export_shows_its_stages_and_quiet_hides_them(tmp_path, capsys):
     from efficientdet.factory import save_model_dict
 
     weights = tmp_path / "w.pt"
-    torch.save(save_model_dict(create_model("efficientdet_lite0", num_classes=2, image_size=64).eval(), ["a", "b"]),
-               weights)
-    assert main(["export", "--weights", str(weights), "--format", "torchscript", "--out", str(tmp_path / "e1")]) == 0
+    torch.save(
+        save_model_dict(
+            create_model("efficientdet_lite0", num_classes=2, image_size=64).eval(), ["a", "b"]
+        ),
+        weights,
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(weights),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "e1"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
-    for stage in ("loading", "exporting efficientdet_lite0 to torchscript (64x64)", "checking the exported outputs"):
+    for stage in (
+        "loading",
+        "exporting efficientdet_lite0 to torchscript (64x64)",
+        "checking the exported outputs",
+    ):
         assert f"{stage}" in err
     assert err.count(": done in ") == 3
-    assert main(["export", "--weights", str(weights), "--format", "torchscript", "--out", str(tmp_path / "e2"),
-                 "--quiet", "--no-check"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(weights),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "e2"),
+                "--quiet",
+                "--no-check",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().err == ""
     assert (tmp_path / "e2" / "w.torchscript.pt").is_file()

@@ -32,8 +32,13 @@ from .reference import load_reference, reference_state_dict
 
 DEVICE = os.environ.get("EFFICIENTDET_CUDA_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE.startswith("cuda")
-needs_cuda = pytest.mark.skipif(not (ON_CUDA and torch.cuda.is_available()), reason="CUDA not available")
-pytestmark = [pytest.mark.cuda, needs_cuda if ON_CUDA else pytest.mark.usefixtures("one_torch_thread")]
+needs_cuda = pytest.mark.skipif(
+    not (ON_CUDA and torch.cuda.is_available()), reason="CUDA not available"
+)
+pytestmark = [
+    pytest.mark.cuda,
+    needs_cuda if ON_CUDA else pytest.mark.usefixtures("one_torch_thread"),
+]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,8 +58,13 @@ def _lite0(weights, image_size):
 # ----------------------------------------------------------------------------- training numerics
 
 HW = (128, 128)
-TARGETS = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0], [30.0, 5.0, 120.0, 50.0]]), "labels": torch.tensor([1, 4])},
-           {"boxes": torch.tensor([[64.0, 64.0, 127.0, 100.0]]), "labels": torch.tensor([17])}]
+TARGETS = [
+    {
+        "boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0], [30.0, 5.0, 120.0, 50.0]]),
+        "labels": torch.tensor([1, 4]),
+    },
+    {"boxes": torch.tensor([[64.0, 64.0, 127.0, 100.0]]), "labels": torch.tensor([17])},
+]
 
 
 def _step(model, device, amp: str | None = None, channels_last: bool = False, dtype=torch.float32):
@@ -66,18 +76,29 @@ def _step(model, device, amp: str | None = None, channels_last: bool = False, dt
     are compared: deeper ones pass back through train-mode batch norms over a handful of
     values (P6, P7 at 128x128), where rounding differences are amplified in any precision."""
     model = copy.deepcopy(model).to(device, dtype).train()
-    x = (torch.rand(2, 3, *HW, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device, dtype)
+    x = (torch.rand(2, 3, *HW, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(
+        device, dtype
+    )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     targets = [{k: v.to(device) for k, v in t.items()} for t in TARGETS]
     torch.manual_seed(5)  # drop path draws the same numbers in every variant
-    with torch.autocast(torch.device(device).type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None):
+    with torch.autocast(
+        torch.device(device).type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None
+    ):
         class_out, box_out = model(x)
-    loss = DetectionLoss(model.config.anchors, None, model.config.num_classes)(class_out, box_out, targets, HW)["loss"]
+    loss = DetectionLoss(model.config.anchors, None, model.config.num_classes)(
+        class_out, box_out, targets, HW
+    )["loss"]
     loss.backward()
-    grads = torch.cat([p.grad.detach().double().flatten().cpu() for n, p in model.named_parameters()
-                       if n.startswith(("class_net.predict", "box_net.predict"))])
+    grads = torch.cat(
+        [
+            p.grad.detach().double().flatten().cpu()
+            for n, p in model.named_parameters()
+            if n.startswith(("class_net.predict", "box_net.predict"))
+        ]
+    )
     return float(loss.detach()), grads
 
 
@@ -86,20 +107,29 @@ def float64_step(lite0_weights):
     return _step(_lite0(lite0_weights, HW), "cpu", dtype=torch.float64)
 
 
-@pytest.mark.parametrize("variant, loss_tol, min_cos", [
-    ("fp32", 1e-2, 0.99),  # cuDNN convolutions in TF32 (10-bit mantissa, as fp16) on the GPU
-    ("fp32-channels_last", 1e-2, 0.99),
-    ("bf16", 3e-2, 0.98),
-    ("fp16", 1e-2, 0.99),
-])
-def test_training_step_precision_agrees_with_float64(lite0_weights, float64_step, variant, loss_tol, min_cos):
+@pytest.mark.parametrize(
+    "variant, loss_tol, min_cos",
+    [
+        ("fp32", 1e-2, 0.99),  # cuDNN convolutions in TF32 (10-bit mantissa, as fp16) on the GPU
+        ("fp32-channels_last", 1e-2, 0.99),
+        ("bf16", 3e-2, 0.98),
+        ("fp16", 1e-2, 0.99),
+    ],
+)
+def test_training_step_precision_agrees_with_float64(
+    lite0_weights, float64_step, variant, loss_tol, min_cos
+):
     amp = variant if variant in AMP_DTYPES else None
-    loss, grads = _step(_lite0(lite0_weights, HW), DEVICE, amp=amp, channels_last=variant.endswith("channels_last"))
+    loss, grads = _step(
+        _lite0(lite0_weights, HW), DEVICE, amp=amp, channels_last=variant.endswith("channels_last")
+    )
     ref_loss, ref_grads = float64_step
     assert torch.isfinite(grads).all()
     assert abs(loss - ref_loss) <= loss_tol * abs(ref_loss), (loss, ref_loss)
     cos = float(torch.nn.functional.cosine_similarity(grads, ref_grads, dim=0))
-    assert cos >= min_cos, f"{variant}: head gradients point elsewhere (cosine {cos:.4f} to float64)"
+    assert cos >= min_cos, (
+        f"{variant}: head gradients point elsewhere (cosine {cos:.4f} to float64)"
+    )
 
 
 # ----------------------------------------------------------------------------- the trainer on the GPU
@@ -110,7 +140,9 @@ def synth(tmp_path_factory) -> Path:
     from efficientdet.data.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synth")
-    return write_synthetic_dataset(root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False)
+    return write_synthetic_dataset(
+        root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False
+    )
 
 
 def _epoch_losses(run_dir: Path) -> list[float]:
@@ -122,7 +154,11 @@ def _epoch_losses(run_dir: Path) -> list[float]:
 def fp32_run(synth, tmp_path_factory):
     from efficientdet.engine.trainer import train
 
-    result = train(tiny_train_config(synth, tmp_path_factory.mktemp("runs") / "fp32", device=DEVICE, plots=False))
+    result = train(
+        tiny_train_config(
+            synth, tmp_path_factory.mktemp("runs") / "fp32", device=DEVICE, plots=False
+        )
+    )
     return result
 
 
@@ -135,7 +171,11 @@ def test_trainer_mixed_precision_channels_last_tracks_fp32(synth, fp32_run, tmp_
     from efficientdet.engine.checkpoint import load_checkpoint
     from efficientdet.engine.trainer import train
 
-    result = train(tiny_train_config(synth, tmp_path / amp, device=DEVICE, amp=amp, channels_last=True, plots=False))
+    result = train(
+        tiny_train_config(
+            synth, tmp_path / amp, device=DEVICE, amp=amp, channels_last=True, plots=False
+        )
+    )
     assert result.stopped == "completed"
     assert [row["skipped_steps"] for row in result.history] == [0, 0]
     ours, ref = _epoch_losses(result.run_dir), _epoch_losses(fp32_run.run_dir)
@@ -155,7 +195,11 @@ def test_grad_scaler_skips_an_overflowing_fp16_step(synth, tmp_path):
     loss scale; the next step trains again (no divergence stop, no NaN in the weights)."""
     from efficientdet.engine.trainer import Trainer
 
-    trainer = Trainer(tiny_train_config(synth, tmp_path / "run", device=DEVICE, amp="fp16", ema=False, plots=False))
+    trainer = Trainer(
+        tiny_train_config(
+            synth, tmp_path / "run", device=DEVICE, amp="fp16", ema=False, plots=False
+        )
+    )
     trainer.setup()
     trainer._log_file.close()  # train.log is not needed here
     trainer._log_file = None
@@ -171,7 +215,9 @@ def test_grad_scaler_skips_an_overflowing_fp16_step(synth, tmp_path):
     before, scale = params(), trainer.scaler.get_scale()
     trainer.loss_fn = overflowing_loss
     trainer._train_step(images, targets)
-    assert all(torch.equal(a, b) for a, b in zip(before, params())), "an overflowing step changed the weights"
+    assert all(torch.equal(a, b) for a, b in zip(before, params())), (
+        "an overflowing step changed the weights"
+    )
     assert trainer.scaler.get_scale() == scale / 2
     trainer.loss_fn = real_loss
     out = trainer._train_step(images, targets)
@@ -192,7 +238,9 @@ def test_sync_batchnorm_and_ddp_over_nccl(lite0_weights, tmp_path):
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(device)
-    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.init_process_group(
+        "nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     try:
         plain = _lite0(lite0_weights, HW).to(device)
         n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
@@ -203,13 +251,24 @@ def test_sync_batchnorm_and_ddp_over_nccl(lite0_weights, tmp_path):
         results = []
         for net, params in ((plain, plain), (ddp, synced)):
             net.train()
-            x = (torch.rand(2, 3, *HW, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
+            x = (torch.rand(2, 3, *HW, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(
+                device
+            )
             targets = [{k: v.to(device) for k, v in t.items()} for t in TARGETS]
             torch.manual_seed(5)
             class_out, box_out = net(x)
-            loss = DetectionLoss(plain.config.anchors, None, 90)(class_out, box_out, targets, HW)["loss"]
+            loss = DetectionLoss(plain.config.anchors, None, 90)(class_out, box_out, targets, HW)[
+                "loss"
+            ]
             loss.backward()
-            results.append((loss.detach(), torch.cat([p.grad.flatten() for p in params.parameters() if p.grad is not None])))
+            results.append(
+                (
+                    loss.detach(),
+                    torch.cat(
+                        [p.grad.flatten() for p in params.parameters() if p.grad is not None]
+                    ),
+                )
+            )
         (loss_a, grad_a), (loss_b, grad_b) = results
         torch.testing.assert_close(loss_b, loss_a, rtol=1e-4, atol=0)
         assert float((grad_b - grad_a).norm() / grad_a.norm()) < 1e-3
@@ -220,7 +279,9 @@ def test_sync_batchnorm_and_ddp_over_nccl(lite0_weights, tmp_path):
 # ----------------------------------------------------------------------------- inference
 
 
-def assert_same_detections(ref: dict, got: dict, strong: float, score_tol: float, min_iou: float) -> None:
+def assert_same_detections(
+    ref: dict, got: dict, strong: float, score_tol: float, min_iou: float
+) -> None:
     """Order-insensitive: every detection scoring >= ``strong`` in either set has a partner in the
     other with the same class, IoU >= ``min_iou`` and a score within ``score_tol``."""
     for a, b in ((ref, got), (got, ref)):
@@ -228,8 +289,14 @@ def assert_same_detections(ref: dict, got: dict, strong: float, score_tol: float
         assert int(keep.sum()) > 0, "no strong detection to compare"
         iou = box_iou(a["boxes"][keep].float(), b["boxes"].float())
         for i, (label, score) in enumerate(zip(a["labels"][keep], a["scores"][keep].float())):
-            ok = (b["labels"] == label) & (iou[i] >= min_iou) & ((b["scores"].float() - score).abs() <= score_tol)
-            assert bool(ok.any()), f"class {int(label)} score {float(score):.3f} box {a['boxes'][keep][i].tolist()} has no partner"
+            ok = (
+                (b["labels"] == label)
+                & (iou[i] >= min_iou)
+                & ((b["scores"].float() - score).abs() <= score_tol)
+            )
+            assert bool(ok.any()), (
+                f"class {int(label)} score {float(score):.3f} box {a['boxes'][keep][i].tolist()} has no partner"
+            )
 
 
 @pytest.fixture(scope="module")
@@ -269,10 +336,17 @@ def test_half_precision_detector_matches_float32(detector_model):
     # of these random-but-calibrated weights. Measured on a CPU in bf16 (8-bit mantissa): 0.28
     # (classes), 0.60 (boxes); fp16 (11-bit) should be ~8x closer. A wrong layout or a NaN gives > 1.
     tol = 0.1 if ON_CUDA else 0.75
-    assert _rel(cls, ref_cls) < tol and _rel(box, ref_box) < tol, (_rel(cls, ref_cls), _rel(box, ref_box))
+    assert _rel(cls, ref_cls) < tol and _rel(box, ref_box) < tol, (
+        _rel(cls, ref_cls),
+        _rel(box, ref_box),
+    )
     dets = _detect(half, x)
-    assert len(dets) == 2 and all(d["boxes"].dtype == torch.float32 and d["boxes"].device.type == "cpu"
-                                  and 0 < len(d["scores"]) <= 100 for d in dets)
+    assert len(dets) == 2 and all(
+        d["boxes"].dtype == torch.float32
+        and d["boxes"].device.type == "cpu"
+        and 0 < len(d["scores"]) <= 100
+        for d in dets
+    )
 
 
 @pytest.mark.slow
@@ -294,7 +368,11 @@ def _gpu_providers() -> list[str]:
         import onnxruntime as ort
     except ImportError:
         return []
-    return [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in ort.get_available_providers()]
+    return [
+        p
+        for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        if p in ort.get_available_providers()
+    ]
 
 
 # Defined only where onnxruntime-gpu is installed: nothing to run (and nothing skipped) otherwise;

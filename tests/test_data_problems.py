@@ -46,7 +46,11 @@ def messy(tmp_path):
         {"id": 108, "image_id": 5, "category_id": 2, "bbox": [1, 1, 10, 10]},
         {"id": 109, "image_id": 6, "category_id": 2, "bbox": [1, 1, 10, 10]},
     ]
-    doc = {"images": images, "annotations": anns, "categories": [{"id": 2, "name": "a"}, {"id": 7, "name": "b"}]}
+    doc = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 2, "name": "a"}, {"id": 7, "name": "b"}],
+    }
     path = write_json(tmp_path / "train.json", doc)
     return path
 
@@ -101,20 +105,33 @@ def test_corrupt_image_at_load_time_is_substituted_and_reported_once(messy, num_
     ds = DetectionDataset(data, (64, 64), MEAN, STD, train=False)
     ids = []
     for _epoch in range(2):
-        for _images, targets in create_loader(ds, batch_size=2, shuffle=False, num_workers=num_workers):
+        for _images, targets in create_loader(
+            ds, batch_size=2, shuffle=False, num_workers=num_workers
+        ):
             ids += [t["image_id"] for t in targets]
-    order = [r.image_id for r in ds.records]  # [1, 2, 4, 5, 6]: 5 and 6 are bad -> replaced by the next good (1)
+    order = [
+        r.image_id for r in ds.records
+    ]  # [1, 2, 4, 5, 6]: 5 and 6 are bad -> replaced by the next good (1)
     assert order == [1, 2, 4, 5, 6]
     assert ids == [1, 2, 4, 1, 1] * 2
     report = ds.load_report()  # seen from the main process, whatever the workers did
-    assert sorted(p.item for p in report.of_kind("corrupt_image")) == ["image id 5 (corrupt.jpg)", "image id 6 (trunc.jpg)"]
+    assert sorted(p.item for p in report.of_kind("corrupt_image")) == [
+        "image id 5 (corrupt.jpg)",
+        "image id 6 (trunc.jpg)",
+    ]
     assert all(p.action == "substituted the next good image" for p in report.problems)
 
 
 def test_empty_annotation_list_is_reported_and_usable(tmp_path):
     write_image(tmp_path / "images" / "a.png", 20, 20)
-    path = write_json(tmp_path / "t.json", {"images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20}],
-                                             "annotations": [], "categories": [{"id": 1, "name": "x"}]})
+    path = write_json(
+        tmp_path / "t.json",
+        {
+            "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20}],
+            "annotations": [],
+            "categories": [{"id": 1, "name": "x"}],
+        },
+    )
     data = load_dataset(path)
     (p,) = data.report.problems
     assert p.kind == "empty_annotations" and p.file == str(path)
@@ -123,8 +140,14 @@ def test_empty_annotation_list_is_reported_and_usable(tmp_path):
 
 def test_no_usable_image_raises_one_line(tmp_path):
     (tmp_path / "images").mkdir()
-    path = write_json(tmp_path / "t.json", {"images": [{"id": 1, "file_name": "gone.png", "width": 20, "height": 20}],
-                                             "annotations": [], "categories": [{"id": 1, "name": "x"}]})
+    path = write_json(
+        tmp_path / "t.json",
+        {
+            "images": [{"id": 1, "file_name": "gone.png", "width": 20, "height": 20}],
+            "annotations": [],
+            "categories": [{"id": 1, "name": "x"}],
+        },
+    )
     with pytest.raises(DataError) as err:
         load_dataset(path)
     msg = str(err.value)
@@ -135,15 +158,24 @@ def test_yolo_bad_lines(tmp_path):
     write_image(tmp_path / "images" / "p.png", 100, 50)
     write_corrupt(tmp_path / "images" / "bad.png")
     (tmp_path / "labels").mkdir()
-    (tmp_path / "labels" / "p.txt").write_text("0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.2 0.2\n0 0.5 0.5\n0 nan 0.5 0.1 0.1\n0 0.95 0.5 0.2 0.2\n")
+    (tmp_path / "labels" / "p.txt").write_text(
+        "0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.2 0.2\n0 0.5 0.5\n0 nan 0.5 0.1 0.1\n0 0.95 0.5 0.2 0.2\n"
+    )
     write_yaml(tmp_path / "y.yaml", "format: yolo\nnames: [a, b]\ntrain: images\n")
     data = load_dataset(tmp_path / "y.yaml")
     label_file = str(tmp_path / "labels" / "p.txt")
-    expect = {"unknown_category": "line 2", "bad_annotation": "line 3", "nan_box": "line 4", "box_clipped": "line 5"}
+    expect = {
+        "unknown_category": "line 2",
+        "bad_annotation": "line 3",
+        "nan_box": "line 4",
+        "box_clipped": "line 5",
+    }
     for kind, item in expect.items():
         (p,) = data.report.of_kind(kind)
         assert (p.file, p.item) == (label_file, f"{item} (image p.png)")
-    (p,) = data.report.of_kind("corrupt_image")  # YOLO reads each header: a corrupt file is found now
+    (p,) = data.report.of_kind(
+        "corrupt_image"
+    )  # YOLO reads each header: a corrupt file is found now
     assert p.file.endswith("bad.png")
     (rec,) = data.records
     np.testing.assert_allclose(rec.boxes, [[40, 20, 60, 30], [85, 20, 100, 30]], atol=1e-4)
@@ -154,9 +186,18 @@ def test_boxes_dropped_in_training_are_reported_with_their_files(tmp_path):
     """Boxes under min_box_size after scale/crop are dropped by the dataset: each image's count is a
     box_too_small problem naming the annotation file and the image, even with no other problem."""
     write_image(tmp_path / "images" / "a.png", 400, 400)
-    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [10 + 40 * i, 10, 4, 4]} for i in range(5)]
-    path = write_json(tmp_path / "t.json", {"images": [{"id": 1, "file_name": "a.png", "width": 400, "height": 400}],
-                                             "annotations": anns, "categories": [{"id": 1, "name": "x"}]})
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [10 + 40 * i, 10, 4, 4]}
+        for i in range(5)
+    ]
+    path = write_json(
+        tmp_path / "t.json",
+        {
+            "images": [{"id": 1, "file_name": "a.png", "width": 400, "height": 400}],
+            "annotations": anns,
+            "categories": [{"id": 1, "name": "x"}],
+        },
+    )
     data = load_dataset(path)
     assert data.report.ok
     # 4 px boxes letterboxed 400 -> 64: 0.64 px, under 2 px at any jitter scale up to 2.0
@@ -165,5 +206,10 @@ def test_boxes_dropped_in_training_are_reported_with_their_files(tmp_path):
     assert len(target["boxes"]) == 0
     report = ds.load_report()
     (p,) = report.problems
-    assert (p.kind, p.file, p.item, p.value) == ("box_too_small", str(path), "image id 1 (a.png)", "5")
+    assert (p.kind, p.file, p.item, p.value) == (
+        "box_too_small",
+        str(path),
+        "image id 1 (a.png)",
+        "5",
+    )
     assert "5 boxes fell under 2 px" in p.message and report.stats["boxes_dropped_by_augment"] == 5

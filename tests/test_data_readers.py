@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from .data_factory import write_image, write_json, write_voc_xml, write_yaml
 
 from efficientdet.data import detections_to_coco, load_dataset, records_to_coco
 from efficientdet.errors import DataError
+
+from .data_factory import write_image, write_json, write_voc_xml, write_yaml
 
 
 @pytest.fixture
@@ -19,7 +20,11 @@ def coco_dir(tmp_path):
             {"id": 1, "file_name": "a.png", "width": 100, "height": 80},
             {"id": 5, "file_name": "b.png", "width": 60, "height": 40},
         ],
-        "categories": [{"id": 3, "name": "dog"}, {"id": 1, "name": "cat"}, {"id": 90, "name": "zebra"}],
+        "categories": [
+            {"id": 3, "name": "dog"},
+            {"id": 1, "name": "cat"},
+            {"id": 90, "name": "zebra"},
+        ],
         "annotations": [
             {"id": 10, "image_id": 1, "category_id": 90, "bbox": [10, 20, 30, 40], "iscrowd": 0},
             {"id": 11, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5.5, 6], "iscrowd": 0},
@@ -49,10 +54,14 @@ def test_coco_reader_maps_ids_and_boxes(coco_dir):
 def test_coco_round_trip(coco_dir):
     data = load_dataset(coco_dir / "train.json", images=coco_dir / "images")
     gt = records_to_coco(data)
-    got = sorted((a["image_id"], a["category_id"], a["bbox"], a["iscrowd"]) for a in gt["annotations"])
+    got = sorted(
+        (a["image_id"], a["category_id"], a["bbox"], a["iscrowd"]) for a in gt["annotations"]
+    )
     assert got == [(1, 1, [0, 0, 5.5, 6], 0), (1, 90, [10, 20, 30, 40], 0), (5, 3, [1, 2, 3, 4], 1)]
     assert {c["id"]: c["name"] for c in gt["categories"]} == {1: "cat", 3: "dog", 90: "zebra"}
-    dets = detections_to_coco(7, [[10, 20, 40, 60], [1, 1, 2, 3]], [0.9, 0.5], [2, 0], data.category_ids)
+    dets = detections_to_coco(
+        7, [[10, 20, 40, 60], [1, 1, 2, 3]], [0.9, 0.5], [2, 0], data.category_ids
+    )
     assert dets == [
         {"image_id": 7, "category_id": 90, "bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.9},
         {"image_id": 7, "category_id": 1, "bbox": [1.0, 1.0, 1.0, 2.0], "score": 0.5},
@@ -60,12 +69,23 @@ def test_coco_round_trip(coco_dir):
 
 
 def test_coco_yaml_and_imposed_classes(coco_dir):
-    write_yaml(coco_dir / "data.yaml", "format: coco\ntrain: {images: images, annotations: train.json}\n"
-               "val: {images: images, annotations: train.json}\n")
+    write_yaml(
+        coco_dir / "data.yaml",
+        "format: coco\ntrain: {images: images, annotations: train.json}\n"
+        "val: {images: images, annotations: train.json}\n",
+    )
     train = load_dataset(coco_dir / "data.yaml", "train")
-    val = load_dataset(coco_dir / "data.yaml", "val", class_names=train.class_names, category_ids=train.category_ids)
+    val = load_dataset(
+        coco_dir / "data.yaml",
+        "val",
+        class_names=train.class_names,
+        category_ids=train.category_ids,
+    )
     assert val.category_ids == [1, 3, 90]
-    write_yaml(coco_dir / "bad.yaml", "format: coco\nnames: [x, y, z]\ntrain: {images: images, annotations: train.json}\n")
+    write_yaml(
+        coco_dir / "bad.yaml",
+        "format: coco\nnames: [x, y, z]\ntrain: {images: images, annotations: train.json}\n",
+    )
     with pytest.raises(DataError, match="bad.yaml|train.json"):
         load_dataset(coco_dir / "bad.yaml")
     with pytest.raises(DataError, match="no 'val' split"):
@@ -75,10 +95,20 @@ def test_coco_yaml_and_imposed_classes(coco_dir):
 def test_voc_reader_one_based_coords_difficult_and_names(tmp_path):
     write_image(tmp_path / "JPEGImages" / "v1.jpg", 50, 40)
     write_image(tmp_path / "JPEGImages" / "v2.jpg", 30, 30)
-    write_voc_xml(tmp_path / "Annotations" / "v1.xml", "v1.jpg", 50, 40,
-                  [("dog", 1, 1, 10, 20, 0), ("cat", 5, 6, 15, 16, 1)])
-    write_voc_xml(tmp_path / "Annotations" / "v2.xml", "v2.jpg", 30, 30, [("bird", 2, 3, 30, 30, 0)])
-    write_yaml(tmp_path / "voc.yaml", "format: voc\ntrain: {images: JPEGImages, annotations: Annotations}\n")
+    write_voc_xml(
+        tmp_path / "Annotations" / "v1.xml",
+        "v1.jpg",
+        50,
+        40,
+        [("dog", 1, 1, 10, 20, 0), ("cat", 5, 6, 15, 16, 1)],
+    )
+    write_voc_xml(
+        tmp_path / "Annotations" / "v2.xml", "v2.jpg", 30, 30, [("bird", 2, 3, 30, 30, 0)]
+    )
+    write_yaml(
+        tmp_path / "voc.yaml",
+        "format: voc\ntrain: {images: JPEGImages, annotations: Annotations}\n",
+    )
     data = load_dataset(tmp_path / "voc.yaml")
     assert data.class_names == ["bird", "cat", "dog"]  # collected, sorted
     assert data.category_ids == [1, 2, 3]
@@ -91,7 +121,10 @@ def test_voc_reader_one_based_coords_difficult_and_names(tmp_path):
     assert (v1.width, v1.height) == (50, 40)
 
     # names from the YAML: an object of another class is reported and dropped
-    write_yaml(tmp_path / "voc2.yaml", "format: voc\nnames: [dog, cat]\ntrain: {images: JPEGImages, annotations: Annotations}\n")
+    write_yaml(
+        tmp_path / "voc2.yaml",
+        "format: voc\nnames: [dog, cat]\ntrain: {images: JPEGImages, annotations: Annotations}\n",
+    )
     data = load_dataset(tmp_path / "voc2.yaml")
     assert data.class_names == ["dog", "cat"]
     np.testing.assert_array_equal(data.records[0].labels, [0, 1])
@@ -103,8 +136,12 @@ def test_yolo_reader_normalised_to_pixels(tmp_path):
     write_image(tmp_path / "images" / "train" / "p.png", 200, 100)
     write_image(tmp_path / "images" / "train" / "q.png", 64, 64)  # no label file: background
     (tmp_path / "labels" / "train").mkdir(parents=True)
-    (tmp_path / "labels" / "train" / "p.txt").write_text("1 0.5 0.5 0.2 0.4\n0 0.25 0.75 0.1 0.2\n\n")
-    write_yaml(tmp_path / "y.yaml", "format: yolo\nnames: {0: apple, 1: pear}\ntrain: images/train\n")
+    (tmp_path / "labels" / "train" / "p.txt").write_text(
+        "1 0.5 0.5 0.2 0.4\n0 0.25 0.75 0.1 0.2\n\n"
+    )
+    write_yaml(
+        tmp_path / "y.yaml", "format: yolo\nnames: {0: apple, 1: pear}\ntrain: images/train\n"
+    )
     data = load_dataset(tmp_path / "y.yaml")
     assert data.class_names == ["apple", "pear"] and data.category_ids == [0, 1]
     p, q = data.records
@@ -140,7 +177,13 @@ def test_coco_area_travels_to_evaluation_ground_truth(tmp_path):
     doc = {
         "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "area": 900.0},  # 1600 box
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 5,
+                "bbox": [10, 10, 40, 40],
+                "area": 900.0,
+            },  # 1600 box
             {"id": 2, "image_id": 1, "category_id": 5, "bbox": [100, 10, 20, 30]},  # no area given
         ],
         "categories": [{"id": 5, "name": "blob"}],

@@ -12,7 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.data import DetectionDataset, ImageRecord, create_loader, load_dataset, write_synthetic_dataset
+from efficientdet.data import (
+    DetectionDataset,
+    ImageRecord,
+    create_loader,
+    load_dataset,
+    write_synthetic_dataset,
+)
 from efficientdet.data.synth import CATEGORY_IDS, CLASS_NAMES
 from efficientdet.errors import DataError
 
@@ -20,7 +26,9 @@ MEAN, STD = (100.0, 110.0, 120.0), (50.0, 50.0, 50.0)
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +82,10 @@ def test_synth_boxes_tight_to_shape(synth):
         with Image.open(synth / "a" / "images" / names[image_id]) as img:
             px = np.asarray(img.convert("RGB")).astype(float)
         x, y, w, h = boxes[0]
-        inside = px[y:y + h, x:x + w]
+        inside = px[y : y + h, x : x + w]
         centre = px[y + h // 2, x + w // 2]
         # every box side touches pixels of the object colour (within JPEG error)
-        colour_of = lambda a: (np.abs(a - centre).sum(-1) < 60)  # noqa: E731
+        colour_of = lambda a: np.abs(a - centre).sum(-1) < 60  # noqa: E731
         if not colour_of(inside).any():
             continue  # ring: the centre is the hole
         assert colour_of(inside[0]).any() and colour_of(inside[-1]).any()
@@ -88,8 +96,28 @@ def test_synth_boxes_tight_to_shape(synth):
 
 def test_synth_cli(tmp_path):
     out = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "-m", "efficientdet", "data", "synth", "--out", str(out), "--images", "8",
-                           "--seed", "0", "--size", "128", "--val-images", "2"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "efficientdet",
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--images",
+            "8",
+            "--seed",
+            "0",
+            "--size",
+            "128",
+            "--val-images",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(list((out / "images").glob("*.jpg"))) == 10
     assert len(load_dataset(out / "data.yaml", "train")) == 8
@@ -98,7 +126,10 @@ def test_synth_cli(tmp_path):
 def test_synth_never_overwrites_a_users_files(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "train.json").write_text("my annotations")
-    with pytest.raises(DataError, match=r"train\.json: exists and was not written by 'data synth'; fix: pick a new --out"):
+    with pytest.raises(
+        DataError,
+        match=r"train\.json: exists and was not written by 'data synth'; fix: pick a new --out",
+    ):
         write_synthetic_dataset(tmp_path / "mine", 2, 1, seed=0, size=64, progress=False)
     assert (tmp_path / "mine" / "train.json").read_text() == "my annotations"
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["train.json"]
@@ -114,22 +145,33 @@ def test_loader_two_workers_yields_correct_batches(tmp_path):
         h = 50 + 10 * i
         path = tmp_path / f"{i}.png"
         Image.new("RGB", (100, h), (i * 40, 0, 0)).save(path)
-        records.append(ImageRecord(str(path), 100, h, [[10, 10, 30, 20]], [i % 2], image_id=100 + i))
+        records.append(
+            ImageRecord(str(path), 100, h, [[10, 10, 30, 20]], [i % 2], image_id=100 + i)
+        )
     ds = DetectionDataset(records, (64, 64), MEAN, STD, train=False, class_names=["a", "b"])
     loader = create_loader(ds, batch_size=2, shuffle=False, num_workers=2, seed=0)
     for _epoch in range(2):  # persistent workers serve a second epoch
         batches = list(loader)
-        assert [tuple(b[0].shape) for b in batches] == [(2, 3, 64, 64), (2, 3, 64, 64), (1, 3, 64, 64)]
+        assert [tuple(b[0].shape) for b in batches] == [
+            (2, 3, 64, 64),
+            (2, 3, 64, 64),
+            (1, 3, 64, 64),
+        ]
         targets = [t for _, ts in batches for t in ts]
         assert [t["image_id"] for t in targets] == [100, 101, 102, 103, 104]
         for i, t in enumerate(targets):
             scale = min(64 / (50 + 10 * i), 64 / 100)  # = 0.64 for every image here
             assert t["scale"] == pytest.approx(scale)
-            np.testing.assert_allclose(t["boxes"].numpy(), [[10 * scale, 10 * scale, 30 * scale, 20 * scale]], rtol=1e-6)
+            np.testing.assert_allclose(
+                t["boxes"].numpy(), [[10 * scale, 10 * scale, 30 * scale, 20 * scale]], rtol=1e-6
+            )
             assert t["labels"].tolist() == [i % 2] and t["original_size"] == (50 + 10 * i, 100)
         red = torch.cat([b[0][:, 0, 0, 0] for b in batches]) * STD[0] + MEAN[0]
         np.testing.assert_allclose(red.numpy(), [0, 40, 80, 120, 160], atol=1e-4)
     shuffled = create_loader(ds, batch_size=5, shuffle=True, num_workers=0, seed=7)
     order1 = [t["image_id"] for t in next(iter(shuffled))[1]]
-    order2 = [t["image_id"] for t in next(iter(create_loader(ds, batch_size=5, shuffle=True, num_workers=0, seed=7)))[1]]
+    order2 = [
+        t["image_id"]
+        for t in next(iter(create_loader(ds, batch_size=5, shuffle=True, num_workers=0, seed=7)))[1]
+    ]
     assert order1 == order2 and sorted(order1) == [100, 101, 102, 103, 104]

@@ -6,9 +6,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientdet.data import AugmentConfig, DetectionDataset, ImageRecord, load_image, unletterbox_boxes
+from efficientdet.data import (
+    AugmentConfig,
+    DetectionDataset,
+    ImageRecord,
+    load_image,
+    unletterbox_boxes,
+)
 from efficientdet.data.records import read_image_size
-from efficientdet.data.transforms import clip_boxes, hflip_boxes, letterbox_scale, normalize, scale_boxes, to_rgb
+from efficientdet.data.transforms import (
+    clip_boxes,
+    hflip_boxes,
+    letterbox_scale,
+    normalize,
+    scale_boxes,
+    to_rgb,
+)
 
 MEAN, STD = (100.0, 110.0, 120.0), (50.0, 50.0, 50.0)
 RED, BLUE, GREY = (255, 0, 0), (0, 0, 255), (128, 128, 128)
@@ -34,7 +47,9 @@ def test_letterbox_top_left_and_inverse(tmp_path):
     np.testing.assert_allclose(target["boxes"].numpy(), [[4.8, 9.6, 52.8, 33.6]], rtol=1e-6)
     assert target["labels"].tolist() == [0] and target["labels"].dtype.is_floating_point is False
     assert image.shape == (3, 64, 96)
-    np.testing.assert_allclose(image[:, :48, :].mean(dim=(1, 2)).numpy(), [2.0, -2.0, -1.8], atol=1e-5)
+    np.testing.assert_allclose(
+        image[:, :48, :].mean(dim=(1, 2)).numpy(), [2.0, -2.0, -1.8], atol=1e-5
+    )
     np.testing.assert_allclose(image[:, 48:, :].numpy(), 0.0, atol=1e-6)  # padding = mean colour
     back = unletterbox_boxes(target["boxes"].numpy(), target["scale"], target["original_size"])
     np.testing.assert_allclose(back, [[10, 20, 110, 70]], rtol=1e-5)
@@ -42,13 +57,17 @@ def test_letterbox_top_left_and_inverse(tmp_path):
 
 
 def test_hflip_boxes_by_hand():
-    np.testing.assert_array_equal(hflip_boxes(np.array([[10, 20, 30, 40]]), 100), [[70, 20, 90, 40]])
+    np.testing.assert_array_equal(
+        hflip_boxes(np.array([[10, 20, 30, 40]]), 100), [[70, 20, 90, 40]]
+    )
 
 
 def test_dataset_flip_moves_boxes_and_pixels(tmp_path):
     arr = np.zeros((100, 200, 3))
     arr[:, :100], arr[:, 100:] = RED, BLUE
-    rec = ImageRecord(_save(arr, tmp_path / "f.png"), 200, 100, [[10, 20, 110, 70]], [1], image_id=1)
+    rec = ImageRecord(
+        _save(arr, tmp_path / "f.png"), 200, 100, [[10, 20, 110, 70]], [1], image_id=1
+    )
     aug = AugmentConfig(scale_min=1.0, scale_max=1.0, flip_prob=1.0, min_box_size=0.0)
     image, target = DetectionDataset([rec], (64, 96), MEAN, STD, train=True, augment=aug)[0]
     # letterboxed box [4.8, 9.6, 52.8, 33.6] mirrored in the 96-wide image part
@@ -59,10 +78,17 @@ def test_dataset_flip_moves_boxes_and_pixels(tmp_path):
 
 
 def test_crop_clips_and_drops():
-    boxes = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [85, 0, 120, 10], [89, 0, 120, 10]], np.float32)
+    boxes = np.array(
+        [[0, 0, 10, 10], [50, 50, 60, 60], [85, 0, 120, 10], [89, 0, 120, 10]], np.float32
+    )
     moved = scale_boxes(boxes, 1.0, (50, 0))
     clipped, keep = clip_boxes(moved, (40, 100), min_size=2.0)
-    assert keep.tolist() == [False, True, True, False]  # outside; inside; clipped; clipped to 1 px < 2
+    assert keep.tolist() == [
+        False,
+        True,
+        True,
+        False,
+    ]  # outside; inside; clipped; clipped to 1 px < 2
     np.testing.assert_array_equal(clipped[keep], [[0, 50, 10, 60], [35, 0, 40, 10]])
     np.testing.assert_allclose(scale_boxes([[10, 20, 30, 40]], 0.5, (2, 3)), [[3, 7, 13, 17]])
 
@@ -72,9 +98,18 @@ def test_random_scale_crop_flip_keeps_boxes_on_the_object(tmp_path):
     target box must enclose red pixels and its surroundings must not be red."""
     arr = np.full((100, 200, 3), GREY)
     arr[30:70, 60:140] = RED
-    rec = ImageRecord(_save(arr, tmp_path / "r.png"), 200, 100, [[60, 30, 140, 70]], [0], image_id=1)
-    ds = DetectionDataset([rec], (64, 96), MEAN, STD, train=True,
-                          augment=AugmentConfig(scale_min=0.3, scale_max=2.0, flip_prob=0.5, min_box_size=2.0), seed=3)
+    rec = ImageRecord(
+        _save(arr, tmp_path / "r.png"), 200, 100, [[60, 30, 140, 70]], [0], image_id=1
+    )
+    ds = DetectionDataset(
+        [rec],
+        (64, 96),
+        MEAN,
+        STD,
+        train=True,
+        augment=AugmentConfig(scale_min=0.3, scale_max=2.0, flip_prob=0.5, min_box_size=2.0),
+        seed=3,
+    )
     kept = checked = 0
     for _ in range(40):
         image, target = ds[0]
@@ -89,7 +124,9 @@ def test_random_scale_crop_flip_keeps_boxes_on_the_object(tmp_path):
         ys, xs = np.nonzero(red)
         if x2 - x1 >= 3 and y2 - y1 >= 3:
             # the box edges are where the red object's pixels end, to within a pixel
-            np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], [x1, y1, x2, y2], atol=1.0)
+            np.testing.assert_allclose(
+                [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], [x1, y1, x2, y2], atol=1.0
+            )
             checked += 1
     assert checked > 10
     assert ds.load_report().stats["boxes_dropped_by_augment"] == 40 - kept
@@ -119,11 +156,17 @@ def test_jpeg_draft_keeps_boxes_aligned(tmp_path):
     arr[50:150, 100:300] = RED
     path = _save(arr, tmp_path / "big.jpg", quality=95)
     rec = ImageRecord(path, 400, 200, [[100, 50, 300, 150]], [0], image_id=1)
-    image, target = DetectionDataset([rec], (64, 64), MEAN, STD)[0]  # scale 0.16: decoded at 1/4 first
+    image, target = DetectionDataset([rec], (64, 64), MEAN, STD)[
+        0
+    ]  # scale 0.16: decoded at 1/4 first
     np.testing.assert_allclose(target["boxes"].numpy(), [[16, 8, 48, 24]], rtol=1e-5)
     px = _pixels(image)
     assert (px[10:22, 18:46, 0] > 200).all() and (px[10:22, 18:46, 1] < 60).all()
-    assert (px[2:6, :, 0] < 180).all() and (px[:32, 2:14, 0] < 180).all() and (px[:32, 50:, 0] < 180).all()
+    assert (
+        (px[2:6, :, 0] < 180).all()
+        and (px[:32, 2:14, 0] < 180).all()
+        and (px[:32, 50:, 0] < 180).all()
+    )
 
 
 def test_modes_converted_to_rgb(tmp_path):

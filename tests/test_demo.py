@@ -8,9 +8,28 @@ from efficientdet import cli
 
 def test_demo_trains_evaluates_and_draws_predictions(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--out", str(out), "--images", "8", "--val-images", "4", "--epochs", "2",
-                     "--image-size", "128", "--batch", "4", "--workers", "0", "--num-predictions", "2",
-                     "--quiet"])
+    code = cli.main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--images",
+            "8",
+            "--val-images",
+            "4",
+            "--epochs",
+            "2",
+            "--image-size",
+            "128",
+            "--batch",
+            "4",
+            "--workers",
+            "0",
+            "--num-predictions",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "validation mAP@[.5:.95]" in printed and str(out / "predictions") in printed
@@ -24,6 +43,27 @@ def test_demo_trains_evaluates_and_draws_predictions(tmp_path, capsys, one_torch
     drawn = sorted((out / "predictions").glob("*_pred.jpg"))
     assert len(drawn) == 2
     # running again with --exist-ok reuses the folder and its dataset instead of writing it anew
-    code = cli.main(["demo", "--out", str(out), "--exist-ok", "--images", "8", "--val-images", "4", "--epochs", "1",
-                     "--image-size", "128", "--batch", "4", "--workers", "0", "--num-predictions", "1", "--quiet"])
+    code = cli.main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--exist-ok",
+            "--images",
+            "8",
+            "--val-images",
+            "4",
+            "--epochs",
+            "1",
+            "--image-size",
+            "128",
+            "--batch",
+            "4",
+            "--workers",
+            "0",
+            "--num-predictions",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0 and "using the synthetic dataset" in capsys.readouterr().out

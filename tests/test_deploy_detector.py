@@ -12,9 +12,9 @@ from PIL import Image
 
 from efficientdet import Detector, create_model
 from efficientdet.config import NMSConfig
+from efficientdet.deploy.detector import COCO90_NAMES
 from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import postprocess
-from efficientdet.deploy.detector import COCO90_NAMES
 from efficientdet.errors import ConfigError, DataError, WeightsError
 from efficientdet.factory import save_model_dict
 from efficientdet.nn.fuse import fuse_for_inference
@@ -22,7 +22,6 @@ from efficientdet.weights import load_weights
 
 from .matching import box_iou
 from .reference import load_reference, reference_state_dict
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,11 +56,18 @@ def test_every_input_kind_gives_the_same_detections(lite0, tmp_path):
     det = Detector(model=lite0, conf=0.2, threads=None)
     ref = det(img)
     assert len(ref) > 5 and ref.image_size == (150, 260)
-    for other in (str(path), path, Image.fromarray(img), torch.from_numpy(img).permute(2, 0, 1).contiguous(),
-                  Image.fromarray(img).convert("RGBA")):
+    for other in (
+        str(path),
+        path,
+        Image.fromarray(img),
+        torch.from_numpy(img).permute(2, 0, 1).contiguous(),
+        Image.fromarray(img).convert("RGBA"),
+    ):
         _same(ref, det(other))
     assert det(str(path)).source == str(path)
-    with pytest.raises(TypeError, match="ONE image"):  # det(x)[0] from list-returning APIs: say what to do
+    with pytest.raises(
+        TypeError, match="ONE image"
+    ):  # det(x)[0] from list-returning APIs: say what to do
         ref[0]
     # a list is one batch; an (N, 3, H, W) tensor counts as N images
     batch = det([img, str(path), Image.fromarray(img[:100])])
@@ -97,7 +103,9 @@ def test_letterbox_and_inverse_match_a_hand_built_input(lite0, hw):
     nh, nw = round(h * scale), round(w * scale)
     cfg = lite0.config
     x = torch.zeros(1, 3, 192, 320)
-    value = (torch.tensor(color, dtype=torch.float32) - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
+    value = (torch.tensor(color, dtype=torch.float32) - torch.tensor(cfg.mean)) / torch.tensor(
+        cfg.std
+    )
     x[0, :, :nh, :nw] = value.reshape(3, 1, 1)
     with torch.no_grad():
         cls, box = lite0(x)
@@ -106,8 +114,15 @@ def test_letterbox_and_inverse_match_a_hand_built_input(lite0, hw):
     # decode in input pixels, clipped to the image area (no letterbox given), then undo it by hand
     raw = postprocess(cls, box, anchors, nms, (192, 320), original_sizes=[(nh, nw)], scales=None)[0]
     expected = raw["boxes"].clone()
-    expected = torch.stack([(expected[:, 0] / scale).clamp(0, w), (expected[:, 1] / scale).clamp(0, h),
-                            (expected[:, 2] / scale).clamp(0, w), (expected[:, 3] / scale).clamp(0, h)], 1)
+    expected = torch.stack(
+        [
+            (expected[:, 0] / scale).clamp(0, w),
+            (expected[:, 1] / scale).clamp(0, h),
+            (expected[:, 2] / scale).clamp(0, w),
+            (expected[:, 3] / scale).clamp(0, h),
+        ],
+        1,
+    )
     assert len(got) == len(raw["scores"]) > 0
     assert torch.equal(got.labels, raw["labels"])
     torch.testing.assert_close(got.scores, raw["scores"], atol=1e-6, rtol=0)
@@ -181,13 +196,18 @@ def test_half_precision_finds_the_confident_float32_detections(lite0):
     img = _image(100, 200, seed=3)
     full = Detector(model=lite0, conf=0.9, max_det=5000)(img)
     half = Detector(model=lite0, conf=0.05, max_det=5000, half=True)
-    assert half.dtype == torch.bfloat16 and next(half.backend.network.parameters()).dtype == torch.bfloat16
+    assert (
+        half.dtype == torch.bfloat16
+        and next(half.backend.network.parameters()).dtype == torch.bfloat16
+    )
     got = half(img)
     assert got.boxes.dtype == torch.float32 and got.scores.dtype == torch.float32
     assert len(full) >= 50  # plenty to judge by
     iou = box_iou(full.boxes, got.boxes)
     found = ((iou >= 0.5) & (full.labels[:, None] == got.labels[None, :])).any(1)
-    assert float(found.float().mean()) >= 0.7, f"bf16 recalls {int(found.sum())} of {len(full)} confident detections"
+    assert float(found.float().mean()) >= 0.7, (
+        f"bf16 recalls {int(found.sum())} of {len(full)} confident detections"
+    )
 
 
 def test_checkpoints_and_names(lite0, tmp_path):
@@ -206,7 +226,9 @@ def test_checkpoints_and_names(lite0, tmp_path):
     with pytest.raises(WeightsError, match="--model NAME --weights"):
         Detector(effdet_file)
     named = Detector.from_name("lite0", weights=effdet_file, image_size=(192, 320), conf=0.3)
-    assert named.num_classes == 90 and named.names == list(COCO90_NAMES) and named.category_id(0) == 1
+    assert (
+        named.num_classes == 90 and named.names == list(COCO90_NAMES) and named.category_id(0) == 1
+    )
     _same(direct, named(img))
     with pytest.raises(WeightsError, match="no such weights file"):
         Detector(tmp_path / "missing.pt")
@@ -225,7 +247,9 @@ def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
     det = Detector(model=lite0)
     drafted, scales, sizes, _ = det.preprocess([str(path)])
     full, scales_full, _, _ = det.preprocess([np.array(Image.open(path).convert("RGB"))])
-    assert sizes == [(1200, 1600)] and float(scales[0]) == float(scales_full[0]) == pytest.approx(0.16)  # 192 / 1200
+    assert sizes == [(1200, 1600)] and float(scales[0]) == float(scales_full[0]) == pytest.approx(
+        0.16
+    )  # 192 / 1200
     assert float((drafted - full).abs().mean()) < 2.0 / 127.5  # within ~2 grey levels on average
     from efficientdet.deploy.preprocess import load_path
 
@@ -238,4 +262,7 @@ def test_large_jpeg_is_drafted_and_exif_orientation_applied(lite0, tmp_path):
     result = det(str(rotated))
     assert result.image_size == (400, 300)
     if len(result):
-        assert float(result.boxes[:, [0, 2]].max()) <= 300 and float(result.boxes[:, [1, 3]].max()) <= 400
+        assert (
+            float(result.boxes[:, [0, 2]].max()) <= 300
+            and float(result.boxes[:, [1, 3]].max()) <= 400
+        )

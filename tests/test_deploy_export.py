@@ -16,15 +16,14 @@ from PIL import Image
 
 from efficientdet import Detector, create_model
 from efficientdet.config import NMSConfig
+from efficientdet.deploy.export import NMSExport, export_onnx, export_torchscript
 from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import postprocess
-from efficientdet.deploy.export import NMSExport, export_onnx, export_torchscript
 from efficientdet.errors import ConfigError, WeightsError
 from efficientdet.weights import load_weights
 
 from .matching import assert_same_detections, match
 from .reference import load_reference, reference_state_dict
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,8 +40,10 @@ def _flat(model, x):
     with torch.no_grad():
         cls, box = model(x)
     n, k = x.shape[0], model.config.num_classes
-    return (torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1, k) for c in cls], 1).numpy(),
-            torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in box], 1).numpy())
+    return (
+        torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1, k) for c in cls], 1).numpy(),
+        torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in box], 1).numpy(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,17 @@ def lite0_onnx(lite0, tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx")
     names = [f"n{i}" for i in range(90)]
     raw = export_onnx(lite0, d / "raw.onnx", names, list(range(1, 91)), dynamic_batch=True)
-    nms = export_onnx(lite0, d / "nms.onnx", names, list(range(1, 91)), nms=True, dynamic_batch=True, conf=0.05,
-                      iou=0.5, max_det=100)
+    nms = export_onnx(
+        lite0,
+        d / "nms.onnx",
+        names,
+        list(range(1, 91)),
+        nms=True,
+        dynamic_batch=True,
+        conf=0.05,
+        iou=0.5,
+        max_det=100,
+    )
     return raw, nms
 
 
@@ -81,16 +91,24 @@ def test_torchscript_gives_the_same_outputs(lite0, tmp_path):
     extra = {"efficientdet.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path), _extra_files=extra)  # torch's own loader: independent of ours
+        module = torch.jit.load(
+            str(path), _extra_files=extra
+        )  # torch's own loader: independent of ours
     meta = json.loads(extra["efficientdet.json"])
-    assert meta["model_name"] == "efficientdet_lite0" and meta["outputs"] == "raw" and meta["image_size"] == [192, 320]
+    assert (
+        meta["model_name"] == "efficientdet_lite0"
+        and meta["outputs"] == "raw"
+        and meta["image_size"] == [192, 320]
+    )
     x = load_reference("effdet_lite0_192x320")["input"]
     with torch.no_grad():
         cls, box = module(x)
     exp_cls, exp_box = _flat(lite0, x)
     np.testing.assert_allclose(cls.numpy(), exp_cls, atol=1e-5, rtol=0)
     np.testing.assert_allclose(box.numpy(), exp_box, atol=1e-5, rtol=0)
-    assert [p.name for p in tmp_path.iterdir()] == ["l0.torchscript.pt"]  # written via a temporary name
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "l0.torchscript.pt"
+    ]  # written via a temporary name
 
 
 def test_torchscript_file_is_a_detector(lite0, tmp_path):
@@ -111,21 +129,41 @@ def test_torchscript_file_is_a_detector(lite0, tmp_path):
 def test_onnx_metadata(lite0_onnx):
     raw, nms = lite0_onnx
     for path, kind in ((raw, "raw"), (nms, "nms")):
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        props = {
+            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+        }
         meta = json.loads(props["efficientdet"])
         assert meta["format"] == "efficientdet-export" and meta["outputs"] == kind
         assert meta["model_name"] == "efficientdet_lite0" and meta["num_classes"] == 90
         assert meta["class_names"][:2] == ["n0", "n1"] and meta["category_ids"][:2] == [1, 2]
-        assert meta["image_size"] == [192, 320] and meta["mean"] == [127.0] * 3 and meta["std"] == [128.0] * 3
+        assert (
+            meta["image_size"] == [192, 320]
+            and meta["mean"] == [127.0] * 3
+            and meta["std"] == [128.0] * 3
+        )
         assert "top-left" in meta["letterbox"] and json.loads(props["class_names"])[5] == "n5"
-    assert json.loads({p.key: p.value for p in onnx.load(str(nms)).metadata_props}["efficientdet"])["nms"] == {
-        "iou_threshold": 0.5, "score_threshold": 0.05, "max_detections": 100, "max_candidates": 5000}
+    assert json.loads({p.key: p.value for p in onnx.load(str(nms)).metadata_props}["efficientdet"])[
+        "nms"
+    ] == {
+        "iou_threshold": 0.5,
+        "score_threshold": 0.05,
+        "max_detections": 100,
+        "max_candidates": 5000,
+    }
 
 
 def _images():
     rs = np.random.RandomState(7)
-    small = [rs.randint(0, 256, (s[0] // 8, s[1] // 8, 3), dtype=np.uint8) for s in ((300, 400), (500, 200))]
-    return [np.array(Image.fromarray(a).resize((a.shape[1] * 8, a.shape[0] * 8), Image.Resampling.BICUBIC)) for a in small]
+    small = [
+        rs.randint(0, 256, (s[0] // 8, s[1] // 8, 3), dtype=np.uint8)
+        for s in ((300, 400), (500, 200))
+    ]
+    return [
+        np.array(
+            Image.fromarray(a).resize((a.shape[1] * 8, a.shape[0] * 8), Image.Resampling.BICUBIC)
+        )
+        for a in small
+    ]
 
 
 def test_onnx_nms_inside_gives_the_pytorch_detections(lite0, lite0_onnx):
@@ -134,7 +172,10 @@ def test_onnx_nms_inside_gives_the_pytorch_detections(lite0, lite0_onnx):
     torch_det = Detector(model=lite0, conf=0.05)
     nms_det = Detector(nms, conf=0.05)
     raw_det = Detector(raw, conf=0.05)
-    assert (nms_det.backend.name, raw_det.backend.name) == ("onnxruntime-nms", "onnxruntime") and nms_det.names[3] == "n3"
+    assert (nms_det.backend.name, raw_det.backend.name) == (
+        "onnxruntime-nms",
+        "onnxruntime",
+    ) and nms_det.names[3] == "n3"
     expected = torch_det(images)  # batch of 2 through the dynamic batch axis
     got_nms, got_raw = nms_det(images), raw_det(images)
     for e, n, r in zip(expected, got_nms, got_raw):
@@ -143,8 +184,12 @@ def test_onnx_nms_inside_gives_the_pytorch_detections(lite0, lite0_onnx):
         # vs PyTorch: raw outputs differ by float rounding (~1e-4), boxes by a few thousandths of a pixel
         assert_same_detections(e, n, box_tol=0.05, conf=0.05, max_det=100)
     # a higher threshold / fewer detections are filtered after the graph: still the same
-    assert_same_detections(Detector(model=lite0, conf=0.5, max_det=20)(images[0]),
-                           Detector(nms, conf=0.5, max_det=20)(images[0]), conf=0.5, max_det=20)
+    assert_same_detections(
+        Detector(model=lite0, conf=0.5, max_det=20)(images[0]),
+        Detector(nms, conf=0.5, max_det=20)(images[0]),
+        conf=0.5,
+        max_det=20,
+    )
     with pytest.raises(ConfigError, match="IoU"):
         Detector(nms, iou=0.6)
     with pytest.raises(ConfigError, match="score threshold"):
@@ -160,9 +205,11 @@ def test_detection_matching_is_order_insensitive_but_strict():
     perm = torch.tensor([2, 0, 1])
     b = Detections(boxes[perm] + 0.01, a.scores[perm] + 1e-5, a.labels[perm], [], (50, 50))
     assert_same_detections(a, b, conf=0.05)
-    for bad in (Detections(boxes + torch.tensor([1.0, 0, 1, 0]), a.scores, a.labels, [], (50, 50)),
-                Detections(boxes, a.scores, torch.tensor([1, 2, 3]), [], (50, 50)),
-                Detections(boxes[:2], a.scores[:2], a.labels[:2], [], (50, 50))):
+    for bad in (
+        Detections(boxes + torch.tensor([1.0, 0, 1, 0]), a.scores, a.labels, [], (50, 50)),
+        Detections(boxes, a.scores, torch.tensor([1, 2, 3]), [], (50, 50)),
+        Detections(boxes[:2], a.scores[:2], a.labels[:2], [], (50, 50)),
+    ):
         with pytest.raises(AssertionError):
             assert_same_detections(a, bad, conf=0.05)
     assert len(match(a, b, 1e-4, 0.05)[0]) == 3
@@ -192,7 +239,9 @@ def test_nms_export_module_matches_postprocess_in_eager(lite0):
     with torch.no_grad():
         boxes, scores, classes, num = module(x, scales, sizes)
         cls, box = lite0(x)
-    expected = postprocess(cls, box, AnchorGenerator(lite0.config.anchors)((192, 320)), cfg, (192, 320), scales, sizes)
+    expected = postprocess(
+        cls, box, AnchorGenerator(lite0.config.anchors)((192, 320)), cfg, (192, 320), scales, sizes
+    )
     for i, e in enumerate(expected):
         d = int(num[i])
         assert d == len(e["scores"]) > 0
@@ -206,7 +255,9 @@ def test_foreign_onnx_files_are_refused(tmp_path, lite0_onnx):
     plain = tmp_path / "plain.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-        torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False)
+        torch.onnx.export(
+            torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False
+        )
     with pytest.raises(WeightsError, match="no efficientdet metadata"):
         Detector(plain)
     wrong = tmp_path / "wrong.onnx"
@@ -227,7 +278,9 @@ def test_foreign_onnx_files_are_refused(tmp_path, lite0_onnx):
     foreign = tmp_path / "foreign.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8)), str(foreign))
+        torch.jit.save(
+            torch.jit.trace(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8)), str(foreign)
+        )
     with pytest.raises(WeightsError, match="no efficientdet metadata"):
         Detector(foreign)
 
@@ -241,26 +294,71 @@ def test_predict_and_bench_take_exported_files(lite0, lite0_onnx, tmp_path, caps
     ts = export_torchscript(lite0, tmp_path / "l0.torchscript.pt", names, list(range(1, 91)))
     image = tmp_path / "img.png"
     Image.fromarray(_images()[0]).save(image)
-    assert main(["predict", "--weights", str(ts), "--source", str(image), "--conf", "0.3", "--out", str(tmp_path / "p"),
-                 "--no-save"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(ts),
+                "--source",
+                str(image),
+                "--conf",
+                "0.3",
+                "--out",
+                str(tmp_path / "p"),
+                "--no-save",
+            ]
+        )
+        == 0
+    )
     assert "torchscript" in capsys.readouterr().out
     rows = json.loads((tmp_path / "p" / "predictions.json").read_text())
     got = Detector(ts, conf=0.3)(str(image))
     from efficientdet.deploy.detector import Detections
 
-    written = Detections(torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in rows)]),
-                         torch.tensor([r["score"] for r in rows]), torch.tensor([r["category_id"] - 1 for r in rows]),
-                         [], got.image_size)  # category ids 1..90 -> labels; JSON rounds to 0.01 px, 1e-5
+    written = Detections(
+        torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in rows)]),
+        torch.tensor([r["score"] for r in rows]),
+        torch.tensor([r["category_id"] - 1 for r in rows]),
+        [],
+        got.image_size,
+    )  # category ids 1..90 -> labels; JSON rounds to 0.01 px, 1e-5
     assert len(rows) == len(got) > 0
     assert_same_detections(got, written, score_tol=2e-5, box_tol=0.011, conf=0.3)
     for weights, backend in ((ts, "torchscript"), (lite0_onnx[0], "onnxruntime")):
         out = tmp_path / f"bench_{backend}.json"
-        assert main(["bench", "--model", "lite0", "--weights", str(weights), "--engine", "eager", "--batch", "1",
-                     "--repeats", "1", "--warmup", "0", "--threads", "1", "--parts", "end_to_end", "--json", str(out),
-                     "--in-process"]) == 0
+        assert (
+            main(
+                [
+                    "bench",
+                    "--model",
+                    "lite0",
+                    "--weights",
+                    str(weights),
+                    "--engine",
+                    "eager",
+                    "--batch",
+                    "1",
+                    "--repeats",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--threads",
+                    "1",
+                    "--parts",
+                    "end_to_end",
+                    "--json",
+                    str(out),
+                    "--in-process",
+                ]
+            )
+            == 0
+        )
         result = json.loads(out.read_text())["results"]
         assert [r["part"] for r in result] == ["end_to_end"] and result[0]["median_ms"] > 0
     capsys.readouterr()
-    assert main(["export", "--weights", str(ts), "--format", "onnx", "--quiet"]) == 2  # not a traceback
+    assert (
+        main(["export", "--weights", str(ts), "--format", "onnx", "--quiet"]) == 2
+    )  # not a traceback
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already an exported file" in err and "fix:" in err

@@ -15,7 +15,14 @@ from efficientdet.deploy.video import ENCODERS, VideoWriter, ffmpeg_with_x264
 from efficientdet.errors import OutputError
 from efficientdet.factory import create_model, save_model_dict
 
-COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40), (128, 128, 128), (20, 20, 20)]
+COLORS = [
+    (200, 30, 30),
+    (30, 200, 30),
+    (30, 30, 200),
+    (220, 220, 40),
+    (128, 128, 128),
+    (20, 20, 20),
+]
 
 
 def _decode(path) -> tuple[str, list[np.ndarray]]:
@@ -39,20 +46,29 @@ def _write(path, encoders, size=(64, 48)):
     return writer
 
 
-@pytest.mark.parametrize("encoders, suffix, fourccs, playable", [
-    (("h264-ffmpeg",), ".mp4", ("avc1", "h264"), True),
-    (("vp9-opencv",), ".webm", ("vp90", "vp09"), True),
-    (("mpeg4-opencv",), ".mp4", ("fmp4", "mp4v"), False),
-])
+@pytest.mark.parametrize(
+    "encoders, suffix, fourccs, playable",
+    [
+        (("h264-ffmpeg",), ".mp4", ("avc1", "h264"), True),
+        (("vp9-opencv",), ".webm", ("vp90", "vp09"), True),
+        (("mpeg4-opencv",), ".mp4", ("fmp4", "mp4v"), False),
+    ],
+)
 def test_each_encoder_writes_a_video_opencv_decodes(tmp_path, encoders, suffix, fourccs, playable):
     if encoders == ("h264-ffmpeg",):
-        assert ffmpeg_with_x264() is not None  # imageio-ffmpeg is in the test extra: H.264 must be there
+        assert (
+            ffmpeg_with_x264() is not None
+        )  # imageio-ffmpeg is in the test extra: H.264 must be there
     writer = _write(tmp_path / "clip.mp4", encoders)
     assert writer.path == tmp_path / f"clip{suffix}" and writer.browser_playable is playable
-    assert [p.name for p in tmp_path.iterdir()] == [writer.path.name]  # the temporary file was renamed
+    assert [p.name for p in tmp_path.iterdir()] == [
+        writer.path.name
+    ]  # the temporary file was renamed
     fourcc, frames = _decode(writer.path)
     assert fourcc in fourccs and len(frames) == len(COLORS)
-    for frame, color in zip(frames, COLORS):  # lossy, but a flat colour survives within a few levels
+    for frame, color in zip(
+        frames, COLORS
+    ):  # lossy, but a flat colour survives within a few levels
         assert frame.shape == (48, 64, 3)
         assert np.abs(frame.reshape(-1, 3).mean(0) - np.array(color)).max() < 8
     assert ("browsers" in writer.note) is (not playable)
@@ -96,14 +112,51 @@ def test_predict_writes_a_browser_playable_video_and_never_the_input(ckpt, tmp_p
     source.release()
     original = video.read_bytes()
     # --out is the folder of the input: refused in one line, nothing written
-    assert main(["predict", "--weights", str(ckpt), "--source", str(video), "--out", str(tmp_path), "--conf", "0.5"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(ckpt),
+                "--source",
+                str(video),
+                "--out",
+                str(tmp_path),
+                "--conf",
+                "0.5",
+            ]
+        )
+        == 2
+    )
     assert "holds the source" in capsys.readouterr().err
-    assert video.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    assert video.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == [
+        "clip.mp4"
+    ]
     out = tmp_path / "annotated"
-    assert main(["predict", "--weights", str(ckpt), "--source", str(video), "--out", str(out), "--conf", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(ckpt),
+                "--source",
+                str(video),
+                "--out",
+                str(out),
+                "--conf",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "4 frames" in printed and "H.264 (MP4)" in printed
     assert video.read_bytes() == original
     fourcc, frames = _decode(out / "clip.mp4")
     assert fourcc in ("avc1", "h264") and len(frames) == 4 and frames[0].shape == (64, 96, 3)
-    assert {r["image_id"] for r in json.loads((out / "predictions.json").read_text())} <= {1, 2, 3, 4}
+    assert {r["image_id"] for r in json.loads((out / "predictions.json").read_text())} <= {
+        1,
+        2,
+        3,
+        4,
+    }

@@ -19,23 +19,35 @@ from .data_factory import write_corrupt, write_image, write_json, write_yaml
 
 
 def _coco(tmp_path, images, annotations, categories, name="train.json"):
-    return write_json(tmp_path / name, {"images": images, "annotations": annotations, "categories": categories})
+    return write_json(
+        tmp_path / name, {"images": images, "annotations": annotations, "categories": categories}
+    )
 
 
 def test_anchor_fit_matches_hand_computed_ious():
     # One level, one 32x32 anchor per 8-px cell of a 64x64 input; centres at 4, 12, 20, ...
-    cfg = AnchorConfig(min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),), anchor_scale=4.0)
+    cfg = AnchorConfig(
+        min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),), anchor_scale=4.0
+    )
     boxes = [
-        [4, 4, 36, 36],    # exactly the anchor centred at (20, 20): IoU 1
-        [12, 12, 28, 28],  # 16x16 inside a 32x32 anchor: IoU 256 / 1024 = 0.25 -> no positive anchor
-        [8, 4, 40, 36],    # shifted 4 px: IoU 896 / 1152 = 0.78 with the anchor at x 4..36
+        [4, 4, 36, 36],  # exactly the anchor centred at (20, 20): IoU 1
+        [
+            12,
+            12,
+            28,
+            28,
+        ],  # 16x16 inside a 32x32 anchor: IoU 256 / 1024 = 0.25 -> no positive anchor
+        [8, 4, 40, 36],  # shifted 4 px: IoU 896 / 1152 = 0.78 with the anchor at x 4..36
     ]
-    record = ImageRecord("unused.jpg", 64, 64, np.array(boxes, dtype=np.float32), np.zeros(3), image_id=1)
+    record = ImageRecord(
+        "unused.jpg", 64, 64, np.array(boxes, dtype=np.float32), np.zeros(3), image_id=1
+    )
     data = DetectionData([record], ["thing"], [1])
     fit = measure_anchor_fit(data, cfg, (64, 64))
     assert fit.num_boxes == 3 and fit.fit == pytest.approx(2 / 3)
     # COCO buckets by area: 16x16 is small, 32x32 is medium (area >= 32**2)
     assert fit.by_size == {"small": (0.0, 1), "medium": (1.0, 2)}
+
 
 def test_each_problem_found_counted_and_explained(tmp_path):
     for i in range(4):
@@ -43,25 +55,33 @@ def test_each_problem_found_counted_and_explained(tmp_path):
     write_corrupt(tmp_path / "images" / "bad.jpg")
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 80} for i in range(4)]
     images += [
-        {"id": 10, "file_name": "bad.jpg", "width": 100, "height": 80},      # unreadable
-        {"id": 11, "file_name": "absent.jpg", "width": 100, "height": 80},   # missing
-        {"id": 0, "file_name": "0.jpg", "width": 100, "height": 80},         # duplicate id
+        {"id": 10, "file_name": "bad.jpg", "width": 100, "height": 80},  # unreadable
+        {"id": 11, "file_name": "absent.jpg", "width": 100, "height": 80},  # missing
+        {"id": 0, "file_name": "0.jpg", "width": 100, "height": 80},  # duplicate id
     ]
     categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}]
     anns = [
         {"id": 1, "image_id": 0, "category_id": 1, "bbox": [10, 10, 20, 20]},
         {"id": 2, "image_id": 0, "category_id": 2, "bbox": [50, 20, 30, 30]},
-        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 20]},      # zero width
-        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [200, 10, 10, 10]},    # outside
+        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 20]},  # zero width
+        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [200, 10, 10, 10]},  # outside
         {"id": 5, "image_id": 1, "category_id": 1, "bbox": [float("nan"), 1, 5, 5]},  # NaN
-        {"id": 6, "image_id": 2, "category_id": 0, "bbox": [5, 5, 30, 30]},       # id 0: not a class
-        {"id": 7, "image_id": 99, "category_id": 1, "bbox": [5, 5, 30, 30]},      # no such image
+        {"id": 6, "image_id": 2, "category_id": 0, "bbox": [5, 5, 30, 30]},  # id 0: not a class
+        {"id": 7, "image_id": 99, "category_id": 1, "bbox": [5, 5, 30, 30]},  # no such image
     ]
     path = _coco(tmp_path, images, anns, categories)
     report = check_dataset(path, model="lite0", search=False)
     problems = next(iter(report.splits.values())).report
-    for kind, n in [("corrupt_image", 1), ("missing_image", 1), ("duplicate_image_id", 1), ("bad_box_size", 1),
-                    ("box_outside", 1), ("nan_box", 1), ("unknown_category", 1), ("orphan_annotation", 1)]:
+    for kind, n in [
+        ("corrupt_image", 1),
+        ("missing_image", 1),
+        ("duplicate_image_id", 1),
+        ("bad_box_size", 1),
+        ("box_outside", 1),
+        ("nan_box", 1),
+        ("unknown_category", 1),
+        ("orphan_annotation", 1),
+    ]:
         assert problems.count(kind) == n, kind
     text = report.table()
     assert "bad.jpg" in text and "absent.jpg" in text and "dropped box" in text
@@ -76,7 +96,10 @@ def test_yolo_off_by_one_class_count_is_explained(tmp_path):
     write_image(tmp_path / "images" / "a.jpg", 100, 100)
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n2 0.3 0.3 0.1 0.1\n")
-    yaml = write_yaml(tmp_path / "data.yaml", "format: yolo\nnames: [a, b]\ntrain:\n  images: images\n  annotations: labels\n")
+    yaml = write_yaml(
+        tmp_path / "data.yaml",
+        "format: yolo\nnames: [a, b]\ntrain:\n  images: images\n  annotations: labels\n",
+    )
     report = check_dataset(yaml, model="lite0", splits=("train",), search=False)
     assert any("class 2 with only 2 names" in f and "off-by-one" in f for f in report.findings)
 
@@ -91,7 +114,14 @@ def _tiny_box_dataset(tmp_path):
         for j in range(8):
             side = float(rng.uniform(6, 12))
             x, y = rng.uniform(0, 480, size=2)
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "bbox": [float(x), float(y), side, side]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": [float(x), float(y), side, side],
+                }
+            )
     return _coco(tmp_path, images, anns, [{"id": 1, "name": "speck"}])
 
 
@@ -104,8 +134,13 @@ def test_suggested_settings_raise_fit_on_tiny_boxes(tmp_path):
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
     args = parser.parse_args(["--data", str(path), *report.suggestion.train_options().split()])
-    cfg = get_model_config("d0", image_size=parse_image_size(args.image_size), anchor_scale=args.anchor_scale,
-                           num_scales=args.num_scales, aspect_ratios=train_cli.parse_aspect_ratios(args.aspect_ratios))
+    cfg = get_model_config(
+        "d0",
+        image_size=parse_image_size(args.image_size),
+        anchor_scale=args.anchor_scale,
+        num_scales=args.num_scales,
+        aspect_ratios=train_cli.parse_aspect_ratios(args.aspect_ratios),
+    )
     applied = measure_anchor_fit(load_dataset(path), cfg.anchors, cfg.image_size)
     assert applied.fit == pytest.approx(report.suggestion.fit) and applied.fit > report.fit.fit
 
@@ -116,13 +151,30 @@ def test_cli_writes_table_json_and_plot_into_a_new_folder(tmp_path, capsys, monk
     (tmp_path / "checks").mkdir(parents=True)
     (tmp_path / "checks" / "box_sizes.png").write_text("the user's file")
     out_json = tmp_path / "report.json"
-    assert cli_main(["data", "check", str(path), "--model", "d0", "--json", str(out_json), "--out", "checks"]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "check",
+                str(path),
+                "--model",
+                "d0",
+                "--json",
+                str(out_json),
+                "--out",
+                "checks",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     printed = captured.out
     assert "anchor fit:" in printed and "--anchor-scale" in printed
     assert "reading train.json" in captured.err and "anchor search" in captured.err  # progress bars
     doc = json.loads(out_json.read_text())
-    assert doc["anchor_fit"]["num_boxes"] == 48 and doc["suggestion"]["fit"] > doc["anchor_fit"]["fit"]
+    assert (
+        doc["anchor_fit"]["num_boxes"] == 48 and doc["suggestion"]["fit"] > doc["anchor_fit"]["fit"]
+    )
     # the folder that held a file is left alone: the outputs go to a new numbered folder
     assert (tmp_path / "checks" / "box_sizes.png").read_text() == "the user's file"
     assert (tmp_path / "checks2" / "box_sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,12 +182,21 @@ def test_cli_writes_table_json_and_plot_into_a_new_folder(tmp_path, capsys, monk
     # without --out: a new numbered folder under runs/check
     assert cli_main(["data", "check", str(path), "--model", "d0", "--no-plot", "--quiet"]) == 0
     assert json.loads((tmp_path / "runs" / "check" / "1" / "report.json").read_text()) == doc
-    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png") == []  # nothing in the current folder
+    assert (
+        sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png") == []
+    )  # nothing in the current folder
 
 
 def test_no_usable_image_is_fatal(tmp_path, capsys):
-    path = _coco(tmp_path, [{"id": 1, "file_name": "gone.jpg", "width": 10, "height": 10}], [], [{"id": 1, "name": "a"}])
-    assert cli_main(["data", "check", str(path), "--no-plot", "--out", str(tmp_path / "check")]) == 2
+    path = _coco(
+        tmp_path,
+        [{"id": 1, "file_name": "gone.jpg", "width": 10, "height": 10}],
+        [],
+        [{"id": 1, "name": "a"}],
+    )
+    assert (
+        cli_main(["data", "check", str(path), "--no-plot", "--out", str(tmp_path / "check")]) == 2
+    )
     err = capsys.readouterr().err
     assert "no usable images" in err and err.count("\n") == 1
 
@@ -155,13 +216,22 @@ def test_fast_anchor_fit_equals_iou_against_every_anchor():
     from efficientdet.detection.boxes import box_iou
 
     rng = np.random.default_rng(3)
-    for hw, scale in [((128, 96), 4.0), ((100, 130), 2.5)]:  # sizes that do not divide by the strides too
+    for hw, scale in [
+        ((128, 96), 4.0),
+        ((100, 130), 2.5),
+    ]:  # sizes that do not divide by the strides too
         cfg = AnchorConfig(anchor_scale=scale)
         xy = rng.uniform(-10, 120, size=(300, 2))
         wh = np.exp(rng.uniform(np.log(1), np.log(150), size=(300, 2)))
         boxes = np.concatenate([xy, xy + wh], axis=1)
-        brute = box_iou(torch.as_tensor(boxes, dtype=torch.float64),
-                        AnchorGenerator(cfg)(hw, dtype=torch.float64)).amax(dim=1).numpy()
+        brute = (
+            box_iou(
+                torch.as_tensor(boxes, dtype=torch.float64),
+                AnchorGenerator(cfg)(hw, dtype=torch.float64),
+            )
+            .amax(dim=1)
+            .numpy()
+        )
         np.testing.assert_allclose(best_anchor_iou(boxes, cfg, hw), brute, rtol=1e-9, atol=1e-12)
 
 
@@ -173,11 +243,17 @@ def test_anchor_fit_at_a_huge_input_size_uses_little_memory():
 
     from efficientdet.data.doctor import best_anchor_iou
 
-    cfg = AnchorConfig(min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),), anchor_scale=4.0)
-    boxes = np.array([[4, 4, 36, 36], [12, 12, 28, 28], [8, 4, 40, 36]], dtype=np.float64)  # as in the 64x64 test
+    cfg = AnchorConfig(
+        min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),), anchor_scale=4.0
+    )
+    boxes = np.array(
+        [[4, 4, 36, 36], [12, 12, 28, 28], [8, 4, 40, 36]], dtype=np.float64
+    )  # as in the 64x64 test
     tracemalloc.start()
     try:
-        got = best_anchor_iou(boxes, cfg, (100000, 100000))  # stride 8 exactly: the same grid near the boxes
+        got = best_anchor_iou(
+            boxes, cfg, (100000, 100000)
+        )  # stride 8 exactly: the same grid near the boxes
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -189,7 +265,9 @@ def test_fixed_image_size_is_kept_and_ratios_come_from_the_menu(tmp_path):
     from efficientdet.data.doctor import RATIO_SETS
 
     path = _tiny_box_dataset(tmp_path)
-    report = check_dataset(path, model="efficientdet_d0", image_size=parse_image_size("512"), progress=False)
+    report = check_dataset(
+        path, model="efficientdet_d0", image_size=parse_image_size("512"), progress=False
+    )
     assert report.suggestion is not None and report.suggestion.image_size == (512, 512)
     assert "--image-size 512 " in report.suggestion.train_options()
     assert report.suggestion.aspect_ratios in RATIO_SETS
@@ -203,7 +281,12 @@ def test_no_suggestion_when_nothing_raises_the_fit(tmp_path):
     write_image(tmp_path / "images" / "a.png", 64, 64)
     # lite0 at 64x64: P3 stride 8, anchor scale 3 -> 24x24 anchor centred at (12, 12)
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 24, 24]}]
-    path = _coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}], anns, [{"id": 1, "name": "sq"}])
+    path = _coco(
+        tmp_path,
+        [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        anns,
+        [{"id": 1, "name": "sq"}],
+    )
     report = check_dataset(path, model="efficientdet_lite0", image_size=(64, 64), progress=False)
     assert report.fit.fit == 1.0 and report.suggestion is None
 
@@ -211,31 +294,82 @@ def test_no_suggestion_when_nothing_raises_the_fit(tmp_path):
 def _small_box_coco(tmp_path, n_small, n_big):
     """One 640x640 image; boxes of 8 px (1.6 px at a 128 input: under 2, dropped) and 64 px."""
     write_image(tmp_path / "images" / "big.png", 640, 640)
-    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [10 + 20 * i, 10, 8, 8]} for i in range(n_small)]
-    anns += [{"id": 100 + i, "image_id": 1, "category_id": 1, "bbox": [10 + 70 * i, 300, 64, 64]} for i in range(n_big)]
-    return _coco(tmp_path, [{"id": 1, "file_name": "big.png", "width": 640, "height": 640}], anns, [{"id": 1, "name": "a"}])
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [10 + 20 * i, 10, 8, 8]}
+        for i in range(n_small)
+    ]
+    anns += [
+        {"id": 100 + i, "image_id": 1, "category_id": 1, "bbox": [10 + 70 * i, 300, 64, 64]}
+        for i in range(n_big)
+    ]
+    return _coco(
+        tmp_path,
+        [{"id": 1, "file_name": "big.png", "width": 640, "height": 640}],
+        anns,
+        [{"id": 1, "name": "a"}],
+    )
 
 
 def test_too_many_untrainable_boxes_exit_2_with_one_line(tmp_path, capsys):
     path = _small_box_coco(tmp_path, n_small=4, n_big=6)  # 40% too small at 128
-    args = ["data", "check", str(path), "--model", "efficientdet_lite0", "--image-size", "128", "--no-plot",
-            "--quiet", "--out", str(tmp_path / "check")]
+    args = [
+        "data",
+        "check",
+        str(path),
+        "--model",
+        "efficientdet_lite0",
+        "--image-size",
+        "128",
+        "--no-plot",
+        "--quiet",
+        "--out",
+        str(tmp_path / "check"),
+    ]
     assert cli_main(args) == 2
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()
-    assert line.startswith("error: ") and str(path) in line and "4 of 10 boxes (40%)" in line and "fix:" in line
-    (small,) = {p["item"] for p in json.loads((tmp_path / "check" / "report.json").read_text())["splits"]["train"]["problems"]
-                if p["kind"] == "box_too_small"}
+    assert (
+        line.startswith("error: ")
+        and str(path) in line
+        and "4 of 10 boxes (40%)" in line
+        and "fix:" in line
+    )
+    (small,) = {
+        p["item"]
+        for p in json.loads((tmp_path / "check" / "report.json").read_text())["splits"]["train"][
+            "problems"
+        ]
+        if p["kind"] == "box_too_small"
+    }
     assert small == "image big.png"
-    assert "box_too_small" in captured.out and "10 px in this image" in captured.out  # 2 px / (128 / 640)
+    assert (
+        "box_too_small" in captured.out and "10 px in this image" in captured.out
+    )  # 2 px / (128 / 640)
     # the threshold is an option; at the model's own 320 input the 8-px boxes are 4 px and train
     assert cli_main(args[:-2] + ["--max-untrainable", "0.5", "--out", str(tmp_path / "c2")]) == 0
-    assert cli_main(["data", "check", str(path), "--model", "efficientdet_lite0", "--no-plot", "--quiet",
-                     "--out", str(tmp_path / "c3")]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "check",
+                str(path),
+                "--model",
+                "efficientdet_lite0",
+                "--no-plot",
+                "--quiet",
+                "--out",
+                str(tmp_path / "c3"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli_main(args[:-2] + ["--max-untrainable", "25", "--out", str(tmp_path / "c4")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line == "error: --max-untrainable 25.0: not a share of boxes; fix: give a value from 0 to 1 (e.g. 0.25)"
+    assert (
+        line
+        == "error: --max-untrainable 25.0: not a share of boxes; fix: give a value from 0 to 1 (e.g. 0.25)"
+    )
 
 
 def test_train_summary_always_counts_small_boxes(tmp_path):

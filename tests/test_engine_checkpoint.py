@@ -13,19 +13,23 @@ import pytest
 import torch
 
 from efficientdet.engine import checkpoint as ckpt_mod
-from efficientdet.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
-from efficientdet.weights.checkpoint import write_checkpoint as save_checkpoint
-from efficientdet.engine.checkpoint import restore_best
+from efficientdet.engine.checkpoint import load_checkpoint, restore_best, rng_state, set_rng_state
 from efficientdet.engine.guard import DivergenceGuard
 from efficientdet.engine.runlock import RunLock
 from efficientdet.errors import OutputError, WeightsError
 from efficientdet.factory import load_model
 from efficientdet.weights.checkpoint import read_checkpoint
+from efficientdet.weights.checkpoint import write_checkpoint as save_checkpoint
 
 
 def _payload(value: float) -> dict:
-    return {"format": "efficientdet", "version": 1, "model": {"w": torch.full((3,), value)},
-            "train_state": {"epoch": 2, "best_map": 0.5, "rng": rng_state()}, "args": {"lr": 0.1}}
+    return {
+        "format": "efficientdet",
+        "version": 1,
+        "model": {"w": torch.full((3,), value)},
+        "train_state": {"epoch": 2, "best_map": 0.5, "rng": rng_state()},
+        "args": {"lr": 0.1},
+    }
 
 
 def test_save_load_weights_only(tmp_path):
@@ -97,8 +101,14 @@ def test_rng_round_trip_through_file(tmp_path):
     save_checkpoint(path, {"rng": state})
 
     def draw():
-        return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.standard_normal(),
-                torch.rand(4).tolist(), torch.randint(0, 1000, (3,)).tolist())
+        return (
+            random.random(),
+            random.gauss(0, 1),
+            np.random.rand(3).tolist(),
+            np.random.standard_normal(),
+            torch.rand(4).tolist(),
+            torch.randint(0, 1000, (3,)).tolist(),
+        )
 
     expected = draw()
     random.seed(99)
@@ -125,11 +135,15 @@ def test_checksum_is_stored_and_checked_and_legacy_files_still_load(tmp_path):
     path = tmp_path / "a.pt"
     returned = save_checkpoint(path, _payload(1.0))
     raw = torch.load(path, weights_only=True)
-    assert raw["checksum"] == returned and returned.startswith("sha256:") and len(returned) == 7 + 64
+    assert (
+        raw["checksum"] == returned and returned.startswith("sha256:") and len(returned) == 7 + 64
+    )
     legacy = tmp_path / "legacy.pt"
     torch.save(_payload(1.0), legacy)  # a plain torch.save (no checksum): still read
     assert torch.equal(read_checkpoint(legacy)["model"]["w"], torch.ones(3))
-    raw["model"]["w"][0] = 5.0  # content changed, zip rebuilt by torch.save: only the sha256 can tell
+    raw["model"]["w"][0] = (
+        5.0  # content changed, zip rebuilt by torch.save: only the sha256 can tell
+    )
     torch.save(raw, tmp_path / "edited.pt")
     assert "checksum mismatch: the file is corrupted" in one_line_error(tmp_path / "edited.pt")
 
@@ -138,7 +152,9 @@ def test_every_flipped_byte_is_refused_in_one_line(tmp_path):
     """Flips in tensors, the pickle, zip headers, the magic bytes or the end records: all one
     'checksum mismatch' line (or, in padding and unused header fields, the intact content)."""
     path = tmp_path / "a.pt"
-    save_checkpoint(path, {**_payload(1.0), "model": {"w": torch.arange(4096, dtype=torch.float32)}})
+    save_checkpoint(
+        path, {**_payload(1.0), "model": {"w": torch.arange(4096, dtype=torch.float32)}}
+    )
     data = path.read_bytes()
     rng = random.Random(0)
     positions = rng.sample(range(len(data)), 200)
@@ -149,7 +165,9 @@ def test_every_flipped_byte_is_refused_in_one_line(tmp_path):
         try:
             obj = read_checkpoint(tmp_path / "bad.pt")
         except WeightsError as exc:
-            assert str(exc).startswith(f"{tmp_path / 'bad.pt'}: checksum mismatch: the file is corrupted; fix: ")
+            assert str(exc).startswith(
+                f"{tmp_path / 'bad.pt'}: checksum mismatch: the file is corrupted; fix: "
+            )
             assert "\n" not in str(exc)
             continue
         # a flip the zip format ignores (padding, unused header fields): the content is intact
@@ -184,27 +202,36 @@ def test_our_tag_without_config_is_a_one_line_error_not_a_keyerror(tmp_path):
     with pytest.raises(WeightsError, match=r"has no 'model' state_dict of tensors"):
         load_model(path)
     save_checkpoint(path, {**_payload(1.0), "version": 99})
-    with pytest.raises(WeightsError, match=r"version 99 is newer than this library reads \(1\); fix: upgrade"):
+    with pytest.raises(
+        WeightsError, match=r"version 99 is newer than this library reads \(1\); fix: upgrade"
+    ):
         load_model(path)
-    with pytest.raises(WeightsError, match=re.escape("holds no training state (best.pt?); fix: resume from the run's last.pt")):
+    with pytest.raises(
+        WeightsError,
+        match=re.escape("holds no training state (best.pt?); fix: resume from the run's last.pt"),
+    ):
         load_checkpoint(_tagged_with_config(tmp_path), training=True)
 
 
 def test_predict_and_export_name_the_file_of_a_bad_checkpoint(tmp_path, capfd):
     """Found by trying: predict/export said 'error: checkpoint: checkpoint version 99 ...' without
     the file (Detector validated the dict it had read); now every command names it."""
-    from efficientdet.cli import main
-
     from PIL import Image
+
+    from efficientdet.cli import main
 
     path = tmp_path / "from the future.pt"
     save_checkpoint(path, {**read_checkpoint(_tagged_with_config(tmp_path)), "version": 99})
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    for argv in (["predict", "--source", str(tmp_path / "a.png"), "--out", str(tmp_path / "p")],
-                 ["export", "--out", str(tmp_path / "e")]):
+    for argv in (
+        ["predict", "--source", str(tmp_path / "a.png"), "--out", str(tmp_path / "p")],
+        ["export", "--out", str(tmp_path / "e")],
+    ):
         assert main([*argv, "--weights", str(path), "--quiet"]) == 2
         err = capfd.readouterr().err.strip().splitlines()
-        assert err == [f"error: {path}: checkpoint version 99 is newer than this library reads (1); fix: upgrade efficientdet"]
+        assert err == [
+            f"error: {path}: checkpoint version 99 is newer than this library reads (1); fix: upgrade efficientdet"
+        ]
 
 
 def _tagged_with_config(tmp_path):
@@ -220,9 +247,13 @@ def test_nonfinite_weights_are_never_written(tmp_path):
     save_checkpoint(path, _payload(1.0))
     bad = _payload(1.0)
     bad["train_state"]["ema"] = {"module": {"fpn.w": torch.tensor([1.0, float("inf")])}}
-    with pytest.raises(WeightsError, match=r"last.pt: not written: train_state.ema.module.fpn.w holds NaN/inf"):
+    with pytest.raises(
+        WeightsError, match=r"last.pt: not written: train_state.ema.module.fpn.w holds NaN/inf"
+    ):
         save_checkpoint(path, bad)
-    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3)) and os.listdir(tmp_path) == ["last.pt"]
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3)) and os.listdir(
+        tmp_path
+    ) == ["last.pt"]
 
 
 # ----------------------------------------------------------------------------- transaction, lock, guard
@@ -232,7 +263,11 @@ def test_restore_best_rewrites_a_missing_or_stale_best(tmp_path):
     best = {**_payload(3.0), "train_state": {"epoch": 4, "best_map": 0.25, "best_epoch": 4}}
     lines = []
     restore_best(tmp_path, best, lines.append)  # missing
-    assert len(lines) == 1 and "best.pt: was missing" in lines[0] and "(epoch 4, mAP 0.2500)" in lines[0]
+    assert (
+        len(lines) == 1
+        and "best.pt: was missing" in lines[0]
+        and "(epoch 4, mAP 0.2500)" in lines[0]
+    )
     assert torch.equal(read_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 3.0))
     restore_best(tmp_path, best, lines.append)  # current: untouched
     assert len(lines) == 1
@@ -247,13 +282,18 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
     import sys
 
     first = RunLock(tmp_path).acquire()
-    with pytest.raises(OutputError, match=rf"another training run \(pid {os.getpid()} on .*\) is writing to this folder"):
+    with pytest.raises(
+        OutputError,
+        match=rf"another training run \(pid {os.getpid()} on .*\) is writing to this folder",
+    ):
         RunLock(tmp_path).acquire()
     first.release()
     assert not (tmp_path / ".lock").exists()
     # a process that took the lock and died without releasing it (SIGKILL: no cleanup ran)
-    code = ("import os, signal, sys; from efficientdet.engine.runlock import RunLock; "
-            "RunLock(sys.argv[1]).acquire(); os.kill(os.getpid(), signal.SIGKILL)")
+    code = (
+        "import os, signal, sys; from efficientdet.engine.runlock import RunLock; "
+        "RunLock(sys.argv[1]).acquire(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True)
     assert proc.returncode == -9 and (tmp_path / ".lock").read_text().startswith("pid ")
     lock = RunLock(tmp_path).acquire()  # stale: taken over

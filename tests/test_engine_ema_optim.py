@@ -131,7 +131,11 @@ def test_scheduler_warmup_then_cosine():
     assert lrs[6] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(0.0, abs=1e-12) and lrs[11] == pytest.approx(0.0, abs=1e-12)
     lrs = _lrs(total=10, warmup=0, start=0.1, min_ratio=0.1)
-    assert lrs[0] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.55) and lrs[10] == pytest.approx(0.1)
+    assert (
+        lrs[0] == pytest.approx(1.0)
+        and lrs[5] == pytest.approx(0.55)
+        and lrs[10] == pytest.approx(0.1)
+    )
 
 
 def test_scheduler_state_round_trip(tmp_path):

@@ -40,15 +40,30 @@ def _pycoco_stats(gt: dict, dets: list, tmp_path: Path, cat_ids=None) -> np.ndar
     return ev.stats
 
 
-def _gt(boxes_by_image: dict[int, list[tuple[int, list[float], int]]], categories=((3, "cat"), (7, "dog"))) -> dict:
+def _gt(
+    boxes_by_image: dict[int, list[tuple[int, list[float], int]]],
+    categories=((3, "cat"), (7, "dog")),
+) -> dict:
     """{image_id: [(category_id, [x, y, w, h], iscrowd), ...]} -> COCO gt dict (200x200 images)."""
     images, anns = [], []
     for image_id, boxes in boxes_by_image.items():
         images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 200, "height": 200})
         for cid, bbox, crowd in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cid, "bbox": bbox,
-                         "area": bbox[2] * bbox[3], "iscrowd": crowd})
-    return {"images": images, "annotations": anns, "categories": [{"id": c, "name": n} for c, n in categories]}
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cid,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": crowd,
+                }
+            )
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c, "name": n} for c, n in categories],
+    }
 
 
 def _det(image_id, cid, bbox, score):
@@ -56,17 +71,26 @@ def _det(image_id, cid, bbox, score):
 
 
 # ------------------------------------------------------------------ hand-computed cases
-GT_SIMPLE = {10: [(3, [10, 10, 50, 50], 0), (7, [100, 100, 60, 40], 0)], 20: [(3, [0, 0, 120, 100], 0)]}
+GT_SIMPLE = {
+    10: [(3, [10, 10, 50, 50], 0), (7, [100, 100, 60, 40], 0)],
+    20: [(3, [0, 0, 120, 100], 0)],
+}
 
 
 def test_perfect_detections_score_one():
     dets = [_det(i, c, b, 0.9) for i, boxes in GT_SIMPLE.items() for c, b, _ in boxes]
     stats, per_class = coco_metrics(_gt(GT_SIMPLE), dets)
-    assert stats["mAP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0) and stats["AP75"] == pytest.approx(1.0)
+    assert (
+        stats["mAP"] == pytest.approx(1.0)
+        and stats["AP50"] == pytest.approx(1.0)
+        and stats["AP75"] == pytest.approx(1.0)
+    )
     assert stats["AR100"] == pytest.approx(1.0)
     assert stats["AP_small"] == -1  # no gt below 32x32 px: pycocotools' "not applicable"
     assert [(c["class"], c["category_id"], c["AP"], c["num_gt"]) for c in per_class] == [
-        ("cat", 3, pytest.approx(1.0), 2), ("dog", 7, pytest.approx(1.0), 1)]
+        ("cat", 3, pytest.approx(1.0), 2),
+        ("dog", 7, pytest.approx(1.0), 1),
+    ]
 
 
 def test_one_class_missed_halves_the_mean():
@@ -97,7 +121,11 @@ def test_false_positive_ranked_first_halves_precision():
     # a wrong box scored above the right one: precision 1/2 at recall 1 -> AP 0.5 at every IoU
     dets = [_det(1, 3, [150, 150, 40, 40], 0.9), _det(1, 3, [0, 0, 100, 100], 0.5)]
     stats, _ = coco_metrics(gt, dets)
-    assert stats["mAP"] == pytest.approx(0.5) and stats["AR1"] == 0.0 and stats["AR10"] == pytest.approx(1.0)
+    assert (
+        stats["mAP"] == pytest.approx(0.5)
+        and stats["AR1"] == 0.0
+        and stats["AR10"] == pytest.approx(1.0)
+    )
 
 
 def test_matches_pycocotools_run_independently(tmp_path):
@@ -114,17 +142,33 @@ def test_matches_pycocotools_run_independently(tmp_path):
     for image_id, boxes in gt_boxes.items():
         for cid, (x, y, w, h), _ in boxes:  # jittered true positives
             j = rng.uniform(-0.2, 0.2, 4) * [w, h, w, h]
-            dets.append(_det(image_id, cid, [x + j[0], y + j[1], w + j[2], h + j[3]], float(rng.uniform(0.3, 1))))
+            dets.append(
+                _det(
+                    image_id,
+                    cid,
+                    [x + j[0], y + j[1], w + j[2], h + j[3]],
+                    float(rng.uniform(0.3, 1)),
+                )
+            )
         for _ in range(4):  # false positives, some with the wrong class
             x, y = rng.uniform(0, 150, 2)
-            dets.append(_det(image_id, int(rng.choice([3, 7, 11])), [x, y, *rng.uniform(5, 50, 2)], float(rng.uniform(0, 1))))
+            dets.append(
+                _det(
+                    image_id,
+                    int(rng.choice([3, 7, 11])),
+                    [x, y, *rng.uniform(5, 50, 2)],
+                    float(rng.uniform(0, 1)),
+                )
+            )
     stats, per_class = coco_metrics(gt, dets)
     expected = _pycoco_stats(gt, dets, tmp_path)
     assert [stats[n] for n in STAT_NAMES] == pytest.approx(list(expected), abs=1e-12)
     assert 0.05 < stats["mAP"] < 0.95  # a non-trivial case
     for c in per_class:  # per-class AP == COCOeval restricted to that one category
         alone = _pycoco_stats(gt, dets, tmp_path, cat_ids=[c["category_id"]])
-        assert c["AP"] == pytest.approx(alone[0], abs=1e-12) and c["AP50"] == pytest.approx(alone[1], abs=1e-12)
+        assert c["AP"] == pytest.approx(alone[0], abs=1e-12) and c["AP50"] == pytest.approx(
+            alone[1], abs=1e-12
+        )
     assert [c["num_gt"] for c in per_class] == [2, 2, 2]  # the crowd box is not counted
 
 
@@ -151,14 +195,18 @@ def test_evaluate_end_to_end(synth, model, tmp_path):
 
     data = load_dataset(synth, split="val")
     model.train()
-    result = evaluate(model, data, (128, 128), NMSConfig(max_detections=20), batch_size=3, progress=False)
+    result = evaluate(
+        model, data, (128, 128), NMSConfig(max_detections=20), batch_size=3, progress=False
+    )
     assert model.training  # mode restored
     assert result.num_images == 4 and len(result.detections) == 4 * 20
     assert {d["category_id"] for d in result.detections} <= set(CATEGORY_IDS)
     assert {d["image_id"] for d in result.detections} == {r.image_id for r in data.records}
     for d in result.detections:  # xywh inside the 160x160 original image
         x, y, w, h = d["bbox"]
-        assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= 160 + 1e-3 and y + h <= 160 + 1e-3
+        assert (
+            x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= 160 + 1e-3 and y + h <= 160 + 1e-3
+        )
     # the written results load in pycocotools and score the same against the dataset's own JSON
     path = tmp_path / "results.json"
     write_results_json(path, result.detections)
@@ -181,7 +229,9 @@ def test_eval_result_carries_cocoeval_precision(synth, model):
     from efficientdet.engine.plots import coco_precision
 
     data = load_dataset(synth, split="val")
-    result = evaluate(model, data, (128, 128), NMSConfig(max_detections=100), batch_size=4, progress=False)
+    result = evaluate(
+        model, data, (128, 128), NMSConfig(max_detections=100), batch_size=4, progress=False
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(synth.parent / "val.json"))
         ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(result.detections))), "bbox")
@@ -222,10 +272,14 @@ class OracleModel(torch.nn.Module):
 def test_evaluate_maps_boxes_and_labels_back(synth):
     from efficientdet.config import NMSConfig, get_model_config
 
-    cfg = get_model_config("efficientdet_lite0", num_classes=len(CLASS_NAMES), image_size=(128, 128))
+    cfg = get_model_config(
+        "efficientdet_lite0", num_classes=len(CLASS_NAMES), image_size=(128, 128)
+    )
     oracle = OracleModel(cfg, k=4)
     data = load_dataset(synth, split="val")
-    result = evaluate(oracle, data, (128, 128), NMSConfig(score_threshold=0.5), batch_size=3, progress=False)
+    result = evaluate(
+        oracle, data, (128, 128), NMSConfig(score_threshold=0.5), batch_size=3, progress=False
+    )
     # P3 at 128 px: stride 8, centre (6*8 + 4, 5*8 + 4) = (52, 44), lite0 anchor 3 * 8 = 24 px wide
     # -> [40, 32, 64, 56] in the model input; letterbox scale 128/160 = 0.8 -> [50, 40, 80, 70]
     assert len(result.detections) == 4
@@ -233,7 +287,9 @@ def test_evaluate_maps_boxes_and_labels_back(synth):
         assert d["category_id"] == CATEGORY_IDS[4] == 15
         assert d["bbox"] == pytest.approx([50.0, 40.0, 30.0, 30.0], abs=1e-4)
         assert d["score"] == pytest.approx(1 / (1 + np.exp(-5.0)), rel=1e-6)
-    assert sorted(d["image_id"] for d in result.detections) == sorted(r.image_id for r in data.records)
+    assert sorted(d["image_id"] for d in result.detections) == sorted(
+        r.image_id for r in data.records
+    )
     x = torch.cat(oracle.inputs)
     assert x.shape == (4, 3, 128, 128)
     # lite: (x - 127) / 128, inputs in [-1, 1]
@@ -243,11 +299,19 @@ def test_evaluate_maps_boxes_and_labels_back(synth):
 def test_evaluate_images_without_gt_and_empty_set(synth, model):
     data = load_dataset(synth, split="val")
     r0 = data.records[0]
-    background = ImageRecord(path=r0.path, width=r0.width, height=r0.height, boxes=np.zeros((0, 4)),
-                             labels=np.zeros(0), image_id=r0.image_id)
+    background = ImageRecord(
+        path=r0.path,
+        width=r0.width,
+        height=r0.height,
+        boxes=np.zeros((0, 4)),
+        labels=np.zeros(0),
+        image_id=r0.image_id,
+    )
     bg = DetectionData([background], data.class_names, data.category_ids)
     result = evaluate(model, bg, (128, 128), batch_size=2, progress=False)
-    assert result.stats["mAP"] == -1 and len(result.detections) > 0  # nothing to score, detections still listed
+    assert (
+        result.stats["mAP"] == -1 and len(result.detections) > 0
+    )  # nothing to score, detections still listed
     empty = DetectionData([], data.class_names, data.category_ids, source="empty.json")
     with pytest.raises(DataError, match="empty.json: no images"):
         evaluate(model, empty, (128, 128), progress=False)
@@ -258,8 +322,26 @@ def test_val_cli(synth, model, tmp_path, capsys):
     ckpt = tmp_path / "model.pt"
     torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), ckpt)
     out = tmp_path / "val"
-    rc = cli_main(["val", "--weights", str(ckpt), "--data", str(synth), "--out", str(out), "--workers", "0",
-                   "--device", "cpu", "--image-size", "128", "--max-det", "10", "--quiet"])
+    rc = cli_main(
+        [
+            "val",
+            "--weights",
+            str(ckpt),
+            "--data",
+            str(synth),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--image-size",
+            "128",
+            "--max-det",
+            "10",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "AP50" in printed and "triangle" in printed
@@ -269,15 +351,31 @@ def test_val_cli(synth, model, tmp_path, capsys):
     expected = _pycoco_stats(_val_json(synth), results, tmp_path)
     assert [metrics["stats"][n] for n in STAT_NAMES] == pytest.approx(list(expected), abs=1e-12)
     rows = list(csv.DictReader((out / "per_class.csv").open()))
-    assert [r["class"] for r in rows] == CLASS_NAMES and [int(r["category_id"]) for r in rows] == CATEGORY_IDS
+    assert [r["class"] for r in rows] == CLASS_NAMES and [
+        int(r["category_id"]) for r in rows
+    ] == CATEGORY_IDS
 
 
 def test_val_cli_class_names_mismatch(synth, model, tmp_path, capsys):
     ckpt = tmp_path / "other.pt"
     names = ["a", "b", "c", "d", "e", "f"]
     torch.save(save_model_dict(model, names), ckpt)
-    rc = cli_main(["val", "--weights", str(ckpt), "--data", str(synth), "--out", str(tmp_path / "v"), "--workers", "0",
-                   "--device", "cpu", "--quiet"])
+    rc = cli_main(
+        [
+            "val",
+            "--weights",
+            str(ckpt),
+            "--data",
+            str(synth),
+            "--out",
+            str(tmp_path / "v"),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and "class names" in err and "other.pt" in err
@@ -302,28 +400,72 @@ def test_val_on_exported_files_gives_the_checkpoints_metrics(synth, model, tmp_p
     torch.save(save_model_dict(model, CLASS_NAMES, CATEGORY_IDS), ckpt)
     # TorchScript and ONNX with NMS inside are scored the same way by tests/test_readme.py (the README tour)
     files = {"onnx": export_onnx(model, tmp_path / "m.onnx", CLASS_NAMES, CATEGORY_IDS)}
-    own = evaluate(model.eval(), load_dataset(synth, split="val"), (128, 128), NMSConfig(max_detections=3),
-                   progress=False).detections
+    own = evaluate(
+        model.eval(),
+        load_dataset(synth, split="val"),
+        (128, 128),
+        NMSConfig(max_detections=3),
+        progress=False,
+    ).detections
     gt = _val_json(synth)
-    gt["annotations"] = [{"id": i + 1, "image_id": d["image_id"], "category_id": d["category_id"], "bbox": d["bbox"],
-                          "area": d["bbox"][2] * d["bbox"][3], "iscrowd": 0} for i, d in enumerate(own)]
+    gt["annotations"] = [
+        {
+            "id": i + 1,
+            "image_id": d["image_id"],
+            "category_id": d["category_id"],
+            "bbox": d["bbox"],
+            "area": d["bbox"][2] * d["bbox"][3],
+            "iscrowd": 0,
+        }
+        for i, d in enumerate(own)
+    ]
     (tmp_path / "pseudo.json").write_text(json.dumps(gt))
     data_yaml = tmp_path / "pseudo.yaml"
-    data_yaml.write_text(f"format: coco\npath: {synth.parent}\nval: {{images: images, annotations: {tmp_path / 'pseudo.json'}}}\n")
+    data_yaml.write_text(
+        f"format: coco\npath: {synth.parent}\nval: {{images: images, annotations: {tmp_path / 'pseudo.json'}}}\n"
+    )
 
     def val(weights, out):
-        rc = cli_main(["val", "--weights", str(weights), "--data", str(data_yaml), "--out", str(out), "--workers", "0",
-                       "--batch", "3", "--max-det", "10", "--quiet"])
+        rc = cli_main(
+            [
+                "val",
+                "--weights",
+                str(weights),
+                "--data",
+                str(data_yaml),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--batch",
+                "3",
+                "--max-det",
+                "10",
+                "--quiet",
+            ]
+        )
         assert rc == 0
-        return json.loads((out / "metrics.json").read_text())["stats"], json.loads((out / "results.json").read_text())
+        return json.loads((out / "metrics.json").read_text())["stats"], json.loads(
+            (out / "results.json").read_text()
+        )
 
     def per_image(results):
         by_image = {}
         for d in results:
             x, y, w, h = d["bbox"]
-            by_image.setdefault(d["image_id"], []).append(([x, y, x + w, y + h], d["score"], d["category_id"]))
-        return {i: Detections(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]),
-                              torch.tensor([r[2] for r in rows]), [], (160, 160)) for i, rows in by_image.items()}
+            by_image.setdefault(d["image_id"], []).append(
+                ([x, y, x + w, y + h], d["score"], d["category_id"])
+            )
+        return {
+            i: Detections(
+                torch.tensor([r[0] for r in rows]),
+                torch.tensor([r[1] for r in rows]),
+                torch.tensor([r[2] for r in rows]),
+                [],
+                (160, 160),
+            )
+            for i, rows in by_image.items()
+        }
 
     expected_stats, expected = val(ckpt, tmp_path / "val_ckpt")
     assert len(expected) == 4 * 10 and expected_stats["mAP"] > 0.8
@@ -332,11 +474,31 @@ def test_val_on_exported_files_gives_the_checkpoints_metrics(synth, model, tmp_p
         got, want = per_image(results), per_image(expected)
         assert got.keys() == want.keys(), kind
         for image_id in want:
-            assert_same_detections(want[image_id], got[image_id], score_tol=1e-4, box_tol=0.02, max_det=10)
-        assert [stats[n] for n in STAT_NAMES] == pytest.approx([expected_stats[n] for n in STAT_NAMES], abs=2e-3), kind
-        assert [stats[n] for n in STAT_NAMES] == pytest.approx(list(_pycoco_stats(gt, results, tmp_path)), abs=1e-12), kind
+            assert_same_detections(
+                want[image_id], got[image_id], score_tol=1e-4, box_tol=0.02, max_det=10
+            )
+        assert [stats[n] for n in STAT_NAMES] == pytest.approx(
+            [expected_stats[n] for n in STAT_NAMES], abs=2e-3
+        ), kind
+        assert [stats[n] for n in STAT_NAMES] == pytest.approx(
+            list(_pycoco_stats(gt, results, tmp_path)), abs=1e-12
+        ), kind
     capsys.readouterr()
-    rc = cli_main(["val", "--weights", str(files["onnx"]), "--data", str(data_yaml), "--image-size", "256",
-                   "--out", str(tmp_path / "v"), "--workers", "0", "--quiet"])
+    rc = cli_main(
+        [
+            "val",
+            "--weights",
+            str(files["onnx"]),
+            "--data",
+            str(data_yaml),
+            "--image-size",
+            "256",
+            "--out",
+            str(tmp_path / "v"),
+            "--workers",
+            "0",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "m.onnx" in err and "image size" in err

@@ -36,15 +36,37 @@ from .data_factory import tiny_train_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # the CLI spelling of tiny_train_config(..., plots=False)
-TINY_ARGS = ["--model", "lite0", "--image-size", "64", "--epochs", "2", "--batch", "4", "--lr", "0.01",
-             "--workers", "0", "--ema-warmup", "2", "--seed", "0", "--quiet", "--no-plots"]
-FAULT_EXIT = 86  # efficientdet.weights.checkpoint.FAULT_EXIT_CODE, spelled out: the test's own truth
+TINY_ARGS = [
+    "--model",
+    "lite0",
+    "--image-size",
+    "64",
+    "--epochs",
+    "2",
+    "--batch",
+    "4",
+    "--lr",
+    "0.01",
+    "--workers",
+    "0",
+    "--ema-warmup",
+    "2",
+    "--seed",
+    "0",
+    "--quiet",
+    "--no-plots",
+]
+FAULT_EXIT = (
+    86  # efficientdet.weights.checkpoint.FAULT_EXIT_CODE, spelled out: the test's own truth
+)
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    return write_synthetic_dataset(root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False)
+    return write_synthetic_dataset(
+        root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +98,30 @@ def assert_same_run(a_dir: Path, b_dir: Path) -> None:
         assert torch.equal(v, best_b["model"][k]), f"best.pt model {k}"
 
 
-def run_cli_subprocess(synth: Path, out: Path, env: dict | None = None, kill_after_s: float | None = None):
+def run_cli_subprocess(
+    synth: Path, out: Path, env: dict | None = None, kill_after_s: float | None = None
+):
     """``efficientdet train`` (tiny settings) in a child process; returns (exit code, stdout + stderr)."""
-    cmd = [sys.executable, "-m", "efficientdet", "train", "--data", str(synth), *TINY_ARGS, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "efficientdet",
+        "train",
+        "--data",
+        str(synth),
+        *TINY_ARGS,
+        "--out",
+        str(out),
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
+    )
     if kill_after_s is not None:
         deadline = time.monotonic() + 300
-        while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         time.sleep(kill_after_s)
         proc.send_signal(signal.SIGKILL)
@@ -125,13 +163,18 @@ def test_kill_between_last_and_best_then_resume_equals_straight(synth, straight,
     with pytest.raises(ProcessLookupError):
         os.kill(dead_pid, 0)
     printed = resume(out, capsys)
-    assert f"{out / 'best.pt'}: was missing" in printed and "rewritten from last.pt (epoch 1" in printed
+    assert (
+        f"{out / 'best.pt'}: was missing" in printed
+        and "rewritten from last.pt (epoch 1" in printed
+    )
     assert_same_run(straight, out)
     assert not (out / ".lock").exists()  # released at the end (the dead run's lock was taken over)
 
 
 @pytest.mark.slow
-def test_kill_during_a_checkpoint_write_then_resume_equals_straight(synth, straight, tmp_path, capsys):
+def test_kill_during_a_checkpoint_write_then_resume_equals_straight(
+    synth, straight, tmp_path, capsys
+):
     out = tmp_path / "run"
     code, output = run_cli_subprocess(synth, out, {"EFFICIENTDET_FAULT_EXIT_DURING": "last.pt:2"})
     assert code == FAULT_EXIT, output[-2000:]
@@ -153,7 +196,9 @@ def test_sigkill_at_a_random_moment_then_resume_equals_straight(synth, straight,
     print(f"SIGKILL {delay:.2f} s after the first last.pt")  # shown when the test fails
     code, output = run_cli_subprocess(synth, out, kill_after_s=delay)
     assert code in (-signal.SIGKILL, 0), output[-2000:]
-    read_checkpoint(out / "last.pt")  # whatever the moment, last.pt is complete and its checksum right
+    read_checkpoint(
+        out / "last.pt"
+    )  # whatever the moment, last.pt is complete and its checksum right
     resume(out, capsys)
     assert_same_run(straight, out)
 
@@ -178,14 +223,19 @@ class SigintInStep:
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_step_then_resume_equals_straight(synth, straight, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_mid_step_then_resume_equals_straight(
+    synth, straight, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     SigintInStep(3).install(monkeypatch)  # step 1 of epoch 2
     first = train(tiny_train_config(synth, out, plots=False))
     monkeypatch.undo()
     assert first.stopped == "interrupted"
     ts = load(out / "last.pt")["train_state"]
-    assert (ts["epoch"], ts["step_in_epoch"]) == (1, 1)  # the interrupted step was completed, then saved
+    assert (ts["epoch"], ts["step_in_epoch"]) == (
+        1,
+        1,
+    )  # the interrupted step was completed, then saved
     resume(out, capsys)
     assert_same_run(straight, out)
 
@@ -198,9 +248,11 @@ def flip_byte_in_a_tensor(src: Path, dst: Path) -> None:
     with zipfile.ZipFile(src) as zf:
         info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     data = bytearray(src.read_bytes())
-    name_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
-    extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
-    start = info.header_offset + 30 + name_len + extra_len  # the member's stored bytes (uncompressed)
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = (
+        info.header_offset + 30 + name_len + extra_len
+    )  # the member's stored bytes (uncompressed)
     data[start + info.file_size // 2] ^= 0x10
     dst.write_bytes(bytes(data))
 
@@ -222,19 +274,55 @@ def test_flipped_byte_is_refused_by_every_command(synth, model_file, tmp_path, c
     flip_byte_in_a_tensor(model_file, bad)
     image = next((synth.parent / "images").glob("val_*.jpg"))
     commands = {
-        "val": ["val", "--weights", str(bad), "--data", str(synth), "--workers", "0", "--quiet",
-                "--out", str(tmp_path / "val")],
-        "predict": ["predict", "--weights", str(bad), "--source", str(image), "--out", str(tmp_path / "pred")],
-        "export": ["export", "--weights", str(bad), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
-        "train --weights": ["train", "--data", str(synth), *TINY_ARGS, "--weights", str(bad),
-                            "--out", str(tmp_path / "train")],
+        "val": [
+            "val",
+            "--weights",
+            str(bad),
+            "--data",
+            str(synth),
+            "--workers",
+            "0",
+            "--quiet",
+            "--out",
+            str(tmp_path / "val"),
+        ],
+        "predict": [
+            "predict",
+            "--weights",
+            str(bad),
+            "--source",
+            str(image),
+            "--out",
+            str(tmp_path / "pred"),
+        ],
+        "export": [
+            "export",
+            "--weights",
+            str(bad),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
+        "train --weights": [
+            "train",
+            "--data",
+            str(synth),
+            *TINY_ARGS,
+            "--weights",
+            str(bad),
+            "--out",
+            str(tmp_path / "train"),
+        ],
     }
     expected = f"error: {bad}: checksum mismatch: the file is corrupted; fix: "
     for what, argv in commands.items():
         capsys.readouterr()
         assert cli.main(argv) == 2, what
         assert one_error_line(capsys).startswith(expected), what
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # nothing written by any of them
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pt"
+    ]  # nothing written by any of them
 
     run = tmp_path / "resume"
     run.mkdir()
@@ -251,7 +339,9 @@ def test_changed_tensor_with_a_valid_zip_fails_the_stored_checksum(model_file, t
     ckpt["model"][key] = ckpt["model"][key].contiguous()  # (saved in channels_last)
     ckpt["model"][key].view(-1)[5] += 1.0
     torch.save(ckpt, tmp_path / "edited.pt")
-    with pytest.raises(WeightsError, match=r"edited.pt: checksum mismatch: the file is corrupted; fix: ") as info:
+    with pytest.raises(
+        WeightsError, match=r"edited.pt: checksum mismatch: the file is corrupted; fix: "
+    ) as info:
         read_checkpoint(tmp_path / "edited.pt")
     assert "\n" not in str(info.value)
 
@@ -260,15 +350,21 @@ def test_changed_tensor_with_a_valid_zip_fails_the_stored_checksum(model_file, t
 
 
 @pytest.mark.slow
-def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(synth, straight, small_fs, capsys):
+def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(
+    synth, straight, small_fs, capsys
+):
     last, best = (straight / "last.pt").stat().st_size, (straight / "best.pt").stat().st_size
-    fs = small_fs(int(1.5 * last) + best + (1 << 20))  # epoch 1's pair fits; epoch 2's last.pt does not
+    fs = small_fs(
+        int(1.5 * last) + best + (1 << 20)
+    )  # epoch 1's pair fits; epoch 2's last.pt does not
     out = fs / "run"
     capsys.readouterr()
     assert cli.main(["train", "--data", str(synth), *TINY_ARGS, "--out", str(out)]) == 2
     line = one_error_line(capsys)
-    assert line == (f"error: {out / 'last.pt'}: cannot write (No space left on device); "
-                    "fix: free disk space or write elsewhere (--out)")
+    assert line == (
+        f"error: {out / 'last.pt'}: cannot write (No space left on device); "
+        "fix: free disk space or write elsewhere (--out)"
+    )
     assert load(out / "last.pt")["train_state"]["epoch"] == 1
     read_checkpoint(out / "last.pt")  # complete, checksum right
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -305,11 +401,14 @@ def test_second_run_in_the_same_folder_is_refused(synth, tmp_path, capsys):
     second = SecondRunAt(3, cfg, capsys)  # step 1 of epoch 2: last.pt of epoch 1 exists
     result = train(cfg, callbacks=[second])
     assert result.stopped == "completed"
-    message = (f"{out}: another training run (pid {os.getpid()} on ")
+    message = f"{out}: another training run (pid {os.getpid()} on "
     assert second.errors[0].startswith(message) and second.errors[0].endswith(
-        ") is writing to this folder; fix: wait for it to finish, or give another --out")
+        ") is writing to this folder; fix: wait for it to finish, or give another --out"
+    )
     assert second.errors[1].startswith(f"2 error: {message}")
-    assert "last.pt" in second.files_before and second.files_after == second.files_before  # nothing touched
+    assert (
+        "last.pt" in second.files_before and second.files_after == second.files_before
+    )  # nothing touched
     assert not (out / ".lock").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no run2 either
 
@@ -320,9 +419,31 @@ def test_second_run_in_the_same_folder_is_refused(synth, tmp_path, capsys):
 @pytest.mark.slow
 def test_divergence_rolls_back_and_lowers_lr_and_never_saves_nonfinite(synth, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", str(synth), "--model", "lite0", "--image-size", "64", "--epochs", "2",
-            "--batch", "2", "--lr", "10", "--clip-grad", "0", "--warmup-epochs", "0", "--workers", "0",
-            "--quiet", "--no-plots", "--out", str(out)]
+    args = [
+        "train",
+        "--data",
+        str(synth),
+        "--model",
+        "lite0",
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch",
+        "2",
+        "--lr",
+        "10",
+        "--clip-grad",
+        "0",
+        "--warmup-epochs",
+        "0",
+        "--workers",
+        "0",
+        "--quiet",
+        "--no-plots",
+        "--out",
+        str(out),
+    ]
     capsys.readouterr()
     code = cli.main(args)
     captured = capsys.readouterr()
@@ -339,8 +460,15 @@ def test_divergence_rolls_back_and_lowers_lr_and_never_saves_nonfinite(synth, tm
     for name in ("last.pt", "best.pt"):
         if (out / name).exists():
             ckpt = read_checkpoint(out / name)
-            sections = [ckpt["model"]] + ([ckpt["train_state"]["model"]] if "model" in ckpt["train_state"] else [])
-            assert all(torch.isfinite(v).all() for s in sections for v in s.values() if v.is_floating_point()), name
+            sections = [ckpt["model"]] + (
+                [ckpt["train_state"]["model"]] if "model" in ckpt["train_state"] else []
+            )
+            assert all(
+                torch.isfinite(v).all()
+                for s in sections
+                for v in s.values()
+                if v.is_floating_point()
+            ), name
     rows = (out / "results.csv").read_text().splitlines()[1:]
     assert rows and all("nan" not in r and "inf" not in r for r in rows)
 
@@ -357,7 +485,12 @@ def test_val_split_without_boxes_writes_no_best_and_says_so(synth, tmp_path, cap
     printed = capsys.readouterr().out
     assert result.stopped == "completed" and result.best_checkpoint is None
     assert not (out / "best.pt").exists() and (out / "last.pt").is_file()
-    assert "validation split has no boxes" in printed and "best.pt is not written; use last.pt" in printed
+    assert (
+        "validation split has no boxes" in printed
+        and "best.pt is not written; use last.pt" in printed
+    )
     final = [ln for ln in printed.splitlines() if ln.startswith(f"results in {out}:")]
-    assert final == [f"results in {out}: no best.pt (the validation split has no boxes; use last.pt), last.pt, "
-                     "results.csv"]
+    assert final == [
+        f"results in {out}: no best.pt (the validation split has no boxes; use last.pt), last.pt, "
+        "results.csv"
+    ]

@@ -8,7 +8,13 @@ import os
 import pytest
 
 from efficientdet.errors import OutputError
-from efficientdet.fileio import atomic_write, remove_stale_temporaries, write_json, write_text, write_via_temp
+from efficientdet.fileio import (
+    atomic_write,
+    remove_stale_temporaries,
+    write_json,
+    write_text,
+    write_via_temp,
+)
 
 
 def test_atomic_write_replaces_only_when_complete(tmp_path):
@@ -33,7 +39,12 @@ def test_full_disk_gives_one_line_and_keeps_the_old_file(small_fs):
         with atomic_write(path) as f:
             f.write(os.urandom(256 * 1024))
     message = str(info.value)
-    assert str(path) in message and "No space left" in message and "fix:" in message and "\n" not in message
+    assert (
+        str(path) in message
+        and "No space left" in message
+        and "fix:" in message
+        and "\n" not in message
+    )
     assert path.read_bytes() == b"ok"
     assert sorted(p.name for p in folder.iterdir()) == ["out.bin"]
 

@@ -19,7 +19,14 @@ SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("OUT", None)
-    return subprocess.run(["bash", str(SUITE), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(SUITE), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
@@ -27,14 +34,21 @@ def test_real_run_without_cuda_is_one_clear_error(tmp_path):
     proc = _run("--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "fix: " in lines[0] and "--dry-run" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and "fix: " in lines[0]
+        and "--dry-run" in lines[0]
+    )
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_dry_run_records_every_job(tmp_path):
     out = tmp_path / "suite"
-    proc = _run("--dry-run", "--no-peer", "--stages", "env", "infer", "--out", str(out), "--repeats", "1")
+    proc = _run(
+        "--dry-run", "--no-peer", "--stages", "env", "infer", "--out", str(out), "--repeats", "1"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "gpu_suite.json").read_text())
     assert report["dry_run"] is True and set(report["stages"]) == {"env", "infer"}
@@ -44,7 +58,11 @@ def test_dry_run_records_every_job(tmp_path):
     ours = [j for j in jobs if j["job"].startswith("ours infer efficientdet_d0@128 b1 ")]
     assert ours and ours[0]["status"] == "ok"
     result = ours[0]["result"]
-    assert result["batch"] == 1 and result["end_to_end"]["runs"] == 1 and result["end_to_end"]["median_ms"] > 0
+    assert (
+        result["batch"] == 1
+        and result["end_to_end"]["runs"] == 1
+        and result["end_to_end"]["median_ms"] > 0
+    )
     # every job is in the JSON: measured, failed, or "not run" with its reason
     assert all(j["status"] in ("ok", "failed", "timeout", "not run") for j in jobs)
     assert all(j.get("reason") for j in jobs if j["status"] == "not run")

@@ -25,7 +25,9 @@ def test_max_pool_same_equals_explicit_minus_inf_padding(h, w):
     got = MaxPool2dSame(3, 2)(x)
     assert got.shape[-2:] == (math.ceil(h / 2), math.ceil(w / 2))
     assert torch.equal(got, expected)
-    assert torch.equal(MaxPool2dSame(3, 2)(x.contiguous(memory_format=torch.channels_last)), expected)
+    assert torch.equal(
+        MaxPool2dSame(3, 2)(x.contiguous(memory_format=torch.channels_last)), expected
+    )
 
 
 @pytest.mark.parametrize("kernel", [3, 5])

@@ -10,7 +10,12 @@ import torch
 from efficientdet.config import AnchorConfig, LossConfig
 from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.assign import label_anchors
-from efficientdet.detection.loss import DetectionLoss, focal_loss_sum, huber_loss, sigmoid_focal_loss
+from efficientdet.detection.loss import (
+    DetectionLoss,
+    focal_loss_sum,
+    huber_loss,
+    sigmoid_focal_loss,
+)
 from efficientdet.errors import ConfigError
 
 from .reference import REFERENCE_NAMES, load_reference
@@ -23,7 +28,11 @@ def _targets(ref):
 @pytest.mark.parametrize("name", REFERENCE_NAMES)
 def test_losses_match_effdet(name):
     ref = load_reference(name)
-    crit = DetectionLoss(AnchorConfig(anchor_scale=float(ref["config"]["anchor_scale"])), LossConfig(), ref["num_classes"])
+    crit = DetectionLoss(
+        AnchorConfig(anchor_scale=float(ref["config"]["anchor_scale"])),
+        LossConfig(),
+        ref["num_classes"],
+    )
     out = crit(ref["class_out"], ref["box_out"], _targets(ref), ref["image_size_hw"])
     for key in ("loss", "class_loss", "box_loss"):
         assert out[key].dim() == 0
@@ -37,14 +46,20 @@ def test_focal_and_huber_by_hand():
     t = torch.tensor([1.0, 0.0, 1.0])
     got = sigmoid_focal_loss(x, t, alpha=0.25, gamma=1.5)
     p2 = 1 / (1 + math.exp(-2))
-    expected = [0.25 * 0.5**1.5 * math.log(2), 0.75 * 0.5**1.5 * math.log(2), 0.25 * (1 - p2) ** 1.5 * -math.log(p2)]
+    expected = [
+        0.25 * 0.5**1.5 * math.log(2),
+        0.75 * 0.5**1.5 * math.log(2),
+        0.25 * (1 - p2) ** 1.5 * -math.log(p2),
+    ]
     torch.testing.assert_close(got, torch.tensor(expected))
     # label smoothing 0.1: cross-entropy target 0.95, modulating factor from the hard target
     got = sigmoid_focal_loss(x[2:], t[2:], 0.25, 1.5, label_smoothing=0.1)
     ce = -(0.95 * math.log(p2) + 0.05 * math.log(1 - p2))
     torch.testing.assert_close(got, torch.tensor([0.25 * (1 - p2) ** 1.5 * ce]))
     err = huber_loss(torch.tensor([0.05, -0.3, 0.1]), torch.zeros(3), delta=0.1)
-    torch.testing.assert_close(err, torch.tensor([0.5 * 0.05**2, 0.5 * 0.01 + 0.1 * 0.2, 0.5 * 0.01]))
+    torch.testing.assert_close(
+        err, torch.tensor([0.5 * 0.05**2, 0.5 * 0.01 + 0.1 * 0.2, 0.5 * 0.01])
+    )
 
 
 @pytest.mark.parametrize("gamma,smoothing", [(1.5, 0.0), (2.0, 0.1)])
@@ -52,7 +67,9 @@ def test_fused_focal_loss_sum_and_gradient_equal_the_elementwise_reference(gamma
     g = torch.Generator().manual_seed(0)
     n, a, k = 2, 300, 7
     logits = (torch.randn(n, a, k, generator=g, dtype=torch.float64) * 4).requires_grad_(True)
-    cls_targets = torch.randint(-2, k, (n, a), generator=g)  # -2 ignored, -1 background, 0..k-1 class
+    cls_targets = torch.randint(
+        -2, k, (n, a), generator=g
+    )  # -2 ignored, -1 background, 0..k-1 class
     assert {-2, -1, 0}.issubset(set(cls_targets.unique().tolist()))
     got = focal_loss_sum(logits, cls_targets, 0.25, gamma, smoothing)
     (got_grad,) = torch.autograd.grad(got * 3.0, logits)
@@ -98,14 +115,19 @@ def test_empty_images_finite_loss_and_gradients():
     out["loss"].backward()
     assert all(torch.isfinite(t.grad).all() for t in cls + box)
     # GIoU with no positives is also finite
-    out = DetectionLoss(AnchorConfig(), LossConfig(box_loss="giou"), 3)(cls, box, [empty, empty], hw)
+    out = DetectionLoss(AnchorConfig(), LossConfig(box_loss="giou"), 3)(
+        cls, box, [empty, empty], hw
+    )
     assert torch.isfinite(out["loss"]) and out["box_loss"].item() == 0
 
 
 def test_perfect_box_prediction_gives_zero_box_loss():
     hw = (128, 128)
     targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [0.0, 0.0, 128.0, 128.0]]), "labels": torch.tensor([0, 2])},
+        {
+            "boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [0.0, 0.0, 128.0, 128.0]]),
+            "labels": torch.tensor([0, 2]),
+        },
         {"boxes": torch.tensor([[50.0, 50.0, 52.0, 53.0]]), "labels": torch.tensor([1])},
     ]
     anchors = AnchorGenerator(AnchorConfig())(hw)

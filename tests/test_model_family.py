@@ -15,24 +15,46 @@ from .reference import load_reference, reference_state_dict
 
 # Parameter counts of effdet's tf_efficientdet_* models with 90 classes (the table).
 PARAMS_90 = {
-    "efficientdet_d0": 3_880_067, "efficientdet_d1": 6_625_898, "efficientdet_d2": 8_097_039,
-    "efficientdet_d3": 12_032_296, "efficientdet_d4": 20_723_675, "efficientdet_d5": 33_653_315,
-    "efficientdet_d6": 51_871_782, "efficientdet_d7": 51_871_782, "efficientdet_d7x": 77_147_166,
-    "efficientdet_lite0": 3_243_470, "efficientdet_lite1": 4_248_318, "efficientdet_lite2": 5_252_334,
-    "efficientdet_lite3": 8_350_862, "efficientdet_lite3x": 9_280_862, "efficientdet_lite4": 15_130_894,
+    "efficientdet_d0": 3_880_067,
+    "efficientdet_d1": 6_625_898,
+    "efficientdet_d2": 8_097_039,
+    "efficientdet_d3": 12_032_296,
+    "efficientdet_d4": 20_723_675,
+    "efficientdet_d5": 33_653_315,
+    "efficientdet_d6": 51_871_782,
+    "efficientdet_d7": 51_871_782,
+    "efficientdet_d7x": 77_147_166,
+    "efficientdet_lite0": 3_243_470,
+    "efficientdet_lite1": 4_248_318,
+    "efficientdet_lite2": 5_252_334,
+    "efficientdet_lite3": 8_350_862,
+    "efficientdet_lite3x": 9_280_862,
+    "efficientdet_lite4": 15_130_894,
 }
 # The paper's FLOPs (multiply-adds), billions, at the native size.
-PAPER_GMACS = {"efficientdet_d0": 2.54, "efficientdet_d1": 6.10, "efficientdet_d2": 11.0, "efficientdet_d3": 24.9}
+PAPER_GMACS = {
+    "efficientdet_d0": 2.54,
+    "efficientdet_d1": 6.10,
+    "efficientdet_d2": 11.0,
+    "efficientdet_d3": 24.9,
+}
 # Published classifier parameter counts (1000 ImageNet classes).
 BACKBONE_PARAMS = {
-    "efficientnet_b0": 5_288_548, "efficientnet_b3": 12_233_232, "efficientnet_b7": 66_347_960,
-    "efficientnet_lite0": 4_652_008, "efficientnet_lite4": 13_006_568,
+    "efficientnet_b0": 5_288_548,
+    "efficientnet_b3": 12_233_232,
+    "efficientnet_b7": 66_347_960,
+    "efficientnet_lite0": 4_652_008,
+    "efficientnet_lite4": 13_006_568,
 }
 
 
 def test_list_models_names_the_whole_family():
     names = ed.list_models()
-    assert names[0] == "efficientdet_d0" and "efficientdet_d7x" in names and "efficientdet_lite3x" in names
+    assert (
+        names[0] == "efficientdet_d0"
+        and "efficientdet_d7x" in names
+        and "efficientdet_lite3x" in names
+    )
     assert set(names) == set(PARAMS_90)
 
 
@@ -68,7 +90,9 @@ def test_backbone_classifier_parameter_count(name):
 )
 def test_outputs_match_effdet_reference(fixture, max_err, p999_err, mean_err):
     ref = load_reference(fixture)
-    model = ed.create_model(ref["effdet_model_name"], num_classes=ref["num_classes"], image_size=ref["image_size_hw"])
+    model = ed.create_model(
+        ref["effdet_model_name"], num_classes=ref["num_classes"], image_size=ref["image_size_hw"]
+    )
     report = ed.load_weights(model, reference_state_dict(ref), source="effdet")
     assert report.skipped == []
     model.eval()
@@ -96,7 +120,9 @@ def test_any_image_size_gives_ceil_halved_levels():
         if level >= 3:
             expected.append((h, w))
     assert [tuple(x.shape[-2:]) for x in class_out] == expected
-    assert [x.shape[1] for x in class_out] == [9 * 3] * 5 and [x.shape[1] for x in box_out] == [36] * 5
+    assert [x.shape[1] for x in class_out] == [9 * 3] * 5 and [x.shape[1] for x in box_out] == [
+        36
+    ] * 5
 
 
 def test_d7x_has_p8():

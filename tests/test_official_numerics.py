@@ -18,11 +18,12 @@ from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.factory import load_model, save_model_dict
 
 
-
 @pytest.mark.parametrize("name", list_models())
 def test_lite_models_take_x_minus_127_over_128(name):
     cfg = get_model_config(name)
-    if "lite" in name:  # official hparams_config.lite_common_param: mean_rgb 127.0, stddev_rgb 128.0
+    if (
+        "lite" in name
+    ):  # official hparams_config.lite_common_param: mean_rgb 127.0, stddev_rgb 128.0
         assert cfg.mean == (127.0,) * 3 and cfg.std == (128.0,) * 3
     else:  # ImageNet mean/std in 0-255 units
         assert cfg.mean == pytest.approx((0.485 * 255, 0.456 * 255, 0.406 * 255))
@@ -37,7 +38,9 @@ def test_detector_feeds_lite_models_official_inputs():
     batch = det.preprocess([image])[0]
     assert batch.shape == (1, 3, 64, 64)
     for x0, expected in ((0, -127 / 128), (16, 0.0), (32, 1.0), (48, 0.5)):
-        torch.testing.assert_close(batch[0, :, :, x0:x0 + 16], torch.full((3, 64, 16), expected), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            batch[0, :, :, x0 : x0 + 16], torch.full((3, 64, 16), expected), rtol=0, atol=1e-6
+        )
 
 
 def _scene() -> np.ndarray:
@@ -60,13 +63,21 @@ def test_trained_lite_network_barely_sees_the_normalisation_change():
     from efficientdet.engine.trainer import imagenet_backbone_path
     from efficientdet.factory import create_backbone
 
-    net = create_backbone("efficientnet_lite0", weights=imagenet_backbone_path("efficientnet_lite0")).eval()
+    net = create_backbone(
+        "efficientnet_lite0", weights=imagenet_backbone_path("efficientnet_lite0")
+    ).eval()
     image = torch.from_numpy(_scene()).permute(2, 0, 1).float()[None]  # (1, 3, 192, 320), 0..255
     with torch.no_grad():
         official, effdet_norm, imagenet_norm = (
             net((image - m) / s).softmax(-1)
-            for m, s in ((127.0, 128.0), (127.5, 127.5), (torch.tensor([123.7, 116.3, 103.5])[:, None, None],
-                                                          torch.tensor([58.4, 57.1, 57.4])[:, None, None]))
+            for m, s in (
+                (127.0, 128.0),
+                (127.5, 127.5),
+                (
+                    torch.tensor([123.7, 116.3, 103.5])[:, None, None],
+                    torch.tensor([58.4, 57.1, 57.4])[:, None, None],
+                ),
+            )
         )
     assert torch.equal(official.topk(5).indices, effdet_norm.topk(5).indices)
     assert float((official - effdet_norm).abs().max()) < 1e-3
@@ -74,15 +85,25 @@ def test_trained_lite_network_barely_sees_the_normalisation_change():
 
 
 def test_checkpoint_records_the_exact_aspect_ratios(tmp_path):
-    model = ed.create_model("lite0", num_classes=2, image_size=(64, 64), aspect_ratios="official-v2")
+    model = ed.create_model(
+        "lite0", num_classes=2, image_size=(64, 64), aspect_ratios="official-v2"
+    )
     path = tmp_path / "v2.pt"
     torch.save(save_model_dict(model, ["a", "b"]), path)
     saved = torch.load(path, weights_only=True)["config"]["anchors"]["aspect_ratios"]
     r = math.sqrt(2.0)
-    assert [list(p) for p in saved] == [[1.0, 1.0], [r, 1 / r], [math.sqrt(0.5), 1 / math.sqrt(0.5)]]
+    assert [list(p) for p in saved] == [
+        [1.0, 1.0],
+        [r, 1 / r],
+        [math.sqrt(0.5), 1 / math.sqrt(0.5)],
+    ]
     loaded, _ = load_model(path)
-    expected = AnchorGenerator(get_model_config("lite0", image_size=(64, 64), aspect_ratios="official-v2").anchors)
-    assert torch.equal(Detector.from_model(loaded, class_names=["a", "b"]).anchors, expected((64, 64)))
+    expected = AnchorGenerator(
+        get_model_config("lite0", image_size=(64, 64), aspect_ratios="official-v2").anchors
+    )
+    assert torch.equal(
+        Detector.from_model(loaded, class_names=["a", "b"]).anchors, expected((64, 64))
+    )
     default = AnchorGenerator(get_model_config("lite0").anchors)
     assert not torch.equal(default((64, 64)), expected((64, 64)))
 
@@ -92,16 +113,31 @@ def test_train_cli_aspect_ratio_set_names(capsys):
     from efficientdet.engine.train_cli import config_from_args
 
     parser = cli.build_parser()
-    cfg = config_from_args(parser.parse_args(["train", "--data", "d.yaml", "--aspect-ratios", "official-v2"]))
+    cfg = config_from_args(
+        parser.parse_args(["train", "--data", "d.yaml", "--aspect-ratios", "official-v2"])
+    )
     # official tf2/anchors.py: aspect_x = np.sqrt(r), aspect_y = 1.0 / aspect_x
-    assert cfg.aspect_ratios == [[1.0, 1.0], [math.sqrt(2.0), 1.0 / math.sqrt(2.0)], [math.sqrt(0.5), 1.0 / math.sqrt(0.5)]]
-    assert cfg.model_overrides()["aspect_ratios"] == get_model_config("d0", aspect_ratios="official-v2").anchors.aspect_ratios
+    assert cfg.aspect_ratios == [
+        [1.0, 1.0],
+        [math.sqrt(2.0), 1.0 / math.sqrt(2.0)],
+        [math.sqrt(0.5), 1.0 / math.sqrt(0.5)],
+    ]
+    assert (
+        cfg.model_overrides()["aspect_ratios"]
+        == get_model_config("d0", aspect_ratios="official-v2").anchors.aspect_ratios
+    )
     from efficientdet.engine.trainer import TrainConfig
 
-    assert TrainConfig(aspect_ratios="official-v2").aspect_ratios == cfg.aspect_ratios  # the Python equivalent
+    assert (
+        TrainConfig(aspect_ratios="official-v2").aspect_ratios == cfg.aspect_ratios
+    )  # the Python equivalent
     assert cli_main(["train", "--data", "d.yaml", "--aspect-ratios", "official-v3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --aspect-ratios 'official-v3': ") and "fix: give official-v1 or" in err[0]
+    assert (
+        len(err) == 1
+        and err[0].startswith("error: --aspect-ratios 'official-v3': ")
+        and "fix: give official-v1 or" in err[0]
+    )
 
 
 # ----------------------------------------------------------------------------- google/automl weights
@@ -125,7 +161,9 @@ def test_official_variables_of_another_model_are_refused():
     _, variables, _ = official_lite0()
     lite1 = ed.create_model("lite1", image_size=(192, 320))
     before = {k: v.clone() for k, v in lite1.state_dict().items()}
-    with pytest.raises(WeightsError, match=r"does not fit this model \(\d+ missing, \d+ unexpected, \d+ mismatched") as info:
+    with pytest.raises(
+        WeightsError, match=r"does not fit this model \(\d+ missing, \d+ unexpected, \d+ mismatched"
+    ) as info:
         ed.load_weights(lite1, variables, source="automl")
     assert "\n" not in str(info.value)
     assert all(torch.equal(v, lite1.state_dict()[k]) for k, v in before.items())
@@ -141,5 +179,9 @@ def test_automl_checkpoint_without_tensorflow_says_how_to_get_it(monkeypatch, tm
     from efficientdet.errors import WeightsError
 
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
-    with pytest.raises(WeightsError, match=r"needs TensorFlow; fix: pip install 'efficientdet\[automl\]'"):
-        ed.load_weights(ed.create_model("lite0", image_size=(64, 64)), tmp_path / "model", source="automl")
+    with pytest.raises(
+        WeightsError, match=r"needs TensorFlow; fix: pip install 'efficientdet\[automl\]'"
+    ):
+        ed.load_weights(
+            ed.create_model("lite0", image_size=(64, 64)), tmp_path / "model", source="automl"
+        )

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    return write_synthetic_dataset(root / "data", num_train=4, num_val=2, seed=5, size=64, progress=False)
+    return write_synthetic_dataset(
+        root / "data", num_train=4, num_val=2, seed=5, size=64, progress=False
+    )
 
 
 def tiny(data, out, **kw):
@@ -58,7 +60,9 @@ class Snapshots:
 
     def on_epoch_end(self, trainer, row) -> None:
         model = trainer.eval_model()
-        self.by_epoch[row["epoch"]] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.by_epoch[row["epoch"]] = {
+            k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+        }
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -90,7 +94,9 @@ def test_stops_after_patience_epochs_without_better_map(synth, tmp_path, monkeyp
 
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert last["train_state"]["epoch"] == 5
-    assert last["train_state"]["best_epoch"] == 2 and last["train_state"]["best_map"] == pytest.approx(0.3)
+    assert last["train_state"]["best_epoch"] == 2 and last["train_state"][
+        "best_map"
+    ] == pytest.approx(0.3)
     assert same_weights(last["model"], snaps.by_epoch[5])
 
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
@@ -99,7 +105,9 @@ def test_stops_after_patience_epochs_without_better_map(synth, tmp_path, monkeyp
     assert same_weights(best["model"], snaps.by_epoch[2])
     assert not same_weights(best["model"], snaps.by_epoch[5])  # the weights did move after epoch 2
     assert result.best_checkpoint == out / "best.pt" and result.last_checkpoint == out / "last.pt"
-    assert result.metrics["mAP"] == pytest.approx(0.3)  # metrics.json / TrainResult: the best epoch's
+    assert result.metrics["mAP"] == pytest.approx(
+        0.3
+    )  # metrics.json / TrainResult: the best epoch's
 
 
 def test_no_patience_never_stops_early(synth, tmp_path, monkeypatch):

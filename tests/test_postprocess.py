@@ -71,7 +71,11 @@ def _random_set(rng, n):
     boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
     if rng.random() < 0.3:
         boxes[: n // 3] = boxes[0]  # a block of identical boxes
-    scores = (rng.integers(0, 8, n) / 8.0).astype(np.float32) if rng.random() < 0.5 else rng.random(n).astype(np.float32)
+    scores = (
+        (rng.integers(0, 8, n) / 8.0).astype(np.float32)
+        if rng.random() < 0.5
+        else rng.random(n).astype(np.float32)
+    )
     labels = rng.integers(0, int(rng.choice([1, 3])), n)
     return boxes, scores, labels
 
@@ -84,10 +88,23 @@ def test_nms_matches_numpy_loop_on_random_sets():
         thr = float(rng.choice([0.0, 0.3, 0.5, 0.7, 1.0]))
         expected = _np_nms(boxes, scores, labels, thr)
         chunk = int(rng.choice([3, 7, 256]))
-        got = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), thr, chunk_size=chunk)
+        got = batched_nms(
+            torch.from_numpy(boxes),
+            torch.from_numpy(scores),
+            torch.from_numpy(labels),
+            thr,
+            chunk_size=chunk,
+        )
         assert got.tolist() == expected, (trial, n, thr)
         m = int(rng.integers(1, n + 1))
-        got = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), thr, m, chunk)
+        got = batched_nms(
+            torch.from_numpy(boxes),
+            torch.from_numpy(scores),
+            torch.from_numpy(labels),
+            thr,
+            m,
+            chunk,
+        )
         assert got.tolist() == expected[:m]
 
 
@@ -99,7 +116,9 @@ def test_nms_large_sets_and_class_agnostic():
         scores = rng.random(n).astype(np.float32)
         labels = rng.integers(0, 4, n)
         expected = _np_nms(boxes, scores, labels, 0.5)
-        got = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5)
+        got = batched_nms(
+            torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5
+        )
         assert got.tolist() == expected
         expected = _np_nms(boxes, scores, np.zeros(n, int), 0.5)
         assert nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).tolist() == expected
@@ -122,17 +141,28 @@ def test_soft_nms_matches_numpy_loop():
         n = int(rng.integers(1, 30))
         boxes, scores, labels = _random_set(rng, n)
         exp_i, exp_s = _np_soft_nms(boxes, scores, labels, 0.5, 0.001)
-        got_i, got_s = soft_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5, 0.001)
+        got_i, got_s = soft_nms(
+            torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5, 0.001
+        )
         assert got_i.tolist() == exp_i, trial
         np.testing.assert_allclose(got_s.numpy(), exp_s, rtol=1e-6, atol=0)
         m = int(rng.integers(1, n + 1))
-        got_i, _ = soft_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5, 0.001, m)
+        got_i, _ = soft_nms(
+            torch.from_numpy(boxes),
+            torch.from_numpy(scores),
+            torch.from_numpy(labels),
+            0.5,
+            0.001,
+            m,
+        )
         assert got_i.tolist() == exp_i[:m]
 
 
 def test_soft_nms_identical_boxes_by_hand():
     boxes = torch.tensor([[0.0, 0, 10, 10]] * 3 + [[20.0, 20, 30, 30]])
-    idx, sc = soft_nms(boxes, torch.tensor([0.9, 0.9, 0.5, 0.8]), None, sigma=0.5, score_threshold=0.001)
+    idx, sc = soft_nms(
+        boxes, torch.tensor([0.9, 0.9, 0.5, 0.8]), None, sigma=0.5, score_threshold=0.001
+    )
     e = float(np.exp(np.float32(-2.0)))  # IoU 1: exp(-1 / 0.5)
     assert idx.tolist() == [0, 3, 1, 2]
     torch.testing.assert_close(sc, torch.tensor([0.9, 0.8, 0.9 * e, 0.5 * e * e]))
@@ -200,7 +230,9 @@ def test_letterbox_undo_and_clip():
     # pick an anchor sticking out of the left/top of the image: [-12, -12, 20, 20] (anchor 0)
     cls, box, anchors = _single_hit_outputs(hw, 0)
     cfg = NMSConfig(max_detections=5)
-    d = postprocess(cls, box, anchors, cfg, hw, scales=0.5, original_sizes=[(200, 240)], clip=False)[0]
+    d = postprocess(
+        cls, box, anchors, cfg, hw, scales=0.5, original_sizes=[(200, 240)], clip=False
+    )[0]
     assert d["labels"][0] == 2
     torch.testing.assert_close(d["boxes"][0], torch.tensor([-24.0, -24.0, 40.0, 40.0]))
     d = postprocess(cls, box, anchors, cfg, hw, scales=0.5, original_sizes=[(200, 240)])[0]
@@ -209,7 +241,11 @@ def test_letterbox_undo_and_clip():
     last = anchors.shape[0] - 9  # a P7 anchor near the bottom-right
     cls, box, anchors = _single_hit_outputs(hw, last, deltas=(0.0, 0.0, 0.5, 0.5))
     d = postprocess(cls, box, anchors, cfg, hw, scales=2.0, original_sizes=[(30, 20)])[0]
-    assert (d["boxes"][:, 2] <= 20).all() and (d["boxes"][:, 3] <= 30).all() and (d["boxes"] >= 0).all()
+    assert (
+        (d["boxes"][:, 2] <= 20).all()
+        and (d["boxes"][:, 3] <= 30).all()
+        and (d["boxes"] >= 0).all()
+    )
     d = postprocess(cls, box, anchors, cfg, hw)[0]  # default: clip to the model input
     assert (d["boxes"] <= 128).all() and (d["boxes"] >= 0).all()
 
@@ -224,7 +260,13 @@ def test_score_threshold_and_soft_nms():
     d = postprocess(ref["class_out"], ref["box_out"], anchors, cfg, hw)
     assert all((x["scores"] >= thr).all() for x in d)
     assert 0 < len(d[0]["scores"]) < 100
-    soft = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(method="gaussian", max_candidates=1000), hw)
+    soft = postprocess(
+        ref["class_out"],
+        ref["box_out"],
+        anchors,
+        NMSConfig(method="gaussian", max_candidates=1000),
+        hw,
+    )
     for x, y in zip(soft, hard):
         assert len(x["scores"]) == 100 and (x["scores"][:-1] >= x["scores"][1:]).all()
         assert x["scores"][0] == y["scores"][0]
@@ -240,25 +282,44 @@ def test_fixed_shape_steps_give_the_postprocess_detections(name):
     anchors = AnchorGenerator(AnchorConfig(anchor_scale=3.0 if "lite" in name else 4.0))(hw)
     cls, box = ref["class_out"], ref["box_out"]
     n, num_classes = cls[0].shape[0], cls[0].shape[1] // 9
-    cls_flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in cls], 1)  # (N, A_all, K)
+    cls_flat = torch.cat(
+        [c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in cls], 1
+    )  # (N, A_all, K)
     box_flat = flatten_box_outputs(box)
-    scales, sizes = torch.tensor([0.5, 1.25]), torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]])
-    configs = (NMSConfig(),  # k < A_all: two-stage top-k
-               NMSConfig(max_candidates=40, max_detections=60),  # fewer candidates than detections: padding
-               NMSConfig(score_threshold=0.3, max_detections=50, iou_threshold=0.6, max_candidates=10**6))  # plain
+    scales, sizes = (
+        torch.tensor([0.5, 1.25]),
+        torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]]),
+    )
+    configs = (
+        NMSConfig(),  # k < A_all: two-stage top-k
+        NMSConfig(
+            max_candidates=40, max_detections=60
+        ),  # fewer candidates than detections: padding
+        NMSConfig(score_threshold=0.3, max_detections=50, iou_threshold=0.6, max_candidates=10**6),
+    )  # plain
     for cfg in configs:
         expected = postprocess(cls, box, anchors, cfg, hw, scales, sizes)
         k = min(cfg.max_candidates, cls_flat.shape[1] * num_classes)
-        scores, boxes, labels = fixed_shape_candidates(cls_flat, box_flat, anchors, k, hw, scales, sizes)
+        scores, boxes, labels = fixed_shape_candidates(
+            cls_flat, box_flat, anchors, k, hw, scales, sizes
+        )
         assert scores.shape == labels.shape == (n, k) and boxes.shape == (n, k, 4)
         kept = torch.zeros(n, k)
         for i in range(n):
             ok = (scores[i] >= cfg.score_threshold).nonzero().squeeze(1)
-            keep = batched_nms(boxes[i, ok], scores[i, ok], labels[i, ok], cfg.iou_threshold, cfg.max_detections)
+            keep = batched_nms(
+                boxes[i, ok], scores[i, ok], labels[i, ok], cfg.iou_threshold, cfg.max_detections
+            )
             kept[i, ok[keep]] = 1.0
-        b, s, l, num = fixed_shape_detections(boxes, scores, labels, kept, cfg.max_detections, scales, sizes)
+        b, s, l, num = fixed_shape_detections(
+            boxes, scores, labels, kept, cfg.max_detections, scales, sizes
+        )
         m = cfg.max_detections
-        assert b.shape == (n, m, 4) and s.shape == l.shape == (n, m) and num.dtype == l.dtype == torch.int64
+        assert (
+            b.shape == (n, m, 4)
+            and s.shape == l.shape == (n, m)
+            and num.dtype == l.dtype == torch.int64
+        )
         for i, e in enumerate(expected):
             d = int(num[i])
             assert d == len(e["scores"]) > 0
@@ -280,20 +341,27 @@ def test_memory_layouts_give_the_same_detections(name):
     flat_views, start = [], 0
     for c in cls:  # per-level (N, A*K, H, W) views of the flat tensor
         _, ak, h, w = c.shape
-        flat_views.append(flat[:, start:start + h * w * ak].reshape(n, h, w, ak).permute(0, 3, 1, 2))
+        flat_views.append(
+            flat[:, start : start + h * w * ak].reshape(n, h, w, ak).permute(0, 3, 1, 2)
+        )
         start += h * w * ak
     layouts = {
         "channels_last": [c.contiguous(memory_format=torch.channels_last) for c in cls],
         "flat views": flat_views,
     }
-    scales, sizes = torch.tensor([0.5, 1.25]), torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]])
+    scales, sizes = (
+        torch.tensor([0.5, 1.25]),
+        torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]]),
+    )
     for cfg in (NMSConfig(), NMSConfig(score_threshold=0.3, max_detections=50, iou_threshold=0.6)):
         expected = postprocess(cls, box, anchors, cfg, hw, scales, sizes)
         for layout, outputs in layouts.items():
             assert all(o.permute(0, 2, 3, 1)[0].is_contiguous() for o in outputs), layout
             for e, g in zip(expected, postprocess(outputs, box, anchors, cfg, hw, scales, sizes)):
                 assert len(g["scores"]) == len(e["scores"]) > 0, layout
-                assert torch.equal(g["labels"], e["labels"]) and torch.equal(g["scores"], e["scores"]), layout
+                assert torch.equal(g["labels"], e["labels"]) and torch.equal(
+                    g["scores"], e["scores"]
+                ), layout
                 torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-5, rtol=0)
 
 
@@ -310,7 +378,9 @@ def test_topk_candidates_is_the_plain_top_k(ties, channels_last):
         levels[0][:, 5, 2, 3] = 1.0
     if channels_last:
         levels = [c.contiguous(memory_format=torch.channels_last) for c in levels]
-    flat = torch.cat([c.permute(0, 2, 3, 1).reshape(2, -1, k_cls) for c in levels], 1)  # (2, A_all, K)
+    flat = torch.cat(
+        [c.permute(0, 2, 3, 1).reshape(2, -1, k_cls) for c in levels], 1
+    )  # (2, A_all, K)
     logits, anchor_idx, class_idx = topk_candidates(levels, a, 100)
     assert torch.equal(logits, flat.reshape(2, -1).topk(100).values)
     assert torch.equal(flat[torch.arange(2).unsqueeze(1), anchor_idx, class_idx], logits)
@@ -323,15 +393,21 @@ def test_class_subset_keeps_only_those_classes():
     hw = tuple(ref["image_size_hw"])
     anchors = AnchorGenerator(AnchorConfig())(hw)
     subset = [0, 2, 44]
-    got = postprocess(ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw, class_subset=subset)
+    got = postprocess(
+        ref["class_out"], ref["box_out"], anchors, NMSConfig(), hw, class_subset=subset
+    )
     masked = []  # all other classes pushed to -inf: they can never be candidates
     for c in ref["class_out"]:
         m = torch.full_like(c, float("-inf")).view(2, 9, 90, *c.shape[-2:])
         m[:, :, subset] = c.view(2, 9, 90, *c.shape[-2:])[:, :, subset]
         masked.append(m.view_as(c))
-    expected = postprocess(masked, ref["box_out"], anchors, NMSConfig(max_candidates=2 * 9 * 3 * 1364), hw)
+    expected = postprocess(
+        masked, ref["box_out"], anchors, NMSConfig(max_candidates=2 * 9 * 3 * 1364), hw
+    )
     for e, g in zip(expected, got):
         keep = e["scores"] > 0  # -inf logits give score 0 fillers
         assert set(g["labels"].tolist()) <= set(subset)
         n_det = len(g["scores"])
-        assert torch.equal(g["labels"], e["labels"][keep][:n_det]) and torch.equal(g["scores"], e["scores"][keep][:n_det])
+        assert torch.equal(g["labels"], e["labels"][keep][:n_det]) and torch.equal(
+            g["scores"], e["scores"][keep][:n_det]
+        )

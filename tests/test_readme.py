@@ -59,7 +59,9 @@ def tour(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["XDG_CACHE_HOME"] = str(root / ".cache")  # `efficientdet models` caches costs here, not in ~
+    env["XDG_CACHE_HOME"] = str(
+        root / ".cache"
+    )  # `efficientdet models` caches costs here, not in ~
     outputs: dict[int, object] = {}
     dropped_make: list[str] = []
     skipped_python = []
@@ -72,10 +74,18 @@ def tour(tmp_path_factory):
                 dropped_make += dropped
                 if not script.strip():
                     continue
-                proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=root, env=env,
-                                      capture_output=True, text=True, timeout=600)
-                assert proc.returncode == 0, f"README bash block {i} failed ({proc.returncode}):\n{script}\n" \
-                                             f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+                proc = subprocess.run(
+                    ["bash", "-euo", "pipefail", "-c", script],
+                    cwd=root,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                assert proc.returncode == 0, (
+                    f"README bash block {i} failed ({proc.returncode}):\n{script}\n"
+                    f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+                )
                 outputs[i] = proc.stdout + proc.stderr
             elif lang == "python":
                 if code.startswith(NETWORK_MARK):
@@ -89,12 +99,16 @@ def tour(tmp_path_factory):
 
                 outputs[i] = yaml.safe_load(code)
             else:
-                assert lang == "", f"README block {i}: ```{lang} examples are not run by this test; fix: extend it"
+                assert lang == "", (
+                    f"README block {i}: ```{lang} examples are not run by this test; fix: extend it"
+                )
     finally:
         os.chdir(before)
     # the documented exceptions, and no others
-    assert dropped_make == ["make demo    # installs, synthesizes a dataset, trains Lite0 for ~10 minutes, evaluates, predicts",
-                            "make test    # installs (if needed) and runs the test suite"]
+    assert dropped_make == [
+        "make demo    # installs, synthesizes a dataset, trains Lite0 for ~10 minutes, evaluates, predicts",
+        "make test    # installs (if needed) and runs the test suite",
+    ]
     assert len(skipped_python) == 1
     return root, outputs
 
@@ -121,7 +135,11 @@ def test_dataset_and_check(tour):
     assert report["splits"]["train"]["stats"]["images_used"] == 48
     assert (root / "runs/check/1/box_sizes.png").stat().st_size > 0
     # the README's reason for the tour's --anchor-scale 2
-    suggestion = [line for line in _block_output(outputs, "data check").splitlines() if "suggested settings" in line]
+    suggestion = [
+        line
+        for line in _block_output(outputs, "data check").splitlines()
+        if "suggested settings" in line
+    ]
     assert len(suggestion) == 1 and "--anchor-scale 2 " in suggestion[0]
 
 
@@ -138,9 +156,13 @@ def test_yaml_block_is_the_tour_dataset(tour):
     copy = root / "data/shapes/readme.yaml"
     copy.write_text(yaml.safe_dump(described))
     for split in ("train", "val"):
-        a, b = load_dataset(copy, split=split), load_dataset(root / "data/shapes/data.yaml", split=split)
-        assert [(r.path, r.boxes.tolist(), r.labels.tolist()) for r in a.records] == \
-               [(r.path, r.boxes.tolist(), r.labels.tolist()) for r in b.records]
+        a, b = (
+            load_dataset(copy, split=split),
+            load_dataset(root / "data/shapes/data.yaml", split=split),
+        )
+        assert [(r.path, r.boxes.tolist(), r.labels.tolist()) for r in a.records] == [
+            (r.path, r.boxes.tolist(), r.labels.tolist()) for r in b.records
+        ]
         assert len(a.records) > 0
 
 
@@ -149,7 +171,9 @@ def test_train_val_and_exports_agree(tour):
     import torch
 
     ckpt = torch.load(root / "runs/shapes/best.pt", weights_only=True, map_location="cpu")
-    assert ckpt["config"]["name"] == "efficientdet_lite0" and tuple(ckpt["config"]["image_size"]) == (128, 128)
+    assert ckpt["config"]["name"] == "efficientdet_lite0" and tuple(
+        ckpt["config"]["image_size"]
+    ) == (128, 128)
     assert list(ckpt["class_names"]) == CLASS_NAMES
     rows = (root / "runs/shapes/results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4  # header + --epochs 4
@@ -163,13 +187,21 @@ def test_train_val_and_exports_agree(tour):
 
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(root / "runs/export/1/best_nms.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(root / "runs/export/1/best_nms.onnx"), providers=["CPUExecutionProvider"]
+    )
     assert [i.name for i in session.get_inputs()] == ["images", "scales", "original_sizes"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in favour of torch.export
-        scripted = torch.jit.load(str(root / "runs/export/2/best.torchscript.pt"), map_location="cpu")
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # torch.jit is deprecated in favour of torch.export
+        scripted = torch.jit.load(
+            str(root / "runs/export/2/best.torchscript.pt"), map_location="cpu"
+        )
     class_out, box_out = scripted(torch.zeros(1, 3, 128, 128))
-    anchors = 9 * (16**2 + 8**2 + 4**2 + 2**2 + 1**2)  # 9 per cell of P3..P7 at 128 px (strides 8..128)
+    anchors = 9 * (
+        16**2 + 8**2 + 4**2 + 2**2 + 1**2
+    )  # 9 per cell of P3..P7 at 128 px (strides 8..128)
     assert tuple(class_out.shape) == (1, anchors, 6) and tuple(box_out.shape) == (1, anchors, 4)
 
 
@@ -181,7 +213,9 @@ def test_predict_images_and_video(tour):
     drawn = sorted(p.name for p in (root / "runs/predict/1").glob("*.jpg"))
     assert drawn == [p.name for p in val_images]
     for run in ("1", "2", "3"):
-        assert isinstance(json.loads((root / "runs/predict" / run / "predictions.json").read_text()), list)
+        assert isinstance(
+            json.loads((root / "runs/predict" / run / "predictions.json").read_text()), list
+        )
     frames = len(list((root / "data/shapes/images").glob("train_*.jpg")))
     for video in ("clip.mp4", "runs/predict/2/clip.mp4", "runs/predict/3/clip.mp4"):
         cap = cv2.VideoCapture(str(root / video))
@@ -202,8 +236,16 @@ def test_bench_models_version(tour):
 
     assert f"efficientdet {efficientdet.__version__}" in out
     table = [line.split()[0] for line in out.splitlines() if line.startswith("efficientdet_")]
-    assert "efficientdet_d0" in table and "efficientdet_lite0" in table and "efficientdet_d1" not in table
-    engines = {line.split()[0] for line in out.splitlines() if re.match(r"^(eager|onnxruntime)\s+1\s", line)}
+    assert (
+        "efficientdet_d0" in table
+        and "efficientdet_lite0" in table
+        and "efficientdet_d1" not in table
+    )
+    engines = {
+        line.split()[0]
+        for line in out.splitlines()
+        if re.match(r"^(eager|onnxruntime)\s+1\s", line)
+    }
     assert engines == {"eager", "onnxruntime"}
 
 
@@ -212,9 +254,13 @@ def test_finetune_and_torchrun(tour):
     import torch
 
     base = torch.load(root / "runs/shapes/best.pt", weights_only=True, map_location="cpu")["model"]
-    tuned = torch.load(root / "runs/finetune/last.pt", weights_only=True, map_location="cpu")["model"]
+    tuned = torch.load(root / "runs/finetune/last.pt", weights_only=True, map_location="cpu")[
+        "model"
+    ]
     frozen = [k for k in base if k.startswith(("backbone.", "fpn."))]
-    assert frozen and all(torch.equal(base[k], tuned[k]) for k in frozen)  # --freeze backbone+fpn: bit for bit
+    assert frozen and all(
+        torch.equal(base[k], tuned[k]) for k in frozen
+    )  # --freeze backbone+fpn: bit for bit
     heads = [k for k in base if k.startswith("class_net.") and base[k].is_floating_point()]
     assert any(not torch.equal(base[k], tuned[k]) for k in heads)
     ddp = torch.load(root / "runs/ddp/best.pt", weights_only=True, map_location="cpu")
@@ -228,7 +274,9 @@ def test_python_blocks(tour):
     (ns,) = [outputs[i] for i, (lang, _) in enumerate(blocks) if lang == "python" and i in outputs]
     assert "efficientdet_lite4" in ns["ed"].list_models()
     # P3..P7 of a 128x128 input: strides 8..128, 9 anchors, 6 classes
-    assert [tuple(t.shape) for t in ns["class_outputs"]] == [(2, 54, s, s) for s in (16, 8, 4, 2, 1)]
+    assert [tuple(t.shape) for t in ns["class_outputs"]] == [
+        (2, 54, s, s) for s in (16, 8, 4, 2, 1)
+    ]
     assert [tuple(t.shape) for t in ns["box_outputs"]] == [(2, 36, s, s) for s in (16, 8, 4, 2, 1)]
     result = ns["result"]
     assert result.boxes.shape == (len(result.scores), 4) and len(result.names) == len(result.scores)
@@ -236,7 +284,10 @@ def test_python_blocks(tour):
     assert len(ns["results"]) == 2
     assert ns["onnx_detector"].names == CLASS_NAMES
     tuned = ns["tuned"]
-    assert tuned.config.name == "efficientdet_lite0" and tuple(tuned.config.image_size) == (128, 128)
+    assert tuned.config.name == "efficientdet_lite0" and tuple(tuned.config.image_size) == (
+        128,
+        128,
+    )
     assert tuned.config.num_classes == 6
 
 
@@ -255,7 +306,13 @@ def test_make_demo_is_what_the_readme_says():
     demo.add_arguments(parser)
     args = parser.parse_args([])
     assert (args.images, args.val_images, args.epochs) == (240, 60, 20)
-    assert demo.DEMO_SETTINGS["model"] == "efficientdet_lite0" and demo.DEMO_SETTINGS["image_size"] == 256
+    assert (
+        demo.DEMO_SETTINGS["model"] == "efficientdet_lite0"
+        and demo.DEMO_SETTINGS["image_size"] == 256
+    )
     assert demo.DEMO_SETTINGS["backbone_weights"] == "imagenet"
-    assert "(240 training and 60 validation images), trains Lite0 from its ImageNet backbone at 256x256 for 20 epochs" in text
+    assert (
+        "(240 training and 60 validation images), trains Lite0 from its ImageNet backbone at 256x256 for 20 epochs"
+        in text
+    )
     assert "runs/demo/N" in text

@@ -33,11 +33,12 @@ SYNTH_CATEGORY_IDS = [1, 3, 7, 10, 15, 22]  # documented in efficientdet.data.sy
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    return write_synthetic_dataset(root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False)
+    return write_synthetic_dataset(
+        root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False
+    )
 
 
 tiny = tiny_train_config
@@ -60,7 +61,15 @@ def test_run_folder_and_checkpoints(straight):
     cfg, result = straight
     run = Path(cfg.out)
     assert result.run_dir == run and result.stopped == "completed" and result.epochs_completed == 2
-    for name in ("args.yaml", "results.csv", "last.pt", "best.pt", "results.png", "pr_curves.png", "metrics.json"):
+    for name in (
+        "args.yaml",
+        "results.csv",
+        "last.pt",
+        "best.pt",
+        "results.png",
+        "pr_curves.png",
+        "metrics.json",
+    ):
         assert (run / name).is_file(), name
     for png in ("results.png", "pr_curves.png"):
         with Image.open(run / png) as im:
@@ -69,13 +78,19 @@ def test_run_folder_and_checkpoints(straight):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert list(rows[0]) == list(CSV_COLUMNS)
     for r in rows:
-        assert 0.0 <= float(r["mAP"]) <= 1.0 and float(r["train_loss"]) > 0 and float(r["epoch_time_s"]) > 0
+        assert (
+            0.0 <= float(r["mAP"]) <= 1.0
+            and float(r["train_loss"]) > 0
+            and float(r["epoch_time_s"]) > 0
+        )
     assert float(rows[-1]["lr"]) < float(rows[0]["lr"])  # cosine decays to 0 at the end
 
     import yaml
 
     args = yaml.safe_load((run / "args.yaml").read_text())
-    assert args["channels_last"] is None and ", channels_last" in (run / "train.log").read_text()  # CPU default
+    assert (
+        args["channels_last"] is None and ", channels_last" in (run / "train.log").read_text()
+    )  # CPU default
     assert args["epochs"] == 2 and args["image_size"] == 64 and args["anchor_scale"] == 2.0
 
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)  # plain types only
@@ -86,11 +101,22 @@ def test_run_folder_and_checkpoints(straight):
     assert anchors["anchor_scale"] == 2.0 and anchors["num_scales"] == 2
     assert [list(r) for r in anchors["aspect_ratios"]] == [[1.0, 1.0], [2.0, 0.5]]
     ts = last["train_state"]
-    assert ts["epoch"] == 2 and set(ts) >= {"model", "optimizer", "scheduler", "ema", "rng", "best_map"}
+    assert ts["epoch"] == 2 and set(ts) >= {
+        "model",
+        "optimizer",
+        "scheduler",
+        "ema",
+        "rng",
+        "best_map",
+    }
     # the shipped weights are the EMA weights, the raw ones are kept for resuming
     for k, v in last["model"].items():
         assert torch.equal(v, ts["ema"]["module"][k])
-    assert any(not torch.equal(last["model"][k], ts["model"][k]) for k in last["model"] if last["model"][k].is_floating_point())
+    assert any(
+        not torch.equal(last["model"][k], ts["model"][k])
+        for k in last["model"]
+        if last["model"][k].is_floating_point()
+    )
     assert set(last["metrics"]) >= {"mAP", "AP50"}
 
     model, ckpt = load_model(run / "best.pt")
@@ -116,8 +142,10 @@ class InterruptAt:
 def test_interrupt_then_resume_is_exact(synth, straight, tmp_path, capsys):
     cfg, _ = straight
     out = tmp_path / "resumed"
-    first = train(tiny(synth, out, anchor_scale=2.0, num_scales=2, aspect_ratios=[[1.0, 1.0], [2.0, 0.5]]),
-                  callbacks=[InterruptAt(3)])  # mid-way through epoch 2
+    first = train(
+        tiny(synth, out, anchor_scale=2.0, num_scales=2, aspect_ratios=[[1.0, 1.0], [2.0, 0.5]]),
+        callbacks=[InterruptAt(3)],
+    )  # mid-way through epoch 2
     assert first.stopped == "interrupted"
     printed = capsys.readouterr().out
     assert f"--resume {out}" in printed
@@ -137,9 +165,15 @@ def test_interrupt_then_resume_is_exact(synth, straight, tmp_path, capsys):
     mom_a = a["train_state"]["optimizer"]["state"]
     mom_b = b["train_state"]["optimizer"]["state"]
     assert all(torch.equal(mom_a[i]["momentum_buffer"], mom_b[i]["momentum_buffer"]) for i in mom_a)
-    assert a["train_state"]["scheduler"]["last_epoch"] == b["train_state"]["scheduler"]["last_epoch"] == 4
+    assert (
+        a["train_state"]["scheduler"]["last_epoch"]
+        == b["train_state"]["scheduler"]["last_epoch"]
+        == 4
+    )
     rows_a, rows_b = read_csv(Path(cfg.out) / "results.csv"), read_csv(out / "results.csv")
-    assert [(r["train_loss"], r["mAP"]) for r in rows_a] == [(r["train_loss"], r["mAP"]) for r in rows_b]
+    assert [(r["train_loss"], r["mAP"]) for r in rows_a] == [
+        (r["train_loss"], r["mAP"]) for r in rows_b
+    ]
 
 
 def test_resume_refuses_changed_settings_and_missing_run(tmp_path):
@@ -150,7 +184,9 @@ def test_resume_refuses_changed_settings_and_missing_run(tmp_path):
         train(TrainConfig(resume=str(tmp_path / "nothing")))
 
 
-def test_nonfinite_losses_roll_back_then_stop_keeping_last_good(synth, tmp_path, monkeypatch, capsys):
+def test_nonfinite_losses_roll_back_then_stop_keeping_last_good(
+    synth, tmp_path, monkeypatch, capsys
+):
     original = DetectionLoss.forward
     calls = {"n": 0}
 
@@ -166,21 +202,28 @@ def test_nonfinite_losses_roll_back_then_stop_keeping_last_good(synth, tmp_path,
     out = tmp_path / "nan"
     # 2 steps per epoch: epoch 1 = 1 good + rollback 1; epoch 2 = rollbacks 2, 3 (no step applied);
     # epoch 3 step 1 is the 4th bad step in a row with max_bad_steps=3: stop
-    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 3 step 1 \(non-finite loss \(nan\)\) "
-                                               r"after 3 rollbacks") as info:
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"training diverged at epoch 3 step 1 \(non-finite loss \(nan\)\) "
+        r"after 3 rollbacks",
+    ) as info:
         train(tiny(synth, out, epochs=4, max_bad_steps=3, warmup_epochs=0))
     assert str(out / "last.pt") in str(info.value) and "fix: lower --lr" in str(info.value)
     printed = capsys.readouterr().out
     assert printed.count("step not applied; weights rolled back") == 3
     # after 1 of 8 steps the cosine factor is (1 + cos(pi / 8)) / 2 = 0.9619; lr 0.01 halved: 0.00481
     assert "learning rate lowered 2x to 0.00481 (rollback 1 of at most 3)" in printed
-    assert "epoch 2/4: loss n/a (no step applied: all 2 rolled back)" in printed  # never "loss 0.0000"
+    assert (
+        "epoch 2/4: loss n/a (no step applied: all 2 rolled back)" in printed
+    )  # never "loss 0.0000"
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["train_state"]["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     rows = read_csv(out / "results.csv")
     assert [r["skipped_steps"] for r in rows] == ["1", "2"]
-    assert float(rows[0]["train_loss"]) > 0 and rows[1]["train_loss"] == ""  # no finished step: no loss
+    assert (
+        float(rows[0]["train_loss"]) > 0 and rows[1]["train_loss"] == ""
+    )  # no finished step: no loss
 
 
 def messy_coco(root: Path, images: int = 6, boxes_on_first: int = 150) -> Path:
@@ -193,16 +236,27 @@ def messy_coco(root: Path, images: int = 6, boxes_on_first: int = 150) -> Path:
         n = boxes_on_first if i == 0 else 2
         for j in range(n):
             x, y = (j * 7) % 60, (j * 5) % 44
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + j % 2, "bbox": [x, y, 16, 16]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1 + j % 2,
+                    "bbox": [x, y, 16, 16],
+                }
+            )
     entries.append({"id": 100, "file_name": "missing.png", "width": 80, "height": 64})
     write_corrupt(root / "images" / "broken.jpg")
     entries.append({"id": 101, "file_name": "broken.jpg", "width": 80, "height": 64})
     anns.append({"id": 1000, "image_id": 101, "category_id": 1, "bbox": [1, 1, 10, 10]})
     anns.append({"id": 1001, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 4]})  # zero width
     anns.append({"id": 1002, "image_id": 1, "category_id": 1, "bbox": [500, 5, 4, 4]})  # outside
-    anns.append({"id": 1003, "image_id": 2, "category_id": 9, "bbox": [5, 5, 4, 4]})  # unknown class
+    anns.append(
+        {"id": 1003, "image_id": 2, "category_id": 9, "bbox": [5, 5, 4, 4]}
+    )  # unknown class
     cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
-    return write_json(root / "train.json", {"images": entries, "annotations": anns, "categories": cats})
+    return write_json(
+        root / "train.json", {"images": entries, "annotations": anns, "categories": cats}
+    )
 
 
 def test_bad_items_are_counted_and_training_goes_on(tmp_path, capsys):
@@ -219,14 +273,35 @@ def test_bad_items_are_counted_and_training_goes_on(tmp_path, capsys):
 
 
 def test_no_usable_image_is_one_clear_error(tmp_path, capsys):
-    doc = {"images": [{"id": 1, "file_name": "gone.png", "width": 10, "height": 10}], "annotations": [],
-           "categories": [{"id": 1, "name": "a"}]}
+    doc = {
+        "images": [{"id": 1, "file_name": "gone.png", "width": 10, "height": 10}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "a"}],
+    }
     data = write_json(tmp_path / "empty.json", doc)
     with pytest.raises(DataError):
         train(tiny(data, tmp_path / "run"))
-    assert not (tmp_path / "run").exists()  # a failed start leaves no run folder (the retry is not run2)
-    code = cli.main(["train", "--data", str(data), "--model", "lite0", "--image-size", "64", "--epochs", "1",
-                     "--workers", "0", "--out", str(tmp_path / "run2"), "--quiet"])
+    assert not (
+        tmp_path / "run"
+    ).exists()  # a failed start leaves no run folder (the retry is not run2)
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "lite0",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "run2"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0]
     assert not (tmp_path / "run2").exists()
@@ -240,12 +315,16 @@ class Snapshot:
 
 def test_freeze_backbone_trains_heads_only(synth, tmp_path):
     snap = Snapshot()
-    result = train(tiny(synth, tmp_path / "frozen", epochs=1, freeze="backbone", ema=False), callbacks=[snap])
+    result = train(
+        tiny(synth, tmp_path / "frozen", epochs=1, freeze="backbone", ema=False), callbacks=[snap]
+    )
     assert not any(v for n, v in snap.requires_grad.items() if n.startswith("backbone."))
     assert all(v for n, v in snap.requires_grad.items() if not n.startswith("backbone."))
     trained = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["model"]
     backbone = [k for k in trained if k.startswith("backbone.")]
-    assert backbone and all(torch.equal(trained[k], snap.state[k]) for k in backbone)  # BN stats too
+    assert backbone and all(
+        torch.equal(trained[k], snap.state[k]) for k in backbone
+    )  # BN stats too
     for prefix in ("class_net.", "box_net.", "fpn."):
         keys = [k for k in trained if k.startswith(prefix) and trained[k].is_floating_point()]
         assert any(not torch.equal(trained[k], snap.state[k]) for k in keys), prefix
@@ -261,23 +340,52 @@ def test_option_errors_are_one_line():
 
         amp_dtype_for("fp16", torch.device("cpu"))
     parser = cli.build_parser()
-    args = parser.parse_args(["train", "--data", "d.yaml", "--image-size", "96x128", "--aspect-ratios", "1,1", "2",
-                              "--scale-jitter", "0.5", "1.5", "--ema-decay", "0"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--data",
+            "d.yaml",
+            "--image-size",
+            "96x128",
+            "--aspect-ratios",
+            "1,1",
+            "2",
+            "--scale-jitter",
+            "0.5",
+            "1.5",
+            "--ema-decay",
+            "0",
+        ]
+    )
     from efficientdet.engine.train_cli import config_from_args
 
     cfg = config_from_args(args)
-    assert cfg.image_size == [96, 128] and cfg.scale_min == 0.5 and cfg.scale_max == 1.5 and cfg.ema is False
-    assert cfg.aspect_ratios[0] == [1.0, 1.0] and cfg.aspect_ratios[1] == pytest.approx([2**0.5, 2**-0.5])
+    assert (
+        cfg.image_size == [96, 128]
+        and cfg.scale_min == 0.5
+        and cfg.scale_max == 1.5
+        and cfg.ema is False
+    )
+    assert cfg.aspect_ratios[0] == [1.0, 1.0] and cfg.aspect_ratios[1] == pytest.approx(
+        [2**0.5, 2**-0.5]
+    )
     with pytest.raises(ConfigError, match="big.*HxW"):
         config_from_args(parser.parse_args(["train", "--data", "d.yaml", "--image-size", "big"]))
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--seed", "-1", "seed=-1: need 0 <= seed < 2**32; fix:"),  # was numpy's traceback
-    ("--seed", str(2**32), "seed=4294967296: need"),
-    ("--clip-grad", "-1", "clip_grad=-1.0: need 0 (off) or a positive norm; fix:"),  # was silently "off"
-    ("--weight-decay", "-0.1", "weight_decay=-0.1: need 0 or more; fix:"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--seed", "-1", "seed=-1: need 0 <= seed < 2**32; fix:"),  # was numpy's traceback
+        ("--seed", str(2**32), "seed=4294967296: need"),
+        (
+            "--clip-grad",
+            "-1",
+            "clip_grad=-1.0: need 0 (off) or a positive norm; fix:",
+        ),  # was silently "off"
+        ("--weight-decay", "-0.1", "weight_decay=-0.1: need 0 or more; fix:"),
+    ],
+)
 def test_train_refuses_bad_numbers_in_one_line(capfd, option, value, message):
     assert cli.main(["train", "--data", "d.yaml", option, value]) == 2
     err = capfd.readouterr().err.strip().splitlines()
@@ -288,12 +396,45 @@ def test_ddp_two_processes_gloo(synth, straight, tmp_path):
     """torchrun with 2 CPU processes: one run folder, one checkpoint of the same layout."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "efficientdet", "train", "--data", str(synth), "--model", "lite0", "--image-size", "64",
-           "--epochs", "1", "--batch", "2", "--lr", "0.01", "--workers", "0", "--device", "cpu",
-           "--out", str(out), "--quiet", "--no-plots"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "efficientdet",
+        "train",
+        "--data",
+        str(synth),
+        "--model",
+        "lite0",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--lr",
+        "0.01",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-plots",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

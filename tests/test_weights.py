@@ -35,7 +35,10 @@ def _effdet_release_file(ref: dict) -> dict:
 def test_coco_weights_resolve_from_cache_and_convert(hub_dir):
     ref = load_reference("effdet_lite0_192x320")
     entry = COCO_WEIGHTS["efficientdet_lite0"]
-    assert entry.file_name == "tf_efficientdet_lite0-dfacfc78.pth" and entry.sha256_prefix == "dfacfc78"
+    assert (
+        entry.file_name == "tf_efficientdet_lite0-dfacfc78.pth"
+        and entry.sha256_prefix == "dfacfc78"
+    )
     assert entry.url.endswith("/" + entry.file_name)
     target = cache_dir() / entry.file_name
     target.parent.mkdir(parents=True)
@@ -56,7 +59,9 @@ class _FakeResponse(io.BytesIO):
 
 
 def test_download_checks_hash(hub_dir, monkeypatch):
-    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: _FakeResponse(b"not the real weights"))
+    monkeypatch.setattr(
+        torch.hub, "urlopen", lambda *a, **k: _FakeResponse(b"not the real weights")
+    )
     with pytest.raises(WeightsError, match="SHA-256"):
         ed.create_model("d0", weights="coco")
     assert not (cache_dir() / COCO_WEIGHTS["efficientdet_d0"].file_name).exists()
@@ -67,9 +72,13 @@ def test_download_with_matching_hash_is_cached_once(hub_dir, monkeypatch):
     torch.save(_effdet_release_file(load_reference("effdet_d0_256")), payload)
     digest = hashlib.sha256(payload.getvalue()).hexdigest()
     entry = COCO_WEIGHTS["efficientdet_d0"]
-    monkeypatch.setitem(COCO_WEIGHTS, "efficientdet_d0", type(entry)(entry.url.replace("f153e0cf", digest[:8])))
+    monkeypatch.setitem(
+        COCO_WEIGHTS, "efficientdet_d0", type(entry)(entry.url.replace("f153e0cf", digest[:8]))
+    )
     calls = []
-    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: calls.append(1) or _FakeResponse(payload.getvalue()))
+    monkeypatch.setattr(
+        torch.hub, "urlopen", lambda *a, **k: calls.append(1) or _FakeResponse(payload.getvalue())
+    )
     for _ in range(2):
         ed.create_model("d0", image_size=256, weights="coco")
     assert calls == [1]
@@ -83,7 +92,11 @@ def test_offline_fails_with_one_line_naming_url_and_alternative(hub_dir, monkeyp
     with pytest.raises(WeightsError) as info:
         ed.create_model("d1", weights="coco")
     message = str(info.value)
-    assert "\n" not in message and COCO_WEIGHTS["efficientdet_d1"].url in message and "weights=PATH" in message
+    assert (
+        "\n" not in message
+        and COCO_WEIGHTS["efficientdet_d1"].url in message
+        and "weights=PATH" in message
+    )
 
 
 def test_other_num_classes_loads_all_but_class_layer(caplog):
@@ -94,7 +107,10 @@ def test_other_num_classes_loads_all_but_class_layer(caplog):
         report = ed.load_weights(model, reference_state_dict(ref))
     assert report.skipped == ["class_net.predict.conv_pw.weight", "class_net.predict.conv_pw.bias"]
     assert "skipped the class prediction layer" in caplog.text
-    torch.testing.assert_close(model.box_net.predict.conv_pw.weight, reference_state_dict(ref)["box_net.predict.conv_pw.weight"])
+    torch.testing.assert_close(
+        model.box_net.predict.conv_pw.weight,
+        reference_state_dict(ref)["box_net.predict.conv_pw.weight"],
+    )
     torch.testing.assert_close(model.class_net.predict.conv_pw.bias, prior_bias)
     torch.testing.assert_close(prior_bias, torch.full_like(prior_bias, -4.59511985013459))
 
@@ -144,8 +160,14 @@ def test_effdet_file_is_not_our_checkpoint(tmp_path):
 def test_models_command_prints_table(capsys):
     assert cli_main(["models", "--json", "-"]) == 0
     rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
-    assert rows["efficientdet_d0"]["params"] == 3_880_067 and rows["efficientdet_d0"]["input"] == "512x512"
-    assert rows["efficientdet_d7"]["anchor scale"] == 5.0 and rows["efficientdet_lite0"]["anchor scale"] == 3.0
+    assert (
+        rows["efficientdet_d0"]["params"] == 3_880_067
+        and rows["efficientdet_d0"]["input"] == "512x512"
+    )
+    assert (
+        rows["efficientdet_d7"]["anchor scale"] == 5.0
+        and rows["efficientdet_lite0"]["anchor scale"] == 3.0
+    )
     assert abs(rows["efficientdet_d0"]["GFLOPs"] - 2.54) / 2.54 < 0.03
     assert all(row["COCO weights"] == "yes" for row in rows.values())
     assert cli_main(["models"]) == 0
@@ -154,6 +176,7 @@ def test_models_command_prints_table(capsys):
 
 
 # ---- training-mode features -------------------------------------------------------------------
+
 
 def test_drop_connect_active_only_in_training():
     torch.manual_seed(0)
@@ -172,7 +195,9 @@ def test_drop_connect_active_only_in_training():
         assert 0.35 < branch_dropped.float().mean() < 0.65
         kept = ~branch_dropped
         block.drop_path_rate = 0.0
-        torch.testing.assert_close(out[kept] - x[kept], 2 * (block(x)[kept] - x[kept]))  # rescaled by 1/keep
+        torch.testing.assert_close(
+            out[kept] - x[kept], 2 * (block(x)[kept] - x[kept])
+        )  # rescaled by 1/keep
         block.drop_path_rate = 0.5
         block.eval()
         assert torch.equal(block(x), block(x)) and not (block(x) == x).flatten(1).all(1).any()

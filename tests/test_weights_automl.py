@@ -19,7 +19,10 @@ from efficientdet.errors import WeightsError
 
 from .reference import check_official_outputs, official_lite0
 
-pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]  # TensorFlow start-up and checkpoint writes: ~10-30 s each
+pytestmark = [
+    pytest.mark.tensorflow,
+    pytest.mark.slow,
+]  # TensorFlow start-up and checkpoint writes: ~10-30 s each
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,9 @@ def test_name_based_checkpoint_with_moving_averages(tf, official, tmp_path, capl
         saved[name + "/ExponentialMovingAverage"] = tf.Variable(value)
         saved[name + "/Momentum"] = tf.Variable(np.zeros_like(value))
     saved["global_step"] = tf.Variable(np.int64(7))
-    prefix = tf.compat.v1.train.Saver(var_list=saved).save(None, str(tmp_path / "efficientdet-lite0" / "model"))
+    prefix = tf.compat.v1.train.Saver(var_list=saved).save(
+        None, str(tmp_path / "efficientdet-lite0" / "model")
+    )
     model = _fresh()
     with caplog.at_level(logging.WARNING, logger="efficientdet"):
         report = ed.load_weights(model, prefix, source="automl")
@@ -65,7 +70,9 @@ def test_name_based_checkpoint_with_moving_averages(tf, official, tmp_path, capl
 def test_object_based_checkpoint(tf, official, tmp_path):
     """TF2 checkpoints (Keras save_weights in TF format): variables found through the object graph."""
     record, variables, x = official
-    holder = tf.train.Checkpoint(weights=[tf.Variable(value, name=name) for name, value in variables.items()])
+    holder = tf.train.Checkpoint(
+        weights=[tf.Variable(value, name=name) for name, value in variables.items()]
+    )
     prefix = holder.write(str(tmp_path / "ckpt"))
     model = _fresh()
     assert ed.load_weights(model, prefix, source="automl").loaded == 588
@@ -74,16 +81,25 @@ def test_object_based_checkpoint(tf, official, tmp_path):
 
 def test_other_class_count_loads_all_but_the_class_layer(tf, official, tmp_path):
     record, variables, x = official
-    prefix = tf.compat.v1.train.Saver(var_list={n: tf.Variable(v) for n, v in variables.items()}).save(
-        None, str(tmp_path / "model"))
-    model = ed.create_model("lite0", num_classes=3, image_size=(192, 320), aspect_ratios="official-v2")
+    prefix = tf.compat.v1.train.Saver(
+        var_list={n: tf.Variable(v) for n, v in variables.items()}
+    ).save(None, str(tmp_path / "model"))
+    model = ed.create_model(
+        "lite0", num_classes=3, image_size=(192, 320), aspect_ratios="official-v2"
+    )
     report = ed.load_weights(model, prefix, source="automl")
-    assert sorted(report.skipped) == ["class_net.predict.conv_pw.bias", "class_net.predict.conv_pw.weight"]
+    assert sorted(report.skipped) == [
+        "class_net.predict.conv_pw.bias",
+        "class_net.predict.conv_pw.weight",
+    ]
     check_official_outputs(model, record, x, kinds=("box",))
 
 
 def test_unreadable_paths_are_one_line_errors(tf, tmp_path):
-    with pytest.raises(WeightsError, match=r"model: not a TF checkpoint \(model.index not found\); fix: give the prefix"):
+    with pytest.raises(
+        WeightsError,
+        match=r"model: not a TF checkpoint \(model.index not found\); fix: give the prefix",
+    ):
         ed.load_weights(_fresh(), tmp_path / "model", source="automl")
     with pytest.raises(WeightsError, match="folder holds no TF checkpoint"):
         ed.load_weights(_fresh(), tmp_path, source="automl")

@@ -34,7 +34,9 @@ from efficientdet.weights.automl import to_automl  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--automl", required=True, help="google/automl checkout (the folder holding efficientdet/)")
+    p.add_argument(
+        "--automl", required=True, help="google/automl checkout (the folder holding efficientdet/)"
+    )
     p.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "automl_lite0_192x320.pt"))
     args = p.parse_args(argv)
     tf, hparams_config, efficientdet_keras, _, _ = import_official(args.automl)
@@ -42,21 +44,37 @@ def main(argv=None) -> int:
     ref = torch.load(ROOT / "tests" / "fixtures" / "effdet_lite0_192x320.pt", weights_only=True)
     hw = tuple(ref["image_size_hw"])
     model = ed.create_model("lite0", image_size=hw, aspect_ratios="official-v2")
-    ed.load_weights(model, {k: v.float() for k, v in ref["state_dict_fp16"].items()}, source="effdet")
+    ed.load_weights(
+        model, {k: v.float() for k, v in ref["state_dict_fp16"].items()}, source="effdet"
+    )
     variables = to_automl(model)
 
-    official, _ = build_official(tf, hparams_config, efficientdet_keras, "efficientdet_lite0", hw, "float32")
+    official, _ = build_official(
+        tf, hparams_config, efficientdet_keras, "efficientdet_lite0", hw, "float32"
+    )
     names = {v.name.split(":")[0] for v in official.weights}
     if names != set(variables):
-        sys.exit(f"error: official and mapped variable names differ: {sorted(names ^ set(variables))[:5]}")
+        sys.exit(
+            f"error: official and mapped variable names differ: {sorted(names ^ set(variables))[:5]}"
+        )
     for v in official.weights:
         v.assign(variables[v.name.split(":")[0]])
-    x = ref["input"][:1].permute(0, 2, 3, 1).numpy()  # (1, 3, H, W) -> (1, H, W, 3), already normalised
+    x = (
+        ref["input"][:1].permute(0, 2, 3, 1).numpy()
+    )  # (1, 3, H, W) -> (1, H, W, 3), already normalised
     cls_out, box_out = official(x, training=False)
 
     rng = np.random.default_rng(0)
-    record = {"automl_commit": VERIFIED_COMMIT, "model": "efficientdet-lite0", "image_size_hw": list(hw),
-              "input": "effdet_lite0_192x320.pt input[:1]", "class_index": [], "class_value": [], "box_index": [], "box_value": []}
+    record = {
+        "automl_commit": VERIFIED_COMMIT,
+        "model": "efficientdet-lite0",
+        "image_size_hw": list(hw),
+        "input": "effdet_lite0_192x320.pt input[:1]",
+        "class_index": [],
+        "class_value": [],
+        "box_index": [],
+        "box_value": [],
+    }
     for kind, outputs, count in (("class", cls_out, 4096), ("box", box_out, 1024)):
         for level in outputs:
             flat = level.numpy().reshape(-1)

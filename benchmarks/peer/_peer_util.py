@@ -1,4 +1,5 @@
 """Helpers shared by the peer scripts (run with benchmarks/peer/.venv/bin/python)."""
+
 import os
 import sys
 from importlib.metadata import version
@@ -15,15 +16,21 @@ import common  # noqa: E402  (benchmarks/common.py: same timing code as our side
 # image size (the weights do not depend on the image size; only anchors do).
 FIXTURE_WEIGHTS = {
     "tf_efficientdet_d0": os.path.join(REPO_ROOT, "tests", "fixtures", "effdet_d0_256.pt"),
-    "tf_efficientdet_lite0": os.path.join(REPO_ROOT, "tests", "fixtures",
-                                          "effdet_lite0_192x320.pt"),
+    "tf_efficientdet_lite0": os.path.join(
+        REPO_ROOT, "tests", "fixtures", "effdet_lite0_192x320.pt"
+    ),
 }
 
 
 def versions():
     import torch
-    return {"effdet": version("effdet"), "timm": version("timm"),
-            "torchvision": version("torchvision"), "torch": torch.__version__}
+
+    return {
+        "effdet": version("effdet"),
+        "timm": version("timm"),
+        "torchvision": version("torchvision"),
+        "torch": torch.__version__,
+    }
 
 
 def image_size(args):
@@ -44,14 +51,25 @@ def build_model(name, hw, num_classes=90, weights="random"):
     """
     import torch
     from effdet import create_model
-    model = create_model(name, bench_task="", num_classes=num_classes, image_size=hw,
-                         pretrained=False, pretrained_backbone=False)
+
+    model = create_model(
+        name,
+        bench_task="",
+        num_classes=num_classes,
+        image_size=hw,
+        pretrained=False,
+        pretrained_backbone=False,
+    )
     if weights == "fixture":
         if name not in FIXTURE_WEIGHTS:
             raise SystemExit(f"no fixture weights for {name} (have {sorted(FIXTURE_WEIGHTS)})")
         fx = torch.load(FIXTURE_WEIGHTS[name], weights_only=True)
-        model.load_state_dict({k: (v.float() if v.is_floating_point() else v)
-                               for k, v in fx["state_dict_fp16"].items()})
+        model.load_state_dict(
+            {
+                k: (v.float() if v.is_floating_point() else v)
+                for k, v in fx["state_dict_fp16"].items()
+            }
+        )
     elif weights != "random":
         raise SystemExit(f"unknown --weights {weights}")
     return model

@@ -15,6 +15,7 @@ boxes within 5e-5 * image size px, up to ties in score order), AnchorLabeler tar
 
 Prints one line per check and, last, a JSON summary line; exits 1 if anything fails.
 """
+
 import argparse
 import copy
 import json
@@ -22,9 +23,8 @@ import os
 import sys
 import time
 
-import torch
-
 import effdet
+import torch
 from effdet import create_model
 from effdet.anchors import AnchorLabeler, Anchors
 from effdet.bench import DetBenchPredict
@@ -35,11 +35,11 @@ FIXTURES = [
     os.path.join(ROOT, "tests", "fixtures", "effdet_d0_256.pt"),
     os.path.join(ROOT, "tests", "fixtures", "effdet_lite0_192x320.pt"),
 ]
-HEAD_ATOL = 1e-4          # EFFDET_REFERENCE.md's tolerance for raw head outputs
+HEAD_ATOL = 1e-4  # EFFDET_REFERENCE.md's tolerance for raw head outputs
 LOSS_RTOL = 1e-4
 DET_SCORE_ATOL = 1e-4
-DET_BOX_RTOL = 5e-5       # box corners: this times max(H, W) pixels (0.013 px at 256)
-LABEL_BOX_ATOL = 1e-6     # labeler box targets: float32 rounding only
+DET_BOX_RTOL = 5e-5  # box corners: this times max(H, W) pixels (0.013 px at 256)
+LABEL_BOX_ATOL = 1e-6  # labeler box targets: float32 rounding only
 
 
 def _maxdiff(a, b):
@@ -63,8 +63,11 @@ def compare_detections(got, ref, box_atol, score_atol=DET_SCORE_ATOL):
         return t[idx]
 
     def row_ok(g, r):
-        return ((g[..., 5] == r[..., 5]) & ((g[..., 4] - r[..., 4]).abs() <= score_atol)
-                & ((g[..., :4] - r[..., :4]).abs().amax(-1) <= box_atol))
+        return (
+            (g[..., 5] == r[..., 5])
+            & ((g[..., 4] - r[..., 4]).abs() <= score_atol)
+            & ((g[..., :4] - r[..., :4]).abs().amax(-1) <= box_atol)
+        )
 
     ok, s_worst, b_worst = True, 0.0, 0.0
     for g, r in zip(got, ref):
@@ -95,21 +98,37 @@ def check_fixture(path):
         results[key] = {"ok": bool(ok), "detail": detail}
         print(f"  {'PASS' if ok else 'FAIL'}  {key}: {detail}")
 
-    print(f"{os.path.basename(path)}: effdet.create_model('{name}', image_size={hw}, "
-          f"num_classes={fx['num_classes']})")
-    model = create_model(name, bench_task="", num_classes=fx["num_classes"], image_size=hw,
-                         pretrained=False, pretrained_backbone=False)
+    print(
+        f"{os.path.basename(path)}: effdet.create_model('{name}', image_size={hw}, "
+        f"num_classes={fx['num_classes']})"
+    )
+    model = create_model(
+        name,
+        bench_task="",
+        num_classes=fx["num_classes"],
+        image_size=hw,
+        pretrained=False,
+        pretrained_backbone=False,
+    )
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in fx["state_dict_fp16"].items()}
     missing, unexpected = model.load_state_dict(sd, strict=True)
-    record("state_dict", not missing and not unexpected,
-           f"{len(sd)} tensors loaded strict (fp16 -> fp32)")
+    record(
+        "state_dict",
+        not missing and not unexpected,
+        f"{len(sd)} tensors loaded strict (fp16 -> fp32)",
+    )
     model.eval()
 
     anchors = Anchors.from_config(model.config)
     ok = anchors.boxes.shape == fx["anchors_yxyx"].shape and torch.equal(
-        anchors.boxes.float(), fx["anchors_yxyx"].float())
-    record("anchors", ok, f"shape {tuple(anchors.boxes.shape)}, exact="
-           f"{ok} (max diff {_maxdiff(anchors.boxes, fx['anchors_yxyx']):.3g})")
+        anchors.boxes.float(), fx["anchors_yxyx"].float()
+    )
+    record(
+        "anchors",
+        ok,
+        f"shape {tuple(anchors.boxes.shape)}, exact="
+        f"{ok} (max diff {_maxdiff(anchors.boxes, fx['anchors_yxyx']):.3g})",
+    )
 
     x = fx["input"]
     with torch.no_grad():
@@ -118,8 +137,10 @@ def check_fixture(path):
         # exact arithmetic, i.e. the float32 accumulation-order noise of this model.
         model64 = copy.deepcopy(model).double()
         class64, box64 = model64(x.double())
-    for key, got, ref, exact in (("class_out", class_out, fx["class_out"], class64),
-                                 ("box_out", box_out, fx["box_out"], box64)):
+    for key, got, ref, exact in (
+        ("class_out", class_out, fx["class_out"], class64),
+        ("box_out", box_out, fx["box_out"], box64),
+    ):
         diffs = [_maxdiff(g, r) for g, r in zip(got, ref)]
         noise = max(_maxdiff(r, e) for r, e in zip(ref, exact))
         shapes_ok = [tuple(g.shape) for g in got] == [tuple(r.shape) for r in ref]
@@ -127,8 +148,10 @@ def check_fixture(path):
         if ok and max(diffs) <= HEAD_ATOL:
             verdict = f"within {HEAD_ATOL} abs"
         elif ok and max(diffs) <= noise:
-            verdict = (f"above {HEAD_ATOL} abs, but the fixture itself is {noise:.2e} from the "
-                       f"float64 result: float32 rounding noise, not a model difference")
+            verdict = (
+                f"above {HEAD_ATOL} abs, but the fixture itself is {noise:.2e} from the "
+                f"float64 result: float32 rounding noise, not a model difference"
+            )
         else:
             ok = False
             verdict = f"exceeds {HEAD_ATOL} abs and the fixture's own float32 noise {noise:.2e}"
@@ -142,9 +165,13 @@ def check_fixture(path):
     box_atol = DET_BOX_RTOL * max(hw)
     ok, s_d, b_d = compare_detections(det, fx["detections_xyxy_score_cls1"], box_atol)
     n_real = int((fx["detections_xyxy_score_cls1"][..., 4] > 0).sum())
-    record("detections", ok, f"shape {tuple(det.shape)}, {n_real} non-padding rows in reference; "
-           f"classes equal, max score diff {s_d:.1e} (tol {DET_SCORE_ATOL}), max box diff "
-           f"{b_d:.1e} px (tol {box_atol:.3g} px)")
+    record(
+        "detections",
+        ok,
+        f"shape {tuple(det.shape)}, {n_real} non-padding rows in reference; "
+        f"classes equal, max score diff {s_d:.1e} (tol {DET_SCORE_ATOL}), max box diff "
+        f"{b_d:.1e} px (tol {box_atol:.3g} px)",
+    )
 
     # Labeler and loss (DetBenchTrain's pieces): boxes go in as yxyx, classes 1-based.
     labeler = AnchorLabeler(anchors, fx["num_classes"], match_threshold=0.5)
@@ -155,18 +182,27 @@ def check_fixture(path):
     box_d = max(_maxdiff(a, b) for a, b in zip(box_t, fx["box_targets"]))
     ok_b = box_d <= LABEL_BOX_ATOL
     ok_n = torch.equal(npos.float(), fx["num_positives"].float())
-    record("labeler", ok_c and ok_b and ok_n,
-           f"cls exact={ok_c}, box max diff {box_d:.2e} (tol {LABEL_BOX_ATOL}), num_positives {npos.tolist()} "
-           f"(ref {fx['num_positives'].tolist()})")
+    record(
+        "labeler",
+        ok_c and ok_b and ok_n,
+        f"cls exact={ok_c}, box max diff {box_d:.2e} (tol {LABEL_BOX_ATOL}), num_positives {npos.tolist()} "
+        f"(ref {fx['num_positives'].tolist()})",
+    )
 
     loss_fn = DetectionLoss(model.config)
-    loss, closs, bloss = loss_fn(fx["class_out"], fx["box_out"], fx["cls_targets"],
-                                 fx["box_targets"], fx["num_positives"])
-    rel = [abs(a.item() - b.item()) / max(abs(b.item()), 1e-12)
-           for a, b in ((loss, fx["loss"]), (closs, fx["class_loss"]), (bloss, fx["box_loss"]))]
-    record("loss", max(rel) <= LOSS_RTOL,
-           f"loss {loss.item():.6f} (ref {fx['loss'].item():.6f}), rel diffs "
-           f"{[f'{r:.1e}' for r in rel]} (tol {LOSS_RTOL})")
+    loss, closs, bloss = loss_fn(
+        fx["class_out"], fx["box_out"], fx["cls_targets"], fx["box_targets"], fx["num_positives"]
+    )
+    rel = [
+        abs(a.item() - b.item()) / max(abs(b.item()), 1e-12)
+        for a, b in ((loss, fx["loss"]), (closs, fx["class_loss"]), (bloss, fx["box_loss"]))
+    ]
+    record(
+        "loss",
+        max(rel) <= LOSS_RTOL,
+        f"loss {loss.item():.6f} (ref {fx['loss'].item():.6f}), rel diffs "
+        f"{[f'{r:.1e}' for r in rel]} (tol {LOSS_RTOL})",
+    )
     return results
 
 
@@ -177,8 +213,11 @@ def main():
     torch.set_num_threads(2)
     import timm
     import torchvision
-    print(f"peer: effdet {getattr(effdet, '__version__', None) or _dist_version('effdet')}, "
-          f"timm {timm.__version__}, torchvision {torchvision.__version__}, torch {torch.__version__}")
+
+    print(
+        f"peer: effdet {getattr(effdet, '__version__', None) or _dist_version('effdet')}, "
+        f"timm {timm.__version__}, torchvision {torchvision.__version__}, torch {torch.__version__}"
+    )
     t0 = time.time()
     summary = {}
     for path in args.fixtures:
@@ -191,6 +230,7 @@ def main():
 
 def _dist_version(name):
     from importlib.metadata import version
+
     return version(name)
 
 

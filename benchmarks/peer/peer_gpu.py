@@ -12,6 +12,7 @@ rows) with the detections copied to the host, under autocast for bf16/fp16 (effd
 downloaded. Run with a Python that has effdet, timm and torchvision (on the GPU machine:
 python3 with the wheels of benchmarks/gpu_prepare.sh). Out of memory gives ``"oom": true``.
 """
+
 import argparse
 
 import _peer_util as pu
@@ -60,8 +61,12 @@ def train(args, hw):
 
     common.reset_peak_memory(device)
     timing = common.measure_device(step, device, args.warmup, args.steps)
-    return {"step": timing, "images_per_s": args.batch / (timing["median_ms"] / 1e3),
-            "losses": [round(float(v), 4) for v in losses[-3:]], "peak_memory_gib": common.peak_memory_gib(device)}
+    return {
+        "step": timing,
+        "images_per_s": args.batch / (timing["median_ms"] / 1e3),
+        "losses": [round(float(v), 4) for v in losses[-3:]],
+        "peak_memory_gib": common.peak_memory_gib(device),
+    }
 
 
 def infer(args, hw):
@@ -83,15 +88,21 @@ def infer(args, hw):
         def call():
             with torch.autocast(device.type, dtype=_dtype(args.precision), enabled=amp):
                 return fn()
+
         return call
 
     out = {}
     common.reset_peak_memory(device)
     with torch.no_grad():
-        for part, fn in (("network", run(lambda: model(x))), ("end_to_end", run(lambda: bench(x).cpu()))):
+        for part, fn in (
+            ("network", run(lambda: model(x))),
+            ("end_to_end", run(lambda: bench(x).cpu())),
+        ):
             if part in args.parts:
                 out[part] = common.measure_device(fn, device, args.warmup, args.repeats)
-    out["images_per_s"] = {p: args.batch / (out[p]["median_ms"] / 1e3) for p in args.parts if p in out}
+    out["images_per_s"] = {
+        p: args.batch / (out[p]["median_ms"] / 1e3) for p in args.parts if p in out
+    }
     out["peak_memory_gib"] = common.peak_memory_gib(device)
     return out
 
@@ -109,17 +120,27 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--engine", choices=("eager",), default="eager")
-    ap.add_argument("--parts", nargs="+", default=["network", "end_to_end"], choices=("network", "end_to_end"))
+    ap.add_argument(
+        "--parts", nargs="+", default=["network", "end_to_end"], choices=("network", "end_to_end")
+    )
     args = ap.parse_args()
     hw = pu.image_size(args)
-    result = {"impl": "effdet", "task": args.task, "model": args.model, "image_size": hw[0], "batch": args.batch,
-              "precision": args.precision, "device": args.device, "channels_last": args.channels_last,
-              "versions": pu.versions()}
+    result = {
+        "impl": "effdet",
+        "task": args.task,
+        "model": args.model,
+        "image_size": hw[0],
+        "batch": args.batch,
+        "precision": args.precision,
+        "device": args.device,
+        "channels_last": args.channels_last,
+        "versions": pu.versions(),
+    }
     if args.task == "infer":
         result["engine"] = "eager"
     try:
         result.update(train(args, hw) if args.task == "train" else infer(args, hw))
-    except Exception as exc:  # noqa: BLE001 - out of memory is a measurement; anything else re-raised
+    except Exception as exc:
         if not common.is_out_of_memory(exc):
             raise
         result.update(oom=True, error=str(exc).splitlines()[0][:200])

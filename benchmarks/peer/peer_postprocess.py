@@ -13,6 +13,7 @@ dict with lists 'class_out' and 'box_out', e.g. written by --save-outputs), so t
 post-processing can be timed on the very same tensors.  Reports the two parts separately
 and together.  Prints one JSON line (last line).
 """
+
 import argparse
 import os
 
@@ -54,8 +55,15 @@ def main():
             class_out, box_out = model(x)
         source = f"network with {args.weights} weights on a random input"
         if args.save_outputs:
-            torch.save({"class_out": class_out, "box_out": box_out,
-                        "model": args.model, "image_size": list(hw)}, args.save_outputs)
+            torch.save(
+                {
+                    "class_out": class_out,
+                    "box_out": box_out,
+                    "model": args.model,
+                    "image_size": list(hw),
+                },
+                args.save_outputs,
+            )
     batch = class_out[0].shape[0]
     anchors = Anchors.from_config(config)
     boxes = anchors.boxes
@@ -63,20 +71,23 @@ def main():
     mdi, soft = config.max_det_per_image, config.soft_nms
 
     def post():
-        return _post_process(class_out, box_out, num_levels=nl, num_classes=nc,
-                             max_detection_points=mdp)
+        return _post_process(
+            class_out, box_out, num_levels=nl, num_classes=nc, max_detection_points=mdp
+        )
 
     pp = post()
 
     def detect():
         c, b, idx, cls = pp
-        return _batch_detection(batch, c, b, boxes, idx, cls, None, None,
-                                max_det_per_image=mdi, soft_nms=soft)
+        return _batch_detection(
+            batch, c, b, boxes, idx, cls, None, None, max_det_per_image=mdi, soft_nms=soft
+        )
 
     def both():
         c, b, idx, cls = post()
-        return _batch_detection(batch, c, b, boxes, idx, cls, None, None,
-                                max_det_per_image=mdi, soft_nms=soft)
+        return _batch_detection(
+            batch, c, b, boxes, idx, cls, None, None, max_det_per_image=mdi, soft_nms=soft
+        )
 
     with torch.no_grad():
         r_post = common.measure(post, args.warmup, args.repeats, threads=args.threads)
@@ -84,11 +95,21 @@ def main():
         r_both = common.measure(both, args.warmup, args.repeats, threads=args.threads)
         det = both()
     result = {
-        "impl": "effdet", "task": "postprocess", "model": args.model, "image_size": list(hw),
-        "batch": batch, "outputs_from": source, "max_detection_points": mdp,
-        "max_det_per_image": mdi, "soft_nms": soft, "nms": "torchvision.ops.batched_nms "
-        "(compiled CPU kernel)", "versions": pu.versions(), "machine": common.machine_info(),
-        "post_process_topk": r_post, "batch_detection_nms": r_det, "total": r_both,
+        "impl": "effdet",
+        "task": "postprocess",
+        "model": args.model,
+        "image_size": list(hw),
+        "batch": batch,
+        "outputs_from": source,
+        "max_detection_points": mdp,
+        "max_det_per_image": mdi,
+        "soft_nms": soft,
+        "nms": "torchvision.ops.batched_nms (compiled CPU kernel)",
+        "versions": pu.versions(),
+        "machine": common.machine_info(),
+        "post_process_topk": r_post,
+        "batch_detection_nms": r_det,
+        "total": r_both,
         "num_detections": int((det[..., 4] > 0).sum()),
         "peak_rss_mb": common.peak_rss_mb(),
     }

@@ -9,6 +9,7 @@ does not depend on the values; ``--weights fixture`` loads our D0/Lite0 fixture 
 ``DetBenchPredict(model)(x)`` (network + _post_process top-5000 + per-image decode and
 torchvision batched_nms, padded to 100 detections).  Prints one JSON line (last line).
 """
+
 import argparse
 
 import _peer_util as pu
@@ -40,18 +41,26 @@ def main():
         x = x.contiguous(memory_format=torch.channels_last)
 
     result = {
-        "impl": "effdet", "task": "predict", "model": args.model, "image_size": list(hw),
-        "batch": args.batch, "channels_last": args.channels_last, "weights": args.weights,
-        "grad_mode": "no_grad", "versions": pu.versions(),
+        "impl": "effdet",
+        "task": "predict",
+        "model": args.model,
+        "image_size": list(hw),
+        "batch": args.batch,
+        "channels_last": args.channels_last,
+        "weights": args.weights,
+        "grad_mode": "no_grad",
+        "versions": pu.versions(),
         "machine": common.machine_info(),
     }
     with torch.no_grad():
         if args.only in ("both", "network"):
-            result["network"] = common.measure(lambda: model(x), args.warmup, args.repeats,
-                                               threads=args.threads)
+            result["network"] = common.measure(
+                lambda: model(x), args.warmup, args.repeats, threads=args.threads
+            )
         if args.only in ("both", "end_to_end"):
-            result["end_to_end"] = common.measure(lambda: bench(x), args.warmup, args.repeats,
-                                                  threads=args.threads)
+            result["end_to_end"] = common.measure(
+                lambda: bench(x), args.warmup, args.repeats, threads=args.threads
+            )
             det = bench(x)
             result["detections_shape"] = list(det.shape)
     result["peak_rss_mb"] = common.peak_rss_mb()

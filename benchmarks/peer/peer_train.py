@@ -11,6 +11,7 @@ momentum=0.9, weight_decay=4e-5).  Each timed step = zero_grad + forward + loss 
 + step.  Reports images/s from the median step time and the process's peak RSS (VmHWM).
 Prints one JSON line (last line).
 """
+
 import argparse
 
 import _peer_util as pu
@@ -20,6 +21,7 @@ from _peer_util import common
 def synthetic_targets(batch, hw, boxes, num_classes, gen):
     """{'bbox': (B, M, 4) yxyx pixels, 'cls': (B, M) 1-based classes} as effdet expects."""
     import torch
+
     h, w = hw
     yx0 = torch.rand(batch, boxes, 2, generator=gen) * 0.7
     size = 0.05 + torch.rand(batch, boxes, 2, generator=gen) * 0.25
@@ -67,9 +69,15 @@ def main():
 
     timing = common.measure(step, args.warmup, args.steps, threads=args.threads)
     result = {
-        "impl": "effdet", "task": "train", "model": args.model, "image_size": list(hw),
-        "batch": args.batch, "channels_last": args.channels_last, "boxes_per_image": args.boxes,
-        "optimizer": "SGD(lr=0.01, momentum=0.9, wd=4e-5)", "versions": pu.versions(),
+        "impl": "effdet",
+        "task": "train",
+        "model": args.model,
+        "image_size": list(hw),
+        "batch": args.batch,
+        "channels_last": args.channels_last,
+        "boxes_per_image": args.boxes,
+        "optimizer": "SGD(lr=0.01, momentum=0.9, wd=4e-5)",
+        "versions": pu.versions(),
         "machine": common.machine_info(),
         "step": timing,
         "images_per_s": args.batch / (timing["median_ms"] / 1e3),

@@ -14,15 +14,31 @@ from importlib import import_module
 
 # (command words, module, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
-    (("models",), "efficientdet.model_table", "list the registered models with size, parameters and GFLOPs"),
+    (
+        ("models",),
+        "efficientdet.model_table",
+        "list the registered models with size, parameters and GFLOPs",
+    ),
     (("data", "synth"), "efficientdet.data.synth", "write a synthetic COCO-format shapes dataset"),
-    (("data", "check"), "efficientdet.data.doctor", "check a dataset for problems and fit anchors to its boxes"),
+    (
+        ("data", "check"),
+        "efficientdet.data.doctor",
+        "check a dataset for problems and fit anchors to its boxes",
+    ),
     (("train",), "efficientdet.engine.train_cli", "train a detector on a dataset"),
     (("val",), "efficientdet.engine.val_cli", "evaluate a checkpoint with COCO metrics"),
-    (("predict",), "efficientdet.deploy.predict_cli", "detect objects in images, folders and videos"),
+    (
+        ("predict",),
+        "efficientdet.deploy.predict_cli",
+        "detect objects in images, folders and videos",
+    ),
     (("export",), "efficientdet.deploy.export", "export a checkpoint to ONNX or TorchScript"),
     (("bench",), "efficientdet.deploy.bench", "measure latency and throughput"),
-    (("demo",), "efficientdet.engine.demo", "synthesize data, train, evaluate and predict in one go"),
+    (
+        ("demo",),
+        "efficientdet.engine.demo",
+        "synthesize data, train, evaluate and predict in one go",
+    ),
 ]
 
 # commands that run networks or decode many images: one place sets their CPU runtime (runtime.py)
@@ -32,16 +48,24 @@ HEAVY_COMMANDS = ("train", "val", "predict", "bench", "export", "demo", "data ch
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="efficientdet", description="EfficientDet: train, evaluate, predict, export.")
+    parser = argparse.ArgumentParser(
+        prog="efficientdet", description="EfficientDet: train, evaluate, predict, export."
+    )
     parser.add_argument("--version", action="version", version=f"efficientdet {__version__}")
-    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", metavar="COMMAND")}
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND")
+    }
     for words, module_name, help_text in COMMANDS:
         module = import_module(module_name)
         for depth in range(1, len(words)):
             prefix = words[:depth]
             if prefix not in groups:
-                group_parser = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
-                groups[prefix] = group_parser.add_subparsers(dest=f"command_{depth}", metavar="COMMAND")
+                group_parser = groups[prefix[:-1]].add_parser(
+                    prefix[-1], help=f"{prefix[-1]} commands"
+                )
+                groups[prefix] = group_parser.add_subparsers(
+                    dest=f"command_{depth}", metavar="COMMAND"
+                )
         sub = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run, command_words=" ".join(words))
@@ -70,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     apply_command_defaults(args, args.command_words)
     try:
         check_counts(args)
-        if getattr(args, "json", None) == "-":  # stdout carries the JSON alone; messages go to stderr
+        if (
+            getattr(args, "json", None) == "-"
+        ):  # stdout carries the JSON alone; messages go to stderr
             args.json_stdout = sys.stdout
             with contextlib.redirect_stdout(sys.stderr):
                 return int(args.run(args) or 0)

@@ -29,34 +29,83 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 # dest -> (flags, argparse keyword arguments)
 OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
-    "image_size": (("--image-size",), dict(
-        default=None, metavar="S|HxW",
-        help="model input in pixels: S (square) or HxW, e.g. 512 or 384x640 (default: the checkpoint's / model's)")),
-    "batch": (("--batch",), dict(
-        type=int, default=None, metavar="N",
-        help=f"images per forward pass / training step (default: {_defaults_help('batch', ', train 8')})")),
-    "device": (("--device",), dict(
-        default=None,
-        help="auto, cpu, cuda or cuda:N (default auto: CUDA when available, else CPU; ONNX files run on CPU)")),
-    "precision": (("--precision",), dict(
-        default=None, choices=PRECISIONS,
-        help="compute precision: fp32 (default), bf16 (CUDA, or CPUs with AVX512-BF16/AMX; slow elsewhere), "
-             "fp16 (CUDA only)")),
-    "conf": (("--conf",), dict(
-        type=float, default=None, metavar="SCORE",
-        help=f"minimum detection score (default: {_defaults_help('conf')})")),
+    "image_size": (
+        ("--image-size",),
+        dict(
+            default=None,
+            metavar="S|HxW",
+            help="model input in pixels: S (square) or HxW, e.g. 512 or 384x640 (default: the checkpoint's / model's)",
+        ),
+    ),
+    "batch": (
+        ("--batch",),
+        dict(
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"images per forward pass / training step (default: {_defaults_help('batch', ', train 8')})",
+        ),
+    ),
+    "device": (
+        ("--device",),
+        dict(
+            default=None,
+            help="auto, cpu, cuda or cuda:N (default auto: CUDA when available, else CPU; ONNX files run on CPU)",
+        ),
+    ),
+    "precision": (
+        ("--precision",),
+        dict(
+            default=None,
+            choices=PRECISIONS,
+            help="compute precision: fp32 (default), bf16 (CUDA, or CPUs with AVX512-BF16/AMX; slow elsewhere), "
+            "fp16 (CUDA only)",
+        ),
+    ),
+    "conf": (
+        ("--conf",),
+        dict(
+            type=float,
+            default=None,
+            metavar="SCORE",
+            help=f"minimum detection score (default: {_defaults_help('conf')})",
+        ),
+    ),
     "iou": (("--iou",), dict(type=float, default=0.5, help="NMS IoU threshold (default 0.5)")),
-    "max_det": (("--max-det",), dict(type=int, default=100, help="detections kept per image (default 100)")),
-    "nms": (("--nms",), dict(
-        default="hard", choices=("hard", "soft"),
-        help="hard: class-aware NMS (default); soft: Gaussian soft-NMS (sigma 0.5), overlapping scores decay")),
+    "max_det": (
+        ("--max-det",),
+        dict(type=int, default=100, help="detections kept per image (default 100)"),
+    ),
+    "nms": (
+        ("--nms",),
+        dict(
+            default="hard",
+            choices=("hard", "soft"),
+            help="hard: class-aware NMS (default); soft: Gaussian soft-NMS (sigma 0.5), overlapping scores decay",
+        ),
+    ),
     "quiet": (("--quiet",), dict(action="store_true", help="no progress bars or stage messages")),
-    "json": (("--json",), dict(default=None, metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")),
-    "out": (("--out",), dict(
-        default=None, metavar="DIR",
-        help="output folder (default: a new numbered folder runs/COMMAND/N); a folder that holds a run gets a "
-             "number added (DIR2, DIR3...) unless --exist-ok")),
-    "exist_ok": (("--exist-ok",), dict(action="store_true", help="write into --out even if it holds a run")),
+    "json": (
+        ("--json",),
+        dict(
+            default=None,
+            metavar="PATH",
+            help="also write the results as JSON to PATH ('-': stdout)",
+        ),
+    ),
+    "out": (
+        ("--out",),
+        dict(
+            default=None,
+            metavar="DIR",
+            help="output folder (default: a new numbered folder runs/COMMAND/N); a folder that holds a run gets a "
+            "number added (DIR2, DIR3...) unless --exist-ok",
+        ),
+    ),
+    "exist_ok": (
+        ("--exist-ok",),
+        dict(action="store_true", help="write into --out even if it holds a run"),
+    ),
 }
 
 
@@ -78,7 +127,10 @@ def apply_command_defaults(args: argparse.Namespace, command: str) -> argparse.N
 
 # the least value of counting options, wherever a command has them (None: the command's default)
 MINIMUMS: dict[str, tuple[int, str]] = {
-    "batch": (1, "--batch"), "batches": (1, "--batches"), "workers": (0, "--workers"), "threads": (0, "--threads"),
+    "batch": (1, "--batch"),
+    "batches": (1, "--batches"),
+    "workers": (0, "--workers"),
+    "threads": (0, "--threads"),
 }
 
 
@@ -91,8 +143,10 @@ def check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if v is not None and v < least:
-                raise ConfigError(f"{flag} {v}: need {least} or more; fix: give {flag} {least} or more"
-                                  + (" (0: the default)" if name == "threads" else ""))
+                raise ConfigError(
+                    f"{flag} {v}: need {least} or more; fix: give {flag} {least} or more"
+                    + (" (0: the default)" if name == "threads" else "")
+                )
 
 
 def nms_method(args: argparse.Namespace) -> str:

@@ -98,7 +98,9 @@ class AnchorConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "aspect_ratios", resolve_aspect_ratios(self.aspect_ratios))
         if not 1 <= self.min_level <= self.max_level:
-            raise ConfigError(f"anchor levels {self.min_level}..{self.max_level}: need 1 <= min_level <= max_level")
+            raise ConfigError(
+                f"anchor levels {self.min_level}..{self.max_level}: need 1 <= min_level <= max_level"
+            )
         if self.num_scales < 1:
             raise ConfigError(f"num_scales={self.num_scales}: need at least 1")
         if self.anchor_scale <= 0:
@@ -149,9 +151,13 @@ class ModelConfig:
         if self.fusion not in FUSIONS:
             raise ConfigError(f"fusion={self.fusion!r}: choose one of {', '.join(FUSIONS)}")
         if self.anchors.min_level != 3:
-            raise ConfigError(f"anchors.min_level={self.anchors.min_level}: the backbone taps P3..P5, so min_level must be 3")
+            raise ConfigError(
+                f"anchors.min_level={self.anchors.min_level}: the backbone taps P3..P5, so min_level must be 3"
+            )
         if not 5 <= self.anchors.max_level <= 8:
-            raise ConfigError(f"anchors.max_level={self.anchors.max_level}: supported levels end at P5..P8")
+            raise ConfigError(
+                f"anchors.max_level={self.anchors.max_level}: supported levels end at P5..P8"
+            )
 
     @property
     def min_level(self) -> int:
@@ -161,12 +167,14 @@ class ModelConfig:
     def max_level(self) -> int:
         return self.anchors.max_level
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         """A copy with fields changed; anchor fields may be given directly (``anchor_scale=3.0``)."""
         anchor_fields = {f.name for f in dataclasses.fields(AnchorConfig)}
         anchor_changes = {k: changes.pop(k) for k in list(changes) if k in anchor_fields}
         if anchor_changes:
-            changes["anchors"] = dataclasses.replace(changes.get("anchors", self.anchors), **anchor_changes)
+            changes["anchors"] = dataclasses.replace(
+                changes.get("anchors", self.anchors), **anchor_changes
+            )
         return dataclasses.replace(self, **changes)
 
 
@@ -211,13 +219,21 @@ class NMSConfig:
         if self.method not in ("hard", "gaussian"):
             raise ConfigError(f"nms method={self.method!r}: choose hard or gaussian")
         if not 0 < self.iou_threshold <= 1:  # also refuses NaN
-            raise ConfigError(f"iou_threshold={self.iou_threshold} (--iou): need 0 < value <= 1; fix: e.g. --iou 0.5")
-        if not 0 <= self.score_threshold <= 1:  # a score is a probability: above 1 nothing is ever kept
-            raise ConfigError(f"score_threshold={self.score_threshold} (--conf): need 0 <= value <= 1; "
-                              "fix: e.g. --conf 0.25 (0 keeps every detection)")
+            raise ConfigError(
+                f"iou_threshold={self.iou_threshold} (--iou): need 0 < value <= 1; fix: e.g. --iou 0.5"
+            )
+        if (
+            not 0 <= self.score_threshold <= 1
+        ):  # a score is a probability: above 1 nothing is ever kept
+            raise ConfigError(
+                f"score_threshold={self.score_threshold} (--conf): need 0 <= value <= 1; "
+                "fix: e.g. --conf 0.25 (0 keeps every detection)"
+            )
         if self.max_detections < 1 or self.max_candidates < 1:
-            raise ConfigError(f"max_detections={self.max_detections} (--max-det), max_candidates={self.max_candidates}: "
-                              "need at least 1; fix: e.g. --max-det 100")
+            raise ConfigError(
+                f"max_detections={self.max_detections} (--max-det), max_candidates={self.max_candidates}: "
+                "need at least 1; fix: e.g. --max-det 100"
+            )
 
 
 # name: (backbone, native size, fpn channels, fpn repeats, head repeats, anchor scale, fusion, act, max level)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from .config import ModelConfig, get_model_config, resolve_model_name
 from .errors import ConfigError, WeightsError
@@ -12,11 +12,24 @@ from .nn.efficientnet import EfficientNet
 from .nn.model import EfficientDet
 from .weights import load_weights, read_checkpoint
 from .weights.checkpoint import (  # noqa: F401 - re-exported: the public names of the format
-    CHECKPOINT_VERSION, config_from_dict, config_to_dict, is_our_checkpoint, save_model_dict, validate_checkpoint)
+    CHECKPOINT_VERSION,
+    config_from_dict,
+    config_to_dict,
+    is_our_checkpoint,
+    save_model_dict,
+    validate_checkpoint,
+)
 from .weights.registry import fetch_pretrained
 
 # What our checkpoint decides and a caller may only repeat: the model name and these fields.
-CHECKPOINT_FIELDS = ("image_size", "anchor_scale", "aspect_ratios", "num_scales", "min_level", "max_level")
+CHECKPOINT_FIELDS = (
+    "image_size",
+    "anchor_scale",
+    "aspect_ratios",
+    "num_scales",
+    "min_level",
+    "max_level",
+)
 
 
 def python_option(field: str) -> str:
@@ -33,7 +46,12 @@ def show_value(field: str, value) -> str:
 
 
 def checkpoint_config(
-    ckpt: dict, label: str, name: str | None = None, *, option: Callable[[str], str] = python_option, **overrides
+    ckpt: dict,
+    label: str,
+    name: str | None = None,
+    *,
+    option: Callable[[str], str] = python_option,
+    **overrides,
 ) -> ModelConfig:
     """The ModelConfig saved in our checkpoint ``ckpt`` (read from ``label``), with ``overrides``.
 
@@ -49,14 +67,18 @@ def checkpoint_config(
         conflicts.append(("model", resolve_model_name(name), saved.name))
     for key in CHECKPOINT_FIELDS:
         if key in given:
-            wanted = saved.replace(**{key: given[key]})  # normalised: 64 -> (64, 64), lists -> tuples
+            wanted = saved.replace(
+                **{key: given[key]}
+            )  # normalised: 64 -> (64, 64), lists -> tuples
             have = getattr(saved, key) if key == "image_size" else getattr(saved.anchors, key)
             want = getattr(wanted, key) if key == "image_size" else getattr(wanted.anchors, key)
             if want != have:
                 conflicts.append((key, show_value(key, want), show_value(key, have)))
     if conflicts:
         key, want, have = conflicts[0]
-        more = f" (and {', '.join(option(c[0]) for c in conflicts[1:])})" if len(conflicts) > 1 else ""
+        more = (
+            f" (and {', '.join(option(c[0]) for c in conflicts[1:])})" if len(conflicts) > 1 else ""
+        )
         raise WeightsError(
             f"{option(key)} {want} conflicts with the checkpoint's {have} ({label}){more}; "
             f"fix: drop {', '.join(option(c[0]) for c in conflicts)} (the checkpoint carries its model, image size and anchors)"
@@ -89,17 +111,23 @@ def create_model(
     """
     if class_names is not None:
         if num_classes is not None and num_classes != len(class_names):
-            raise ConfigError(f"num_classes={num_classes} but {len(class_names)} class_names; fix: give one of them")
+            raise ConfigError(
+                f"num_classes={num_classes} but {len(class_names)} class_names; fix: give one of them"
+            )
         num_classes = len(class_names)
     no_weights = weights is None or (isinstance(weights, str) and weights.lower() == "none")
     coco = isinstance(weights, str) and weights.lower() == "coco"
     ckpt = read_checkpoint(weights) if not (no_weights or coco) else None
     label = os.fspath(weights) if ckpt is not None else ""
     if is_our_checkpoint(ckpt):
-        cfg = checkpoint_config(ckpt, label, name, num_classes=num_classes, image_size=image_size, **overrides)
+        cfg = checkpoint_config(
+            ckpt, label, name, num_classes=num_classes, image_size=image_size, **overrides
+        )
     elif name is None:
-        raise ConfigError("create_model: no model name; fix: give one of list_models(), or weights=PATH of an "
-                          "efficientdet checkpoint (it carries its model)")
+        raise ConfigError(
+            "create_model: no model name; fix: give one of list_models(), or weights=PATH of an "
+            "efficientdet checkpoint (it carries its model)"
+        )
     else:
         cfg = get_model_config(name, num_classes=num_classes, image_size=image_size, **overrides)
     model = EfficientDet(cfg, grad_checkpointing=grad_checkpointing)
@@ -111,7 +139,9 @@ def create_model(
     return model
 
 
-def create_backbone(name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None, **kwargs) -> EfficientNet:
+def create_backbone(
+    name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None, **kwargs
+) -> EfficientNet:
     """EfficientNet B0-B7 / Lite0-Lite4 in classifier form (``forward(x) -> logits``)."""
     net = EfficientNet(name, num_classes=num_classes, **kwargs)
     if weights is not None:
@@ -119,7 +149,9 @@ def create_backbone(name: str, num_classes: int = 1000, weights: str | os.PathLi
     return net
 
 
-def load_model(path: str | os.PathLike | dict, label: str | None = None) -> tuple[EfficientDet, dict]:
+def load_model(
+    path: str | os.PathLike | dict, label: str | None = None
+) -> tuple[EfficientDet, dict]:
     """Rebuild a model from our checkpoint (a path, or the dict read from the file ``label``
     names in messages); returns (model in eval mode, checkpoint dict)."""
     ckpt = read_checkpoint(path) if not isinstance(path, dict) else path

@@ -23,8 +23,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 from .errors import OutputError
 
@@ -99,8 +100,12 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
-                 newline: str | None = None) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike,
+    mode: str = "wb",
+    encoding: str | None = None,
+    newline: str | None = None,
+) -> Iterator[IO[Any]]:
     """``with atomic_write(path, "w") as f: ...``: write ``path`` all or nothing.
 
     ``mode`` is "w" (text, UTF-8 unless ``encoding``) or "wb". The parent folder is created

@@ -47,8 +47,9 @@ def _read_cache(path: Path) -> dict:
 
 def _valid_entry(entry) -> bool:
     """A cache entry as :func:`model_costs` writes it (a damaged one is computed again)."""
-    return (isinstance(entry, dict) and all(type(entry.get(k)) is int and entry[k] >= 0
-                                            for k in ("params", "multiply_adds")))
+    return isinstance(entry, dict) and all(
+        type(entry.get(k)) is int and entry[k] >= 0 for k in ("params", "multiply_adds")
+    )
 
 
 def model_costs(names: list[str], quiet: bool = False) -> dict[str, dict]:
@@ -65,9 +66,15 @@ def model_costs(names: list[str], quiet: bool = False) -> dict[str, dict]:
     if missing:
         from .nn.profile import count_multiply_adds, count_parameters
 
-        for name in bar(missing, quiet, desc="computing model costs (cached for next time)", unit="model"):
+        for name in bar(
+            missing, quiet, desc="computing model costs (cached for next time)", unit="model"
+        ):
             cfg = get_model_config(name)
-            cache[keys[name]] = {"model": name, "params": count_parameters(cfg), "multiply_adds": count_multiply_adds(cfg)}
+            cache[keys[name]] = {
+                "model": name,
+                "params": count_parameters(cfg),
+                "multiply_adds": count_multiply_adds(cfg),
+            }
         try:
             write_json(path, cache)
         except OutputError as exc:
@@ -81,30 +88,38 @@ def model_rows(names: list[str] | None = None, quiet: bool = True) -> list[dict]
     rows = []
     for name in names:
         cfg = get_model_config(name)
-        rows.append({
-            "model": name,
-            "input": f"{cfg.image_size[0]}x{cfg.image_size[1]}",
-            "params": costs[name]["params"],
-            "GFLOPs": round(costs[name]["multiply_adds"] / 1e9, 2),
-            "anchor scale": cfg.anchors.anchor_scale,
-            "COCO weights": "yes" if name in COCO_WEIGHTS else "no",
-        })
+        rows.append(
+            {
+                "model": name,
+                "input": f"{cfg.image_size[0]}x{cfg.image_size[1]}",
+                "params": costs[name]["params"],
+                "GFLOPs": round(costs[name]["multiply_adds"] / 1e9, 2),
+                "anchor scale": cfg.anchors.anchor_scale,
+                "COCO weights": "yes" if name in COCO_WEIGHTS else "no",
+            }
+        )
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     cells = [[f"{r[c]:,}" if c == "params" else str(r[c]) for c in COLUMNS] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    line = lambda values: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+    line = lambda values: "  ".join(
+        v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))
+    )
     out = [line(COLUMNS), line(["-" * w for w in widths])] + [line(row) for row in cells]
-    out.append("GFLOPs: billions of multiply-adds at the native input size (the paper's convention), batch 1.")
+    out.append(
+        "GFLOPs: billions of multiply-adds at the native input size (the paper's convention), batch 1."
+    )
     return "\n".join(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from . import cli_options
 
-    parser.add_argument("names", nargs="*", metavar="MODEL", help="only these models (default: all)")
+    parser.add_argument(
+        "names", nargs="*", metavar="MODEL", help="only these models (default: all)"
+    )
     cli_options.add(parser, "json", "quiet")
 
 

@@ -8,7 +8,7 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 SPINNER = "|/-\\"
 
@@ -26,6 +26,7 @@ def stage(what: str, quiet: bool = False, stream=None) -> Iterator[None]:
     stop = threading.Event()
     spinner = None
     if getattr(stream, "isatty", lambda: False)():
+
         def spin() -> None:
             for i in range(1 << 30):
                 if stop.wait(0.2):

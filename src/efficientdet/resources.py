@@ -33,8 +33,12 @@ from .errors import ResourceError
 # of the measurements there.
 TRAIN_FACTOR = 1.45
 INFER_FACTOR = 2.3
-CHECKPOINTED_FACTOR = 2.1  # the same for the --grad-checkpointing count (stage boundaries + one stage)
-LOSS_TENSORS_PER_OUTPUT = 6  # sigmoid, focal weights, targets, ... per class/box output of each anchor
+CHECKPOINTED_FACTOR = (
+    2.1  # the same for the --grad-checkpointing count (stage boundaries + one stage)
+)
+LOSS_TENSORS_PER_OUTPUT = (
+    6  # sigmoid, focal weights, targets, ... per class/box output of each anchor
+)
 BYTES = 4  # float32
 OVERHEAD = 40_000_000  # bytes a first step costs whatever the size (kernel caches, scratch)
 
@@ -70,7 +74,11 @@ def _count(cfg: ModelConfig, image_size: tuple[int, int]) -> dict:
     stage_sums, boundaries, peak = [3 * stem * at(1)], [stem * at(1)], 0
     in_ch, level = stem, 1
     for i, spec in enumerate(B0_STAGES):
-        n = spec.repeats if lite and i in (0, len(B0_STAGES) - 1) else int(math.ceil(spec.repeats * depth))
+        n = (
+            spec.repeats
+            if lite and i in (0, len(B0_STAGES) - 1)
+            else int(math.ceil(spec.repeats * depth))
+        )
         out_ch, total = round_channels(spec.channels, width), 0
         for b in range(n):
             out_level = level + (1 if spec.stride == 2 and b == 0 else 0)
@@ -80,8 +88,18 @@ def _count(cfg: ModelConfig, image_size: tuple[int, int]) -> dict:
                 live = in_ch * at(level) + 2 * in_ch * at(out_level) + out_ch * at(out_level)
             else:  # expand conv, bn, act; dw conv, bn, act (+ SE scale); pwl conv, bn (+ residual)
                 mid = in_ch * spec.expand
-                block = 3 * mid * at(level) + (3 + se) * mid * at(out_level) + 2 * out_ch * at(out_level) + skip
-                live = in_ch * at(level) + 2 * mid * at(level) + 2 * mid * at(out_level) + out_ch * at(out_level)
+                block = (
+                    3 * mid * at(level)
+                    + (3 + se) * mid * at(out_level)
+                    + 2 * out_ch * at(out_level)
+                    + skip
+                )
+                live = (
+                    in_ch * at(level)
+                    + 2 * mid * at(level)
+                    + 2 * mid * at(out_level)
+                    + out_ch * at(out_level)
+                )
             total += block
             peak = max(peak, live)
             in_ch, level = out_ch, out_level
@@ -93,25 +111,45 @@ def _count(cfg: ModelConfig, image_size: tuple[int, int]) -> dict:
     c, levels = cfg.fpn_channels, range(cfg.min_level, max_level + 1)
     pyramid = sum(c * at(lv) for lv in levels)
     extra = sum(3 * c * at(lv) for lv in levels if lv > 5)  # P6.. made by conv/bn + pooling
-    laterals = sum(2 * c * at(lv) for lv in range(cfg.min_level, 6))  # channel reductions of the taps
+    laterals = sum(
+        2 * c * at(lv) for lv in range(cfg.min_level, 6)
+    )  # channel reductions of the taps
     cell = 0
     for node in bifpn_nodes(cfg.min_level, max_level):
         n_in = len(node.inputs)
-        cell += (2 * n_in + 6) * c * at(node.level)  # resampled inputs, weighted sum, act, sep conv, bn
+        cell += (
+            (2 * n_in + 6) * c * at(node.level)
+        )  # resampled inputs, weighted sum, act, sep conv, bn
     fpn = extra + laterals + cfg.fpn_repeats * cell
     a = cfg.anchors.num_anchors
     outputs = sum(a * (cfg.num_classes + 4) * at(lv) for lv in levels)
-    heads = 2 * cfg.head_repeats * 4 * pyramid + 2 * pyramid + outputs  # sep conv, bn, act per repeat; predict
+    heads = (
+        2 * cfg.head_repeats * 4 * pyramid + 2 * pyramid + outputs
+    )  # sep conv, bn, act per repeat; predict
     loss = LOSS_TENSORS_PER_OUTPUT * outputs
     everything = sum(stage_sums) + fpn + heads + loss
-    checkpointed = sum(boundaries) + (cfg.fpn_repeats + 1) * pyramid + heads + loss + max(max(stage_sums), cell)
+    checkpointed = (
+        sum(boundaries)
+        + (cfg.fpn_repeats + 1) * pyramid
+        + heads
+        + loss
+        + max(max(stage_sums), cell)
+    )
     infer = max(peak, 3 * pyramid) + pyramid + outputs
-    anchors = 4 * outputs // (cfg.num_classes + 4)  # (x1, y1, x2, y2) per anchor, once for the batch
+    anchors = (
+        4 * outputs // (cfg.num_classes + 4)
+    )  # (x1, y1, x2, y2) per anchor, once for the batch
     return {"all": everything, "peak": infer, "checkpointed": checkpointed, "anchors": anchors}
 
 
-def estimate_memory(cfg: ModelConfig, batch: int, *, train: bool, grad_checkpointing: bool = False,
-                    num_params: int = 0) -> int:
+def estimate_memory(
+    cfg: ModelConfig,
+    batch: int,
+    *,
+    train: bool,
+    grad_checkpointing: bool = False,
+    num_params: int = 0,
+) -> int:
     """Bytes of memory one step of ``cfg`` at ``cfg.image_size`` with ``batch`` images needs on
     top of the model's weights (training: forward+backward, gradients, optimizer state)."""
     counts = _count(cfg, cfg.image_size)
@@ -165,8 +203,15 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
-def check_memory(model, batch: int, *, train: bool, device="cpu", grad_checkpointing: bool = False,
-                 image_size: tuple[int, int] | None = None) -> MemoryEstimate:
+def check_memory(
+    model,
+    batch: int,
+    *,
+    train: bool,
+    device="cpu",
+    grad_checkpointing: bool = False,
+    image_size: tuple[int, int] | None = None,
+) -> MemoryEstimate:
     """Refuse (ResourceError) a step that needs more memory than ``device`` has free.
 
     ``model``: an EfficientDet (its parameters count too) or a ModelConfig; ``image_size``
@@ -176,14 +221,22 @@ def check_memory(model, batch: int, *, train: bool, device="cpu", grad_checkpoin
     if image_size is not None and tuple(image_size) != cfg.image_size:
         cfg = cfg.replace(image_size=tuple(image_size))
     num_params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0
-    needed = estimate_memory(cfg, batch, train=train, grad_checkpointing=grad_checkpointing, num_params=num_params)
+    needed = estimate_memory(
+        cfg, batch, train=train, grad_checkpointing=grad_checkpointing, num_params=num_params
+    )
     available, where = available_memory(device)
     result = MemoryEstimate(needed, available, where)
-    if available is None or needed <= available or os.environ.get("EFFICIENTDET_NO_MEMORY_GUARD") == "1":
+    if (
+        available is None
+        or needed <= available
+        or os.environ.get("EFFICIENTDET_NO_MEMORY_GUARD") == "1"
+    ):
         return result
     h, w = cfg.image_size
     step = "training (forward + backward)" if train else "inference"
-    fixes = "a smaller --image-size or --batch" + ("" if not train or grad_checkpointing else ", or --grad-checkpointing")
+    fixes = "a smaller --image-size or --batch" + (
+        "" if not train or grad_checkpointing else ", or --grad-checkpointing"
+    )
     raise ResourceError(
         f"{cfg.name} at {h}x{w}, batch {batch}: {step} needs about {format_bytes(needed)} of memory, "
         f"{format_bytes(available)} is available ({where}); fix: {fixes}"
@@ -197,8 +250,9 @@ def _proc_status_bytes(key: str) -> int:
     raise OSError(f"/proc/self/status has no {key}")
 
 
-def measure_step_memory(cfg: ModelConfig, batch: int, *, train: bool, grad_checkpointing: bool = False,
-                        steps: int = 2) -> int:
+def measure_step_memory(
+    cfg: ModelConfig, batch: int, *, train: bool, grad_checkpointing: bool = False, steps: int = 2
+) -> int:
     """Measured counterpart of ``estimate_memory`` (Linux, CPU): the growth of this process's
     peak RSS over ``steps`` real steps (training: forward, loss, backward, SGD step) after the
     model, optimizer and input batch exist. Run it in a fresh process per measurement."""

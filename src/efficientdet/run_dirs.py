@@ -31,7 +31,9 @@ def _numbered_child(base: Path) -> Path:
     return base / str(max(numbers, default=0) + 1)
 
 
-def make_run_dir(out: str | os.PathLike | None, exist_ok: bool = False, command: str = "train") -> Path:
+def make_run_dir(
+    out: str | os.PathLike | None, exist_ok: bool = False, command: str = "train"
+) -> Path:
     """The folder a run of ``command`` writes to (see the module docstring); not created here,
     except that a numbered folder is created at once to claim its number."""
     from .fileio import make_dirs
@@ -48,7 +50,9 @@ def make_run_dir(out: str | os.PathLike | None, exist_ok: bool = False, command:
                 continue
         raise ConfigError(f"{path}: cannot claim a new numbered run folder; fix: give --out")
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path}: --out names a file, not a folder; fix: give --out a new or empty folder")
+        raise ConfigError(
+            f"{path}: --out names a file, not a folder; fix: give --out a new or empty folder"
+        )
     if exist_ok or not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return path
     n = 2
@@ -73,10 +77,13 @@ def refuse_inputs_inside(out: str | os.PathLike, inputs: dict[str, object]) -> N
             if _inside(Path(os.path.realpath(str(p))), out_real):
                 raise ConfigError(
                     f"{out}: this output folder holds the {what} {p}, which the results could overwrite; "
-                    "fix: give another --out (or none: a new runs/COMMAND/N)")
+                    "fix: give another --out (or none: a new runs/COMMAND/N)"
+                )
 
 
-def refuse_output_file(path: str | os.PathLike | None, inputs: dict[str, object], option: str = "--json") -> None:
+def refuse_output_file(
+    path: str | os.PathLike | None, inputs: dict[str, object], option: str = "--json"
+) -> None:
     """ConfigError, before any work, when the file ``path`` that ``option`` names is a folder,
     or already exists and is one of ``inputs`` or lies inside an input folder (writing it would
     overwrite something the user gave), or lies in an existing folder that cannot be written.
@@ -84,13 +91,19 @@ def refuse_output_file(path: str | os.PathLike | None, inputs: dict[str, object]
     if path is None or str(path) == "-":
         return
     parent = Path(path).parent
-    if parent.is_dir() and not os.access(parent, os.W_OK):  # read-only: say so now, not after the work
-        raise ConfigError(f"{path}: {option} cannot be written (folder {parent} is read-only); "
-                          f"fix: give {option} a path in a folder you can write to")
+    if parent.is_dir() and not os.access(
+        parent, os.W_OK
+    ):  # read-only: say so now, not after the work
+        raise ConfigError(
+            f"{path}: {option} cannot be written (folder {parent} is read-only); "
+            f"fix: give {option} a path in a folder you can write to"
+        )
     if not os.path.lexists(path):
         return
     if os.path.isdir(path):
-        raise ConfigError(f"{path}: {option} names a folder; fix: give {option} a file name, e.g. {Path(path) / 'results.json'}")
+        raise ConfigError(
+            f"{path}: {option} names a folder; fix: give {option} a file name, e.g. {Path(path) / 'results.json'}"
+        )
     real = Path(os.path.realpath(path))
     for what, value in inputs.items():
         for p in value if isinstance(value, (list, tuple)) else [value]:
@@ -98,7 +111,11 @@ def refuse_output_file(path: str | os.PathLike | None, inputs: dict[str, object]
                 continue
             p_real = Path(os.path.realpath(str(p)))
             if real == p_real:
-                raise ConfigError(f"{path}: {option} would overwrite the {what} {p}; fix: give {option} a new file name")
+                raise ConfigError(
+                    f"{path}: {option} would overwrite the {what} {p}; fix: give {option} a new file name"
+                )
             if _inside(real, p_real):
-                raise ConfigError(f"{path}: {option} would overwrite a file in the {what} {p}; "
-                                  f"fix: give {option} a new file name")
+                raise ConfigError(
+                    f"{path}: {option} would overwrite a file in the {what} {p}; "
+                    f"fix: give {option} a new file name"
+                )

@@ -43,7 +43,9 @@ def resolve_device(name=None, local_rank: int = 0):
     try:
         device = torch.device(f"cuda:{name}" if str(name).isdigit() else name)
     except RuntimeError:
-        raise ConfigError(f"device {name!r}: not a device; fix: give cpu, cuda, cuda:N or auto") from None
+        raise ConfigError(
+            f"device {name!r}: not a device; fix: give cpu, cuda, cuda:N or auto"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r}: CUDA is not available here; fix: use --device cpu")
@@ -114,7 +116,7 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_bf16_slowdown(repeats: int = 5) -> float:
     """Time of a small 3x3 convolution (1, 32, 56, 56) in bf16 over its time in fp32 on this CPU
     (median of ``repeats``, after a warm-up); measured once per process (about 0.1 s)."""
@@ -138,8 +140,9 @@ def measure_bf16_slowdown(repeats: int = 5) -> float:
     return median_s(torch.bfloat16) / max(median_s(torch.float32), 1e-9)
 
 
-def precision_warning(precision: str, device, flags: set[str] | None = None, measure=None,
-                      threshold: float = 1.5) -> str | None:
+def precision_warning(
+    precision: str, device, flags: set[str] | None = None, measure=None, threshold: float = 1.5
+) -> str | None:
     """A one-line warning when ``precision`` (fp32 / bf16 / fp16) on ``device`` runs slower
     than fp32: bf16/fp16 on a CPU without AVX512-BF16 / AMX (``flags``: the CPU's, default
     :func:`cpu_flags`) measured (``measure()``, default :func:`measure_bf16_slowdown`)
@@ -152,8 +155,10 @@ def precision_warning(precision: str, device, flags: set[str] | None = None, mea
     slowdown = (measure or measure_bf16_slowdown)()
     if slowdown < threshold:
         return None
-    return (f"warning: {precision} runs {slowdown:.1f}x slower than fp32 on this CPU (no AVX512-BF16/AMX); "
-            "use --precision fp32")
+    return (
+        f"warning: {precision} runs {slowdown:.1f}x slower than fp32 on this CPU (no AVX512-BF16/AMX); "
+        "use --precision fp32"
+    )
 
 
 def precision_dtype(precision: str | None, device):
@@ -166,7 +171,9 @@ def precision_dtype(precision: str | None, device):
     if precision in (None, "fp32"):
         return None
     if precision == "fp16" and getattr(device, "type", str(device)) != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device; fix: on CPU use --precision bf16 or fp32")
+        raise ConfigError(
+            "--precision fp16 needs a CUDA device; fix: on CPU use --precision bf16 or fp32"
+        )
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 

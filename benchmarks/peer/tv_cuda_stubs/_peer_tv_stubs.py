@@ -7,6 +7,7 @@ DT_NEEDED entries (libcudart.so.13, libc10_cuda.so, libtorch_cuda.so) by SONAME,
 real compiled torchvision CPU ops (nms, roi_align, ...) load next to the CPU-only torch.
 See benchmarks/peer/README.md.  Does nothing if the stubs are missing.
 """
+
 import ctypes
 import os
 

@@ -45,20 +45,32 @@ def read_coco(
     report = report if report is not None else DataReport()
     src = str(json_path)
     if images_dir is None:
-        images_dir = json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent
+        images_dir = (
+            json_path.parent / "images"
+            if (json_path.parent / "images").is_dir()
+            else json_path.parent
+        )
     images_dir = Path(images_dir)
     if not json_path.is_file():
-        raise DataError(f"{json_path}: COCO annotation file not found; fix: give the path of an existing instances JSON")
+        raise DataError(
+            f"{json_path}: COCO annotation file not found; fix: give the path of an existing instances JSON"
+        )
     try:
         with open(json_path, encoding="utf-8") as f:
             doc = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{json_path}: not valid UTF-8 JSON ({reason}); fix: re-export the annotations as COCO JSON") from None
+        raise DataError(
+            f"{json_path}: not valid UTF-8 JSON ({reason}); fix: re-export the annotations as COCO JSON"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise DataError(f"{json_path}: no 'images' list; fix: give a COCO instances JSON with images, annotations, categories")
+        raise DataError(
+            f"{json_path}: no 'images' list; fix: give a COCO instances JSON with images, annotations, categories"
+        )
     if not images_dir.is_dir():
-        raise DataError(f"{images_dir}: image folder for {json_path.name} not found; fix: pass images=<folder> or set 'images' in the YAML")
+        raise DataError(
+            f"{images_dir}: image folder for {json_path.name} not found; fix: pass images=<folder> or set 'images' in the YAML"
+        )
 
     if category_ids is None:
         category_ids, names_from_json = _read_categories(doc, src, report)
@@ -71,7 +83,9 @@ def read_coco(
     if class_names is None:
         raise DataError(f"{json_path}: category_ids given without class_names")
     if not category_ids:
-        raise DataError(f"{json_path}: no usable 'categories'; fix: add the categories list (integer id, name) to the JSON")
+        raise DataError(
+            f"{json_path}: no usable 'categories'; fix: add the categories list (integer id, name) to the JSON"
+        )
     label_of = {cid: i for i, cid in enumerate(category_ids)}
 
     images = progress(doc["images"], f"reading {json_path.name}", show_progress)
@@ -81,11 +95,22 @@ def read_coco(
     anns = doc.get("annotations")
     if not isinstance(anns, list):
         if anns is not None:
-            report.add("bad_annotation", src, "annotations", f"'annotations' is not a list ({schema.describe(anns)})",
-                       "every image is background", "make 'annotations' a list of annotation objects")
+            report.add(
+                "bad_annotation",
+                src,
+                "annotations",
+                f"'annotations' is not a list ({schema.describe(anns)})",
+                "every image is background",
+                "make 'annotations' a list of annotation objects",
+            )
         anns = []
     if not anns:
-        report.add("empty_annotations", src, "annotations", "the 'annotations' list is empty or missing; every image is background")
+        report.add(
+            "empty_annotations",
+            src,
+            "annotations",
+            "the 'annotations' list is empty or missing; every image is background",
+        )
     per_image: dict[int, list] = {i: [] for i in usable}
     for n, ann in enumerate(anns):
         parsed = _read_annotation(n, ann, entries, src, report)
@@ -95,7 +120,13 @@ def read_coco(
         if image_id not in usable:
             continue  # its image was skipped and reported already
         if cat not in label_of:
-            report.add("unknown_category", src, item, f"category_id {cat} is not in categories {category_ids}", value=cat)
+            report.add(
+                "unknown_category",
+                src,
+                item,
+                f"category_id {cat} is not in categories {category_ids}",
+                value=cat,
+            )
             continue
         per_image[image_id].append((item, box, label_of[cat], crowd, area))
 
@@ -118,9 +149,17 @@ def read_coco(
                 annotation_file=src,
             )
         )
-    finish(records, report, src, len(doc["images"]), len(anns),
-           f"check that the images are in {images_dir} (pass images=<folder> or set 'images' in the YAML)")
-    return DetectionData(records, list(class_names), list(category_ids), report, source=src, format="coco")
+    finish(
+        records,
+        report,
+        src,
+        len(doc["images"]),
+        len(anns),
+        f"check that the images are in {images_dir} (pass images=<folder> or set 'images' in the YAML)",
+    )
+    return DetectionData(
+        records, list(class_names), list(category_ids), report, source=src, format="coco"
+    )
 
 
 def _read_categories(doc: dict, src: str, report: DataReport) -> tuple[list[int], list[str]]:
@@ -128,26 +167,34 @@ def _read_categories(doc: dict, src: str, report: DataReport) -> tuple[list[int]
     with one id or one name raise DataError (merging them would relabel boxes in silence)."""
     cats = doc.get("categories")
     if not isinstance(cats, list):
-        raise DataError(f"{src}: 'categories' is {schema.describe(cats)}, not a list; "
-                        "fix: add the categories list [{\"id\": 1, \"name\": ...}] to the JSON")
+        raise DataError(
+            f"{src}: 'categories' is {schema.describe(cats)}, not a list; "
+            'fix: add the categories list [{"id": 1, "name": ...}] to the JSON'
+        )
     by_id: dict[int, str] = {}
     by_name: dict[str, int] = {}
     for n, cat in enumerate(cats):
         item = f"categories[{n}]"
         try:
             if not isinstance(cat, dict):
-                raise schema.Invalid(f"expected an object with id and name, got {schema.describe(cat)}")
+                raise schema.Invalid(
+                    f"expected an object with id and name, got {schema.describe(cat)}"
+                )
             cid = schema.integer(cat.get("id"), "id")
             name = schema.text(cat["name"], "name") if "name" in cat else str(cid)
         except schema.Invalid as exc:
             report.add("bad_category", src, item, str(exc))
             continue
         if cid in by_id:
-            raise DataError(f"{src}: {item}: category id {cid} is used by both {by_id[cid]!r} and {name!r}; "
-                            "fix: give every category its own id")
+            raise DataError(
+                f"{src}: {item}: category id {cid} is used by both {by_id[cid]!r} and {name!r}; "
+                "fix: give every category its own id"
+            )
         if name in by_name:
-            raise DataError(f"{src}: {item}: category name {name!r} is used by ids {by_name[name]} and {cid}; "
-                            "fix: give every category its own name (or merge them and their annotations)")
+            raise DataError(
+                f"{src}: {item}: category name {name!r} is used by ids {by_name[name]} and {cid}; "
+                "fix: give every category its own name (or merge them and their annotations)"
+            )
         by_id[cid], by_name[name] = name, cid
     ids = sorted(by_id)
     return ids, [by_id[i] for i in ids]
@@ -161,7 +208,9 @@ def _read_images(images: list, images_dir: Path, src: str, report: DataReport, v
         item = f"images[{n}]"
         try:
             if not isinstance(img, dict):
-                raise schema.Invalid(f"expected an object with id and file_name, got {schema.describe(img)}")
+                raise schema.Invalid(
+                    f"expected an object with id and file_name, got {schema.describe(img)}"
+                )
             image_id = schema.integer(img.get("id"), "id")
             file_name = schema.relative_path(img.get("file_name"), "file_name")
         except schema.Invalid as exc:
@@ -169,17 +218,31 @@ def _read_images(images: list, images_dir: Path, src: str, report: DataReport, v
             continue
         item = f"image id {image_id} ({file_name})"
         if image_id in entries:
-            report.add("duplicate_image_id", src, item, f"image id {image_id} appears again (first: {entries[image_id]})",
-                       value=image_id)
+            report.add(
+                "duplicate_image_id",
+                src,
+                item,
+                f"image id {image_id} appears again (first: {entries[image_id]})",
+                value=image_id,
+            )
             continue
         entries[image_id] = file_name
         annotated = None
         if img.get("width") is not None or img.get("height") is not None:
             try:
-                annotated = (schema.positive_size(img.get("width"), "width"), schema.positive_size(img.get("height"), "height"))
+                annotated = (
+                    schema.positive_size(img.get("width"), "width"),
+                    schema.positive_size(img.get("height"), "height"),
+                )
             except schema.Invalid as exc:
-                report.add("bad_image_entry", src, item, str(exc), "size read from the image file",
-                           "write width and height as integers > 0 (or leave them out)")
+                report.add(
+                    "bad_image_entry",
+                    src,
+                    item,
+                    str(exc),
+                    "size read from the image file",
+                    "write width and height as integers > 0 (or leave them out)",
+                )
         path = str(images_dir / file_name)
         size = check_image(path, report, src, item, verify, annotated)
         if size is not None:
@@ -193,20 +256,29 @@ def _read_annotation(n: int, ann, entries: dict[int, str], src: str, report: Dat
     item = f"annotation id {ann_id}" if isinstance(ann_id, (int, str)) else f"annotations[{n}]"
     try:
         if not isinstance(ann, dict):
-            raise schema.Invalid(f"expected an object with image_id, category_id and bbox, got {schema.describe(ann)}")
+            raise schema.Invalid(
+                f"expected an object with image_id, category_id and bbox, got {schema.describe(ann)}"
+            )
         image_id = schema.integer(ann.get("image_id"), "image_id")
     except schema.Invalid as exc:
         report.add("bad_annotation", src, item, str(exc))
         return None
     if image_id not in entries:
-        report.add("orphan_annotation", src, f"{item} (image id {image_id})", f"image id {image_id} is not in 'images'",
-                   value=image_id)
+        report.add(
+            "orphan_annotation",
+            src,
+            f"{item} (image id {image_id})",
+            f"image id {image_id} is not in 'images'",
+            value=image_id,
+        )
         return None
     item = f"{item} (image id {image_id}, {entries[image_id]})"
     try:
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4:
-            raise schema.Invalid(f"bbox: expected [x, y, width, height], got {schema.describe(bbox)}")
+            raise schema.Invalid(
+                f"bbox: expected [x, y, width, height], got {schema.describe(bbox)}"
+            )
         x, y, bw, bh = (schema.number(v, "bbox", allow_null=True) for v in bbox)
         cat = schema.integer(ann.get("category_id"), "category_id")
     except schema.Invalid as exc:
@@ -219,7 +291,9 @@ def _read_annotation(n: int, ann, entries: dict[int, str], src: str, report: Dat
         except schema.Invalid as exc:
             report.add("bad_iscrowd", src, item, str(exc), value=ann["iscrowd"])
     area = ann.get("area")
-    area = float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) else math.nan
+    area = (
+        float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) else math.nan
+    )
     area = area if math.isfinite(area) and area > 0 else math.nan
     return item, image_id, cat, (x, y, x + bw, y + bh), crowd, area
 
@@ -231,17 +305,28 @@ def records_to_coco(data: DetectionData) -> dict:
     images, annotations = [], []
     ann_id = 1
     for r in data.records:
-        images.append({"id": int(r.image_id), "file_name": r.file_name, "width": int(r.width), "height": int(r.height)})
-        for box, label, ignore, area in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), r.areas.tolist()):
+        images.append(
+            {
+                "id": int(r.image_id),
+                "file_name": r.file_name,
+                "width": int(r.width),
+                "height": int(r.height),
+            }
+        )
+        for box, label, ignore, area in zip(
+            r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), r.areas.tolist()
+        ):
             x1, y1, x2, y2 = box
-            annotations.append({
-                "id": ann_id,
-                "image_id": int(r.image_id),
-                "category_id": int(data.category_ids[label]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": area if math.isfinite(area) else (x2 - x1) * (y2 - y1),
-                "iscrowd": int(ignore),
-            })
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": int(r.image_id),
+                    "category_id": int(data.category_ids[label]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": area if math.isfinite(area) else (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(ignore),
+                }
+            )
             ann_id += 1
     categories = [{"id": int(c), "name": n} for c, n in zip(data.category_ids, data.class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}

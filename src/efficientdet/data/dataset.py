@@ -76,9 +76,13 @@ class DetectionDataset(torch.utils.data.Dataset):
             records = records.records
         self.records = list(records)
         if not self.records:
-            raise DataError("DetectionDataset: no records; fix: load a dataset with at least one usable image")
+            raise DataError(
+                "DetectionDataset: no records; fix: load a dataset with at least one usable image"
+            )
         self.class_names = list(class_names) if class_names is not None else []
-        self.category_ids = list(category_ids) if category_ids is not None else list(range(len(self.class_names)))
+        self.category_ids = (
+            list(category_ids) if category_ids is not None else list(range(len(self.class_names)))
+        )
         self.image_size = (int(image_size_hw[0]), int(image_size_hw[1]))
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
@@ -116,33 +120,50 @@ class DetectionDataset(torch.utils.data.Dataset):
             item = self._load(j)
             if item is not None:
                 return item
-        raise DataError(f"{self.records[0].path}: none of the {n} images could be decoded; fix: check the image files (efficientdet data check)")
+        raise DataError(
+            f"{self.records[0].path}: none of the {n} images could be decoded; fix: check the image files (efficientdet data check)"
+        )
 
     def _load(self, j: int):
         r = self.records[j]
         out_h, out_w = self.image_size
         if self.train:
             a = self.augment
-            scale, (ox, oy) = random_scale_crop(self._generator(), r.height, r.width, self.image_size, a.scale_min, a.scale_max)
+            scale, (ox, oy) = random_scale_crop(
+                self._generator(), r.height, r.width, self.image_size, a.scale_min, a.scale_max
+            )
             flip = self._generator().random() < a.flip_prob
             min_size = a.min_box_size
         else:
-            scale, (ox, oy), flip, min_size = letterbox_scale(r.height, r.width, self.image_size), (0, 0), False, 0.0
+            scale, (ox, oy), flip, min_size = (
+                letterbox_scale(r.height, r.width, self.image_size),
+                (0, 0),
+                False,
+                0.0,
+            )
         sh, sw = resized_size(r.height, r.width, scale)
         try:
-            image, orientation, (real_w, real_h), factor = open_image(r.path, draft_size_wh=(sw, sh))
+            image, orientation, (real_w, real_h), factor = open_image(
+                r.path, draft_size_wh=(sw, sh)
+            )
             with image:
                 image.load()
                 image = to_rgb(apply_exif(image, orientation))
-        except Exception as exc:  # noqa: BLE001 - any decoder failure: report, substitute
+        except Exception as exc:
             self._status[j] = _CORRUPT
-            log.warning("%s: image id %s: cannot be decoded (%s); using the next image", r.path, r.image_id,
-                        f"{type(exc).__name__}: {exc}".splitlines()[0])
+            log.warning(
+                "%s: image id %s: cannot be decoded (%s); using the next image",
+                r.path,
+                r.image_id,
+                f"{type(exc).__name__}: {exc}".splitlines()[0],
+            )
             return None
         if (real_w, real_h) != (r.width, r.height) and self._status[j] == _OK:
             self._status[j] = _SIZE_MISMATCH
         pixel_scale = (factor * real_w / r.width, factor * real_h / r.height)
-        canvas = resize_crop(image, (r.width, r.height), scale, (ox, oy), self.image_size, self.fill, pixel_scale)
+        canvas = resize_crop(
+            image, (r.width, r.height), scale, (ox, oy), self.image_size, self.fill, pixel_scale
+        )
 
         use = ~r.ignore
         boxes = scale_boxes(r.boxes[use], scale, (ox, oy))
@@ -156,7 +177,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         if dropped:
             self._dropped[j] += dropped
         target = {
-            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], dtype=np.float32)).reshape(-1, 4),
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], dtype=np.float32)).reshape(
+                -1, 4
+            ),
             "labels": torch.from_numpy(np.ascontiguousarray(labels[keep], dtype=np.int64)),
             "image_id": int(r.image_id),
             "scale": float(scale),
@@ -173,22 +196,37 @@ class DetectionDataset(torch.utils.data.Dataset):
         status = self._status.numpy()
         for j in np.nonzero(status == _CORRUPT)[0]:
             r = self.records[int(j)]
-            report.add("corrupt_image", r.path, _item(r), "image cannot be decoded at load time",
-                       "substituted the next good image")
+            report.add(
+                "corrupt_image",
+                r.path,
+                _item(r),
+                "image cannot be decoded at load time",
+                "substituted the next good image",
+            )
         # (file, item) of the mismatches the readers found (COCO: "image id N (name)", VOC: "image name")
         known = {(p.file, p.item) for p in self.source_report.of_kind("size_mismatch")}
         for j in np.nonzero(status == _SIZE_MISMATCH)[0]:
             r = self.records[int(j)]
             if {(r.annotation_file, _item(r)), (r.annotation_file, f"image {r.file_name}")} & known:
                 continue  # reported by the reader already
-            report.add("size_mismatch", r.path, _item(r),
-                       f"decoded size differs from the annotated {r.width}x{r.height}", "image resized to the annotated size")
+            report.add(
+                "size_mismatch",
+                r.path,
+                _item(r),
+                f"decoded size differs from the annotated {r.width}x{r.height}",
+                "image resized to the annotated size",
+            )
         dropped = self._dropped.numpy()
         for j in np.nonzero(dropped)[0]:
             r = self.records[int(j)]
-            report.add("box_too_small", r.annotation_file or r.path, _item(r),
-                       f"{int(dropped[j])} boxes fell under {self.augment.min_box_size:g} px after random scale/crop "
-                       f"at the {self.image_size[0]}x{self.image_size[1]} input", value=int(dropped[j]))
+            report.add(
+                "box_too_small",
+                r.annotation_file or r.path,
+                _item(r),
+                f"{int(dropped[j])} boxes fell under {self.augment.min_box_size:g} px after random scale/crop "
+                f"at the {self.image_size[0]}x{self.image_size[1]} input",
+                value=int(dropped[j]),
+            )
         report.stats["boxes_dropped_by_augment"] = int(dropped.sum())
         return report
 

@@ -40,7 +40,11 @@ from .transforms import AugmentConfig, letterbox_scale
 MATCH_IOU = 0.5
 GOOD_FIT = 0.9  # below this share of boxes with a positive anchor, search for better settings
 # COCO's size buckets (area in pixels of the model input)
-SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
+SIZE_BUCKETS = (
+    ("small", 0.0, 32.0**2),
+    ("medium", 32.0**2, 96.0**2),
+    ("large", 96.0**2, float("inf")),
+)
 MAX_FIT_BOXES = 20_000  # boxes sampled for the anchor fit of a large dataset
 MIN_GAIN = 0.02  # a suggestion must raise the anchor fit by at least this much (2 points)
 MAX_UNTRAINABLE = 0.25  # data check fails when a larger share of a split's boxes cannot train
@@ -57,7 +61,10 @@ ANCHOR_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
 
 # ---- boxes in model-input pixels ---------------------------------------------------------------
 
-def input_boxes(data: DetectionData, image_size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+
+def input_boxes(
+    data: DetectionData, image_size_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """All ground-truth boxes letterboxed into the model input: ((M, 4) xyxy float64, (M,) labels)."""
     boxes, labels = [], []
     for record in data.records:
@@ -80,7 +87,10 @@ def size_bucket_names(boxes_xyxy: np.ndarray) -> np.ndarray:
 
 # ---- anchor fit ---------------------------------------------------------------------------------
 
-def best_anchor_iou(boxes_xyxy: np.ndarray, anchor_cfg: AnchorConfig, image_size_hw: tuple[int, int]) -> np.ndarray:
+
+def best_anchor_iou(
+    boxes_xyxy: np.ndarray, anchor_cfg: AnchorConfig, image_size_hw: tuple[int, int]
+) -> np.ndarray:
     """(M,) IoU of each box with its best anchor of the real grid at ``image_size_hw``.
 
     Exact and fast: for one anchor shape, the x-overlap with a box only falls as the anchor
@@ -96,10 +106,19 @@ def best_anchor_iou(boxes_xyxy: np.ndarray, anchor_cfg: AnchorConfig, image_size
     best = np.zeros(len(boxes))
     # the grid by level as centres and shapes: memory O(H + W), not O(H * W) (a huge --image-size fits)
     for xs, ys, half in anchor_levels(anchor_cfg, image_size_hw):
-        x, y = xs[_nearest(xs, cx)][:, None], ys[_nearest(ys, cy)][:, None]  # (M, 1): nearest centres
-        near = np.stack([x - half[:, 0], y - half[:, 1], x + half[:, 0], y + half[:, 1]], axis=2)  # (M, A, 4)
-        iw = np.minimum(near[..., 2], boxes[:, None, 2]) - np.maximum(near[..., 0], boxes[:, None, 0])
-        ih = np.minimum(near[..., 3], boxes[:, None, 3]) - np.maximum(near[..., 1], boxes[:, None, 1])
+        x, y = (
+            xs[_nearest(xs, cx)][:, None],
+            ys[_nearest(ys, cy)][:, None],
+        )  # (M, 1): nearest centres
+        near = np.stack(
+            [x - half[:, 0], y - half[:, 1], x + half[:, 0], y + half[:, 1]], axis=2
+        )  # (M, A, 4)
+        iw = np.minimum(near[..., 2], boxes[:, None, 2]) - np.maximum(
+            near[..., 0], boxes[:, None, 0]
+        )
+        ih = np.minimum(near[..., 3], boxes[:, None, 3]) - np.maximum(
+            near[..., 1], boxes[:, None, 1]
+        )
         inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
         anchor_area = (near[..., 2] - near[..., 0]) * (near[..., 3] - near[..., 1])
         iou = inter / np.maximum(anchor_area + area[:, None] - inter, 1e-12)
@@ -137,8 +156,13 @@ class AnchorFit:
         return f"--image-size {size} --anchor-scale {self.anchor_scale:g} --num-scales {self.num_scales} --aspect-ratios {ratios}"
 
 
-def measure_anchor_fit(data: DetectionData, anchor_cfg: AnchorConfig, image_size_hw: tuple[int, int],
-                       max_boxes: int = MAX_FIT_BOXES, seed: int = 0) -> AnchorFit:
+def measure_anchor_fit(
+    data: DetectionData,
+    anchor_cfg: AnchorConfig,
+    image_size_hw: tuple[int, int],
+    max_boxes: int = MAX_FIT_BOXES,
+    seed: int = 0,
+) -> AnchorFit:
     """Anchor fit of ``data``'s boxes (letterboxed to ``image_size_hw``) for ``anchor_cfg``."""
     boxes, _ = input_boxes(data, image_size_hw)
     if len(boxes) > max_boxes:
@@ -152,14 +176,24 @@ def measure_anchor_fit(data: DetectionData, anchor_cfg: AnchorConfig, image_size
         if mask.any():
             by_size[name] = (float(positive[mask].mean()), int(mask.sum()))
     return AnchorFit(
-        image_size=tuple(image_size_hw), anchor_scale=anchor_cfg.anchor_scale, aspect_ratios=anchor_cfg.aspect_ratios,
-        num_scales=anchor_cfg.num_scales, num_boxes=len(boxes), fit=float(positive.mean()) if len(boxes) else 1.0,
-        by_size=by_size, median_best_iou=float(np.median(best)) if len(best) else 0.0,
+        image_size=tuple(image_size_hw),
+        anchor_scale=anchor_cfg.anchor_scale,
+        aspect_ratios=anchor_cfg.aspect_ratios,
+        num_scales=anchor_cfg.num_scales,
+        num_boxes=len(boxes),
+        fit=float(positive.mean()) if len(boxes) else 1.0,
+        by_size=by_size,
+        median_best_iou=float(np.median(best)) if len(best) else 0.0,
     )
 
 
-def search_anchor_settings(data: DetectionData, model_cfg: ModelConfig, max_boxes: int = 5000,
-                           fixed_image_size: bool = False, progress: bool = True) -> list[AnchorFit]:
+def search_anchor_settings(
+    data: DetectionData,
+    model_cfg: ModelConfig,
+    max_boxes: int = 5000,
+    fixed_image_size: bool = False,
+    progress: bool = True,
+) -> list[AnchorFit]:
     """Candidate settings ranked by fit (best first); the model's own settings are included.
 
     Searches anchor scale (``ANCHOR_SCALES``), the aspect-ratio sets of ``RATIO_SETS`` and,
@@ -176,21 +210,35 @@ def search_anchor_settings(data: DetectionData, model_cfg: ModelConfig, max_boxe
             if size not in sizes:
                 sizes.append(size)
     ratio_sets = list(dict.fromkeys([tuple(base.aspect_ratios), *RATIO_SETS]))
-    candidates = [(size, scale, ratios) for size in sizes for scale in ANCHOR_SCALES for ratios in ratio_sets]
+    candidates = [
+        (size, scale, ratios) for size in sizes for scale in ANCHOR_SCALES for ratios in ratio_sets
+    ]
     results = []
-    for size, scale, ratios in tqdm(candidates, desc="anchor search", unit="setting", disable=not progress,
-                                    leave=False, file=sys.stderr):
+    for size, scale, ratios in tqdm(
+        candidates,
+        desc="anchor search",
+        unit="setting",
+        disable=not progress,
+        leave=False,
+        file=sys.stderr,
+    ):
         cfg = dataclasses.replace(base, anchor_scale=scale, aspect_ratios=ratios)
         results.append(measure_anchor_fit(data, cfg, size, max_boxes=max_boxes))
     # best fit first; among near-equal fits prefer the smaller (cheaper) image size
-    results.sort(key=lambda f: (-round(f.fit, 3), f.image_size[0] * f.image_size[1], -f.median_best_iou))
+    results.sort(
+        key=lambda f: (-round(f.fit, 3), f.image_size[0] * f.image_size[1], -f.median_best_iou)
+    )
     return results
 
 
 # ---- boxes too small to train on ------------------------------------------------------------------
 
-def small_box_problems(data: DetectionData, image_size_hw: tuple[int, int],
-                       min_size: float = AugmentConfig.min_box_size) -> list[DataProblem]:
+
+def small_box_problems(
+    data: DetectionData,
+    image_size_hw: tuple[int, int],
+    min_size: float = AugmentConfig.min_box_size,
+) -> list[DataProblem]:
     """One ``box_too_small`` problem per box (not ignored) whose width or height, letterboxed into
     ``image_size_hw``, is under ``min_size`` px: training drops such boxes (see DetectionDataset).
     Each names the annotation file, the image and the smallest box side that trains there."""
@@ -205,10 +253,14 @@ def small_box_problems(data: DetectionData, image_size_hw: tuple[int, int],
         for k in np.nonzero((side * scale < min_size) & ~record.ignore)[0]:
             bw, bh = boxes[k, 2] - boxes[k, 0], boxes[k, 3] - boxes[k, 1]
             xyxy = ", ".join(f"{v:.4g}" for v in boxes[k])
-            found.add("box_too_small", record.annotation_file or data.source, f"image {record.file_name}",
-                      f"box xyxy [{xyxy}] ({bw:.3g}x{bh:.3g} px) is {bw * scale:.2g}x{bh * scale:.2g} px at the {h}x{w} input; "
-                      f"boxes train from {min_size:g} px there = {min_size / scale:.3g} px in this image",
-                      value=f"{bw:.3g}x{bh:.3g}")
+            found.add(
+                "box_too_small",
+                record.annotation_file or data.source,
+                f"image {record.file_name}",
+                f"box xyxy [{xyxy}] ({bw:.3g}x{bh:.3g} px) is {bw * scale:.2g}x{bh * scale:.2g} px at the {h}x{w} input; "
+                f"boxes train from {min_size:g} px there = {min_size / scale:.3g} px in this image",
+                value=f"{bw:.3g}x{bh:.3g}",
+            )
     return found.problems
 
 
@@ -220,18 +272,23 @@ def untrainable_share(data: DetectionData, too_small: int) -> tuple[int, int]:
     return (listed - used) + too_small, listed
 
 
-def small_box_line(data: DetectionData, problems: list[DataProblem], image_size_hw, min_size: float) -> str:
+def small_box_line(
+    data: DetectionData, problems: list[DataProblem], image_size_hw, min_size: float
+) -> str:
     """One line: how many boxes are too small, at which input, and an example with its file."""
     n = len(problems)
     total = sum(int((~r.ignore).sum()) for r in data.records)
-    line = (f"boxes too small to train: {n} of {total} ({n / max(total, 1):.1%}) are under {min_size:g} px at the "
-            f"{image_size_hw[0]}x{image_size_hw[1]} input and are dropped in training")
+    line = (
+        f"boxes too small to train: {n} of {total} ({n / max(total, 1):.1%}) are under {min_size:g} px at the "
+        f"{image_size_hw[0]}x{image_size_hw[1]} input and are dropped in training"
+    )
     if n:
         line += f" (e.g. {problems[0].file}: {problems[0].item}: {problems[0].message}); fix: {problems[0].fix}"
     return line
 
 
 # ---- categories and sizes -----------------------------------------------------------------------
+
 
 def category_findings(data: DetectionData) -> list[str]:
     """Explanations for category problems: id 0, off-by-one class counts, classes without boxes.
@@ -253,7 +310,9 @@ def category_findings(data: DetectionData) -> list[str]:
         )
     if unknown and not findings:
         shown = sorted(values)[:10]
-        findings.append(f"{len(unknown)} boxes have classes outside the declared ones ({', '.join(shown) or 'names'}); they are dropped")
+        findings.append(
+            f"{len(unknown)} boxes have classes outside the declared ones ({', '.join(shown) or 'names'}); they are dropped"
+        )
     histogram = class_histogram(data)
     empty = [name for name, count in histogram.items() if count == 0]
     if empty:
@@ -278,11 +337,17 @@ def size_stats(data: DetectionData, image_size_hw: tuple[int, int]) -> dict[str,
         s = side[labels == i]
         if len(s):
             q = np.quantile(s, [0.0, 0.1, 0.5, 0.9, 1.0])
-            stats[name] = {"boxes": int(len(s)), **{k: round(float(v), 1) for k, v in zip(("min", "p10", "median", "p90", "max"), q)}}
+            stats[name] = {
+                "boxes": len(s),
+                **{
+                    k: round(float(v), 1) for k, v in zip(("min", "p10", "median", "p90", "max"), q)
+                },
+            }
     return stats
 
 
 # ---- the whole check ------------------------------------------------------------------------------
+
 
 @dataclass
 class DoctorReport:
@@ -294,7 +359,9 @@ class DoctorReport:
     fit: AnchorFit
     suggestion: AnchorFit | None
     fatal: list[str]
-    untrainable: dict[str, tuple[int, int]] = field(default_factory=dict)  # split -> (cannot train, listed)
+    untrainable: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # split -> (cannot train, listed)
     max_untrainable: float = MAX_UNTRAINABLE
     min_box_size: float = AugmentConfig.min_box_size
     fixed_image_size: bool = False
@@ -327,21 +394,32 @@ class DoctorReport:
         h, w = self.model_cfg.image_size
         lines.append("")
         lines.append(f"box size sqrt(w*h) in model-input pixels ({self.model_cfg.name} at {h}x{w})")
-        lines.append(f"  {'class'.ljust(width)}  {'boxes':>7}  {'min':>7}  {'p10':>7}  {'median':>7}  {'p90':>7}  {'max':>7}")
+        lines.append(
+            f"  {'class'.ljust(width)}  {'boxes':>7}  {'min':>7}  {'p10':>7}  {'median':>7}  {'p90':>7}  {'max':>7}"
+        )
         for name, s in self.sizes.items():
-            lines.append(f"  {name.ljust(width)}  {s['boxes']:>7}  " + "  ".join(f"{s[k]:>7}" for k in ("min", "p10", "median", "p90", "max")))
+            lines.append(
+                f"  {name.ljust(width)}  {s['boxes']:>7}  "
+                + "  ".join(f"{s[k]:>7}" for k in ("min", "p10", "median", "p90", "max"))
+            )
         lines.append("")
         for split, (bad, listed) in self.untrainable.items():
-            lines.append(f"[{split}] boxes that cannot train: {bad} of {listed} ({bad / max(listed, 1):.1%}; "
-                         f"limit {self.max_untrainable:.0%}): dropped while reading, or under {self.min_box_size:g} px "
-                         f"at the {h}x{w} input")
+            lines.append(
+                f"[{split}] boxes that cannot train: {bad} of {listed} ({bad / max(listed, 1):.1%}; "
+                f"limit {self.max_untrainable:.0%}): dropped while reading, or under {self.min_box_size:g} px "
+                f"at the {h}x{w} input"
+            )
         lines.append(fit_line(self.fit))
         if self.suggestion is not None:
-            lines.append(f"  suggested settings raise the anchor fit from {self.fit.fit:.1%} to {self.suggestion.fit:.1%}: "
-                         f"{self.suggestion.train_options()}")
+            lines.append(
+                f"  suggested settings raise the anchor fit from {self.fit.fit:.1%} to {self.suggestion.fit:.1%}: "
+                f"{self.suggestion.train_options()}"
+            )
         elif self.fit.fit < GOOD_FIT and self.fit.num_boxes:
             where = f" at the fixed {h}x{w} input" if self.fixed_image_size else ""
-            lines.append(f"  no anchor setting{where} raises the fit by {MIN_GAIN:.0%} or more: keep the model's anchors")
+            lines.append(
+                f"  no anchor setting{where} raises the fit by {MIN_GAIN:.0%} or more: keep the model's anchors"
+            )
         for finding in self.findings:
             lines.append(f"note: {finding}")
         for problem in self.fatal:
@@ -352,14 +430,20 @@ class DoctorReport:
         return {
             "model": self.model_cfg.name,
             "image_size": list(self.model_cfg.image_size),
-            "splits": {s: {"source": d.source, **d.report.to_dict()} for s, d in self.splits.items()},
+            "splits": {
+                s: {"source": d.source, **d.report.to_dict()} for s, d in self.splits.items()
+            },
             "class_histogram": self.histogram,
             "box_sizes": self.sizes,
-            "untrainable": {s: {"boxes": bad, "listed": n} for s, (bad, n) in self.untrainable.items()},
+            "untrainable": {
+                s: {"boxes": bad, "listed": n} for s, (bad, n) in self.untrainable.items()
+            },
             "max_untrainable": self.max_untrainable,
             "anchor_fit": dataclasses.asdict(self.fit),
-            "suggestion": dataclasses.asdict(self.suggestion) | {"train_options": self.suggestion.train_options()}
-            if self.suggestion else None,
+            "suggestion": dataclasses.asdict(self.suggestion)
+            | {"train_options": self.suggestion.train_options()}
+            if self.suggestion
+            else None,
             "findings": self.findings,
             "fatal": self.fatal,
         }
@@ -367,13 +451,23 @@ class DoctorReport:
 
 def fit_line(fit: AnchorFit) -> str:
     parts = ", ".join(f"{name} {share:.1%} of {n}" for name, (share, n) in fit.by_size.items())
-    return (f"anchor fit: {fit.fit:.1%} of {fit.num_boxes} boxes have an anchor with IoU >= {MATCH_IOU} "
-            f"(anchor scale {fit.anchor_scale:g}, {fit.image_size[0]}x{fit.image_size[1]}){'; ' + parts if parts else ''}")
+    return (
+        f"anchor fit: {fit.fit:.1%} of {fit.num_boxes} boxes have an anchor with IoU >= {MATCH_IOU} "
+        f"(anchor scale {fit.anchor_scale:g}, {fit.image_size[0]}x{fit.image_size[1]}){'; ' + parts if parts else ''}"
+    )
 
 
-def check_dataset(source: str | Path, model: str = "efficientdet_d0", image_size=None, splits=("train", "val"),
-                  verify_images: bool = True, search: bool = True, model_cfg: ModelConfig | None = None,
-                  max_untrainable: float = MAX_UNTRAINABLE, progress: bool = True) -> DoctorReport:
+def check_dataset(
+    source: str | Path,
+    model: str = "efficientdet_d0",
+    image_size=None,
+    splits=("train", "val"),
+    verify_images: bool = True,
+    search: bool = True,
+    model_cfg: ModelConfig | None = None,
+    max_untrainable: float = MAX_UNTRAINABLE,
+    progress: bool = True,
+) -> DoctorReport:
     """Run every check on ``source`` (dataset YAML or COCO JSON). The first split is the training split.
 
     ``image_size`` (S or (H, W)) fixes the input size: the anchor search then keeps it.
@@ -381,29 +475,40 @@ def check_dataset(source: str | Path, model: str = "efficientdet_d0", image_size
     from .spec import DatasetSpec, load_dataset
 
     if not 0.0 <= max_untrainable <= 1.0:
-        raise ConfigError(f"--max-untrainable {max_untrainable}: not a share of boxes; fix: give a value from 0 to 1 (e.g. 0.25)")
+        raise ConfigError(
+            f"--max-untrainable {max_untrainable}: not a share of boxes; fix: give a value from 0 to 1 (e.g. 0.25)"
+        )
     cfg = model_cfg or get_model_config(model, image_size=image_size)
     loaded: dict[str, DetectionData] = {}
     fatal: list[str] = []
     source = Path(source)
     if source.suffix.lower() in (".yaml", ".yml"):
         present = DatasetSpec.from_yaml(source).splits
-        splits = [s for i, s in enumerate(splits) if i == 0 or s in present]  # later splits are optional
+        splits = [
+            s for i, s in enumerate(splits) if i == 0 or s in present
+        ]  # later splits are optional
     else:
         splits = ["train"]
     for split in splits:
         first = next(iter(loaded.values()), None)
         try:
-            loaded[split] = load_dataset(source, split, verify_images=verify_images, show_progress=progress,
-                                         class_names=first.class_names if first else None,
-                                         category_ids=first.category_ids if first else None)
+            loaded[split] = load_dataset(
+                source,
+                split,
+                verify_images=verify_images,
+                show_progress=progress,
+                class_names=first.class_names if first else None,
+                category_ids=first.category_ids if first else None,
+            )
         except DataError as exc:
             fatal.append(str(exc))
     if not loaded:
         raise DataError(fatal[0] if fatal else f"{source}: nothing to check")
     train = next(iter(loaded.values()))
     if train.num_classes == 0:
-        fatal.append(f"{source}: no classes declared; fix: list the class names (or COCO categories)")
+        fatal.append(
+            f"{source}: no classes declared; fix: list the class names (or COCO categories)"
+        )
     cfg = cfg.replace(num_classes=max(train.num_classes, 1))
     min_size = AugmentConfig.min_box_size
     untrainable = {}
@@ -414,18 +519,30 @@ def check_dataset(source: str | Path, model: str = "efficientdet_d0", image_size
     fit = measure_anchor_fit(train, cfg.anchors, cfg.image_size)
     suggestion = None
     if search and fit.fit < GOOD_FIT and fit.num_boxes:
-        best = search_anchor_settings(train, cfg, fixed_image_size=image_size is not None, progress=progress)[0]
+        best = search_anchor_settings(
+            train, cfg, fixed_image_size=image_size is not None, progress=progress
+        )[0]
         if best.fit >= fit.fit + MIN_GAIN:
             suggestion = best
     return DoctorReport(
-        splits=loaded, model_cfg=cfg, findings=category_findings(train), histogram=class_histogram(train),
-        sizes=size_stats(train, cfg.image_size), fit=fit, suggestion=suggestion, fatal=fatal,
-        untrainable=untrainable, max_untrainable=max_untrainable, min_box_size=min_size,
+        splits=loaded,
+        model_cfg=cfg,
+        findings=category_findings(train),
+        histogram=class_histogram(train),
+        sizes=size_stats(train, cfg.image_size),
+        fit=fit,
+        suggestion=suggestion,
+        fatal=fatal,
+        untrainable=untrainable,
+        max_untrainable=max_untrainable,
+        min_box_size=min_size,
         fixed_image_size=image_size is not None,
     )
 
 
-def quick_summary(train: DetectionData, model_cfg: ModelConfig, min_box_size: float = AugmentConfig.min_box_size) -> str:
+def quick_summary(
+    train: DetectionData, model_cfg: ModelConfig, min_box_size: float = AugmentConfig.min_box_size
+) -> str:
     """What ``train`` prints before the first epoch: boxes too small to train (always, with the
     count), class findings and the anchor fit (no decoding)."""
     small = small_box_problems(train, model_cfg.image_size, min_box_size)
@@ -433,7 +550,9 @@ def quick_summary(train: DetectionData, model_cfg: ModelConfig, min_box_size: fl
     lines = [small_box_line(train, small, model_cfg.image_size, min_box_size), fit_line(fit)]
     lines += [f"note: {finding}" for finding in category_findings(train)]
     if fit.fit < GOOD_FIT:
-        lines.append("note: a low anchor fit slows or stops learning; run 'efficientdet data check' for suggested settings")
+        lines.append(
+            "note: a low anchor fit slows or stops learning; run 'efficientdet data check' for suggested settings"
+        )
     return "\n".join(lines)
 
 
@@ -458,13 +577,22 @@ def plot_box_sizes(report: DoctorReport, path: str | Path) -> Path:
         for octave in range(a.num_scales):
             for rx, ry in a.aspect_ratios:
                 side = a.anchor_scale * 2**level * 2 ** (octave / a.num_scales)
-                ax.scatter([side * rx], [side * ry], marker="s", s=40, facecolors="none", edgecolors="black")
+                ax.scatter(
+                    [side * rx],
+                    [side * ry],
+                    marker="s",
+                    s=40,
+                    facecolors="none",
+                    edgecolors="black",
+                )
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="black", label="anchors")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("box width (model-input px)")
     ax.set_ylabel("box height (model-input px)")
-    ax.set_title(f"{cfg.name} at {cfg.image_size[0]}x{cfg.image_size[1]}: anchor fit {report.fit.fit:.1%}")
+    ax.set_title(
+        f"{cfg.name} at {cfg.image_size[0]}x{cfg.image_size[1]}: anchor fit {report.fit.fit:.1%}"
+    )
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     from ..fileio import write_via_temp
@@ -479,32 +607,54 @@ def plot_box_sizes(report: DoctorReport, path: str | Path) -> Path:
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="dataset YAML (ours or an Ultralytics data.yaml) or COCO JSON")
-    parser.add_argument("--model", default="efficientdet_d0", help="model whose input size and anchors to check against")
+    parser.add_argument(
+        "--model",
+        default="efficientdet_d0",
+        help="model whose input size and anchors to check against",
+    )
     from .. import cli_options
 
-    cli_options.add(parser, "image_size")  # shared CLI vocabulary (efficientdet/cli_options.py); kept when given
-    parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits of a dataset YAML to read")
+    cli_options.add(
+        parser, "image_size"
+    )  # shared CLI vocabulary (efficientdet/cli_options.py); kept when given
+    parser.add_argument(
+        "--splits", nargs="+", default=["train", "val"], help="splits of a dataset YAML to read"
+    )
     cli_options.add(parser, "out", "exist_ok", "json", "quiet")
     parser.add_argument("--no-plot", action="store_true", help="do not draw box_sizes.png")
-    parser.add_argument("--max-untrainable", type=float, default=MAX_UNTRAINABLE, metavar="SHARE",
-                        help=f"exit with status 2 when more than this share of a split's boxes cannot train "
-                             f"(dropped while reading, or under {AugmentConfig.min_box_size:g} px at the input; "
-                             f"default {MAX_UNTRAINABLE})")
-    parser.add_argument("--no-verify", action="store_true", help="do not decode every image (faster)")
+    parser.add_argument(
+        "--max-untrainable",
+        type=float,
+        default=MAX_UNTRAINABLE,
+        metavar="SHARE",
+        help=f"exit with status 2 when more than this share of a split's boxes cannot train "
+        f"(dropped while reading, or under {AugmentConfig.min_box_size:g} px at the input; "
+        f"default {MAX_UNTRAINABLE})",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="do not decode every image (faster)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fileio import make_dirs, write_json
     from ..cli_options import check_json_output
-    from .spec import dataset_files
+    from ..fileio import make_dirs, write_json
     from ..run_dirs import make_run_dir
+    from .spec import dataset_files
 
     check_json_output(args, {"dataset": dataset_files(args.data)})
-    report = check_dataset(args.data, args.model, parse_image_size(args.image_size), tuple(args.splits),
-                           verify_images=not args.no_verify, max_untrainable=args.max_untrainable,
-                           progress=not args.quiet)
+    report = check_dataset(
+        args.data,
+        args.model,
+        parse_image_size(args.image_size),
+        tuple(args.splits),
+        verify_images=not args.no_verify,
+        max_untrainable=args.max_untrainable,
+        progress=not args.quiet,
+    )
     print(report.table())
     out = make_dirs(make_run_dir(args.out, args.exist_ok, command="check"))
     write_json(out / "report.json", report.to_dict())
@@ -518,7 +668,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         print(f"box size plot: {plot_box_sizes(report, out / 'box_sizes.png')}")
     if report.fatal:
-        raise DataError(report.fatal[0] + (f" (and {len(report.fatal) - 1} more above)" if len(report.fatal) > 1 else ""))
+        raise DataError(
+            report.fatal[0]
+            + (f" (and {len(report.fatal) - 1} more above)" if len(report.fatal) > 1 else "")
+        )
     too_many = report.too_many_untrainable()
     if too_many:
         raise DataError(too_many[0])

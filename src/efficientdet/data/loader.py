@@ -43,7 +43,9 @@ def create_loader(
     generator.manual_seed(int(seed))
     sampler = None
     if distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=shuffle, seed=int(seed), drop_last=drop_last)
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, shuffle=shuffle, seed=int(seed), drop_last=drop_last
+        )
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

@@ -18,7 +18,18 @@ import numpy as np
 from ..errors import DataError
 from .report import DataReport
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+)
 # Boxes that overshoot the border by less than this many pixels are clipped silently
 # (float rounding in exported annotations), larger overshoots are clipped and reported.
 CLIP_TOLERANCE = 0.01
@@ -42,7 +53,9 @@ class ImageRecord:
     labels: np.ndarray
     image_id: int
     ignore: np.ndarray | None = None
-    file_name: str = ""  # as written in the annotations (COCO file_name, VOC filename, YOLO relative path)
+    file_name: str = (
+        ""  # as written in the annotations (COCO file_name, VOC filename, YOLO relative path)
+    )
     areas: np.ndarray | None = None
     annotation_file: str = ""  # the file holding this image's boxes (COCO JSON, VOC XML, YOLO .txt)
 
@@ -99,7 +112,7 @@ def exif_oriented_size(image) -> tuple[int, int]:
     w, h = image.size
     try:
         orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block is not a reason to drop the image
+    except Exception:
         orientation = 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
@@ -134,22 +147,39 @@ def sanitize_boxes(
     out = boxes.copy()
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-            report.add("nan_box", file, items[i], f"box {[x1, y1, x2, y2]} has NaN or infinite coordinates")
+            report.add(
+                "nan_box", file, items[i], f"box {[x1, y1, x2, y2]} has NaN or infinite coordinates"
+            )
             keep[i] = False
             continue
         if x2 <= x1 or y2 <= y1:
-            report.add("bad_box_size", file, items[i], f"box xyxy {_fmt(boxes[i])} has width {x2 - x1:g}, height {y2 - y1:g}")
+            report.add(
+                "bad_box_size",
+                file,
+                items[i],
+                f"box xyxy {_fmt(boxes[i])} has width {x2 - x1:g}, height {y2 - y1:g}",
+            )
             keep[i] = False
             continue
         cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
         cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
         if cx2 <= cx1 or cy2 <= cy1:
-            report.add("box_outside", file, items[i], f"box xyxy {_fmt(boxes[i])} lies outside the {width}x{height} image")
+            report.add(
+                "box_outside",
+                file,
+                items[i],
+                f"box xyxy {_fmt(boxes[i])} lies outside the {width}x{height} image",
+            )
             keep[i] = False
             continue
         overshoot = max(-x1, -y1, x2 - width, y2 - height)
         if overshoot > CLIP_TOLERANCE:
-            report.add("box_clipped", file, items[i], f"box xyxy {_fmt(boxes[i])} extends past the {width}x{height} image")
+            report.add(
+                "box_clipped",
+                file,
+                items[i],
+                f"box xyxy {_fmt(boxes[i])} extends past the {width}x{height} image",
+            )
         out[i] = (cx1, cy1, cx2, cy2)
     out[~keep] = 0.0  # dropped rows may hold NaN or 1e308: never cast them
     return out.astype(np.float32), keep
@@ -159,7 +189,14 @@ def _fmt(box) -> str:
     return "[" + ", ".join(f"{float(v):g}" for v in box) + "]"
 
 
-def finish(records: list[ImageRecord], report: DataReport, source: str, listed: int, boxes_listed: int, fix: str) -> None:
+def finish(
+    records: list[ImageRecord],
+    report: DataReport,
+    source: str,
+    listed: int,
+    boxes_listed: int,
+    fix: str,
+) -> None:
     """Fill report stats; raise DataError naming ``source`` and ``fix`` when no image is usable."""
     report.stats["images_listed"] += listed
     report.stats["images_used"] += len(records)
@@ -171,8 +208,14 @@ def finish(records: list[ImageRecord], report: DataReport, source: str, listed: 
         raise DataError(f"{source}: no usable images ({listed} listed; {counts}); fix: {fix}")
 
 
-def check_image(path: str, report: DataReport, file: str, item: str, verify: bool = False,
-                annotated_wh: tuple[int, int] | None = None) -> tuple[int, int] | None:
+def check_image(
+    path: str,
+    report: DataReport,
+    file: str,
+    item: str,
+    verify: bool = False,
+    annotated_wh: tuple[int, int] | None = None,
+) -> tuple[int, int] | None:
     """The (width, height) to use for the image at ``path``, or None when it is unusable (reported).
 
     Reads the file header (no decoding; with ``verify`` the whole file is decoded; without it, a
@@ -191,7 +234,7 @@ def check_image(path: str, report: DataReport, file: str, item: str, verify: boo
     if not error:
         try:
             real_wh = read_image_size(path)
-        except Exception as exc:  # noqa: BLE001 - any header error means the file is unusable
+        except Exception as exc:
             if annotated_wh is not None and not verify:
                 # the size is known: keep the image; loading finds it undecodable, reports it
                 # and substitutes another (DetectionDataset), as for any file corrupt past its header
@@ -203,9 +246,13 @@ def check_image(path: str, report: DataReport, file: str, item: str, verify: boo
     if annotated_wh is None:
         return real_wh
     if tuple(annotated_wh) != tuple(real_wh):
-        report.add("size_mismatch", file, item,
-                   f"annotated size {annotated_wh[0]}x{annotated_wh[1]} but the file {path} is {real_wh[0]}x{real_wh[1]}",
-                   value=f"{real_wh[0]}x{real_wh[1]}")
+        report.add(
+            "size_mismatch",
+            file,
+            item,
+            f"annotated size {annotated_wh[0]}x{annotated_wh[1]} but the file {path} is {real_wh[0]}x{real_wh[1]}",
+            value=f"{real_wh[0]}x{real_wh[1]}",
+        )
     return int(annotated_wh[0]), int(annotated_wh[1])
 
 
@@ -227,6 +274,6 @@ def verify_image(path: str) -> str:
     try:
         with Image.open(path) as image:
             image.load()
-    except Exception as exc:  # noqa: BLE001 - any decoder error means the file is unusable
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return ""

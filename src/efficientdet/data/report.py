@@ -14,41 +14,93 @@ from dataclasses import asdict, dataclass, field
 # kind -> (one-line description, default action, default fix). The table is the vocabulary of
 # problems; every reader, the dataset and the doctor report through it.
 PROBLEM_KINDS: dict[str, tuple[str, str, str]] = {
-    "missing_image": ("image file not found", "skipped image",
-                      "put the image in the image folder or remove its entry"),
-    "corrupt_image": ("image cannot be opened or decoded (corrupt or truncated)", "skipped image",
-                      "replace the file with a readable image or remove its entry"),
-    "size_mismatch": ("image file size differs from the size in the annotations", "image resized to the annotated size",
-                      "correct width/height in the annotations (or re-export them for this image)"),
+    "missing_image": (
+        "image file not found",
+        "skipped image",
+        "put the image in the image folder or remove its entry",
+    ),
+    "corrupt_image": (
+        "image cannot be opened or decoded (corrupt or truncated)",
+        "skipped image",
+        "replace the file with a readable image or remove its entry",
+    ),
+    "size_mismatch": (
+        "image file size differs from the size in the annotations",
+        "image resized to the annotated size",
+        "correct width/height in the annotations (or re-export them for this image)",
+    ),
     "duplicate_image_id": ("image id used twice", "skipped image", "give every image a unique id"),
-    "bad_image_entry": ("image entry without a usable id, file name or size", "skipped image",
-                        "give the entry an integer 'id' and a 'file_name' string"),
-    "bad_category": ("category entry without a usable id or name", "skipped category",
-                     "give every category an integer 'id' and a 'name' string"),
-    "unreadable_annotations": ("annotation file cannot be parsed", "skipped file",
-                               "re-export the file (it is truncated, not UTF-8 or not valid XML)"),
-    "empty_annotations": ("annotation list is empty", "images kept as background",
-                          "add the annotations, or ignore this if the images are background"),
-    "bad_annotation": ("annotation entry or label line cannot be parsed", "dropped box",
-                       "write the box as 4 numbers with an integer class"),
-    "bad_iscrowd": ("'iscrowd' is not 0/1 (or true/false)", "kept as a normal box (iscrowd 0)",
-                    "set iscrowd to 0 or 1"),
+    "bad_image_entry": (
+        "image entry without a usable id, file name or size",
+        "skipped image",
+        "give the entry an integer 'id' and a 'file_name' string",
+    ),
+    "bad_category": (
+        "category entry without a usable id or name",
+        "skipped category",
+        "give every category an integer 'id' and a 'name' string",
+    ),
+    "unreadable_annotations": (
+        "annotation file cannot be parsed",
+        "skipped file",
+        "re-export the file (it is truncated, not UTF-8 or not valid XML)",
+    ),
+    "empty_annotations": (
+        "annotation list is empty",
+        "images kept as background",
+        "add the annotations, or ignore this if the images are background",
+    ),
+    "bad_annotation": (
+        "annotation entry or label line cannot be parsed",
+        "dropped box",
+        "write the box as 4 numbers with an integer class",
+    ),
+    "bad_iscrowd": (
+        "'iscrowd' is not 0/1 (or true/false)",
+        "kept as a normal box (iscrowd 0)",
+        "set iscrowd to 0 or 1",
+    ),
     "nan_box": ("box coordinate is NaN or infinite", "dropped box", "write finite box coordinates"),
-    "bad_box_size": ("box has zero or negative width/height", "dropped box",
-                     "check the box format (COCO: x, y, width, height; VOC: xmin < xmax)"),
-    "box_outside": ("box lies fully outside the image", "dropped box",
-                    "check the box coordinates and the image size"),
-    "box_clipped": ("box extends past the image border", "clipped box", "clip the box to the image"),
-    "box_too_small": ("box too small to train on at the model input size", "dropped in training",
-                      "train at a larger --image-size, or remove boxes this small"),
-    "unknown_category": ("category id / class index / class name not in the class list", "dropped box",
-                         "add the class to the categories/names, or fix the box's class"),
-    "orphan_annotation": ("annotation refers to an image id that does not exist", "dropped box",
-                          "add the image entry or fix the annotation's image_id"),
-    "orphan_label": ("label file without an image", "ignored file",
-                     "add the image (same name, an image extension) or delete the label file"),
-    "misplaced_label": ("label file found away from where the reader looks for it", "image read as background",
-                        "move the label file to the expected path"),
+    "bad_box_size": (
+        "box has zero or negative width/height",
+        "dropped box",
+        "check the box format (COCO: x, y, width, height; VOC: xmin < xmax)",
+    ),
+    "box_outside": (
+        "box lies fully outside the image",
+        "dropped box",
+        "check the box coordinates and the image size",
+    ),
+    "box_clipped": (
+        "box extends past the image border",
+        "clipped box",
+        "clip the box to the image",
+    ),
+    "box_too_small": (
+        "box too small to train on at the model input size",
+        "dropped in training",
+        "train at a larger --image-size, or remove boxes this small",
+    ),
+    "unknown_category": (
+        "category id / class index / class name not in the class list",
+        "dropped box",
+        "add the class to the categories/names, or fix the box's class",
+    ),
+    "orphan_annotation": (
+        "annotation refers to an image id that does not exist",
+        "dropped box",
+        "add the image entry or fix the annotation's image_id",
+    ),
+    "orphan_label": (
+        "label file without an image",
+        "ignored file",
+        "add the image (same name, an image extension) or delete the label file",
+    ),
+    "misplaced_label": (
+        "label file found away from where the reader looks for it",
+        "image read as background",
+        "move the label file to the expected path",
+    ),
 }
 
 
@@ -82,14 +134,29 @@ class DataReport:
     problems: list[DataProblem] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
 
-    def add(self, kind: str, file, item: str, message: str | None = None, action: str | None = None,
-            fix: str | None = None, value=None) -> DataProblem:
+    def add(
+        self,
+        kind: str,
+        file,
+        item: str,
+        message: str | None = None,
+        action: str | None = None,
+        fix: str | None = None,
+        value=None,
+    ) -> DataProblem:
         """Record a problem; ``message``/``action``/``fix`` default to the PROBLEM_KINDS text."""
         if kind not in PROBLEM_KINDS:
             raise ValueError(f"unknown problem kind {kind!r}: add it to PROBLEM_KINDS")
         description, default_action, default_fix = PROBLEM_KINDS[kind]
-        problem = DataProblem(kind, str(file), str(item), message or description, action or default_action,
-                              fix or default_fix, "" if value is None else str(value))
+        problem = DataProblem(
+            kind,
+            str(file),
+            str(item),
+            message or description,
+            action or default_action,
+            fix or default_fix,
+            "" if value is None else str(value),
+        )
         self.problems.append(problem)
         return problem
 
@@ -108,7 +175,7 @@ class DataReport:
     def of_kind(self, kind: str) -> list[DataProblem]:
         return [p for p in self.problems if p.kind == kind]
 
-    def extend(self, other: "DataReport") -> "DataReport":
+    def extend(self, other: DataReport) -> DataReport:
         """Append another report's problems and add its stats (in place); returns self."""
         self.problems.extend(other.problems)
         self.stats.update(other.stats)
@@ -134,7 +201,18 @@ class DataReport:
                 f" ({s['images_without_boxes']} without boxes)"
                 f"   boxes: {s['boxes_used']} used of {s['boxes_listed']} listed"
             )
-        other = {k: v for k, v in s.items() if k not in ("images_listed", "images_used", "boxes_listed", "boxes_used", "images_without_boxes")}
+        other = {
+            k: v
+            for k, v in s.items()
+            if k
+            not in (
+                "images_listed",
+                "images_used",
+                "boxes_listed",
+                "boxes_used",
+                "images_without_boxes",
+            )
+        }
         for k, v in other.items():
             lines.append(f"  {k}: {v}")
         counts = self.counts()

@@ -73,8 +73,10 @@ def relative_path(value, what: str = "file_name") -> str:
         raise Invalid(f"{what}: {name!r} contains a NUL character")
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
-        raise Invalid(f"{what}: {name!r} leaves the image folder (absolute path or '..'); "
-                      "give the path relative to the image folder")
+        raise Invalid(
+            f"{what}: {name!r} leaves the image folder (absolute path or '..'); "
+            "give the path relative to the image folder"
+        )
     return name
 
 

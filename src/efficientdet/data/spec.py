@@ -69,13 +69,17 @@ class DatasetSpec:
     splits: dict[str, SplitSpec] = field(default_factory=dict)
 
     @classmethod
-    def from_yaml(cls, yaml_path: str | Path) -> "DatasetSpec":
+    def from_yaml(cls, yaml_path: str | Path) -> DatasetSpec:
         yaml_path = Path(yaml_path)
         doc = _read_yaml(yaml_path)
         bad = _Bad(yaml_path)
         fmt = doc.get("format", "yolo")
         if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
-            raise bad("format", f"{schema.describe(fmt)} is not a dataset format", f"set 'format' to one of {', '.join(FORMATS)}")
+            raise bad(
+                "format",
+                f"{schema.describe(fmt)} is not a dataset format",
+                f"set 'format' to one of {', '.join(FORMATS)}",
+            )
         fmt = fmt.lower()
         root = _root(doc.get("path"), yaml_path, bad)
         names = _names(doc.get("names"), doc.get("nc"), bad)
@@ -104,19 +108,29 @@ def _read_yaml(yaml_path: Path) -> dict:
     try:
         raw = yaml_path.read_bytes()
     except OSError:
-        raise DataError(f"{yaml_path}: dataset YAML not found; fix: give the path of an existing data.yaml") from None
+        raise DataError(
+            f"{yaml_path}: dataset YAML not found; fix: give the path of an existing data.yaml"
+        ) from None
     try:
         doc = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{yaml_path}: byte {exc.start}: not UTF-8 text; fix: save the YAML as UTF-8") from None
+        raise DataError(
+            f"{yaml_path}: byte {exc.start}: not UTF-8 text; fix: save the YAML as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"line {line + 1}" if line is not None else "file"
-        raise DataError(f"{yaml_path}: {where}: invalid YAML; fix: check indentation and colons") from None
+        raise DataError(
+            f"{yaml_path}: {where}: invalid YAML; fix: check indentation and colons"
+        ) from None
     except RecursionError:
-        raise DataError(f"{yaml_path}: nested too deeply to be a dataset YAML; fix: see the data.yaml example in the docs") from None
+        raise DataError(
+            f"{yaml_path}: nested too deeply to be a dataset YAML; fix: see the data.yaml example in the docs"
+        ) from None
     if not isinstance(doc, dict):
-        raise DataError(f"{yaml_path}: expected a mapping with format, names, train, val; fix: see the data.yaml example in the docs")
+        raise DataError(
+            f"{yaml_path}: expected a mapping with format, names, train, val; fix: see the data.yaml example in the docs"
+        )
     return doc
 
 
@@ -125,11 +139,17 @@ def _root(value, yaml_path: Path, bad: _Bad) -> Path:
     if value is None or value == "":
         return yaml_path.parent
     if not isinstance(value, str):
-        raise bad("path", f"expected a folder, got {schema.describe(value)}", "write the dataset root folder as a string, or remove 'path'")
+        raise bad(
+            "path",
+            f"expected a folder, got {schema.describe(value)}",
+            "write the dataset root folder as a string, or remove 'path'",
+        )
     root = Path(value)
     if root.is_absolute():
         return root
-    beside = Path(os.path.normpath(yaml_path.parent / root))  # 'cfg/../datasets/x' -> 'datasets/x' in messages
+    beside = Path(
+        os.path.normpath(yaml_path.parent / root)
+    )  # 'cfg/../datasets/x' -> 'datasets/x' in messages
     return beside if beside.exists() or not root.exists() else root
 
 
@@ -141,32 +161,60 @@ def _names(names, nc, bad: _Bad) -> list[str] | None:
             if nc < 1:
                 raise schema.Invalid(f"nc: expected a class count >= 1, got {nc}")
         except schema.Invalid as exc:
-            raise bad("nc", str(exc).split(": ", 1)[1], "set nc to the number of classes, or remove it") from None
+            raise bad(
+                "nc", str(exc).split(": ", 1)[1], "set nc to the number of classes, or remove it"
+            ) from None
     if isinstance(names, dict):
         try:
-            by_index = {schema.integer(int(k) if isinstance(k, str) and k.strip().isdigit() else k, "index"): v
-                        for k, v in names.items()}
+            by_index = {
+                schema.integer(
+                    int(k) if isinstance(k, str) and k.strip().isdigit() else k, "index"
+                ): v
+                for k, v in names.items()
+            }
         except schema.Invalid as exc:
-            raise bad("names", f"keys must be class indices 0..N-1 ({exc})", "use a list of names or {0: name, 1: name}") from None
+            raise bad(
+                "names",
+                f"keys must be class indices 0..N-1 ({exc})",
+                "use a list of names or {0: name, 1: name}",
+            ) from None
         keys = sorted(by_index)
         if keys != list(range(len(keys))):
-            raise bad("names", f"indices {keys} are not 0..{len(keys) - 1}", "number the classes 0..N-1")
+            raise bad(
+                "names", f"indices {keys} are not 0..{len(keys) - 1}", "number the classes 0..N-1"
+            )
         names = [by_index[k] for k in keys]
     elif names is None:
         return [f"class{i}" for i in range(nc)] if nc else None
     elif not isinstance(names, list):
-        raise bad("names", f"expected a list of class names, got {schema.describe(names)}", "names: [cat, dog]")
+        raise bad(
+            "names",
+            f"expected a list of class names, got {schema.describe(names)}",
+            "names: [cat, dog]",
+        )
     if not names:
         raise bad("names", "empty", "list the class names: names: [cat, dog]")
     for i, name in enumerate(names):
-        if isinstance(name, bool) or not isinstance(name, (str, int, float)) or str(name).strip() == "":
-            raise bad("names", f"class {i}: expected a name, got {schema.describe(name)}", "write every class name as a string")
+        if (
+            isinstance(name, bool)
+            or not isinstance(name, (str, int, float))
+            or str(name).strip() == ""
+        ):
+            raise bad(
+                "names",
+                f"class {i}: expected a name, got {schema.describe(name)}",
+                "write every class name as a string",
+            )
     names = [str(n) for n in names]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise bad("names", f"class name {dup!r} appears twice", "make every name unique")
     if nc is not None and nc != len(names):
-        raise bad("nc", f"nc {nc} but {len(names)} names", "make nc equal the number of names, or remove nc")
+        raise bad(
+            "nc",
+            f"nc {nc} but {len(names)} names",
+            "make nc equal the number of names, or remove nc",
+        )
     return names
 
 
@@ -177,10 +225,16 @@ def _paths(value, key: str, root: Path, bad: _Bad, many: bool) -> tuple[Path, ..
     for v in values:
         if not isinstance(v, str) or not v.strip() or "\x00" in v:
             kind = "a path or a list of paths" if many else "a path"
-            raise bad(key, f"expected {kind}, got {schema.describe(v)}", f"write {key} as a folder or file name string")
+            raise bad(
+                key,
+                f"expected {kind}, got {schema.describe(v)}",
+                f"write {key} as a folder or file name string",
+            )
         path = root / v
         if not path.exists() and v.startswith("../") and (root / v[3:]).exists():
-            path = root / v[3:]  # as Ultralytics: Roboflow exports write '../train/images' beside the YAML
+            path = (
+                root / v[3:]
+            )  # as Ultralytics: Roboflow exports write '../train/images' beside the YAML
         out.append(path)
     return tuple(out)
 
@@ -189,15 +243,27 @@ def _split(entry, split: str, fmt: str, root: Path, bad: _Bad) -> SplitSpec:
     if isinstance(entry, (str, list)):
         entry = {"images": entry}
     if not isinstance(entry, dict) or entry.get("images") in (None, "", []):
-        raise bad(split, f"needs 'images' (got {schema.describe(entry)})", f"{split}: {{images: ..., annotations: ...}}")
+        raise bad(
+            split,
+            f"needs 'images' (got {schema.describe(entry)})",
+            f"{split}: {{images: ..., annotations: ...}}",
+        )
     images = _paths(entry["images"], f"{split}.images", root, bad, many=fmt == "yolo")
     ann = entry.get("annotations")
     if ann is None and fmt != "yolo":
-        raise bad(split, "'annotations' missing", f"give the {'JSON file' if fmt == 'coco' else 'XML folder'}")
+        raise bad(
+            split,
+            "'annotations' missing",
+            f"give the {'JSON file' if fmt == 'coco' else 'XML folder'}",
+        )
     return SplitSpec(
         images=images,
-        annotations=_paths(ann, f"{split}.annotations", root, bad, many=False)[0] if ann is not None else None,
-        list=_paths(entry["list"], f"{split}.list", root, bad, many=False)[0] if entry.get("list") is not None else None,
+        annotations=_paths(ann, f"{split}.annotations", root, bad, many=False)[0]
+        if ann is not None
+        else None,
+        list=_paths(entry["list"], f"{split}.list", root, bad, many=False)[0]
+        if entry.get("list") is not None
+        else None,
     )
 
 
@@ -243,33 +309,68 @@ def load_dataset(
     if source.suffix.lower() == ".json":
         from .coco import read_coco
 
-        return read_coco(source, images, class_names=class_names, category_ids=category_ids,
-                         verify_images=verify_images, report=report, show_progress=show_progress)
+        return read_coco(
+            source,
+            images,
+            class_names=class_names,
+            category_ids=category_ids,
+            verify_images=verify_images,
+            report=report,
+            show_progress=show_progress,
+        )
     if source.suffix.lower() not in (".yaml", ".yml"):
-        raise DataError(f"{source}: unknown dataset file type; fix: give a dataset .yaml or a COCO .json")
+        raise DataError(
+            f"{source}: unknown dataset file type; fix: give a dataset .yaml or a COCO .json"
+        )
     spec = DatasetSpec.from_yaml(source)
     if split not in spec.splits:
-        raise DataError(f"{source}: no '{split}' split (has {', '.join(spec.splits)}); fix: add a '{split}:' section")
+        raise DataError(
+            f"{source}: no '{split}' split (has {', '.join(spec.splits)}); fix: add a '{split}:' section"
+        )
     s = spec.splits[split]
     images_dir = Path(images) if images is not None else s.images[0]
     names = class_names if class_names is not None else spec.names
     if spec.format == "coco":
         from .coco import read_coco
 
-        return read_coco(s.annotations, images_dir, class_names=names, category_ids=category_ids,
-                         verify_images=verify_images, report=report, show_progress=show_progress)
+        return read_coco(
+            s.annotations,
+            images_dir,
+            class_names=names,
+            category_ids=category_ids,
+            verify_images=verify_images,
+            report=report,
+            show_progress=show_progress,
+        )
     if spec.format == "voc":
         from .voc import read_voc
 
-        return read_voc(s.annotations, images_dir, class_names=names, ids_file=s.list,
-                        verify_images=verify_images, report=report, show_progress=show_progress)
+        return read_voc(
+            s.annotations,
+            images_dir,
+            class_names=names,
+            ids_file=s.list,
+            verify_images=verify_images,
+            report=report,
+            show_progress=show_progress,
+        )
     from .yolo import read_yolo
 
     if names is None:
-        raise DataError(f"{source}: YOLO datasets need class names; fix: add 'names: [...]' to the YAML")
+        raise DataError(
+            f"{source}: YOLO datasets need class names; fix: add 'names: [...]' to the YAML"
+        )
     sources = [Path(images)] if images is not None else list(s.images)
     for path in sources:
         if not path.exists():
-            raise DataError(f"{source}: {split}: {path} not found; fix: set '{split}' to an image folder or a .txt list of images")
-    return read_yolo(sources, s.annotations, class_names=names, verify_images=verify_images, report=report,
-                     show_progress=show_progress)
+            raise DataError(
+                f"{source}: {split}: {path} not found; fix: set '{split}' to an image folder or a .txt list of images"
+            )
+    return read_yolo(
+        sources,
+        s.annotations,
+        class_names=names,
+        verify_images=verify_images,
+        report=report,
+        show_progress=show_progress,
+    )

@@ -29,7 +29,9 @@ EMPTY_FRACTION = 0.08
 MAX_OBJECTS = 7
 JPEG_QUALITY = 92
 _SPLIT_CODE = {"train": 0, "val": 1}
-SYNTH_MARKER = ".efficientdet-synth"  # in a folder synth wrote: it may rewrite that folder, no other
+SYNTH_MARKER = (
+    ".efficientdet-synth"  # in a folder synth wrote: it may rewrite that folder, no other
+)
 
 
 # ---------------------------------------------------------------------------- drawing
@@ -44,7 +46,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     if kind == 1:  # linear gradient to a second muted colour
         other = rng.uniform(70, 190, size=3)
         angle = rng.uniform(0, 2 * math.pi)
-        t = (xx * math.cos(angle) + yy * math.sin(angle))
+        t = xx * math.cos(angle) + yy * math.sin(angle)
         t = (t - t.min()) / max(1e-9, t.max() - t.min())
         img = img * (1 - t[..., None]) + other * t[..., None]
     elif kind == 2:  # stripes (sinusoidal, any angle)
@@ -60,7 +62,9 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def _polygon(cls: str, cx: float, cy: float, bw: float, bh: float, rot: float) -> list[tuple[float, float]]:
+def _polygon(
+    cls: str, cx: float, cy: float, bw: float, bh: float, rot: float
+) -> list[tuple[float, float]]:
     """Polygon vertices for shapes drawn as polygons, fitting a bw x bh box before rotation."""
     if cls == "rectangle":
         pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
@@ -74,7 +78,20 @@ def _polygon(cls: str, cx: float, cy: float, bw: float, bh: float, rot: float) -
             pts.append((r * math.cos(a), r * math.sin(a)))
     elif cls == "cross":
         t = 0.34
-        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        pts = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
     else:
         raise ValueError(cls)
     c, s = math.cos(rot), math.sin(rot)
@@ -85,7 +102,9 @@ def _polygon(cls: str, cx: float, cy: float, bw: float, bh: float, rot: float) -
     return out
 
 
-def _shape_mask(cls: str, h: int, w: int, cx: float, cy: float, bw: float, bh: float, rot: float, inner: float) -> np.ndarray:
+def _shape_mask(
+    cls: str, h: int, w: int, cx: float, cy: float, bw: float, bh: float, rot: float, inner: float
+) -> np.ndarray:
     """(h, w) bool mask of one shape, rasterised without anti-aliasing (crisp edges)."""
     from PIL import Image, ImageDraw
 
@@ -116,7 +135,9 @@ def render_image(rng: np.random.Generator, size: int = 320):
     from PIL import Image
 
     r = rng.uniform()
-    h, w = (size, size) if r < 0.7 else ((size * 3 // 4, size) if r < 0.85 else (size, size * 3 // 4))
+    h, w = (
+        (size, size) if r < 0.7 else ((size * 3 // 4, size) if r < 0.85 else (size, size * 3 // 4))
+    )
     img = _background(rng, h, w)
     bg_mean = img.reshape(-1, 3).mean(0)
     objects: list[dict] = []
@@ -151,7 +172,9 @@ def render_image(rng: np.random.Generator, size: int = 320):
             colour = None
             for _c in range(20):
                 c = _colour(rng)
-                if np.abs(c - bg_mean).sum() >= 150 and all(np.abs(c - o["colour"]).sum() >= 150 for o in covered):
+                if np.abs(c - bg_mean).sum() >= 150 and all(
+                    np.abs(c - o["colour"]).sum() >= 150 for o in covered
+                ):
                     colour = c
                     break
             if colour is None:
@@ -165,7 +188,13 @@ def render_image(rng: np.random.Generator, size: int = 320):
     annotations = []
     for o in objects:
         ys, xs = np.nonzero(o["visible"])
-        annotations.append((o["label"], [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], int(len(xs))))
+        annotations.append(
+            (
+                o["label"],
+                [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                len(xs),
+            )
+        )
     pil = Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), mode="RGB")
     return pil, annotations
 
@@ -178,20 +207,35 @@ def _coco_doc(split: str, entries: list[tuple[str, int, int, list]]) -> dict:
     for image_id, (file_name, w, h, objs) in enumerate(entries, start=1):
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         for label, (x1, y1, x2, y2), area in objs:
-            anns.append({
-                "id": len(anns) + 1, "image_id": image_id, "category_id": CATEGORY_IDS[label],
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": 0,
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORY_IDS[label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": area,
+                    "iscrowd": 0,
+                }
+            )
     return {
         "info": {"description": f"efficientdet synthetic shapes ({split})", "version": "1"},
         "images": images,
         "annotations": anns,
-        "categories": [{"id": c, "name": n, "supercategory": "shape"} for c, n in zip(CATEGORY_IDS, CLASS_NAMES)],
+        "categories": [
+            {"id": c, "name": n, "supercategory": "shape"}
+            for c, n in zip(CATEGORY_IDS, CLASS_NAMES)
+        ],
     }
 
 
-def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed: int = 0, size: int = 320,
-                            progress: bool = True) -> Path:
+def write_synthetic_dataset(
+    out: str | Path,
+    num_train: int,
+    num_val: int,
+    seed: int = 0,
+    size: int = 320,
+    progress: bool = True,
+) -> Path:
     """Write the dataset under ``out``; returns the path of ``data.yaml``."""
     import yaml
     from tqdm import tqdm
@@ -202,16 +246,25 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; fix: pick another --out")
     if num_train < 1 or num_val < 0:
-        raise DataError(f"--images {num_train} --val-images {num_val}: need at least 1 training image; fix: --images N with N >= 1")
+        raise DataError(
+            f"--images {num_train} --val-images {num_val}: need at least 1 training image; fix: --images N with N >= 1"
+        )
     if size < 64:
         raise DataError(f"--size {size}: too small for the shapes; fix: --size 64 or more")
     planned = ["data.yaml", "train.json", "val.json"] + [
-        f"images/{split}_{i:06d}.jpg" for split, count in (("train", num_train), ("val", num_val)) for i in range(count)]
-    if not (out / SYNTH_MARKER).exists():  # a folder synth wrote before may be rewritten, nothing else
+        f"images/{split}_{i:06d}.jpg"
+        for split, count in (("train", num_train), ("val", num_val))
+        for i in range(count)
+    ]
+    if not (
+        out / SYNTH_MARKER
+    ).exists():  # a folder synth wrote before may be rewritten, nothing else
         clash = next((name for name in planned if (out / name).exists()), None)
         if clash is not None:
-            raise DataError(f"{out / clash}: exists and was not written by 'data synth'; "
-                            "fix: pick a new --out (nothing was overwritten)")
+            raise DataError(
+                f"{out / clash}: exists and was not written by 'data synth'; "
+                "fix: pick a new --out (nothing was overwritten)"
+            )
     make_dirs(out / "images")
     (out / SYNTH_MARKER).touch()
     bar = tqdm(total=num_train + num_val, desc="synth", unit="img", disable=not progress)
@@ -221,8 +274,12 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
             rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], i])
             image, objs = render_image(rng, size)
             file_name = f"{split}_{i:06d}.jpg"
-            write_via_temp(out / "images" / file_name,
-                           lambda tmp, image=image: image.save(tmp, format="JPEG", quality=JPEG_QUALITY, subsampling=0))
+            write_via_temp(
+                out / "images" / file_name,
+                lambda tmp, image=image: image.save(
+                    tmp, format="JPEG", quality=JPEG_QUALITY, subsampling=0
+                ),
+            )
             entries.append((file_name, image.width, image.height, objs))
             bar.update(1)
         write_text(out / f"{split}.json", json.dumps(_coco_doc(split, entries)))
@@ -242,11 +299,20 @@ def write_synthetic_dataset(out: str | Path, num_train: int, num_val: int, seed:
 def add_arguments(parser) -> None:
     from .. import cli_options
 
-    cli_options.add(parser, "out", "exist_ok")  # shared CLI vocabulary (efficientdet/cli_options.py)
+    cli_options.add(
+        parser, "out", "exist_ok"
+    )  # shared CLI vocabulary (efficientdet/cli_options.py)
     parser.add_argument("--images", type=int, default=500, help="training images (default 500)")
-    parser.add_argument("--val-images", type=int, default=None, help="validation images (default: images / 5, at least 1)")
+    parser.add_argument(
+        "--val-images",
+        type=int,
+        default=None,
+        help="validation images (default: images / 5, at least 1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
-    parser.add_argument("--size", type=int, default=320, help="longer image side in pixels (default 320)")
+    parser.add_argument(
+        "--size", type=int, default=320, help="longer image side in pixels (default 320)"
+    )
     cli_options.add(parser, "quiet")
 
 
@@ -255,6 +321,8 @@ def run(args) -> int:
 
     num_val = args.val_images if args.val_images is not None else max(1, args.images // 5)
     out = make_run_dir(args.out, args.exist_ok, "synth")
-    yaml_path = write_synthetic_dataset(out, args.images, num_val, args.seed, args.size, progress=not args.quiet)
+    yaml_path = write_synthetic_dataset(
+        out, args.images, num_val, args.seed, args.size, progress=not args.quiet
+    )
     print(f"wrote {args.images} train + {num_val} val images: {yaml_path}")
     return 0

@@ -37,7 +37,9 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.scale_min <= self.scale_max:
-            raise ConfigError(f"scale jitter {self.scale_min}..{self.scale_max}: need 0 < scale_min <= scale_max")
+            raise ConfigError(
+                f"scale jitter {self.scale_min}..{self.scale_max}: need 0 < scale_min <= scale_max"
+            )
         if not 0 <= self.flip_prob <= 1:
             raise ConfigError(f"flip_prob={self.flip_prob}: need 0 <= value <= 1")
         if self.min_box_size < 0:
@@ -80,7 +82,7 @@ def open_image(path: str, draft_size_wh: tuple[int, int] | None = None):
     image = Image.open(path)
     try:
         orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - unreadable EXIF: use the pixels as stored
+    except Exception:
         orientation = 1
     w, h = image.size
     if orientation in (5, 6, 7, 8):
@@ -90,7 +92,9 @@ def open_image(path: str, draft_size_wh: tuple[int, int] | None = None):
         dw, dh = draft_size_wh
         if orientation in (5, 6, 7, 8):
             dw, dh = dh, dw
-        result = image.draft(image.mode if image.mode in ("RGB", "L") else None, (max(1, dw), max(1, dh)))
+        result = image.draft(
+            image.mode if image.mode in ("RGB", "L") else None, (max(1, dw), max(1, dh))
+        )
         if result is not None:  # result box: the full image in drafted pixels
             factor = result[1][2] / (h if orientation in (5, 6, 7, 8) else w)
     return image, orientation, (w, h), factor
@@ -130,14 +134,18 @@ def letterbox_scale(height: int, width: int, out_hw: tuple[int, int]) -> float:
     return min(out_hw[0] / height, out_hw[1] / width)
 
 
-def scale_boxes(boxes: np.ndarray, scale: float, offset_xy: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def scale_boxes(
+    boxes: np.ndarray, scale: float, offset_xy: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """Original pixels -> input pixels: ``boxes * scale - (ox, oy, ox, oy)``."""
     ox, oy = offset_xy
     out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.float32(scale)
     return out - np.array([ox, oy, ox, oy], dtype=np.float32)
 
 
-def unletterbox_boxes(boxes: np.ndarray, scale: float, original_hw: tuple[int, int] | None = None) -> np.ndarray:
+def unletterbox_boxes(
+    boxes: np.ndarray, scale: float, original_hw: tuple[int, int] | None = None
+) -> np.ndarray:
     """Input pixels -> original pixels: ``boxes / scale``, clipped to the image if its (h, w) is given."""
     out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.float32(scale)
     if original_hw is not None:
@@ -152,7 +160,9 @@ def hflip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
     return np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1).astype(np.float32)
 
 
-def clip_boxes(boxes: np.ndarray, extent_wh: tuple[float, float], min_size: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def clip_boxes(
+    boxes: np.ndarray, extent_wh: tuple[float, float], min_size: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Clip to [0, w] x [0, h]; returns (clipped boxes, keep) where keep drops boxes whose
     clipped width or height is <= 0 or < ``min_size``."""
     w, h = extent_wh
@@ -168,8 +178,14 @@ def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
-def random_scale_crop(rng: np.random.Generator, height: int, width: int, out_hw: tuple[int, int],
-                      scale_min: float, scale_max: float) -> tuple[float, tuple[int, int]]:
+def random_scale_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    out_hw: tuple[int, int],
+    scale_min: float,
+    scale_max: float,
+) -> tuple[float, tuple[int, int]]:
     """Official jitter: scale = letterbox scale * U(scale_min, scale_max); crop offset (ox, oy)
     = floor(U(0, 1) * max(0, scaled size - out size)) per axis."""
     scale = letterbox_scale(height, width, out_hw) * float(rng.uniform(scale_min, scale_max))
@@ -179,9 +195,15 @@ def random_scale_crop(rng: np.random.Generator, height: int, width: int, out_hw:
     return scale, (ox, oy)
 
 
-def resize_crop(image, full_wh: tuple[int, int], scale: float, offset_xy: tuple[int, int],
-                out_hw: tuple[int, int], fill: tuple[int, int, int],
-                pixel_scale_xy: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+def resize_crop(
+    image,
+    full_wh: tuple[int, int],
+    scale: float,
+    offset_xy: tuple[int, int],
+    out_hw: tuple[int, int],
+    fill: tuple[int, int, int],
+    pixel_scale_xy: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
     """Scale an image of full-resolution size ``full_wh`` by ``scale``, crop the H x W window
     at ``offset_xy`` of the scaled image, place it top-left on an H x W canvas of ``fill``.
 
@@ -213,7 +235,9 @@ def normalize(image_hwc: np.ndarray, mean, std):
     """(H, W, 3) uint8 -> (3, H, W) float32 torch tensor ``(x - mean) / std`` (0-255 units)."""
     import torch
 
-    x = np.ascontiguousarray(np.asarray(image_hwc).transpose(2, 0, 1)).astype(np.float32)  # (H, W, 3) -> (3, H, W)
+    x = np.ascontiguousarray(np.asarray(image_hwc).transpose(2, 0, 1)).astype(
+        np.float32
+    )  # (H, W, 3) -> (3, H, W)
     x -= np.asarray(mean, dtype=np.float32)[:, None, None]
     x /= np.asarray(std, dtype=np.float32)[:, None, None]
     return torch.from_numpy(x)

@@ -51,13 +51,26 @@ def _number(node, tag: str) -> float:
 
 def _annotated_size(size, src: str, item: str, report: DataReport) -> tuple[int, int] | None:
     """(width, height) from ``<size>``; None when absent or 0 (the header is read instead)."""
-    if size is None or _text(size, "width", "0") in ("0", "") or _text(size, "height", "0") in ("0", ""):
+    if (
+        size is None
+        or _text(size, "width", "0") in ("0", "")
+        or _text(size, "height", "0") in ("0", "")
+    ):
         return None
     try:
-        return (schema.positive_size(_number(size, "width"), "<width>"), schema.positive_size(_number(size, "height"), "<height>"))
+        return (
+            schema.positive_size(_number(size, "width"), "<width>"),
+            schema.positive_size(_number(size, "height"), "<height>"),
+        )
     except schema.Invalid as exc:
-        report.add("bad_image_entry", src, item, str(exc), "size read from the image file",
-                   "write <width> and <height> as integers > 0")
+        report.add(
+            "bad_image_entry",
+            src,
+            item,
+            str(exc),
+            "size read from the image file",
+            "write <width> and <height> as integers > 0",
+        )
         return None
 
 
@@ -77,19 +90,31 @@ def read_voc(
     ann_dir, images_dir = Path(annotations), Path(images_dir)
     report = report if report is not None else DataReport()
     if not ann_dir.is_dir():
-        raise DataError(f"{ann_dir}: VOC annotation folder not found; fix: set 'annotations' to the folder of .xml files")
+        raise DataError(
+            f"{ann_dir}: VOC annotation folder not found; fix: set 'annotations' to the folder of .xml files"
+        )
     if ids_file is not None:
         try:
-            stems = [s.strip() for s in Path(ids_file).read_text(encoding="utf-8").splitlines() if s.strip()]
+            stems = [
+                s.strip()
+                for s in Path(ids_file).read_text(encoding="utf-8").splitlines()
+                if s.strip()
+            ]
         except OSError:
-            raise DataError(f"{ids_file}: VOC image-set list not found; fix: set 'list' to an existing ImageSets file") from None
+            raise DataError(
+                f"{ids_file}: VOC image-set list not found; fix: set 'list' to an existing ImageSets file"
+            ) from None
         except UnicodeDecodeError:
-            raise DataError(f"{ids_file}: VOC image-set list is not UTF-8 text; fix: write one image stem per line") from None
+            raise DataError(
+                f"{ids_file}: VOC image-set list is not UTF-8 text; fix: write one image stem per line"
+            ) from None
         xml_files = [ann_dir / f"{s.split()[0]}.xml" for s in stems]
     else:
         xml_files = sorted(ann_dir.glob("*.xml"))
     if not xml_files:
-        raise DataError(f"{ann_dir}: no .xml files; fix: set 'annotations' to the folder holding the VOC XML files")
+        raise DataError(
+            f"{ann_dir}: no .xml files; fix: set 'annotations' to the folder holding the VOC XML files"
+        )
 
     parsed = []  # (xml path, image path, (w, h) or None, item, file name, [(item, box, name, difficult)])
     boxes_listed = 0
@@ -98,15 +123,22 @@ def read_voc(
         try:
             root = ET.parse(xml_path).getroot()
         except (ET.ParseError, OSError, ValueError) as exc:
-            report.add("unreadable_annotations", src, "file", f"cannot parse XML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                       "skipped image")
+            report.add(
+                "unreadable_annotations",
+                src,
+                "file",
+                f"cannot parse XML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                "skipped image",
+            )
             continue
         try:
             filename = schema.relative_path(_text(root, "filename") or xml_path.stem, "filename")
         except schema.Invalid as exc:
             report.add("bad_image_entry", src, "filename", str(exc))
             continue
-        candidates = [images_dir / filename] + [images_dir / (xml_path.stem + e) for e in IMAGE_EXTENSIONS]
+        candidates = [images_dir / filename] + [
+            images_dir / (xml_path.stem + e) for e in IMAGE_EXTENSIONS
+        ]
         path = next((p for p in candidates if p.is_file()), candidates[0])
         item = f"image {filename}"
         objects = []
@@ -130,7 +162,9 @@ def read_voc(
     if class_names is None:
         class_names = sorted({o[2] for p in parsed for o in p[5] if o[2]})
         if not class_names:
-            raise DataError(f"{ann_dir}: no named objects in any XML; fix: list the classes under 'names' in the YAML")
+            raise DataError(
+                f"{ann_dir}: no named objects in any XML; fix: list the classes under 'names' in the YAML"
+            )
     label_of = {n: i for i, n in enumerate(class_names)}
 
     records = []
@@ -143,18 +177,44 @@ def read_voc(
         known = []
         for o in objects:
             if o[2] not in label_of:
-                report.add("unknown_category", src, o[0], f"class name {o[2]!r} is not in names {list(class_names)}", value=o[2])
+                report.add(
+                    "unknown_category",
+                    src,
+                    o[0],
+                    f"class name {o[2]!r} is not in names {list(class_names)}",
+                    value=o[2],
+                )
             else:
                 known.append(o)
-        boxes, keep = sanitize_boxes(np.array([o[1] for o in known]).reshape(-1, 4), w, h, report, src, [o[0] for o in known])
+        boxes, keep = sanitize_boxes(
+            np.array([o[1] for o in known]).reshape(-1, 4), w, h, report, src, [o[0] for o in known]
+        )
         records.append(
             ImageRecord(
-                path=path, width=w, height=h, boxes=boxes[keep],
+                path=path,
+                width=w,
+                height=h,
+                boxes=boxes[keep],
                 labels=np.array([label_of[o[2]] for o in known], dtype=np.int64)[keep],
                 ignore=np.array([o[3] for o in known], dtype=bool)[keep],
-                image_id=image_id, file_name=filename, annotation_file=src,
+                image_id=image_id,
+                file_name=filename,
+                annotation_file=src,
             )
         )
-    finish(records, report, str(ann_dir), len(xml_files), boxes_listed,
-           f"check that the images named in the XML files are in {images_dir}")
-    return DetectionData(records, list(class_names), list(range(1, len(class_names) + 1)), report, source=str(ann_dir), format="voc")
+    finish(
+        records,
+        report,
+        str(ann_dir),
+        len(xml_files),
+        boxes_listed,
+        f"check that the images named in the XML files are in {images_dir}",
+    )
+    return DetectionData(
+        records,
+        list(class_names),
+        list(range(1, len(class_names) + 1)),
+        report,
+        source=str(ann_dir),
+        format="voc",
+    )

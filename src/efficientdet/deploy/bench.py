@@ -42,46 +42,90 @@ PARTS = ("network", "end_to_end", "from_image")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .. import cli_options
 
-    parser.add_argument("--model", default=None,
-                        help="registered model name (default: the --weights checkpoint's model, else efficientdet_d0)")
-    parser.add_argument("--weights", default=None, help="optional: our checkpoint or (with --model) a weights file")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="registered model name (default: the --weights checkpoint's model, else efficientdet_d0)",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="optional: our checkpoint or (with --model) a weights file"
+    )
     cli_options.add(parser, "batch")
-    parser.add_argument("--batches", type=int, nargs="+", default=None, metavar="N",
-                        help="several batch sizes to time one after the other (instead of --batch)")
-    parser.add_argument("--engine", nargs="+", default=["eager", "onnxruntime"], choices=ENGINES,
-                        help="engines to time (default eager onnxruntime)")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="several batch sizes to time one after the other (instead of --batch)",
+    )
+    parser.add_argument(
+        "--engine",
+        nargs="+",
+        default=["eager", "onnxruntime"],
+        choices=ENGINES,
+        help="engines to time (default eager onnxruntime)",
+    )
     cli_options.add(parser, "image_size")
     parser.add_argument("--num-classes", type=int, default=90)
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ONNX Runtime (default: usable cores)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads for torch and ONNX Runtime (default: usable cores)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed runs per measurement (default 10)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     cli_options.add(parser, "json", "quiet")
-    parser.add_argument("--in-process", action="store_true", help="measure everything in this process (peak memory then accumulates)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure everything in this process (peak memory then accumulates)",
+    )
 
 
-def build_detector(engine: str, model_name: str, image_size, num_classes: int, threads: int | None,
-                   weights: str | None = None, workdir: str | None = None):
+def build_detector(
+    engine: str,
+    model_name: str,
+    image_size,
+    num_classes: int,
+    threads: int | None,
+    weights: str | None = None,
+    workdir: str | None = None,
+):
     """The Detector an engine uses (conf 0, IoU 0.5, 100 detections, 5000 candidates)."""
     import torch
 
-    from ..factory import create_model
     from ..config import parse_image_size
+    from ..factory import create_model
     from .detector import Detector
 
     opts = dict(conf=0.0, iou=0.5, max_det=100)
     from .backends import is_exported
 
-    if weights and is_exported(weights):  # a TorchScript / ONNX file runs in its own runtime, whatever --engine says
+    if weights and is_exported(
+        weights
+    ):  # a TorchScript / ONNX file runs in its own runtime, whatever --engine says
         return Detector(weights, threads=threads, **opts)
     if weights:  # our checkpoint carries its model; other weights need model_name
-        det = (Detector.from_name(model_name, weights=weights, image_size=image_size, fuse=False, channels_last=False)
-               if model_name else Detector(weights, image_size=image_size, fuse=False, channels_last=False))
+        det = (
+            Detector.from_name(
+                model_name, weights=weights, image_size=image_size, fuse=False, channels_last=False
+            )
+            if model_name
+            else Detector(weights, image_size=image_size, fuse=False, channels_last=False)
+        )
         model = det.model
     else:
         torch.manual_seed(0)
-        model = create_model(model_name or DEFAULT_MODEL, num_classes=num_classes,
-                             image_size=parse_image_size(image_size, "--image-size")).eval()
+        model = create_model(
+            model_name or DEFAULT_MODEL,
+            num_classes=num_classes,
+            image_size=parse_image_size(image_size, "--image-size"),
+        ).eval()
     if engine == "eager":
         return Detector(model=model, **opts)
     if engine == "compile":
@@ -89,7 +133,15 @@ def build_detector(engine: str, model_name: str, image_size, num_classes: int, t
     from .export import export_onnx
 
     path = os.path.join(workdir or tempfile.mkdtemp(prefix="efficientdet-bench-"), f"{engine}.onnx")
-    export_onnx(model, path, dynamic_batch=True, nms=engine == "onnxruntime-nms", conf=0.0, iou=0.5, max_det=100)
+    export_onnx(
+        model,
+        path,
+        dynamic_batch=True,
+        nms=engine == "onnxruntime-nms",
+        conf=0.0,
+        iou=0.5,
+        max_det=100,
+    )
     return Detector(path, threads=threads, **opts)
 
 
@@ -104,7 +156,9 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
         t0 = time.perf_counter()
-        det = build_detector(engine, args.model, args.image_size, args.num_classes, threads, args.weights, workdir)
+        det = build_detector(
+            engine, args.model, args.image_size, args.num_classes, threads, args.weights, workdir
+        )
         setup_s = time.perf_counter() - t0
         check_memory(det.config, batch, train=False, device=det.device, image_size=det.image_size)
         h, w = det.image_size
@@ -127,18 +181,35 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
             runs["network"] = None  # the graph always includes NMS
         parts = {part: runs[part] for part in args.parts if runs.get(part) is not None}
         with torch.inference_mode():
-            times = time_interleaved(parts, args.warmup, args.repeats, quiet=getattr(args, "quiet", False),
-                                     desc=f"bench {engine} batch {batch}")
+            times = time_interleaved(
+                parts,
+                args.warmup,
+                args.repeats,
+                quiet=getattr(args, "quiet", False),
+                desc=f"bench {engine} batch {batch}",
+            )
         rows = []
         for part, part_times in times.items():
             stats = summarize(part_times)
-            rows.append({"engine": engine, "batch": batch, "part": part, "model": det.model_name, **stats,
-                         "images_per_s": 1000.0 * batch / stats["median_ms"], "peak_rss_mb": peak_rss_mb(),
-                         "setup_s": round(setup_s, 2), "threads": threads})
+            rows.append(
+                {
+                    "engine": engine,
+                    "batch": batch,
+                    "part": part,
+                    "model": det.model_name,
+                    **stats,
+                    "images_per_s": 1000.0 * batch / stats["median_ms"],
+                    "peak_rss_mb": peak_rss_mb(),
+                    "setup_s": round(setup_s, 2),
+                    "threads": threads,
+                }
+            )
         return rows
 
 
-def time_interleaved(parts: dict, warmup: int, repeats: int, quiet: bool = False, desc: str = "bench") -> dict[str, list[float]]:
+def time_interleaved(
+    parts: dict, warmup: int, repeats: int, quiet: bool = False, desc: str = "bench"
+) -> dict[str, list[float]]:
     """{part: fn} -> {part: wall times in ms}: every part warmed up ``warmup`` times, then
     ``repeats`` rounds that each time every part once (a tqdm bar counts the rounds), so that
     all parts see the same machine state and their medians compare."""
@@ -160,9 +231,27 @@ def time_interleaved(parts: dict, warmup: int, repeats: int, quiet: bool = False
 
 
 def _child(engine: str, batch: int, args) -> list[dict]:
-    cmd = [sys.executable, "-m", "efficientdet.cli", "bench", "--in-process", *(["--model", args.model] if args.model else []),
-           "--engine", engine, "--batch", str(batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--num-classes", str(args.num_classes), "--parts", *args.parts, "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "efficientdet.cli",
+        "bench",
+        "--in-process",
+        *(["--model", args.model] if args.model else []),
+        "--engine",
+        engine,
+        "--batch",
+        str(batch),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--num-classes",
+        str(args.num_classes),
+        "--parts",
+        *args.parts,
+        "--quiet",
+    ]
     if args.image_size:
         cmd += ["--image-size", str(args.image_size)]
     if args.threads:
@@ -175,8 +264,18 @@ def _child(engine: str, batch: int, args) -> list[dict]:
         proc = subprocess.run(cmd + ["--json", out], capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            user_error = proc.returncode == 2 and tail[0].startswith("error: ")  # efficientdet.cli's one line
-            return [{"engine": engine, "batch": batch, "part": "error", "error": tail[0], "user_error": user_error}]
+            user_error = proc.returncode == 2 and tail[0].startswith(
+                "error: "
+            )  # efficientdet.cli's one line
+            return [
+                {
+                    "engine": engine,
+                    "batch": batch,
+                    "part": "error",
+                    "error": tail[0],
+                    "user_error": user_error,
+                }
+            ]
         with open(out) as f:
             return json.load(f)["results"]
     finally:
@@ -191,8 +290,10 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"{r['engine']:<16} {r['batch']:>5} failed: {r['error']}")
             continue
         peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
-        lines.append(f"{r['engine']:<16} {r['batch']:>5} {r['part']:<11} {r['median_ms']:>10.1f} {r['p90_ms']:>9.1f} "
-                     f"{r['images_per_s']:>8.1f} {peak:>8}")
+        lines.append(
+            f"{r['engine']:<16} {r['batch']:>5} {r['part']:<11} {r['median_ms']:>10.1f} {r['p90_ms']:>9.1f} "
+            f"{r['images_per_s']:>8.1f} {peak:>8}"
+        )
     return "\n".join(lines)
 
 
@@ -202,7 +303,6 @@ def run(args: argparse.Namespace) -> int:
     from .. import cli_options
     from ..config import resolve_model_name
     from ..errors import ConfigError
-
     from ..progress import bar
 
     args.model = resolve_model_name(args.model) if args.model else None
@@ -215,18 +315,31 @@ def run(args: argparse.Namespace) -> int:
     progress = bar(jobs, args.quiet or len(jobs) == 1, desc="bench", unit="run")
     for engine, batch in progress:
         progress.set_postfix_str(f"{engine} batch {batch}")
-        results += measure_engine(engine, batch, args) if args.in_process else _child(engine, batch, args)
+        results += (
+            measure_engine(engine, batch, args) if args.in_process else _child(engine, batch, args)
+        )
     hw = args.image_size or None
-    measured = {r["model"] for r in results if r.get("model")}  # what ran: a checkpoint's or a file's own model
-    args.model = measured.pop() if len(measured) == 1 else args.model or (DEFAULT_MODEL if not args.weights else None)
+    measured = {
+        r["model"] for r in results if r.get("model")
+    }  # what ran: a checkpoint's or a file's own model
+    args.model = (
+        measured.pop()
+        if len(measured) == 1
+        else args.model or (DEFAULT_MODEL if not args.weights else None)
+    )
     summary = {
-        "model": args.model, "image_size": hw, "threads": args.threads or usable_cores(), "repeats": args.repeats,
+        "model": args.model,
+        "image_size": hw,
+        "threads": args.threads or usable_cores(),
+        "repeats": args.repeats,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"Python {platform.python_version()}",
+        f"Python {platform.python_version()}",
         "results": results,
     }
     if not args.in_process or len(jobs) > 1 or not args.json:
-        print(f"{args.model}, input {hw or 'default'}, threads {summary['threads']}, {args.repeats} runs (median / p90)")
+        print(
+            f"{args.model}, input {hw or 'default'}, threads {summary['threads']}, {args.repeats} runs (median / p90)"
+        )
         print(format_table(results))
     if args.json:
         cli_options.write_json_output(args, summary)

@@ -18,8 +18,9 @@ outputs (top-k, decode, class-aware NMS, undo the letterbox). Boxes come back as
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,19 +37,98 @@ from .preprocess import as_list, preprocess
 # COCO 2017 category ids 1..90 (the 90-slot layout of the official / effdet 90-class weights);
 # the 10 ids without annotations keep the names of the original COCO paper.
 COCO90_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "street sign", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep",
-    "cow", "elephant", "bear", "zebra", "giraffe", "hat", "backpack", "umbrella", "shoe", "eye glasses",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
-    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "plate", "wine glass", "cup", "fork",
-    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza",
-    "donut", "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table", "window", "desk",
-    "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
-    "toaster", "sink", "refrigerator", "blender", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "street sign",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "hat",
+    "backpack",
+    "umbrella",
+    "shoe",
+    "eye glasses",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "plate",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "mirror",
+    "dining table",
+    "window",
+    "desk",
+    "toilet",
+    "door",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "blender",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 COCO90_IDS: tuple[int, ...] = tuple(range(1, 91))
-
 
 
 # ----------------------------------------------------------------------------- results
@@ -74,8 +154,10 @@ class Detections:
 
     def __getitem__(self, key: str):
         if isinstance(key, int):
-            raise TypeError(f"Detections[{key}]: one Detections holds all detections of ONE image (one input gives "
-                            "one result); read result.boxes / .scores / .labels, or pass a list to get a list")
+            raise TypeError(
+                f"Detections[{key}]: one Detections holds all detections of ONE image (one input gives "
+                "one result); read result.boxes / .scores / .labels, or pass a list to get a list"
+            )
         if key not in self.keys():
             raise KeyError(key)
         return getattr(self, key)
@@ -86,8 +168,12 @@ class Detections:
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types (lists), for JSON."""
         return {
-            "boxes": self.boxes.tolist(), "scores": self.scores.tolist(), "labels": self.labels.tolist(),
-            "names": list(self.names), "image_size": list(self.image_size), "source": self.source,
+            "boxes": self.boxes.tolist(),
+            "scores": self.scores.tolist(),
+            "labels": self.labels.tolist(),
+            "names": list(self.names),
+            "image_size": list(self.image_size),
+            "source": self.source,
         }
 
 
@@ -117,14 +203,30 @@ class Detector:
     mean/std come from the file.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, *, model: nn.Module | None = None,
-                 class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
-                 conf: float = 0.25, iou: float = 0.5, max_det: int = 100, classes: Sequence | None = None,
-                 image_size: int | Sequence[int] | None = None, device: str | torch.device | None = "cpu",
-                 half: bool = False, channels_last: bool | None = None, fuse: bool = True, compile: bool = False,
-                 threads: int | None = None, max_candidates: int = 5000):
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        model: nn.Module | None = None,
+        class_names: Sequence[str] | None = None,
+        category_ids: Sequence[int] | None = None,
+        conf: float = 0.25,
+        iou: float = 0.5,
+        max_det: int = 100,
+        classes: Sequence | None = None,
+        image_size: int | Sequence[int] | None = None,
+        device: str | torch.device | None = "cpu",
+        half: bool = False,
+        channels_last: bool | None = None,
+        fuse: bool = True,
+        compile: bool = False,
+        threads: int | None = None,
+        max_candidates: int = 5000,
+    ):
         if (weights is None) == (model is None):
-            raise ConfigError("Detector: needs one source; fix: give a checkpoint/exported file path or model=..., not both or neither")
+            raise ConfigError(
+                "Detector: needs one source; fix: give a checkpoint/exported file path or model=..., not both or neither"
+            )
         backend: Backend
         if weights is not None:
             path = os.fspath(weights)
@@ -133,37 +235,69 @@ class Detector:
                 model, class_names, category_ids = _load_checkpoint(path, class_names, category_ids)
             else:
                 if compile:
-                    raise ConfigError(f"{path}: an exported file runs in its own runtime; fix: drop compile=True")
-                backend = open_exported(path, resolve_device("cpu" if kind == "onnx" and device in (None, "auto") else device),
-                                        half=half, threads=threads)
+                    raise ConfigError(
+                        f"{path}: an exported file runs in its own runtime; fix: drop compile=True"
+                    )
+                backend = open_exported(
+                    path,
+                    resolve_device(
+                        "cpu" if kind == "onnx" and device in (None, "auto") else device
+                    ),
+                    half=half,
+                    threads=threads,
+                )
                 class_names = class_names or backend.class_names
                 category_ids = category_ids if category_ids is not None else backend.category_ids
                 if image_size is not None and parse_image_size(image_size) != backend.image_size:
-                    raise ConfigError(f"{path}: exported for image size {backend.image_size}; "
-                                      "fix: re-export with --image-size or drop the option")
+                    raise ConfigError(
+                        f"{path}: exported for image size {backend.image_size}; "
+                        "fix: re-export with --image-size or drop the option"
+                    )
         if model is not None:
-            backend = TorchBackend(model, resolve_device(device), half=half, channels_last=channels_last, fuse=fuse,
-                                   compile=compile)
+            backend = TorchBackend(
+                model,
+                resolve_device(device),
+                half=half,
+                channels_last=channels_last,
+                fuse=fuse,
+                compile=compile,
+            )
         self.backend = backend
         self.config = backend.config
         self.model_name = self.config.name
         self.num_classes = self.config.num_classes
-        self.names = list(class_names) if class_names is not None else _default_names(self.num_classes)
+        self.names = (
+            list(class_names) if class_names is not None else _default_names(self.num_classes)
+        )
         if len(self.names) != self.num_classes:
-            raise ConfigError(f"{len(self.names)} class names for a {self.num_classes}-class model; fix: give one per class")
-        self.category_ids = list(category_ids) if category_ids is not None else (
-            list(COCO90_IDS) if self.num_classes == 90 and class_names is None else None)
+            raise ConfigError(
+                f"{len(self.names)} class names for a {self.num_classes}-class model; fix: give one per class"
+            )
+        self.category_ids = (
+            list(category_ids)
+            if category_ids is not None
+            else (list(COCO90_IDS) if self.num_classes == 90 and class_names is None else None)
+        )
         self.image_size = backend.image_size or (
-            parse_image_size(image_size) if image_size is not None else tuple(self.config.image_size))
+            parse_image_size(image_size)
+            if image_size is not None
+            else tuple(self.config.image_size)
+        )
         self.mean, self.std = self.config.mean, self.config.std
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
-        self.nms = NMSConfig(max_candidates=max_candidates, iou_threshold=self.iou, score_threshold=self.conf,
-                             max_detections=self.max_det)
+        self.nms = NMSConfig(
+            max_candidates=max_candidates,
+            iou_threshold=self.iou,
+            score_threshold=self.conf,
+            max_detections=self.max_det,
+        )
         backend.check_options(self.conf, self.iou, self.max_det)
         self.class_filter = self._resolve_classes(classes)
         from ..resources import check_memory
 
-        check_memory(self.config, 1, train=False, device=backend.device, image_size=self.image_size)  # before the anchors
+        check_memory(
+            self.config, 1, train=False, device=backend.device, image_size=self.image_size
+        )  # before the anchors
         self.anchors = AnchorGenerator(self.config.anchors)(self.image_size, device=backend.device)
 
     # -- what the backend wants (read by bench and the evaluator)
@@ -186,20 +320,29 @@ class Detector:
 
     # -- constructors
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **options) -> "Detector":
+    def from_checkpoint(cls, path: str | os.PathLike, **options) -> Detector:
         """From our checkpoint (``{"format": "efficientdet", ...}``) or an exported file."""
         return cls(path, **options)
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, **options) -> "Detector":
+    def from_onnx(cls, path: str | os.PathLike, **options) -> Detector:
         """From an ONNX file exported by ``efficientdet export`` (raw outputs or NMS inside)."""
         if file_kind(path) != "onnx":
-            raise ConfigError(f"{path}: expected an ONNX file; fix: give the .onnx that efficientdet export wrote")
+            raise ConfigError(
+                f"{path}: expected an ONNX file; fix: give the .onnx that efficientdet export wrote"
+            )
         return cls(path, **options)
 
     @classmethod
-    def from_name(cls, name: str, weights: str | os.PathLike | None = "coco", class_names: Sequence[str] | None = None,
-                  num_classes: int | None = None, category_ids: Sequence[int] | None = None, **options) -> "Detector":
+    def from_name(
+        cls,
+        name: str,
+        weights: str | os.PathLike | None = "coco",
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        category_ids: Sequence[int] | None = None,
+        **options,
+    ) -> Detector:
         """A registered model (``efficientdet_d0``, ``lite0``...) with ``weights``: "coco", a path
         (effdet / our layout; the class count is read from the file when not given) or None
         (random). 90-class models get COCO's 90 names and category ids 1..90 by default."""
@@ -208,16 +351,22 @@ class Detector:
 
         name = resolve_model_name(name)
         image_size = options.get("image_size")
-        if weights is not None and not (isinstance(weights, str) and weights.lower() in ("coco", "none")):
+        if weights is not None and not (
+            isinstance(weights, str) and weights.lower() in ("coco", "none")
+        ):
             path = os.fspath(weights)
             if file_kind(path) != "checkpoint":
-                raise ConfigError(f"{path}: an exported file carries its model; fix: use --weights {path} without --model")
+                raise ConfigError(
+                    f"{path}: an exported file carries its model; fix: use --weights {path} without --model"
+                )
             state = read_checkpoint(path)
             if is_our_checkpoint(state):
                 from ..factory import checkpoint_config
 
                 # our checkpoint carries its model: a different ``name`` is refused, not ignored
-                checkpoint_config(state, path, name, option=lambda field: f"--{field.replace('_', '-')}")
+                checkpoint_config(
+                    state, path, name, option=lambda field: f"--{field.replace('_', '-')}"
+                )
                 return cls(path, class_names=class_names, category_ids=category_ids, **options)
             if num_classes is None:
                 num_classes = _num_classes_in(state)
@@ -235,7 +384,9 @@ class Detector:
         return cls(model=model, class_names=class_names, category_ids=category_ids, **options)
 
     @classmethod
-    def from_model(cls, model: nn.Module, class_names: Sequence[str] | None = None, **options) -> "Detector":
+    def from_model(
+        cls, model: nn.Module, class_names: Sequence[str] | None = None, **options
+    ) -> Detector:
         """Wrap an ``EfficientDet`` module (it is copied when BN folding is on)."""
         return cls(model=model, class_names=class_names, **options)
 
@@ -250,20 +401,33 @@ class Detector:
         for c in classes:
             if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
                 if c.strip().lower() not in lookup:
-                    raise ConfigError(f"class {c!r} is not one of this model's classes; fix: pick from {', '.join(self.names[:10])}...")
+                    raise ConfigError(
+                        f"class {c!r} is not one of this model's classes; fix: pick from {', '.join(self.names[:10])}..."
+                    )
                 out.append(lookup[c.strip().lower()])
             else:
                 i = int(c)
                 if not 0 <= i < self.num_classes:
-                    raise ConfigError(f"class index {i}: out of range; fix: give 0..{self.num_classes - 1}")
+                    raise ConfigError(
+                        f"class index {i}: out of range; fix: give 0..{self.num_classes - 1}"
+                    )
                 out.append(i)
         return sorted(set(out))
 
     # -- running
-    def preprocess(self, images: Sequence) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list]:
+    def preprocess(
+        self, images: Sequence
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list]:
         """Inputs -> (batch (N, 3, H, W) as the backend wants it, scales (N,), original sizes [(h, w)], source labels)."""
-        return preprocess(images, self.image_size, self.mean, self.std, self.backend.device, self.backend.dtype,
-                          self.backend.channels_last)
+        return preprocess(
+            images,
+            self.image_size,
+            self.mean,
+            self.std,
+            self.backend.device,
+            self.backend.dtype,
+            self.backend.channels_last,
+        )
 
     @torch.inference_mode()
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -272,7 +436,9 @@ class Detector:
         return self.backend.raw(self.backend.prepare(batch))
 
     @torch.inference_mode()
-    def detect_batch(self, batch: torch.Tensor, scales: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[dict]:
+    def detect_batch(
+        self, batch: torch.Tensor, scales: torch.Tensor, sizes: Sequence[tuple[int, int]]
+    ) -> list[dict]:
         """Backend + decoding + NMS on a normalised letterboxed batch -> [{"boxes", "scores", "labels"}] in
         original pixels (CPU tensors). ``scales`` (N,): letterbox factors; ``sizes``: original (h, w)."""
         sizes_t = torch.as_tensor(sizes, dtype=torch.float32).reshape(-1, 2)
@@ -283,8 +449,16 @@ class Detector:
         else:
             # channels_last network outputs and flat file outputs are anchor-major: read without copies
             cls_out, box_out = self.backend.raw(batch)
-            dets = postprocess(cls_out, box_out, self.anchors, self.nms, self.image_size, scales, sizes_t,
-                               class_subset=self.class_filter)
+            dets = postprocess(
+                cls_out,
+                box_out,
+                self.anchors,
+                self.nms,
+                self.image_size,
+                scales,
+                sizes_t,
+                class_subset=self.class_filter,
+            )
         return [{k: v.cpu() for k, v in d.items()} for d in dets]
 
     def _filter(self, d: dict) -> dict:
@@ -302,16 +476,26 @@ class Detector:
         step = batch_size or max(1, len(items))
         results: list[Detections] = []
         for start in range(0, len(items), step):
-            chunk = items[start:start + step]
+            chunk = items[start : start + step]
             batch, scales, sizes, labels = self.preprocess(chunk)
             for d, hw, label in zip(self.detect_batch(batch, scales, sizes), sizes, labels):
-                results.append(Detections(d["boxes"].float(), d["scores"].float(), d["labels"].long(),
-                                          [self.names[i] for i in d["labels"].tolist()], hw, label))
+                results.append(
+                    Detections(
+                        d["boxes"].float(),
+                        d["scores"].float(),
+                        d["labels"].long(),
+                        [self.names[i] for i in d["labels"].tolist()],
+                        hw,
+                        label,
+                    )
+                )
         return results
 
     def __call__(self, images, batch_size: int | None = None):
         """One input -> one :class:`Detections`; a list (or an (N, 3, H, W) tensor) -> a list."""
-        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
+        single = not isinstance(images, (list, tuple)) and not (
+            isinstance(images, torch.Tensor) and images.ndim == 4
+        )
         results = self.predict(images, batch_size)
         return results[0] if single else results
 
@@ -320,11 +504,15 @@ class Detector:
         return int(self.category_ids[label]) if self.category_ids is not None else int(label)
 
     def __repr__(self) -> str:
-        return (f"Detector({self.model_name}, backend={self.backend}, image_size={self.image_size}, "
-                f"classes={self.num_classes}, device={self.device}, dtype={self.dtype})")
+        return (
+            f"Detector({self.model_name}, backend={self.backend}, image_size={self.image_size}, "
+            f"classes={self.num_classes}, device={self.device}, dtype={self.dtype})"
+        )
 
 
-def _load_checkpoint(path: str, class_names, category_ids) -> tuple[nn.Module, Sequence[str] | None, Sequence[int] | None]:
+def _load_checkpoint(
+    path: str, class_names, category_ids
+) -> tuple[nn.Module, Sequence[str] | None, Sequence[int] | None]:
     """(model, class names, category ids) of our checkpoint; explicit names / ids win over the file's."""
     from ..factory import load_model
     from ..weights import read_checkpoint
@@ -336,8 +524,11 @@ def _load_checkpoint(path: str, class_names, category_ids) -> tuple[nn.Module, S
             f"fix: use --model NAME --weights {path} (Detector.from_name(NAME, weights=PATH))"
         )
     model, ckpt = load_model(ckpt, label=path)  # messages name the file
-    return (model, class_names or ckpt.get("class_names"),
-            category_ids if category_ids is not None else ckpt.get("category_ids"))
+    return (
+        model,
+        class_names or ckpt.get("class_names"),
+        category_ids if category_ids is not None else ckpt.get("category_ids"),
+    )
 
 
 def _default_names(num_classes: int) -> list[str]:
@@ -350,7 +541,7 @@ def _num_classes_in(state: dict) -> int | None:
 
     try:
         sd = unwrap_state_dict(state)
-    except Exception:  # noqa: BLE001 - not a state dict: load_weights reports it
+    except Exception:
         return None
     bias = sd.get("class_net.predict.conv_pw.bias") if isinstance(sd, dict) else None
     if bias is None or bias.numel() % 9:

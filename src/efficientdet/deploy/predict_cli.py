@@ -32,15 +32,33 @@ from ..run_dirs import make_run_dir, refuse_inputs_inside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint (.pt), exported .onnx, or with --model: 'coco' / a weights file")
-    parser.add_argument("--model", default=None, help="model name when --weights is not our checkpoint (e.g. efficientdet_d0)")
-    parser.add_argument("--source", required=True, help="image, folder, glob ('imgs/*.jpg'), video file or webcam index")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint (.pt), exported .onnx, or with --model: 'coco' / a weights file",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name when --weights is not our checkpoint (e.g. efficientdet_d0)",
+    )
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="image, folder, glob ('imgs/*.jpg'), video file or webcam index",
+    )
     cli_options.add(parser, "conf", "iou", "max_det", "nms")
-    parser.add_argument("--classes", nargs="+", default=None, help="keep only these classes (names or indices)")
+    parser.add_argument(
+        "--classes", nargs="+", default=None, help="keep only these classes (names or indices)"
+    )
     cli_options.add(parser, "image_size", "device", "precision", "batch")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     cli_options.add(parser, "out", "exist_ok", "json", "quiet")
-    parser.add_argument("--no-save", action="store_true", help="do not write annotated images/video (predictions.json is still written)")
+    parser.add_argument(
+        "--no-save",
+        action="store_true",
+        help="do not write annotated images/video (predictions.json is still written)",
+    )
 
 
 def build_detector(args: argparse.Namespace):
@@ -57,16 +75,31 @@ def build_detector(args: argparse.Namespace):
     precision = cli_options.precision_of(args)
     native_half = "bf16" if device.type == "cpu" else "fp16"
     if precision not in ("fp32", native_half):
-        raise ConfigError(f"--precision {precision} on {device.type}: the detector runs {native_half} there; "
-                          f"fix: use --precision {native_half} or fp32")
-    options = dict(conf=args.conf, iou=args.iou, max_det=args.max_det, classes=getattr(args, "classes", None),
-                   image_size=args.image_size, device=device, half=precision != "fp32",
-                   threads=getattr(args, "threads", None))
-    detector = Detector.from_name(args.model, weights=args.weights, **options) if args.model else Detector(args.weights, **options)
+        raise ConfigError(
+            f"--precision {precision} on {device.type}: the detector runs {native_half} there; "
+            f"fix: use --precision {native_half} or fp32"
+        )
+    options = dict(
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        classes=getattr(args, "classes", None),
+        image_size=args.image_size,
+        device=device,
+        half=precision != "fp32",
+        threads=getattr(args, "threads", None),
+    )
+    detector = (
+        Detector.from_name(args.model, weights=args.weights, **options)
+        if args.model
+        else Detector(args.weights, **options)
+    )
     if cli_options.nms_method(args) != detector.nms.method:
         if detector.backend.outputs == "nms":
-            raise ConfigError(f"{args.weights}: this ONNX file has hard NMS inside; fix: drop --nms soft or export "
-                              "without --nms-in-graph")
+            raise ConfigError(
+                f"{args.weights}: this ONNX file has hard NMS inside; fix: drop --nms soft or export "
+                "without --nms-in-graph"
+            )
         detector.nms = dataclasses.replace(detector.nms, method=cli_options.nms_method(args))
     if not args.quiet:
         warn_if_slow_precision(precision, device)
@@ -82,17 +115,34 @@ def run(args: argparse.Namespace) -> int:
     from ..resources import check_memory
     from .sources import open_source
 
-    source = open_source(args.source)  # unknown source / unreadable video fail before the model loads
+    source = open_source(
+        args.source
+    )  # unknown source / unreadable video fail before the model loads
     if source.not_read:  # nothing skipped in silence: name what the folder holds besides images
-        what = ", ".join(f"{n} {kind}{'s' if kind == 'subfolder' and n > 1 else ''}" for kind, n in source.not_read.items())
-        print(f"note: {args.source}: not read ({what}): a folder's images only, not recursive; "
-              f"for more give a glob ('{Path(args.source) / '**' / '*.jpg'}') or a video file", file=sys.stderr)
-    inputs = {"source": [source.spec, *source.paths] if source.kind != "webcam" else None, "weights file": args.weights}
+        what = ", ".join(
+            f"{n} {kind}{'s' if kind == 'subfolder' and n > 1 else ''}"
+            for kind, n in source.not_read.items()
+        )
+        print(
+            f"note: {args.source}: not read ({what}): a folder's images only, not recursive; "
+            f"for more give a glob ('{Path(args.source) / '**' / '*.jpg'}') or a video file",
+            file=sys.stderr,
+        )
+    inputs = {
+        "source": [source.spec, *source.paths] if source.kind != "webcam" else None,
+        "weights file": args.weights,
+    }
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
     cli_options.check_json_output(args, inputs)
     detector = build_detector(args)
-    check_memory(detector.config, args.batch, train=False, device=detector.device, image_size=detector.image_size)
+    check_memory(
+        detector.config,
+        args.batch,
+        train=False,
+        device=detector.device,
+        image_size=detector.image_size,
+    )
     out_dir = make_run_dir(args.out, args.exist_ok, "predict")
     refuse_inputs_inside(out_dir, inputs)
     make_dirs(out_dir)
@@ -100,8 +150,14 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict] = []
     writer = None
     show_bar = source.kind in ("folder", "glob", "video") and not args.quiet
-    bar = progress_bar(None, not show_bar, total=len(source) or None, desc=f"predict {source.kind}",
-                       unit="img" if not source.is_video else "frame", leave=False)
+    bar = progress_bar(
+        None,
+        not show_bar,
+        total=len(source) or None,
+        desc=f"predict {source.kind}",
+        unit="img" if not source.is_video else "frame",
+        leave=False,
+    )
     t_start = time.perf_counter()
     pending = []
     interrupted = False
@@ -140,12 +196,17 @@ def run(args: argparse.Namespace) -> int:
         cli_options.write_json_output(args, results)
     if interrupted:
         unit = "frames" if source.is_video else "images"
-        print(f"interrupted after {stats.images} of {len(source) or '?'} {unit} ({stats.skipped} skipped); "
-              f"their detections are in {json_path}", file=sys.stderr)
+        print(
+            f"interrupted after {stats.images} of {len(source) or '?'} {unit} ({stats.skipped} skipped); "
+            f"their detections are in {json_path}",
+            file=sys.stderr,
+        )
         raise KeyboardInterrupt
     if stats.images == 0:
-        raise DataError(f"{args.source}: no image could be read ({stats.skipped} skipped); "
-                        "fix: see the warnings above for why each was skipped")
+        raise DataError(
+            f"{args.source}: no image could be read ({stats.skipped} skipped); "
+            "fix: see the warnings above for why each was skipped"
+        )
     _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)
     return 0
 
@@ -176,10 +237,15 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
         image_id = _image_id(frame.name, frame.index) if not source.is_video else frame.index + 1
         boxes = det.boxes.tolist()
         for (x1, y1, x2, y2), score, label in zip(boxes, det.scores.tolist(), det.labels.tolist()):
-            results.append({
-                "image_id": image_id, "file_name": frame.name, "category_id": detector.category_id(label),
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(score, 5),
-            })
+            results.append(
+                {
+                    "image_id": image_id,
+                    "file_name": frame.name,
+                    "category_id": detector.category_id(label),
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(score, 5),
+                }
+            )
         if args.no_save:
             continue
         drawn = draw_detections(frame.image, det.boxes, det.scores, det.labels, detector.names)
@@ -188,10 +254,16 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
                 from .video import VideoWriter
 
                 stem = Path(source.spec).stem if source.kind == "video" else f"webcam{source.spec}"
-                writer = VideoWriter(out_dir / f"{stem}.mp4", source.fps, drawn.size)  # out_dir holds no input (run())
+                writer = VideoWriter(
+                    out_dir / f"{stem}.mp4", source.fps, drawn.size
+                )  # out_dir holds no input (run())
             writer.write(np.asarray(drawn))
         else:
-            name = frame.name if frame.name.lower().endswith((".jpg", ".jpeg", ".png")) else Path(frame.name).stem + ".png"
+            name = (
+                frame.name
+                if frame.name.lower().endswith((".jpg", ".jpeg", ".png"))
+                else Path(frame.name).stem + ".png"
+            )
             target = out_dir / name
             if name in stats.written:  # the same file name from two folders of a glob
                 target = out_dir / f"{frame.index}_{name}"
@@ -201,15 +273,26 @@ def _process(detector, frames, source, out_dir: Path, args, results: list, stats
     return writer
 
 
-def _print_summary(source, detector, stats: _Stats, total_s: float, out_dir: Path, json_path: Path, no_save: bool) -> None:
+def _print_summary(
+    source, detector, stats: _Stats, total_s: float, out_dir: Path, json_path: Path, no_save: bool
+) -> None:
     unit = "frames" if source.is_video else "images"
     counts = ", ".join(f"{name} {n}" for name, n in stats.per_class.most_common()) or "none"
     total = sum(stats.per_class.values())
     per_image_ms = 1000.0 * stats.model_s / max(1, stats.images)
     skipped = f" ({stats.skipped} unreadable, skipped)" if stats.skipped else ""
     print(f"{source.spec}: {stats.images} {unit}{skipped}, {total} detections: {counts}")
-    print(f"  time: {total_s:.2f} s total, {per_image_ms:.1f} ms per {unit[:-1]} in the detector "
-          f"({detector.backend}, {detector.model_name}, input {detector.image_size[0]}x{detector.image_size[1]})")
-    saved = "" if no_save else (f"annotated video {stats.video_path} ({stats.video_codec}), " if source.is_video
-                                else f"annotated {unit} in {out_dir}, ")
+    print(
+        f"  time: {total_s:.2f} s total, {per_image_ms:.1f} ms per {unit[:-1]} in the detector "
+        f"({detector.backend}, {detector.model_name}, input {detector.image_size[0]}x{detector.image_size[1]})"
+    )
+    saved = (
+        ""
+        if no_save
+        else (
+            f"annotated video {stats.video_path} ({stats.video_codec}), "
+            if source.is_video
+            else f"annotated {unit} in {out_dir}, "
+        )
+    )
     print(f"  wrote {saved}results {json_path}")

@@ -15,7 +15,7 @@ model input.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,17 +37,23 @@ def load_path(path: str, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tuple
         with image:
             scale = letterbox_scale(h, w, input_hw)
             if image.format == "JPEG" and scale < 0.5:
-                image.draft("RGB" if image.mode in ("RGB", "YCbCr") else None,
-                            (max(1, int(image.width * scale) + 1), max(1, int(image.height * scale) + 1)))
+                image.draft(
+                    "RGB" if image.mode in ("RGB", "YCbCr") else None,
+                    (max(1, int(image.width * scale) + 1), max(1, int(image.height * scale) + 1)),
+                )
             image.load()
             rgb = to_rgb(apply_exif(image, orientation))
             array = np.array(rgb)  # writable copy (np.asarray of PIL is read-only)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot read this image ({exc.__class__.__name__}: {exc}); fix: check that the file is a complete image") from None
+        raise DataError(
+            f"{path}: cannot read this image ({exc.__class__.__name__}: {exc}); fix: check that the file is a complete image"
+        ) from None
     return torch.from_numpy(array), (h, w)
 
 
-def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int], str | None]:
+def as_image_tensor(
+    item, input_hw: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int], str | None]:
     """Any supported input -> (image tensor, original (h, w), source label).
 
     The tensor is (3, h', w'): uint8 HWC data seen through a permuted view (files, PIL, numpy)
@@ -64,7 +70,9 @@ def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tupl
         if x.ndim == 2:
             x = x.unsqueeze(0)
         if x.ndim != 3 or x.shape[0] not in (1, 3):
-            raise ConfigError(f"image tensor of shape {tuple(item.shape)} is not an image; fix: give (3, H, W) uint8 or float 0-255")
+            raise ConfigError(
+                f"image tensor of shape {tuple(item.shape)} is not an image; fix: give (3, H, W) uint8 or float 0-255"
+            )
         if x.shape[0] == 1:
             x = x.expand(3, -1, -1)
         return x, (int(x.shape[1]), int(x.shape[2])), None
@@ -73,13 +81,23 @@ def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tupl
         if a.ndim == 2:
             a = np.repeat(a[:, :, None], 3, axis=2)
         if a.ndim != 3 or a.shape[2] not in (3, 4):
-            raise ConfigError(f"image array of shape {item.shape} is not an image; fix: give (H, W, 3) RGB uint8")
+            raise ConfigError(
+                f"image array of shape {item.shape} is not an image; fix: give (H, W, 3) RGB uint8"
+            )
         a = a[:, :, :3]
         if not a.flags.writeable:
             a = a.copy()
         if a.dtype != np.uint8:
-            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1), a.shape[:2], None
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1), (int(a.shape[0]), int(a.shape[1])), None
+            return (
+                torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1),
+                a.shape[:2],
+                None,
+            )
+        return (
+            torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1),
+            (int(a.shape[0]), int(a.shape[1])),
+            None,
+        )
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
@@ -88,8 +106,14 @@ def as_image_tensor(item, input_hw: tuple[int, int]) -> tuple[torch.Tensor, tupl
         from ..data.transforms import to_rgb
 
         a = np.array(to_rgb(item))
-        return torch.from_numpy(a).permute(2, 0, 1), (int(a.shape[0]), int(a.shape[1])), getattr(item, "filename", None) or None
-    raise ConfigError(f"unsupported image input {type(item).__name__}; fix: give a path, PIL image, HWC uint8 array or CHW tensor")
+        return (
+            torch.from_numpy(a).permute(2, 0, 1),
+            (int(a.shape[0]), int(a.shape[1])),
+            getattr(item, "filename", None) or None,
+        )
+    raise ConfigError(
+        f"unsupported image input {type(item).__name__}; fix: give a path, PIL image, HWC uint8 array or CHW tensor"
+    )
 
 
 def letterbox_batch(
@@ -115,9 +139,13 @@ def letterbox_batch(
     H, W = input_hw
     device = torch.device(device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    batch = torch.empty(n, 3, H, W, device=device, dtype=torch.float32, memory_format=layout).zero_()
+    batch = torch.empty(
+        n, 3, H, W, device=device, dtype=torch.float32, memory_format=layout
+    ).zero_()
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).reshape(3, 1, 1)
-    inv_std = (1.0 / torch.tensor(std, dtype=torch.float64)).to(torch.float32).to(device).reshape(3, 1, 1)
+    inv_std = (
+        (1.0 / torch.tensor(std, dtype=torch.float64)).to(torch.float32).to(device).reshape(3, 1, 1)
+    )
     scales = torch.empty(n, dtype=torch.float32)
     for i, (img, (h, w)) in enumerate(zip(images, original_hw)):
         s = letterbox_scale(h, w, input_hw)
@@ -131,7 +159,9 @@ def letterbox_batch(
             # uint8 stays uint8 on CPU (fast AVX path, rounds like PIL); floats resize in float
             if x.dtype == torch.uint8 and x.device.type != "cpu":
                 x = x.float()
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+            )
         x = x[0].to(device=device, dtype=torch.float32, non_blocking=True)
         batch[i, :, :nh, :nw] = (x - mean_t) * inv_std
     return batch.to(dtype), scales
@@ -146,9 +176,15 @@ def as_list(images) -> list:
     return [images]
 
 
-def preprocess(items: Sequence, input_hw: tuple[int, int], mean: Sequence[float], std: Sequence[float],
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, channels_last: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list[str | None]]:
+def preprocess(
+    items: Sequence,
+    input_hw: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list[str | None]]:
     """Inputs -> (batch (N, 3, H, W) ``dtype`` on ``device``, scales (N,), original sizes [(h, w)], source labels)."""
     tensors, sizes, labels = [], [], []
     for item in items:
@@ -156,5 +192,7 @@ def preprocess(items: Sequence, input_hw: tuple[int, int], mean: Sequence[float]
         tensors.append(t)
         sizes.append(hw)
         labels.append(label)
-    batch, scales = letterbox_batch(tensors, sizes, input_hw, mean, std, device, dtype, channels_last)
+    batch, scales = letterbox_batch(
+        tensors, sizes, input_hw, mean, std, device, dtype, channels_last
+    )
     return batch, scales, sizes, labels

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..data.records import IMAGE_EXTENSIONS
 from ..errors import DataError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".avi",
+    ".mov",
+    ".mkv",
+    ".m4v",
+    ".webm",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".flv",
+)
 
 
 @dataclass
@@ -49,10 +60,14 @@ class Source:
         self._count = len(self.paths)
         self._cap = None
         if kind in ("video", "webcam"):
-            os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our one-line errors, not FFmpeg's log
+            os.environ.setdefault(
+                "OPENCV_FFMPEG_LOGLEVEL", "-8"
+            )  # our one-line errors, not FFmpeg's log
             import cv2
 
-            log = getattr(getattr(cv2, "utils", None), "logging", None)  # OpenCV's own WARN lines (V4L2...)
+            log = getattr(
+                getattr(cv2, "utils", None), "logging", None
+            )  # OpenCV's own WARN lines (V4L2...)
             level = log.getLogLevel() if log else None
             if log:
                 log.setLogLevel(log.LOG_LEVEL_ERROR)
@@ -64,14 +79,21 @@ class Source:
             if not cap.isOpened():
                 cap.release()
                 if kind == "webcam":
-                    raise DataError(f"webcam {capture_target}: cannot open this camera; fix: check it is connected "
-                                    "and not in use, or give an image, folder or video file as --source")
-                raise DataError(f"{spec}: cannot open this video (unreadable file or unsupported codec); "
-                                "fix: check the file plays, or convert it to mp4 (H.264)")
+                    raise DataError(
+                        f"webcam {capture_target}: cannot open this camera; fix: check it is connected "
+                        "and not in use, or give an image, folder or video file as --source"
+                    )
+                raise DataError(
+                    f"{spec}: cannot open this video (unreadable file or unsupported codec); "
+                    "fix: check the file plays, or convert it to mp4 (H.264)"
+                )
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.fps = float(fps) if fps and fps > 0 and fps < 1000 else 30.0
             self._count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) if kind == "video" else 0
-            self.frame_size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            self.frame_size = (
+                int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            )
             self._cap = cap
 
     def __len__(self) -> int:
@@ -91,8 +113,12 @@ class Source:
             name = os.path.basename(path)
             try:
                 image = load_image(path)
-            except Exception as exc:  # noqa: BLE001 - any decoder failure: report and go on
-                msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
+            except Exception as exc:
+                msg = (
+                    str(exc).strip().splitlines()[0][:160]
+                    if str(exc).strip()
+                    else exc.__class__.__name__
+                )
                 yield Frame(name, path, i, None, f"{path}: cannot read this image ({msg}); skipped")
                 continue
             yield Frame(name, path, i, image)
@@ -105,13 +131,19 @@ class Source:
                 ok, bgr = cap.read()
                 if not ok:
                     break
-                yield Frame(f"{stem}#{i}", self.spec if self.kind == "video" else None, i,
-                            np.ascontiguousarray(bgr[:, :, ::-1]))
+                yield Frame(
+                    f"{stem}#{i}",
+                    self.spec if self.kind == "video" else None,
+                    i,
+                    np.ascontiguousarray(bgr[:, :, ::-1]),
+                )
                 i += 1
         finally:
             cap.release()
         if i == 0:
-            raise DataError(f"{self.spec}: no frame could be decoded from this video; check the file plays")
+            raise DataError(
+                f"{self.spec}: no frame could be decoded from this video; check the file plays"
+            )
 
 
 def _is_image(path: str) -> bool:
@@ -129,11 +161,16 @@ def open_source(spec: str | int) -> Source:
         entries = [p for p in path.iterdir() if not p.name.startswith(".")]
         files = sorted(str(p) for p in entries if p.is_file() and _is_image(p.name))
         if not files:
-            raise DataError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
-                            "fix: give a folder of images, or an image, video or glob")
+            raise DataError(
+                f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
+                "fix: give a folder of images, or an image, video or glob"
+            )
         source = Source(text, "folder", files)
-        others = [("subfolder" if p.is_dir() else (p.suffix.lower() or "no extension")) for p in entries
-                  if not (p.is_file() and _is_image(p.name))]
+        others = [
+            ("subfolder" if p.is_dir() else (p.suffix.lower() or "no extension"))
+            for p in entries
+            if not (p.is_file() and _is_image(p.name))
+        ]
         source.not_read = {kind: others.count(kind) for kind in sorted(set(others))}
         return source
     if path.is_file():
@@ -141,8 +178,16 @@ def open_source(spec: str | int) -> Source:
             return Source(text, "video", capture_target=str(path))
         return Source(text, "image", [str(path)])
     if any(c in text for c in "*?["):
-        files = sorted(p for p in globlib.glob(os.path.expanduser(text), recursive=True) if os.path.isfile(p) and _is_image(p))
+        files = sorted(
+            p
+            for p in globlib.glob(os.path.expanduser(text), recursive=True)
+            if os.path.isfile(p) and _is_image(p)
+        )
         if not files:
-            raise DataError(f"{text}: the pattern matches no image files; fix: check the pattern (quote it: 'imgs/*.jpg')")
+            raise DataError(
+                f"{text}: the pattern matches no image files; fix: check the pattern (quote it: 'imgs/*.jpg')"
+            )
         return Source(text, "glob", files)
-    raise DataError(f"{text}: no such image, folder, video, glob match or webcam index; fix: check the --source path")
+    raise DataError(
+        f"{text}: no such image, folder, video, glob match or webcam index; fix: check the --source path"
+    )

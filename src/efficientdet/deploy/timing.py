@@ -12,7 +12,7 @@ import math
 import os
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 def time_calls(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> list[float]:
@@ -56,7 +56,7 @@ def peak_rss_mb() -> float | None:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except Exception:  # noqa: BLE001 - not available on this platform
+    except Exception:
         return None
 
 

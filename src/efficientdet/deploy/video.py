@@ -48,7 +48,9 @@ def ffmpeg_with_x264() -> str | None:
         return None
     try:
         exe = imageio_ffmpeg.get_ffmpeg_exe()
-        encoders = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30).stdout
+        encoders = subprocess.run(
+            [exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, RuntimeError, subprocess.SubprocessError):
         return None
     return exe if "libx264" in encoders else None
@@ -86,7 +88,9 @@ class VideoWriter:
     use it as a context manager so a failure leaves no partial file.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], encoders=ENCODERS):
+    def __init__(
+        self, path: str | os.PathLike, fps: float, size: tuple[int, int], encoders=ENCODERS
+    ):
         self.fps, self.size = float(fps), (int(size[0]), int(size[1]))
         self.frames = 0
         self._proc = self._cv = None
@@ -98,19 +102,28 @@ class VideoWriter:
             tmp = ctx.__enter__()
             opened = self._open(name, tmp)
             if opened:
-                self.encoder, self.codec, self.browser_playable, self.path = name, codec, playable, target
+                self.encoder, self.codec, self.browser_playable, self.path = (
+                    name,
+                    codec,
+                    playable,
+                    target,
+                )
                 self._ctx, self._tmp = ctx, tmp
                 break
             ctx.__exit__(RuntimeError, RuntimeError("unused"), None)  # removes the temporary file
             skipped.append(name)
         else:
-            raise OutputError(f"{path}: no video encoder available (OpenCV cannot write mp4v here); "
-                              f"fix: {INSTALL_HINT}, or use --no-save")
+            raise OutputError(
+                f"{path}: no video encoder available (OpenCV cannot write mp4v here); "
+                f"fix: {INSTALL_HINT}, or use --no-save"
+            )
         self.note = ""
         if skipped and "h264-ffmpeg" in skipped:
             self.note = f"H.264 needs imageio-ffmpeg; {INSTALL_HINT}"
         if not self.browser_playable:
-            self.note = f"{self.codec} plays in desktop players but not in most browsers; {INSTALL_HINT}"
+            self.note = (
+                f"{self.codec} plays in desktop players but not in most browsers; {INSTALL_HINT}"
+            )
 
     def _open(self, name: str, tmp: Path) -> bool:
         if name == "h264-ffmpeg":
@@ -118,11 +131,39 @@ class VideoWriter:
             if exe is None:
                 return False
             w, h = self.size
-            cmd = [exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-                   "-s", f"{w}x{h}", "-r", f"{self.fps:.6g}", "-i", "-", "-an",
-                   "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",  # yuv420p needs even sides
-                   "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-crf", "23",
-                   "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+            cmd = [
+                exe,
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-s",
+                f"{w}x{h}",
+                "-r",
+                f"{self.fps:.6g}",
+                "-i",
+                "-",
+                "-an",
+                "-vf",
+                "pad=ceil(iw/2)*2:ceil(ih/2)*2",  # yuv420p needs even sides
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "23",
+                "-movflags",
+                "+faststart",
+                "-f",
+                "mp4",
+                str(tmp),
+            ]
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
             return True
         self._cv = _opencv_writer(tmp, _SPEC[name][1], self.fps, self.size)
@@ -150,10 +191,14 @@ class VideoWriter:
             if not self._proc.stdin.closed:
                 self._proc.stdin.close()
             self._proc.wait()
-            message = (self._proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()
+            message = (
+                (self._proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()
+            )
             message = message[-1] if message else f"exit status {self._proc.returncode}"
-        error = OutputError(f"{self.path}: ffmpeg could not write the video ({message}); "
-                            "fix: free disk space or pick another --out")
+        error = OutputError(
+            f"{self.path}: ffmpeg could not write the video ({message}); "
+            "fix: free disk space or pick another --out"
+        )
         self.abort()
         raise error from None
 
@@ -168,10 +213,14 @@ class VideoWriter:
         if self._cv is not None:
             self._cv.release()
             self._cv = None
-            if _frame_count(self._tmp) != self.frames:  # OpenCV reports no write errors (a full disk, say)
+            if (
+                _frame_count(self._tmp) != self.frames
+            ):  # OpenCV reports no write errors (a full disk, say)
                 self.abort()
-                raise OutputError(f"{self.path}: the video did not read back with its {self.frames} frames "
-                                  "(disk full?); fix: free disk space or pick another --out")
+                raise OutputError(
+                    f"{self.path}: the video did not read back with its {self.frames} frames "
+                    "(disk full?); fix: free disk space or pick another --out"
+                )
         self._ctx.__exit__(None, None, None)
         return self.path
 
@@ -184,9 +233,11 @@ class VideoWriter:
         if self._cv is not None:
             self._cv.release()
             self._cv = None
-        self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
+        self._ctx.__exit__(
+            RuntimeError, RuntimeError("aborted"), None
+        )  # removes the temporary file
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -62,7 +62,13 @@ def place_labels(boxes, label_sizes, image_size: tuple[int, int], order) -> list
                 lx = min(max(0.0, left), max(0.0, W - w))
                 ty = min(max(0.0, top), max(0.0, H - h))
                 spots.append((lx, ty, lx + w, ty + h))
-        best = min(spots, key=lambda r: (sum(_overlap(r, p) for p in placed) > 0, sum(_overlap(r, p) for p in placed)))
+        best = min(
+            spots,
+            key=lambda r: (
+                sum(_overlap(r, p) for p in placed) > 0,
+                sum(_overlap(r, p) for p in placed),
+            ),
+        )
         rects[i] = best
         placed.append(best)
     return rects
@@ -70,6 +76,7 @@ def place_labels(boxes, label_sizes, image_size: tuple[int, int], order) -> list
 
 def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black or white, whichever contrasts more with ``fill`` (WCAG relative luminance)."""
+
     def linear(c: int) -> float:
         c = c / 255.0
         return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
@@ -78,7 +85,9 @@ def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)
 
 
-def draw_detections(image, boxes, scores, labels, names, line_width: int | None = None, font_size: int | None = None):
+def draw_detections(
+    image, boxes, scores, labels, names, line_width: int | None = None, font_size: int | None = None
+):
     """Return an RGB PIL copy of ``image`` (PIL or (H, W, 3) uint8 RGB) with the detections drawn.
 
     boxes: (D, 4) xyxy pixels; scores: (D,); labels: (D,) class indices; names: the class
@@ -86,7 +95,11 @@ def draw_detections(image, boxes, scores, labels, names, line_width: int | None 
     """
     from PIL import Image, ImageDraw
 
-    img = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image.convert("RGB").copy()
+    img = (
+        Image.fromarray(np.asarray(image))
+        if not isinstance(image, Image.Image)
+        else image.convert("RGB").copy()
+    )
     w, h = img.size
     side = (w + h) / 2
     lw = line_width or max(1, round(side * 0.003))
@@ -102,12 +115,16 @@ def draw_detections(image, boxes, scores, labels, names, line_width: int | None 
         name = names[labels[i]] if 0 <= labels[i] < len(names) else str(labels[i])
         texts.append(f"{name} {scores[i]:.2f}")
         extents.append(draw.textbbox((0, 0), texts[-1], font=font))
-        sizes.append((extents[-1][2] - extents[-1][0] + 2 * pad, extents[-1][3] - extents[-1][1] + 2 * pad))
+        sizes.append(
+            (extents[-1][2] - extents[-1][0] + 2 * pad, extents[-1][3] - extents[-1][1] + 2 * pad)
+        )
     strongest_first = np.argsort(-scores, kind="stable")
     rects = place_labels(boxes, sizes, (w, h), strongest_first)
     # boxes, then labels; lowest score first, so the strongest end on top
     for i in strongest_first[::-1]:
-        draw.rectangle(tuple(float(v) for v in boxes[i]), outline=class_color(int(labels[i])), width=lw)
+        draw.rectangle(
+            tuple(float(v) for v in boxes[i]), outline=class_color(int(labels[i])), width=lw
+        )
     for i in strongest_first[::-1]:
         color = class_color(int(labels[i]))
         x0, y0, x1, y1 = rects[i]

@@ -14,7 +14,7 @@ the anchor of scale i, ratio (rx, ry) has width ``anchor_scale * stride_x * 2**(
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from torch import Tensor
 from ..config import AnchorConfig, parse_image_size
 
 
-def feature_sizes(image_size_hw: Sequence[int], min_level: int, max_level: int) -> list[tuple[int, int]]:
+def feature_sizes(
+    image_size_hw: Sequence[int], min_level: int, max_level: int
+) -> list[tuple[int, int]]:
     """[(H_l, W_l) for l in min_level..max_level], ceil-halving the image size once per level."""
     h, w = parse_image_size(image_size_hw)
     sizes = []
@@ -34,7 +36,9 @@ def feature_sizes(image_size_hw: Sequence[int], min_level: int, max_level: int) 
     return sizes
 
 
-def anchor_levels(cfg: AnchorConfig, image_size_hw: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def anchor_levels(
+    cfg: AnchorConfig, image_size_hw: Sequence[int]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The grid per level, without materialising it: [(xs (W_l,), ys (H_l,), half (A, 2))] of
     float64 column / row centres and the A anchor shapes' half width and height, in cell order.
     Anchor ``a`` of cell (r, c) is ``[xs[c] - half[a, 0], ys[r] - half[a, 1], xs[c] + half[a, 0], ys[r] + half[a, 1]]``."""
@@ -49,8 +53,12 @@ def anchor_levels(cfg: AnchorConfig, image_size_hw: Sequence[int]) -> list[tuple
         for octave in range(cfg.num_scales):
             octave_scale = octave / float(cfg.num_scales)
             for rx, ry in cfg.aspect_ratios:
-                half.append((cfg.anchor_scale * stride_x * 2**octave_scale * rx / 2.0,
-                             cfg.anchor_scale * stride_y * 2**octave_scale * ry / 2.0))
+                half.append(
+                    (
+                        cfg.anchor_scale * stride_x * 2**octave_scale * rx / 2.0,
+                        cfg.anchor_scale * stride_y * 2**octave_scale * ry / 2.0,
+                    )
+                )
         levels.append((xs, ys, np.array(half, dtype=np.float64)))
     return levels
 
@@ -62,7 +70,9 @@ def generate_anchors_xyxy(cfg: AnchorConfig, image_size_hw: Sequence[int]) -> np
         xv, yv = np.meshgrid(xs, ys)  # (H_l, W_l) each
         xv, yv = xv.reshape(-1, 1), yv.reshape(-1, 1)  # (H_l*W_l, 1) row-major: row then column
         # (H*W, 1) -/+ (A,) -> (H*W, A, 4) -> (H*W*A, 4)
-        cells = np.stack([xv - half[:, 0], yv - half[:, 1], xv + half[:, 0], yv + half[:, 1]], axis=2)
+        cells = np.stack(
+            [xv - half[:, 0], yv - half[:, 1], xv + half[:, 0], yv + half[:, 1]], axis=2
+        )
         per_level.append(cells.reshape(-1, 4))
     return np.concatenate(per_level, axis=0)
 
@@ -93,7 +103,10 @@ class AnchorGenerator:
         return [h * w * self.cfg.num_anchors for h, w in self.feature_sizes(image_size_hw)]
 
     def __call__(
-        self, image_size_hw: Sequence[int], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+        self,
+        image_size_hw: Sequence[int],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """(sum_l H_l*W_l*A, 4) xyxy anchors in model-input pixels for ``image_size_hw`` (h, w)."""
         hw = parse_image_size(image_size_hw)
@@ -101,7 +114,9 @@ class AnchorGenerator:
         key = (hw, device, dtype)
         anchors = self._cache.get(key)
         if anchors is None:
-            anchors = torch.from_numpy(generate_anchors_xyxy(self.cfg, hw)).to(dtype=dtype, device=device)
+            anchors = torch.from_numpy(generate_anchors_xyxy(self.cfg, hw)).to(
+                dtype=dtype, device=device
+            )
             self._cache[key] = anchors
         return anchors
 

@@ -18,7 +18,8 @@ report them).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -58,18 +59,26 @@ def filter_degenerate_boxes(
 
 def _check_target(i: int, target: dict, num_classes: int | None) -> tuple[Tensor, Tensor]:
     if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
-        raise DataError(f"targets[{i}]: need a dict with 'boxes' (M, 4) xyxy and 'labels' (M,) int64")
+        raise DataError(
+            f"targets[{i}]: need a dict with 'boxes' (M, 4) xyxy and 'labels' (M,) int64"
+        )
     boxes = torch.as_tensor(target["boxes"])
     labels = torch.as_tensor(target["labels"])
     if boxes.numel() == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
-        raise DataError(f"targets[{i}]['boxes'] has shape {tuple(boxes.shape)}: need (M, 4) xyxy pixels")
+        raise DataError(
+            f"targets[{i}]['boxes'] has shape {tuple(boxes.shape)}: need (M, 4) xyxy pixels"
+        )
     labels = labels.reshape(-1)
     if labels.numel() != boxes.shape[0]:
-        raise DataError(f"targets[{i}]: {boxes.shape[0]} boxes but {labels.numel()} labels; give one label per box")
+        raise DataError(
+            f"targets[{i}]: {boxes.shape[0]} boxes but {labels.numel()} labels; give one label per box"
+        )
     if labels.is_floating_point():
-        raise DataError(f"targets[{i}]['labels'] is {labels.dtype}: give int64 0-based class indices")
+        raise DataError(
+            f"targets[{i}]['labels'] is {labels.dtype}: give int64 0-based class indices"
+        )
     if labels.numel() and num_classes is not None:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
@@ -101,12 +110,16 @@ def match_argmax(
         return torch.full((b, a), BACKGROUND, dtype=torch.long, device=iou.device)
     iou = iou.masked_fill(~valid.unsqueeze(-1), -1.0)  # padding rows below any real IoU
     best_iou, matches = iou.max(dim=1)  # (B, A), first box on ties
-    matches = torch.where(best_iou < unmatched_threshold, torch.full_like(matches, BACKGROUND), matches)
+    matches = torch.where(
+        best_iou < unmatched_threshold, torch.full_like(matches, BACKGROUND), matches
+    )
     between = (best_iou >= unmatched_threshold) & (best_iou < match_threshold)
     matches = torch.where(between, torch.full_like(matches, IGNORE), matches)
     if force_match:
         best_anchor = iou.argmax(dim=2)  # (B, M), first anchor on ties
-        best_anchor = torch.where(valid, best_anchor, torch.full_like(best_anchor, a))  # padding -> dummy column
+        best_anchor = torch.where(
+            valid, best_anchor, torch.full_like(best_anchor, a)
+        )  # padding -> dummy column
         forced = torch.full((b, a + 1), m, dtype=torch.long, device=iou.device)
         box_idx = torch.arange(m, device=iou.device).expand(b, m)
         forced.scatter_reduce_(1, best_anchor, box_idx, reduce="amin")  # lowest box index wins
@@ -116,7 +129,9 @@ def match_argmax(
 
 
 # ----------------------------------------------------------------------------- ATSS
-def assign_atss(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes: Tensor, topk: int = 9) -> Tensor:
+def assign_atss(
+    anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes: Tensor, topk: int = 9
+) -> Tensor:
     """Adaptive Training Sample Selection for one image.
 
     anchors: (A, 4) xyxy, level-major with ``num_anchors_per_level`` summing to A;
@@ -142,7 +157,9 @@ def assign_atss(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
     if num_anchors == 0 or m == 0:
         return matches
     if sum(num_anchors_per_level) != num_anchors:
-        raise ValueError(f"num_anchors_per_level sums to {sum(num_anchors_per_level)}, anchors has {num_anchors}")
+        raise ValueError(
+            f"num_anchors_per_level sums to {sum(num_anchors_per_level)}, anchors has {num_anchors}"
+        )
     anchor_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
     gt_ctr = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # (M, 2)
     dist = (gt_ctr[:, None, :] - anchor_ctr[None, :, :]).pow(2).sum(-1)  # (M, A) squared distance
@@ -160,15 +177,18 @@ def assign_atss(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
     mean = cand_iou.mean(dim=1, keepdim=True)
     std = cand_iou.std(dim=1, keepdim=True) if cand.shape[1] > 1 else torch.zeros_like(mean)
     cand_ctr = anchor_ctr[cand]  # (M, C, 2)
-    inside = torch.stack(
-        [
-            cand_ctr[..., 0] - gt_boxes[:, None, 0],
-            cand_ctr[..., 1] - gt_boxes[:, None, 1],
-            gt_boxes[:, None, 2] - cand_ctr[..., 0],
-            gt_boxes[:, None, 3] - cand_ctr[..., 1],
-        ],
-        dim=-1,
-    ).amin(-1) > ATSS_CENTER_MARGIN  # (M, C)
+    inside = (
+        torch.stack(
+            [
+                cand_ctr[..., 0] - gt_boxes[:, None, 0],
+                cand_ctr[..., 1] - gt_boxes[:, None, 1],
+                gt_boxes[:, None, 2] - cand_ctr[..., 0],
+                gt_boxes[:, None, 3] - cand_ctr[..., 1],
+            ],
+            dim=-1,
+        ).amin(-1)
+        > ATSS_CENTER_MARGIN
+    )  # (M, C)
     positive = (cand_iou >= mean + std) & inside  # (M, C)
     score = torch.full_like(iou, -1.0)  # (M, A): IoU where positive, -1 elsewhere
     score.scatter_(1, cand, torch.where(positive, cand_iou, torch.full_like(cand_iou, -1.0)))
@@ -219,7 +239,9 @@ def label_anchors(
     boxes_list, labels_list, num_dropped = [], [], 0
     for i, target in enumerate(targets):
         boxes, labels = _check_target(i, target, num_classes)
-        boxes, labels, dropped = filter_degenerate_boxes(boxes.to(device=device, dtype=dtype), labels.to(device), image_size_hw)
+        boxes, labels, dropped = filter_degenerate_boxes(
+            boxes.to(device=device, dtype=dtype), labels.to(device), image_size_hw
+        )
         boxes_list.append(boxes)
         labels_list.append(labels)
         num_dropped += dropped
@@ -237,13 +259,21 @@ def label_anchors(
         parts = []
         for s in range(0, n, chunk):
             iou = box_iou(gt_boxes[s : s + chunk], anchors)  # (B, M, A)
-            parts.append(match_argmax(iou, valid[s : s + chunk], match_threshold, unmatched_threshold))
-        matches = torch.cat(parts, 0) if parts else torch.zeros(0, a, dtype=torch.long, device=device)
+            parts.append(
+                match_argmax(iou, valid[s : s + chunk], match_threshold, unmatched_threshold)
+            )
+        matches = (
+            torch.cat(parts, 0) if parts else torch.zeros(0, a, dtype=torch.long, device=device)
+        )
     elif assigner == "atss":
         if num_anchors_per_level is None:
             raise ValueError("assigner='atss' needs num_anchors_per_level")
-        matches = torch.stack([assign_atss(anchors, num_anchors_per_level, b, atss_topk) for b in boxes_list]) if n else (
-            torch.zeros(0, a, dtype=torch.long, device=device)
+        matches = (
+            torch.stack(
+                [assign_atss(anchors, num_anchors_per_level, b, atss_topk) for b in boxes_list]
+            )
+            if n
+            else (torch.zeros(0, a, dtype=torch.long, device=device))
         )
     else:
         from ..errors import ConfigError
@@ -254,7 +284,9 @@ def label_anchors(
     idx = matches.clamp(min=0)  # (N, A) index into the padded boxes
     cls_targets = torch.where(positive, gt_labels.gather(1, idx), matches)  # -1 / -2 kept
     matched_boxes = gt_boxes.gather(1, idx.unsqueeze(-1).expand(n, a, 4))  # (N, A, 4)
-    matched_boxes = torch.where(positive.unsqueeze(-1), matched_boxes, torch.zeros_like(matched_boxes))
+    matched_boxes = torch.where(
+        positive.unsqueeze(-1), matched_boxes, torch.zeros_like(matched_boxes)
+    )
     box_targets = encode_boxes(matched_boxes, anchors.unsqueeze(0))  # (N, A, 4)
     box_targets = torch.where(positive.unsqueeze(-1), box_targets, torch.zeros_like(box_targets))
     num_positives = positive.sum(1).to(torch.float32)

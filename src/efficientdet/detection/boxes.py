@@ -65,8 +65,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     b1 = boxes1.unsqueeze(-2)  # (..., M, 1, 4)
     b2 = boxes2.unsqueeze(-3)  # (..., 1, N, 4)
-    ih = (torch.minimum(b1[..., 3], b2[..., 3]) - torch.maximum(b1[..., 1], b2[..., 1])).clamp(min=0)
-    iw = (torch.minimum(b1[..., 2], b2[..., 2]) - torch.maximum(b1[..., 0], b2[..., 0])).clamp(min=0)
+    ih = (torch.minimum(b1[..., 3], b2[..., 3]) - torch.maximum(b1[..., 1], b2[..., 1])).clamp(
+        min=0
+    )
+    iw = (torch.minimum(b1[..., 2], b2[..., 2]) - torch.maximum(b1[..., 0], b2[..., 0])).clamp(
+        min=0
+    )
     inter = ih * iw
     union = box_area(boxes1).unsqueeze(-1) + box_area(boxes2).unsqueeze(-2) - inter
     return torch.where(inter == 0, torch.zeros_like(inter), inter / union)
@@ -74,8 +78,14 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 def elementwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of matching rows: (..., 4) xyxy and (..., 4) xyxy -> (...); 0 where they do not overlap."""
-    ih = (torch.minimum(boxes1[..., 3], boxes2[..., 3]) - torch.maximum(boxes1[..., 1], boxes2[..., 1])).clamp(min=0)
-    iw = (torch.minimum(boxes1[..., 2], boxes2[..., 2]) - torch.maximum(boxes1[..., 0], boxes2[..., 0])).clamp(min=0)
+    ih = (
+        torch.minimum(boxes1[..., 3], boxes2[..., 3])
+        - torch.maximum(boxes1[..., 1], boxes2[..., 1])
+    ).clamp(min=0)
+    iw = (
+        torch.minimum(boxes1[..., 2], boxes2[..., 2])
+        - torch.maximum(boxes1[..., 0], boxes2[..., 0])
+    ).clamp(min=0)
     inter = ih * iw
     union = box_area(boxes1) + box_area(boxes2) - inter
     return torch.where(inter == 0, torch.zeros_like(inter), inter / union)
@@ -86,13 +96,23 @@ def elementwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
 
     ``giou = iou - (hull - union) / hull`` with ``hull`` the smallest enclosing box area.
     """
-    ih = (torch.minimum(boxes1[..., 3], boxes2[..., 3]) - torch.maximum(boxes1[..., 1], boxes2[..., 1])).clamp(min=0)
-    iw = (torch.minimum(boxes1[..., 2], boxes2[..., 2]) - torch.maximum(boxes1[..., 0], boxes2[..., 0])).clamp(min=0)
+    ih = (
+        torch.minimum(boxes1[..., 3], boxes2[..., 3])
+        - torch.maximum(boxes1[..., 1], boxes2[..., 1])
+    ).clamp(min=0)
+    iw = (
+        torch.minimum(boxes1[..., 2], boxes2[..., 2])
+        - torch.maximum(boxes1[..., 0], boxes2[..., 0])
+    ).clamp(min=0)
     inter = ih * iw
     union = box_area(boxes1) + box_area(boxes2) - inter
     iou = inter / (union + eps)
-    hh = torch.maximum(boxes1[..., 3], boxes2[..., 3]) - torch.minimum(boxes1[..., 1], boxes2[..., 1])
-    hw = torch.maximum(boxes1[..., 2], boxes2[..., 2]) - torch.minimum(boxes1[..., 0], boxes2[..., 0])
+    hh = torch.maximum(boxes1[..., 3], boxes2[..., 3]) - torch.minimum(
+        boxes1[..., 1], boxes2[..., 1]
+    )
+    hw = torch.maximum(boxes1[..., 2], boxes2[..., 2]) - torch.minimum(
+        boxes1[..., 0], boxes2[..., 0]
+    )
     hull = hh.clamp(min=0) * hw.clamp(min=0)
     return iou - (hull - union) / (hull + eps)
 
@@ -106,11 +126,18 @@ def clip_boxes(boxes: Tensor, size_hw: Tensor | tuple[float, float]) -> Tensor:
     if not isinstance(size_hw, Tensor):
         h, w = float(size_hw[0]), float(size_hw[1])
         return torch.stack(
-            [boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)],
+            [
+                boxes[..., 0].clamp(0, w),
+                boxes[..., 1].clamp(0, h),
+                boxes[..., 2].clamp(0, w),
+                boxes[..., 3].clamp(0, h),
+            ],
             dim=-1,
         )
     size_hw = size_hw.to(boxes.dtype)
-    upper = torch.stack([size_hw[..., 1], size_hw[..., 0], size_hw[..., 1], size_hw[..., 0]], dim=-1)
+    upper = torch.stack(
+        [size_hw[..., 1], size_hw[..., 0], size_hw[..., 1], size_hw[..., 0]], dim=-1
+    )
     return torch.minimum(boxes.clamp(min=0), upper)
 
 

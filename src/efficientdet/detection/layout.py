@@ -7,13 +7,14 @@ order (level, row, column, anchor) of :class:`efficientdet.detection.anchors.Anc
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 
-def levels_to_flat(cls_levels: Sequence[torch.Tensor], box_levels: Sequence[torch.Tensor], num_classes: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def levels_to_flat(
+    cls_levels: Sequence[torch.Tensor], box_levels: Sequence[torch.Tensor], num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-level (N, A*K, H, W), (N, A*4, H, W) -> (N, A_all, K), (N, A_all, 4) in anchor order."""
     n = cls_levels[0].shape[0]
     # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K)
@@ -22,15 +23,23 @@ def levels_to_flat(cls_levels: Sequence[torch.Tensor], box_levels: Sequence[torc
     return cls, box
 
 
-def flat_to_levels(cls_flat: torch.Tensor, box_flat: torch.Tensor, feature_sizes: Sequence[tuple[int, int]],
-                   num_anchors: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def flat_to_levels(
+    cls_flat: torch.Tensor,
+    box_flat: torch.Tensor,
+    feature_sizes: Sequence[tuple[int, int]],
+    num_anchors: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Flat (N, A_all, K), (N, A_all, 4) -> per-level (N, A*K, H, W), (N, A*4, H, W) views (no copy)."""
     n, _, k = cls_flat.shape
     cls_levels, box_levels, start = [], [], 0
     for h, w in feature_sizes:
         count = h * w * num_anchors
         # (N, H*W*A, K) -> (N, H, W, A*K) -> (N, A*K, H, W)
-        cls_levels.append(cls_flat[:, start:start + count].reshape(n, h, w, num_anchors * k).permute(0, 3, 1, 2))
-        box_levels.append(box_flat[:, start:start + count].reshape(n, h, w, num_anchors * 4).permute(0, 3, 1, 2))
+        cls_levels.append(
+            cls_flat[:, start : start + count].reshape(n, h, w, num_anchors * k).permute(0, 3, 1, 2)
+        )
+        box_levels.append(
+            box_flat[:, start : start + count].reshape(n, h, w, num_anchors * 4).permute(0, 3, 1, 2)
+        )
         start += count
     return cls_levels, box_levels

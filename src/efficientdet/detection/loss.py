@@ -9,7 +9,7 @@ loop per image.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,11 @@ def flatten_head_outputs(
 
 
 def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 1.5, label_smoothing: float = 0.0
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 1.5,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Element-wise focal loss (official formulation), not reduced.
 
@@ -65,7 +69,9 @@ class _FocalLossSum(torch.autograd.Function):
     element-wise autograd graph, which matters at (N, 49104, 90) logits per step."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, cls_targets: Tensor, alpha: float, gamma: float, label_smoothing: float) -> Tensor:
+    def forward(
+        ctx, logits: Tensor, cls_targets: Tensor, alpha: float, gamma: float, label_smoothing: float
+    ) -> Tensor:
         s2 = 0.5 * label_smoothing  # smoothed target of a negative; 1 - s2 for a positive
         with torch.autocast(logits.device.type, enabled=False):
             p = logits.sigmoid()
@@ -73,7 +79,9 @@ class _FocalLossSum(torch.autograd.Function):
             if s2:
                 ce.sub_(logits, alpha=s2)
             # negatives: loss = (1 - alpha) p^gamma ce, ignored anchors (-2) weigh 0
-            modulator = p.pow(gamma).mul_((cls_targets != -2).unsqueeze(-1).to(p.dtype) * (1.0 - alpha))
+            modulator = p.pow(gamma).mul_(
+                (cls_targets != -2).unsqueeze(-1).to(p.dtype) * (1.0 - alpha)
+            )
             total = (modulator * ce).sum()
             # d/dx = (1 - alpha) p^gamma (gamma (1 - p) ce + p - s2)
             grad = ce.mul_(torch.rsub(p, 1.0))
@@ -85,7 +93,9 @@ class _FocalLossSum(torch.autograd.Function):
 
             positive = cls_targets >= 0
             flat = positive.nonzero(as_tuple=True)
-            flat = (flat[0] * cls_targets.shape[1] + flat[1]) * logits.shape[-1] + cls_targets[positive]
+            flat = (flat[0] * cls_targets.shape[1] + flat[1]) * logits.shape[-1] + cls_targets[
+                positive
+            ]
             x, p = logits.reshape(-1)[flat], p.reshape(-1)[flat]
             neg_ce = F.softplus(x) - s2 * x
             pos_ce = F.softplus(-x) + s2 * x
@@ -104,12 +114,18 @@ class _FocalLossSum(torch.autograd.Function):
 
 
 def focal_loss_sum(
-    logits: Tensor, cls_targets: Tensor, alpha: float = 0.25, gamma: float = 1.5, label_smoothing: float = 0.0
+    logits: Tensor,
+    cls_targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 1.5,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Summed :func:`sigmoid_focal_loss` of (N, A, K) float32 logits against per-anchor targets
     (N, A) int64: class index, -1 background (all-zero targets) or -2 ignored (no loss).
     Differentiable in ``logits``; equal to the element-wise reference, with less memory."""
-    return _FocalLossSum.apply(logits.contiguous(), cls_targets, float(alpha), float(gamma), float(label_smoothing))
+    return _FocalLossSum.apply(
+        logits.contiguous(), cls_targets, float(alpha), float(gamma), float(label_smoothing)
+    )
 
 
 def huber_loss(input: Tensor, target: Tensor, delta: float = 0.1) -> Tensor:
@@ -132,7 +148,9 @@ class DetectionLoss(nn.Module):
     code does.
     """
 
-    def __init__(self, anchor_cfg: AnchorConfig, loss_cfg: LossConfig | None = None, num_classes: int = 90) -> None:
+    def __init__(
+        self, anchor_cfg: AnchorConfig, loss_cfg: LossConfig | None = None, num_classes: int = 90
+    ) -> None:
         super().__init__()
         self.anchor_cfg = anchor_cfg
         self.cfg = loss_cfg if loss_cfg is not None else LossConfig()
@@ -161,8 +179,12 @@ class DetectionLoss(nn.Module):
                 " classes: build DetectionLoss with the model's num_classes"
             )
         if len(targets) != class_outputs[0].shape[0]:
-            raise ConfigError(f"{len(targets)} targets for a batch of {class_outputs[0].shape[0]}: give one dict per image")
-        cls_logits, box_deltas = flatten_head_outputs(class_outputs, box_outputs, a)  # (N, A_all, K), (N, A_all, 4)
+            raise ConfigError(
+                f"{len(targets)} targets for a batch of {class_outputs[0].shape[0]}: give one dict per image"
+            )
+        cls_logits, box_deltas = flatten_head_outputs(
+            class_outputs, box_outputs, a
+        )  # (N, A_all, K), (N, A_all, 4)
         cls_logits, box_deltas = cls_logits.float(), box_deltas.float()
         anchors = self.anchors(image_size_hw, device=cls_logits.device, dtype=torch.float32)
         t = label_anchors(
@@ -178,15 +200,22 @@ class DetectionLoss(nn.Module):
         )
         normalizer = t.num_positives.sum() + 1.0
 
-        class_loss = focal_loss_sum(cls_logits, t.cls_targets, cfg.alpha, cfg.gamma, cfg.label_smoothing) / normalizer
+        class_loss = (
+            focal_loss_sum(cls_logits, t.cls_targets, cfg.alpha, cfg.gamma, cfg.label_smoothing)
+            / normalizer
+        )
 
         if cfg.box_loss == "huber":
             mask = (t.box_targets != 0).to(box_deltas.dtype)
-            box_loss = (huber_loss(box_deltas, t.box_targets, cfg.huber_delta) * mask).sum() / (normalizer * 4.0)
+            box_loss = (huber_loss(box_deltas, t.box_targets, cfg.huber_delta) * mask).sum() / (
+                normalizer * 4.0
+            )
             weight = cfg.box_loss_weight
         else:  # giou on decoded boxes of positive anchors
             positive = t.cls_targets >= 0  # (N, A_all)
-            pred = decode_boxes(box_deltas[positive], anchors.expand_as(box_deltas)[positive])  # (P, 4)
+            pred = decode_boxes(
+                box_deltas[positive], anchors.expand_as(box_deltas)[positive]
+            )  # (P, 4)
             giou = elementwise_giou(pred, t.matched_boxes[positive])
             box_loss = (1.0 - giou).sum() / normalizer
             weight = cfg.giou_loss_weight

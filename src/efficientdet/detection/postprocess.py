@@ -17,7 +17,7 @@ Everything is plain torch (CPU, CUDA); no torchvision needed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -55,7 +55,9 @@ def _suppression(boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> 
     if labels is not None:
         over &= labels.unsqueeze(1) == labels.unsqueeze(0)
     idx = torch.arange(boxes.shape[0], device=boxes.device)
-    return over & (idx.unsqueeze(1) < idx.unsqueeze(0))  # strictly upper triangle (triu is slow on CPU bools)
+    return over & (
+        idx.unsqueeze(1) < idx.unsqueeze(0)
+    )  # strictly upper triangle (triu is slow on CPU bools)
 
 
 def batched_nms(
@@ -110,7 +112,9 @@ def batched_nms(
     return order[torch.cat(kept)[:max_output]]
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, max_output: int | None = None) -> Tensor:
+def nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, max_output: int | None = None
+) -> Tensor:
     """Class-agnostic exact greedy NMS: (B, 4) xyxy, (B,) -> kept indices by descending score."""
     return batched_nms(boxes, scores, None, iou_threshold, max_output)
 
@@ -163,7 +167,9 @@ def flatten_box_outputs(box_outputs: Sequence[Tensor]) -> Tensor:
     return torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in box_outputs], 1)
 
 
-def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def topk_candidates(
+    class_outputs: Sequence[Tensor], num_anchors: int, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k over anchors x classes of raw class logits, per image.
 
     class_outputs[l]: (N, A*K, H_l, W_l) (channel ``a*K + class``). Returns logits (N, k'),
@@ -190,7 +196,9 @@ def topk_candidates(class_outputs: Sequence[Tensor], num_anchors: int, k: int) -
     return _topk_class_major(class_outputs, num_anchors, num_classes, k)
 
 
-def _plain_topk(class_outputs: Sequence[Tensor], num_classes: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _plain_topk(
+    class_outputs: Sequence[Tensor], num_classes: int, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
     n = class_outputs[0].shape[0]
     # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K)
     flat = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1) for c in class_outputs], 1)
@@ -198,10 +206,14 @@ def _plain_topk(class_outputs: Sequence[Tensor], num_classes: int, k: int) -> tu
     return logits, idx // num_classes, idx % num_classes
 
 
-def _plain_topk_image(class_outputs: Sequence[Tensor], i: int, num_classes: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _plain_topk_image(
+    class_outputs: Sequence[Tensor], i: int, num_classes: int, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_plain_topk` of image ``i`` alone: (k,) logits, anchor and class indices. The
     two-stage paths fall back to it under heavy ties, where one plain top-k is cheaper."""
-    logits, anchor_idx, class_idx = _plain_topk([c[i:i + 1] for c in class_outputs], num_classes, k)
+    logits, anchor_idx, class_idx = _plain_topk(
+        [c[i : i + 1] for c in class_outputs], num_classes, k
+    )
     return logits[0], anchor_idx[0], class_idx[0]
 
 
@@ -211,7 +223,9 @@ def _stack_images(per_image: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tenso
     return logits, anchors, classes
 
 
-def _topk_anchor_major(class_outputs: Sequence[Tensor], num_classes: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _topk_anchor_major(
+    class_outputs: Sequence[Tensor], num_classes: int, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Two-stage top-k for anchor-major memory: per level a (N, H*W*A, K) view, K contiguous."""
     n = class_outputs[0].shape[0]
     # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K): a view for anchor-major memory
@@ -239,15 +253,17 @@ def _topk_anchor_major(class_outputs: Sequence[Tensor], num_classes: int, k: int
     return _stack_images(per_image)
 
 
-def _topk_class_major(class_outputs: Sequence[Tensor], num_anchors: int, num_classes: int, k: int
-                      ) -> tuple[Tensor, Tensor, Tensor]:
+def _topk_class_major(
+    class_outputs: Sequence[Tensor], num_anchors: int, num_classes: int, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Two-stage top-k for NCHW memory, reading class columns of the selected anchors."""
     n = class_outputs[0].shape[0]
     total_anchors = sum(c.shape[-2] * c.shape[-1] for c in class_outputs) * num_anchors
     hws = [c.shape[-2] * c.shape[-1] for c in class_outputs]
     # per-anchor max over classes: (N, A*K, H, W) -> (N, A, K, H*W) -> (N, A, H*W) -> (N, H*W*A)
     level_max = [
-        c.reshape(n, num_anchors, num_classes, hw).amax(2).transpose(1, 2).reshape(n, -1) for c, hw in zip(class_outputs, hws)
+        c.reshape(n, num_anchors, num_classes, hw).amax(2).transpose(1, 2).reshape(n, -1)
+        for c, hw in zip(class_outputs, hws)
     ]
     # the k-th largest per-anchor max is a lower bound of the k-th largest element: every
     # top-k element is >= it and lies in an anchor whose max is >= it
@@ -263,13 +279,19 @@ def _topk_class_major(class_outputs: Sequence[Tensor], num_anchors: int, num_cla
         offset = 0
         for c, hw, lm in zip(class_outputs, hws, level_max):
             # selected anchors as (a, hw) in a-major order, so the reads below walk memory forwards
-            a_idx, hw_idx = (lm[i] >= bound[i]).view(hw, num_anchors).t().nonzero().unbind(1)  # (s,) each
+            a_idx, hw_idx = (
+                (lm[i] >= bound[i]).view(hw, num_anchors).t().nonzero().unbind(1)
+            )  # (s,) each
             if a_idx.numel():
                 sel = hw_idx * num_anchors + a_idx  # (s,) local anchor index
                 # element (a, k, hw) of image i sits at (a*K + k)*HW + hw of c[i]: (K, s) indices,
                 # nearly ascending addresses (about 2x faster than the transposed order)
-                idx = class_offsets.unsqueeze(1) * hw + (a_idx * (num_classes * hw) + hw_idx).unsqueeze(0)
-                cols = c[i].reshape(-1).index_select(0, idx.reshape(-1)).view(num_classes, -1)  # (K, s)
+                idx = class_offsets.unsqueeze(1) * hw + (
+                    a_idx * (num_classes * hw) + hw_idx
+                ).unsqueeze(0)
+                cols = (
+                    c[i].reshape(-1).index_select(0, idx.reshape(-1)).view(num_classes, -1)
+                )  # (K, s)
                 k_idx, r = (cols >= bound[i]).nonzero().unbind(1)  # candidates (c,)
                 vals_l.append(cols[k_idx, r])
                 anchor_l.append(sel[r] + offset)
@@ -281,7 +303,9 @@ def _topk_class_major(class_outputs: Sequence[Tensor], num_anchors: int, num_cla
     return _stack_images(per_image)
 
 
-def select_classes(class_outputs: Sequence[Tensor], num_anchors: int, classes: Sequence[int]) -> list[Tensor]:
+def select_classes(
+    class_outputs: Sequence[Tensor], num_anchors: int, classes: Sequence[int]
+) -> list[Tensor]:
     """Keep only ``classes`` (0-based) of per-level (N, A*K, H, W) logits -> (N, A*K', H, W)."""
     out = []
     index = torch.as_tensor(list(classes), device=class_outputs[0].device)
@@ -355,7 +379,9 @@ def postprocess(
     results = []
     for i in range(n):
         scores = logits[i].float().sigmoid()
-        boxes = decode_boxes(deltas[i, anchor_idx[i]].float(), anchors_xyxy[anchor_idx[i]])  # (k, 4)
+        boxes = decode_boxes(
+            deltas[i, anchor_idx[i]].float(), anchors_xyxy[anchor_idx[i]]
+        )  # (k, 4)
         labels = class_idx[i]
         if cfg.score_threshold > 0:
             ok = scores >= cfg.score_threshold
@@ -366,7 +392,9 @@ def postprocess(
             if sizes_t is not None:
                 region = sizes_t[i] * (scale if scale is not None else 1.0)
                 if image_size_hw is not None:
-                    region = torch.minimum(region, torch.tensor([float(v) for v in image_size_hw], device=device))
+                    region = torch.minimum(
+                        region, torch.tensor([float(v) for v in image_size_hw], device=device)
+                    )
             elif image_size_hw is not None:
                 region = torch.tensor([float(v) for v in image_size_hw], device=device)
             if region is not None:
@@ -375,7 +403,9 @@ def postprocess(
             keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, cfg.max_detections)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         else:
-            keep, scores = soft_nms(boxes, scores, labels, cfg.soft_sigma, cfg.soft_score_threshold, cfg.max_detections)
+            keep, scores = soft_nms(
+                boxes, scores, labels, cfg.soft_sigma, cfg.soft_score_threshold, cfg.max_detections
+            )
             boxes, labels = boxes[keep], labels[keep]
         if scale is not None:
             boxes = boxes / scale
@@ -428,7 +458,9 @@ def fixed_shape_candidates(
     deltas = box_flat.gather(1, anchor_idx.unsqueeze(-1).expand(n, k, 4))  # (N, k, 4)
     boxes = decode_boxes(deltas.float(), anchors_xyxy[anchor_idx])  # (N, k, 4) input pixels
     limit = torch.tensor([float(v) for v in image_size_hw], device=boxes.device)
-    region = torch.minimum(original_sizes * scales.unsqueeze(1), limit)  # (N, 2) image area of the input
+    region = torch.minimum(
+        original_sizes * scales.unsqueeze(1), limit
+    )  # (N, 2) image area of the input
     return scores, clip_boxes(boxes, region.unsqueeze(1)), class_idx
 
 

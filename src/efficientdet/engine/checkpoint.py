@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import WeightsError
-from ..weights.checkpoint import content_checksum, read_checkpoint, validate_checkpoint, write_checkpoint
-
+from ..weights.checkpoint import (
+    content_checksum,
+    read_checkpoint,
+    validate_checkpoint,
+    write_checkpoint,
+)
 
 
 def load_checkpoint(path: str | os.PathLike, *, training: bool = False) -> dict:
@@ -42,12 +46,16 @@ def load_checkpoint(path: str | os.PathLike, *, training: bool = False) -> dict:
     ``training``: it must hold the training state needed to resume (a run's ``last.pt``)."""
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict):
-        raise WeightsError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict; fix: give a file saved by efficientdet")
+        raise WeightsError(
+            f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict; fix: give a file saved by efficientdet"
+        )
     if training:
         validate_checkpoint(ckpt, str(path))
         ts = ckpt.get("train_state")
         if not isinstance(ts, dict) or "args" not in ckpt or "optimizer" not in ts:
-            raise WeightsError(f"{path}: holds no training state (best.pt?); fix: resume from the run's last.pt")
+            raise WeightsError(
+                f"{path}: holds no training state (best.pt?); fix: resume from the run's last.pt"
+            )
     return ckpt
 
 
@@ -78,8 +86,10 @@ def restore_best(run_dir: Path, best: dict | None, log: Callable[[str], None] = 
             why = "from another moment than last.pt"
     write_checkpoint(path, best)
     ts = best.get("train_state", {})
-    log(f"{path}: was {why} (a run stopped between the checkpoint writes): rewritten from last.pt "
-        f"(epoch {ts.get('best_epoch')}, mAP {ts.get('best_map', float('nan')):.4f})")
+    log(
+        f"{path}: was {why} (a run stopped between the checkpoint writes): rewritten from last.pt "
+        f"(epoch {ts.get('best_epoch')}, mAP {ts.get('best_map', float('nan')):.4f})"
+    )
 
 
 def rng_state() -> dict:
@@ -93,7 +103,11 @@ def rng_state() -> dict:
     version, state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     out = {
-        "python": {"version": int(version), "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss},
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(state, dtype=torch.int64),
+            "gauss": gauss,
+        },
         "numpy": {
             "kind": str(kind),
             "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
@@ -116,11 +130,21 @@ def set_rng_state(state: dict) -> None:
     """
     py = state.get("python")
     if py is not None:
-        random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+        random.setstate(
+            (int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"])
+        )
     npst = state.get("numpy")
     if npst is not None:
         keys = np.asarray(npst["keys"].tolist(), dtype=np.uint32)
-        np.random.set_state((npst["kind"], keys, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+        np.random.set_state(
+            (
+                npst["kind"],
+                keys,
+                int(npst["pos"]),
+                int(npst["has_gauss"]),
+                float(npst["cached_gaussian"]),
+            )
+        )
     if state.get("torch") is not None:
         torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
     cuda = state.get("cuda")

@@ -55,9 +55,13 @@ def init_distributed(device: torch.device, timeout_minutes: float = 120.0) -> Di
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_available():
-        raise ConfigError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; run a single process")
+        raise ConfigError(
+            "WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; run a single process"
+        )
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(
+            backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes)
+        )
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=dist.get_backend())
 
 

@@ -23,9 +23,9 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,20 @@ from torch import nn
 from ..config import NMSConfig
 from ..errors import ConfigError, DataError
 
-STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+STAT_NAMES = (
+    "mAP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 
 
 @dataclass
@@ -71,14 +83,20 @@ class EvalResult:
             width = max(5, *(len(str(c["class"])) for c in self.per_class))
             lines.append(f"  {'class':<{width}}  {'id':>5}  {'AP':>6}  {'AP50':>6}  {'gt':>6}")
             for c in self.per_class:
-                lines.append(f"  {str(c['class']):<{width}}  {c['category_id']:>5}  {_fmt(c['AP']):>6}  "
-                             f"{_fmt(c['AP50']):>6}  {c['num_gt']:>6}")
+                lines.append(
+                    f"  {c['class']!s:<{width}}  {c['category_id']:>5}  {_fmt(c['AP']):>6}  "
+                    f"{_fmt(c['AP50']):>6}  {c['num_gt']:>6}"
+                )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """Plain types for JSON: stats, per_class, num_images, num_detections."""
-        return {"stats": dict(self.stats), "per_class": [dict(c) for c in self.per_class],
-                "num_images": self.num_images, "num_detections": len(self.detections)}
+        return {
+            "stats": dict(self.stats),
+            "per_class": [dict(c) for c in self.per_class],
+            "num_images": self.num_images,
+            "num_detections": len(self.detections),
+        }
 
 
 def _fmt(v: float) -> str:
@@ -115,13 +133,19 @@ def coco_eval(gt: dict, detections: list[dict]) -> tuple[dict[str, float], list[
     image_ids = set(gt_coco.getImgIds())
     bad = [d["image_id"] for d in detections if d["image_id"] not in image_ids]
     if bad:
-        raise DataError(f"detections: image id {bad[0]} is not in the ground truth; fix: score detections of the same dataset")
+        raise DataError(
+            f"detections: image id {bad[0]} is not in the ground truth; fix: score detections of the same dataset"
+        )
     categories = sorted(gt_coco.dataset["categories"], key=lambda c: int(c["id"]))
     with contextlib.redirect_stdout(io.StringIO()):
         if detections:
-            dt_coco = gt_coco.loadRes([dict(d) for d in detections])  # loadRes adds area/id in place
+            dt_coco = gt_coco.loadRes(
+                [dict(d) for d in detections]
+            )  # loadRes adds area/id in place
         else:
-            dt_coco = _coco_from_dict({"images": gt_coco.dataset["images"], "categories": categories})
+            dt_coco = _coco_from_dict(
+                {"images": gt_coco.dataset["images"], "categories": categories}
+            )
         ev = COCOeval(gt_coco, dt_coco, iouType="bbox")
         ev.evaluate()
         ev.accumulate()
@@ -141,30 +165,63 @@ def coco_eval(gt: dict, detections: list[dict]) -> tuple[dict[str, float], list[
         p_50 = precision[0, :, k, 0, -1]
         ap = float(np.mean(p_all[p_all > -1])) if (p_all > -1).any() else -1.0
         ap50 = float(np.mean(p_50[p_50 > -1])) if (p_50 > -1).any() else -1.0
-        per_class.append({"class": str(c.get("name", cid)), "category_id": cid, "AP": ap, "AP50": ap50,
-                          "num_gt": num_gt.get(cid, 0)})
+        per_class.append(
+            {
+                "class": str(c.get("name", cid)),
+                "category_id": cid,
+                "AP": ap,
+                "AP50": ap50,
+                "num_gt": num_gt.get(cid, 0),
+            }
+        )
     return stats, per_class, precision
 
 
-def batch_detections_to_coco(class_out, box_out, targets: Sequence[dict], anchors: torch.Tensor, nms_cfg: NMSConfig,
-                             image_size_hw: Sequence[int], category_ids: Sequence[int]) -> list[tuple[int, list[dict]]]:
+def batch_detections_to_coco(
+    class_out,
+    box_out,
+    targets: Sequence[dict],
+    anchors: torch.Tensor,
+    nms_cfg: NMSConfig,
+    image_size_hw: Sequence[int],
+    category_ids: Sequence[int],
+) -> list[tuple[int, list[dict]]]:
     """Raw head outputs of a batch from :class:`~efficientdet.data.dataset.DetectionDataset`
     (targets carry ``image_id``, ``scale``, ``original_size``) -> ``[(image_id, COCO result
     dicts with the dataset's category ids)]``, one entry per image, boxes in original pixels."""
     from ..detection.postprocess import postprocess
 
-    dets = postprocess([c.float() for c in class_out], [b.float() for b in box_out], anchors, nms_cfg, image_size_hw,
-                       scales=[t["scale"] for t in targets], original_sizes=[t["original_size"] for t in targets])
+    dets = postprocess(
+        [c.float() for c in class_out],
+        [b.float() for b in box_out],
+        anchors,
+        nms_cfg,
+        image_size_hw,
+        scales=[t["scale"] for t in targets],
+        original_sizes=[t["original_size"] for t in targets],
+    )
     return _to_coco(dets, targets, category_ids)
 
 
-def _to_coco(dets: Sequence[dict], targets: Sequence[dict], category_ids: Sequence[int]) -> list[tuple[int, list[dict]]]:
+def _to_coco(
+    dets: Sequence[dict], targets: Sequence[dict], category_ids: Sequence[int]
+) -> list[tuple[int, list[dict]]]:
     """Per-image {"boxes", "scores", "labels"} in original pixels -> [(image_id, COCO result dicts)]."""
     from ..data.coco import detections_to_coco
 
-    return [(t["image_id"], detections_to_coco(t["image_id"], d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(),
-                                               d["labels"].cpu().numpy(), category_ids))
-            for t, d in zip(targets, dets)]
+    return [
+        (
+            t["image_id"],
+            detections_to_coco(
+                t["image_id"],
+                d["boxes"].cpu().numpy(),
+                d["scores"].cpu().numpy(),
+                d["labels"].cpu().numpy(),
+                category_ids,
+            ),
+        )
+        for t, d in zip(targets, dets)
+    ]
 
 
 def evaluate(
@@ -199,7 +256,9 @@ def evaluate(
 
     name = getattr(data, "source", "") or "dataset"
     if len(data.records) == 0:
-        raise DataError(f"{name}: no images to evaluate; fix: give a validation split with at least one image")
+        raise DataError(
+            f"{name}: no images to evaluate; fix: give a validation split with at least one image"
+        )
     is_detector = hasattr(model, "detect_batch")
     cfg = model.config if is_detector else unwrap_model(model).config
     if cfg.num_classes != len(data.class_names):
@@ -209,12 +268,20 @@ def evaluate(
         )
     if is_detector:
         if nms_cfg is not None or amp_dtype is not None:
-            raise ConfigError("evaluate(Detector): give conf / iou / max_det / half to the Detector, not nms_cfg / amp_dtype")
-        if image_size_hw is not None and tuple(int(v) for v in image_size_hw) != tuple(model.image_size):
-            raise ConfigError(f"image size {tuple(image_size_hw)}: this detector takes {tuple(model.image_size)}; "
-                              "fix: drop the option or re-export at that size")
+            raise ConfigError(
+                "evaluate(Detector): give conf / iou / max_det / half to the Detector, not nms_cfg / amp_dtype"
+            )
+        if image_size_hw is not None and tuple(int(v) for v in image_size_hw) != tuple(
+            model.image_size
+        ):
+            raise ConfigError(
+                f"image size {tuple(image_size_hw)}: this detector takes {tuple(model.image_size)}; "
+                "fix: drop the option or re-export at that size"
+            )
         image_size_hw = model.image_size
-    image_size_hw = tuple(int(v) for v in (image_size_hw if image_size_hw is not None else cfg.image_size))
+    image_size_hw = tuple(
+        int(v) for v in (image_size_hw if image_size_hw is not None else cfg.image_size)
+    )
     nms_cfg = nms_cfg if nms_cfg is not None else NMSConfig()
     device = torch.device(device)
     dataset = DetectionDataset(data, image_size_hw, cfg.mean, cfg.std, train=False)
@@ -228,17 +295,31 @@ def evaluate(
     seen: set[int] = set()
     try:
         with torch.inference_mode():
-            for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+            for images, targets in tqdm(
+                loader, desc="eval", unit="batch", disable=not progress, leave=False
+            ):
                 if is_detector:
-                    dets = model.detect_batch(images, torch.tensor([float(t["scale"]) for t in targets]),
-                                              [tuple(t["original_size"]) for t in targets])
+                    dets = model.detect_batch(
+                        images,
+                        torch.tensor([float(t["scale"]) for t in targets]),
+                        [tuple(t["original_size"]) for t in targets],
+                    )
                     per_image = _to_coco(dets, targets, data.category_ids)
                 else:
                     images = images.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    with torch.autocast(
+                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                    ):
                         class_out, box_out = model(images)
-                    per_image = batch_detections_to_coco(class_out, box_out, targets, anchors, nms_cfg, image_size_hw,
-                                                         data.category_ids)
+                    per_image = batch_detections_to_coco(
+                        class_out,
+                        box_out,
+                        targets,
+                        anchors,
+                        nms_cfg,
+                        image_size_hw,
+                        data.category_ids,
+                    )
                 for image_id, coco_dets in per_image:
                     if image_id in seen:  # an undecodable image was substituted by the next one
                         continue
@@ -248,8 +329,13 @@ def evaluate(
         if not is_detector:
             model.train(was_training)
     stats, per_class, precision = coco_eval(records_to_coco(data), detections)
-    return EvalResult(stats=stats, per_class=per_class, detections=detections, num_images=len(data.records),
-                      precision=precision)
+    return EvalResult(
+        stats=stats,
+        per_class=per_class,
+        detections=detections,
+        num_images=len(data.records),
+        precision=precision,
+    )
 
 
 def write_results_json(path: str | os.PathLike, detections: list[dict]) -> None:

@@ -60,9 +60,15 @@ class DivergenceGuard:
         self.rollbacks = 0
 
     def accept(self, loss: float, grad_norm: float | None) -> None:
-        self.loss_mean = loss if self.loss_mean is None else BETA * self.loss_mean + (1 - BETA) * loss
+        self.loss_mean = (
+            loss if self.loss_mean is None else BETA * self.loss_mean + (1 - BETA) * loss
+        )
         if grad_norm is not None and math.isfinite(grad_norm):
-            self.grad_mean = grad_norm if self.grad_mean is None else BETA * self.grad_mean + (1 - BETA) * grad_norm
+            self.grad_mean = (
+                grad_norm
+                if self.grad_mean is None
+                else BETA * self.grad_mean + (1 - BETA) * grad_norm
+            )
         if self.steps_since_snapshot is not None:
             self.steps_since_snapshot += 1
 

@@ -26,12 +26,21 @@ import torch
 try:
     import lightning as L
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'") from exc
+    raise ImportError(
+        "efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'"
+    ) from exc
 
 from ..config import LossConfig, NMSConfig
 from . import distributed as dist_utils
-from .trainer import (TrainConfig, build_model, default_lr, load_train_val, resolve_model_config, set_train_mode,
-                      use_channels_last)
+from .trainer import (
+    TrainConfig,
+    build_model,
+    default_lr,
+    load_train_val,
+    resolve_model_config,
+    set_train_mode,
+    use_channels_last,
+)
 
 
 def _as_config(cfg) -> TrainConfig:
@@ -62,21 +71,38 @@ class EfficientDetDataModule(L.LightningDataModule):
         from ..data import AugmentConfig, DetectionDataset
 
         c, m = self.cfg, self.model_cfg
-        return DetectionDataset(data, m.image_size, m.mean, m.std, train=train,
-                                augment=AugmentConfig(c.scale_min, c.scale_max, c.flip_prob), seed=c.seed)
+        return DetectionDataset(
+            data,
+            m.image_size,
+            m.mean,
+            m.std,
+            train=train,
+            augment=AugmentConfig(c.scale_min, c.scale_max, c.flip_prob),
+            seed=c.seed,
+        )
 
     def train_dataloader(self):
         from ..data import create_loader
 
         ds = self._dataset(self.train_data, True)
-        return create_loader(ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.workers, seed=self.cfg.seed,
-                             drop_last=len(ds) >= self.cfg.batch_size)
+        return create_loader(
+            ds,
+            self.cfg.batch_size,
+            shuffle=True,
+            num_workers=self.cfg.workers,
+            seed=self.cfg.seed,
+            drop_last=len(ds) >= self.cfg.batch_size,
+        )
 
     def val_dataloader(self):
         from ..data import create_loader
 
-        return create_loader(self._dataset(self.val_data, False), self.cfg.eval_batch_size or self.cfg.batch_size,
-                             shuffle=False, num_workers=self.cfg.workers)
+        return create_loader(
+            self._dataset(self.val_data, False),
+            self.cfg.eval_batch_size or self.cfg.batch_size,
+            shuffle=False,
+            num_workers=self.cfg.workers,
+        )
 
 
 class EfficientDetModule(L.LightningModule):
@@ -85,20 +111,34 @@ class EfficientDetModule(L.LightningModule):
     ``forward(images)`` returns the raw per-level outputs; ``val_data`` (a DetectionData) is
     the ground truth for ``val/mAP`` (default: the datamodule's ``val_data``)."""
 
-    def __init__(self, cfg: TrainConfig | dict, class_names: list[str], category_ids: list[int] | None = None,
-                 val_data=None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig | dict,
+        class_names: list[str],
+        category_ids: list[int] | None = None,
+        val_data=None,
+    ) -> None:
         super().__init__()
         self.cfg = _as_config(cfg)
         self.class_names = list(class_names)
-        self.category_ids = list(category_ids) if category_ids is not None else list(range(len(self.class_names)))
-        self.save_hyperparameters({"cfg": self.cfg.to_dict(), "class_names": self.class_names,
-                                   "category_ids": self.category_ids})
+        self.category_ids = (
+            list(category_ids) if category_ids is not None else list(range(len(self.class_names)))
+        )
+        self.save_hyperparameters(
+            {
+                "cfg": self.cfg.to_dict(),
+                "class_names": self.class_names,
+                "category_ids": self.category_ids,
+            }
+        )
         self.model = build_model(self.cfg, len(self.class_names), log=lambda m: None)
         from ..detection.loss import DetectionLoss
 
-        self.loss_fn = DetectionLoss(self.model.config.anchors,
-                                     LossConfig(box_loss=self.cfg.box_loss, assigner=self.cfg.assigner),
-                                     len(self.class_names))
+        self.loss_fn = DetectionLoss(
+            self.model.config.anchors,
+            LossConfig(box_loss=self.cfg.box_loss, assigner=self.cfg.assigner),
+            len(self.class_names),
+        )
         self.val_data = val_data
         self.ema = None
         self._detections: list[dict] = []
@@ -123,17 +163,28 @@ class EfficientDetModule(L.LightningModule):
         set_train_mode(self.model, self.cfg.freeze)
 
     def _targets(self, targets):
-        return [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        return [
+            {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+            for t in targets
+        ]
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         class_out, box_out = self.model(images)
-        losses = self.loss_fn(class_out, box_out, self._targets(targets), self.model.config.image_size)
+        losses = self.loss_fn(
+            class_out, box_out, self._targets(targets), self.model.config.image_size
+        )
         n = images.shape[0]
         for key in ("loss", "class_loss", "box_loss"):
-            self.log(f"train/{key}", losses[key].detach(), prog_bar=key == "loss", batch_size=n, sync_dist=True)
+            self.log(
+                f"train/{key}",
+                losses[key].detach(),
+                prog_bar=key == "loss",
+                batch_size=n,
+                sync_dist=True,
+            )
         if not torch.isfinite(losses["loss"]):
             return None  # Lightning skips the optimizer step for this batch
         return losses["loss"]
@@ -153,7 +204,10 @@ class EfficientDetModule(L.LightningModule):
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
         scheduler = build_scheduler(optimizer, total, warmup, min_lr_ratio=cfg.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.ema is not None:
@@ -178,16 +232,23 @@ class EfficientDetModule(L.LightningModule):
         model.eval()
         cfg = model.config
         class_out, box_out = model(images)
-        anchors = self.loss_fn.anchors(cfg.image_size, device=images.device)  # cached per size and device
-        for _, coco_dets in batch_detections_to_coco(class_out, box_out, targets, anchors, NMSConfig(), cfg.image_size,
-                                                     self.category_ids):
+        anchors = self.loss_fn.anchors(
+            cfg.image_size, device=images.device
+        )  # cached per size and device
+        for _, coco_dets in batch_detections_to_coco(
+            class_out, box_out, targets, anchors, NMSConfig(), cfg.image_size, self.category_ids
+        ):
             self._detections.extend(coco_dets)
 
     def on_validation_epoch_end(self) -> None:
         from ..data.coco import records_to_coco
         from .evaluator import coco_metrics
 
-        data = self.val_data if self.val_data is not None else getattr(self.trainer.datamodule, "val_data", None)
+        data = (
+            self.val_data
+            if self.val_data is not None
+            else getattr(self.trainer.datamodule, "val_data", None)
+        )
         if data is None:
             return
         detections = [d for part in dist_utils.all_gather_object(self._detections) for d in part]
@@ -209,6 +270,10 @@ class EfficientDetModule(L.LightningModule):
         payload = save_model_dict(self.eval_model(), self.class_names, self.category_ids)
         payload["args"] = dataclasses.asdict(self.cfg)
         trainer = self._trainer
-        payload["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer is not None else {}
+        payload["metrics"] = (
+            {k: float(v) for k, v in trainer.callback_metrics.items()}
+            if trainer is not None
+            else {}
+        )
         write_checkpoint(path, payload)
         return Path(path)

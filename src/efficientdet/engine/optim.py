@@ -29,7 +29,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, name: str = "sgd", lr: float = 0.08, weight_decay: float = 4e-5, momentum: float = 0.9
+    model: nn.Module,
+    name: str = "sgd",
+    lr: float = 0.08,
+    weight_decay: float = 4e-5,
+    momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
     """SGD (momentum, official EfficientDet recipe) or AdamW (betas ``(momentum, 0.999)``)
     over :func:`param_groups`."""
@@ -42,7 +46,9 @@ def build_optimizer(
         raise ConfigError(f"weight_decay={weight_decay}: need 0 or more")
     groups = param_groups(model, weight_decay)
     if not groups:
-        raise ConfigError("no trainable parameters: every parameter is frozen; unfreeze some layers")
+        raise ConfigError(
+            "no trainable parameters: every parameter is frozen; unfreeze some layers"
+        )
     if key == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
@@ -58,7 +64,9 @@ class WarmupCosine:
     A plain callable object, so ``LambdaLR.state_dict`` stores its settings as plain types.
     """
 
-    def __init__(self, total_steps: int, warmup_steps: int, warmup_start_factor: float, min_lr_ratio: float) -> None:
+    def __init__(
+        self, total_steps: int, warmup_steps: int, warmup_start_factor: float, min_lr_ratio: float
+    ) -> None:
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.warmup_start_factor = float(warmup_start_factor)
@@ -85,7 +93,9 @@ def build_scheduler(
     if total_steps < 1:
         raise ConfigError(f"total_steps={total_steps}: need at least 1 iteration")
     if not 0 <= warmup_steps <= total_steps:
-        raise ConfigError(f"warmup_steps={warmup_steps}: need 0 <= warmup <= total steps ({total_steps})")
+        raise ConfigError(
+            f"warmup_steps={warmup_steps}: need 0 <= warmup <= total steps ({total_steps})"
+        )
     if not 0 < warmup_start_factor <= 1:
         raise ConfigError(f"warmup_start_factor={warmup_start_factor}: need 0 < value <= 1")
     if not 0 <= min_lr_ratio <= 1:

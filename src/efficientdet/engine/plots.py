@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,8 +36,20 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> None:
     val = [r for r in history if r.get("mAP") is not None]
     ax = axes[3]
     if val:
-        ax.plot([r["epoch"] for r in val], [r["mAP"] for r in val], marker="o", markersize=3, label="mAP@[.5:.95]")
-        ax.plot([r["epoch"] for r in val], [r["AP50"] for r in val], marker="o", markersize=3, label="AP50")
+        ax.plot(
+            [r["epoch"] for r in val],
+            [r["mAP"] for r in val],
+            marker="o",
+            markersize=3,
+            label="mAP@[.5:.95]",
+        )
+        ax.plot(
+            [r["epoch"] for r in val],
+            [r["AP50"] for r in val],
+            marker="o",
+            markersize=3,
+            label="AP50",
+        )
         ax.legend(loc="lower right")
     ax.set_title("validation")
     ax.set_xlabel("epoch")

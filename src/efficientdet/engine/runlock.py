@@ -29,7 +29,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         for _ in range(5):  # retried when the holder removed the file between our open and flock
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -42,7 +42,8 @@ class RunLock:
                 os.close(fd)
                 raise OutputError(
                     f"{self.path.parent}: another training run ({owner}) is writing to this folder; "
-                    "fix: wait for it to finish, or give another --out") from None
+                    "fix: wait for it to finish, or give another --out"
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -54,7 +55,9 @@ class RunLock:
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
             self.fd = fd
             return self
-        raise OutputError(f"{self.path}: could not take the run lock; fix: retry, or give another --out")
+        raise OutputError(
+            f"{self.path}: could not take the run lock; fix: retry, or give another --out"
+        )
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (safe to call twice)."""

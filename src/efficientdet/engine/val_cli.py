@@ -13,20 +13,40 @@ from pathlib import Path
 
 from .. import cli_options
 from ..config import NMSConfig, parse_image_size
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..fileio import write_via_temp
 from ..run_dirs import make_run_dir, refuse_inputs_inside
 from ..runtime import precision_dtype, resolve_device, warn_if_slow_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint saved by efficientdet, or a file from efficientdet export")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint saved by efficientdet, or a file from efficientdet export",
+    )
     parser.add_argument("--data", required=True, help="dataset YAML or COCO JSON")
-    parser.add_argument("--split", default="val", help="split of the YAML to evaluate (default val)")
-    parser.add_argument("--images", default=None, help="image folder (overrides the YAML / next to the COCO JSON)")
+    parser.add_argument(
+        "--split", default="val", help="split of the YAML to evaluate (default val)"
+    )
+    parser.add_argument(
+        "--images", default=None, help="image folder (overrides the YAML / next to the COCO JSON)"
+    )
     cli_options.add(parser, "image_size", "batch")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
-    cli_options.add(parser, "conf", "iou", "max_det", "nms", "device", "precision", "out", "exist_ok", "json", "quiet")
+    cli_options.add(
+        parser,
+        "conf",
+        "iou",
+        "max_det",
+        "nms",
+        "device",
+        "precision",
+        "out",
+        "exist_ok",
+        "json",
+        "quiet",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +57,12 @@ def run(args: argparse.Namespace) -> int:
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
 
     image_size = parse_image_size(args.image_size, "--image-size")
-    nms_cfg = NMSConfig(iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det,
-                        method=cli_options.nms_method(args))
+    nms_cfg = NMSConfig(
+        iou_threshold=args.iou,
+        score_threshold=args.conf,
+        max_detections=args.max_det,
+        method=cli_options.nms_method(args),
+    )
     device = resolve_device(args.device)
     precision = cli_options.precision_of(args)
     amp_dtype = precision_dtype(precision, device)
@@ -49,11 +73,20 @@ def run(args: argparse.Namespace) -> int:
 
     from ..deploy.backends import is_exported
 
-    if is_exported(args.weights):  # TorchScript / ONNX: run through its backend by a Detector (which checks memory)
+    if is_exported(
+        args.weights
+    ):  # TorchScript / ONNX: run through its backend by a Detector (which checks memory)
         from ..deploy.detector import Detector
 
-        model = Detector(args.weights, conf=args.conf, iou=args.iou, max_det=args.max_det, image_size=image_size,
-                         device=args.device, half=amp_dtype is not None)
+        model = Detector(
+            args.weights,
+            conf=args.conf,
+            iou=args.iou,
+            max_det=args.max_det,
+            image_size=image_size,
+            device=args.device,
+            half=amp_dtype is not None,
+        )
         names, nms_cfg, amp_dtype, image_size = model.names, None, None, model.image_size
     else:
         model, ckpt = load_model(args.weights)
@@ -71,9 +104,20 @@ def run(args: argparse.Namespace) -> int:
             "fix: evaluate on a dataset with the same classes in the same order"
         )
     if data.report.count():
-        print(data.report.summary(title=f"{args.data} ({args.split}): problems found while reading"))
-    result = evaluate(model, data, image_size or model.config.image_size, nms_cfg, batch_size=args.batch,
-                      num_workers=args.workers, device=device, amp_dtype=amp_dtype, progress=not args.quiet)
+        print(
+            data.report.summary(title=f"{args.data} ({args.split}): problems found while reading")
+        )
+    result = evaluate(
+        model,
+        data,
+        image_size or model.config.image_size,
+        nms_cfg,
+        batch_size=args.batch,
+        num_workers=args.workers,
+        device=device,
+        amp_dtype=amp_dtype,
+        progress=not args.quiet,
+    )
     print(result.table())
     out = make_run_dir(args.out, args.exist_ok, "val")  # claimed once there are results to write
     refuse_inputs_inside(out, inputs)

@@ -24,7 +24,9 @@ from .layers import ConvBn, MaxPool2dSame, SeparableConv, make_act
 @dataclass(frozen=True)
 class FusionNode:
     level: int
-    inputs: tuple[int, ...]  # node ids: 0..L-1 the cell inputs (levels min..max), then earlier nodes
+    inputs: tuple[
+        int, ...
+    ]  # node ids: 0..L-1 the cell inputs (levels min..max), then earlier nodes
 
 
 def bifpn_nodes(min_level: int, max_level: int) -> list[FusionNode]:
@@ -36,14 +38,18 @@ def bifpn_nodes(min_level: int, max_level: int) -> list[FusionNode]:
         nodes.append(FusionNode(level, (latest[level][-1], latest[level + 1][-1])))
         latest[level].append(next_id)
         next_id += 1
-    for level in range(min_level + 1, max_level + 1):  # bottom-up: all of this level + downsampled finer
+    for level in range(
+        min_level + 1, max_level + 1
+    ):  # bottom-up: all of this level + downsampled finer
         nodes.append(FusionNode(level, tuple(latest[level]) + (latest[level - 1][-1],)))
         latest[level].append(next_id)
         next_id += 1
     return nodes
 
 
-def feature_sizes(image_size: tuple[int, int], min_level: int, max_level: int) -> list[tuple[int, int]]:
+def feature_sizes(
+    image_size: tuple[int, int], min_level: int, max_level: int
+) -> list[tuple[int, int]]:
     """(H, W) of levels min..max by repeated ceil-halving of the image size."""
     h, w = image_size
     sizes = []
@@ -113,11 +119,23 @@ class FuseInputs(nn.Module):
 class FusionNodeModule(nn.Module):
     """One BiFPN node: fuse inputs -> act -> separable conv + BN."""
 
-    def __init__(self, node: FusionNode, node_channels: list[int], node_levels: list[int], channels: int, fusion: str, act: str):
+    def __init__(
+        self,
+        node: FusionNode,
+        node_channels: list[int],
+        node_levels: list[int],
+        channels: int,
+        fusion: str,
+        act: str,
+    ):
         super().__init__()
         self.input_ids = list(node.inputs)
         self.combine = FuseInputs(
-            {i: Resample(node_channels[i], channels, node.level - node_levels[i]) for i in node.inputs}, fusion
+            {
+                i: Resample(node_channels[i], channels, node.level - node_levels[i])
+                for i in node.inputs
+            },
+            fusion,
         )
         self.after_combine = nn.Sequential()
         self.after_combine.add_module("act", make_act(act))
@@ -130,7 +148,15 @@ class FusionNodeModule(nn.Module):
 class BiFPNCell(nn.Module):
     """One BiFPN layer: L inputs (levels min..max) -> L outputs, all ``channels`` wide."""
 
-    def __init__(self, in_channels: list[int], min_level: int, max_level: int, channels: int, fusion: str, act: str):
+    def __init__(
+        self,
+        in_channels: list[int],
+        min_level: int,
+        max_level: int,
+        channels: int,
+        fusion: str,
+        act: str,
+    ):
         super().__init__()
         self.nodes = bifpn_nodes(min_level, max_level)
         self.min_level = min_level
@@ -144,7 +170,9 @@ class BiFPNCell(nn.Module):
         self.fnode = nn.ModuleList(fnodes)
         num_levels = len(levels)
         # the last node written for each level is that level's output
-        self.output_ids = [max(i for i, lvl in enumerate(node_levels) if lvl == level) for level in levels]
+        self.output_ids = [
+            max(i for i, lvl in enumerate(node_levels) if lvl == level) for level in levels
+        ]
         assert len(self.output_ids) == num_levels
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -161,19 +189,37 @@ class BiFPN(nn.Module):
     ``forward([P3, P4, P5]) -> [P3', ..., P_max']``, each (N, channels, H_l, W_l).
     """
 
-    def __init__(self, backbone_channels: list[int], min_level: int, max_level: int, channels: int, repeats: int,
-                 fusion: str, act: str, grad_checkpointing: bool = False):
+    def __init__(
+        self,
+        backbone_channels: list[int],
+        min_level: int,
+        max_level: int,
+        channels: int,
+        repeats: int,
+        fusion: str,
+        act: str,
+        grad_checkpointing: bool = False,
+    ):
         super().__init__()
         self.grad_checkpointing = grad_checkpointing
         num_backbone = len(backbone_channels)
         self.resample = nn.ModuleDict()
         level_channels = list(backbone_channels)
-        for i in range(num_backbone, max_level - min_level + 1):  # P6, P7 (, P8): pool the level below
+        for i in range(
+            num_backbone, max_level - min_level + 1
+        ):  # P6, P7 (, P8): pool the level below
             self.resample[str(i)] = Resample(level_channels[-1], channels, 1)
             level_channels.append(channels)
         self.cell = nn.Sequential(
             *[
-                BiFPNCell(level_channels if r == 0 else [channels] * len(level_channels), min_level, max_level, channels, fusion, act)
+                BiFPNCell(
+                    level_channels if r == 0 else [channels] * len(level_channels),
+                    min_level,
+                    max_level,
+                    channels,
+                    fusion,
+                    act,
+                )
                 for r in range(repeats)
             ]
         )

@@ -86,14 +86,25 @@ class SqueezeExcite(nn.Module):
 class DepthwiseSeparableBlock(nn.Module):
     """dw conv -> BN -> act -> [SE] -> 1x1 conv -> BN, residual when shapes allow."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, se_ratio: float, act: str, drop_path_rate: float):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int,
+        se_ratio: float,
+        act: str,
+        drop_path_rate: float,
+    ):
         super().__init__()
         self.has_skip = stride == 1 and in_ch == out_ch
         self.drop_path_rate = drop_path_rate
         self.conv_dw = Conv2dSame(in_ch, in_ch, kernel, stride, groups=in_ch, bias=False)
         self.bn1 = make_bn(in_ch)
         self.act = make_act(act)
-        self.se = SqueezeExcite(in_ch, max(1, int(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        self.se = (
+            SqueezeExcite(in_ch, max(1, int(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        )
         self.conv_pw = nn.Conv2d(in_ch, out_ch, 1, bias=False)
         self.bn2 = make_bn(out_ch)
 
@@ -108,7 +119,17 @@ class DepthwiseSeparableBlock(nn.Module):
 class InvertedResidualBlock(nn.Module):
     """MBConv: 1x1 expand -> BN -> act -> dw conv -> BN -> act -> [SE] -> 1x1 project -> BN."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int, se_ratio: float, act: str, drop_path_rate: float):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int,
+        expand: int,
+        se_ratio: float,
+        act: str,
+        drop_path_rate: float,
+    ):
         super().__init__()
         mid = in_ch * expand
         self.has_skip = stride == 1 and in_ch == out_ch
@@ -120,7 +141,9 @@ class InvertedResidualBlock(nn.Module):
         self.bn2 = make_bn(mid)
         self.act2 = make_act(act)
         # the SE width is a fraction of the block's *input* channels, as in the official code
-        self.se = SqueezeExcite(mid, max(1, int(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        self.se = (
+            SqueezeExcite(mid, max(1, int(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        )
         self.conv_pwl = nn.Conv2d(mid, out_ch, 1, bias=False)
         self.bn3 = make_bn(out_ch)
 
@@ -166,7 +189,9 @@ class EfficientNet(nn.Module):
 
         # Lite keeps the first and last stages' depth fixed (they are cheap to keep, costly to scale)
         repeats = [
-            spec.repeats if lite and i in (0, len(B0_STAGES) - 1) else int(math.ceil(spec.repeats * depth))
+            spec.repeats
+            if lite and i in (0, len(B0_STAGES) - 1)
+            else int(math.ceil(spec.repeats * depth))
             for i, spec in enumerate(B0_STAGES)
         ]
         total_blocks = sum(repeats)
@@ -181,16 +206,28 @@ class EfficientNet(nn.Module):
                 stride = spec.stride if i == 0 else 1
                 rate = drop_path_rate * block_idx / total_blocks
                 if spec.block == "ds":
-                    blocks.append(DepthwiseSeparableBlock(in_ch, out_ch, spec.kernel, stride, se_ratio, act, rate))
+                    blocks.append(
+                        DepthwiseSeparableBlock(
+                            in_ch, out_ch, spec.kernel, stride, se_ratio, act, rate
+                        )
+                    )
                 else:
-                    blocks.append(InvertedResidualBlock(in_ch, out_ch, spec.kernel, stride, spec.expand, se_ratio, act, rate))
+                    blocks.append(
+                        InvertedResidualBlock(
+                            in_ch, out_ch, spec.kernel, stride, spec.expand, se_ratio, act, rate
+                        )
+                    )
                 in_ch = out_ch
                 block_idx += 1
             stages.append(nn.Sequential(*blocks))
             stride_so_far *= spec.stride
             next_stride = B0_STAGES[stage_idx + 1].stride if stage_idx + 1 < len(B0_STAGES) else 2
-            if next_stride == 2 and stride_so_far >= 8:  # last stage at this resolution: a feature tap
-                self.feature_info.append({"stage": stage_idx, "channels": out_ch, "reduction": stride_so_far})
+            if (
+                next_stride == 2 and stride_so_far >= 8
+            ):  # last stage at this resolution: a feature tap
+                self.feature_info.append(
+                    {"stage": stage_idx, "channels": out_ch, "reduction": stride_so_far}
+                )
         self.blocks = nn.Sequential(*stages)
         self.feature_stages = [info["stage"] for info in self.feature_info]
 

@@ -37,7 +37,9 @@ class _FusedHeadNet(nn.Module):
         super().__init__()
         self.act = head.act
         self.predict = head.predict
-        self.conv_dw = nn.ModuleList([rep.conv_dw for rep in head.conv_rep])  # shared over levels, no bias
+        self.conv_dw = nn.ModuleList(
+            [rep.conv_dw for rep in head.conv_rep]
+        )  # shared over levels, no bias
         self.conv_pw = nn.ModuleList()  # [repeat][level]
         for rep, bns in zip(head.conv_rep, head.bn_rep):
             per_level = nn.ModuleList()
@@ -75,7 +77,9 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     train). Returns ``model``.
     """
     if model.training:
-        raise ConfigError("fuse_for_inference: call model.eval() first (BatchNorm folding uses running statistics)")
+        raise ConfigError(
+            "fuse_for_inference: call model.eval() first (BatchNorm folding uses running statistics)"
+        )
     for module in list(model.modules()):
         for conv_name, bn_name in _CONV_BN_PAIRS.get(type(module).__name__, []):
             conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
@@ -88,5 +92,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
             setattr(model, head_name, _FusedHeadNet(head))
     left = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     if left:
-        raise RuntimeError(f"fuse_for_inference: BatchNorm left unfused at {left[:3]}")  # a layout we do not know: our bug
+        raise RuntimeError(
+            f"fuse_for_inference: BatchNorm left unfused at {left[:3]}"
+        )  # a layout we do not know: our bug
     return model

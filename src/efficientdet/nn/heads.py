@@ -30,11 +30,21 @@ class _LevelBN(nn.Module):
 class HeadNet(nn.Module):
     """``forward([P3..P_max]) -> [(N, num_anchors * outputs_per_anchor, H_l, W_l) per level]``."""
 
-    def __init__(self, channels: int, repeats: int, num_levels: int, num_anchors: int, outputs_per_anchor: int,
-                 act: str, bias_init: float = 0.0):
+    def __init__(
+        self,
+        channels: int,
+        repeats: int,
+        num_levels: int,
+        num_anchors: int,
+        outputs_per_anchor: int,
+        act: str,
+        bias_init: float = 0.0,
+    ):
         super().__init__()
         self.num_levels = num_levels
-        self.conv_rep = nn.ModuleList([SeparableConv(channels, channels, bn=False) for _ in range(repeats)])
+        self.conv_rep = nn.ModuleList(
+            [SeparableConv(channels, channels, bn=False) for _ in range(repeats)]
+        )
         self.bn_rep = nn.ModuleList(
             [nn.ModuleList([_LevelBN(channels) for _ in range(num_levels)]) for _ in range(repeats)]
         )

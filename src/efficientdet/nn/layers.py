@@ -23,7 +23,9 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
-def pad_same(x: torch.Tensor, kernel: int, stride: int, dilation: int = 1, value: float = 0.0) -> torch.Tensor:
+def pad_same(
+    x: torch.Tensor, kernel: int, stride: int, dilation: int = 1, value: float = 0.0
+) -> torch.Tensor:
     """Pad (N, C, H, W) so that a ``kernel``/``stride`` window gives ceil(H/stride) outputs."""
     ih, iw = x.shape[-2:]
     top, bottom = same_padding(int(ih), kernel, stride, dilation)
@@ -36,10 +38,20 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int, dilation: int = 1, value
 class Conv2dSame(nn.Conv2d):
     """nn.Conv2d with TF "same" padding; static when symmetric, dynamic for strided convs."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ):
         self.dynamic_pad = stride > 1
         padding = 0 if self.dynamic_pad else kernel_size // 2
-        super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, groups=groups, bias=bias)
+        super().__init__(
+            in_ch, out_ch, kernel_size, stride=stride, padding=padding, groups=groups, bias=bias
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_pad:
@@ -63,7 +75,9 @@ class MaxPool2dSame(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_size == 3 and self.stride == 2:
             # int(): spatial sizes are static (exported graphs fix them; only the batch is dynamic)
-            return F.max_pool2d(x, 3, 2, padding=(int(x.shape[-2]) % 2, int(x.shape[-1]) % 2), ceil_mode=True)
+            return F.max_pool2d(
+                x, 3, 2, padding=(int(x.shape[-2]) % 2, int(x.shape[-1]) % 2), ceil_mode=True
+            )
         x = pad_same(x, self.kernel_size, self.stride, value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
@@ -89,7 +103,9 @@ class SeparableConv(nn.Module):
     State-dict keys: ``conv_dw``, ``conv_pw`` and, with ``bn=True``, ``bn``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, bn: bool = True, bias: bool = True):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, bn: bool = True, bias: bool = True
+    ):
         super().__init__()
         self.conv_dw = Conv2dSame(in_ch, in_ch, kernel_size, groups=in_ch, bias=False)
         self.conv_pw = nn.Conv2d(in_ch, out_ch, 1, bias=bias)

@@ -26,18 +26,35 @@ class EfficientDet(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = EfficientNet(
-            config.backbone, features_only=True, drop_path_rate=config.backbone_drop_path,
+            config.backbone,
+            features_only=True,
+            drop_path_rate=config.backbone_drop_path,
             grad_checkpointing=grad_checkpointing,
         )
         self.fpn = BiFPN(
-            self.backbone.feature_channels, config.min_level, config.max_level, config.fpn_channels,
-            config.fpn_repeats, config.fusion, config.act, grad_checkpointing=grad_checkpointing,
+            self.backbone.feature_channels,
+            config.min_level,
+            config.max_level,
+            config.fpn_channels,
+            config.fpn_repeats,
+            config.fusion,
+            config.act,
+            grad_checkpointing=grad_checkpointing,
         )
         num_levels = config.anchors.num_levels
         num_anchors = config.anchors.num_anchors
-        self.class_net = HeadNet(config.fpn_channels, config.head_repeats, num_levels, num_anchors,
-                                 config.num_classes, config.act, bias_init=class_prior_bias(config.class_prior))
-        self.box_net = HeadNet(config.fpn_channels, config.head_repeats, num_levels, num_anchors, 4, config.act)
+        self.class_net = HeadNet(
+            config.fpn_channels,
+            config.head_repeats,
+            num_levels,
+            num_anchors,
+            config.num_classes,
+            config.act,
+            bias_init=class_prior_bias(config.class_prior),
+        )
+        self.box_net = HeadNet(
+            config.fpn_channels, config.head_repeats, num_levels, num_anchors, 4, config.act
+        )
         self._init_heads()
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):

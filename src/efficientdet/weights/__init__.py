@@ -45,7 +45,12 @@ def detect_source(obj: dict) -> str:
 
 
 def load_weights(
-    model: nn.Module, weights, source: str = "auto", *, name: str | None = None, class_names: list[str] | None = None
+    model: nn.Module,
+    weights,
+    source: str = "auto",
+    *,
+    name: str | None = None,
+    class_names: list[str] | None = None,
 ) -> LoadReport:
     """Load ``weights`` (a path or a dict) into ``model`` (an EfficientDet or an EfficientNet).
 
@@ -61,7 +66,9 @@ def load_weights(
     """
     if source not in SOURCES:
         raise WeightsError(f"source={source!r}: choose one of {', '.join(SOURCES)}")
-    label = name or (os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else "state_dict")
+    label = name or (
+        os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else "state_dict"
+    )
     if source == "automl":
         return _load_automl(model, weights, label)
     obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
@@ -71,7 +78,9 @@ def load_weights(
         source = detect_source(obj)
     if source == "efficientdet":
         if not is_our_checkpoint(obj):
-            raise WeightsError(f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); use source='effdet' for plain state_dicts")
+            raise WeightsError(
+                f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); use source='effdet' for plain state_dicts"
+            )
         state = model_state(obj, label)
         config = getattr(model, "config", None)
         if config is not None and "config" in obj:
@@ -86,11 +95,17 @@ def load_weights(
     if source == "efficientnet-pytorch":
         target = backbone if backbone is not None else model
         state = from_efficientnet_pytorch(state, target)
-    elif backbone is not None and not any(k.startswith(("backbone.", "fpn.", "class_net.", "box_net.")) for k in state):
-        target = backbone  # a classifier checkpoint in our/timm layout loaded as the detection backbone
+    elif backbone is not None and not any(
+        k.startswith(("backbone.", "fpn.", "class_net.", "box_net.")) for k in state
+    ):
+        target = (
+            backbone  # a classifier checkpoint in our/timm layout loaded as the detection backbone
+        )
     notes, skip = [], ()
     if source == "efficientdet" and class_names is not None and obj.get("class_names") is not None:
-        state, notes, skip = _map_class_head(state, list(obj["class_names"]), list(class_names), label)
+        state, notes, skip = _map_class_head(
+            state, list(obj["class_names"]), list(class_names), label
+        )
     report = _load_matching(target, state, label, source, skip=skip)
     report.notes[:0] = notes
     if target is not model:
@@ -103,10 +118,14 @@ def load_weights(
 def _check_same_layout(saved: dict, config, label: str) -> None:
     """Our checkpoint's image size and anchors (a ``config_to_dict``) against a model's ModelConfig."""
     saved_anchors = saved.get("anchors", {})
-    pairs = [("image_size", tuple(saved.get("image_size", config.image_size)), tuple(config.image_size))]
+    pairs = [
+        ("image_size", tuple(saved.get("image_size", config.image_size)), tuple(config.image_size))
+    ]
     for key, value in saved_anchors.items():
         mine = getattr(config.anchors, key)
-        theirs = tuple(tuple(float(v) for v in r) for r in value) if key == "aspect_ratios" else value
+        theirs = (
+            tuple(tuple(float(v) for v in r) for r in value) if key == "aspect_ratios" else value
+        )
         pairs.append((key, theirs, mine))
     for key, theirs, mine in pairs:
         if theirs != mine:
@@ -116,14 +135,18 @@ def _check_same_layout(saved: dict, config, label: str) -> None:
             )
 
 
-def _map_class_head(state: dict, saved: list[str], names: list[str], label: str) -> tuple[dict, list[str], tuple]:
+def _map_class_head(
+    state: dict, saved: list[str], names: list[str], label: str
+) -> tuple[dict, list[str], tuple]:
     """Our class layer (output channel ``a * K + k``: anchor a, class k) for the classes ``names``:
     (state, notes, keys to skip). Same names in another order: rows permuted; other names: skipped."""
     if saved == names:
         return state, [], ()
     if sorted(saved) != sorted(names) or len(set(names)) != len(names):
-        note = (f"classes {names} differ from the checkpoint's {saved}: the class prediction layer starts anew "
-                "(a new class head is trained)")
+        note = (
+            f"classes {names} differ from the checkpoint's {saved}: the class prediction layer starts anew "
+            "(a new class head is trained)"
+        )
         return state, [note], CLASS_HEAD_KEYS
     order = torch.tensor([saved.index(n) for n in names])
     state = dict(state)
@@ -138,13 +161,23 @@ def _load_automl(model: nn.Module, weights, label: str) -> LoadReport:
     """source="automl": read (TensorFlow) and map by name (``weights/automl.py``), then load as any other."""
     from .automl import from_automl, read_automl_checkpoint
 
-    variables, notes = read_automl_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else (weights, [])
+    variables, notes = (
+        read_automl_checkpoint(weights)
+        if isinstance(weights, (str, os.PathLike))
+        else (weights, [])
+    )
     state, unexpected, ignored = from_automl(variables, model)
     if not state:
-        raise WeightsError(f"{label}: no google/automl EfficientDet variables for this model; fix: is it a google/automl checkpoint?")
-    report = _load_matching(model, {**state, **{n: torch.zeros(0) for n in unexpected}}, label, "automl")
+        raise WeightsError(
+            f"{label}: no google/automl EfficientDet variables for this model; fix: is it a google/automl checkpoint?"
+        )
+    report = _load_matching(
+        model, {**state, **{n: torch.zeros(0) for n in unexpected}}, label, "automl"
+    )
     if ignored:
-        notes.append(f"ignored {ignored} variables that are not network weights (optimizer slots, step counters)")
+        notes.append(
+            f"ignored {ignored} variables that are not network weights (optimizer slots, step counters)"
+        )
     report.notes = notes + report.notes
     for note in report.notes:
         log.warning("%s: %s", label, note)
@@ -158,7 +191,11 @@ def _load_matching(
     expected = module.state_dict()
     features_only = getattr(module, "features_only", False)
     state = {k: v for k, v in state.items() if k not in skip}
-    missing = [k for k in expected if k not in state and k not in skip and not k.endswith("num_batches_tracked")]
+    missing = [
+        k
+        for k in expected
+        if k not in state and k not in skip and not k.endswith("num_batches_tracked")
+    ]
     unexpected, mismatched, skipped, ignored = [], [], [], []
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -180,7 +217,9 @@ def _load_matching(
             "(--model), or a checkpoint of this model"
         )
     module.load_state_dict(to_load, strict=False)
-    report = LoadReport(source=source, loaded=len(to_load), skipped=skipped + [k for k in skip if k in expected])
+    report = LoadReport(
+        source=source, loaded=len(to_load), skipped=skipped + [k for k in skip if k in expected]
+    )
     if skipped:
         shape = tuple(state[CLASS_HEAD_KEYS[1]].shape) if CLASS_HEAD_KEYS[1] in state else "?"
         report.notes.append(
@@ -188,5 +227,7 @@ def _load_matching(
             f"model has {tuple(expected[CLASS_HEAD_KEYS[1]].shape)}; it starts from the prior"
         )
     if ignored:
-        report.notes.append(f"ignored {len(ignored)} classifier-head keys (conv_head, bn2, classifier) not used by a detection backbone")
+        report.notes.append(
+            f"ignored {len(ignored)} classifier-head keys (conv_head, bn2, classifier) not used by a detection backbone"
+        )
     return report

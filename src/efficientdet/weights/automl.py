@@ -37,13 +37,31 @@ from ..errors import WeightsError
 from ..nn.bifpn import bifpn_nodes
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
-_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+_BN = {
+    "weight": "gamma",
+    "bias": "beta",
+    "running_mean": "moving_mean",
+    "running_var": "moving_variance",
+}
 # our layer name -> official, per block kind (ds: no expansion conv; ir: inverted residual)
-_DS = {"conv_dw": "depthwise_conv2d", "bn1": "tpu_batch_normalization", "se.conv_reduce": "se/conv2d",
-       "se.conv_expand": "se/conv2d_1", "conv_pw": "conv2d", "bn2": "tpu_batch_normalization_1"}
-_IR = {"conv_pw": "conv2d", "bn1": "tpu_batch_normalization", "conv_dw": "depthwise_conv2d",
-       "bn2": "tpu_batch_normalization_1", "se.conv_reduce": "se/conv2d", "se.conv_expand": "se/conv2d_1",
-       "conv_pwl": "conv2d_1", "bn3": "tpu_batch_normalization_2"}
+_DS = {
+    "conv_dw": "depthwise_conv2d",
+    "bn1": "tpu_batch_normalization",
+    "se.conv_reduce": "se/conv2d",
+    "se.conv_expand": "se/conv2d_1",
+    "conv_pw": "conv2d",
+    "bn2": "tpu_batch_normalization_1",
+}
+_IR = {
+    "conv_pw": "conv2d",
+    "bn1": "tpu_batch_normalization",
+    "conv_dw": "depthwise_conv2d",
+    "bn2": "tpu_batch_normalization_1",
+    "se.conv_reduce": "se/conv2d",
+    "se.conv_expand": "se/conv2d_1",
+    "conv_pwl": "conv2d_1",
+    "bn3": "tpu_batch_normalization_2",
+}
 
 
 def _param(layer: str, param: str, depthwise: bool = False) -> str:
@@ -74,7 +92,9 @@ def automl_names(model: nn.Module) -> dict[str, str]:
     for key in state:
         if key.endswith("num_batches_tracked"):
             continue
-        names[key] = _official_name(key, state, backbone, num_levels, nodes, first_block, cfg.min_level)
+        names[key] = _official_name(
+            key, state, backbone, num_levels, nodes, first_block, cfg.min_level
+        )
     return names
 
 
@@ -82,7 +102,10 @@ def _official_name(key, state, backbone, num_levels, nodes, first_block, min_lev
     layer, _, param = key.rpartition(".")
     m = re.fullmatch(r"backbone\.(conv_stem|bn1)", layer)
     if m:
-        return _param(f"{backbone}/stem/{'conv2d' if m.group(1) == 'conv_stem' else 'tpu_batch_normalization'}", param)
+        return _param(
+            f"{backbone}/stem/{'conv2d' if m.group(1) == 'conv_stem' else 'tpu_batch_normalization'}",
+            param,
+        )
     m = re.fullmatch(r"backbone\.blocks\.(\d+)\.(\d+)\.(.+)", layer)
     if m:
         stage, block, name = int(m.group(1)), int(m.group(2)), m.group(3)
@@ -91,8 +114,13 @@ def _official_name(key, state, backbone, num_levels, nodes, first_block, min_lev
         return _param(scope, param, depthwise=name == "conv_dw")
     m = re.fullmatch(r"fpn\.resample\.(\d+)\.conv\.(conv|bn)", layer)
     if m:
-        return _param(f"resample_p{int(m.group(1)) + min_level}/{'conv2d' if m.group(2) == 'conv' else 'bn'}", param)
-    m = re.fullmatch(r"fpn\.cell\.(\d+)\.fnode\.(\d+)\.(.+)", layer if param != "edge_weights" else key)
+        return _param(
+            f"resample_p{int(m.group(1)) + min_level}/{'conv2d' if m.group(2) == 'conv' else 'bn'}",
+            param,
+        )
+    m = re.fullmatch(
+        r"fpn\.cell\.(\d+)\.fnode\.(\d+)\.(.+)", layer if param != "edge_weights" else key
+    )
     if m:
         cell, n, rest = int(m.group(1)), int(m.group(2)), m.group(3)
         node = f"fpn_cells/cell_{cell}/fnode{n}"
@@ -109,7 +137,10 @@ def _official_name(key, state, backbone, num_levels, nodes, first_block, min_lev
             if r.group(1) == "bn":
                 return _param(f"{scope}/bn", param)
             return f"{scope}/conv/{'depthwise_kernel' if r.group(1) == 'conv_dw' else 'pointwise_kernel' if param == 'weight' else 'bias'}"
-    m = re.fullmatch(r"(class|box)_net\.(conv_rep\.(\d+)|predict|bn_rep\.(\d+)\.(\d+)\.bn)\.?(conv_dw|conv_pw)?", layer)
+    m = re.fullmatch(
+        r"(class|box)_net\.(conv_rep\.(\d+)|predict|bn_rep\.(\d+)\.(\d+)\.bn)\.?(conv_dw|conv_pw)?",
+        layer,
+    )
     if m:
         net, prefix = f"{m.group(1)}_net", m.group(1)
         if m.group(4) is not None:  # bn_rep.{repeat}.{level index}.bn
@@ -118,10 +149,14 @@ def _official_name(key, state, backbone, num_levels, nodes, first_block, min_lev
         if m.group(6) == "conv_dw":
             return f"{scope}/depthwise_kernel"
         return f"{scope}/{'pointwise_kernel' if param == 'weight' else 'bias'}"
-    raise WeightsError(f"{key}: this model has a layer with no google/automl counterpart; fix: report it as a bug")
+    raise WeightsError(
+        f"{key}: this model has a layer with no google/automl counterpart; fix: report it as a bug"
+    )
 
 
-def _convert(name: str, variables: dict[str, np.ndarray], like: torch.Tensor) -> torch.Tensor | None:
+def _convert(
+    name: str, variables: dict[str, np.ndarray], like: torch.Tensor
+) -> torch.Tensor | None:
     """The official variable(s) for ``name`` as a tensor laid out like ``like``; None if absent."""
     if name.endswith("/WSM"):  # fusion weights: WSM, WSM_1, ... -> one vector
         parts = [name] + [f"{name}_{i}" for i in range(1, like.numel())]
@@ -132,16 +167,26 @@ def _convert(name: str, variables: dict[str, np.ndarray], like: torch.Tensor) ->
         if name not in variables:
             return None
         value = np.asarray(variables[name])
-        if value.ndim == 4:  # (kh, kw, in, out) -> (out, in, kh, kw); depthwise (kh, kw, C, 1) -> (C, 1, kh, kw)
-            value = value.transpose(2, 3, 0, 1) if name.endswith("depthwise_kernel") else value.transpose(3, 2, 0, 1)
+        if (
+            value.ndim == 4
+        ):  # (kh, kw, in, out) -> (out, in, kh, kw); depthwise (kh, kw, C, 1) -> (C, 1, kh, kw)
+            value = (
+                value.transpose(2, 3, 0, 1)
+                if name.endswith("depthwise_kernel")
+                else value.transpose(3, 2, 0, 1)
+            )
     return torch.from_numpy(np.ascontiguousarray(value))
 
 
 _NETWORK_SCOPES = ("efficientnet-", "resample_p", "fpn_cells/", "class_net/", "box_net/")
-_PARAM_NAMES = re.compile(r"(kernel|depthwise_kernel|pointwise_kernel|bias|gamma|beta|moving_mean|moving_variance|WSM(_\d+)?)")
+_PARAM_NAMES = re.compile(
+    r"(kernel|depthwise_kernel|pointwise_kernel|bias|gamma|beta|moving_mean|moving_variance|WSM(_\d+)?)"
+)
 
 
-def from_automl(variables: dict[str, np.ndarray], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str], int]:
+def from_automl(
+    variables: dict[str, np.ndarray], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str], int]:
     """Map official variables {name: array} onto ``model`` (an ``EfficientDet``).
 
     Returns (our state dict of the variables found, the network variables this model has no
@@ -155,7 +200,11 @@ def from_automl(variables: dict[str, np.ndarray], model: nn.Module) -> tuple[dic
         if value is None:
             continue
         state[key] = value
-        used.update([name] if not name.endswith("/WSM") else [name] + [f"{name}_{i}" for i in range(1, value.numel())])
+        used.update(
+            [name]
+            if not name.endswith("/WSM")
+            else [name] + [f"{name}_{i}" for i in range(1, value.numel())]
+        )
     unexpected, ignored = [], 0
     for name in variables:
         if name in used:
@@ -177,8 +226,14 @@ def to_automl(model: nn.Module) -> dict[str, np.ndarray]:
         if name.endswith("/WSM"):  # one vector -> WSM, WSM_1, ... scalars
             for i, v in enumerate(value):
                 out[name if i == 0 else f"{name}_{i}"] = np.asarray(v)
-        elif value.ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out); (C, 1, kh, kw) -> (kh, kw, C, 1)
-            out[name] = value.transpose(2, 3, 0, 1) if name.endswith("depthwise_kernel") else value.transpose(2, 3, 1, 0)
+        elif (
+            value.ndim == 4
+        ):  # (out, in, kh, kw) -> (kh, kw, in, out); (C, 1, kh, kw) -> (kh, kw, C, 1)
+            out[name] = (
+                value.transpose(2, 3, 0, 1)
+                if name.endswith("depthwise_kernel")
+                else value.transpose(2, 3, 1, 0)
+            )
         else:
             out[name] = value
     return out
@@ -212,7 +267,9 @@ def read_automl_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarra
     if path.is_dir():
         prefix = tf.train.latest_checkpoint(prefix)
         if prefix is None:
-            raise WeightsError(f"{path}: folder holds no TF checkpoint (no 'checkpoint' file); fix: give the checkpoint prefix")
+            raise WeightsError(
+                f"{path}: folder holds no TF checkpoint (no 'checkpoint' file); fix: give the checkpoint prefix"
+            )
     elif not Path(prefix + ".index").is_file():
         raise WeightsError(
             f"{path}: not a TF checkpoint ({Path(prefix).name}.index not found); fix: give the prefix, e.g. "
@@ -223,13 +280,21 @@ def read_automl_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarra
         shapes = reader.get_variable_to_shape_map()
     except Exception as exc:  # TF raises DataLossError / NotFoundError / OpError for broken files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise WeightsError(f"{path}: not a readable TF checkpoint ({first}); fix: check that the download is complete") from None
+        raise WeightsError(
+            f"{path}: not a readable TF checkpoint ({first}); fix: check that the download is complete"
+        ) from None
     if "_CHECKPOINTABLE_OBJECT_GRAPH" in shapes:
         return _read_object_based(tf, reader)
     names = [k for k in shapes if not k.endswith(EMA_SUFFIX)]
     with_ema = [k for k in names if k + EMA_SUFFIX in shapes]
-    variables = {k: reader.get_tensor(k + EMA_SUFFIX if k + EMA_SUFFIX in shapes else k) for k in names}
-    notes = [f"{len(with_ema)} variables read from their exponential moving averages"] if with_ema else []
+    variables = {
+        k: reader.get_tensor(k + EMA_SUFFIX if k + EMA_SUFFIX in shapes else k) for k in names
+    }
+    notes = (
+        [f"{len(with_ema)} variables read from their exponential moving averages"]
+        if with_ema
+        else []
+    )
     return variables, notes
 
 
@@ -255,14 +320,20 @@ def _read_h5(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     variables = {}
     try:
         with h5py.File(path, "r") as f:
-            root = f["model_weights"] if "model_weights" in f else f  # model.save() vs model.save_weights()
+            root = (
+                f["model_weights"] if "model_weights" in f else f
+            )  # model.save() vs model.save_weights()
             for layer in root.attrs.get("layer_names", []):
                 group = root[layer.decode() if isinstance(layer, bytes) else layer]
                 for weight in group.attrs.get("weight_names", []):
                     weight = weight.decode() if isinstance(weight, bytes) else weight
                     variables[weight.removesuffix(":0")] = np.asarray(group[weight])
     except OSError as exc:
-        raise WeightsError(f"{path}: not a readable Keras HDF5 file ({exc}); fix: check that the file is complete") from None
+        raise WeightsError(
+            f"{path}: not a readable Keras HDF5 file ({exc}); fix: check that the file is complete"
+        ) from None
     if not variables:
-        raise WeightsError(f"{path}: holds no Keras layer weights; fix: save it with model.save_weights('....h5')")
+        raise WeightsError(
+            f"{path}: holds no Keras layer weights; fix: save it with model.save_weights('....h5')"
+        )
     return variables, []

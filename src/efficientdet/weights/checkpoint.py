@@ -49,8 +49,10 @@ FORMAT = "efficientdet"
 CHECKPOINT_VERSION = 1
 FAULT_ENV = {"after": "EFFICIENTDET_FAULT_EXIT_AFTER", "during": "EFFICIENTDET_FAULT_EXIT_DURING"}
 FAULT_EXIT_CODE = 86
-_FIX_CORRUPT = ("use an intact copy (a run's last.pt and best.pt are separate files: to go on from best.pt, "
-                "train with --weights best.pt)")
+_FIX_CORRUPT = (
+    "use an intact copy (a run's last.pt and best.pt are separate files: to go on from best.pt, "
+    "train with --weights best.pt)"
+)
 _CORRUPT = f"checksum mismatch: the file is corrupted; fix: {_FIX_CORRUPT}"
 
 
@@ -68,7 +70,9 @@ def config_from_dict(data: dict) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in data.items() if k in known})
 
 
-def save_model_dict(model, class_names: list[str] | None = None, category_ids: list[int] | None = None) -> dict:
+def save_model_dict(
+    model, class_names: list[str] | None = None, category_ids: list[int] | None = None
+) -> dict:
     """The model section of a checkpoint (``model``: an EfficientDet), as plain types."""
     num_classes = model.config.num_classes
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -93,34 +97,56 @@ def validate_checkpoint(ckpt: Any, label: str) -> ModelConfig:
     """Check that ``ckpt`` is one of our checkpoints, usable by this library; returns its
     ModelConfig. Raises a one-line WeightsError naming what is missing."""
     if not is_our_checkpoint(ckpt):
-        raise WeightsError(f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); fix: for effdet or "
-                           "other weights use --model NAME --weights PATH (create_model(NAME, weights=PATH))")
+        raise WeightsError(
+            f"{label}: not an efficientdet checkpoint (no 'format': 'efficientdet'); fix: for effdet or "
+            "other weights use --model NAME --weights PATH (create_model(NAME, weights=PATH))"
+        )
     version = ckpt.get("version")
     if not isinstance(version, int) or version < 1:
-        raise WeightsError(f"{label}: bad checkpoint version {version!r}; fix: give a file saved by efficientdet")
+        raise WeightsError(
+            f"{label}: bad checkpoint version {version!r}; fix: give a file saved by efficientdet"
+        )
     if version > CHECKPOINT_VERSION:
-        raise WeightsError(f"{label}: checkpoint version {version} is newer than this library reads "
-                           f"({CHECKPOINT_VERSION}); fix: upgrade efficientdet")
+        raise WeightsError(
+            f"{label}: checkpoint version {version} is newer than this library reads "
+            f"({CHECKPOINT_VERSION}); fix: upgrade efficientdet"
+        )
     model_state(ckpt, label)
     try:
         cfg = config_from_dict(ckpt["config"])
     except (KeyError, TypeError, ValueError) as exc:
-        what = "has no model config" if "config" not in ckpt else f"has an unusable model config ({exc.__class__.__name__}: {exc})"
-        raise WeightsError(f"{label}: {what}; fix: give a checkpoint written by efficientdet train or "
-                           "save_model_dict") from None
+        what = (
+            "has no model config"
+            if "config" not in ckpt
+            else f"has an unusable model config ({exc.__class__.__name__}: {exc})"
+        )
+        raise WeightsError(
+            f"{label}: {what}; fix: give a checkpoint written by efficientdet train or "
+            "save_model_dict"
+        ) from None
     names = ckpt.get("class_names")
-    if names is not None and (not isinstance(names, (list, tuple)) or len(names) != cfg.num_classes):
-        raise WeightsError(f"{label}: class_names do not match the model's {cfg.num_classes} classes; "
-                           "fix: give a checkpoint written by efficientdet train or save_model_dict")
+    if names is not None and (
+        not isinstance(names, (list, tuple)) or len(names) != cfg.num_classes
+    ):
+        raise WeightsError(
+            f"{label}: class_names do not match the model's {cfg.num_classes} classes; "
+            "fix: give a checkpoint written by efficientdet train or save_model_dict"
+        )
     return cfg
 
 
 def model_state(ckpt: dict, label: str) -> dict[str, torch.Tensor]:
     """The ``model`` section (a state_dict) of our checkpoint, or a one-line WeightsError."""
     state = ckpt.get("model")
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{label}: has no 'model' state_dict of tensors; fix: give a checkpoint written by "
-                           "efficientdet train or save_model_dict")
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise WeightsError(
+            f"{label}: has no 'model' state_dict of tensors; fix: give a checkpoint written by "
+            "efficientdet train or save_model_dict"
+        )
     return state
 
 
@@ -153,7 +179,9 @@ def _feed(h, obj) -> None:
     elif obj is None or isinstance(obj, (str, int, float, bool, bytes)):
         h.update(f"{type(obj).__name__}:{obj!r};".encode())
     else:
-        raise TypeError(f"checkpoint content of type {type(obj).__name__} is not a tensor or plain type")
+        raise TypeError(
+            f"checkpoint content of type {type(obj).__name__} is not a tensor or plain type"
+        )
 
 
 def nonfinite_tensor(obj) -> str | None:
@@ -163,11 +191,17 @@ def nonfinite_tensor(obj) -> str | None:
     _floating(obj, "", floats)
     if not floats:
         return None
-    groups: dict[tuple, list[torch.Tensor]] = {}  # foreach kernels take one device and dtype at a time
+    groups: dict[
+        tuple, list[torch.Tensor]
+    ] = {}  # foreach kernels take one device and dtype at a time
     for _, t in floats:
         groups.setdefault((t.device, t.dtype), []).append(t.detach())
     # max |x| per tensor: NaN/inf propagate, finite values cannot overflow
-    peaks = [p.float().cpu() for group in groups.values() for p in torch._foreach_norm(group, float("inf"))]
+    peaks = [
+        p.float().cpu()
+        for group in groups.values()
+        for p in torch._foreach_norm(group, float("inf"))
+    ]
     if bool(torch.isfinite(torch.stack(peaks)).all()):
         return None
     return next(where for where, t in floats if not bool(torch.isfinite(t).all()))
@@ -178,7 +212,13 @@ def _floating(obj, where: str, out: list) -> None:
         if obj.is_floating_point() and obj.numel():
             out.append((where or "tensor", obj))
         return
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    items = (
+        obj.items()
+        if isinstance(obj, dict)
+        else enumerate(obj)
+        if isinstance(obj, (list, tuple))
+        else ()
+    )
     for key, value in items:
         _floating(value, f"{where}.{key}" if where else str(key), out)
 
@@ -193,14 +233,18 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> str:
     full, read-only folder) becomes a one-line OutputError."""
     bad = nonfinite_tensor(payload)
     if bad:
-        raise WeightsError(f"{path}: not written: {bad} holds NaN/inf values (the previous file is kept); "
-                           "fix: lower --lr or keep --clip-grad on")
+        raise WeightsError(
+            f"{path}: not written: {bad} holds NaN/inf values (the previous file is kept); "
+            "fix: lower --lr or keep --clip-grad on"
+        )
     payload = {**payload, "checksum": content_checksum(payload)}
     name = Path(path).name
     with atomic_write(path, "wb") as f:
         try:
             torch.save(payload, f)
-        except RuntimeError as exc:  # torch's zip writer hides a failed write (disk full) behind its own error
+        except (
+            RuntimeError
+        ) as exc:  # torch's zip writer hides a failed write (disk full) behind its own error
             if isinstance(exc.__context__, OSError):
                 raise exc.__context__ from None
             raise
@@ -246,12 +290,17 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError:
         raise WeightsError(
             f"{path}: refused to unpickle: it holds Python objects other than tensors and plain types, which could "
-            "run code when loaded; fix: save plain weights instead: torch.save(model.state_dict(), PATH)") from None
-    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes torch raise is the file's problem
-        if _is_zip(path):  # a complete zip whose members passed their CRCs: damaged where no CRC looks
+            "run code when loaded; fix: save plain weights instead: torch.save(model.state_dict(), PATH)"
+        ) from None
+    except Exception as exc:
+        if _is_zip(
+            path
+        ):  # a complete zip whose members passed their CRCs: damaged where no CRC looks
             raise WeightsError(f"{path}: {_CORRUPT}") from None
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); "
-                           f"fix: {_FIX_CORRUPT}") from None
+        raise WeightsError(
+            f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}); "
+            f"fix: {_FIX_CORRUPT}"
+        ) from None
     if isinstance(obj, dict) and "checksum" in obj:
         try:
             ok = content_checksum(obj) == obj["checksum"]
@@ -282,12 +331,16 @@ def _sniff(path: Path) -> str | None:
         with open(path, "rb") as f:
             head = f.read(512)
     except OSError as exc:
-        raise WeightsError(f"{path}: cannot read ({exc.strerror}); fix: check the permissions") from None
+        raise WeightsError(
+            f"{path}: cannot read ({exc.strerror}); fix: check the permissions"
+        ) from None
     if not head:
         return "empty file; fix: give a complete checkpoint (was the write interrupted?)"
     if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"onnx" in head.lower()):
-        return ("an ONNX model, not a PyTorch checkpoint; fix: use the .pt file it was exported from, "
-                "or run the ONNX file with predict (efficientdet predict --weights FILE.onnx)")
+        return (
+            "an ONNX model, not a PyTorch checkpoint; fix: use the .pt file it was exported from, "
+            "or run the ONNX file with predict (efficientdet predict --weights FILE.onnx)"
+        )
     if head[:4] != b"PK\x03\x04":
         if _zip_is_complete(path):  # a zip's end records, but not its first bytes
             return _CORRUPT
@@ -302,9 +355,13 @@ def _sniff(path: Path) -> str | None:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-                return ("a TorchScript model, not a checkpoint; fix: load it with torch.jit.load, or give the "
-                        ".pt file written by efficientdet train")
-            if not any(n.endswith(("data.pkl", "/version", "/byteorder")) or "/data/" in n for n in names):
+                return (
+                    "a TorchScript model, not a checkpoint; fix: load it with torch.jit.load, or give the "
+                    ".pt file written by efficientdet train"
+                )
+            if not any(
+                n.endswith(("data.pkl", "/version", "/byteorder")) or "/data/" in n for n in names
+            ):
                 return "a zip archive, not a PyTorch checkpoint; fix: give the .pt file written by efficientdet train"
             for info in zf.infolist():
                 if info.CRC == 0 and info.file_size:
@@ -312,7 +369,7 @@ def _sniff(path: Path) -> str | None:
                 with zf.open(info) as member:
                     while member.read(1 << 22):
                         pass
-    except Exception:  # noqa: BLE001 - a CRC error, or any of the errors zipfile raises on damaged headers
+    except Exception:
         return _CORRUPT
     return None
 
@@ -320,7 +377,7 @@ def _sniff(path: Path) -> str | None:
 def _is_text(head: bytes) -> bool:
     for cut in range(4):  # the 512-byte head may end inside a multi-byte character
         try:
-            text = head[:len(head) - cut].decode("utf-8")
+            text = head[: len(head) - cut].decode("utf-8")
         except UnicodeDecodeError:
             continue
         return all(c.isprintable() or c in "\r\n\t" for c in text)

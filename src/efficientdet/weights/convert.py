@@ -16,11 +16,31 @@ from torch import nn
 WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 
 # EfficientNet-PyTorch name -> ours, per block kind (ds: no expansion conv)
-_DS_NAMES = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-             "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_IR_NAMES = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl", "_bn2": "bn3"}
-_TOP_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_DS_NAMES = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_IR_NAMES = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_TOP_NAMES = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 
 
 def unwrap_state_dict(obj) -> dict[str, torch.Tensor]:
@@ -37,7 +57,7 @@ def unwrap_state_dict(obj) -> dict[str, torch.Tensor]:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
 
@@ -46,10 +66,16 @@ def is_efficientnet_pytorch(state: dict) -> bool:
     return any(k.startswith("_blocks.") for k in state)
 
 
-def from_efficientnet_pytorch(state: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
+def from_efficientnet_pytorch(
+    state: dict[str, torch.Tensor], backbone: nn.Module
+) -> dict[str, torch.Tensor]:
     """Map lukemelas EfficientNet-PyTorch keys (``_blocks.{i}._expand_conv``...) onto ``backbone``'s
     (an ``efficientdet.nn.efficientnet.EfficientNet``) ``blocks.{stage}.{block}`` layout."""
-    flat_to_stage = [(s, b, type(block).__name__) for s, stage in enumerate(backbone.blocks) for b, block in enumerate(stage)]
+    flat_to_stage = [
+        (s, b, type(block).__name__)
+        for s, stage in enumerate(backbone.blocks)
+        for b, block in enumerate(stage)
+    ]
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         match = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)$", key)

@@ -66,15 +66,21 @@ def fetch_pretrained(model_name: str, progress: bool = True) -> tuple[Path, Pret
     """Path of the COCO weights for ``model_name``, downloading (with a hash check) if not cached."""
     entry = COCO_WEIGHTS.get(model_name)
     if entry is None:
-        raise WeightsError(f"no pretrained COCO weights are registered for {model_name}; pass weights=PATH or weights=None")
+        raise WeightsError(
+            f"no pretrained COCO weights are registered for {model_name}; pass weights=PATH or weights=None"
+        )
     target = cache_dir() / entry.file_name
     if target.is_file():
         return target, entry
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(entry.url, os.fspath(target), hash_prefix=entry.sha256_prefix, progress=progress)
+        torch.hub.download_url_to_file(
+            entry.url, os.fspath(target), hash_prefix=entry.sha256_prefix, progress=progress
+        )
     except RuntimeError as exc:  # hash mismatch
-        raise WeightsError(f"{entry.url}: downloaded file failed its SHA-256 check ({exc}); delete {target} and retry") from None
+        raise WeightsError(
+            f"{entry.url}: downloaded file failed its SHA-256 check ({exc}); delete {target} and retry"
+        ) from None
     except OSError as exc:  # offline, DNS, HTTP errors
         reason = getattr(exc, "reason", exc)
         raise WeightsError(

@@ -28,7 +28,7 @@ __all__ = ["Backend", "TorchBackend", "file_kind", "is_exported", "open_exported
 
 
 def file_kind(path: str | os.PathLike) -> str:
-    """"checkpoint" (torch.save), "torchscript" (torch.jit.save) or "onnx", from the file's content.
+    """ "checkpoint" (torch.save), "torchscript" (torch.jit.save) or "onnx", from the file's content.
 
     TorchScript and checkpoint files are both zip archives; only TorchScript holds ``code/``.
     ONNX files are protobuf: a ``.onnx`` name, or a first byte 0x08 (field 1, ir_version).
@@ -43,7 +43,11 @@ def file_kind(path: str | os.PathLike) -> str:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError):
             return "checkpoint"
-        return "torchscript" if any("/code/" in n or n.startswith("code/") for n in names) else "checkpoint"
+        return (
+            "torchscript"
+            if any("/code/" in n or n.startswith("code/") for n in names)
+            else "checkpoint"
+        )
     if path.lower().endswith(".onnx"):
         return "onnx"
     with open(path, "rb") as f:
@@ -55,21 +59,29 @@ def is_exported(path: str | os.PathLike) -> bool:
     return file_kind(path) != "checkpoint"
 
 
-def open_exported(path: str | os.PathLike, device: torch.device, half: bool = False, threads: int | None = None) -> Backend:
+def open_exported(
+    path: str | os.PathLike, device: torch.device, half: bool = False, threads: int | None = None
+) -> Backend:
     """The backend for an exported file (TorchScript: any device; ONNX: CPU). Exported files run in
     float32: ``half`` is refused with one line, as is a CUDA device for ONNX."""
     path = os.fspath(path)
     kind = file_kind(path)
     if half:
-        raise ConfigError(f"{path}: an exported file runs in float32; fix: drop --precision (it applies to PyTorch weights)")
+        raise ConfigError(
+            f"{path}: an exported file runs in float32; fix: drop --precision (it applies to PyTorch weights)"
+        )
     if kind == "torchscript":
         from .torchscript import TorchScriptBackend
 
         return TorchScriptBackend(path, device)
     if kind == "onnx":
         if device.type != "cpu":
-            raise ConfigError(f"{path}: ONNX files run on CPU here (onnxruntime); fix: use --device cpu")
+            raise ConfigError(
+                f"{path}: ONNX files run on CPU here (onnxruntime); fix: use --device cpu"
+            )
         from .onnxruntime import open_onnx
 
         return open_onnx(path, threads)
-    raise ValueError(f"{path}: a checkpoint, not an exported file")  # callers check file_kind first: our bug
+    raise ValueError(
+        f"{path}: a checkpoint, not an exported file"
+    )  # callers check file_kind first: our bug

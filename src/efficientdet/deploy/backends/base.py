@@ -55,11 +55,17 @@ class Backend:
 
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Normalised batch (N, 3, H, W) -> per-level raw outputs (raw backends)."""
-        raise ConfigError(f"{self.path}: this file has NMS inside; fix: for raw outputs export without --nms-in-graph")
+        raise ConfigError(
+            f"{self.path}: this file has NMS inside; fix: for raw outputs export without --nms-in-graph"
+        )
 
-    def detections(self, batch: torch.Tensor, scales: torch.Tensor, original_sizes: torch.Tensor) -> list[dict]:
+    def detections(
+        self, batch: torch.Tensor, scales: torch.Tensor, original_sizes: torch.Tensor
+    ) -> list[dict]:
         """Normalised batch, letterbox scales (N,), original (h, w) (N, 2) -> final detections (NMS backends)."""
-        raise NotImplementedError(f"{self.name} returns raw outputs")  # our bug: callers check ``outputs``
+        raise NotImplementedError(
+            f"{self.name} returns raw outputs"
+        )  # our bug: callers check ``outputs``
 
     def check_options(self, conf: float, iou: float, max_det: int) -> None:
         """Refuse post-processing options a file with NMS inside cannot honour (raw backends take any)."""

@@ -37,9 +37,13 @@ def open_session(path: str, threads: int | None = None):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise WeightsError(f"{path}: onnxruntime cannot load this file ({first}); fix: re-export it") from None
+    except Exception as exc:
+        first = (
+            str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        )
+        raise WeightsError(
+            f"{path}: onnxruntime cannot load this file ({first}); fix: re-export it"
+        ) from None
 
 
 class _OnnxBackend(Backend):
@@ -56,8 +60,10 @@ class _OnnxBackend(Backend):
         self.class_names, self.category_ids = meta["class_names"], meta.get("category_ids")
         got = [i.name for i in session.get_inputs()]
         if got != list(self.input_names):
-            raise WeightsError(f"{self.path}: inputs {got} do not match the metadata ({list(self.input_names)}); "
-                               "fix: re-export the file")
+            raise WeightsError(
+                f"{self.path}: inputs {got} do not match the metadata ({list(self.input_names)}); "
+                "fix: re-export the file"
+            )
         fixed = session.get_inputs()[0].shape[0]
         self.fixed_batch = fixed if isinstance(fixed, int) else None
 
@@ -70,8 +76,13 @@ class _OnnxBackend(Backend):
         for start in range(0, n, step):
             count = min(step, n - start)
             # pad by repeating the first item (valid scales and sizes), drop its outputs after
-            part = [np.concatenate([f[start:start + count]] + [f[start:start + 1]] * (step - count)) for f in feeds]
-            pieces.append([o[:count] for o in self.session.run(None, dict(zip(self.input_names, part)))])
+            part = [
+                np.concatenate([f[start : start + count]] + [f[start : start + 1]] * (step - count))
+                for f in feeds
+            ]
+            pieces.append(
+                [o[:count] for o in self.session.run(None, dict(zip(self.input_names, part)))]
+            )
         return [np.concatenate(outs) for outs in zip(*pieces)]
 
     @staticmethod
@@ -92,8 +103,12 @@ class OnnxRawBackend(_OnnxBackend):
 
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cls_flat, box_flat = self._run([self._np(batch)])
-        return flat_to_levels(torch.from_numpy(cls_flat), torch.from_numpy(box_flat), self.feature_sizes,
-                              self.config.anchors.num_anchors)
+        return flat_to_levels(
+            torch.from_numpy(cls_flat),
+            torch.from_numpy(box_flat),
+            self.feature_sizes,
+            self.config.anchors.num_anchors,
+        )
 
 
 class OnnxNMSBackend(_OnnxBackend):
@@ -107,28 +122,44 @@ class OnnxNMSBackend(_OnnxBackend):
         super().__init__(path, session, meta)
         self.nms = dict(meta["nms"] or {})
         if not {"iou_threshold", "score_threshold", "max_detections"} <= set(self.nms):
-            raise WeightsError(f"{self.path}: metadata lacks the NMS settings; fix: re-export the file")
+            raise WeightsError(
+                f"{self.path}: metadata lacks the NMS settings; fix: re-export the file"
+            )
 
     def check_options(self, conf: float, iou: float, max_det: int) -> None:
         nms = self.nms
         if abs(iou - float(nms["iou_threshold"])) > 1e-9:
-            raise ConfigError(f"{self.path}: NMS is inside this file at IoU {nms['iou_threshold']}; "
-                              f"fix: re-export with --iou {iou} or export raw outputs (no --nms-in-graph)")
+            raise ConfigError(
+                f"{self.path}: NMS is inside this file at IoU {nms['iou_threshold']}; "
+                f"fix: re-export with --iou {iou} or export raw outputs (no --nms-in-graph)"
+            )
         if conf < float(nms["score_threshold"]):
-            raise ConfigError(f"{self.path}: exported with score threshold {nms['score_threshold']}; "
-                              f"fix: use --conf >= that or re-export with --conf {conf}")
+            raise ConfigError(
+                f"{self.path}: exported with score threshold {nms['score_threshold']}; "
+                f"fix: use --conf >= that or re-export with --conf {conf}"
+            )
         if max_det > int(nms["max_detections"]):
-            raise ConfigError(f"{self.path}: exported with at most {nms['max_detections']} detections; "
-                              f"fix: use --max-det <= that or re-export with --max-det {max_det}")
+            raise ConfigError(
+                f"{self.path}: exported with at most {nms['max_detections']} detections; "
+                f"fix: use --max-det <= that or re-export with --max-det {max_det}"
+            )
 
-    def detections(self, batch: torch.Tensor, scales: torch.Tensor, original_sizes: torch.Tensor) -> list[dict]:
-        boxes, scores, classes, num = self._run([self._np(batch), self._np(scales.reshape(-1)),
-                                                 self._np(original_sizes.reshape(-1, 2))])
+    def detections(
+        self, batch: torch.Tensor, scales: torch.Tensor, original_sizes: torch.Tensor
+    ) -> list[dict]:
+        boxes, scores, classes, num = self._run(
+            [self._np(batch), self._np(scales.reshape(-1)), self._np(original_sizes.reshape(-1, 2))]
+        )
         out = []
         for i in range(boxes.shape[0]):
             d = int(num[i])
-            out.append({"boxes": torch.from_numpy(boxes[i, :d].copy()), "scores": torch.from_numpy(scores[i, :d].copy()),
-                        "labels": torch.from_numpy(classes[i, :d].astype(np.int64))})
+            out.append(
+                {
+                    "boxes": torch.from_numpy(boxes[i, :d].copy()),
+                    "scores": torch.from_numpy(scores[i, :d].copy()),
+                    "labels": torch.from_numpy(classes[i, :d].astype(np.int64)),
+                }
+            )
         return out
 
 
@@ -136,5 +167,7 @@ def open_onnx(path: str | os.PathLike, threads: int | None = None) -> _OnnxBacke
     """The backend for an exported ONNX file: :class:`OnnxRawBackend` or :class:`OnnxNMSBackend` by its metadata."""
     path = os.fspath(path)
     session = open_session(path, threads)
-    meta = parse_metadata(path, session.get_modelmeta().custom_metadata_map.get(META_KEY), HOW_TO_EXPORT)
+    meta = parse_metadata(
+        path, session.get_modelmeta().custom_metadata_map.get(META_KEY), HOW_TO_EXPORT
+    )
     return (OnnxNMSBackend if meta["outputs"] == "nms" else OnnxRawBackend)(path, session, meta)

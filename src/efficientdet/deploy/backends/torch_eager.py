@@ -22,12 +22,23 @@ class TorchBackend(Backend):
     name = "torch"
     outputs = "raw"
 
-    def __init__(self, model: nn.Module, device: torch.device, half: bool = False, channels_last: bool | None = None,
-                 fuse: bool = True, compile: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        half: bool = False,
+        channels_last: bool | None = None,
+        fuse: bool = True,
+        compile: bool = False,
+    ):
         self.config = model.config
         self.device = device
-        self.dtype = (torch.bfloat16 if device.type == "cpu" else torch.float16) if half else torch.float32
-        self.channels_last = (device.type == "cpu") if channels_last is None else bool(channels_last)
+        self.dtype = (
+            (torch.bfloat16 if device.type == "cpu" else torch.float16) if half else torch.float32
+        )
+        self.channels_last = (
+            (device.type == "cpu") if channels_last is None else bool(channels_last)
+        )
         self.model = model.eval()
         net = fuse_for_inference(copy.deepcopy(self.model)) if fuse else self.model
         net = net.to(self.device, self.dtype)
