@@ -3,7 +3,9 @@
 Category ids (COCO's 1..90 with gaps, or any integers) map to contiguous 0-based labels in
 the order of increasing id; ``DetectionData.category_ids[label]`` maps back. COCO ``bbox``
 is [x, y, w, h] in pixels; records hold xyxy = [x, y, x + w, y + h]. ``iscrowd=1``
-annotations are kept with ``ignore=True``. Image sizes come from the JSON (``width``,
+annotations are kept with ``ignore=True``. A JSON without an "annotations" key (an
+``image_info`` file, as COCO test-dev ships) reads as an unannotated split
+(``DetectionData.annotated`` False), not as a problem. Image sizes come from the JSON (``width``,
 ``height``) and are checked against each image file's header (``size_mismatch``; the header is
 read, never decoded); entries without them take the header's size.
 
@@ -51,22 +53,7 @@ def read_coco(
             else json_path.parent
         )
     images_dir = Path(images_dir)
-    if not json_path.is_file():
-        raise DataError(
-            f"{json_path}: COCO annotation file not found; fix: give the path of an existing instances JSON"
-        )
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(
-            f"{json_path}: not valid UTF-8 JSON ({reason}); fix: re-export the annotations as COCO JSON"
-        ) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise DataError(
-            f"{json_path}: no 'images' list; fix: give a COCO instances JSON with images, annotations, categories"
-        )
+    doc = _load_json(json_path)
     if not images_dir.is_dir():
         raise DataError(
             f"{images_dir}: image folder for {json_path.name} not found; fix: pass images=<folder> or set 'images' in the YAML"
@@ -91,7 +78,8 @@ def read_coco(
     images = progress(doc["images"], f"reading {json_path.name}", show_progress)
     entries, usable = _read_images(images, images_dir, src, report, verify_images)
 
-    # annotations
+    # annotations (no "annotations" key: an image_info file, e.g. COCO test-dev: not annotated)
+    annotated = "annotations" in doc
     anns = doc.get("annotations")
     if not isinstance(anns, list):
         if anns is not None:
@@ -104,7 +92,7 @@ def read_coco(
                 "make 'annotations' a list of annotation objects",
             )
         anns = []
-    if not anns:
+    if not anns and annotated:
         report.add(
             "empty_annotations",
             src,
@@ -158,8 +146,55 @@ def read_coco(
         f"check that the images are in {images_dir} (pass images=<folder> or set 'images' in the YAML)",
     )
     return DetectionData(
-        records, list(class_names), list(category_ids), report, source=src, format="coco"
+        records,
+        list(class_names),
+        list(category_ids),
+        report,
+        source=src,
+        format="coco",
+        annotated=annotated,
     )
+
+
+def _load_json(json_path: Path) -> dict:
+    """The COCO JSON document (a dict with an 'images' list), or a one-line DataError."""
+    if not json_path.is_file():
+        raise DataError(
+            f"{json_path}: COCO annotation file not found; fix: give the path of an existing instances JSON"
+        )
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{json_path}: not valid UTF-8 JSON ({reason}); fix: re-export the annotations as COCO JSON"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise DataError(
+            f"{json_path}: no 'images' list; fix: give a COCO instances JSON with images, annotations, categories"
+        )
+    return doc
+
+
+def read_image_index(json_path: str | Path) -> tuple[dict[str, int | None], list[int], list[str]]:
+    """What a results file needs from a COCO JSON (instances or ``image_info``), without reading
+    any image: ({file name without folders: image id, or None when two images share the name},
+    category ids sorted, their names). Bad entries are skipped as :func:`read_coco` reports them."""
+    json_path = Path(json_path)
+    doc = _load_json(json_path)
+    report = DataReport()
+    category_ids, names = _read_categories(doc, str(json_path), report)
+    ids: dict[str, int | None] = {}
+    for img in doc["images"]:
+        try:
+            image_id = schema.integer(img.get("id") if isinstance(img, dict) else None, "id")
+            file_name = schema.relative_path(img.get("file_name"), "file_name")
+        except schema.Invalid:
+            continue
+        name = Path(file_name).name
+        ids[name] = None if name in ids and ids[name] != image_id else image_id
+    return ids, category_ids, names
 
 
 def _read_categories(doc: dict, src: str, report: DataReport) -> tuple[list[int], list[str]]:
@@ -314,7 +349,7 @@ def records_to_coco(data: DetectionData) -> dict:
             }
         )
         for box, label, ignore, area in zip(
-            r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), r.areas.tolist()
+            r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), r.areas.tolist(), strict=True
         ):
             x1, y1, x2, y2 = box
             annotations.append(
@@ -328,7 +363,9 @@ def records_to_coco(data: DetectionData) -> dict:
                 }
             )
             ann_id += 1
-    categories = [{"id": int(c), "name": n} for c, n in zip(data.category_ids, data.class_names)]
+    categories = [
+        {"id": int(c), "name": n} for c, n in zip(data.category_ids, data.class_names, strict=True)
+    ]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
@@ -345,5 +382,5 @@ def detections_to_coco(image_id: int, boxes, scores, labels, category_ids: list[
             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
             "score": float(s),
         }
-        for b, s, lab in zip(boxes, scores, labels)
+        for b, s, lab in zip(boxes, scores, labels, strict=True)
     ]

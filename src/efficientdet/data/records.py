@@ -80,6 +80,10 @@ class DetectionData:
 
     ``category_ids[i]`` is the dataset's own id of class ``i`` (COCO category id, YOLO class
     index, VOC: i + 1); :meth:`to_category_id` / :meth:`to_label` map both ways.
+    ``annotated`` is False for a split that has no annotations at all (a COCO ``image_info``
+    JSON without an "annotations" key, as COCO test-dev ships, or a folder of images): its
+    records have no boxes and it cannot be scored (an empty annotations list is annotated:
+    every image is background).
     """
 
     records: list[ImageRecord]
@@ -88,6 +92,7 @@ class DetectionData:
     report: DataReport = field(default_factory=DataReport)
     source: str = ""
     format: str = ""
+    annotated: bool = True
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.category_ids):
