@@ -147,7 +147,9 @@ def test_asking_for_metrics_on_a_split_without_annotations_is_one_error_line(
     )
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
-    assert err[0].startswith(f"error: {info_path}: no annotations to compute metrics against")
+    assert err[0].startswith(
+        f"error: {info_path}: no annotations to compute metrics against (no 'annotations' in it)"
+    )
     assert "fix: " in err[0] and not out.exists()
     # the Python API asks for metrics by default: the same refusal, before any work
     data = load_dataset(info_path, images=images)
@@ -167,13 +169,15 @@ def test_val_on_a_folder_of_images_uses_ids_from_file_names(setup, tmp_path, cap
     shutil.copy(images / first, folder / first)  # val_000000.jpg: id from the name's CRC-32
     shutil.copy(images / second, folder / "000000000042.jpg")  # a COCO-style name: its number
     (folder / "notes.txt").write_text("not an image")
+    shutil.copy(images / second, folder / "42.png")  # id 42 again: reported and skipped
     out = tmp_path / "val"
     rc = _run(
         "val", "--weights", str(ckpt), "--data", str(folder), "--out", str(out), "--workers", "0"
     )
     printed = capsys.readouterr().out
     assert rc == 0 and "no metrics computed" in printed
-    assert "1 entries that are not images" in printed  # the .txt is counted, not read
+    assert "1 entry that is not an image" in printed  # the .txt is counted, not read
+    assert "42.png and 000000000042.jpg both give image id 42" in printed
     crc_id = zlib.crc32(first.encode("utf-8")) & 0x7FFFFFFF
     results = json.loads((out / "results.json").read_text())
     assert {d["image_id"] for d in results} == {crc_id, 42}

@@ -111,17 +111,20 @@ def run(args: argparse.Namespace) -> int:
         category_ids = ckpt.get("category_ids")
     if Path(args.data).is_dir():  # a folder of images: the model's classes and category ids
         data = load_dataset(args.data, class_names=names, category_ids=category_ids)
-        if data.report.stats["not_images"]:
+        if n := data.report.stats["not_images"]:
             print(
-                f"note: {args.data}: {data.report.stats['not_images']} entries that are not "
-                "images (other files, subfolders) not read"
+                f"note: {args.data}: {n} "
+                f"{'entry that is not an image' if n == 1 else 'entries that are not images'} "
+                "(other files, subfolders) not read"
             )
     else:
         data = load_dataset(args.data, split=args.split, images=args.images)
     if not data.annotated and args.require_metrics:
+        what = "a folder of images" if data.format == "folder" else "no 'annotations' in it"
         raise DataError(
-            f"{data.source or args.data}: no annotations to compute metrics against; fix: give "
-            "the split's annotated instances JSON, or drop --require-metrics to write detections only"
+            f"{data.source or args.data}: no annotations to compute metrics against ({what}); "
+            "fix: give the split's annotated instances JSON, or drop --require-metrics to write "
+            "detections only"
         )
     inputs["image folder"] = sorted({str(Path(r.path).parent) for r in data.records})
     if args.out is not None:
