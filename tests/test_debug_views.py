@@ -118,6 +118,8 @@ def test_training_batch_max_images_and_ignore_boxes_dashed():
     assert 8 <= bottom.sum() <= 25
     assert (np.abs(tile[40, 20:49][~bottom].astype(int) - BLOCK).max(-1) > 50).all()
     assert not (tile == class_color(0)).all(-1).any()  # not drawn as an ordinary box
+    with pytest.raises(ValueError, match="5 images but 2 targets"):
+        render_training_batch(batch, targets[:2], MEAN, STD, ["cat"])
 
 
 def test_predictions_vs_truth_tiles_and_legend(tmp_path):
@@ -194,3 +196,26 @@ def test_pick_debug_images_prefers_images_with_boxes_and_is_fixed():
     holder = Holder()
     holder.records = records  # type: ignore[attr-defined]
     assert pick_debug_images(holder, 2) == [1, 11]
+
+
+def test_labels_of_a_second_call_avoid_those_of_the_first():
+    from efficientdet.deploy.visualize import draw_detections, place_labels
+
+    # hand-computed: "above" (100, 36, 160, 50) is taken, so the label goes inside the top
+    assert place_labels([[100, 50, 200, 150]], [(60, 14)], (400, 300), [0], avoid=[]) == [
+        (100, 36, 160, 50)
+    ]
+    assert place_labels(
+        [[100, 50, 200, 150]], [(60, 14)], (400, 300), [0], avoid=[(100, 36, 160, 50)]
+    ) == [(100, 50, 160, 64)]
+    # through draw_detections: the rectangles placed are handed back and avoided
+    image = np.full((120, 160, 3), GREY, np.uint8)
+    first: list = []
+    draw_detections(image, [[40, 40, 120, 100]], None, [0], ["cat"], placed=first)
+    second: list = []
+    draw_detections(
+        image, [[40, 40, 120, 100]], [0.5], [1], ["cat", "dog"], avoid=first, placed=second
+    )
+    (a,), (b,) = first, second
+    assert a[1] < 40 and min(a[2], b[2]) - max(a[0], b[0]) > 0  # same columns ...
+    assert b[1] >= a[3] or b[3] <= a[1]  # ... so stacked, not overlapping

@@ -15,6 +15,7 @@ these fills) and a thin dark edge so light fills stand out on light images.
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -44,14 +45,17 @@ def _overlap(a: Rect, b: Rect) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
-def place_labels(boxes, label_sizes, image_size: tuple[int, int], order) -> list[Rect]:
+def place_labels(
+    boxes, label_sizes, image_size: tuple[int, int], order, avoid: Sequence[Rect] = ()
+) -> list[Rect]:
     """Label rectangles for ``boxes`` ((D, 4) xyxy): label i is ``label_sizes[i]`` = (w, h) pixels.
 
-    ``image_size``: (W, H); ``order``: the detections to place first (strongest first). Returns
-    one rectangle per box (input order), inside the image whenever the label fits in it.
+    ``image_size``: (W, H); ``order``: the detections to place first (strongest first);
+    ``avoid``: rectangles already taken (labels drawn before). Returns one rectangle per box
+    (input order), inside the image whenever the label fits in it.
     """
     W, H = image_size
-    placed: list[Rect] = []
+    placed: list[Rect] = list(avoid)
     rects: list[Rect | None] = [None] * len(label_sizes)
     for i in order:
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
@@ -97,6 +101,8 @@ def draw_detections(
     color: tuple[int, int, int] | None = None,
     dashed: bool = False,
     suffixes: list[str] | None = None,
+    avoid: Sequence[Rect] = (),
+    placed: list[Rect] | None = None,
 ):
     """Return an RGB PIL copy of ``image`` (PIL or (H, W, 3) uint8 RGB) with the detections drawn.
 
@@ -105,6 +111,8 @@ def draw_detections(
     the class names indexed by label. Labels are placed by :func:`place_labels`. ``color``:
     one RGB colour for every box and label (default: :func:`class_color` per class);
     ``dashed``: dashed box outlines; ``suffixes``: a text per box appended to its label.
+    ``avoid``: label rectangles of an earlier call to keep clear of; ``placed``: a list the
+    label rectangles of this call are appended to (to pass as ``avoid`` to the next call).
     """
     from PIL import Image, ImageDraw
 
@@ -140,7 +148,9 @@ def draw_detections(
             (extents[-1][2] - extents[-1][0] + 2 * pad, extents[-1][3] - extents[-1][1] + 2 * pad)
         )
     strongest_first = np.argsort(-scores, kind="stable")
-    rects = place_labels(boxes, sizes, (w, h), strongest_first)
+    rects = place_labels(boxes, sizes, (w, h), strongest_first, avoid)
+    if placed is not None:
+        placed.extend(rects)
     # boxes, then labels; lowest score first, so the strongest end on top
     for i in strongest_first[::-1]:
         x1, y1, x2, y2 = (float(v) for v in boxes[i])

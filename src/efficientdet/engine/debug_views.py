@@ -71,6 +71,8 @@ def render_training_batch(
     """
     from ..deploy.visualize import draw_detections
 
+    if len(targets) < min(len(images), max_images):
+        raise ValueError(f"render_training_batch: {len(images)} images but {len(targets)} targets")
     names = list(class_names)
     tiles = []
     for image, target in zip(unnormalize(images[:max_images], mean, std), targets, strict=False):
@@ -81,7 +83,8 @@ def render_training_batch(
             if target.get("ignore") is not None
             else np.zeros(len(labels), dtype=bool)
         )
-        drawn = draw_detections(image, boxes[~ignore], None, labels[~ignore], names)
+        taken: list = []  # label rectangles of the ordinary boxes: ignore labels avoid them
+        drawn = draw_detections(image, boxes[~ignore], None, labels[~ignore], names, placed=taken)
         if ignore.any():
             drawn = draw_detections(
                 drawn,
@@ -92,6 +95,7 @@ def render_training_batch(
                 color=IGNORE_COLOR,
                 dashed=True,
                 suffixes=["(ignore)"] * int(ignore.sum()),
+                avoid=taken,
             )
         tiles.append(np.asarray(drawn))
     return _grid(tiles, top=0)
@@ -122,6 +126,7 @@ def render_predictions(
     names = list(class_names)
     tiles = []
     for image, pred, truth in zip(images, predictions, truths, strict=True):
+        truth_labels: list = []  # label rectangles of the ground truth: predictions avoid them
         drawn = draw_detections(
             np.asarray(image, dtype=np.uint8),
             _numpy(truth.get("boxes"), (-1, 4), np.float32),
@@ -130,6 +135,7 @@ def render_predictions(
             names,
             color=TRUTH_COLOR,
             dashed=True,
+            placed=truth_labels,
         )
         drawn = draw_detections(
             drawn,
@@ -137,6 +143,7 @@ def render_predictions(
             _numpy(pred.get("scores"), (-1,), np.float32),
             _numpy(pred.get("labels"), (-1,), np.int64),
             names,
+            avoid=truth_labels,
         )
         tiles.append(np.asarray(drawn))
     legend = "white dashed: ground truth (name)   colour: prediction (name score)"
