@@ -34,7 +34,7 @@ TRUTH_COLOR = (255, 255, 255)  # ground truth in render_predictions: white, dash
 IGNORE_COLOR = (160, 160, 160)  # ignore / crowd boxes in render_training_batch: grey, dashed
 
 
-def unnormalize(
+def _unnormalize(
     images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> list[np.ndarray]:
     """(B, 3, H, W) ``(pixel - mean) / std`` float tensor -> B (H, W, 3) uint8 RGB arrays
@@ -75,7 +75,7 @@ def render_training_batch(
         raise ValueError(f"render_training_batch: {len(images)} images but {len(targets)} targets")
     names = list(class_names)
     tiles = []
-    for image, target in zip(unnormalize(images[:max_images], mean, std), targets, strict=False):
+    for image, target in zip(_unnormalize(images[:max_images], mean, std), targets, strict=False):
         boxes = _numpy(target.get("boxes"), (-1, 4), np.float32)
         labels = _numpy(target.get("labels"), (-1,), np.int64)
         ignore = (
