@@ -159,6 +159,12 @@ def test_asking_for_metrics_on_a_split_without_annotations_is_one_error_line(
         evaluate(model, data, progress=False)
     result = evaluate(model, data, progress=False, require_metrics=False)
     assert not result.scored and result.stats == {} and result.num_images == 3
+    # nor can it be trained on (it read as all background before, in silence)
+    from efficientdet.data import DetectionDataset
+
+    with pytest.raises(DataError, match="no annotations to train on"):
+        DetectionDataset(data, (64, 64), (127,) * 3, (128,) * 3, train=True)
+    assert len(DetectionDataset(data, (64, 64), (127,) * 3, (128,) * 3)) == 3  # eval: fine
 
 
 def test_val_on_a_folder_of_images_uses_ids_from_file_names(setup, tmp_path, capsys):

@@ -52,7 +52,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``train``: random scale jitter, crop and flip per ``augment`` (default
     :class:`AugmentConfig`); otherwise a plain letterbox. ``class_names``/``category_ids``
     default to those of a DetectionData; ``seed`` seeds augmentation in the main process
-    (workers use their own per-worker seed, see ``create_loader``).
+    (workers use their own per-worker seed, see ``create_loader``). Training on a split
+    without annotations (``DetectionData.annotated`` False) is refused.
     """
 
     def __init__(
@@ -69,6 +70,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ) -> None:
         self.source_report = DataReport()
+        if isinstance(records, DetectionData) and train and not records.annotated:
+            raise DataError(
+                f"{records.source or 'dataset'}: no annotations to train on (an image_info JSON or "
+                "a folder of images); fix: give the split's instances JSON with its annotations"
+            )
         if isinstance(records, DetectionData):
             class_names = class_names if class_names is not None else records.class_names
             category_ids = category_ids if category_ids is not None else records.category_ids
@@ -86,7 +92,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.image_size = (int(image_size_hw[0]), int(image_size_hw[1]))
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.fill = tuple(int(round(min(max(v, 0), 255))) for v in self.mean)
+        self.fill = tuple(round(min(max(v, 0), 255)) for v in self.mean)
         self.train = bool(train)
         self.augment = augment or AugmentConfig()
         self.seed = int(seed)
