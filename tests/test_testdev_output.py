@@ -202,6 +202,7 @@ def test_val_on_a_folder_of_images_uses_ids_from_file_names(setup, tmp_path, cap
     )
 
 
+@pytest.mark.slow  # three predict runs: about 5-10 s on 2 shared cores
 def test_predict_save_json_matches_val_and_takes_ids_from_the_dataset(setup, tmp_path, capfd):
     ckpt, info_path, images, names = setup
     src = tmp_path / "test_images"
