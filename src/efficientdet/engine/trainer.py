@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config, resolve_aspect_ratios
-from ..data.doctor import quick_summary
+from ..analysis.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError
 from ..resources import check_memory
 from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
