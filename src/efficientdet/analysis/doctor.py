@@ -32,6 +32,7 @@ from ..config import ModelConfig, get_model_config, parse_image_size
 from ..data.records import DetectionData
 from ..data.report import DataProblem, DataReport
 from ..data.transforms import AugmentConfig, letterbox_scale
+from ..detection.anchors import anchor_levels
 from ..errors import ConfigError, DataError
 from .anchor_fit import (
     AnchorFit,
@@ -381,19 +382,11 @@ def plot_box_sizes(report: DoctorReport, path: str | Path) -> Path:
         mask = labels == i
         if mask.any():
             ax.scatter(w[mask], h[mask], s=6, alpha=0.5, label=name)
-    a = cfg.anchors
-    for level in range(a.min_level, a.max_level + 1):
-        for octave in range(a.num_scales):
-            for rx, ry in a.aspect_ratios:
-                side = a.anchor_scale * 2**level * 2 ** (octave / a.num_scales)
-                ax.scatter(
-                    [side * rx],
-                    [side * ry],
-                    marker="s",
-                    s=40,
-                    facecolors="none",
-                    edgecolors="black",
-                )
+    # the anchor shapes of the real grid (detection/anchors.py: the one home of the size formula)
+    for _, _, half in anchor_levels(cfg.anchors, cfg.image_size):  # half: (A, 2) half w, h
+        ax.scatter(
+            2 * half[:, 0], 2 * half[:, 1], marker="s", s=40, facecolors="none", edgecolors="black"
+        )
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="black", label="anchors")
     ax.set_xscale("log")
     ax.set_yscale("log")
