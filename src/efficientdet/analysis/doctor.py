@@ -57,7 +57,7 @@ def small_box_problems(
     min_size: float = AugmentConfig.min_box_size,
 ) -> list[DataProblem]:
     """One ``box_too_small`` problem per box (not ignored) whose width or height, letterboxed into
-    ``image_size_hw``, is under ``min_size`` px: training drops such boxes (see DetectionDataset).
+    ``image_size_hw``, is under ``min_size`` px: training drops such boxes (:class:`efficientdet.data.dataset.DetectionDataset`).
     Each names the annotation file, the image and the smallest box side that trains there."""
     found = DataReport()
     h, w = image_size_hw
