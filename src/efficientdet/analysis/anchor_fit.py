@@ -1,4 +1,4 @@
-"""Anchor fitting: how well the anchor grid fits a dataset's boxes, and a search for better settings.
+"""Anchor fitting: how well the anchor grid fits a dataset's boxes; a search for better settings.
 
 The fit is the share of ground-truth boxes (letterboxed into the model input) whose best anchor
 has IoU >= ``MATCH_IOU`` (0.5, the official matcher's positive threshold), overall and per COCO

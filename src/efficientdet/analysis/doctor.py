@@ -1,4 +1,4 @@
-"""Dataset doctor (``efficientdet data check``): find what makes detectors fail in silence, before training.
+"""Dataset doctor (``efficientdet data check``): what makes detectors fail in silence, found early.
 
 ``check_dataset`` reads every split (decoding every image), then reports: the problems the
 readers found (missing/corrupt/duplicate images, orphan annotations, invalid boxes and what
@@ -57,7 +57,8 @@ def small_box_problems(
     min_size: float = AugmentConfig.min_box_size,
 ) -> list[DataProblem]:
     """One ``box_too_small`` problem per box (not ignored) whose width or height, letterboxed into
-    ``image_size_hw``, is under ``min_size`` px: training drops such boxes (:class:`efficientdet.data.dataset.DetectionDataset`).
+    ``image_size_hw``, is under ``min_size`` px: training drops such boxes
+    (:class:`efficientdet.data.dataset.DetectionDataset`).
     Each names the annotation file, the image and the smallest box side that trains there."""
     found = DataReport()
     h, w = image_size_hw

@@ -1,13 +1,15 @@
 """Non-maximum suppression: exact greedy hard NMS (class-aware or not) and Gaussian soft-NMS.
 
 Boxes are (B, 4) xyxy, scores (B,), labels (B,) int; results are indices into the inputs.
-Tie-breaking (documented contract, checked against reference loops in tests/test_postprocess.py):
-boxes are visited by descending score with a stable sort, so equal scores keep the lower input
-index first; a box is suppressed when its IoU with a kept box of the same class is strictly
-greater than the threshold; zero-area boxes have IoU 0 with everything.
+Tie-breaking (documented contract, checked against reference loops in
+tests/test_postprocess.py): boxes are visited by descending score with a stable sort, so equal
+scores keep the lower input index first; a box is suppressed when its IoU with a kept box of
+the same class is strictly greater than the threshold; zero-area boxes have IoU 0 with
+everything.
 
-Plain torch (CPU, CUDA; no torchvision). Used by :func:`efficientdet.detection.postprocess.postprocess`
-and by the eager stand-in for ONNX ``NonMaxSuppression`` in :mod:`efficientdet.deploy.export`.
+Plain torch (CPU, CUDA; no torchvision). Used by
+:func:`efficientdet.detection.postprocess.postprocess` and by the eager stand-in for ONNX
+``NonMaxSuppression`` in :mod:`efficientdet.deploy.export`.
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ def postprocess(
     """Detections per image from raw head outputs.
 
     class_outputs / box_outputs: per level (N, A*K, H_l, W_l) / (N, A*4, H_l, W_l);
-    anchors_xyxy: (sum_l H_l*W_l*A, 4) from :class:`~efficientdet.detection.anchors.AnchorGenerator` for ``image_size_hw``
+    anchors_xyxy: (sum_l H_l*W_l*A, 4) from
+    :class:`~efficientdet.detection.anchors.AnchorGenerator` for ``image_size_hw``
     (model input (h, w)); scales: letterbox factor per image (float, sequence or (N,)), 1 when
     None; original_sizes: (h, w) per image ((N, 2) or list). With ``clip`` (default) boxes are
     clipped before NMS to the image region of the model input (``original * scale``, or the
