@@ -26,8 +26,13 @@ from .layout import flatten_levels
 from .nms import batched_nms, soft_nms
 from .topk import fixed_shape_topk, select_classes, topk_candidates
 
+# per-image values as callers give them: one number, one per image, or a tensor
+PerImage = float | Sequence[float] | Sequence[Sequence[float]] | Tensor
 
-def _per_image(value, n: int, name: str, device, as_size: bool = False) -> Tensor | None:
+
+def _per_image(
+    value: PerImage | None, n: int, name: str, device: torch.device, as_size: bool = False
+) -> Tensor | None:
     """scales -> (N,) float32, original_sizes -> (N, 2) float32 (h, w); None stays None."""
     if value is None:
         return None
@@ -53,8 +58,8 @@ def postprocess(
     anchors_xyxy: Tensor,
     nms_cfg: NMSConfig | None = None,
     image_size_hw: Sequence[int] | None = None,
-    scales=None,
-    original_sizes=None,
+    scales: PerImage | None = None,
+    original_sizes: PerImage | None = None,
     clip: bool = True,
     class_subset: Sequence[int] | None = None,
 ) -> list[dict]:
