@@ -54,8 +54,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config, resolve_aspect_ratios
 from ..analysis.doctor import quick_summary
+from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config, resolve_aspect_ratios
 from ..errors import ConfigError, DataError, EfficientDetError
 from ..resources import check_memory
 from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
