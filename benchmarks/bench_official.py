@@ -250,7 +250,8 @@ def run_model(spec, args, official_mods, rng):
     from efficientdet.config import AnchorConfig, NMSConfig, get_model_config
     from efficientdet.detection.anchors import AnchorGenerator
     from efficientdet.detection.boxes import decode_boxes, xyxy_to_yxyx
-    from efficientdet.detection.postprocess import flatten_box_outputs, postprocess
+    from efficientdet.detection.layout import flatten_levels
+    from efficientdet.detection.postprocess import postprocess
 
     tf, hparams_config, efficientdet_keras, anchors_mod, postprocess_mod = official_mods
     name, _, size = spec.partition("@")
@@ -342,8 +343,8 @@ def run_model(spec, args, official_mods, rng):
     }
 
     # box decoding on the official float32 outputs
-    deltas = flatten_box_outputs(
-        [torch.from_numpy(b).permute(0, 3, 1, 2) for b in off_box32]
+    deltas = flatten_levels(
+        [torch.from_numpy(b).permute(0, 3, 1, 2) for b in off_box32], 4
     )  # (N, A_all, 4)
     off_dec = anchors_mod.decode_box_outputs(
         tf.constant(deltas.numpy()), tf.constant(off_v2)

@@ -391,7 +391,7 @@ if ON_CUDA and _gpu_providers():
         session = ort.InferenceSession(str(path), providers=[provider, "CPUExecutionProvider"])
         assert session.get_providers()[0] == provider
         cls, box = session.run(None, {"images": x.numpy()})
-        from efficientdet.deploy.detector import levels_to_flat
+        from efficientdet.detection.layout import levels_to_flat
 
         with torch.inference_mode():
             ref_cls, ref_box = levels_to_flat(*detector_model(x), detector_model.config.num_classes)

@@ -8,16 +8,14 @@ import torch
 
 from efficientdet.config import AnchorConfig, NMSConfig
 from efficientdet.detection.anchors import AnchorGenerator
+from efficientdet.detection.layout import flatten_levels
+from efficientdet.detection.nms import batched_nms, nms, soft_nms
 from efficientdet.detection.postprocess import (
-    batched_nms,
     fixed_shape_candidates,
     fixed_shape_detections,
-    flatten_box_outputs,
-    nms,
     postprocess,
-    soft_nms,
-    topk_candidates,
 )
+from efficientdet.detection.topk import topk_candidates
 
 from .reference import REFERENCE_NAMES, load_reference
 
@@ -285,7 +283,7 @@ def test_fixed_shape_steps_give_the_postprocess_detections(name):
     cls_flat = torch.cat(
         [c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in cls], 1
     )  # (N, A_all, K)
-    box_flat = flatten_box_outputs(box)
+    box_flat = flatten_levels(box, 4)
     scales, sizes = (
         torch.tensor([0.5, 1.25]),
         torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]]),

@@ -4,7 +4,7 @@ Run with the PEER venv (it imports effdet, not our package):
 
     benchmarks/peer/.venv/bin/python benchmarks/peer/check_peer.py [fixture.pt ...]
 
-For each fixture in tests/fixtures (see tests/fixtures/EFFDET_REFERENCE.md) it builds
+For each fixture in tests/fixtures (see tests/fixtures/README.md) it builds
 `effdet.create_model(<effdet_model_name>, image_size=<fixture size>, num_classes=90)`,
 loads the float16 state dict cast to float32 (strict), runs the fixture input in eval mode
 and compares: anchors (exact), raw head outputs class_out/box_out (1e-4 absolute, or, where
@@ -35,7 +35,7 @@ FIXTURES = [
     os.path.join(ROOT, "tests", "fixtures", "effdet_d0_256.pt"),
     os.path.join(ROOT, "tests", "fixtures", "effdet_lite0_192x320.pt"),
 ]
-HEAD_ATOL = 1e-4  # EFFDET_REFERENCE.md's tolerance for raw head outputs
+HEAD_ATOL = 1e-4  # tests/fixtures/README.md's tolerance for raw head outputs
 LOSS_RTOL = 1e-4
 DET_SCORE_ATOL = 1e-4
 DET_BOX_RTOL = 5e-5  # box corners: this times max(H, W) pixels (0.013 px at 256)

@@ -54,8 +54,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analysis.doctor import quick_summary
 from ..config import LossConfig, ModelConfig, NMSConfig, get_model_config, resolve_aspect_ratios
-from ..data.doctor import quick_summary
 from ..errors import ConfigError, DataError, EfficientDetError
 from ..resources import check_memory
 from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
