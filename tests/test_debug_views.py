@@ -11,7 +11,7 @@ from PIL import Image
 
 from efficientdet.data import ImageRecord
 from efficientdet.data.transforms import normalize
-from efficientdet.deploy.visualize import class_color
+from efficientdet.visualize import class_color
 from efficientdet.engine.debug_views import (
     pick_debug_images,
     render_predictions,
@@ -199,7 +199,7 @@ def test_pick_debug_images_prefers_images_with_boxes_and_is_fixed():
 
 
 def test_labels_of_a_second_call_avoid_those_of_the_first():
-    from efficientdet.deploy.visualize import draw_detections, place_labels
+    from efficientdet.visualize import draw_detections, place_labels
 
     # hand-computed: "above" (100, 36, 160, 50) is taken, so the label goes inside the top
     assert place_labels([[100, 50, 200, 150]], [(60, 14)], (400, 300), [0], avoid=[]) == [

@@ -18,7 +18,15 @@ PACKAGE_DIR = Path(efficientdet.__file__).parent
 ROOT = "efficientdet"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "fileio", "run_dirs", "cli_options", "runtime", "progress"),  # no domain knowledge
+    (
+        "errors",
+        "fileio",
+        "run_dirs",
+        "cli_options",
+        "runtime",
+        "progress",
+        "visualize",
+    ),  # no domain knowledge
     ("config",),
     ("nn",),
     ("detection",),
@@ -36,7 +44,6 @@ RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 ALLOWED_UPWARD = {
     # `efficientdet demo` ends by predicting with the model it trained
     ("efficientdet.engine.demo", "efficientdet.deploy.detector"),
-    ("efficientdet.engine.demo", "efficientdet.deploy.visualize"),
     # `efficientdet val` evaluates exported files through the Detector
     ("efficientdet.engine.val_cli", "efficientdet.deploy.backends"),
     ("efficientdet.engine.val_cli", "efficientdet.deploy.detector"),

@@ -312,7 +312,7 @@ def _process(
 
     from ..data.coco import detections_to_coco
     from ..fileio import write_via_temp
-    from .visualize import draw_detections
+    from ..visualize import draw_detections
 
     t0 = time.perf_counter()
     dets = detector.predict([f.image for f in frames])

@@ -7,7 +7,7 @@
 * :func:`pick_debug_images`: the fixed handful of validation images to show every time.
 * :func:`save_view`: a view as a PNG, written atomically (:mod:`efficientdet.fileio`).
 
-The drawing is :func:`efficientdet.deploy.visualize.draw_detections` (class colours, label
+The drawing is :func:`efficientdet.visualize.draw_detections` (class colours, label
 placement); this module only un-normalises, tiles and adds the legend.
 
 Grid layout (both renderers): ``cols = ceil(sqrt(n))`` tiles per row, ``rows = ceil(n / cols)``;
@@ -69,7 +69,7 @@ def render_training_batch(
     optional ``ignore`` (M,) bool marks ignore / crowd boxes, drawn grey and dashed with
     "(ignore)" after the name). The first ``max_images`` images are tiled (module docstring).
     """
-    from ..deploy.visualize import draw_detections
+    from ..visualize import draw_detections
 
     if len(targets) < min(len(images), max_images):
         raise ValueError(f"render_training_batch: {len(images)} images but {len(targets)} targets")
@@ -116,7 +116,7 @@ def render_predictions(
     ``labels`` (M,). Ground truth is white and dashed with its class name; predictions are in
     their class colour with "name score", drawn over it.
     """
-    from ..deploy.visualize import draw_detections
+    from ..visualize import draw_detections
 
     if not len(images) == len(predictions) == len(truths):
         raise ValueError(
@@ -155,7 +155,7 @@ def _grid(tiles: list[np.ndarray], top: int = 0, legend: str | None = None) -> n
     line above the tiles when given."""
     from PIL import Image, ImageDraw
 
-    from ..deploy.visualize import _font
+    from ..visualize import label_font
 
     if not tiles:
         raise ValueError("no images to render; give at least one")
@@ -164,7 +164,7 @@ def _grid(tiles: list[np.ndarray], top: int = 0, legend: str | None = None) -> n
     cell_h = max(t.shape[0] for t in tiles)
     cell_w = max(t.shape[1] for t in tiles)
     width = GAP + cols * (cell_w + GAP)
-    font = _font(max(10, min(16, width // 40)))
+    font = label_font(max(10, min(16, width // 40)))
     if legend is not None:
         probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
         x0, y0, x1, y1 = probe.textbbox((0, 0), legend, font=font)

@@ -73,7 +73,7 @@ def write_predictions(
     from PIL import Image
 
     from ..deploy.detector import Detector
-    from ..deploy.visualize import draw_detections
+    from ..visualize import draw_detections
     from ..fileio import write_via_temp
 
     detector = Detector(checkpoint, conf=conf)

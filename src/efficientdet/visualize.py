@@ -29,7 +29,7 @@ def class_color(label: int) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=16)
-def _font(size: int):
+def label_font(size: int):
     from PIL import ImageFont
 
     try:
@@ -125,7 +125,7 @@ def draw_detections(
     side = (w + h) / 2
     lw = line_width or max(1, round(side * 0.003))
     fs = font_size or max(10, round(side * 0.022))
-    font = _font(fs)
+    font = label_font(fs)
     pad = max(1, fs // 6)
     draw = ImageDraw.Draw(img)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from efficientdet.deploy.visualize import class_color, draw_detections, place_labels
+from efficientdet.visualize import class_color, draw_detections, place_labels
 
 
 def _overlap(a, b) -> float:
@@ -57,7 +57,7 @@ def _contrast(a, b) -> float:
 
 
 def test_text_is_black_or_white_with_wcag_aa_contrast_on_every_class_colour():
-    from efficientdet.deploy.visualize import _text_color
+    from efficientdet.visualize import _text_color
 
     for label in range(90):
         color = class_color(label)
