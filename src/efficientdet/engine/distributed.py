@@ -96,6 +96,20 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def global_normalizer_factor(num_positives: float) -> float:
+    """The factor that turns this rank's loss, divided by its own ``num_positives + 1`` (see
+    :mod:`efficientdet.detection.loss`), into one divided by ``(P + 1) / world``, ``P`` the
+    positives of all ranks (an all-reduce; 1.0 in a world of one).
+
+    DDP averages the gradients over ranks, so with this factor every step follows the gradient
+    of the whole batch's loss over ``P + 1``: the step one process takes with the total batch.
+    Without it, a rank with few positive anchors would weigh its images more."""
+    if not is_active():
+        return 1.0
+    total = all_reduce_sum(torch.tensor([float(num_positives)], dtype=torch.float64))
+    return (float(num_positives) + 1.0) * dist.get_world_size() / (float(total[0]) + 1.0)
+
+
 def all_gather_object(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if not is_active():

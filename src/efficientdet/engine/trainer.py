@@ -93,6 +93,7 @@ CSV_COLUMNS = (
 # when they differ from the TrainConfig defaults, else from the run's saved args. Keep the
 # same ``workers`` for a bit-exact continuation (the augmentation streams are per worker).
 RESUME_OVERRIDABLE = ("workers", "device", "progress", "plots")
+LOSS_KEYS = ("loss", "class_loss", "box_loss")  # the normalised losses of DetectionLoss
 
 
 class TrainingDiverged(EfficientDetError):
@@ -918,7 +919,11 @@ class Trainer:
             enabled=self.amp_dtype is not None,
         ):
             class_out, box_out = self.train_model(images)
-        return self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
+        losses = self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
+        if self.dist.enabled:  # normalised by all ranks' positives: the step of one big batch
+            factor = dist_utils.global_normalizer_factor(losses["num_positives"])
+            losses = {k: v * factor if k in LOSS_KEYS else v for k, v in losses.items()}
+        return losses
 
     def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict | str:
         """One iteration; returns the (all-reduced) losses, or why the step was not applied
