@@ -120,7 +120,10 @@ class TrainConfig:
     process. ``lr`` None picks 0.08 * total_batch / 64 for SGD (official scaling) and 1e-3
     for AdamW. ``patience``: stop after that many epochs without a better val mAP (None: never).
     ``max_bad_steps``: divergent steps (each rolled back, halving the learning rate) tolerated
-    without healthy progress in between; one more stops the run.
+    without healthy progress in between; one more stops the run. ``recipe`` ("finetune" |
+    "official", :mod:`efficientdet.engine.recipes`) sets every field left ``FROM_RECIPE``
+    when the config is built; a run records the resolved ``lr`` (and the model's image size
+    when None) in args.yaml.
     """
 
     data: str = ""
@@ -790,7 +793,7 @@ class Trainer:
             f", amp {cfg.amp}{', channels_last' if self.channels_last else ''}"
         )
         self.log(
-            f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
+            f"recipe {cfg.recipe}: optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
             f"{self.steps_per_epoch} steps/epoch, warm-up {warmup} steps then cosine; "
             f"EMA {'decay %g' % cfg.ema_decay if cfg.ema else 'off'}; run folder {self.run_dir}"
         )
