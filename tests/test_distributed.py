@@ -126,6 +126,9 @@ def test_two_processes_equal_one_process_with_the_total_batch(tmp_path):
                 torch.testing.assert_close(value, want[key], rtol=1e-4, atol=1e-6, msg=key)
             else:
                 assert torch.equal(value, want[key]), key
+    # --freeze-bn: the running statistics never moved from a fresh BatchNorm's (0 and 1)
+    stats = {k: v for k, v in ddp["train_state"]["model"].items() if k.endswith("running_mean")}
+    assert stats and all(not v.any() for v in stats.values())
     # the logged losses are those of the whole batch too; and training did move the weights
     rows = _read_rows(ddp_out)
     assert float(rows[0]["train_loss"]) != float(rows[-1]["train_loss"])

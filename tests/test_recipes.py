@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -141,6 +142,18 @@ def test_bad_recipe_values_are_one_line_errors(capfd, option, value, message):
     assert cli.main(["train", "--data", "d.yaml", option, value]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+
+
+def test_freeze_bn_puts_every_batch_norm_in_eval_mode():
+    from efficientdet import create_model
+    from efficientdet.engine.trainer import set_train_mode
+
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=(64, 64))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    set_train_mode(model, "none", freeze_bn=True)
+    assert model.training and bns and not any(m.training for m in bns)
+    set_train_mode(model, "none")
+    assert all(m.training for m in bns)
 
 
 def test_unknown_recipe(capfd):
