@@ -32,6 +32,50 @@ def _train_args(data: Path, out: Path, batch: int) -> list[str]:
     ]
 
 
+def _torchrun(args: list[str], logs: Path) -> str:
+    """Run tests/ddp_worker.py (``efficientdet`` + ``args``) in 2 processes; returns stdout."""
+    logs.mkdir()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "EFFICIENTDET_TEST_LOG": str(logs),
+    }
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        str(HERE / "ddp_worker.py"),
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # torchrun and both workers
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun timed out\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:] + stdout[-2000:]
+    return stdout
+
+
+def _assert_disjoint_halves(logs: Path, train_ids: list[int], epochs: int) -> None:
+    """Each rank loaded its own half of the split every epoch; together all of it."""
+    ids = {r: [int(v) for v in (logs / f"ids_rank{r}.txt").read_text().split()] for r in (0, 1)}
+    half = len(train_ids) // 2
+    assert len(ids[0]) == len(ids[1]) == half * epochs
+    for e in range(epochs):
+        seen0 = set(ids[0][half * e : half * (e + 1)])
+        seen1 = set(ids[1][half * e : half * (e + 1)])
+        assert len(seen0) == len(seen1) == half and not seen0 & seen1, (e, ids)
+        assert sorted(seen0 | seen1) == train_ids
+
+
 def _read_rows(run: Path) -> list[dict]:
     with open(run / "results.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -61,43 +105,11 @@ def test_two_processes_equal_one_process_with_the_total_batch(tmp_path):
         im["id"] for im in json.loads((data.parent / "train.json").read_text())["images"]
     )
     logs = tmp_path / "logs"
-    logs.mkdir()
     ddp_out = tmp_path / "runs" / "ddp"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONWARNINGS": "ignore",
-        "EFFICIENTDET_TEST_LOG": str(logs),
-    }
-    cmd = [
-        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
-        str(HERE / "ddp_worker.py"),
-        *_train_args(data, ddp_out, batch=2),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)  # torchrun and both workers
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun timed out\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:] + stdout[-2000:]
+    stdout = _torchrun(_train_args(data, ddp_out, batch=2), logs)
     assert "2 processes (gloo)" in stdout
 
-    # each rank saw its own half of the split every epoch; together all of it
-    ids = {r: [int(v) for v in (logs / f"ids_rank{r}.txt").read_text().split()] for r in (0, 1)}
-    assert len(ids[0]) == len(ids[1]) == 2 * EPOCHS
-    for e in range(EPOCHS):
-        seen0, seen1 = set(ids[0][2 * e : 2 * e + 2]), set(ids[1][2 * e : 2 * e + 2])
-        assert len(seen0) == len(seen1) == 2 and not seen0 & seen1, (e, ids)
-        assert sorted(seen0 | seen1) == train_ids
+    _assert_disjoint_halves(logs, train_ids, EPOCHS)
     # checkpoints: rank 0 commits once per epoch; rank 1 never writes
     assert (logs / "commits_rank0.txt").read_text().split() == [str(ddp_out)] * EPOCHS
     assert not (logs / "commits_rank1.txt").exists()
@@ -111,21 +123,19 @@ def test_two_processes_equal_one_process_with_the_total_batch(tmp_path):
     one = torch.load(single_out / "last.pt", map_location="cpu", weights_only=True)
     assert ddp["train_state"]["world_size"] == 2 and one["train_state"]["world_size"] == 1
     assert ddp["train_state"]["global_step"] == one["train_state"]["global_step"] == EPOCHS
-    for section in ("model", "weights"):  # the shipped EMA weights, the raw trained weights
-        got, want = (
-            (ddp["model"], one["model"])
-            if section == "model"
-            else (
-                ddp["train_state"]["model"],
-                one["train_state"]["model"],
-            )
-        )
-        assert got.keys() == want.keys()
+    pairs = {
+        "EMA weights (shipped)": (ddp["model"], one["model"]),
+        "raw weights": (ddp["train_state"]["model"], one["train_state"]["model"]),
+    }
+    for name, (got, want) in pairs.items():
+        assert got.keys() == want.keys(), name
         for key, value in got.items():
             if value.is_floating_point():
-                torch.testing.assert_close(value, want[key], rtol=1e-4, atol=1e-6, msg=key)
+                torch.testing.assert_close(
+                    value, want[key], rtol=1e-4, atol=1e-6, msg=f"{name}: {key}"
+                )
             else:
-                assert torch.equal(value, want[key]), key
+                assert torch.equal(value, want[key]), f"{name}: {key}"
     # --freeze-bn: the running statistics never moved from a fresh BatchNorm's (0 and 1)
     stats = {k: v for k, v in ddp["train_state"]["model"].items() if k.endswith("running_mean")}
     assert stats and all(not v.any() for v in stats.values())
@@ -135,6 +145,33 @@ def test_two_processes_equal_one_process_with_the_total_batch(tmp_path):
     for a, b in zip(rows, _read_rows(single_out), strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
         assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-9)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL: one per rank)")
+def test_two_processes_on_two_gpus(tmp_path):
+    """NCCL for the gradients and gloo for the CPU tensors the trainer reduces (losses, flags):
+    an NCCL-only group refuses those ("No backend type associated with device type cpu")."""
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=2, seed=5, size=64, progress=False
+    )
+    train_ids = sorted(
+        im["id"] for im in json.loads((data.parent / "train.json").read_text())["images"]
+    )
+    args = _train_args(data, tmp_path / "runs" / "ddp", batch=2)
+    args[args.index("--device") + 1] = "cuda"
+    stdout = _torchrun(args, tmp_path / "logs")
+    assert "2 processes" in stdout and "SyncBatchNorm" in stdout
+    _assert_disjoint_halves(tmp_path / "logs", train_ids, EPOCHS)
+    assert (tmp_path / "logs" / "commits_rank0.txt").read_text().split() == [
+        str(tmp_path / "runs" / "ddp")
+    ] * EPOCHS
+
+
+def test_backend_per_device():
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    # CPU tensors through gloo, CUDA tensors through NCCL (torch.distributed backend syntax)
+    assert distributed.backend_for(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
 
 
 def test_helpers_in_a_world_of_one():
