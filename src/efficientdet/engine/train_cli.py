@@ -151,9 +151,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--recipe",
         choices=RECIPE_NAMES,
-        help="defaults of the options below: official (google/automl: 300 epochs, warm-up from "
-        "lr 0.008, ...) or finetune (50 epochs, warm-up from a tenth of the peak lr); default "
-        f"{d.recipe}; options you give win (see efficientdet/engine/recipes.py)",
+        help="defaults of the optimisation and loss options: official (google/automl: 300 "
+        "epochs, warm-up from lr 0.008, ...) or finetune (50 epochs, warm-up from a tenth of the "
+        f"peak lr); default {d.recipe}; options you give win (efficientdet/engine/recipes.py)",
     )
     g.add_argument(
         "--warmup-lr",
