@@ -28,7 +28,7 @@ def _train_args(data: Path, out: Path, batch: int) -> list[str]:
         *("--epochs", str(EPOCHS), "--batch", str(batch), "--lr", "0.01", "--ema-warmup", "2"),
         *("--scale-jitter", "1", "1", "--flip-prob", "0", "--freeze-bn"),
         *("--workers", "0", "--device", "cpu", "--seed", "0", "--out", str(out)),
-        *("--quiet", "--no-plots"),
+        *("--val-interval", str(EPOCHS), "--quiet", "--no-plots"),  # validate once, at the end
     ]
 
 
