@@ -86,7 +86,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.image_size = (int(image_size_hw[0]), int(image_size_hw[1]))
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.fill = tuple(int(round(min(max(v, 0), 255))) for v in self.mean)
+        self.fill = tuple(round(min(max(v, 0), 255)) for v in self.mean)
         self.train = bool(train)
         self.augment = augment or AugmentConfig()
         self.seed = int(seed)

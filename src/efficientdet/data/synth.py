@@ -223,7 +223,7 @@ def _coco_doc(split: str, entries: list[tuple[str, int, int, list]]) -> dict:
         "annotations": anns,
         "categories": [
             {"id": c, "name": n, "supercategory": "shape"}
-            for c, n in zip(CATEGORY_IDS, CLASS_NAMES)
+            for c, n in zip(CATEGORY_IDS, CLASS_NAMES, strict=True)
         ],
     }
 

@@ -478,7 +478,9 @@ class Detector:
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             batch, scales, sizes, labels = self.preprocess(chunk)
-            for d, hw, label in zip(self.detect_batch(batch, scales, sizes), sizes, labels):
+            for d, hw, label in zip(
+                self.detect_batch(batch, scales, sizes), sizes, labels, strict=True
+            ):
                 results.append(
                     Detections(
                         d["boxes"].float(),

@@ -51,11 +51,10 @@ class Source:
     is the number of frames when known (video frame count may be an estimate), else 0.
     ``not_read``: what a folder holds besides images, {".ext" or "subfolder": count} (not read)."""
 
-    not_read: dict[str, int] = {}
-
     def __init__(self, spec: str, kind: str, paths: list[str] | None = None, capture_target=None):
         self.spec, self.kind, self.paths, self._target = spec, kind, paths or [], capture_target
         self.fps = 30.0
+        self.not_read: dict[str, int] = {}
         self.frame_size: tuple[int, int] | None = None  # video (w, h)
         self._count = len(self.paths)
         self._cap = None

@@ -96,7 +96,7 @@ class VideoWriter:
         self._proc = self._cv = None
         skipped = []
         for name in encoders:
-            suffix, fourcc, codec, playable = _SPEC[name]
+            suffix, _fourcc, codec, playable = _SPEC[name]
             target = Path(path).with_suffix(suffix)
             ctx = temporary_path(target)
             tmp = ctx.__enter__()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 from ..config import parse_image_size
@@ -84,7 +85,7 @@ def write_predictions(
         with Image.open(record.path) as im:
             drawn = draw_detections(im, det.boxes, det.scores, det.labels, detector.names)
         path = out_dir / f"{Path(record.path).stem}_pred.jpg"
-        write_via_temp(path, lambda tmp: drawn.save(tmp, quality=92))
+        write_via_temp(path, partial(drawn.save, quality=92))
         written.append(path)
     return written
 

@@ -41,7 +41,7 @@ def bifpn_nodes(min_level: int, max_level: int) -> list[FusionNode]:
     for level in range(
         min_level + 1, max_level + 1
     ):  # bottom-up: all of this level + downsampled finer
-        nodes.append(FusionNode(level, tuple(latest[level]) + (latest[level - 1][-1],)))
+        nodes.append(FusionNode(level, (*latest[level], latest[level - 1][-1])))
         latest[level].append(next_id)
         next_id += 1
     return nodes
@@ -99,7 +99,7 @@ class FuseInputs(nn.Module):
             self.edge_weights = nn.Parameter(torch.ones(len(resamplers)))
 
     def forward(self, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        xs = [self.resample[str(i)](x, size) for i, x in zip(self.input_ids, inputs)]
+        xs = [self.resample[str(i)](x, size) for i, x in zip(self.input_ids, inputs, strict=True)]
         if self.fusion == "sum":
             out = xs[0]
             for x in xs[1:]:
@@ -178,7 +178,7 @@ class BiFPNCell(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         sizes = [tuple(f.shape[-2:]) for f in features]
         nodes = list(features)
-        for node, module in zip(self.nodes, self.fnode):
+        for node, module in zip(self.nodes, self.fnode, strict=True):
             nodes.append(module(nodes, sizes[node.level - self.min_level]))
         return [nodes[i] for i in self.output_ids]
 

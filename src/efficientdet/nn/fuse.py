@@ -41,7 +41,7 @@ class _FusedHeadNet(nn.Module):
             [rep.conv_dw for rep in head.conv_rep]
         )  # shared over levels, no bias
         self.conv_pw = nn.ModuleList()  # [repeat][level]
-        for rep, bns in zip(head.conv_rep, head.bn_rep):
+        for rep, bns in zip(head.conv_rep, head.bn_rep, strict=True):
             per_level = nn.ModuleList()
             for level_bn in bns:
                 pw = copy.deepcopy(rep.conv_pw)
@@ -52,7 +52,7 @@ class _FusedHeadNet(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
         for level, x in enumerate(features):
-            for dw, pws in zip(self.conv_dw, self.conv_pw):
+            for dw, pws in zip(self.conv_dw, self.conv_pw, strict=True):
                 x = self.act(pws[level](dw(x)))
             outputs.append(self.predict(x))
         return outputs

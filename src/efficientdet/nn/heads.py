@@ -55,7 +55,7 @@ class HeadNet(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
         for level, x in enumerate(features):
-            for conv, bns in zip(self.conv_rep, self.bn_rep):
+            for conv, bns in zip(self.conv_rep, self.bn_rep, strict=True):
                 x = self.act(bns[level](conv(x)))
             outputs.append(self.predict(x))
         return outputs

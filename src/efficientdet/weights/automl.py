@@ -87,7 +87,7 @@ def automl_names(model: nn.Module) -> dict[str, str]:
     num_levels = cfg.max_level - cfg.min_level + 1
     nodes = bifpn_nodes(cfg.min_level, cfg.max_level)
     stage_sizes = [len(stage) for stage in model.backbone.blocks]
-    first_block = np.cumsum([0] + stage_sizes).tolist()
+    first_block = np.cumsum([0, *stage_sizes]).tolist()
     names: dict[str, str] = {}
     for key in state:
         if key.endswith("num_batches_tracked"):

@@ -71,7 +71,7 @@ class _OnnxBackend(Backend):
         """Run the graph on inputs with batch axis 0; a fixed-batch file runs in padded pieces."""
         n, step = feeds[0].shape[0], self.fixed_batch
         if step is None or n == step:
-            return self.session.run(None, dict(zip(self.input_names, feeds)))
+            return self.session.run(None, dict(zip(self.input_names, feeds, strict=True)))
         pieces = []
         for start in range(0, n, step):
             count = min(step, n - start)
@@ -81,9 +81,12 @@ class _OnnxBackend(Backend):
                 for f in feeds
             ]
             pieces.append(
-                [o[:count] for o in self.session.run(None, dict(zip(self.input_names, part)))]
+                [
+                    o[:count]
+                    for o in self.session.run(None, dict(zip(self.input_names, part, strict=True)))
+                ]
             )
-        return [np.concatenate(outs) for outs in zip(*pieces)]
+        return [np.concatenate(outs) for outs in zip(*pieces, strict=True)]
 
     @staticmethod
     def _np(x: torch.Tensor) -> np.ndarray:
