@@ -333,6 +333,8 @@ def load_dataset(
     if spec.format == "coco":
         from .coco import read_coco
 
+        assert s.annotations is not None  # _split refuses a coco split without them
+
         return read_coco(
             s.annotations,
             images_dir,
@@ -344,6 +346,8 @@ def load_dataset(
         )
     if spec.format == "voc":
         from .voc import read_voc
+
+        assert s.annotations is not None  # _split refuses a voc split without them
 
         return read_voc(
             s.annotations,

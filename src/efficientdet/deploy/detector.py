@@ -279,9 +279,7 @@ class Detector:
             else (list(COCO90_IDS) if self.num_classes == 90 and class_names is None else None)
         )
         self.image_size = backend.image_size or (
-            parse_image_size(image_size)
-            if image_size is not None
-            else tuple(self.config.image_size)
+            parse_image_size(image_size) if image_size is not None else self.config.image_size
         )
         self.mean, self.std = self.config.mean, self.config.std
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)

@@ -124,6 +124,7 @@ class Source:
 
     def _iter_video(self) -> Iterator[Frame]:
         cap, i = self._cap, 0
+        assert cap is not None  # opened in __init__ for kind video / webcam
         stem = os.path.basename(self.spec) if self.kind == "video" else f"webcam{self._target}"
         try:
             while True:

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
 
     val = load_dataset(yaml_path, split="val")
+    assert result.best_checkpoint is not None  # the demo validates every epoch
     preds = write_predictions(
         result.best_checkpoint, val, out / "predictions", args.num_predictions, args.conf
     )

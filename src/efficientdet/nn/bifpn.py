@@ -72,13 +72,14 @@ class Resample(nn.Module):
         self.octaves = octaves  # > 0: downsample by 2**octaves, < 0: upsample, 0: same level
         if in_ch != out_ch:
             self.conv = ConvBn(in_ch, out_ch)
-        self.pool = MaxPool2dSame(3, 2) if octaves > 0 else None
+        self.pool: nn.Module | None = MaxPool2dSame(3, 2) if octaves > 0 else None
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if hasattr(self, "conv"):
             x = self.conv(x)
-        for _ in range(max(self.octaves, 0)):
-            x = self.pool(x)
+        if self.pool is not None:  # octaves > 0
+            for _ in range(self.octaves):
+                x = self.pool(x)
         if self.octaves < 0:
             x = F.interpolate(x, size=size, mode="nearest")
         return x

@@ -201,7 +201,7 @@ class EfficientNet(nn.Module):
         stride_so_far = 2
         for stage_idx, (spec, n) in enumerate(zip(B0_STAGES, repeats, strict=True)):
             out_ch = round_channels(spec.channels, width)
-            blocks = []
+            blocks: list[nn.Module] = []
             for i in range(n):
                 stride = spec.stride if i == 0 else 1
                 rate = drop_path_rate * block_idx / total_blocks

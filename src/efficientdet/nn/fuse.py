@@ -7,19 +7,23 @@ network keeps its ``forward(images (N, 3, H, W)) -> (class outputs, box outputs)
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .heads import HeadNet
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold eval-mode ``bn`` into ``conv`` in place: w' = w * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta."""
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None  # our BNs track running statistics
     with torch.no_grad():
-        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        new_bias = (bias - bn.running_mean) * factor + bn.bias
+        factor = bn.weight / torch.sqrt(var + bn.eps)  # (C_out,)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+        new_bias = (bias - mean) * factor + bn.bias
         conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
         if conv.bias is None:
             conv.bias = nn.Parameter(new_bias)
@@ -33,10 +37,10 @@ class _FusedHeadNet(nn.Module):
     Same ``forward([P3..]) -> [(N, A*outputs, H_l, W_l)]`` as ``HeadNet``.
     """
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: HeadNet):
         super().__init__()
-        self.act = head.act
-        self.predict = head.predict
+        self.act: nn.Module = head.act
+        self.predict: nn.Module = head.predict
         self.conv_dw = nn.ModuleList(
             [rep.conv_dw for rep in head.conv_rep]
         )  # shared over levels, no bias
@@ -53,7 +57,7 @@ class _FusedHeadNet(nn.Module):
         outputs = []
         for level, x in enumerate(features):
             for dw, pws in zip(self.conv_dw, self.conv_pw, strict=True):
-                x = self.act(pws[level](dw(x)))
+                x = self.act(cast(nn.ModuleList, pws)[level](dw(x)))
             outputs.append(self.predict(x))
         return outputs
 

@@ -303,7 +303,7 @@ def _read_object_based(tf, reader) -> tuple[dict[str, np.ndarray], list[str]]:
 
     graph = TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    variables = {}
+    variables: dict[str, np.ndarray] = {}
     for node in graph.nodes:
         for attr in node.attributes:
             if attr.name == "VARIABLE_VALUE" and attr.full_name:

@@ -102,6 +102,8 @@ class OnnxRawBackend(_OnnxBackend):
 
     def __init__(self, path, session, meta):
         super().__init__(path, session, meta)
+        if self.image_size is None:
+            raise WeightsError(f"{self.path}: metadata has no image size; fix: re-export the file")
         self.feature_sizes = AnchorGenerator(self.config.anchors).feature_sizes(self.image_size)
 
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -119,6 +121,7 @@ class OnnxNMSBackend(_OnnxBackend):
 
     name = "onnxruntime-nms"
     outputs = "nms"
+    nms: dict  # always set: the file's NMS settings
     input_names = ("images", "scales", "original_sizes")
 
     def __init__(self, path, session, meta):
