@@ -268,6 +268,17 @@ def test_foreign_onnx_files_are_refused(tmp_path, lite0_onnx):
     onnx.save(proto, str(wrong))
     with pytest.raises(WeightsError, match="re-export"):
         Detector(wrong)
+    # raw outputs need the fixed input size: metadata without it is one line (was a TypeError)
+    no_size = tmp_path / "no_size.onnx"
+    proto = onnx.load(str(lite0_onnx[0]))
+    for p in proto.metadata_props:
+        if p.key == "efficientdet":
+            p.value = json.dumps({**json.loads(p.value), "image_size": None})
+    onnx.save(proto, str(no_size))
+    with pytest.raises(
+        WeightsError, match=r"no_size\.onnx: metadata has no image size; fix: re-export"
+    ):
+        Detector(no_size)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not onnx")
     with pytest.raises(WeightsError, match="cannot load"):

@@ -98,11 +98,9 @@ def as_image_tensor(
             (int(a.shape[0]), int(a.shape[1])),
             None,
         )
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        Image = None
-    if Image is not None and isinstance(item, Image.Image):
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
         from ..data.transforms import to_rgb
 
         a = np.array(to_rgb(item))

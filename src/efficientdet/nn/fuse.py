@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .heads import HeadNet
+from .heads import HeadNet, _LevelBN
+from .layers import SeparableConv
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -41,13 +42,14 @@ class _FusedHeadNet(nn.Module):
         super().__init__()
         self.act: nn.Module = head.act
         self.predict: nn.Module = head.predict
-        self.conv_dw = nn.ModuleList(
-            [rep.conv_dw for rep in head.conv_rep]
-        )  # shared over levels, no bias
+        self.conv_dw = nn.ModuleList()  # shared over levels, no bias
         self.conv_pw = nn.ModuleList()  # [repeat][level]
         for rep, bns in zip(head.conv_rep, head.bn_rep, strict=True):
+            assert isinstance(rep, SeparableConv) and isinstance(bns, nn.ModuleList)
+            self.conv_dw.append(rep.conv_dw)
             per_level = nn.ModuleList()
             for level_bn in bns:
+                assert isinstance(level_bn, _LevelBN)
                 pw = copy.deepcopy(rep.conv_pw)
                 _fold_bn(pw, level_bn.bn)
                 per_level.append(pw)

@@ -86,7 +86,9 @@ def automl_names(model: nn.Module) -> dict[str, str]:
     backbone = cfg.backbone.replace("_", "-")
     num_levels = cfg.max_level - cfg.min_level + 1
     nodes = bifpn_nodes(cfg.min_level, cfg.max_level)
-    stage_sizes = [len(stage) for stage in model.backbone.blocks]
+    stage_sizes = [
+        len(list(stage.children())) for stage in model.get_submodule("backbone.blocks").children()
+    ]
     first_block = np.cumsum([0, *stage_sizes]).tolist()
     names: dict[str, str] = {}
     for key in state:
