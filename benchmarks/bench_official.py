@@ -155,7 +155,7 @@ def max_abs(a, b) -> float:
 def compare_levels(official, ours_nchw) -> list[dict]:
     """Per level: max |diff| and the largest magnitude, official NHWC against ours NCHW."""
     rows = []
-    for o, t in zip(official, ours_nchw):
+    for o, t in zip(official, ours_nchw, strict=True):
         t = (
             t.detach().permute(0, 2, 3, 1).numpy()
         )  # (N, A*K, H, W) -> (N, H, W, A*K), the official layout
@@ -206,7 +206,7 @@ def check_checkpoint_formats(tf, off32, x32, our_cfg, hw, rng) -> dict:
         return [t.numpy() for t in cls + box]
 
     def worst(a, b):
-        return max(max_abs(x, y) for x, y in zip(a, b))
+        return max(max_abs(x, y) for x, y in zip(a, b, strict=True))
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,7 +71,7 @@ def time_postprocess(
     times_sorted = sorted(times)
     return {
         "median_ms": statistics.median(times),
-        "p90_ms": times_sorted[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+        "p90_ms": times_sorted[min(len(times) - 1, round(0.9 * (len(times) - 1)))],
         "runs": runs,
         "threads": torch.get_num_threads(),
         "num_detections": int(dets[0]["scores"].numel()),

@@ -11,13 +11,13 @@ from PIL import Image
 
 from efficientdet.data import ImageRecord
 from efficientdet.data.transforms import normalize
-from efficientdet.visualize import class_color
 from efficientdet.engine.debug_views import (
     pick_debug_images,
     render_predictions,
     render_training_batch,
     save_view,
 )
+from efficientdet.visualize import class_color
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # ImageNet: channels differ
 MARK = (0, 255, 0)  # a pixel at (0, 0) of every test image: finds the tile in the grid

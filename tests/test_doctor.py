@@ -112,7 +112,7 @@ def _tiny_box_dataset(tmp_path):
     for i in range(6):
         write_image(tmp_path / "images" / f"{i}.png", 512, 512)
         images.append({"id": i, "file_name": f"{i}.png", "width": 512, "height": 512})
-        for j in range(8):
+        for _ in range(8):
             side = float(rng.uniform(6, 12))
             x, y = rng.uniform(0, 480, size=2)
             anns.append(
@@ -347,7 +347,7 @@ def test_too_many_untrainable_boxes_exit_2_with_one_line(tmp_path, capsys):
         "box_too_small" in captured.out and "10 px in this image" in captured.out
     )  # 2 px / (128 / 640)
     # the threshold is an option; at the model's own 320 input the 8-px boxes are 4 px and train
-    assert cli_main(args[:-2] + ["--max-untrainable", "0.5", "--out", str(tmp_path / "c2")]) == 0
+    assert cli_main([*args[:-2], "--max-untrainable", "0.5", "--out", str(tmp_path / "c2")]) == 0
     assert (
         cli_main(
             [
@@ -365,7 +365,7 @@ def test_too_many_untrainable_boxes_exit_2_with_one_line(tmp_path, capsys):
         == 0
     )
     capsys.readouterr()
-    assert cli_main(args[:-2] + ["--max-untrainable", "25", "--out", str(tmp_path / "c4")]) == 2
+    assert cli_main([*args[:-2], "--max-untrainable", "25", "--out", str(tmp_path / "c4")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert (
         line

@@ -50,13 +50,13 @@ def place_labels(
 ) -> list[Rect]:
     """Label rectangles for ``boxes`` ((D, 4) xyxy): label i is ``label_sizes[i]`` = (w, h) pixels.
 
-    ``image_size``: (W, H); ``order``: the detections to place first (strongest first);
-    ``avoid``: rectangles already taken (labels drawn before). Returns one rectangle per box
-    (input order), inside the image whenever the label fits in it.
+    ``image_size``: (W, H); ``order``: every detection index once, the one to place first first
+    (strongest first); ``avoid``: rectangles already taken (labels drawn before). Returns one
+    rectangle per box (input order), inside the image whenever the label fits in it.
     """
     W, H = image_size
     placed: list[Rect] = list(avoid)
-    rects: list[Rect | None] = [None] * len(label_sizes)
+    rects: dict[int, Rect] = {}
     for i in order:
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         w, h = label_sizes[i]
@@ -75,15 +75,15 @@ def place_labels(
         )
         rects[i] = best
         placed.append(best)
-    return rects
+    return [rects[i] for i in range(len(label_sizes))]
 
 
 def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black or white, whichever contrasts more with ``fill`` (WCAG relative luminance)."""
 
     def linear(c: int) -> float:
-        c = c / 255.0
-        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+        v = c / 255.0
+        return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
 
     lum = 0.2126 * linear(fill[0]) + 0.7152 * linear(fill[1]) + 0.0722 * linear(fill[2])
     return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)

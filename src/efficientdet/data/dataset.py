@@ -92,14 +92,15 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.image_size = (int(image_size_hw[0]), int(image_size_hw[1]))
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.fill = tuple(round(min(max(v, 0), 255)) for v in self.mean)
+        r, g, b = (round(min(max(v, 0), 255)) for v in self.mean)
+        self.fill = (r, g, b)
         self.train = bool(train)
         self.augment = augment or AugmentConfig()
         self.seed = int(seed)
         # Shared with DataLoader workers (shared memory): load status and boxes dropped per record.
         self._status = torch.zeros(len(self.records), dtype=torch.uint8).share_memory_()
         self._dropped = torch.zeros(len(self.records), dtype=torch.int64).share_memory_()
-        self._rng_key = None
+        self._rng_key: tuple[str, int, int] | tuple[str, int] | None = None
         self._rng: np.random.Generator | None = None
 
     def __len__(self) -> int:
@@ -112,7 +113,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _generator(self) -> np.random.Generator:
         info = torch.utils.data.get_worker_info()
         key = ("worker", info.id, info.seed) if info is not None else ("main", self.seed)
-        if self._rng_key != key:
+        if self._rng_key != key or self._rng is None:
             self._rng = np.random.default_rng(info.seed if info is not None else self.seed)
             self._rng_key = key
         return self._rng
@@ -171,6 +172,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             image, (r.width, r.height), scale, (ox, oy), self.image_size, self.fill, pixel_scale
         )
 
+        assert r.ignore is not None  # ImageRecord.__post_init__ fills it
         use = ~r.ignore
         boxes = scale_boxes(r.boxes[use], scale, (ox, oy))
         labels = r.labels[use]

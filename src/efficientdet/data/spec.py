@@ -348,6 +348,8 @@ def load_dataset(
     if spec.format == "coco":
         from .coco import read_coco
 
+        assert s.annotations is not None  # _split refuses a coco split without them
+
         return read_coco(
             s.annotations,
             images_dir,
@@ -359,6 +361,8 @@ def load_dataset(
         )
     if spec.format == "voc":
         from .voc import read_voc
+
+        assert s.annotations is not None  # _split refuses a voc split without them
 
         return read_voc(
             s.annotations,

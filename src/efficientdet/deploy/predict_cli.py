@@ -352,7 +352,7 @@ def _process(
                 target = out_dir / f"{frame.index}_{name}"
             stats.written.add(name)
             options = {"quality": 95} if name.lower().endswith((".jpg", ".jpeg")) else {}
-            write_via_temp(target, lambda tmp: drawn.save(tmp, **options))  # noqa: B023 (runs now)
+            write_via_temp(target, lambda tmp: drawn.save(tmp, **options))
     return writer
 
 

@@ -16,7 +16,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters in two groups: ``"decay"`` (ndim > 1: conv/linear weights, with
     ``weight_decay``) and ``"no_decay"`` (ndim <= 1: norm weights/biases and all biases, 0).
     Frozen parameters (``requires_grad=False``) are left out; empty groups are dropped."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if not p.requires_grad:
             continue
