@@ -201,22 +201,6 @@ class LossConfig:
             raise ConfigError(f"assigner={self.assigner!r}: choose argmax or atss")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing}: need 0 <= value < 1")
-        checks = (  # (ok, field, need, official value); "not (x >= 0)" also refuses NaN
-            (0 <= self.alpha <= 1, "alpha", "0 <= value <= 1", "--focal-alpha 0.25"),
-            (0 <= self.gamma < math.inf, "gamma", "0 <= value", "--focal-gamma 1.5"),
-            (0 < self.huber_delta < math.inf, "huber_delta", "0 < value", "--huber-delta 0.1"),
-            (
-                0 <= self.box_loss_weight < math.inf,
-                "box_loss_weight",
-                "0 <= value",
-                "--box-loss-weight 50",
-            ),
-        )
-        for ok, name, need, fix in checks:
-            if not ok:
-                raise ConfigError(
-                    f"{name}={getattr(self, name)}: need {need}; fix: e.g. {fix} (official)"
-                )
 
 
 @dataclass(frozen=True)

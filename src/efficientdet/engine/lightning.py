@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'"
     ) from exc
 
-from ..config import NMSConfig
+from ..config import LossConfig, NMSConfig
 from . import distributed as dist_utils
 from .trainer import (
     TrainConfig,
@@ -136,7 +136,7 @@ class EfficientDetModule(L.LightningModule):
 
         self.loss_fn = DetectionLoss(
             self.model.config.anchors,
-            self.cfg.loss_config(),
+            LossConfig(box_loss=self.cfg.box_loss, assigner=self.cfg.assigner),
             len(self.class_names),
         )
         self.val_data = val_data
@@ -160,7 +160,7 @@ class EfficientDetModule(L.LightningModule):
                 self.ema.load_state_dict(self._ema_state)
 
     def on_train_epoch_start(self) -> None:
-        set_train_mode(self.model, self.cfg.freeze, self.cfg.freeze_bn)
+        set_train_mode(self.model, self.cfg.freeze)
 
     def _targets(self, targets):
         return [
@@ -198,19 +198,12 @@ class EfficientDetModule(L.LightningModule):
 
         cfg = self.cfg
         world = self.trainer.world_size if self.trainer is not None else 1
-        lr = (
-            cfg.lr
-            if cfg.lr is not None
-            else default_lr(cfg.optimizer, cfg.batch_size * world, cfg.recipe)
-        )
+        lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, cfg.batch_size * world)
         optimizer = build_optimizer(self.model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
-        from .recipes import warmup_start_factor
-
-        start = warmup_start_factor(cfg.warmup_lr, lr)
-        scheduler = build_scheduler(optimizer, total, warmup, start, min_lr_ratio=cfg.min_lr_ratio)
+        scheduler = build_scheduler(optimizer, total, warmup, min_lr_ratio=cfg.min_lr_ratio)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

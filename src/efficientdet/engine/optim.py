@@ -96,12 +96,8 @@ def build_scheduler(
         raise ConfigError(
             f"warmup_steps={warmup_steps}: need 0 <= warmup <= total steps ({total_steps})"
         )
-    if (
-        not 0 < warmup_start_factor < math.inf
-    ):  # above 1: the official warm-up from 0.008 to a smaller peak
-        raise ConfigError(
-            f"warmup_start_factor={warmup_start_factor}: need a positive finite value"
-        )
+    if not 0 < warmup_start_factor <= 1:
+        raise ConfigError(f"warmup_start_factor={warmup_start_factor}: need 0 < value <= 1")
     if not 0 <= min_lr_ratio <= 1:
         raise ConfigError(f"min_lr_ratio={min_lr_ratio}: need 0 <= value <= 1")
     schedule = WarmupCosine(total_steps, warmup_steps, warmup_start_factor, min_lr_ratio)

@@ -61,7 +61,6 @@ from ..resources import check_memory
 from ..run_dirs import make_run_dir  # re-exported: one numbering rule for every command
 from ..runtime import resolve_device
 from . import distributed as dist_utils
-from .recipes import DEFAULT_RECIPE, FROM_RECIPE, recipe_lr, recipe_table, warmup_start_factor
 
 DEFAULT_MODEL = "efficientdet_d0"
 OPTIMIZER_NAMES = ("sgd", "adamw")
@@ -130,18 +129,18 @@ class TrainConfig:
     weights: str | None = None
     backbone_weights: str | None = None
     image_size: int | list[int] | None = None
-    epochs: int = FROM_RECIPE
+    epochs: int = 50
     batch_size: int = 8
     lr: float | None = None
-    optimizer: str = FROM_RECIPE
-    weight_decay: float = FROM_RECIPE
-    momentum: float = FROM_RECIPE
-    warmup_epochs: float = FROM_RECIPE
-    min_lr_ratio: float = FROM_RECIPE
-    clip_grad: float = FROM_RECIPE
-    ema: bool = FROM_RECIPE
-    ema_decay: float = FROM_RECIPE
-    ema_warmup_steps: int = FROM_RECIPE
+    optimizer: str = "sgd"
+    weight_decay: float = 4e-5
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    clip_grad: float = 10.0
+    ema: bool = True
+    ema_decay: float = 0.9998
+    ema_warmup_steps: int = 2000
     amp: str = "none"
     channels_last: bool | None = None  # None: on for CPU (1.4x faster there), off elsewhere
     freeze: str = "none"
@@ -151,11 +150,11 @@ class TrainConfig:
     min_level: int | None = None
     max_level: int | None = None
     bn_momentum: float | None = None
-    scale_min: float = FROM_RECIPE
-    scale_max: float = FROM_RECIPE
-    flip_prob: float = FROM_RECIPE
-    box_loss: str = FROM_RECIPE
-    assigner: str = FROM_RECIPE
+    scale_min: float = 0.1
+    scale_max: float = 2.0
+    flip_prob: float = 0.5
+    box_loss: str = "huber"
+    assigner: str = "argmax"
     patience: int | None = None
     val_interval: int = 1
     eval_batch_size: int | None = None
@@ -170,22 +169,8 @@ class TrainConfig:
     sync_bn: bool = True
     progress: bool = True
     plots: bool = True
-    # --- training recipe (engine/recipes.py): ``recipe`` fills every field left FROM_RECIPE
-    # (those above too); a value given explicitly wins. Loss settings go to LossConfig.
-    recipe: str = DEFAULT_RECIPE
-    warmup_lr: float | None = FROM_RECIPE  # lr at warm-up step 0; None: a tenth of the peak
-    focal_alpha: float = FROM_RECIPE
-    focal_gamma: float = FROM_RECIPE
-    label_smoothing: float = FROM_RECIPE
-    huber_delta: float = FROM_RECIPE
-    box_loss_weight: float = FROM_RECIPE
-    freeze_bn: bool = FROM_RECIPE  # every BatchNorm in eval mode (running statistics fixed)
 
     def __post_init__(self) -> None:
-        for name, value in recipe_table(self.recipe).items():
-            if getattr(self, name) is FROM_RECIPE:
-                setattr(self, name, value)
-        self.recipe = self.recipe.lower()
         if isinstance(self.image_size, (tuple, list)):
             self.image_size = [int(v) for v in self.image_size]
         if self.aspect_ratios is not None:
@@ -209,10 +194,6 @@ class TrainConfig:
             ),
             (self.val_interval >= 1, f"val_interval={self.val_interval}: need at least 1"),
             (self.lr is None or self.lr > 0, f"lr={self.lr}: need a positive learning rate"),
-            (
-                self.warmup_lr is None or self.warmup_lr > 0,
-                f"warmup_lr={self.warmup_lr}: need a positive learning rate; fix: e.g. --warmup-lr 0.008",
-            ),
             (self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs}: need 0 or more"),
             (
                 self.patience is None or self.patience >= 1,
@@ -236,7 +217,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        self.loss_config()  # validates the loss settings
         self.optimizer, self.amp, self.freeze = (
             self.optimizer.lower(),
             self.amp.lower(),
@@ -250,18 +230,6 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-    def loss_config(self) -> LossConfig:
-        """The LossConfig of this run."""
-        return LossConfig(
-            alpha=self.focal_alpha,
-            gamma=self.focal_gamma,
-            label_smoothing=self.label_smoothing,
-            box_loss=self.box_loss,
-            huber_delta=self.huber_delta,
-            box_loss_weight=self.box_loss_weight,
-            assigner=self.assigner,
-        )
 
     def model_overrides(self) -> dict:
         """The ModelConfig/AnchorConfig fields this run sets (None = the model's default)."""
@@ -297,9 +265,9 @@ class TrainResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def default_lr(optimizer: str, total_batch: int, recipe: str = DEFAULT_RECIPE) -> float:
+def default_lr(optimizer: str, total_batch: int) -> float:
     """0.08 per 64 images for SGD (the official recipe, linearly scaled); 1e-3 for AdamW."""
-    return recipe_lr(recipe, optimizer, total_batch)
+    return 0.08 * total_batch / 64.0 if optimizer == "sgd" else 1e-3
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
@@ -467,11 +435,11 @@ def frozen_parts(model: nn.Module, freeze: str) -> list[nn.Module]:
     return [getattr(model, name) for name in parts]
 
 
-def set_train_mode(model: nn.Module, freeze: str, freeze_bn: bool = False) -> None:
-    """``model.train()``, with the batch norms of the frozen parts (of all parts with
-    ``freeze_bn``) kept in eval mode (their running statistics stay as loaded)."""
+def set_train_mode(model: nn.Module, freeze: str) -> None:
+    """``model.train()``, with the batch norms of the frozen parts kept in eval mode (their
+    running statistics stay as loaded)."""
     model.train()
-    for part in [model] if freeze_bn else frozen_parts(model, freeze):
+    for part in frozen_parts(model, freeze):
         for m in part.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
@@ -735,7 +703,9 @@ class Trainer:
         from ..detection.loss import DetectionLoss
 
         self.loss_fn = DetectionLoss(
-            self.model_cfg.anchors, cfg.loss_config(), self.model_cfg.num_classes
+            self.model_cfg.anchors,
+            LossConfig(box_loss=cfg.box_loss, assigner=cfg.assigner),
+            self.model_cfg.num_classes,
         )
 
         # optimisation
@@ -743,22 +713,14 @@ class Trainer:
 
         self.steps_per_epoch = len(self._make_loader(0))
         total_batch = cfg.batch_size * self.dist.world_size
-        self.lr = (
-            cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, total_batch, cfg.recipe)
-        )
-        # the resolved values go to args.yaml (a resumed run keeps them)
-        cfg.lr, cfg.image_size = self.lr, list(self.model_cfg.image_size)
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, total_batch)
         self.optimizer = build_optimizer(
             model, cfg.optimizer, self.lr, cfg.weight_decay, cfg.momentum
         )
         total_steps = cfg.epochs * self.steps_per_epoch
         warmup = min(total_steps, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
         self.scheduler = build_scheduler(
-            self.optimizer,
-            total_steps,
-            warmup,
-            warmup_start_factor(cfg.warmup_lr, self.lr),
-            min_lr_ratio=cfg.min_lr_ratio,
+            self.optimizer, total_steps, warmup, min_lr_ratio=cfg.min_lr_ratio
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -1067,7 +1029,7 @@ class Trainer:
                 progress=self.cfg.progress,
             )
             if was_training:
-                set_train_mode(model, self.cfg.freeze, self.cfg.freeze_bn)
+                set_train_mode(model, self.cfg.freeze)
             stats = _plain(dict(result.stats))
         stats = dist_utils.broadcast_object(stats)
         return result, stats
@@ -1181,7 +1143,7 @@ class Trainer:
 
             set_rng_state(self._pending_rng)
             self._pending_rng = None
-        set_train_mode(self.model, cfg.freeze, cfg.freeze_bn)
+        set_train_mode(self.model, cfg.freeze)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=skip,
