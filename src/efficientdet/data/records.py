@@ -213,7 +213,7 @@ class RecordTable(Sequence[ImageRecord]):
 def _frozen(values: np.ndarray, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
     """``values`` as a contiguous read-only array of ``dtype`` and ``shape`` (views handed
     out by RecordTable must not let one caller change the records every other one sees)."""
-    out = np.ascontiguousarray(values, dtype=dtype).reshape(shape)
+    out: np.ndarray = np.ascontiguousarray(values, dtype=dtype).reshape(shape)
     out.setflags(write=False)
     return out
 
@@ -354,8 +354,10 @@ def finish(
     report.stats["boxes_used"] += int(counts.sum())
     report.stats["images_without_boxes"] += int((counts == 0).sum())
     if not records:
-        counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no images listed"
-        raise DataError(f"{source}: no usable images ({listed} listed; {counts}); fix: {fix}")
+        problems = ", ".join(f"{n} {k}" for k, n in report.counts().items())
+        raise DataError(
+            f"{source}: no usable images ({listed} listed; {problems or 'no images listed'}); fix: {fix}"
+        )
 
 
 def check_image(
