@@ -59,3 +59,50 @@ def test_detection_data_holds_any_record_list_as_a_table() -> None:
     assert sorted(r.file_name for r in data.records) == ["a.jpg", "sub/odd.jpg", "ü b.png"]
     empty = DetectionData([], ["a"], [1])
     assert len(empty.records) == 0 and list(empty.records) == []
+
+
+def _with_app1(jpeg: bytes, payload: bytes) -> bytes:
+    """``jpeg`` with an APP1 segment holding ``payload`` right after its SOI marker."""
+    return jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def _big_endian_exif(orientation: int) -> bytes:
+    entry = (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") + (1).to_bytes(4, "big")
+    entry += orientation.to_bytes(2, "big") + b"\0\0"
+    return b"Exif\0\0MM\0*" + (8).to_bytes(4, "big") + (1).to_bytes(2, "big") + entry + b"\0" * 4
+
+
+def test_jpeg_header_reader_gives_what_pil_gives(tmp_path) -> None:
+    import io
+
+    from PIL import Image
+
+    from efficientdet.data.records import jpeg_size, read_image_size
+
+    def encode(image: Image.Image, **kw) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format=kw.pop("format", "JPEG"), **kw)
+        return buf.getvalue()
+
+    base = Image.new("RGB", (37, 21), (10, 200, 30))
+    cases: dict[str, tuple[bytes, bool]] = {}  # name -> (file bytes, read without PIL)
+    for k in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = k
+        cases[f"exif{k}"] = (encode(base, exif=exif.tobytes()), True)
+        cases[f"exif{k}-mm"] = (_with_app1(encode(base), _big_endian_exif(k)), True)
+    cases["plain"] = (encode(base), True)
+    cases["progressive-gray"] = (encode(base.convert("L"), progressive=True, comment=b"hi"), True)
+    xmp = b'http://ns.adobe.com/xap/1.0/\0<x:xmpmeta tiff:Orientation="6"/>'
+    cases["xmp"] = (_with_app1(encode(base), xmp), False)
+    cases["png"] = (encode(base, format="PNG"), False)
+    for name, (data, fast) in cases.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        with Image.open(path) as image:
+            w, h = image.size
+            want = (h, w) if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+        assert read_image_size(path) == want, name
+        assert (jpeg_size(path) == want) if fast else (jpeg_size(path) is None), name
+    assert read_image_size(tmp_path / "exif6.jpg") == (21, 37)  # the rule, not just agreement
+    assert read_image_size(tmp_path / "xmp.jpg") == (21, 37)

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
+from typing import Literal, overload
 
 import numpy as np
 
@@ -266,12 +266,88 @@ def exif_oriented_size(image) -> tuple[int, int]:
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) as displayed, from the file header only (no pixel decoding).
 
-    Raises FileNotFoundError for a missing file and OSError for an unreadable one.
+    Raises FileNotFoundError for a missing file and OSError for an unreadable one. A JPEG is
+    read by :func:`jpeg_size` (a few small reads, ~20x faster than PIL on COCO-size folders);
+    anything it does not recognise is left to PIL.
     """
+    wh = jpeg_size(path)
+    if wh is not None:
+        return wh
     from PIL import Image
 
     with Image.open(path) as image:
         return exif_oriented_size(image)
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): height, width follow
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) as displayed of a JPEG, from its markers up to the first scan, with the
+    EXIF orientation of its one Exif APP1 segment; None for anything else or anything unusual
+    (not a JPEG, junk between markers, a second Exif or an XMP segment, no frame size), which
+    PIL then reads. Gives what PIL's size + ``getexif()`` give (tests compare the two)."""
+    with open(path, "rb") as f:
+        if f.read(3) != b"\xff\xd8\xff":
+            return None
+        f.seek(2)
+        size, orientation, app1_seen = None, 1, False
+        while True:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0xFF:
+                return None
+            marker, length = head[1], int.from_bytes(head[2:4], "big")
+            if marker == 0xDA:  # start of scan: the header is over
+                break
+            if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD9 or length < 2:
+                return None
+            if marker in _SOF_MARKERS:
+                body = f.read(5)
+                if len(body) < 5 or length < 7:
+                    return None
+                size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
+                f.seek(length - 7, 1)
+            elif marker == 0xE1:
+                body = f.read(length - 2)
+                if app1_seen or len(body) < length - 2 or not body.startswith(b"Exif\0\0"):
+                    return None  # a second Exif is merged by PIL, XMP may hold the orientation
+                app1_seen = True
+                found = _exif_orientation(body[6:])
+                if found is None:
+                    return None
+                orientation = found
+            else:
+                f.seek(length - 2, 1)
+    if size is None or 0 in size:
+        return None
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The Orientation (0x0112) of a TIFF-structured Exif block's first IFD: 1 when absent,
+    None when the block is not plainly readable."""
+    if tiff[:4] not in (b"II*\0", b"MM\0*") or len(tiff) < 8:
+        return None
+    endian: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], endian)
+    if ifd < 8 or ifd + 2 > len(tiff):
+        return None
+    count = int.from_bytes(tiff[ifd : ifd + 2], endian)
+    if ifd + 2 + 12 * count > len(tiff):
+        return None
+    found = [
+        tiff[e + 2 : e + 10]
+        for e in range(ifd + 2, ifd + 2 + 12 * count, 12)
+        if int.from_bytes(tiff[e : e + 2], endian) == 0x0112
+    ]
+    if not found:
+        return 1
+    if len(found) > 1 or found[0][:6] != (
+        b"\x03\0\x01\0\0\0" if endian == "little" else b"\0\x03\0\0\0\x01"
+    ):
+        return None  # not one SHORT: PIL's reading decides
+    return int.from_bytes(found[0][6:8], endian)
 
 
 def sanitize_boxes(
