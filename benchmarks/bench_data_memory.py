@@ -14,7 +14,7 @@ each in a fresh process and in interleaved rounds (medians):
   training does, without decoding the image), with 0 and with ``--workers`` workers.
 
     python benchmarks/bench_data_memory.py                          # this tree, full size
-    python benchmarks/bench_data_memory.py --before /tmp/before/src # before vs after
+    python benchmarks/bench_data_memory.py --before /tmp/before/src # before vs after (this src)
     python benchmarks/bench_data_memory.py --images 2000 --boxes 14000 --rounds 1  # quick look
 
 Goals (issue #11 item 8): read <= 10 s and <= 600 MB peak RSS; 8 workers <= 1.2x 0 workers.
@@ -161,11 +161,12 @@ def child_read(json_path: str) -> dict:
     from efficientdet.data.coco import read_coco
 
     start_rss = _rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data = read_coco(json_path)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "seconds": seconds,
+        "cpu_s": cpu,  # on a shared machine, CPU time says more than wall time
         "peak_rss_mb": _vm_hwm_mb(),
         "rss_before_mb": start_rss,
         "images": len(data),
@@ -239,6 +240,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, help="another src folder to compare against")
     parser.add_argument(
+        "--after", type=Path, default=REPO_ROOT / "src", help="the src folder measured as 'after'"
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -262,7 +266,7 @@ def main() -> None:
         f"{time.perf_counter() - t0:.0f} s); CPU: {cpu_model()}, {os.cpu_count()} cores",
         flush=True,
     )
-    sides = {"after": REPO_ROOT / "src"}
+    sides = {"after": args.after.resolve()}
     if args.before is not None:
         sides = {"before": args.before.resolve(), **sides}
     reads: dict[str, list[dict]] = {k: [] for k in sides}
