@@ -12,9 +12,10 @@ import json
 import math
 
 import numpy as np
+import orjson
 import pytest
 
-from efficientdet.data import coco
+from efficientdet.data import coco, jsonstream
 from efficientdet.data.jsonstream import top_level_items
 from efficientdet.errors import DataError
 
@@ -41,6 +42,33 @@ DOCUMENTS = [
 ]
 
 
+# element-by-element, and in blocks by json itself and by orjson (the fastjson extra, in `test`)
+BULK = {"none": None, "json": json.loads, "orjson": orjson.loads}
+
+TRICKY = (
+    "["
+    + ", ".join(
+        [
+            '{"s": "}, {", "t": "},"}',
+            '{"n": {"a": [{"b": 1}, {"c": 2}]}, "u": "\\u00fc"}',
+            '{"x": NaN}',
+            '{"id": 12345678901234567890123}',
+            '{"id": -9223372036854775809}',
+            '{"v": 1E400}',
+            "3",
+            '"}"',
+            '{"s": "\\ud800"}',
+            "[]",
+            '{"k": 1, "k": 2}',
+        ]
+        * 3
+    )
+    + "]"
+)
+DOCUMENTS.append('{"images": ' + TRICKY + "}")
+DOCUMENTS.append('{"images": ' + TRICKY[:-40] + "}")
+
+
 def _read(text: str, block: int):
     out = {}
     for key, value in top_level_items(io.StringIO(text), {"images"}, block):
@@ -52,18 +80,37 @@ def _read(text: str, block: int):
     return out.get("", out) if "" in out else out
 
 
+@pytest.mark.parametrize("bulk", BULK)
 @pytest.mark.parametrize("text", DOCUMENTS)
-def test_stream_reads_what_json_loads_reads_with_any_block_size(text: str) -> None:
+def test_stream_reads_what_json_loads_reads_with_any_block_size(monkeypatch, text, bulk) -> None:
+    monkeypatch.setattr(jsonstream, "bulk_loads", BULK[bulk])
     try:
         want = repr(json.loads(text))
     except json.JSONDecodeError as exc:
         want = f"error {exc}"
-    for block in (1, 2, 3, 7, 1 << 16):
+    for block in (1, 2, 3, 7, 50, 1 << 16):
         try:
             got = repr(_read(text, block))
         except json.JSONDecodeError as exc:
             got = f"error {exc}"
         assert got == want, (block, got, want)
+
+
+def test_plain_elements_are_decoded_in_blocks(monkeypatch) -> None:
+    calls = []
+
+    def loads(text: str):
+        calls.append(len(text))
+        return orjson.loads(text)
+
+    monkeypatch.setattr(jsonstream, "bulk_loads", loads)
+    elements = [{"id": i, "bbox": [i, 2.5, 3, 4], "segmentation": [[1.25] * 8]} for i in range(500)]
+    text = json.dumps({"annotations": elements, "z": 1})
+    got = {k: list(v) if k == "annotations" else v for k, v in top_level_items(
+        io.StringIO(text), {"annotations"}, block=4096
+    )}  # fmt: skip
+    assert got == {"annotations": elements, "z": 1}
+    assert 1 < len(calls) < 100  # blocks of many elements, not one call per element
 
 
 def _doc(tmp_path, order: tuple[str, ...]) -> tuple[dict, dict]:
@@ -111,14 +158,16 @@ def _doc(tmp_path, order: tuple[str, ...]) -> tuple[dict, dict]:
     }
 
 
+@pytest.mark.parametrize("bulk", BULK)
 @pytest.mark.parametrize("batch", [1, 3, 1000])
 @pytest.mark.parametrize(
     "order", [("images", "annotations", "categories"), ("categories", "annotations", "images")]
 )
 def test_batched_annotations_give_hand_computed_records_and_every_problem(
-    tmp_path, monkeypatch, batch, order
+    tmp_path, monkeypatch, batch, order, bulk
 ) -> None:
     monkeypatch.setattr(coco, "BATCH", batch)
+    monkeypatch.setattr(jsonstream, "bulk_loads", BULK[bulk])
     _, want = _doc(tmp_path, order)
     data = coco.read_coco(tmp_path / "train.json")
     assert data.class_names == ["three", "seven"]

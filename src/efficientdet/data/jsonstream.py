@@ -11,18 +11,37 @@ the file, as ``json.load`` would give them.
     with open(path, encoding="utf-8") as f:
         for key, value in top_level_items(f, stream={"annotations"}):
             ...  # value: an iterator over the elements when key is streamed and holds an array
+
+Elements of a streamed array are decoded a block at a time by orjson when it is installed
+(the ``fastjson`` extra; ~2x faster): the block is cut after a ``}`` followed by ``,``/``]``,
+and only a block that orjson reads whole, holding no NaN/Infinity (which orjson refuses) and
+no integer of 19+ digits (which orjson turns into a float), is taken from it; anything else
+goes element by element through the standard decoder, so the values are json's.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, TextIO
 
 _SPACE = re.compile(r"[ \t\n\r]*")
+_LONG_INTEGER = re.compile(r"\d{19}")
 _DECODER = json.JSONDecoder()
 BLOCK_CHARS = 1 << 22
+
+
+def _orjson_loads() -> Callable[[str], Any] | None:
+    try:
+        import orjson
+    except ImportError:
+        return None
+    return orjson.loads
+
+
+# decodes a block of elements "[...]"; None: element by element only (tests swap it)
+bulk_loads: Callable[[str], Any] | None = _orjson_loads()
 
 
 class _Text:
@@ -33,6 +52,7 @@ class _Text:
         self.text, self.pos, self.eof = "", 0, False
         self.base = 0  # file offset (chars) of self.text[0]
         self.line, self.column = 1, 0  # line of self.text[0], chars before it on that line
+        self.slow_until = -1  # file offset: decode element by element before it (a bulk try failed)
 
     def fill(self) -> bool:
         """Read the next block (at least as much as is buffered, so a huge value costs
@@ -97,6 +117,37 @@ class _Text:
             self.pos = end
             return obj
 
+    def bulk(self, loads: Callable[[str], Any]) -> list | None:
+        """The array elements from here to the last complete one in the buffer, decoded in one
+        call, or None (then the caller decodes one element the standard way)."""
+        if self.base + self.pos < self.slow_until:
+            return None
+        if len(self.text) - self.pos < self.block // 2:
+            self.fill()
+        text, start = self.text, self.pos
+        cut = text.rfind("}", start)
+        for _ in range(64):  # a "}" followed by "," or "]" (verified by the decode below)
+            after = _SPACE.match(text, cut + 1) if cut > start else None
+            nxt = after.end() if after else len(text)
+            if nxt < len(text) and text[nxt] in ",]":
+                break
+            cut = text.rfind("}", start, cut) if cut > start else -1
+        else:
+            cut = -1
+        if cut <= start:
+            self.slow_until = self.base + len(text)
+            return None
+        block = text[start : cut + 1]
+        try:
+            if _LONG_INTEGER.search(block) or "NaN" in block or "Infinity" in block:
+                raise ValueError("values orjson reads otherwise than json")
+            values = loads("[" + block + "]")
+        except ValueError:  # orjson.JSONDecodeError and json's are ValueErrors
+            self.slow_until = self.base + cut + 1
+            return None
+        self.pos = cut + 1
+        return values if isinstance(values, list) else None
+
 
 def top_level_items(
     f: TextIO, stream: Collection[str] = (), block: int = BLOCK_CHARS
@@ -145,7 +196,11 @@ def _elements(text: _Text) -> Iterator[Any]:
         text.pos += 1
         return
     while True:
-        yield text.value()
+        values = text.bulk(bulk_loads) if bulk_loads is not None else None
+        if values:
+            yield from values
+        else:
+            yield text.value()
         char = text.peek()
         text.pos += 1
         if char == "]":
