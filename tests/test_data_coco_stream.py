@@ -99,7 +99,7 @@ def test_stream_reads_what_json_loads_reads_with_any_block_size(monkeypatch, tex
 def test_plain_elements_are_decoded_in_blocks(monkeypatch) -> None:
     calls = []
 
-    def loads(text: str):
+    def loads(text: bytes):
         calls.append(len(text))
         return orjson.loads(text)
 

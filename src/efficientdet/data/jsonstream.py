@@ -27,12 +27,14 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any, TextIO
 
 _SPACE = re.compile(r"[ \t\n\r]*")
-_LONG_INTEGER = re.compile(r"\d{19}")
+# a run of 19+ digits (an integer orjson may turn into a float), found fast: digits -> "0", rest -> " "
+_DIGIT_MASK = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_DIGITS = b"0" * 19
 _DECODER = json.JSONDecoder()
 BLOCK_CHARS = 1 << 22
 
 
-def _orjson_loads() -> Callable[[str], Any] | None:
+def _orjson_loads() -> Callable[[bytes], Any] | None:
     try:
         import orjson
     except ImportError:
@@ -40,8 +42,8 @@ def _orjson_loads() -> Callable[[str], Any] | None:
     return orjson.loads
 
 
-# decodes a block of elements "[...]"; None: element by element only (tests swap it)
-bulk_loads: Callable[[str], Any] | None = _orjson_loads()
+# decodes a block of elements b"[...]" (UTF-8); None: element by element only (tests swap it)
+bulk_loads: Callable[[bytes], Any] | None = _orjson_loads()
 
 
 class _Text:
@@ -117,7 +119,7 @@ class _Text:
             self.pos = end
             return obj
 
-    def bulk(self, loads: Callable[[str], Any]) -> list | None:
+    def bulk(self, loads: Callable[[bytes], Any]) -> list | None:
         """The array elements from here to the last complete one in the buffer, decoded in one
         call, or None (then the caller decodes one element the standard way)."""
         if self.base + self.pos < self.slow_until:
@@ -139,9 +141,10 @@ class _Text:
             return None
         block = text[start : cut + 1]
         try:
-            if _LONG_INTEGER.search(block) or "NaN" in block or "Infinity" in block:
+            raw = block.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, a ValueError
+            if _LONG_DIGITS in raw.translate(_DIGIT_MASK) or b"NaN" in raw or b"Infinity" in raw:
                 raise ValueError("values orjson reads otherwise than json")
-            values = loads("[" + block + "]")
+            values = loads(b"[" + raw + b"]")
         except ValueError:  # orjson.JSONDecodeError and json's are ValueErrors
             self.slow_until = self.base + cut + 1
             return None
