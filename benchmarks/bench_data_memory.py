@@ -10,8 +10,9 @@ each in a fresh process and in interleaved rounds (medians):
   code before the change: ``git archive <commit> src | tar -x -C DIR``);
 * ``workers``: total memory (PSS and USS summed over the main process and its DataLoader
   workers, from /proc/PID/smaps_rollup) after one full pass over every record of a
-  ``DetectionDataset`` (each item reads the record's path, boxes, labels, ignore and areas as
-  training does, without decoding the image), with 0 and with ``--workers`` workers.
+  ``DetectionDataset`` through ``create_loader`` (each item reads the record's path, boxes,
+  labels, ignore and areas as training does, without decoding the image), with 0 and with
+  ``--workers`` workers.
 
     python benchmarks/bench_data_memory.py                          # this tree, full size
     python benchmarks/bench_data_memory.py --before /tmp/before/src # before vs after (this src)
@@ -184,31 +185,30 @@ class _TouchRecords:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[int, float]:
+    def __getitem__(self, i: int) -> tuple:
+        import torch
+
         r = self.dataset.records[i]
         use = ~r.ignore
-        return len(r.path) + int(r.labels[use].sum()), float(r.boxes[use].sum() + r.areas.sum())
+        value = len(r.path) + int(r.labels[use].sum()) + float(r.boxes[use].sum())
+        return torch.zeros(1), value  # (image, target) as create_loader's collate expects
 
 
 def child_workers(json_path: str, workers: int) -> dict:
     """PSS/USS summed over main + workers after a full pass over the records."""
-    import torch
-
     from efficientdet.data.coco import read_coco
     from efficientdet.data.dataset import DetectionDataset
+    from efficientdet.data.loader import create_loader
 
     data = read_coco(json_path)
     dataset = DetectionDataset(data, (64, 64), (0, 0, 0), (1, 1, 1))
-    loader = torch.utils.data.DataLoader(
-        _TouchRecords(dataset),
-        batch_size=512,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        collate_fn=lambda batch: sum(b[1] for b in batch),
+    # the project's loader (persistent, seeded workers), as training builds it
+    loader = create_loader(
+        _TouchRecords(dataset), batch_size=512, shuffle=True, num_workers=workers
     )
     total = 0.0
-    for value in loader:
-        total += value
+    for _, values in loader:
+        total += sum(values)
     pids = [os.getpid(), *_children(os.getpid())]
     pss = uss = 0.0
     for pid in pids:
