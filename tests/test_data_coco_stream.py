@@ -215,3 +215,12 @@ def test_an_id_past_64_bits_is_a_reported_entry_not_a_crash(tmp_path) -> None:
         ("bad_category", "categories[1]"),
     ]
     assert data.records[0].labels.tolist() == [0] and data.class_names == ["x"]
+
+
+def test_image_paths_are_joined_as_pathlib_joins_them() -> None:
+    from pathlib import Path
+
+    names = ["a.jpg", "x/y.jpg", "./a.jpg", "x//y.jpg", "x/./y.jpg", "x/", "x/.", ".", "ü\\b.png"]
+    for folder in ["images", "/data/images", ".", "/", "../up"]:
+        for name in names:
+            assert coco._image_path(folder, name) == str(Path(folder) / name), (folder, name)

@@ -92,6 +92,10 @@ def test_jpeg_header_reader_gives_what_pil_gives(tmp_path) -> None:
         cases[f"exif{k}"] = (encode(base, exif=exif.tobytes()), True)
         cases[f"exif{k}-mm"] = (_with_app1(encode(base), _big_endian_exif(k)), True)
     cases["plain"] = (encode(base), True)
+    big_exif = Image.Exif()
+    big_exif[0x0112], big_exif[0x010E] = 6, "x" * 30000  # orientation past the first read
+    cases["big-exif"] = (encode(base, exif=big_exif.tobytes()), True)
+    cases["big-comment"] = (encode(base, comment=b"c" * 60000, icc_profile=bytes(40000)), True)
     cases["progressive-gray"] = (encode(base.convert("L"), progressive=True, comment=b"hi"), True)
     xmp = b'http://ns.adobe.com/xap/1.0/\0<x:xmpmeta tiff:Orientation="6"/>'
     cases["xmp"] = (_with_app1(encode(base), xmp), False)
@@ -105,4 +109,5 @@ def test_jpeg_header_reader_gives_what_pil_gives(tmp_path) -> None:
         assert read_image_size(path) == want, name
         assert (jpeg_size(path) == want) if fast else (jpeg_size(path) is None), name
     assert read_image_size(tmp_path / "exif6.jpg") == (21, 37)  # the rule, not just agreement
+    assert read_image_size(tmp_path / "big-exif.jpg") == (21, 37)
     assert read_image_size(tmp_path / "xmp.jpg") == (21, 37)

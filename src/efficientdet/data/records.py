@@ -281,6 +281,7 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
 
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): height, width follow
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_HEADER_BYTES = 16384  # one read holds the markers of most JPEGs
 
 
 def jpeg_size(path: str | Path) -> tuple[int, int] | None:
@@ -288,37 +289,50 @@ def jpeg_size(path: str | Path) -> tuple[int, int] | None:
     EXIF orientation of its one Exif APP1 segment; None for anything else or anything unusual
     (not a JPEG, junk between markers, a second Exif or an XMP segment, no frame size), which
     PIL then reads. Gives what PIL's size + ``getexif()`` give (tests compare the two)."""
-    with open(path, "rb") as f:
-        if f.read(3) != b"\xff\xd8\xff":
+    with open(path, "rb", buffering=0) as f:
+        data = f.read(_HEADER_BYTES)  # file bytes from offset `start` on
+        if not data.startswith(b"\xff\xd8\xff"):
             return None
-        f.seek(2)
-        size, orientation, app1_seen = None, 1, False
+        start, pos, size, orientation, app1_seen = 0, 2, None, 1, False
         while True:
-            head = f.read(4)
-            if len(head) < 4 or head[0] != 0xFF:
+            if pos + 4 > len(data):
+                data += f.read(max(_HEADER_BYTES, pos + 4 - len(data)))
+                if pos + 4 > len(data):
+                    return None
+            if data[pos] != 0xFF:
                 return None
-            marker, length = head[1], int.from_bytes(head[2:4], "big")
+            marker, length = data[pos + 1], (data[pos + 2] << 8) | data[pos + 3]
             if marker == 0xDA:  # start of scan: the header is over
                 break
             if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD9 or length < 2:
                 return None
-            if marker in _SOF_MARKERS:
-                body = f.read(5)
-                if len(body) < 5 or length < 7:
+            end = pos + 2 + length
+            if marker not in _SOF_MARKERS and marker != 0xE1:
+                if end + 4 > len(data):  # skip a segment past the buffer without reading it
+                    start += end
+                    f.seek(start)
+                    data, pos = f.read(_HEADER_BYTES), 0
+                else:
+                    pos = end
+                continue
+            if end > len(data):  # the body is needed: read up to its end
+                data += f.read(end - len(data))
+                if end > len(data):
                     return None
-                size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
-                f.seek(length - 7, 1)
-            elif marker == 0xE1:
-                body = f.read(length - 2)
-                if app1_seen or len(body) < length - 2 or not body.startswith(b"Exif\0\0"):
+            if marker == 0xE1:
+                body = data[pos + 4 : end]
+                if app1_seen or not body.startswith(b"Exif\0\0"):
                     return None  # a second Exif is merged by PIL, XMP may hold the orientation
                 app1_seen = True
                 found = _exif_orientation(body[6:])
                 if found is None:
                     return None
                 orientation = found
-            else:
-                f.seek(length - 2, 1)
+            elif length < 7:
+                return None
+            else:  # precision (1 byte), height, width (2 bytes each)
+                size = ((data[pos + 7] << 8) | data[pos + 8], (data[pos + 5] << 8) | data[pos + 6])
+            pos = end
     if size is None or 0 in size:
         return None
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
