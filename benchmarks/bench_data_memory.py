@@ -19,6 +19,8 @@ each in a fresh process and in interleaved rounds (medians):
     python benchmarks/bench_data_memory.py --images 2000 --boxes 14000 --rounds 1  # quick look
 
 Goals (issue #11 item 8): read <= 10 s and <= 600 MB peak RSS; 8 workers <= 1.2x 0 workers.
+The last lines give what 8 workers cost over a dataset of constant items (no records): each
+worker's own interpreter and torch state, which no record layout can share.
 """
 
 from __future__ import annotations
@@ -218,6 +220,33 @@ def child_workers(json_path: str, workers: int) -> dict:
     return {"processes": len(pids), "pss_mb": pss, "uss_mb": uss, "checksum": total}
 
 
+class _Constant:
+    """``n`` items of nothing: what a worker costs with no records at all."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple:
+        import torch
+
+        return torch.zeros(1), 1.0
+
+
+def child_floor(items: int, workers: int) -> dict:
+    """PSS summed over main + workers after a pass over ``items`` constant items."""
+    from efficientdet.data.loader import create_loader
+
+    loader = create_loader(_Constant(items), batch_size=512, shuffle=True, num_workers=workers)
+    for _ in loader:
+        pass
+    pids = [os.getpid(), *_children(os.getpid())]
+    pss = sum(_smaps_mb(pid)[0] for pid in pids)
+    return {"processes": len(pids), "pss_mb": pss}
+
+
 def run_child(src: Path, args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
     out = subprocess.run(
@@ -253,7 +282,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, path, *rest = args.child
-        result = child_read(path) if kind == "read" else child_workers(path, int(rest[0]))
+        if kind == "read":
+            result = child_read(path)
+        elif kind == "floor":
+            result = child_floor(int(path), int(rest[0]))
+        else:
+            result = child_workers(path, int(rest[0]))
         print(json.dumps(result))
         return
 
@@ -282,13 +316,26 @@ def main() -> None:
                 mems.setdefault((name, w), []).append(res)
                 print(f"round {r} {name:6s} workers={w}: {json.dumps(res)}", flush=True)
     print(f"\nmedians of {args.rounds} rounds; {args.images} images, {args.boxes} boxes")
-    print(f"side    read s  peak RSS MB   PSS 0 workers MB  PSS {args.workers} workers MB  ratio")
+    print(
+        f"side    read s  read CPU s  peak RSS MB  PSS 0 workers MB  PSS {args.workers} workers MB  ratio"
+    )
     for name in sides:
         sec = statistics.median(x["seconds"] for x in reads[name])
         peak = statistics.median(x["peak_rss_mb"] for x in reads[name])
         p0 = statistics.median(x["pss_mb"] for x in mems[(name, 0)])
         pw = statistics.median(x["pss_mb"] for x in mems[(name, args.workers)])
-        print(f"{name:6s} {sec:7.1f} {peak:12.0f} {p0:18.0f} {pw:19.0f} {pw / p0:6.2f}")
+        cpus = [x["cpu_s"] for x in reads[name] if "cpu_s" in x]
+        cpu = statistics.median(cpus) if cpus else float("nan")
+        print(f"{name:6s} {sec:7.1f} {cpu:11.1f} {peak:12.0f} {p0:17.0f} {pw:18.0f} {pw / p0:6.2f}")
+    # the cost of the worker processes themselves (interpreter, torch), with no records at all
+    floor = {
+        w: run_child(sides["after"], ["floor", str(args.images), str(w)]) for w in (0, args.workers)
+    }
+    extra = floor[args.workers]["pss_mb"] - floor[0]["pss_mb"]
+    print(
+        f"{args.workers} workers over no records add {extra:.0f} MB "
+        f"({extra / args.workers:.1f} MB each): the ratio's floor for a main process of a given size"
+    )
     if "before" in sides:
         b = statistics.median(x["seconds"] for x in reads["before"])
         a = statistics.median(x["seconds"] for x in reads["after"])
