@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, overload
@@ -144,10 +144,11 @@ class RecordTable(Sequence[ImageRecord]):
             raise ValueError("RecordTable: columns differ in length")
 
     @classmethod
-    def from_records(cls, records: Sequence[ImageRecord]) -> RecordTable:
-        """A table holding ``records`` (copied)."""
+    def from_records(cls, records: Iterable[ImageRecord]) -> RecordTable:
+        """A table holding ``records`` (copied; any iterable of ImageRecord)."""
         if isinstance(records, RecordTable):
             return records
+        records = list(records)
         counts = np.fromiter((len(r.labels) for r in records), np.int64, len(records))
         first = np.zeros(len(records) + 1, dtype=np.int64)
         np.cumsum(counts, out=first[1:])
