@@ -224,3 +224,16 @@ def test_image_paths_are_joined_as_pathlib_joins_them() -> None:
     for folder in ["images", "/data/images", ".", "/", "../up"]:
         for name in names:
             assert coco._image_path(folder, name) == str(Path(folder) / name), (folder, name)
+
+
+def test_annotations_that_are_not_a_list_are_reported(tmp_path) -> None:
+    write_image(tmp_path / "images" / "a.png", 40, 30)
+    for value in ["true", "{}", "3"]:
+        (tmp_path / "x.json").write_text(
+            '{"images": [{"id": 1, "file_name": "a.png"}], "annotations": '
+            + value
+            + ', "categories": [{"id": 1, "name": "a"}]}'
+        )
+        data = coco.read_coco(tmp_path / "x.json")
+        kinds = [(p.kind, p.item) for p in data.report.problems]
+        assert ("bad_annotation", "annotations") in kinds, value

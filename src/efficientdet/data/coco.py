@@ -74,18 +74,19 @@ def read_coco(
         f"{json_path}: no 'images' list; fix: give a COCO instances JSON with images, annotations, categories"
     )
     doc: dict = {}  # the small top-level values (info, licenses, categories)
+    streamed: set[str] = set()  # "images" / "annotations" when they were arrays
     images: _Images | None = None
     columns = _AnnotationColumns()
     pending: list = []  # annotations listed before the images (kept until those are read)
     try:
         with open(json_path, encoding="utf-8") as f:
             for key, value in top_level_items(f, stream=("images", "annotations")):
-                if key in ("images", "annotations") and key in doc:
+                if key in ("images", "annotations") and (key in doc or key in streamed):
                     raise DataError(
                         f"{json_path}: '{key}' appears twice; fix: merge the two lists into one"
                     )
                 if key == "images" and isinstance(value, Iterator):
-                    doc[key] = True
+                    streamed.add(key)
                     if not images_dir.is_dir():
                         raise DataError(
                             f"{images_dir}: image folder for {json_path.name} not found; fix: pass images=<folder> or set 'images' in the YAML"
@@ -95,7 +96,7 @@ def read_coco(
                     columns.add_all(pending, images, src, report)
                     pending = []
                 elif key == "annotations" and isinstance(value, Iterator):
-                    doc[key] = True
+                    streamed.add(key)
                     if images is None:
                         pending = list(value)
                     else:
@@ -109,9 +110,14 @@ def read_coco(
         raise DataError(
             f"{json_path}: not valid UTF-8 JSON ({reason}); fix: re-export the annotations as COCO JSON"
         ) from None
+    except OSError as exc:
+        raise DataError(
+            f"{json_path}: cannot be read ({exc.strerror or type(exc).__name__}); "
+            "fix: check that the file is readable"
+        ) from None
     if images is None:
         raise no_images
-    if doc.get("annotations") is not True:
+    if "annotations" not in streamed:
         anns = doc.get("annotations")
         if anns is not None and not isinstance(anns, list):
             report.add(
