@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import random
 
 import numpy as np
@@ -17,10 +16,7 @@ def collate(batch):
 
 def _seed_worker(worker_id: int) -> None:
     """Seed python/numpy global RNGs from the worker's torch seed (the dataset uses its own
-    generator from the same seed). Objects inherited from the main process are frozen out of
-    the worker's garbage collector: a collection writes to every object it scans, which would
-    copy each page of them into every forked worker."""
-    gc.freeze()
+    generator from the same seed)."""
     seed = torch.utils.data.get_worker_info().seed
     random.seed(seed)
     np.random.seed(seed % 2**32)
