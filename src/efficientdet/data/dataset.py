@@ -18,12 +18,13 @@ seen by the main process and skipped at once on later epochs, in every worker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from .records import DetectionData, ImageRecord
+from .records import DetectionData, ImageRecord, RecordTable
 from .report import DataReport
 from .transforms import (
     AugmentConfig,
@@ -58,7 +59,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        records: list[ImageRecord] | DetectionData,
+        records: Sequence[ImageRecord] | DetectionData,
         image_size_hw: tuple[int, int],
         mean,
         std,
@@ -80,7 +81,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             category_ids = category_ids if category_ids is not None else records.category_ids
             self.source_report = records.report
             records = records.records
-        self.records = list(records)
+        # flat arrays: forked workers share these pages (a list of objects is copied page by page)
+        self.records = RecordTable.from_records(records)
         if not self.records:
             raise DataError(
                 "DetectionDataset: no records; fix: load a dataset with at least one usable image"
