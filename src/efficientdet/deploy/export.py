@@ -307,7 +307,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model name for --weights that are not our checkpoint (e.g. efficientdet_d0)",
     )
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
     parser.add_argument(
         "--nms-in-graph",
         action="store_true",
@@ -319,6 +319,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ONNX: batch axis dynamic (TorchScript is always batch-free)",
     )
     cli_options.add(parser, "batch", "image_size", "conf", "iou", "max_det")
+    from .export_tflite import add_tflite_arguments
+
+    add_tflite_arguments(parser)
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument(
         "--no-fuse",
@@ -359,6 +362,9 @@ def run(args: argparse.Namespace) -> int:
     NMSConfig(
         iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det
     )  # same checks as val/predict
+    from .export_tflite import check_tflite_options
+
+    check_tflite_options(args)
     if args.nms_in_graph and args.format != "onnx":
         raise ConfigError(
             "--nms-in-graph is available for --format onnx only; fix: TorchScript exports raw outputs, drop it"
@@ -374,6 +380,10 @@ def run(args: argparse.Namespace) -> int:
         else tuple(model.config.image_size)
     )
     stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
+    if args.format == "tflite":
+        from .export_tflite import run_tflite
+
+        return run_tflite(args, model, names, category_ids, hw, stem)
     name = (
         f"{stem}{'_nms' if args.nms_in_graph else ''}.onnx"
         if args.format == "onnx"
