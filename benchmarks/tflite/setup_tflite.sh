@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up benchmarks/tflite/.venv: the TFLite converter (TensorFlow 2.21 CPU + onnx2tf), the LiteRT
-# interpreter (ai-edge-litert) and MediaPipe (the real client test), layered over the project's
-# .venv (torch, numpy 2, onnx, this package) through a .pth file, so torch is not installed twice.
-# Separate from .venv because TensorFlow would turn on the TF 2.15 tests marked `tensorflow`
-# (they live in benchmarks/official/.venv) and MediaPipe brings opencv-contrib-python, whose cv2
-# would shadow .venv's opencv-python-headless.
+# Set up benchmarks/tflite/.venv: the `tflite` extra (litert-torch, the converter; ai-edge-quantizer
+# for fp16/int8; the LiteRT interpreter ai-edge-litert; mediapipe for the ObjectDetector metadata and
+# the real-client test), layered over the project's .venv (torch, numpy 2, onnx, this package)
+# through a .pth file, so torch is not installed twice (pip sees it and keeps it).
+# Separate from .venv because mediapipe brings opencv-contrib-python, whose cv2 would shadow
+# .venv's opencv-python-headless, and litert-torch brings jax, transformers and torchao.
 #
 #   bash benchmarks/tflite/setup_tflite.sh           # create or complete the venv (idempotent)
 #   bash benchmarks/tflite/setup_tflite.sh --force   # delete and rebuild it
@@ -14,12 +14,10 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-VENV="$HERE/.venv"
+VENV="${TFLITE_VENV:-$HERE/.venv}"
 BASE_VENV="${BASE_VENV:-$ROOT/.venv}"
-REQS=(
-    "tensorflow-cpu==2.21.0" "tf-keras==2.21.0" "onnx2tf==1.28.8" "onnx-graphsurgeon>=0.5"
-    "sng4onnx>=1.0" "sne4onnx>=1.0" "ai-edge-litert==2.3.0" "mediapipe==1.2.3"
-)
+# the versions of pyproject.toml's [tflite] extra, pinned (litert-torch 0.10 allows torch < 2.15)
+REQS=("litert-torch==0.10.0" "ai-edge-litert==2.3.0" "ai-edge-quantizer==0.10.0" "mediapipe==1.2.3")
 STAMP="$VENV/.installed-$(echo "${REQS[*]}" | md5sum | cut -c1-12)"
 
 log() { echo "[setup_tflite] $*"; }
@@ -46,8 +44,9 @@ out="$("$PY" -m pip --disable-pip-version-check install -q "${REQS[@]}" 2>&1)" \
     || { echo "$out" | grep -v 'is ignored' >&2; die "pip install failed"; }
 log "2/2 import check"
 "$PY" - <<'PYEOF' || die "the TFLite venv does not work (see above)"
-import numpy, tensorflow as tf, torch, onnx2tf, ai_edge_litert, mediapipe, efficientdet
-print(f"[setup_tflite] OK: tensorflow {tf.__version__}, torch {torch.__version__}, numpy {numpy.__version__}, mediapipe {mediapipe.__version__}")
+import importlib.metadata as md, numpy, torch, litert_torch, ai_edge_litert, ai_edge_quantizer, mediapipe, efficientdet
+print(f"[setup_tflite] OK: litert-torch {md.version('litert-torch')}, ai-edge-litert {md.version('ai-edge-litert')}, "
+      f"mediapipe {md.version('mediapipe')}, torch {torch.__version__}, numpy {numpy.__version__}")
 PYEOF
 touch "$STAMP"
 log "done: $VENV"

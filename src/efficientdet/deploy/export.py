@@ -310,8 +310,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
     parser.add_argument(
         "--nms-in-graph",
+        "--nms",
         action="store_true",
-        help="ONNX only: decode + hard NMS inside the graph (inputs images, scales, original_sizes)",
+        help="decode + hard NMS inside the graph (ONNX: inputs images, scales, original_sizes; "
+        "TFLite: the TFLite_Detection_PostProcess op, boxes / classes / scores / count)",
     )
     parser.add_argument(
         "--dynamic-batch",
@@ -365,9 +367,9 @@ def run(args: argparse.Namespace) -> int:
     from .export_tflite import check_tflite_options
 
     check_tflite_options(args)
-    if args.nms_in_graph and args.format != "onnx":
+    if args.nms_in_graph and args.format == "torchscript":
         raise ConfigError(
-            "--nms-in-graph is available for --format onnx only; fix: TorchScript exports raw outputs, drop it"
+            "--nms-in-graph is available for --format onnx and tflite; fix: TorchScript exports raw outputs, drop it"
         )
     if args.out is not None:
         refuse_inputs_inside(args.out, {"weights file": args.weights})

@@ -24,14 +24,16 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import NMSConfig
 from ..errors import ConfigError
 from ..fileio import write_bytes
 from .export import RawExport, _prepare
@@ -39,6 +41,11 @@ from .metadata import build_metadata
 
 TFLITE_JSON = "efficientdet.json"  # the associated file holding our metadata
 PRECISIONS = ("fp32", "fp16", "int8")
+FP32_TOLERANCE = 1e-3  # max |difference| of float32 raw outputs vs PyTorch
+TFLITE_NMS_LAYOUT = (
+    "TFLite_Detection_PostProcess: boxes (1, M, 4) ymin,xmin,ymax,xmax normalised to the input "
+    "(letterboxed) image, classes (1, M) 0-based, scores (1, M), num_detections (1,); float32"
+)
 INSTALL = "pip install 'efficientdet[tflite]' (or: make test-tflite, which builds benchmarks/tflite/.venv)"
 
 
@@ -72,10 +79,11 @@ class TFLiteGraph(nn.Module):
     and normalised here, ``(x - mean) / std``.
     """
 
-    def __init__(self, model: nn.Module, uint8_input: bool = False):
+    def __init__(self, model: nn.Module, uint8_input: bool = False, nms: bool = False):
         super().__init__()
         self.raw = RawExport(model)
         self.uint8_input = uint8_input
+        self.nms = nms
         cfg = model.config
         self.register_buffer(
             "mean", torch.tensor(cfg.mean, dtype=torch.float32).reshape(1, 3, 1, 1)
@@ -88,7 +96,10 @@ class TFLiteGraph(nn.Module):
         x = images.permute(0, 3, 1, 2)  # (1, H, W, 3) -> (1, 3, H, W)
         if self.uint8_input:
             x = (x.float() - self.mean) * self.inv_std
-        return self.raw(x)
+        cls, box = self.raw(x)
+        if self.nms:  # what TFLite_Detection_PostProcess reads: encodings, then scores
+            return box, cls.sigmoid()
+        return cls, box
 
 
 def _litert_torch():
@@ -111,11 +122,14 @@ def _quantizer():
     return quantizer, recipe
 
 
-def _nhwc_samples(calibration, uint8_input: bool) -> Iterator[np.ndarray]:
-    """Calibration images one by one as (1, H, W, 3) (float32 normalised, or uint8 pixels)."""
-    for batch in calibration.batches(batch=8, raw_pixels=uint8_input):
-        for image in batch:
-            yield np.ascontiguousarray(image.transpose(1, 2, 0)[None])
+def calibration_samples(calibration, uint8_input: bool) -> list[np.ndarray]:
+    """The calibration images as (1, H, W, 3) arrays (float32 normalised, or uint8 pixels), read
+    before any conversion so that a set with no readable image is refused in one line first."""
+    return [
+        np.ascontiguousarray(image.transpose(1, 2, 0)[None])  # (3, H, W) -> (1, H, W, 3)
+        for batch in calibration.batches(batch=8, raw_pixels=uint8_input)
+        for image in batch
+    ]
 
 
 def convert_float(graph: nn.Module, hw: tuple[int, int], uint8_input: bool) -> bytes:
@@ -131,10 +145,9 @@ def convert_float(graph: nn.Module, hw: tuple[int, int], uint8_input: bool) -> b
         return out.read_bytes()
 
 
-def quantize(
-    float_model: bytes, precision: str, calibration=None, uint8_input: bool = False
-) -> bytes:
-    """float16 weights (``fp16``) or full-integer int8 (``int8``, static, calibrated) of a float32 flatbuffer."""
+def quantize(float_model: bytes, precision: str, samples: list[np.ndarray] | None = None) -> bytes:
+    """float16 weights (``fp16``) or full-integer int8 (``int8``: static, calibrated on ``samples``
+    from :func:`calibration_samples`) of a float32 flatbuffer."""
     quantizer, recipe = _quantizer()
     if precision == "fp16":
         from ai_edge_quantizer import recipe_manager
@@ -150,8 +163,7 @@ def quantize(
         qt = quantizer.Quantizer(bytearray(float_model), manager.get_quantization_recipe())
         return bytes(qt.quantize(enable_progress_report=False).quantized_model)
     qt = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
-    samples = [{"args_0": x} for x in _nhwc_samples(calibration, uint8_input)]
-    calib = qt.calibrate({"serving_default": samples})
+    calib = qt.calibrate({"serving_default": [{"args_0": x} for x in samples or []]})
     return bytes(qt.quantize(calib, enable_progress_report=False).quantized_model)
 
 
@@ -164,12 +176,18 @@ def export_tflite(
     precision: str = "fp32",
     calibration=None,
     uint8_input: bool = False,
+    nms: NMSConfig | None = None,
     image_size=None,
     fuse: bool = True,
+    float_flatbuffer: bytes | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` as TFLite (see the module docstring). ``precision``: ``fp32``,
     ``fp16`` (float16 weights, float32 compute) or ``int8`` (needs ``calibration``, a
-    :class:`~efficientdet.deploy.calibration.CalibrationSet` for the same input size). Returns the path."""
+    :class:`~efficientdet.deploy.calibration.CalibrationSet` for the same input size, or the
+    list :func:`calibration_samples` made of one); ``nms``:
+    the settings of TFLite_Detection_PostProcess at the end of the graph (None: raw outputs).
+    ``float_flatbuffer``: :func:`convert_float` of the same ``TFLiteGraph`` from an earlier call
+    (skips the conversion when exporting several precisions of one model). Returns the path."""
     import json
 
     from .detector import _default_names
@@ -184,7 +202,7 @@ def export_tflite(
     names = (
         list(class_names) if class_names is not None else _default_names(model.config.num_classes)
     )
-    meta = build_metadata(model.config, hw, names, category_ids, "raw", None)
+    meta = build_metadata(model.config, hw, names, category_ids, "nms" if nms else "raw", nms)
     meta.update(
         input_layout=(
             "NHWC uint8 RGB 0-255, letterboxed with the mean colour; normalised in the graph"
@@ -193,10 +211,26 @@ def export_tflite(
         ),
         tflite={"precision": precision, "uint8_input": uint8_input},
     )
-    data = convert_float(TFLiteGraph(model, uint8_input), hw, uint8_input)
+    if nms is not None:
+        meta["output_layout"] = TFLITE_NMS_LAYOUT
+    samples = None
+    if precision == "int8":
+        samples = (
+            calibration
+            if isinstance(calibration, list)
+            else calibration_samples(calibration, uint8_input)
+        )
+    data = float_flatbuffer or convert_float(
+        TFLiteGraph(model, uint8_input, nms is not None), hw, uint8_input
+    )
     if precision != "fp32":
-        data = quantize(data, precision, calibration, uint8_input)
-    blob = with_metadata(data, json.dumps(meta))
+        data = quantize(data, precision, samples)
+    if nms is not None:
+        anchors = normalised_anchors(model.config, hw)
+        data = add_detection_postprocess(data, anchors, model.config.num_classes, nms)
+        blob = with_mediapipe_metadata(data, meta, uint8_input)
+    else:
+        blob = with_metadata(data, json.dumps(meta))
     path = Path(path)
     write_bytes(path, blob)  # all or nothing
     return path
@@ -248,11 +282,6 @@ def check_tflite_options(args) -> None:
                 f"{given[0]} is an option of --format tflite; fix: add --format tflite or drop {given[0]}"
             )
         return
-    if args.nms_in_graph:
-        raise ConfigError(
-            "--nms-in-graph: TFLite files hold raw outputs (NMS runs after the interpreter); "
-            "fix: drop it, or export --format onnx --nms-in-graph"
-        )
     if args.fp16 and args.int8:
         raise ConfigError("--fp16 and --int8 together; fix: pick one")
     if args.int8 and args.calib_data is None:
@@ -267,6 +296,7 @@ def check_tflite_options(args) -> None:
         )
     if args.no_fuse:
         raise ConfigError("--no-fuse: TFLite export folds BatchNorm always; fix: drop --no-fuse")
+    _litert_torch()  # a missing converter is one line before any work
 
 
 def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int], stem: str) -> int:
@@ -277,16 +307,24 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
 
     quiet = args.quiet
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    _litert_torch()  # a missing converter is one line before the run folder is made
-    calibration = None
+    calibration, samples = None, None
     if args.int8:
         from .calibration import calibration_set
 
         calibration = calibration_set(
             args.calib_data, hw, model.config.mean, model.config.std, args.calib_images
         )
-    suffix = ("" if precision == "fp32" else f"_{precision}") + (
-        "_uint8" if args.uint8_input else ""
+        with stage(f"reading {len(calibration.paths)} calibration images", quiet):
+            samples = calibration_samples(calibration, args.uint8_input)  # refused here if none
+    nms = None
+    if args.nms_in_graph:
+        nms = NMSConfig(
+            iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det
+        )
+    suffix = (
+        ("" if precision == "fp32" else f"_{precision}")
+        + ("_uint8" if args.uint8_input else "")
+        + ("_nms" if nms else "")
     )
     out_dir = make_run_dir(args.out, args.exist_ok, "export")
     refuse_inputs_inside(out_dir, {"weights file": args.weights})
@@ -298,8 +336,9 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
             names,
             category_ids,
             precision=precision,
-            calibration=calibration,
+            calibration=samples,
             uint8_input=args.uint8_input,
+            nms=nms,
             image_size=hw,
         )
     if calibration is not None:
@@ -314,13 +353,177 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
     size_mb = out.stat().st_size / 2**20
     print(
         f"exported {model.config.name} (tflite {precision}{', uint8 input' if args.uint8_input else ''}, "
-        f"raw outputs, input {hw[0]}x{hw[1]}) -> {out} ({size_mb:.1f} MiB)"
+        f"{'NMS inside' if nms else 'raw outputs'}, input {hw[0]}x{hw[1]}) -> {out} ({size_mb:.1f} MiB)"
     )
-    if not args.no_check:
-        from .export import check_raw_parity
-
+    if not args.no_check and nms is None:
         with stage("checking the exported outputs against PyTorch", quiet):
-            fused, _ = _prepare(model, hw, True)
-            diff = check_raw_parity(fused, out, hw, "tflite")
-        print(f"check: max |difference| vs PyTorch {diff:.2e} on a random batch")
+            diff = raw_parity(model, out, hw)
+        print(f"check: max |difference| vs PyTorch {diff:.2e} on a random image")
+        if precision == "fp32" and not diff <= FP32_TOLERANCE:
+            out.unlink()
+            raise ConfigError(
+                f"{out}: the float32 TFLite outputs differ from PyTorch by {diff:.2e} "
+                f"(> {FP32_TOLERANCE:g}), file removed; fix: report this model, or pass --no-check to keep it"
+            )
     return 0
+
+
+def raw_parity(model: nn.Module, path: str | os.PathLike, hw: tuple[int, int]) -> float:
+    """Max |difference| of the file's raw outputs (LiteRT) vs the fused PyTorch model on one random
+    image of 0-255 pixels (exact for a uint8-input file too)."""
+    from .backends.tflite import open_tflite
+
+    fused, _ = _prepare(model, hw, True)
+    pixels = torch.randint(0, 256, (1, 3, *hw), generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(fused.config.mean).reshape(1, 3, 1, 1)
+    std = torch.tensor(fused.config.std).reshape(1, 3, 1, 1)
+    x = ((pixels.float() - mean) / std).float()
+    with torch.no_grad():
+        ref_cls, ref_box = fused(x)
+    got_cls, got_box = open_tflite(path).raw(x)
+    pairs = zip(ref_cls + ref_box, got_cls + got_box, strict=True)
+    return max(float((r - o).abs().max()) for r, o in pairs)
+
+
+# ----------------------------------------------------------------------------- NMS in the graph
+def normalised_anchors(config, hw: tuple[int, int]) -> np.ndarray:
+    """(A_all, 4) anchors as TFLite_Detection_PostProcess reads them: (y_center, x_center, h, w)
+    divided by the input (H, W)."""
+    from ..detection.anchors import AnchorGenerator
+
+    a = AnchorGenerator(config.anchors)(hw).double().numpy()  # (A_all, 4) x1, y1, x2, y2 pixels
+    h, w = float(hw[0]), float(hw[1])
+    out = np.stack(
+        [
+            (a[:, 1] + a[:, 3]) / 2 / h,
+            (a[:, 0] + a[:, 2]) / 2 / w,
+            (a[:, 3] - a[:, 1]) / h,
+            (a[:, 2] - a[:, 0]) / w,
+        ],
+        axis=1,
+    )
+    return out.astype(np.float32)
+
+
+def _postprocess_options(num_classes: int, nms: NMSConfig) -> bytes:
+    """The op's attributes as a FlexBuffer map (the keys google/automl's export gives it)."""
+    from flatbuffers import flexbuffers
+
+    fbb = flexbuffers.Builder()
+    with fbb.Map():
+        fbb.Int("max_detections", nms.max_detections)
+        fbb.Int("max_classes_per_detection", 1)
+        fbb.Int("detections_per_class", nms.max_detections)
+        fbb.Bool("use_regular_nms", True)  # class-aware NMS as the Detector's (automl: fast NMS)
+        fbb.Float("nms_score_threshold", nms.score_threshold)
+        fbb.Float("nms_iou_threshold", nms.iou_threshold)
+        fbb.Int("num_classes", num_classes)
+        for key in ("y_scale", "x_scale", "h_scale", "w_scale"):
+            fbb.Float(key, 1.0)
+    return bytes(fbb.Finish())
+
+
+def add_detection_postprocess(
+    model_bytes: bytes, anchors: np.ndarray, num_classes: int, nms: NMSConfig
+) -> bytes:
+    """Append TFLite's ``TFLite_Detection_PostProcess`` custom op to a graph whose outputs are
+    (box encodings (1, A, 4), class scores (1, A, K)); the graph then outputs its four tensors:
+    boxes (1, M, 4) (ymin, xmin, ymax, xmax) normalised to the input, classes (1, M) 0-based,
+    scores (1, M), count (1,), all float32. Quantised encodings/scores are dequantised first."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    graph = model.subgraphs[0]
+    box_idx, score_idx = graph.outputs
+
+    def opcode(builtin: int, custom: str | None = None) -> int:
+        for i, code in enumerate(model.operatorCodes):
+            if code.builtinCode == builtin and (
+                custom is None or code.customCode in (custom, custom.encode())
+            ):
+                return i
+        model.operatorCodes.append(
+            fb.OperatorCodeT(
+                deprecatedBuiltinCode=min(builtin, 127), customCode=custom, builtinCode=builtin
+            )
+        )
+        return len(model.operatorCodes) - 1
+
+    def tensor(name: str, shape: list[int], data: np.ndarray | None = None) -> int:
+        buffer = fb.BufferT()
+        if data is not None:
+            buffer.data = np.frombuffer(data.tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        graph.tensors.append(
+            fb.TensorT(
+                shape=shape, type=fb.TensorType.FLOAT32, buffer=len(model.buffers) - 1, name=name
+            )
+        )
+        return len(graph.tensors) - 1
+
+    def as_float(idx: int, name: str) -> int:
+        t = graph.tensors[idx]
+        if t.type == fb.TensorType.FLOAT32:
+            return idx
+        out = tensor(name, list(t.shape))
+        graph.operators.append(
+            fb.OperatorT(
+                opcodeIndex=opcode(fb.BuiltinOperator.DEQUANTIZE), inputs=[idx], outputs=[out]
+            )
+        )
+        return out
+
+    box_idx = as_float(box_idx, "box_encodings")
+    score_idx = as_float(score_idx, "class_scores")
+    anchor_idx = tensor("anchors", list(anchors.shape), np.ascontiguousarray(anchors, np.float32))
+    m = nms.max_detections
+    names = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+    outs = [tensor(n, s) for n, s in zip(names, ([1, m, 4], [1, m], [1, m], [1]), strict=True)]
+    graph.operators.append(
+        fb.OperatorT(
+            opcodeIndex=opcode(fb.BuiltinOperator.CUSTOM, "TFLite_Detection_PostProcess"),
+            inputs=[box_idx, score_idx, anchor_idx],
+            outputs=outs,
+            customOptions=np.frombuffer(_postprocess_options(num_classes, nms), np.uint8),
+            customOptionsFormat=fb.CustomOptionsFormat.FLEXBUFFERS,
+        )
+    )
+    graph.outputs = outs
+    for sig in model.signatureDefs or []:
+        sig.outputs = [
+            fb.TensorMapT(name=n, tensorIndex=i) for n, i in zip(names, outs, strict=True)
+        ]
+    builder = flatbuffers.Builder(len(model_bytes) + anchors.nbytes + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def with_mediapipe_metadata(model_bytes: bytes, meta: dict, uint8_input: bool) -> bytes:
+    """The TFLite metadata MediaPipe's ObjectDetector needs (labels, input normalisation) plus
+    our ``efficientdet.json``, packed together as associated files (MediaPipe's writer)."""
+    import json
+
+    try:
+        from mediapipe.tasks.python.metadata.metadata_writers import (
+            metadata_writer,
+            object_detector,
+        )
+    except ImportError:
+        raise ConfigError(
+            f"--nms writes the metadata of MediaPipe's ObjectDetector with mediapipe; fix: {INSTALL}"
+        ) from None
+    labels = metadata_writer.Labels().add(list(meta["class_names"]))
+    mean = [0.0, 0.0, 0.0] if uint8_input else list(meta["mean"])
+    std = [1.0, 1.0, 1.0] if uint8_input else list(meta["std"])
+    writer = object_detector.MetadataWriter.create_for_models_with_nms(
+        bytearray(model_bytes), mean, std, labels
+    )
+    with tempfile.TemporaryDirectory(prefix="efficientdet-tflite-") as tmp:
+        json_path = Path(tmp) / TFLITE_JSON
+        json_path.write_text(json.dumps(meta))
+        writer.writer._associated_files.append(os.fspath(json_path))  # packed with labels.txt
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "not described in the metadata": ours is not
+            data, _ = writer.populate()
+    return bytes(data)

@@ -8,6 +8,7 @@ torchscript        ``export --format torchscript`` file        raw
 onnxruntime        ``export --format onnx`` file               raw
 onnxruntime-nms    ``export --format onnx --nms`` file         nms
 tflite             ``export --format tflite`` file (LiteRT)    raw
+tflite-nms         ``export --format tflite --nms`` file       nms
 =================  ==========================================  =======
 
 :func:`file_kind` tells the kind of a weights file from its content; :func:`open_exported`
@@ -93,9 +94,9 @@ def open_exported(
             raise ConfigError(
                 f"{path}: TFLite files run on CPU here (LiteRT); fix: use --device cpu"
             )
-        from .tflite import TFLiteBackend
+        from .tflite import open_tflite
 
-        return TFLiteBackend(path, threads)
+        return open_tflite(path, threads)
     raise ValueError(
         f"{path}: a checkpoint, not an exported file"
     )  # callers check file_kind first: our bug
