@@ -103,6 +103,7 @@ def _raw_diff(a, b) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True))
 
 
+@pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_every_precision_runs_in_litert_and_matches_pytorch(tiny):
     paths, x = _val_batch(tiny["data"])
     with torch.no_grad():
@@ -137,6 +138,7 @@ def test_every_precision_runs_in_litert_and_matches_pytorch(tiny):
             assert_same_detections(w, g, score_tol=1e-4, box_tol=0.01, conf=0.05, max_det=100)
 
 
+@pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_metadata_travels_inside_the_file(tiny):
     meta = read_tflite_metadata(tiny["int8"])
     import json
@@ -149,6 +151,7 @@ def test_metadata_travels_inside_the_file(tiny):
         assert archive.namelist() == [TFLITE_JSON]
 
 
+@pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
     out = tmp_path / "exp"
     proc = subprocess.run(
@@ -233,6 +236,7 @@ def test_missing_converter_names_the_extra(tiny_ckpt, tmp_path, monkeypatch, cap
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_a_tflite_file_from_elsewhere_is_one_line(tiny, tmp_path, capfd):
     foreign = tmp_path / "foreign.tflite"
     foreign.write_bytes(tiny["flat"])  # a valid model without our metadata

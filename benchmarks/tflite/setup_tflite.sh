@@ -36,8 +36,9 @@ BASE_SITE="$("$BASE_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_p
 [[ -x "$VENV/bin/python" ]] || { log "creating $VENV over $BASE_VENV"; "$BASE_VENV/bin/python" -m venv "$VENV"; }
 PY="$VENV/bin/python"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-# the base venv's packages come after this venv's own (a .pth appends to sys.path)
-echo "$BASE_SITE" > "$SITE/_efficientdet_base_venv.pth"
+# the base venv's packages come after this venv's own; addsitedir (not a bare path line) also
+# runs the base's own .pth files, among them the editable install of this package
+echo "import site; site.addsitedir('$BASE_SITE')" > "$SITE/_efficientdet_base_venv.pth"
 
 log "1/2 ${REQS[*]}"
 out="$("$PY" -m pip --disable-pip-version-check install -q "${REQS[@]}" 2>&1)" \

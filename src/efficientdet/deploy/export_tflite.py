@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import NMSConfig
+from ..config import ModelConfig, NMSConfig
 from ..errors import ConfigError
 from ..fileio import write_bytes
 from .export import RawExport, _prepare
@@ -84,13 +84,16 @@ class TFLiteGraph(nn.Module):
         self.raw = RawExport(model)
         self.uint8_input = uint8_input
         self.nms = nms
-        cfg = model.config
+        cfg = model_config(model)
         self.register_buffer(
             "mean", torch.tensor(cfg.mean, dtype=torch.float32).reshape(1, 3, 1, 1)
         )
         self.register_buffer(
             "inv_std", 1.0 / torch.tensor(cfg.std, dtype=torch.float32).reshape(1, 3, 1, 1)
         )
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2)  # (1, H, W, 3) -> (1, 3, H, W)
@@ -100,6 +103,13 @@ class TFLiteGraph(nn.Module):
         if self.nms:  # what TFLite_Detection_PostProcess reads: encodings, then scores
             return box, cls.sigmoid()
         return cls, box
+
+
+def model_config(model: nn.Module) -> ModelConfig:
+    """The ModelConfig an EfficientDet module carries."""
+    config = model.config
+    assert isinstance(config, ModelConfig), type(config)  # our bug if not an EfficientDet
+    return config
 
 
 def _litert_torch():
@@ -199,10 +209,9 @@ def export_tflite(
     if precision == "int8" and calibration is None:
         raise ConfigError("--int8 needs calibration images; fix: add --calib-data data.yaml")
     model, hw = _prepare(model, image_size, fuse)
-    names = (
-        list(class_names) if class_names is not None else _default_names(model.config.num_classes)
-    )
-    meta = build_metadata(model.config, hw, names, category_ids, "nms" if nms else "raw", nms)
+    config = model_config(model)
+    names = list(class_names) if class_names is not None else _default_names(config.num_classes)
+    meta = build_metadata(config, hw, names, category_ids, "nms" if nms else "raw", nms)
     meta.update(
         input_layout=(
             "NHWC uint8 RGB 0-255, letterboxed with the mean colour; normalised in the graph"
@@ -226,8 +235,8 @@ def export_tflite(
     if precision != "fp32":
         data = quantize(data, precision, samples)
     if nms is not None:
-        anchors = normalised_anchors(model.config, hw)
-        data = add_detection_postprocess(data, anchors, model.config.num_classes, nms)
+        anchors = normalised_anchors(config, hw)
+        data = add_detection_postprocess(data, anchors, config.num_classes, nms)
         blob = with_mediapipe_metadata(data, meta, uint8_input)
     else:
         blob = with_metadata(data, json.dumps(meta))
@@ -306,13 +315,14 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
     from ..run_dirs import make_run_dir, refuse_inputs_inside
 
     quiet = args.quiet
+    config = model_config(model)
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     calibration, samples = None, None
     if args.int8:
         from .calibration import calibration_set
 
         calibration = calibration_set(
-            args.calib_data, hw, model.config.mean, model.config.std, args.calib_images
+            args.calib_data, hw, config.mean, config.std, args.calib_images
         )
         with stage(f"reading {len(calibration.paths)} calibration images", quiet):
             samples = calibration_samples(calibration, args.uint8_input)  # refused here if none
@@ -329,7 +339,7 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
     out_dir = make_run_dir(args.out, args.exist_ok, "export")
     refuse_inputs_inside(out_dir, {"weights file": args.weights})
     out = out_dir / f"{stem}{suffix}.tflite"
-    with stage(f"exporting {model.config.name} to tflite {precision} ({hw[0]}x{hw[1]})", quiet):
+    with stage(f"exporting {config.name} to tflite {precision} ({hw[0]}x{hw[1]})", quiet):
         export_tflite(
             model,
             out,
@@ -352,7 +362,7 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
             print()
     size_mb = out.stat().st_size / 2**20
     print(
-        f"exported {model.config.name} (tflite {precision}{', uint8 input' if args.uint8_input else ''}, "
+        f"exported {config.name} (tflite {precision}{', uint8 input' if args.uint8_input else ''}, "
         f"{'NMS inside' if nms else 'raw outputs'}, input {hw[0]}x{hw[1]}) -> {out} ({size_mb:.1f} MiB)"
     )
     if not args.no_check and nms is None:
@@ -375,8 +385,8 @@ def raw_parity(model: nn.Module, path: str | os.PathLike, hw: tuple[int, int]) -
 
     fused, _ = _prepare(model, hw, True)
     pixels = torch.randint(0, 256, (1, 3, *hw), generator=torch.Generator().manual_seed(0))
-    mean = torch.tensor(fused.config.mean).reshape(1, 3, 1, 1)
-    std = torch.tensor(fused.config.std).reshape(1, 3, 1, 1)
+    mean = torch.tensor(model_config(fused).mean).reshape(1, 3, 1, 1)
+    std = torch.tensor(model_config(fused).std).reshape(1, 3, 1, 1)
     x = ((pixels.float() - mean) / std).float()
     with torch.no_grad():
         ref_cls, ref_box = fused(x)
@@ -499,12 +509,41 @@ def add_detection_postprocess(
     return bytes(builder.Output())
 
 
+MIN_PARSER_VERSION = "1.0.0"  # stamped by the shim below; MediaPipe accepts files up to its own
+
+
+def _metadata_version_shim() -> None:
+    """mediapipe 1.2 wheels ship the metadata writer without its C++ helper
+    ``_pywrap_metadata_version`` (it only stamps the minimum metadata-parser version into the
+    metadata): provide a stand-in stamping :data:`MIN_PARSER_VERSION` when it is missing."""
+    import importlib.util
+    import sys
+    import types
+
+    name = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return
+    except ImportError:
+        pass
+    if importlib.util.find_spec("mediapipe") is None:
+        return  # the import after this reports the missing package
+    shim = types.ModuleType(name)
+    shim.GetMinimumMetadataParserVersion = lambda buf: MIN_PARSER_VERSION  # type: ignore[attr-defined]
+    parts = name.split(".")
+    for i in range(3, len(parts)):  # the packages mediapipe.tasks.cc... do not exist either
+        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    sys.modules[name] = shim
+    setattr(sys.modules[".".join(parts[:-1])], parts[-1], shim)
+
+
 def with_mediapipe_metadata(model_bytes: bytes, meta: dict, uint8_input: bool) -> bytes:
     """The TFLite metadata MediaPipe's ObjectDetector needs (labels, input normalisation) plus
     our ``efficientdet.json``, packed together as associated files (MediaPipe's writer)."""
     import json
 
     try:
+        _metadata_version_shim()
         from mediapipe.tasks.python.metadata.metadata_writers import (
             metadata_writer,
             object_detector,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ...config import parse_image_size
+from ...config import ModelConfig, parse_image_size
 from ...detection.anchors import AnchorGenerator
 from ...detection.boxes import clip_boxes
 from ...detection.layout import flat_to_levels
@@ -57,13 +57,18 @@ class TFLiteBackend(Backend):
     name = "tflite"
     outputs = "raw"
     fixed_batch = 1
+    config: ModelConfig  # type: ignore[assignment]  # always set: read from the file
+    image_size: tuple[int, int]
 
     def __init__(self, path: str | os.PathLike, meta: dict, threads: int | None = None):
         from ...factory import config_from_dict
 
         self.path, self.meta = os.fspath(path), meta
         self.config = config_from_dict(meta["config"])
-        self.image_size = parse_image_size(meta["image_size"])
+        hw = parse_image_size(meta["image_size"])
+        if hw is None:
+            raise WeightsError(f"{self.path}: metadata has no image size; fix: re-export the file")
+        self.image_size = hw
         self.class_names, self.category_ids = meta["class_names"], meta.get("category_ids")
         self.uint8_input = bool((meta.get("tflite") or {}).get("uint8_input"))
         self.feature_sizes = AnchorGenerator(self.config.anchors).feature_sizes(self.image_size)
