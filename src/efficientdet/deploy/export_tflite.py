@@ -21,6 +21,7 @@ ignores bytes after the model); :func:`read_tflite_metadata` reads it back with 
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
@@ -36,6 +37,7 @@ from torch import nn
 from ..config import ModelConfig, NMSConfig
 from ..errors import ConfigError
 from ..fileio import write_bytes
+from ..nn.bifpn import Resample
 from .export import RawExport, _prepare
 from .metadata import build_metadata
 
@@ -72,6 +74,25 @@ def with_metadata(model_bytes: bytes, meta_json: str) -> bytes:
     return bytes(model_bytes) + buf.getvalue()
 
 
+class _GatherResample(Resample):
+    """:class:`~efficientdet.nn.bifpn.Resample` whose upsampling picks rows and columns by index.
+
+    torch's ``nearest`` reads source ``floor(dst * in / out)``; litert-torch lowers it to TFLite's
+    half-pixel resize, which picks other rows when ``out / in`` is not a whole number (odd
+    feature sizes, e.g. 2x3 -> 3x5 at 192x320). Index gathers keep torch's choice exactly.
+    """
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.octaves >= 0:
+            return super().forward(x, size)
+        if hasattr(self, "conv"):
+            x = self.conv(x)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        rows = torch.arange(size[0]) * h // size[0]  # (out_h,) source rows
+        cols = torch.arange(size[1]) * w // size[1]  # (out_w,) source columns
+        return x.index_select(2, rows).index_select(3, cols)
+
+
 class TFLiteGraph(nn.Module):
     """``images (1, H, W, 3) -> (class_logits (1, A_all, K), box_deltas (1, A_all, 4))``.
 
@@ -81,6 +102,10 @@ class TFLiteGraph(nn.Module):
 
     def __init__(self, model: nn.Module, uint8_input: bool = False, nms: bool = False):
         super().__init__()
+        model = copy.deepcopy(model)
+        for module in model.modules():
+            if type(module) is Resample:
+                module.__class__ = _GatherResample
         self.raw = RawExport(model)
         self.uint8_input = uint8_input
         self.nms = nms
@@ -147,7 +172,9 @@ def convert_float(graph: nn.Module, hw: tuple[int, int], uint8_input: bool) -> b
     litert_torch = _litert_torch()
     dtype = torch.uint8 if uint8_input else torch.float32
     example = torch.zeros(1, hw[0], hw[1], 3, dtype=dtype)
-    with torch.no_grad():
+    litert_torch.config.show_progress = False  # its task lines; the CLI shows one stage line
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices of torch.export internals
         edge = litert_torch.convert(graph.eval(), (example,))
     with tempfile.TemporaryDirectory(prefix="efficientdet-tflite-") as tmp:
         out = Path(tmp) / "float.tflite"
@@ -155,9 +182,14 @@ def convert_float(graph: nn.Module, hw: tuple[int, int], uint8_input: bool) -> b
         return out.read_bytes()
 
 
-def quantize(float_model: bytes, precision: str, samples: list[np.ndarray] | None = None) -> bytes:
+def quantize(
+    float_model: bytes,
+    precision: str,
+    samples: list[np.ndarray] | None = None,
+    progress: bool = False,
+) -> bytes:
     """float16 weights (``fp16``) or full-integer int8 (``int8``: static, calibrated on ``samples``
-    from :func:`calibration_samples`) of a float32 flatbuffer."""
+    from :func:`calibration_samples`) of a float32 flatbuffer; ``progress``: the quantiser's bars."""
     quantizer, recipe = _quantizer()
     if precision == "fp16":
         from ai_edge_quantizer import recipe_manager
@@ -171,10 +203,16 @@ def quantize(float_model: bytes, precision: str, samples: list[np.ndarray] | Non
                 algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
             )
         qt = quantizer.Quantizer(bytearray(float_model), manager.get_quantization_recipe())
-        return bytes(qt.quantize(enable_progress_report=False).quantized_model)
+        return bytes(
+            qt.quantize(enable_progress_bar=progress, enable_progress_report=False).quantized_model
+        )
     qt = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
-    calib = qt.calibrate({"serving_default": [{"args_0": x} for x in samples or []]})
-    return bytes(qt.quantize(calib, enable_progress_report=False).quantized_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": calibration does
+        # calibrate() always shows its bar (a terminal line that disappears when done)
+        calib = qt.calibrate({"serving_default": [{"args_0": x} for x in samples or []]})
+        result = qt.quantize(calib, enable_progress_bar=progress, enable_progress_report=False)
+    return bytes(result.quantized_model)
 
 
 def export_tflite(
@@ -190,6 +228,7 @@ def export_tflite(
     image_size=None,
     fuse: bool = True,
     float_flatbuffer: bytes | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write ``model`` to ``path`` as TFLite (see the module docstring). ``precision``: ``fp32``,
     ``fp16`` (float16 weights, float32 compute) or ``int8`` (needs ``calibration``, a
@@ -197,7 +236,8 @@ def export_tflite(
     list :func:`calibration_samples` made of one); ``nms``:
     the settings of TFLite_Detection_PostProcess at the end of the graph (None: raw outputs).
     ``float_flatbuffer``: :func:`convert_float` of the same ``TFLiteGraph`` from an earlier call
-    (skips the conversion when exporting several precisions of one model). Returns the path."""
+    (skips the conversion when exporting several precisions of one model); ``progress``: the
+    quantiser's progress bars. Returns the path."""
     import json
 
     from .detector import _default_names
@@ -233,7 +273,7 @@ def export_tflite(
         TFLiteGraph(model, uint8_input, nms is not None), hw, uint8_input
     )
     if precision != "fp32":
-        data = quantize(data, precision, samples)
+        data = quantize(data, precision, samples, progress)
     if nms is not None:
         anchors = normalised_anchors(config, hw)
         data = add_detection_postprocess(data, anchors, config.num_classes, nms)
@@ -350,6 +390,7 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
             uint8_input=args.uint8_input,
             nms=nms,
             image_size=hw,
+            progress=not quiet,
         )
     if calibration is not None:
         used = len(calibration.paths) - len(calibration.skipped)
