@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -304,24 +305,29 @@ def test_nms_file_in_mediapipe_object_detector_matches_pytorch(lite0_nms, tmp_pa
     with vision.ObjectDetector.create_from_options(options) as detector:
         result = detector.detect(mp.Image.create_from_file(str(photo)))
     names = list(ours.names)
+    # MediaPipe gives whole pixels: origin and size each truncated (static_cast<int>), so both
+    # sides are compared as (x, y, w, h): within 1 px; scores within 0.01; the same classes
+    mp_xywh = [
+        [
+            d.bounding_box.origin_x,
+            d.bounding_box.origin_y,
+            d.bounding_box.width,
+            d.bounding_box.height,
+        ]
+        for d in result.detections
+    ]
 
-    class Got:
-        boxes = torch.tensor(
-            [
-                [
-                    d.bounding_box.origin_x,
-                    d.bounding_box.origin_y,
-                    d.bounding_box.origin_x + d.bounding_box.width,
-                    d.bounding_box.origin_y + d.bounding_box.height,
-                ]
-                for d in result.detections
-            ],
-            dtype=torch.float32,
-        )
-        scores = torch.tensor([d.categories[0].score for d in result.detections])
-        labels = torch.tensor(
+    got = SimpleNamespace(
+        boxes=torch.tensor(mp_xywh, dtype=torch.float32),
+        scores=torch.tensor([d.categories[0].score for d in result.detections]),
+        labels=torch.tensor(
             [names.index(d.categories[0].category_name) for d in result.detections]
-        )
-
-    # MediaPipe rounds boxes to whole pixels: within 1 px; scores within 0.01; same classes
-    assert_same_detections(want, Got, score_tol=0.01, box_tol=1.0, conf=0.3, max_det=25)
+        ),
+    )
+    want_xywh = SimpleNamespace(
+        boxes=torch.cat([want.boxes[:, :2], want.boxes[:, 2:] - want.boxes[:, :2]], 1),
+        scores=want.scores,
+        labels=want.labels,
+    )
+    assert len(got.scores) == len(want)
+    assert_same_detections(want_xywh, got, score_tol=0.01, box_tol=1.0, conf=0.3, max_det=25)

@@ -606,4 +606,5 @@ def with_mediapipe_metadata(model_bytes: bytes, meta: dict, uint8_input: bool) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "not described in the metadata": ours is not
             data, _ = writer.populate()
+        del writer  # its __del__ cleans a temp folder: now, not at interpreter exit
     return bytes(data)
