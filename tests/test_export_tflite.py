@@ -305,8 +305,9 @@ def test_nms_file_in_mediapipe_object_detector_matches_pytorch(lite0_nms, tmp_pa
     with vision.ObjectDetector.create_from_options(options) as detector:
         result = detector.detect(mp.Image.create_from_file(str(photo)))
     names = list(ours.names)
-    # MediaPipe gives whole pixels: origin and size each truncated (static_cast<int>), so both
-    # sides are compared as (x, y, w, h): within 1 px; scores within 0.01; the same classes
+    # MediaPipe gives whole pixels: origin and size each truncated (static_cast<int>) from the
+    # file's boxes (clipped to the input in the graph), so both sides are compared as
+    # (x, y, w, h): within 1 px; scores within 0.01; the same classes
     mp_xywh = [
         [
             d.bounding_box.origin_x,
@@ -316,7 +317,6 @@ def test_nms_file_in_mediapipe_object_detector_matches_pytorch(lite0_nms, tmp_pa
         ]
         for d in result.detections
     ]
-
     got = SimpleNamespace(
         boxes=torch.tensor(mp_xywh, dtype=torch.float32),
         scores=torch.tensor([d.categories[0].score for d in result.detections]),

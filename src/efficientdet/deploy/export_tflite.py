@@ -46,7 +46,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FP32_TOLERANCE = 1e-3  # max |difference| of float32 raw outputs vs PyTorch
 TFLITE_NMS_LAYOUT = (
     "TFLite_Detection_PostProcess: boxes (1, M, 4) ymin,xmin,ymax,xmax normalised to the input "
-    "(letterboxed) image, classes (1, M) 0-based, scores (1, M), num_detections (1,); float32"
+    "(letterboxed) image and clipped to [0, 1], classes (1, M) 0-based, scores (1, M), "
+    "num_detections (1,); float32"
 )
 INSTALL = "pip install 'efficientdet[tflite]' (or: make test-tflite, which builds benchmarks/tflite/.venv)"
 
@@ -479,7 +480,8 @@ def add_detection_postprocess(
 ) -> bytes:
     """Append TFLite's ``TFLite_Detection_PostProcess`` custom op to a graph whose outputs are
     (box encodings (1, A, 4), class scores (1, A, K)); the graph then outputs its four tensors:
-    boxes (1, M, 4) (ymin, xmin, ymax, xmax) normalised to the input, classes (1, M) 0-based,
+    boxes (1, M, 4) (ymin, xmin, ymax, xmax) normalised to the input and clipped to [0, 1],
+    classes (1, M) 0-based,
     scores (1, M), count (1,), all float32. Quantised encodings/scores are dequantised first."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
@@ -530,16 +532,37 @@ def add_detection_postprocess(
     anchor_idx = tensor("anchors", list(anchors.shape), np.ascontiguousarray(anchors, np.float32))
     m = nms.max_detections
     names = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
-    outs = [tensor(n, s) for n, s in zip(names, ([1, m, 4], [1, m], [1, m], [1]), strict=True)]
+    shapes = ([1, m, 4], [1, m], [1, m], [1])
+    op_outs = [tensor(f"{n}_op", s) for n, s in zip(names, shapes, strict=True)]
     graph.operators.append(
         fb.OperatorT(
             opcodeIndex=opcode(fb.BuiltinOperator.CUSTOM, "TFLite_Detection_PostProcess"),
             inputs=[box_idx, score_idx, anchor_idx],
-            outputs=outs,
+            outputs=op_outs,
             customOptions=np.frombuffer(_postprocess_options(num_classes, nms), np.uint8),
             customOptionsFormat=fb.CustomOptionsFormat.FLEXBUFFERS,
         )
     )
+    # boxes clipped to the input, [0, 1], as the Detector clips (clients such as MediaPipe take
+    # the op's boxes as they are, overhanging the image)
+    lo = tensor("zero", [], np.zeros((), np.float32))
+    hi = tensor("one", [], np.ones((), np.float32))
+    floor = tensor("detection_boxes_floor", shapes[0])
+    boxes = tensor(names[0], shapes[0])
+    for builtin, ins, out in (
+        (fb.BuiltinOperator.MAXIMUM, [op_outs[0], lo], floor),
+        (fb.BuiltinOperator.MINIMUM, [floor, hi], boxes),
+    ):
+        graph.operators.append(
+            fb.OperatorT(
+                opcodeIndex=opcode(builtin),
+                inputs=ins,
+                outputs=[out],
+                builtinOptionsType=fb.BuiltinOptions.MaximumMinimumOptions,
+                builtinOptions=fb.MaximumMinimumOptionsT(),
+            )
+        )
+    outs = [boxes, *op_outs[1:]]
     graph.outputs = outs
     for sig in model.signatureDefs or []:
         sig.outputs = [
