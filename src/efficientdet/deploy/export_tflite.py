@@ -12,11 +12,16 @@ Graph (batch 1, the image size fixed at export):
   0-255 units, as the other exports), or with ``uint8_input`` uint8 0-255 RGB pixels,
   letterboxed with the mean colour, normalised inside the graph (as the official Lite models);
 * outputs ``class_logits`` (1, A_all, K) and ``box_deltas`` (1, A_all, 4) (ty, tx, th, tw), in
-  the anchor order of :mod:`efficientdet.detection.layout`, float32 in every variant.
+  the anchor order of :mod:`efficientdet.detection.layout` (float32; an int8 file may quantise
+  them, with the tensor's scale and zero point);
+* with ``nms``: the graph ends in TFLite's ``TFLite_Detection_PostProcess`` custom op (as the
+  official google/automl export; appended to the flatbuffer by :func:`add_detection_postprocess`)
+  and outputs its four tensors instead (:data:`TFLITE_NMS_LAYOUT`).
 
 Metadata: our JSON (:mod:`efficientdet.deploy.metadata`) as ``efficientdet.json`` in a zip
 appended to the flatbuffer, the TFLite convention for associated files (the interpreter
 ignores bytes after the model); :func:`read_tflite_metadata` reads it back with ``zipfile``.
+NMS files also carry the TFLite metadata of MediaPipe's ObjectDetector (labels, normalisation).
 """
 
 from __future__ import annotations
@@ -50,12 +55,6 @@ TFLITE_NMS_LAYOUT = (
     "num_detections (1,); float32"
 )
 INSTALL = "pip install 'efficientdet[tflite]' (or: make test-tflite, which builds benchmarks/tflite/.venv)"
-
-
-def is_tflite(path: str | os.PathLike) -> bool:
-    """True when the file is a TFLite flatbuffer (file identifier ``TFL3`` at bytes 4..8)."""
-    with open(path, "rb") as f:
-        return f.read(8)[4:8] == b"TFL3"
 
 
 def read_tflite_metadata(path: str | os.PathLike) -> str | None:
@@ -533,25 +532,26 @@ def add_detection_postprocess(
     m = nms.max_detections
     names = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
     shapes = ([1, m, 4], [1, m], [1, m], [1])
-    op_outs = [tensor(f"{n}_op", s) for n, s in zip(names, shapes, strict=True)]
+    # boxes clipped to the input, [0, 1], as the Detector clips (clients such as MediaPipe take
+    # the op's boxes as they are, overhanging the image). The four outputs are made last and in
+    # order: MediaPipe reads them by increasing tensor index.
+    raw_boxes = tensor("detection_boxes_unclipped", shapes[0])
+    lo = tensor("zero", [], np.zeros((), np.float32))
+    hi = tensor("one", [], np.ones((), np.float32))
+    floor = tensor("detection_boxes_floor", shapes[0])
+    outs = [tensor(n, s) for n, s in zip(names, shapes, strict=True)]
     graph.operators.append(
         fb.OperatorT(
             opcodeIndex=opcode(fb.BuiltinOperator.CUSTOM, "TFLite_Detection_PostProcess"),
             inputs=[box_idx, score_idx, anchor_idx],
-            outputs=op_outs,
+            outputs=[raw_boxes, *outs[1:]],
             customOptions=np.frombuffer(_postprocess_options(num_classes, nms), np.uint8),
             customOptionsFormat=fb.CustomOptionsFormat.FLEXBUFFERS,
         )
     )
-    # boxes clipped to the input, [0, 1], as the Detector clips (clients such as MediaPipe take
-    # the op's boxes as they are, overhanging the image)
-    lo = tensor("zero", [], np.zeros((), np.float32))
-    hi = tensor("one", [], np.ones((), np.float32))
-    floor = tensor("detection_boxes_floor", shapes[0])
-    boxes = tensor(names[0], shapes[0])
     for builtin, ins, out in (
-        (fb.BuiltinOperator.MAXIMUM, [op_outs[0], lo], floor),
-        (fb.BuiltinOperator.MINIMUM, [floor, hi], boxes),
+        (fb.BuiltinOperator.MAXIMUM, [raw_boxes, lo], floor),
+        (fb.BuiltinOperator.MINIMUM, [floor, hi], outs[0]),
     ):
         graph.operators.append(
             fb.OperatorT(
@@ -562,7 +562,6 @@ def add_detection_postprocess(
                 builtinOptions=fb.MaximumMinimumOptionsT(),
             )
         )
-    outs = [boxes, *op_outs[1:]]
     graph.outputs = outs
     for sig in model.signatureDefs or []:
         sig.outputs = [
