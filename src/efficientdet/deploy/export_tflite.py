@@ -348,7 +348,9 @@ def check_tflite_options(args) -> None:
     _litert_torch()  # a missing converter is one line before any work
 
 
-def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int], stem: str) -> int:
+def run_tflite(
+    args, model: nn.Module, names, category_ids, image_size: Sequence[int] | None, stem: str
+) -> int:
     """``export --format tflite``: writes ``OUT/<stem>[_fp16|_int8][_uint8].tflite`` into a new run
     folder, then checks its raw outputs against PyTorch (float32: at most 1e-3)."""
     from ..progress import stage
@@ -356,6 +358,8 @@ def run_tflite(args, model: nn.Module, names, category_ids, hw: tuple[int, int],
 
     quiet = args.quiet
     config = model_config(model)
+    size = image_size if image_size is not None else config.image_size
+    hw = (int(size[0]), int(size[1]))
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     calibration, samples = None, None
     if args.int8:
