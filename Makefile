@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint test-automl demo bench clean
+.PHONY: install test lint test-automl test-tflite demo bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ lint: install
 test-automl:
 	bash benchmarks/official/setup_official.sh
 	benchmarks/official/.venv/bin/python -m pytest -q -p no:cacheprovider -m tensorflow tests/test_weights_automl.py
+
+# TFLite export, the LiteRT backend and the MediaPipe client, in the [tflite] env layered over .venv
+# (benchmarks/tflite/.venv, built on first use)
+test-tflite: install
+	bash benchmarks/tflite/setup_tflite.sh
+	benchmarks/tflite/.venv/bin/python -m pytest -q -p no:cacheprovider -m tflite tests/test_export_tflite.py
 
 demo: install
 	$(VENV)/bin/efficientdet demo   # a new runs/demo/N each time

@@ -54,14 +54,16 @@ def readonly_dir(small_fs):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``tensorflow`` need TensorFlow, which lives in its own environment
-    (``make test-automl``, run by CI): without it they are deselected, and counted in pytest's
-    summary ("N deselected"), never skipped in silence."""
+    """Tests marked ``tensorflow`` need TensorFlow and those marked ``tflite`` the [tflite] extra;
+    each lives in its own environment (``make test-automl``, ``make test-tflite``, both run by CI):
+    without it they are deselected, and counted in pytest's summary ("N deselected"), never
+    skipped in silence."""
     import importlib.util
 
-    if importlib.util.find_spec("tensorflow") is not None:
-        return
-    deselected = [item for item in items if item.get_closest_marker("tensorflow")]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("tensorflow")]
+    for marker, module in (("tensorflow", "tensorflow"), ("tflite", "litert_torch")):
+        if importlib.util.find_spec(module) is not None:
+            continue
+        deselected = [item for item in items if item.get_closest_marker(marker)]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]

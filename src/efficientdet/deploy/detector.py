@@ -241,7 +241,7 @@ class Detector:
                 backend = open_exported(
                     path,
                     resolve_device(
-                        "cpu" if kind == "onnx" and device in (None, "auto") else device
+                        "cpu" if kind in ("onnx", "tflite") and device in (None, "auto") else device
                     ),
                     half=half,
                     threads=threads,

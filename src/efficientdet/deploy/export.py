@@ -308,11 +308,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model name for --weights that are not our checkpoint (e.g. efficientdet_d0)",
     )
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
     parser.add_argument(
         "--nms-in-graph",
         action="store_true",
-        help="ONNX only: decode + hard NMS inside the graph (inputs images, scales, original_sizes)",
+        help="decode + hard NMS inside the graph (ONNX: inputs images, scales, original_sizes; "
+        "TFLite: the TFLite_Detection_PostProcess op, boxes / classes / scores / count)",
     )
     parser.add_argument(
         "--dynamic-batch",
@@ -320,6 +321,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ONNX: batch axis dynamic (TorchScript is always batch-free)",
     )
     cli_options.add(parser, "batch", "image_size", "conf", "iou", "max_det")
+    from .export_tflite import add_tflite_arguments
+
+    add_tflite_arguments(parser)
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument(
         "--no-fuse",
@@ -360,9 +364,12 @@ def run(args: argparse.Namespace) -> int:
     NMSConfig(
         iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det
     )  # same checks as val/predict
-    if args.nms_in_graph and args.format != "onnx":
+    from .export_tflite import check_tflite_options
+
+    check_tflite_options(args)
+    if args.nms_in_graph and args.format == "torchscript":
         raise ConfigError(
-            "--nms-in-graph is available for --format onnx only; fix: TorchScript exports raw outputs, drop it"
+            "--nms-in-graph is available for --format onnx and tflite; fix: TorchScript exports raw outputs, drop it"
         )
     if args.out is not None:
         refuse_inputs_inside(args.out, {"weights file": args.weights})
@@ -375,6 +382,10 @@ def run(args: argparse.Namespace) -> int:
         else tuple(model.config.image_size)
     )
     stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
+    if args.format == "tflite":
+        from .export_tflite import run_tflite
+
+        return run_tflite(args, model, names, category_ids, hw, stem)
     name = (
         f"{stem}{'_nms' if args.nms_in_graph else ''}.onnx"
         if args.format == "onnx"

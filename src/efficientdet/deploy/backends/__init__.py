@@ -7,6 +7,8 @@ torch              our checkpoint / a model (PyTorch eager)    raw
 torchscript        ``export --format torchscript`` file        raw
 onnxruntime        ``export --format onnx`` file               raw
 onnxruntime-nms    ``export --format onnx --nms`` file         nms
+tflite             ``export --format tflite`` file (LiteRT)    raw
+tflite-nms         ``export --format tflite --nms`` file       nms
 =================  ==========================================  =======
 
 :func:`file_kind` tells the kind of a weights file from its content; :func:`open_exported`
@@ -28,15 +30,20 @@ __all__ = ["Backend", "TorchBackend", "file_kind", "is_exported", "open_exported
 
 
 def file_kind(path: str | os.PathLike) -> str:
-    """ "checkpoint" (torch.save), "torchscript" (torch.jit.save) or "onnx", from the file's content.
+    """ "checkpoint" (torch.save), "torchscript" (torch.jit.save), "onnx" or "tflite", from the file's content.
 
     TorchScript and checkpoint files are both zip archives; only TorchScript holds ``code/``.
     ONNX files are protobuf: a ``.onnx`` name, or a first byte 0x08 (field 1, ir_version).
-    Anything else counts as a checkpoint (its reader reports what is wrong).
+    TFLite files are flatbuffers with the identifier ``TFL3`` at bytes 4..8 (checked first: one
+    with metadata also reads as a zip). Anything else counts as a checkpoint (its reader reports
+    what is wrong).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such weights file; fix: check the path")
+    with open(path, "rb") as f:
+        if f.read(8)[4:8] == b"TFL3":
+            return "tflite"
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
@@ -55,7 +62,7 @@ def file_kind(path: str | os.PathLike) -> str:
 
 
 def is_exported(path: str | os.PathLike) -> bool:
-    """True for a TorchScript or ONNX file (as opposed to a checkpoint)."""
+    """True for a TorchScript, ONNX or TFLite file (as opposed to a checkpoint)."""
     return file_kind(path) != "checkpoint"
 
 
@@ -82,6 +89,14 @@ def open_exported(
         from .onnxruntime import open_onnx
 
         return open_onnx(path, threads)
+    if kind == "tflite":
+        if device.type != "cpu":
+            raise ConfigError(
+                f"{path}: TFLite files run on CPU here (LiteRT); fix: use --device cpu"
+            )
+        from .tflite import open_tflite
+
+        return open_tflite(path, threads)
     raise ValueError(
         f"{path}: a checkpoint, not an exported file"
     )  # callers check file_kind first: our bug
