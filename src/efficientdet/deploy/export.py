@@ -46,6 +46,7 @@ from ..detection.postprocess import batched_nms, fixed_shape_candidates, fixed_s
 from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.fuse import fuse_for_inference
+from .backends.base import require
 from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet
 from .metadata import TORCHSCRIPT_EXTRA, build_metadata, onnx_props
 from .parity import ParityResult, check_export, float_parity, probe_batch
@@ -416,6 +417,10 @@ def run(args: argparse.Namespace) -> int:
         iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det
     )  # same checks as val/predict
     check_format_options(args)
+    if args.format == "openvino":  # before any work: name the extra when it is missing
+        require("openvino", "--format openvino", "openvino")
+        if args.int8:
+            require("nncf", "--format openvino --int8", "openvino")
     if args.out is not None:
         refuse_inputs_inside(args.out, {"weights file": args.weights})
     quiet = args.quiet
@@ -430,8 +435,10 @@ def run(args: argparse.Namespace) -> int:
     if args.int8:
         from .calibration import calibration_set
 
-        calibration = calibration_set(
-            args.calib_data, hw, model.config.mean, model.config.std, args.calib_images
+        calibration = readable_only(
+            calibration_set(
+                args.calib_data, hw, model.config.mean, model.config.std, args.calib_images
+            )
         )
     stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
     suffix = ("_nms" if args.nms_in_graph else "") + ("_int8" if args.int8 else "")
@@ -487,7 +494,8 @@ def run(args: argparse.Namespace) -> int:
             export_torchscript(model, out, names, category_ids, **common)
     if calibration is not None and calibration.skipped:
         print(
-            f"calibration: {len(calibration.skipped)} of {len(calibration.paths)} images could "
+            f"calibration: {len(calibration.skipped)} of "
+            f"{len(calibration.paths) + len(calibration.skipped)} images could "
             f"not be read and were skipped (first: {calibration.skipped[0][1]})"
         )
     size_mb = sum(p.stat().st_size for p in _written_files(out)) / 2**20
@@ -536,6 +544,23 @@ def check_format_options(args: argparse.Namespace) -> None:
             "--int8 exports raw outputs with a fixed batch; fix: drop --nms-in-graph / "
             "--dynamic-batch (decoding and NMS then run in PyTorch)"
         )
+
+
+def readable_only(calibration: CalibrationSet) -> CalibrationSet:
+    """The set with its unreadable images found now (one decoding pass, before any export
+    work): one-line DataError when none is readable; the others are left out and counted in
+    ``skipped``, so the quantiser and the parity check read the good ones only."""
+    for _ in calibration.batches():
+        pass
+    bad = {path for path, _ in calibration.skipped}
+    return CalibrationSet(
+        calibration.source,
+        [p for p in calibration.paths if p not in bad],
+        calibration.input_hw,
+        calibration.mean,
+        calibration.std,
+        list(calibration.skipped),
+    )
 
 
 def _written_files(out: Path) -> list[Path]:

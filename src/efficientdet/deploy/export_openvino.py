@@ -55,17 +55,18 @@ def bin_path(xml_path: str | os.PathLike) -> Path:
     return Path(xml_path).with_suffix(".bin")
 
 
-def _calibration_items(calibration: CalibrationSet, batch: int) -> list[Any]:
-    """The calibration images as (batch, 3, H, W) float32 arrays (the last one padded by
-    repeating its first image: the IR takes exactly ``batch`` images)."""
+def _calibration_items(calibration: CalibrationSet, batch: int) -> tuple[list[Any], int]:
+    """(the calibration images as (batch, 3, H, W) float32 arrays, the number of images read);
+    the last array is padded by repeating its first image: the IR takes exactly ``batch``."""
     import numpy as np
 
-    items = []
+    items, count = [], 0
     for chunk in calibration.batches(batch):
+        count += chunk.shape[0]
         if chunk.shape[0] < batch:
             chunk = np.concatenate([chunk] + [chunk[:1]] * (batch - chunk.shape[0]))
         items.append(chunk)
-    return items
+    return items, count
 
 
 def export_openvino(
@@ -110,7 +111,7 @@ def export_openvino(
     meta["precision"] = "fp32"
     if calibration is not None:
         assert nncf is not None
-        items = _calibration_items(calibration, batch)
+        items, count = _calibration_items(calibration, batch)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ov_model = nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items) * batch)
@@ -118,7 +119,7 @@ def export_openvino(
         meta["quantization"] = {
             "method": f"NNCF {nncf.__version__} post-training quantization (int8)",
             "calibration_source": calibration.source,
-            "calibration_images": len(calibration.paths) - len(calibration.skipped),
+            "calibration_images": count,
         }
     _write_pair(ov, ov_model, path, meta, verify)
     return path

@@ -30,11 +30,13 @@ def _reader(calibration: CalibrationSet, input_name: str, batch: int) -> Any:
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.items = iter(calibration.batches(batch))
+            self.count = 0  # images read
 
         def get_next(self) -> dict | None:
             chunk = next(self.items, None)
             if chunk is None:
                 return None
+            self.count += chunk.shape[0]
             if chunk.shape[0] < batch:
                 chunk = np.concatenate([chunk] + [chunk[:1]] * (batch - chunk.shape[0]))
             return {input_name: chunk}
@@ -54,6 +56,7 @@ def quantize_onnx(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    reader = _reader(calibration, "images", batch)
     with tempfile.TemporaryDirectory(prefix="efficientdet-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         with warnings.catch_warnings():
@@ -62,7 +65,7 @@ def quantize_onnx(
             quantize_static(
                 os.fspath(prepared),
                 os.fspath(out_path),
-                _reader(calibration, "images", batch),
+                reader,
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
@@ -73,5 +76,5 @@ def quantize_onnx(
         "method": f"onnxruntime {ort.__version__} quantize_static, QDQ, uint8 activations (MinMax), "
         "int8 per-channel weights",
         "calibration_source": calibration.source,
-        "calibration_images": len(calibration.paths) - len(calibration.skipped),
+        "calibration_images": reader.count,
     }

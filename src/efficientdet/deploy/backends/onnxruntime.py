@@ -20,8 +20,9 @@ from .base import Backend, run_fixed_batch
 HOW_TO_EXPORT = "efficientdet export --weights CKPT --format onnx"
 
 
-def open_session(path: str, threads: int | None = None):
-    """An ONNX Runtime CPU session for ``path`` (one-line WeightsError when it cannot load)."""
+def open_session(path: str, threads: int | None = None, providers: list | None = None):
+    """An ONNX Runtime session for ``path``, on the CPU unless ``providers`` are given (one-line
+    WeightsError when it cannot load)."""
     import onnxruntime as ort
 
     if not os.path.isfile(path):
@@ -34,7 +35,7 @@ def open_session(path: str, threads: int | None = None):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
         first = (
             str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
