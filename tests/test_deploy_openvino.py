@@ -414,3 +414,20 @@ def test_tensorrt_engine_gives_the_pytorch_outputs(work, tmp_path):
         ref_cls, ref_box = model(x)
     for got, ref in zip(cls + box, ref_cls + ref_box, strict=True):  # TF32 kernels: 1e-2
         assert float((got.cpu() - ref).abs().max() / ref.abs().max()) < 1e-2
+
+
+@pytest.mark.slow
+def test_bench_runs_the_int8_engines_and_says_which_backend_ran(tmp_path, capsys):
+    """``efficientdet bench --engine openvino-int8 onnxruntime-int8`` (random-pixel calibration)
+    and ``--weights model.xml``: each row names the backend that ran."""
+    out = tmp_path / "b.json"
+    argv = ["bench", "--model", "efficientdet_lite0", "--image-size", "64", "--repeats", "1"]
+    argv += ["--warmup", "0", "--parts", "end_to_end", "--in-process", "--quiet"]
+    assert main([*argv, "--engine", "openvino-int8", "onnxruntime-int8", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["engine"], r["backend"]) for r in rows] == [
+        ("openvino-int8", "openvino"),
+        ("onnxruntime-int8", "onnxruntime"),
+    ]
+    assert all(r["median_ms"] > 0 and r["batch"] == 1 for r in rows)
+    capsys.readouterr()

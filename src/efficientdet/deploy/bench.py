@@ -283,6 +283,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
             rows.append(
                 {
                     "engine": engine,
+                    "backend": det.backend.name,  # what ran (a --weights file picks its own)
                     "batch": batch,
                     "part": part,
                     "model": det.model_name,
