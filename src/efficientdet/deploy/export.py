@@ -35,6 +35,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -431,13 +432,14 @@ def run(args: argparse.Namespace) -> int:
         if args.image_size
         else tuple(model.config.image_size)
     )
+    input_hw = cast(tuple[int, int], hw)  # set above from the option or the model: never None
     calibration = None
     if args.int8:
         from .calibration import calibration_set
 
         calibration = readable_only(
             calibration_set(
-                args.calib_data, hw, model.config.mean, model.config.std, args.calib_images
+                args.calib_data, input_hw, model.config.mean, model.config.std, args.calib_images
             )
         )
     stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
@@ -455,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
             check_export(
                 model,
                 tmp,
-                hw,
+                input_hw,
                 int8=args.int8,
                 calibration=calibration,
                 batch=args.batch,
