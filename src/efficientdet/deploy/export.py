@@ -50,7 +50,7 @@ from ..nn.fuse import fuse_for_inference
 from .backends.base import require
 from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet
 from .metadata import TORCHSCRIPT_EXTRA, build_metadata, onnx_props
-from .parity import ParityResult, check_export, float_parity, probe_batch
+from .parity import ParityResult, check_export
 
 
 class RawExport(nn.Module):
@@ -568,11 +568,3 @@ def readable_only(calibration: CalibrationSet) -> CalibrationSet:
 def _written_files(out: Path) -> list[Path]:
     """The files one export wrote: ``out``, and its .bin for an OpenVINO .xml."""
     return [out, out.with_suffix(".bin")] if out.suffix == ".xml" else [out]
-
-
-def check_raw_parity(
-    model: nn.Module, path: str | os.PathLike, image_size_hw, fmt: str = "", batch: int = 1
-) -> float:
-    """Relative max difference of an exported float file's raw outputs vs ``model`` on a random
-    batch (:func:`efficientdet.deploy.parity.float_parity`; ``fmt`` is read from the file)."""
-    return float_parity(model, path, probe_batch(tuple(image_size_hw), None, batch)).value
