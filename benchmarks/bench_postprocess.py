@@ -10,12 +10,11 @@ N(0, 0.25). Prints a markdown table (median, p90 in ms); the effdet side is
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from efficientdet.config import AnchorConfig, NMSConfig
+from efficientdet.deploy import timing
 from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import postprocess
 
@@ -58,20 +57,19 @@ def time_postprocess(
     box = [b.to(device) for b in box]
     anchors = anchors.to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    with torch.inference_mode():
-        for _ in range(warmup):
-            postprocess(cls, box, anchors, nms_cfg, image_size_hw)
+    out: list = []
+
+    def run() -> None:
+        out[:] = postprocess(cls, box, anchors, nms_cfg, image_size_hw)
         sync()
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            dets = postprocess(cls, box, anchors, nms_cfg, image_size_hw)
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times_sorted = sorted(times)
+
+    with torch.inference_mode():
+        times = timing.time_calls(run, warmup, runs)  # the one timing loop (deploy/timing.py)
+    dets = out
+    stats = timing.summarize(times)
     return {
-        "median_ms": statistics.median(times),
-        "p90_ms": times_sorted[min(len(times) - 1, round(0.9 * (len(times) - 1)))],
+        "median_ms": stats["median_ms"],
+        "p90_ms": stats["p90_ms"],
         "runs": runs,
         "threads": torch.get_num_threads(),
         "num_detections": int(dets[0]["scores"].numel()),

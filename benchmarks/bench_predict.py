@@ -1,6 +1,7 @@
 """Inference speed side by side with effdet's DetBenchPredict (same machine, same run, same weights).
 
-    python benchmarks/bench_predict.py [--models d0 lite0] [--engines eager onnxruntime onnxruntime-nms]
+    python benchmarks/bench_predict.py [--models d0 lite0] [--engines eager onnxruntime onnxruntime-nms
+        onnxruntime-int8 openvino openvino-int8] [--calib-data data.yaml]
         [--rounds 3] [--repeats 10] [--threads 2] [--compile] [--json out.json]
 
 Both sides use the fixture weights (tests/fixtures: realistic score spread, so NMS has real
@@ -9,7 +10,8 @@ effdet: ``model(x)`` (network) and ``DetBenchPredict(model)(x)`` (network + top-
 decode + batched NMS, 100 detections), eager and with channels_last, in the peer venv
 (benchmarks/peer/peer_predict.py). Ours: ``Detector.raw`` (network) and
 ``Detector.detect_batch`` (network + top-5000 + decode + class-aware NMS, 100 detections,
-score threshold 0) per engine. Every measurement runs in a fresh process; the rounds
+score threshold 0) per engine (the Detector of ``efficientdet bench``'s engines,
+:func:`efficientdet.deploy.bench.detector_for_engine`). Every measurement runs in a fresh process; the rounds
 alternate effdet and ours so that load from other processes hits both alike; the table shows
 the median over rounds of each round's median.
 """
@@ -40,8 +42,8 @@ def worker(args) -> None:
     runtime.keep_freed_memory()  # as `efficientdet predict` and `bench` do
     import torch
 
-    from efficientdet import Detector, create_model
-    from efficientdet.deploy.export import export_onnx
+    from efficientdet import create_model
+    from efficientdet.deploy.bench import detector_for_engine
     from efficientdet.weights import load_weights
 
     common.set_threads(args.threads)
@@ -54,17 +56,18 @@ def worker(args) -> None:
         model,
         {k: v.float() if v.is_floating_point() else v for k, v in ref["state_dict_fp16"].items()},
     )
-    opts = dict(conf=0.0, iou=0.5, max_det=100, max_candidates=5000)
     engine = args.worker
     with tempfile.TemporaryDirectory() as tmp:
-        if engine in ("eager", "compile"):
-            det = Detector(model=model, compile=engine == "compile", **opts)
-        else:
-            path = os.path.join(tmp, "m.onnx")
-            export_onnx(
-                model, path, nms=engine == "onnxruntime-nms", conf=0.0, iou=0.5, max_det=100
-            )
-            det = Detector(path, threads=args.threads, **opts)
+        # exported files are kept in --workdir across rounds (exporting is not what is timed)
+        det = detector_for_engine(
+            engine,
+            model,
+            args.threads,
+            os.path.join(args.workdir, f"{args.model}-{engine}") if args.workdir else tmp,
+            args.calib_data,
+            reuse=bool(args.workdir),
+            max_candidates=5000,
+        )
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         if det.backend.name == "torch" and det.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -98,8 +101,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--calib-data",
+        default=None,
+        help="calibration images of the -int8 engines (default: 8 random-pixel images)",
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -109,10 +118,13 @@ def main() -> None:
         ["compile"] if args.compile and "compile" not in args.engines else []
     )
     print(common.machine_info())
+    import tempfile
+
+    workdir = tempfile.mkdtemp(prefix="bench-predict-")  # exports shared by the rounds
     rows: dict[tuple, list[dict]] = {}
     for rnd in range(args.rounds):
         for key in args.models:
-            _ours, peer, size, _ = MODELS[key]
+            _, peer, size, _ = MODELS[key]
             jobs = [("effdet", "eager", []), ("effdet", "channels_last", ["--channels-last"])]
             jobs += [("ours", e, None) for e in engines]
             for impl, engine, extra in jobs:
@@ -153,6 +165,9 @@ def main() -> None:
                             str(args.warmup),
                             "--threads",
                             str(args.threads),
+                            *(["--calib-data", args.calib_data] if args.calib_data else []),
+                            "--workdir",
+                            workdir,
                         ],
                     )
                 rows.setdefault((key, impl, engine), []).append(res)

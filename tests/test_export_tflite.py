@@ -200,7 +200,7 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
 def test_option_pairs_that_do_not_fit_are_one_line(tiny_ckpt, capfd):
     ckpt = str(tiny_ckpt["ckpt"])
     cases = [
-        (["--format", "onnx", "--int8"], "--int8 is an option of --format tflite"),
+        (["--format", "onnx", "--fp16"], "--fp16 is an option of --format tflite"),
         (
             ["--format", "torchscript", "--uint8-input"],
             "--uint8-input is an option of --format tflite",
@@ -210,7 +210,7 @@ def test_option_pairs_that_do_not_fit_are_one_line(tiny_ckpt, capfd):
             "--int8 needs calibration images; fix: add --calib-data",
         ),
         (["--format", "tflite", "--fp16", "--int8"], "--fp16 and --int8 together"),
-        (["--format", "tflite", "--calib-data", "x.yaml"], "--calib-data is for --int8 only"),
+        (["--format", "tflite", "--calib-data", "x.yaml"], "--calib-data is for int8"),
         (["--format", "tflite", "--batch", "2"], "TFLite files take one image (batch 1)"),
     ]
     for argv, message in cases:

@@ -27,3 +27,7 @@ class OutputError(EfficientDetError):
 
 class ResourceError(EfficientDetError):
     """A step that needs more memory than the machine has (see ``efficientdet.resources``)."""
+
+
+class ExportError(EfficientDetError):
+    """An exported file that fails its parity check against PyTorch (nothing is written)."""

@@ -5,8 +5,12 @@
 
 Engines: ``eager`` (PyTorch, BN folded, channels_last, inference_mode), ``onnxruntime`` (the raw
 ONNX export in ONNX Runtime with all graph optimisations; decode + NMS in PyTorch),
-``onnxruntime-nms`` (decode + NMS inside the ONNX graph), ``compile`` (``torch.compile`` of the
-eager model). Parts: ``network`` (normalised batch -> raw outputs), ``end_to_end`` (network +
+``onnxruntime-nms`` (decode + NMS inside the ONNX graph), ``onnxruntime-int8`` (the int8 QDQ
+export), ``openvino`` / ``openvino-int8`` (the OpenVINO IR, float32 / NNCF int8, CPU plugin),
+``compile`` (``torch.compile`` of the eager model), ``tensorrt`` (the ONNX export through ONNX
+Runtime's TensorRT provider; NVIDIA GPU only). The int8 engines calibrate on ``--calib-data``
+(default: 8 random-pixel images, enough for timing, not for accuracy: measure mAP with
+``efficientdet val`` on a file exported with your data). Parts: ``network`` (normalised batch -> raw outputs), ``end_to_end`` (network +
 top-k, decode, class-aware NMS, 100 detections, like effdet's DetBenchPredict) and
 ``from_image`` (end to end plus letterboxing a 640x480 uint8 image per batch item).
 
@@ -31,10 +35,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
+from . import timing
 from .timing import peak_rss_mb, summarize, usable_cores
 
-ENGINES = ("eager", "onnxruntime", "onnxruntime-nms", "compile")
+ENGINES = (
+    "eager",
+    "onnxruntime",
+    "onnxruntime-nms",
+    "onnxruntime-int8",
+    "openvino",
+    "openvino-int8",
+    "compile",
+    "tensorrt",
+)
 DEFAULT_MODEL = "efficientdet_d0"  # without --model and --weights
 PARTS = ("network", "end_to_end", "from_image")
 
@@ -79,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument(
+        "--calib-data",
+        default=None,
+        metavar="DATA",
+        help="calibration images of the -int8 engines (default: 8 random-pixel images, timing only)",
+    )
     cli_options.add(parser, "json", "quiet")
     parser.add_argument(
         "--in-process",
@@ -95,21 +117,24 @@ def build_detector(
     threads: int | None,
     weights: str | None = None,
     workdir: str | None = None,
+    calib_data: str | None = None,
 ):
     """The Detector an engine uses (conf 0, IoU 0.5, 100 detections, 5000 candidates)."""
     import torch
 
     from ..config import parse_image_size
     from ..factory import create_model
+    from .backends import is_exported
     from .detector import Detector
 
-    opts = dict(conf=0.0, iou=0.5, max_det=100)
-    from .backends import is_exported
+    opts: dict[str, Any] = {"conf": 0.0, "iou": 0.5, "max_det": 100}
 
-    if weights and is_exported(
-        weights
-    ):  # a TorchScript / ONNX file runs in its own runtime, whatever --engine says
-        return Detector(weights, threads=threads, **opts)
+    if (
+        weights and is_exported(weights)
+    ):  # an exported file runs in its own runtime (or TensorRT for ONNX), whatever else --engine says
+        return Detector(
+            weights, threads=threads, engine="tensorrt" if engine == "tensorrt" else None, **opts
+        )
     if weights:  # our checkpoint carries its model; other weights need model_name
         det = (
             Detector.from_name(
@@ -126,23 +151,80 @@ def build_detector(
             num_classes=num_classes,
             image_size=parse_image_size(image_size, "--image-size"),
         ).eval()
+    return detector_for_engine(engine, model, threads, workdir, calib_data)
+
+
+def detector_for_engine(
+    engine: str,
+    model,
+    threads: int | None,
+    workdir: str | None = None,
+    calib_data: str | None = None,
+    reuse: bool = False,
+    **options,
+):
+    """The Detector that runs ``model`` on ``engine`` (exported into ``workdir`` where the engine
+    needs a file; with ``reuse`` a file already there from an earlier call is taken as is);
+    ``options`` default to conf 0, IoU 0.5, 100 detections."""
+    from .detector import Detector
+
+    opts: dict[str, Any] = {"conf": 0.0, "iou": 0.5, "max_det": 100, **options}
     if engine == "eager":
         return Detector(model=model, **opts)
     if engine == "compile":
         return Detector(model=model, compile=True, **opts)
-    from .export import export_onnx
-
-    path = os.path.join(workdir or tempfile.mkdtemp(prefix="efficientdet-bench-"), f"{engine}.onnx")
-    export_onnx(
-        model,
-        path,
-        dynamic_batch=True,
-        nms=engine == "onnxruntime-nms",
-        conf=0.0,
-        iou=0.5,
-        max_det=100,
+    workdir = workdir or tempfile.mkdtemp(prefix="efficientdet-bench-")
+    path = os.path.join(
+        workdir, f"{engine}.xml" if engine.startswith("openvino") else f"{engine}.onnx"
     )
-    return Detector(path, threads=threads, **opts)
+    calibration = (
+        bench_calibration(model, workdir, calib_data)
+        if engine.endswith("-int8") and not (reuse and os.path.exists(path))
+        else None
+    )
+    if reuse and os.path.exists(path):
+        pass
+    elif engine.startswith("openvino"):
+        from .export_openvino import export_openvino
+
+        export_openvino(model, path, calibration=calibration)
+    else:
+        from .export import export_onnx
+
+        export_onnx(
+            model,
+            path,
+            dynamic_batch=calibration is None,
+            nms=engine == "onnxruntime-nms",
+            conf=float(opts["conf"]),
+            iou=float(opts["iou"]),
+            max_det=int(opts["max_det"]),
+            calibration=calibration,
+        )
+    if engine.startswith("openvino"):
+        return Detector(path, threads=threads, **opts)
+    return Detector(
+        path, threads=threads, engine="tensorrt" if engine == "tensorrt" else None, **opts
+    )
+
+
+def bench_calibration(model, workdir: str, calib_data: str | None = None):
+    """The calibration set of an int8 engine: ``calib_data``, else 8 random-pixel JPEGs written
+    into ``workdir`` (timing only: int8 speed does not depend on the images' content)."""
+    import numpy as np
+    from PIL import Image
+
+    from .calibration import calibration_set
+
+    if calib_data is None:
+        calib_data = os.path.join(workdir, "calibration")
+        os.makedirs(calib_data, exist_ok=True)
+        rng = np.random.RandomState(0)
+        for i in range(8):
+            pixels = rng.randint(0, 256, (480, 640, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(calib_data, f"{i}.jpg"))
+    cfg = model.config
+    return calibration_set(calib_data, tuple(cfg.image_size), cfg.mean, cfg.std, 200)
 
 
 def measure_engine(engine: str, batch: int, args) -> list[dict]:
@@ -157,7 +239,14 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
         t0 = time.perf_counter()
         det = build_detector(
-            engine, args.model, args.image_size, args.num_classes, threads, args.weights, workdir
+            engine,
+            args.model,
+            args.image_size,
+            args.num_classes,
+            threads,
+            args.weights,
+            workdir,
+            getattr(args, "calib_data", None),
         )
         setup_s = time.perf_counter() - t0
         check_memory(det.config, batch, train=False, device=det.device, image_size=det.image_size)
@@ -172,7 +261,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
         sizes = [(h, w)] * batch
         image = np.random.RandomState(0).randint(0, 256, (480, 640, 3), dtype=np.uint8)
         images = [image] * batch
-        runs = {
+        runs: dict[str, Callable[[], object] | None] = {
             "network": lambda: det.raw(x),
             "end_to_end": lambda: det.detect_batch(x, scales, sizes),
             "from_image": lambda: det.predict(images),
@@ -194,6 +283,7 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
             rows.append(
                 {
                     "engine": engine,
+                    "backend": det.backend.name,  # what ran (a --weights file picks its own)
                     "batch": batch,
                     "part": part,
                     "model": det.model_name,
@@ -210,24 +300,15 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
 def time_interleaved(
     parts: dict, warmup: int, repeats: int, quiet: bool = False, desc: str = "bench"
 ) -> dict[str, list[float]]:
-    """{part: fn} -> {part: wall times in ms}: every part warmed up ``warmup`` times, then
-    ``repeats`` rounds that each time every part once (a tqdm bar counts the rounds), so that
-    all parts see the same machine state and their medians compare."""
-    import gc
-
+    """:func:`efficientdet.deploy.timing.time_interleaved` with a tqdm bar over the rounds."""
     from ..progress import bar
 
-    for fn in parts.values():
-        for _ in range(max(0, warmup)):
-            fn()
-    gc.collect()
-    times: dict[str, list[float]] = {part: [] for part in parts}
-    for _ in bar(range(max(1, repeats)), quiet, desc=desc, unit="round", leave=False):
-        for part, fn in parts.items():
-            t0 = time.perf_counter()
-            fn()
-            times[part].append((time.perf_counter() - t0) * 1e3)
-    return times
+    return timing.time_interleaved(
+        parts,
+        warmup,
+        repeats,
+        rounds=lambda span: bar(span, quiet, desc=desc, unit="round", leave=False),
+    )
 
 
 def _child(engine: str, batch: int, args) -> list[dict]:
@@ -258,10 +339,12 @@ def _child(engine: str, batch: int, args) -> list[dict]:
         cmd += ["--threads", str(args.threads)]
     if args.weights:
         cmd += ["--weights", args.weights]
+    if args.calib_data:
+        cmd += ["--calib-data", args.calib_data]
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     try:
-        proc = subprocess.run(cmd + ["--json", out], capture_output=True, text=True)
+        proc = subprocess.run([*cmd, "--json", out], capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             user_error = proc.returncode == 2 and tail[0].startswith(

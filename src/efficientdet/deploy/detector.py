@@ -31,7 +31,7 @@ from ..detection.postprocess import postprocess
 from ..errors import ConfigError, WeightsError
 from ..runtime import resolve_device
 from ..weights.checkpoint import is_our_checkpoint
-from .backends import Backend, TorchBackend, file_kind, open_exported
+from .backends import EXPORTED, Backend, TorchBackend, file_kind, open_exported
 from .preprocess import as_list, preprocess
 
 # COCO 2017 category ids 1..90 (the 90-slot layout of the official / effdet 90-class weights);
@@ -193,13 +193,15 @@ class Detector:
     ``device`` ("cpu", "cuda", "auto"; None = auto, CPU for ONNX), ``half`` (bf16 on CPU, fp16
     on CUDA; PyTorch weights only), ``channels_last`` (default True on CPU), ``fuse`` (fold BN
     into the convs, default True), ``compile`` (torch.compile the network), ``threads`` (ONNX
-    Runtime intra-op threads), ``max_candidates`` (top-k before NMS, 5000).
+    Runtime / OpenVINO threads), ``max_candidates`` (top-k before NMS, 5000), ``engine``
+    (another runtime for an exported file: "tensorrt" runs an ONNX file through ONNX Runtime's
+    TensorRT execution provider on CUDA).
 
     ``backend``: the runtime (:mod:`efficientdet.deploy.backends`), picked from the file's
     content: our checkpoint -> ``torch``, a TorchScript export -> ``torchscript``, an ONNX
     export -> ``onnxruntime`` (raw outputs, post-processed here exactly as for torch) or
     ``onnxruntime-nms`` (NMS inside, built with its own IoU / minimum score / max detections:
-    the Detector refuses options it cannot honour). Classes, category ids, image size and
+    the Detector refuses options it cannot honour), an OpenVINO .xml -> ``openvino``. Classes, category ids, image size and
     mean/std come from the file.
     """
 
@@ -222,6 +224,7 @@ class Detector:
         compile: bool = False,
         threads: int | None = None,
         max_candidates: int = 5000,
+        engine: str | None = None,
     ):
         if (weights is None) == (model is None):
             raise ConfigError(
@@ -241,10 +244,11 @@ class Detector:
                 backend = open_exported(
                     path,
                     resolve_device(
-                        "cpu" if kind in ("onnx", "tflite") and device in (None, "auto") else device
+                        "cpu" if kind in EXPORTED and device in (None, "auto") else device
                     ),
                     half=half,
                     threads=threads,
+                    engine=engine,
                 )
                 class_names = class_names or backend.class_names
                 category_ids = category_ids if category_ids is not None else backend.category_ids
@@ -254,6 +258,11 @@ class Detector:
                         "fix: re-export with --image-size or drop the option"
                     )
         if model is not None:
+            if engine is not None:
+                raise ConfigError(
+                    f"engine {engine!r} runs an exported file; fix: export first "
+                    "(efficientdet export --format onnx) or drop the engine"
+                )
             backend = TorchBackend(
                 model,
                 resolve_device(device),

@@ -1,4 +1,8 @@
-"""Export to ONNX or TorchScript: ``efficientdet export --weights W --format onnx|torchscript``.
+"""Export: ``efficientdet export --weights W --format onnx|torchscript|openvino [--int8 --calib-data D]``.
+
+One dispatch per format: ONNX and TorchScript here, OpenVINO IR in :mod:`.export_openvino`,
+int8 by ONNX Runtime QDQ (:mod:`.quantize`) or NNCF; every file is checked against PyTorch
+before it is kept (:mod:`.parity`).
 
 Graph inputs/outputs (the image size is fixed at export; the batch is fixed or dynamic):
 
@@ -27,9 +31,11 @@ import argparse
 import copy
 import json
 import os
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,7 +48,10 @@ from ..detection.postprocess import fixed_shape_candidates, fixed_shape_detectio
 from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.fuse import fuse_for_inference
+from .backends.base import require
+from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet
 from .metadata import TORCHSCRIPT_EXTRA, build_metadata, onnx_props
+from .parity import ParityResult, check_export
 
 
 class RawExport(nn.Module):
@@ -186,9 +195,14 @@ def export_onnx(
     max_det: int = 100,
     max_candidates: int = 5000,
     fuse: bool = True,
+    calibration: CalibrationSet | None = None,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` (an EfficientDet) to ``path`` as ONNX (legacy TorchScript-based exporter,
-    ``dynamo=False``: it maps the NMS function to ``NonMaxSuppression``). Returns the path."""
+    ``dynamo=False``: it maps the NMS function to ``NonMaxSuppression``). With a
+    ``calibration`` set the raw graph is quantised to int8 QDQ (:mod:`.quantize`).
+    ``verify(tmp)`` runs on the finished temporary file before it is renamed (the parity
+    check: raising leaves no file). Returns the path."""
     import onnx
 
     from .detector import _default_names
@@ -196,6 +210,11 @@ def export_onnx(
     if opset < 11:
         raise ConfigError(
             f"--opset {opset}: need 11 or newer (NonMaxSuppression, TopK with k input)"
+        )
+    if calibration is not None and (nms or dynamic_batch):
+        raise ConfigError(
+            "--int8 exports raw outputs with a fixed batch; fix: drop --nms-in-graph / "
+            "--dynamic-batch (decoding and NMS then run in PyTorch)"
         )
     model, hw = _prepare(model, image_size, fuse)
     names = (
@@ -226,8 +245,9 @@ def export_onnx(
         {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
     )
     meta = build_metadata(model.config, hw, names, category_ids, "nms" if nms else "raw", nms_cfg)
+    meta["precision"] = "fp32" if calibration is None else "int8"
 
-    def write(tmp: Path) -> None:
+    def torch_export(target: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter(
                 "ignore"
@@ -235,7 +255,7 @@ def export_onnx(
             torch.onnx.export(
                 module,
                 args,
-                os.fspath(tmp),
+                os.fspath(target),
                 input_names=input_names,
                 output_names=output_names,
                 dynamic_axes=dynamic_axes,
@@ -243,6 +263,17 @@ def export_onnx(
                 dynamo=False,
                 do_constant_folding=True,
             )
+
+    def write(tmp: Path) -> None:
+        if calibration is None:
+            torch_export(tmp)
+        else:
+            from .quantize import quantize_onnx
+
+            with tempfile.TemporaryDirectory(prefix="efficientdet-export-") as work:
+                float_file = Path(work) / "float.onnx"
+                torch_export(float_file)
+                meta["quantization"] = quantize_onnx(float_file, tmp, calibration, batch)
         proto = onnx.load(os.fspath(tmp))
         del proto.metadata_props[:]
         for key, value in onnx_props(meta).items():
@@ -250,6 +281,8 @@ def export_onnx(
             entry.key, entry.value = key, value
         proto.doc_string = f"efficientdet {meta['model_name']} ({meta['outputs']} outputs); see metadata 'efficientdet'"
         onnx.save(proto, os.fspath(tmp))
+        if verify is not None:
+            verify(tmp)
 
     write_via_temp(path, write)
     return path
@@ -264,9 +297,11 @@ def export_torchscript(
     image_size=None,
     batch: int = 1,
     fuse: bool = True,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the raw-output model traced with ``torch.jit.trace`` (any batch size works; the image
-    size is fixed); metadata in ``_extra_files["efficientdet.json"]``. Returns the path."""
+    size is fixed); metadata in ``_extra_files["efficientdet.json"]``. ``verify(tmp)``: as for
+    :func:`export_onnx`. Returns the path."""
     from .detector import _default_names
 
     model, hw = _prepare(model, image_size, fuse)
@@ -289,6 +324,8 @@ def export_torchscript(
             torch.jit.save(
                 traced, os.fspath(tmp), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)}
             )
+        if verify is not None:
+            verify(tmp)
 
     write_via_temp(path, write)
     return path
@@ -308,7 +345,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model name for --weights that are not our checkpoint (e.g. efficientdet_d0)",
     )
-    parser.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument(
         "--nms-in-graph",
         action="store_true",
@@ -331,7 +368,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep BatchNorm layers (default: folded into the convs)",
     )
     parser.add_argument(
-        "--no-check", action="store_true", help="skip the parity check against PyTorch after export"
+        "--no-check",
+        action="store_true",
+        help="skip the parity check against PyTorch (run on the file before it is kept)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnx / openvino: int8 post-training quantization on --calib-data images",
+    )
+    parser.add_argument(
+        "--calib-data",
+        default=None,
+        metavar="DATA",
+        help="calibration images for --int8: a dataset YAML / COCO JSON (its train split) or a folder",
+    )
+    parser.add_argument(
+        "--calib-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help=f"calibration images to use, evenly spread (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     cli_options.add(parser, "out", "exist_ok", "quiet")
 
@@ -356,21 +413,23 @@ def _load_for_export(weights: str, model_name: str | None):
 def run(args: argparse.Namespace) -> int:
     """``--batch``: the example input's batch (the fixed batch without --dynamic-batch);
     ``--conf/--iou/--max-det``: the NMS settings baked into a ``--nms-in-graph`` file. Writes
-    ``OUT/<weights stem>[_nms].onnx`` or ``.torchscript.pt`` into a new run folder
-    (``runs/export/N`` or ``--out``), all or nothing."""
+    ``OUT/<weights stem>[_nms][_int8].onnx``, ``.torchscript.pt`` or ``.xml`` + ``.bin`` into a
+    new run folder (``runs/export/N`` or ``--out``), all or nothing: the parity check against
+    PyTorch (:mod:`.parity`) runs on the temporary file, which is kept only when it passes."""
     from ..progress import stage
     from ..run_dirs import make_run_dir, refuse_inputs_inside
 
     NMSConfig(
         iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det
     )  # same checks as val/predict
+    check_format_options(args)
     from .export_tflite import check_tflite_options
 
     check_tflite_options(args)
-    if args.nms_in_graph and args.format == "torchscript":
-        raise ConfigError(
-            "--nms-in-graph is available for --format onnx and tflite; fix: TorchScript exports raw outputs, drop it"
-        )
+    if args.format == "openvino":  # before any work: name the extra when it is missing
+        require("openvino", "--format openvino", "openvino")
+        if args.int8:
+            require("nncf", "--format openvino --int8", "openvino")
     if args.out is not None:
         refuse_inputs_inside(args.out, {"weights file": args.weights})
     quiet = args.quiet
@@ -381,20 +440,51 @@ def run(args: argparse.Namespace) -> int:
         if args.image_size
         else tuple(model.config.image_size)
     )
+    input_hw = cast(tuple[int, int], hw)  # set above from the option or the model: never None
     stem = Path(args.weights).stem if os.path.exists(args.weights) else model.config.name
     if args.format == "tflite":
         from .export_tflite import run_tflite
 
-        return run_tflite(args, model, names, category_ids, hw, stem)
-    name = (
-        f"{stem}{'_nms' if args.nms_in_graph else ''}.onnx"
-        if args.format == "onnx"
-        else f"{stem}.torchscript.pt"
-    )
+        return run_tflite(args, model, names, category_ids, input_hw, stem)
+    calibration = None
+    if args.int8:
+        from .calibration import calibration_set
+
+        calibration = readable_only(
+            calibration_set(
+                args.calib_data, input_hw, model.config.mean, model.config.std, args.calib_images
+            )
+        )
+    suffix = ("_nms" if args.nms_in_graph else "") + ("_int8" if args.int8 else "")
+    name = f"{stem}{suffix}{FILE_SUFFIX[args.format]}"
     out_dir = make_run_dir(args.out, args.exist_ok, "export")
     refuse_inputs_inside(out_dir, {"weights file": args.weights})
     out = out_dir / name
-    with stage(f"exporting {model.config.name} to {args.format} ({hw[0]}x{hw[1]})", quiet):
+    checked: list[ParityResult] = []
+
+    def verify(tmp: Path) -> None:
+        if args.no_check or args.nms_in_graph:
+            return
+        checked.append(
+            check_export(
+                model,
+                tmp,
+                input_hw,
+                int8=args.int8,
+                calibration=calibration,
+                batch=args.batch,
+                what=str(out),
+            )
+        )
+
+    precision = "int8" if args.int8 else "float32"
+    with stage(
+        f"exporting {model.config.name} to {args.format} {precision} ({hw[0]}x{hw[1]}"
+        f"{f', calibrating on {len(calibration.paths)} images' if calibration else ''}"
+        f"{', checking against PyTorch' if not args.no_check and not args.nms_in_graph else ''})",
+        quiet,
+    ):
+        common = dict(image_size=hw, batch=args.batch, fuse=not args.no_fuse, verify=verify)
         if args.format == "onnx":
             export_onnx(
                 model,
@@ -404,45 +494,94 @@ def run(args: argparse.Namespace) -> int:
                 nms=args.nms_in_graph,
                 dynamic_batch=args.dynamic_batch,
                 opset=args.opset,
-                image_size=hw,
-                batch=args.batch,
                 conf=args.conf,
                 iou=args.iou,
                 max_det=args.max_det,
-                fuse=not args.no_fuse,
+                calibration=calibration,
+                **common,
             )  # all or nothing (fileio.write_via_temp)
+        elif args.format == "openvino":
+            from .export_openvino import export_openvino
+
+            export_openvino(model, out, names, category_ids, calibration=calibration, **common)
         else:
-            export_torchscript(
-                model,
-                out,
-                names,
-                category_ids,
-                image_size=hw,
-                batch=args.batch,
-                fuse=not args.no_fuse,
-            )
-    size_mb = out.stat().st_size / 2**20
+            export_torchscript(model, out, names, category_ids, **common)
+    if calibration is not None and calibration.skipped:
+        print(
+            f"calibration: {len(calibration.skipped)} of "
+            f"{len(calibration.paths) + len(calibration.skipped)} images could "
+            f"not be read and were skipped (first: {calibration.skipped[0][1]})"
+        )
+    size_mb = sum(p.stat().st_size for p in _written_files(out)) / 2**20
     print(
-        f"exported {model.config.name} ({args.format}{', nms' if args.nms_in_graph else ', raw outputs'}, "
+        f"exported {model.config.name} ({args.format} {precision}{', nms' if args.nms_in_graph else ', raw outputs'}, "
         f"input {hw[0]}x{hw[1]}{', dynamic batch' if args.dynamic_batch else ''}) -> {out} ({size_mb:.1f} MiB)"
     )
-    if not args.no_check and not args.nms_in_graph:
-        with stage("checking the exported outputs against PyTorch", quiet):
-            diff = check_raw_parity(model, out, hw, args.format, batch=args.batch)
-        print(f"check: max |difference| vs PyTorch {diff:.2e} on a random batch")
+    if checked:
+        print(f"check vs PyTorch: {checked[0].line()}")
     return 0
 
 
-def check_raw_parity(
-    model: nn.Module, path: str | os.PathLike, image_size_hw, fmt: str, batch: int = 1
-) -> float:
-    """Max abs difference of the exported file's raw outputs (run by its backend) vs the PyTorch
-    model on a random batch. ``fmt`` is read from the file itself and kept for callers."""
-    from .backends import open_exported
+FORMATS = ("onnx", "torchscript", "openvino", "tflite")
+FILE_SUFFIX = {
+    "onnx": ".onnx",
+    "torchscript": ".torchscript.pt",
+    "openvino": ".xml",
+    "tflite": ".tflite",
+}
+INT8_FORMATS = ("onnx", "openvino", "tflite")
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, *image_size_hw, generator=g)
-    with torch.no_grad():
-        ref_cls, ref_box = model.eval()(x)
-        got_cls, got_box = open_exported(path, torch.device("cpu")).raw(x)
-    return max(float((r - o).abs().max()) for r, o in zip(ref_cls + ref_box, got_cls + got_box))
+
+def check_format_options(args: argparse.Namespace) -> None:
+    """Refuse a format / option pair that cannot work, in one line, before any work."""
+    if args.nms_in_graph and args.format not in ("onnx", "tflite"):
+        raise ConfigError(
+            f"--nms-in-graph is available for --format onnx and tflite; fix: --format "
+            f"{args.format} exports raw outputs, drop it"
+        )
+    if args.dynamic_batch and args.format == "openvino":
+        raise ConfigError(
+            "--dynamic-batch: an OpenVINO IR has a fixed batch (the backend runs any batch in "
+            "pieces of it); fix: drop --dynamic-batch"
+        )
+    if args.int8 and args.format not in INT8_FORMATS:
+        raise ConfigError(
+            f"--int8 is not available for --format {args.format}; fix: use --format "
+            f"{' or '.join(INT8_FORMATS)} for int8, or drop --int8"
+        )
+    if args.int8 and not args.calib_data:
+        raise ConfigError(
+            "--int8 needs calibration images; fix: add --calib-data data.yaml (or a folder of "
+            "images like the ones the model will see)"
+        )
+    if args.calib_data and not args.int8:
+        raise ConfigError(
+            "--calib-data is for int8 quantization; fix: add --int8 or drop --calib-data"
+        )
+    if args.int8 and args.format != "tflite" and (args.nms_in_graph or args.dynamic_batch):
+        raise ConfigError(
+            "--int8 exports raw outputs with a fixed batch; fix: drop --nms-in-graph / "
+            "--dynamic-batch (decoding and NMS then run in PyTorch)"
+        )
+
+
+def readable_only(calibration: CalibrationSet) -> CalibrationSet:
+    """The set with its unreadable images found now (one decoding pass, before any export
+    work): one-line DataError when none is readable; the others are left out and counted in
+    ``skipped``, so the quantiser and the parity check read the good ones only."""
+    for _ in calibration.batches():
+        pass
+    bad = {path for path, _ in calibration.skipped}
+    return CalibrationSet(
+        calibration.source,
+        [p for p in calibration.paths if p not in bad],
+        calibration.input_hw,
+        calibration.mean,
+        calibration.std,
+        list(calibration.skipped),
+    )
+
+
+def _written_files(out: Path) -> list[Path]:
+    """The files one export wrote: ``out``, and its .bin for an OpenVINO .xml."""
+    return [out, out.with_suffix(".bin")] if out.suffix == ".xml" else [out]

@@ -287,25 +287,10 @@ def export_tflite(
 
 # ----------------------------------------------------------------------------- CLI
 def add_tflite_arguments(parser) -> None:
-    """The options of ``export --format tflite`` (refused with any other format)."""
-    from .calibration import DEFAULT_CALIBRATION_IMAGES
-
+    """The options of ``export --format tflite`` only (refused with any other format); --int8,
+    --calib-data and --calib-images are export's, shared with onnx and openvino."""
     group = parser.add_argument_group("TFLite (--format tflite)")
     group.add_argument("--fp16", action="store_true", help="float16 weights (float32 compute)")
-    group.add_argument(
-        "--int8", action="store_true", help="full-integer int8, calibrated on --calib-data"
-    )
-    group.add_argument(
-        "--calib-data",
-        default=None,
-        help="--int8: dataset YAML / COCO JSON (its train split) or a folder of images",
-    )
-    group.add_argument(
-        "--calib-images",
-        type=int,
-        default=DEFAULT_CALIBRATION_IMAGES,
-        help=f"--int8: how many calibration images (default {DEFAULT_CALIBRATION_IMAGES})",
-    )
     group.add_argument(
         "--uint8-input",
         action="store_true",
@@ -316,14 +301,7 @@ def add_tflite_arguments(parser) -> None:
 def check_tflite_options(args) -> None:
     """One line for an option that does not fit the format (before any work)."""
     given = [
-        flag
-        for flag, on in (
-            ("--fp16", args.fp16),
-            ("--int8", args.int8),
-            ("--calib-data", args.calib_data is not None),
-            ("--uint8-input", args.uint8_input),
-        )
-        if on
+        flag for flag, on in (("--fp16", args.fp16), ("--uint8-input", args.uint8_input)) if on
     ]
     if args.format != "tflite":
         if given:
@@ -333,12 +311,6 @@ def check_tflite_options(args) -> None:
         return
     if args.fp16 and args.int8:
         raise ConfigError("--fp16 and --int8 together; fix: pick one")
-    if args.int8 and args.calib_data is None:
-        raise ConfigError(
-            "--int8 needs calibration images; fix: add --calib-data data.yaml (or a folder of images)"
-        )
-    if args.calib_data is not None and not args.int8:
-        raise ConfigError("--calib-data is for --int8 only; fix: add --int8 or drop --calib-data")
     if args.dynamic_batch or args.batch != 1:
         raise ConfigError(
             "TFLite files take one image (batch 1); fix: drop --dynamic-batch / --batch"

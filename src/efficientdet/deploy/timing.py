@@ -1,5 +1,6 @@
 """Wall-clock timing and peak memory of repeated calls: ``efficientdet bench`` and the scripts in
-benchmarks/ use these same functions.
+benchmarks/ (through benchmarks/common.py) use these same functions; :func:`time_interleaved`
+is the one timing loop.
 
 Standard library only, and nothing from this package: benchmarks/common.py loads this file by
 path inside the peer's virtual environment, where efficientdet is not installed.
@@ -12,21 +13,38 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+
+def time_interleaved(
+    parts: Mapping[str, Callable[[], object]],
+    warmup: int = 3,
+    repeats: int = 10,
+    rounds: Callable[[range], Iterable[int]] | None = None,
+) -> dict[str, list[float]]:
+    """The one timing loop. ``{part: fn}`` -> ``{part: wall times in ms}``: every part called
+    ``warmup`` times untimed, a garbage collection, then ``repeats`` rounds that each time every
+    part once, so all parts see the same machine state and their medians compare (timed one
+    after the other, a part that ran while the machine was busier would look slower).
+    ``rounds`` wraps the round range (e.g. a progress bar)."""
+    for fn in parts.values():
+        for _ in range(max(0, warmup)):
+            fn()
+    gc.collect()
+    times: dict[str, list[float]] = {part: [] for part in parts}
+    span = range(max(1, repeats))
+    for _ in rounds(span) if rounds is not None else span:
+        for part, fn in parts.items():
+            t0 = time.perf_counter()
+            fn()
+            times[part].append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def time_calls(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> list[float]:
     """``warmup`` untimed calls of ``fn()``, a garbage collection, then ``repeats`` timed calls;
-    returns their wall times in ms."""
-    for _ in range(max(0, warmup)):
-        fn()
-    gc.collect()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    returns their wall times in ms (:func:`time_interleaved` with one part)."""
+    return time_interleaved({"fn": fn}, warmup, repeats)["fn"]
 
 
 def summarize(times_ms: Sequence[float]) -> dict:

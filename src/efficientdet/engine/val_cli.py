@@ -1,4 +1,5 @@
-"""``efficientdet val``: COCO metrics of a checkpoint or an exported TorchScript / ONNX file on a dataset split.
+"""``efficientdet val``: COCO metrics of a checkpoint or any exported file (ONNX, ONNX int8, OpenVINO
+.xml, TorchScript: every kind in :data:`efficientdet.deploy.backends.EXPORTED`) on a dataset split.
 
 Prints the metrics table and writes ``OUT/results.json`` (COCO results with the dataset's
 category ids, xywh in original pixels), ``OUT/metrics.json`` and ``OUT/per_class.csv``, each
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     if is_exported(
         args.weights
-    ):  # TorchScript / ONNX: run through its backend by a Detector (which checks memory)
+    ):  # any exported file: run through its backend by a Detector (which checks memory)
         from ..deploy.detector import Detector
 
         model = Detector(

@@ -64,7 +64,9 @@ class MaxPool2dSame(nn.Module):
 
     For the 3x3 stride-2 pool of the BiFPN no pad is materialised: TF pads (0, 1) for an even
     size, which is ``ceil_mode`` (the last window may overhang), and (1, 1) for an odd size,
-    which is ``padding=1``; max pooling never takes padding. Other shapes pad explicitly.
+    which is ``padding=1``; max pooling never takes padding. Other shapes, and maps smaller
+    than the window (1 or 2 pixels: OpenVINO refuses a window larger than its input even with
+    ``ceil_mode``), pad explicitly with -inf.
     """
 
     def __init__(self, kernel_size: int = 3, stride: int = 2):
@@ -73,7 +75,7 @@ class MaxPool2dSame(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_size == 3 and self.stride == 2:
+        if self.kernel_size == 3 and self.stride == 2 and min(int(d) for d in x.shape[-2:]) >= 3:
             # int(): spatial sizes are static (exported graphs fix them; only the batch is dynamic)
             return F.max_pool2d(
                 x, 3, 2, padding=(int(x.shape[-2]) % 2, int(x.shape[-1]) % 2), ceil_mode=True

@@ -21,10 +21,15 @@ backends split and pad batches to fit, so callers may pass any N).
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+import numpy as np
 import torch
 
 from ...config import ModelConfig
-from ...errors import ConfigError
+from ...errors import ConfigError, WeightsError
 
 
 class Backend:
@@ -38,6 +43,7 @@ class Backend:
     class_names: list[str] | None = None
     category_ids: list[int] | None = None
     nms: dict | None = None
+    meta: dict | None = None  # an exported file's metadata (None for the eager backend)
     device = torch.device("cpu")
     dtype = torch.float32
     channels_last = False
@@ -70,3 +76,54 @@ class Backend:
 
     def check_options(self, conf: float, iou: float, max_det: int) -> None:
         """Refuse post-processing options a file with NMS inside cannot honour (raw backends take any)."""
+
+    def apply_metadata(self, meta: dict) -> tuple[list[tuple[int, int]], int]:
+        """Set ``meta``, ``config``, ``image_size``, ``class_names`` and ``category_ids`` from an
+        exported file's checked metadata (:func:`efficientdet.deploy.metadata.parse_metadata`);
+        returns (feature sizes per level, anchors per location): how flat outputs split."""
+        from ...config import parse_image_size
+        from ...detection.anchors import AnchorGenerator
+        from ...factory import config_from_dict
+
+        self.meta = meta
+        config = config_from_dict(meta["config"])
+        image_size = parse_image_size(meta["image_size"])
+        if image_size is None:
+            raise WeightsError(f"{self.path}: metadata has no image size; fix: re-export the file")
+        self.config, self.image_size = config, image_size
+        self.class_names, self.category_ids = meta["class_names"], meta.get("category_ids")
+        return (
+            AnchorGenerator(config.anchors).feature_sizes(image_size),
+            config.anchors.num_anchors,
+        )
+
+
+def require(module: str, what: str, extra: str) -> ModuleType:
+    """Import an optional runtime or converter, or one line naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"{what} needs the package {module}, which is not installed; "
+            f"fix: pip install 'efficientdet[{extra}]'"
+        ) from None
+
+
+def run_fixed_batch(
+    run: Callable[[list[np.ndarray]], list[np.ndarray]], feeds: list[np.ndarray], step: int | None
+) -> list[np.ndarray]:
+    """``run(feeds)`` for inputs with batch axis 0 on a file that takes exactly ``step`` images
+    (None: any): in pieces of ``step``, the last one padded by repeating its first item (valid
+    scales and sizes), whose outputs are dropped."""
+    n = feeds[0].shape[0]
+    if step is None or n == step:
+        return run(feeds)
+    pieces = []
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        part = [
+            np.concatenate([f[start : start + count]] + [f[start : start + 1]] * (step - count))
+            for f in feeds
+        ]
+        pieces.append([o[:count] for o in run(part)])
+    return [np.concatenate(outs) for outs in zip(*pieces, strict=True)]

@@ -12,18 +12,17 @@ import os
 import numpy as np
 import torch
 
-from ...config import parse_image_size
-from ...detection.anchors import AnchorGenerator
 from ...detection.layout import flat_to_levels
 from ...errors import ConfigError, WeightsError
 from ..metadata import META_KEY, parse_metadata
-from .base import Backend
+from .base import Backend, run_fixed_batch
 
 HOW_TO_EXPORT = "efficientdet export --weights CKPT --format onnx"
 
 
-def open_session(path: str, threads: int | None = None):
-    """An ONNX Runtime CPU session for ``path`` (one-line WeightsError when it cannot load)."""
+def open_session(path: str, threads: int | None = None, providers: list | None = None):
+    """An ONNX Runtime session for ``path``, on the CPU unless ``providers`` are given (one-line
+    WeightsError when it cannot load)."""
     import onnxruntime as ort
 
     if not os.path.isfile(path):
@@ -36,7 +35,7 @@ def open_session(path: str, threads: int | None = None):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
         first = (
             str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
@@ -52,12 +51,8 @@ class _OnnxBackend(Backend):
     input_names: tuple[str, ...] = ()
 
     def __init__(self, path: str | os.PathLike, session, meta: dict):
-        from ...factory import config_from_dict
-
-        self.path, self.session, self.meta = os.fspath(path), session, meta
-        self.config = config_from_dict(meta["config"])
-        self.image_size = parse_image_size(meta["image_size"])
-        self.class_names, self.category_ids = meta["class_names"], meta.get("category_ids")
+        self.path, self.session = os.fspath(path), session
+        self.feature_sizes, self.num_anchors = self.apply_metadata(meta)
         got = [i.name for i in session.get_inputs()]
         if got != list(self.input_names):
             raise WeightsError(
@@ -69,24 +64,11 @@ class _OnnxBackend(Backend):
 
     def _run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
         """Run the graph on inputs with batch axis 0; a fixed-batch file runs in padded pieces."""
-        n, step = feeds[0].shape[0], self.fixed_batch
-        if step is None or n == step:
-            return self.session.run(None, dict(zip(self.input_names, feeds, strict=True)))
-        pieces = []
-        for start in range(0, n, step):
-            count = min(step, n - start)
-            # pad by repeating the first item (valid scales and sizes), drop its outputs after
-            part = [
-                np.concatenate([f[start : start + count]] + [f[start : start + 1]] * (step - count))
-                for f in feeds
-            ]
-            pieces.append(
-                [
-                    o[:count]
-                    for o in self.session.run(None, dict(zip(self.input_names, part, strict=True)))
-                ]
-            )
-        return [np.concatenate(outs) for outs in zip(*pieces, strict=True)]
+        return run_fixed_batch(
+            lambda part: self.session.run(None, dict(zip(self.input_names, part, strict=True))),
+            feeds,
+            self.fixed_batch,
+        )
 
     @staticmethod
     def _np(x: torch.Tensor) -> np.ndarray:
@@ -100,19 +82,13 @@ class OnnxRawBackend(_OnnxBackend):
     outputs = "raw"
     input_names = ("images",)
 
-    def __init__(self, path, session, meta):
-        super().__init__(path, session, meta)
-        if self.image_size is None:
-            raise WeightsError(f"{self.path}: metadata has no image size; fix: re-export the file")
-        self.feature_sizes = AnchorGenerator(self.config.anchors).feature_sizes(self.image_size)
-
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cls_flat, box_flat = self._run([self._np(batch)])
         return flat_to_levels(
             torch.from_numpy(cls_flat),
             torch.from_numpy(box_flat),
             self.feature_sizes,
-            self.config.anchors.num_anchors,
+            self.num_anchors,
         )
 
 
