@@ -209,7 +209,10 @@ def test_option_pairs_that_do_not_fit_are_one_line(tiny_ckpt, capfd):
             ["--format", "tflite", "--int8"],
             "--int8 needs calibration images; fix: add --calib-data",
         ),
-        (["--format", "tflite", "--fp16", "--int8"], "--fp16 and --int8 together"),
+        (
+            ["--format", "tflite", "--fp16", "--int8", "--calib-data", "x.yaml"],
+            "--fp16 and --int8 together",
+        ),
         (["--format", "tflite", "--calib-data", "x.yaml"], "--calib-data is for int8"),
         (["--format", "tflite", "--batch", "2"], "TFLite files take one image (batch 1)"),
     ]
