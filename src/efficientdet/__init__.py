@@ -34,7 +34,7 @@ _EXPORTS = {
     "export_onnx": "efficientdet.deploy.export",
     "export_torchscript": "efficientdet.deploy.export",
     "train": "efficientdet.engine.trainer",
-    "TrainConfig": "efficientdet.engine.trainer",
+    "TrainConfig": "efficientdet.engine.config",
     "evaluate": "efficientdet.engine.evaluator",
     "load_dataset": "efficientdet.data",
     "keep_freed_memory": "efficientdet.runtime",

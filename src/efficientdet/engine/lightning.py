@@ -1,6 +1,6 @@
 """Optional PyTorch Lightning adapter (``pip install 'efficientdet[lightning]'``).
 
-    from efficientdet.engine.trainer import TrainConfig
+    from efficientdet.engine.config import TrainConfig
     from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
     import lightning as L
 

@@ -22,14 +22,14 @@ from ..config import (
     resolve_aspect_ratios,
 )
 from ..errors import ConfigError
-from .trainer import (
+from .config import (
     DEFAULT_MODEL,
     FREEZE_CHOICES,
     OPTIMIZER_NAMES,
     RESUME_OVERRIDABLE,
     TrainConfig,
-    train,
 )
+from .trainer import train
 
 _DEFAULTS = TrainConfig()
 PRECISION_TO_AMP = {
