@@ -27,3 +27,7 @@ class OutputError(EfficientDetError):
 
 class ResourceError(EfficientDetError):
     """A step that needs more memory than the machine has (see ``efficientdet.resources``)."""
+
+
+class CallbackError(EfficientDetError):
+    """A training callback (user's or logger) raised: names the callback and the event."""

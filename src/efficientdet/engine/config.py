@@ -23,6 +23,8 @@ FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
 # when they differ from the TrainConfig defaults, else from the run's saved args. Keep the
 # same ``workers`` for a bit-exact continuation (the augmentation streams are per worker).
 RESUME_OVERRIDABLE = ("workers", "device", "progress", "plots")
+# --logger NAME: the logger callbacks of efficientdet.engine.loggers
+LOGGER_NAMES = ("tensorboard", "mlflow")
 
 
 @dataclass
@@ -91,6 +93,9 @@ class TrainConfig:
     sync_bn: bool = True
     progress: bool = True
     plots: bool = True
+    loggers: list[str] = field(default_factory=list)  # of LOGGER_NAMES, several at once
+    debug_batches: int = 2  # first training batches drawn to RUN/debug (0: none)
+    debug_interval: int = 5  # predictions vs truth drawn every N epochs (0: never)
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, (tuple, list)):
@@ -122,6 +127,14 @@ class TrainConfig:
                 f"patience={self.patience}: need at least 1 epoch (or leave it out)",
             ),
             (self.workers >= 0, f"workers={self.workers}: need 0 or more"),
+            (
+                self.debug_batches >= 0,
+                f"debug_batches={self.debug_batches}: need 0 (off) or more; fix: e.g. --debug-batches 2",
+            ),
+            (
+                self.debug_interval >= 0,
+                f"debug_interval={self.debug_interval}: need 0 (off) or more epochs; fix: e.g. --debug-interval 5",
+            ),
             (self.max_bad_steps >= 1, f"max_bad_steps={self.max_bad_steps}: need at least 1"),
             (
                 0 <= self.seed < 2**32,
@@ -139,6 +152,16 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if isinstance(self.loggers, str):
+            self.loggers = [self.loggers]
+        self.loggers = [str(name).lower() for name in self.loggers]
+        unknown = [name for name in self.loggers if name not in LOGGER_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"logger {unknown[0]!r}: unknown; fix: choose from {', '.join(LOGGER_NAMES)} "
+                "(e.g. --logger tensorboard mlflow)"
+            )
+        self.loggers = list(dict.fromkeys(self.loggers))  # each once, in the given order
         self.optimizer, self.amp, self.freeze = (
             self.optimizer.lower(),
             self.amp.lower(),

@@ -10,8 +10,8 @@
     L.Trainer(max_epochs=cfg.epochs, gradient_clip_val=cfg.clip_grad).fit(module, dm)
     module.export_checkpoint("model.pt")   # our format: efficientdet.factory.load_model(...)
 
-The module reuses the library's pieces (build_model, DetectionLoss, build_optimizer /
-build_scheduler stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
+The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
+and warm-up + cosine schedule stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
 runs the loop, devices, precision and logging. Logged: ``train/loss``, ``train/class_loss``,
 ``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights when EMA is on).
 """
@@ -30,17 +30,19 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'"
     ) from exc
 
-from ..config import LossConfig, NMSConfig
+from ..config import NMSConfig
 from . import distributed as dist_utils
-from .trainer import (
-    TrainConfig,
+from .builders import (
+    build_loss,
     build_model,
-    default_lr,
+    build_optimization,
+    build_train_dataset,
     load_train_val,
     resolve_model_config,
     set_train_mode,
     use_channels_last,
 )
+from .config import TrainConfig
 
 
 def _as_config(cfg) -> TrainConfig:
@@ -67,24 +69,10 @@ class EfficientDetDataModule(L.LightningDataModule):
     def category_ids(self) -> list[int]:
         return list(self.train_data.category_ids)
 
-    def _dataset(self, data, train: bool):
-        from ..data import AugmentConfig, DetectionDataset
-
-        c, m = self.cfg, self.model_cfg
-        return DetectionDataset(
-            data,
-            m.image_size,
-            m.mean,
-            m.std,
-            train=train,
-            augment=AugmentConfig(c.scale_min, c.scale_max, c.flip_prob),
-            seed=c.seed,
-        )
-
     def train_dataloader(self):
         from ..data import create_loader
 
-        ds = self._dataset(self.train_data, True)
+        ds = build_train_dataset(self.cfg, self.train_data, self.model_cfg)
         return create_loader(
             ds,
             self.cfg.batch_size,
@@ -95,10 +83,11 @@ class EfficientDetDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self):
-        from ..data import create_loader
+        from ..data import DetectionDataset, create_loader
 
+        m = self.model_cfg
         return create_loader(
-            self._dataset(self.val_data, False),
+            DetectionDataset(self.val_data, m.image_size, m.mean, m.std, train=False),
             self.cfg.eval_batch_size or self.cfg.batch_size,
             shuffle=False,
             num_workers=self.cfg.workers,
@@ -132,13 +121,7 @@ class EfficientDetModule(L.LightningModule):
             }
         )
         self.model = build_model(self.cfg, len(self.class_names), log=lambda m: None)
-        from ..detection.loss import DetectionLoss
-
-        self.loss_fn = DetectionLoss(
-            self.model.config.anchors,
-            LossConfig(box_loss=self.cfg.box_loss, assigner=self.cfg.assigner),
-            len(self.class_names),
-        )
+        self.loss_fn = build_loss(self.cfg, self.model.config)
         self.val_data = val_data
         self.ema = None
         self._detections: list[dict] = []
@@ -194,16 +177,13 @@ class EfficientDetModule(L.LightningModule):
             self.ema.update(self.model)
 
     def configure_optimizers(self):
-        from .optim import build_optimizer, build_scheduler
-
         cfg = self.cfg
         world = self.trainer.world_size if self.trainer is not None else 1
-        lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, cfg.batch_size * world)
-        optimizer = build_optimizer(self.model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
-        scheduler = build_scheduler(optimizer, total, warmup, min_lr_ratio=cfg.min_lr_ratio)
+        _, optimizer, scheduler, _ = build_optimization(
+            cfg, self.model, steps_per_epoch, total, cfg.batch_size * world
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
