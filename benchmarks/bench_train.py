@@ -252,6 +252,12 @@ def main() -> None:
     ap.add_argument("--default-malloc", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY unset")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run only the configurations named exactly (e.g. 'ours channels_last' 'effdet fp32')",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.worker:
@@ -298,6 +304,11 @@ def main() -> None:
                 ["--model", "tf_efficientdet_d0", "--channels-last"],
             ),
         ]
+    if args.only:
+        unknown = sorted(set(args.only) - {name for name, _, _ in configs})
+        if unknown:
+            ap.error(f"--only: unknown configuration(s) {unknown}")
+        configs = [c for c in configs if c[0] in args.only]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
     for r in range(args.rounds):
         for name, impl, extra in configs:

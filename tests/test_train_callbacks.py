@@ -13,6 +13,7 @@ import csv
 import sys
 import types
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -105,9 +106,8 @@ def stub_debug_views(calls: dict) -> types.ModuleType:
         write_via_temp(path, lambda tmp: Image.fromarray(array).save(tmp))
         return Path(path)
 
-    module.render_training_batch = render_training_batch
-    module.render_predictions = render_predictions
-    module.save_view = save_view
+    for fn in (render_training_batch, render_predictions, save_view):
+        setattr(module, fn.__name__, fn)
     return module
 
 
@@ -261,7 +261,7 @@ class FakeTrainer:
 )
 def test_early_stopping_callback(patience, epoch, best_epoch, mAP, stops):
     trainer = FakeTrainer(epoch, best_epoch)
-    EarlyStopping(patience).on_epoch_end(trainer, {"epoch": epoch, "mAP": mAP})
+    EarlyStopping(patience).on_epoch_end(cast(Any, trainer), {"epoch": epoch, "mAP": mAP})
     assert (trainer.stopped == "early_stopping") is stops
     if stops:
         assert trainer.lines == [

@@ -62,6 +62,7 @@ def logged(synth, tmp_path_factory):
 def mlflow_run(store: str):
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("efficientdet")
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     return client, runs[0]

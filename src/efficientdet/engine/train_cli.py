@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from .. import cli_options
 from ..config import (
@@ -254,7 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed options: given options override the defaults."""
-    given = {}
+    given: dict[str, Any] = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name in DERIVED_FIELDS:
             continue
