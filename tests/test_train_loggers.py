@@ -133,6 +133,7 @@ def test_mlflow_tracking_uri_is_honoured(synth, tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path / 'elsewhere' / 'tracking.db'}"
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root of a SQLite store: ./mlruns
     cfg = tiny_train_config(
         synth, tmp_path / "run", epochs=1, loggers=["mlflow"], debug_batches=0, debug_interval=0
     )
@@ -142,6 +143,8 @@ def test_mlflow_tracking_uri_is_honoured(synth, tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "epoch/train_loss")
     assert [m.value for m in history] == [result.history[0]["train_loss"]]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "best.pt" in artifacts and (tmp_path / "mlruns").is_dir()
 
 
 def run_cli_blocking(modules: list[str], argv: list[str], env: dict | None = None):

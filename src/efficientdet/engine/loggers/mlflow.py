@@ -2,7 +2,9 @@
 
 Store: ``MLFLOW_TRACKING_URI`` when set, else a SQLite store in the run folder,
 ``sqlite:///RUN/mlflow.db`` with artifacts in ``RUN/mlartifacts``
-(``mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db``). Experiment:
+(``mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db``). With ``MLFLOW_TRACKING_URI``, a new
+experiment gets the store's own default artifact location (for a local SQLite store that is
+MLflow's ``./mlruns`` in the working folder). Experiment:
 ``MLFLOW_EXPERIMENT_NAME`` or ``efficientdet``; run name: the run folder's name.
 
 Params: the full TrainConfig (values as text). Metrics: ``train/loss``, ``train/class_loss``,
