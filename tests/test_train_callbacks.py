@@ -237,6 +237,14 @@ def test_debug_views_get_the_batches_and_the_fixed_validation_images(run, synth)
     assert all(bool((p["boxes"] >= 0).all() and (p["boxes"] <= 64).all()) for p in preds1)
 
 
+def test_a_callback_class_instead_of_an_instance_is_one_line(tmp_path):
+    cfg = tiny_train_config(tmp_path / "data.yaml", tmp_path / "out")
+    with pytest.raises(CallbackError) as info:
+        train(cfg, callbacks=[Recorder])
+    assert str(info.value) == "callbacks: Recorder is a class; fix: pass an instance, Recorder()"
+    assert not (tmp_path / "out").exists()
+
+
 class FakeTrainer:
     def __init__(self, epoch: int, best_epoch: int) -> None:
         self.epoch, self.best_epoch, self.best_map = epoch, best_epoch, 0.5

@@ -42,7 +42,9 @@ class TrainConfig:
     process. ``lr`` None picks 0.08 * total_batch / 64 for SGD (official scaling) and 1e-3
     for AdamW. ``patience``: stop after that many epochs without a better val mAP (None: never).
     ``max_bad_steps``: divergent steps (each rolled back, halving the learning rate) tolerated
-    without healthy progress in between; one more stops the run.
+    without healthy progress in between; one more stops the run. ``loggers``: names of
+    LOGGER_NAMES (:mod:`efficientdet.engine.loggers`); ``debug_batches`` / ``debug_interval``:
+    the debug views (:class:`efficientdet.engine.callbacks.DebugViews`; 0 turns each off).
     """
 
     data: str = ""
