@@ -42,7 +42,7 @@ _EXPORTS = {
     "keep_freed_memory": "efficientdet.runtime",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str):
