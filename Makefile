@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-automl demo bench clean
+.PHONY: install test lint test-automl demo bench clean
 
 install: $(STAMP)
 
@@ -15,11 +15,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: on this machine kind the pin resolves to the local CPU wheel.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test,export,video,pretrained]"
+	$(PY) -m pip install -q -e ".[test,export,video,pretrained,lint]"
 	touch $(STAMP)
 
 test: install
 	$(PY) -m pytest -n 2 -q tests
+
+# formatting, lint and types (config in pyproject.toml; mypy checks src/efficientdet, py.typed)
+lint: install
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 
 # load_weights(source="automl") against the official model's outputs, in the TensorFlow env
 # (TF 2.15 needs numpy < 2, so not in .venv): benchmarks/official/.venv, built on first use

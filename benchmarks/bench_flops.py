@@ -56,7 +56,7 @@ def main() -> None:
     else:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         for row in (header, *rows):
-            print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+            print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
 if __name__ == "__main__":

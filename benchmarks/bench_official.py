@@ -155,7 +155,7 @@ def max_abs(a, b) -> float:
 def compare_levels(official, ours_nchw) -> list[dict]:
     """Per level: max |diff| and the largest magnitude, official NHWC against ours NCHW."""
     rows = []
-    for o, t in zip(official, ours_nchw):
+    for o, t in zip(official, ours_nchw, strict=True):
         t = (
             t.detach().permute(0, 2, 3, 1).numpy()
         )  # (N, A*K, H, W) -> (N, H, W, A*K), the official layout
@@ -206,7 +206,7 @@ def check_checkpoint_formats(tf, off32, x32, our_cfg, hw, rng) -> dict:
         return [t.numpy() for t in cls + box]
 
     def worst(a, b):
-        return max(max_abs(x, y) for x, y in zip(a, b))
+        return max(max_abs(x, y) for x, y in zip(a, b, strict=True))
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,7 +250,8 @@ def run_model(spec, args, official_mods, rng):
     from efficientdet.config import AnchorConfig, NMSConfig, get_model_config
     from efficientdet.detection.anchors import AnchorGenerator
     from efficientdet.detection.boxes import decode_boxes, xyxy_to_yxyx
-    from efficientdet.detection.postprocess import flatten_box_outputs, postprocess
+    from efficientdet.detection.layout import flatten_levels
+    from efficientdet.detection.postprocess import postprocess
 
     tf, hparams_config, efficientdet_keras, anchors_mod, postprocess_mod = official_mods
     name, _, size = spec.partition("@")
@@ -342,8 +343,8 @@ def run_model(spec, args, official_mods, rng):
     }
 
     # box decoding on the official float32 outputs
-    deltas = flatten_box_outputs(
-        [torch.from_numpy(b).permute(0, 3, 1, 2) for b in off_box32]
+    deltas = flatten_levels(
+        [torch.from_numpy(b).permute(0, 3, 1, 2) for b in off_box32], 4
     )  # (N, A_all, 4)
     off_dec = anchors_mod.decode_box_outputs(
         tf.constant(deltas.numpy()), tf.constant(off_v2)

@@ -1,8 +1,8 @@
 """Post-processing speed: D0 at 512x512 (49,104 anchors x 90 classes), one image, CPU.
 
 Logits are N(-4, 1.5) so that sigmoid scores are spread like a trained model's, box deltas
-N(0, 0.25). Prints a markdown table (median, p90 in ms). Importable: the side-by-side script
-calls :func:`time_postprocess`.
+N(0, 0.25). Prints a markdown table (median, p90 in ms); the effdet side is
+``benchmarks/peer/peer_postprocess.py`` (BENCHMARKS.md).
 
     python benchmarks/bench_postprocess.py [--runs 50] [--threads 2] [--method hard|gaussian]
 """
@@ -71,7 +71,7 @@ def time_postprocess(
     times_sorted = sorted(times)
     return {
         "median_ms": statistics.median(times),
-        "p90_ms": times_sorted[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+        "p90_ms": times_sorted[min(len(times) - 1, round(0.9 * (len(times) - 1)))],
         "runs": runs,
         "threads": torch.get_num_threads(),
         "num_detections": int(dets[0]["scores"].numel()),

@@ -112,7 +112,7 @@ def main() -> None:
     rows: dict[tuple, list[dict]] = {}
     for rnd in range(args.rounds):
         for key in args.models:
-            ours, peer, size, _ = MODELS[key]
+            _ours, peer, size, _ = MODELS[key]
             jobs = [("effdet", "eager", []), ("effdet", "channels_last", ["--channels-last"])]
             jobs += [("ours", e, None) for e in engines]
             for impl, engine, extra in jobs:

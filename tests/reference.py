@@ -1,4 +1,4 @@
-"""Access to the effdet reference fixtures (see tests/fixtures/EFFDET_REFERENCE.md)."""
+"""Access to the effdet reference fixtures (see tests/fixtures/README.md)."""
 
 from __future__ import annotations
 

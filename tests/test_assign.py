@@ -16,7 +16,10 @@ from .reference import REFERENCE_NAMES, load_reference
 
 
 def _targets(ref):
-    return [{"boxes": b, "labels": l} for b, l in zip(ref["gt_boxes_xyxy"], ref["gt_labels0"])]
+    return [
+        {"boxes": b, "labels": lab}
+        for b, lab in zip(ref["gt_boxes_xyxy"], ref["gt_labels0"], strict=True)
+    ]
 
 
 @pytest.mark.parametrize("name", REFERENCE_NAMES)
@@ -191,10 +194,10 @@ def test_atss_four_anchor_grid():
 def test_atss_centre_must_be_strictly_inside():
     far = [[20.0, 20, 30, 30], [40, 40, 50, 50]]
     # centre (0, 5) on the box edge: IoU 90/190 = 0.474 >= threshold 0.432, but not inside
-    edge = torch.tensor([[-9.0, 0, 9, 10]] + far)
+    edge = torch.tensor([[-9.0, 0, 9, 10], *far])
     assert assign_atss(edge, [3], torch.tensor([[0.0, 0, 10, 10]]), topk=3).tolist() == [-1, -1, -1]
     # centre (1, 5) inside: IoU 100/180 = 0.556 >= threshold 0.506
-    inside = torch.tensor([[-8.0, 0, 10, 10]] + far)
+    inside = torch.tensor([[-8.0, 0, 10, 10], *far])
     assert assign_atss(inside, [3], torch.tensor([[0.0, 0, 10, 10]]), topk=3).tolist() == [
         0,
         -1,

@@ -273,7 +273,7 @@ def test_predict_soft_nms_is_the_library_soft_nms(ckpt, tmp_path):
     assert len(soft) == len(ref.scores) > 0
     for k in range(len(NAMES)):  # per class, scores compared order-insensitively
         got = sorted(r["score"] for r in soft if r["category_id"] == k)
-        want = sorted(float(s) for s, c in zip(ref.scores, ref.labels) if int(c) == k)
+        want = sorted(float(s) for s, c in zip(ref.scores, ref.labels, strict=True) if int(c) == k)
         np.testing.assert_allclose(got, want, atol=2e-5)
     assert sorted(r["score"] for r in soft) != sorted(r["score"] for r in hard)
 

@@ -180,7 +180,7 @@ def test_trainer_mixed_precision_channels_last_tracks_fp32(synth, fp32_run, tmp_
     assert [row["skipped_steps"] for row in result.history] == [0, 0]
     ours, ref = _epoch_losses(result.run_dir), _epoch_losses(fp32_run.run_dir)
     assert len(ours) == len(ref) == 2
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         assert abs(a - b) <= 0.05 * abs(b), (ours, ref)
     state = load_checkpoint(result.run_dir / "last.pt")["train_state"]
     if amp == "fp16":
@@ -215,7 +215,7 @@ def test_grad_scaler_skips_an_overflowing_fp16_step(synth, tmp_path):
     before, scale = params(), trainer.scaler.get_scale()
     trainer.loss_fn = overflowing_loss
     trainer._train_step(images, targets)
-    assert all(torch.equal(a, b) for a, b in zip(before, params())), (
+    assert all(torch.equal(a, b) for a, b in zip(before, params(), strict=True)), (
         "an overflowing step changed the weights"
     )
     assert trainer.scaler.get_scale() == scale / 2
@@ -223,7 +223,9 @@ def test_grad_scaler_skips_an_overflowing_fp16_step(synth, tmp_path):
     out = trainer._train_step(images, targets)
     assert out is not None and torch.isfinite(torch.tensor(out["loss"]))
     after = params()
-    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the next step did not train"
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)), (
+        "the next step did not train"
+    )
     assert all(torch.isfinite(p).all() for p in after)
 
 
@@ -288,7 +290,9 @@ def assert_same_detections(
         keep = a["scores"] >= strong
         assert int(keep.sum()) > 0, "no strong detection to compare"
         iou = box_iou(a["boxes"][keep].float(), b["boxes"].float())
-        for i, (label, score) in enumerate(zip(a["labels"][keep], a["scores"][keep].float())):
+        for i, (label, score) in enumerate(
+            zip(a["labels"][keep], a["scores"][keep].float(), strict=True)
+        ):
             ok = (
                 (b["labels"] == label)
                 & (iou[i] >= min_iou)
@@ -316,7 +320,9 @@ def _detect(detector: Detector, images: torch.Tensor) -> list[dict]:
 
 def _rel(got: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
     """||got - ref|| / ||ref|| over all pyramid levels."""
-    diff = torch.cat([(g.float().cpu() - r.float().cpu()).flatten() for g, r in zip(got, ref)])
+    diff = torch.cat(
+        [(g.float().cpu() - r.float().cpu()).flatten() for g, r in zip(got, ref, strict=True)]
+    )
     return float(diff.norm() / torch.cat([r.float().cpu().flatten() for r in ref]).norm())
 
 
@@ -359,7 +365,7 @@ def test_compiled_detector_gives_the_eager_detections(detector_model):
     ref_cls, ref_box = eager.raw(x.to(eager.device))
     cls, box = compiled.raw(x.to(compiled.device))
     assert _rel(cls, ref_cls) < 1e-3 and _rel(box, ref_box) < 1e-3  # float32 (TF32), other kernels
-    for a, b in zip(_detect(eager, x), _detect(compiled, x)):
+    for a, b in zip(_detect(eager, x), _detect(compiled, x), strict=True):
         assert_same_detections(a, b, strong=0.2, score_tol=2e-3, min_iou=0.95)
 
 
@@ -391,7 +397,7 @@ if ON_CUDA and _gpu_providers():
         session = ort.InferenceSession(str(path), providers=[provider, "CPUExecutionProvider"])
         assert session.get_providers()[0] == provider
         cls, box = session.run(None, {"images": x.numpy()})
-        from efficientdet.deploy.detector import levels_to_flat
+        from efficientdet.detection.layout import levels_to_flat
 
         with torch.inference_mode():
             ref_cls, ref_box = levels_to_flat(*detector_model(x), detector_model.config.num_classes)

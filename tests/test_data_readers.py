@@ -86,7 +86,7 @@ def test_coco_yaml_and_imposed_classes(coco_dir):
         coco_dir / "bad.yaml",
         "format: coco\nnames: [x, y, z]\ntrain: {images: images, annotations: train.json}\n",
     )
-    with pytest.raises(DataError, match="bad.yaml|train.json"):
+    with pytest.raises(DataError, match=r"bad\.yaml|train\.json"):
         load_dataset(coco_dir / "bad.yaml")
     with pytest.raises(DataError, match="no 'val' split"):
         load_dataset(coco_dir / "bad.yaml", "val")

@@ -84,8 +84,11 @@ def test_synth_boxes_tight_to_shape(synth):
         x, y, w, h = boxes[0]
         inside = px[y : y + h, x : x + w]
         centre = px[y + h // 2, x + w // 2]
+
         # every box side touches pixels of the object colour (within JPEG error)
-        colour_of = lambda a: np.abs(a - centre).sum(-1) < 60  # noqa: E731
+        def colour_of(a: np.ndarray, centre: np.ndarray = centre) -> np.ndarray:
+            return np.abs(a - centre).sum(-1) < 60
+
         if not colour_of(inside).any():
             continue  # ring: the centre is the hole
         assert colour_of(inside[0]).any() and colour_of(inside[-1]).any()

@@ -108,7 +108,7 @@ def test_predict_folder_skips_a_corrupt_image_and_writes_coco_results(ckpt, tmp_
                 "iscrowd": 0,
             }
         ],
-        "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, NAMES)],
+        "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, NAMES, strict=True)],
     }
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps(gt))

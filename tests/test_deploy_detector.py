@@ -160,7 +160,7 @@ def test_fuse_for_inference_is_exact_up_to_rounding():
         fused = fuse_for_inference(copy.deepcopy(model))
         cls, box = fused(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    for a, b in zip(ref_cls + ref_box, cls + box):
+    for a, b in zip(ref_cls + ref_box, cls + box, strict=True):
         assert a.std() > 0.05  # outputs carry signal
         # float32 rounding differs once BN is folded: 1e-4 relative to the output range
         torch.testing.assert_close(b, a, atol=1e-4 * max(1.0, float(a.abs().max())), rtol=0)

@@ -120,7 +120,7 @@ def test_torchscript_file_is_a_detector(lite0, tmp_path):
     assert det.backend.name == "torchscript" and det.image_size == (192, 320)
     assert det.names[7] == "t7" and det.category_id(0) == 101
     images = _images()
-    for e, g in zip(Detector(model=lite0, conf=0.05)(images), det(images)):
+    for e, g in zip(Detector(model=lite0, conf=0.05)(images), det(images), strict=True):
         assert_same_detections(e, g, conf=0.05, max_det=100)
     with pytest.raises(ConfigError, match="float32"):
         Detector(path, half=True)
@@ -178,7 +178,7 @@ def test_onnx_nms_inside_gives_the_pytorch_detections(lite0, lite0_onnx):
     ) and nms_det.names[3] == "n3"
     expected = torch_det(images)  # batch of 2 through the dynamic batch axis
     got_nms, got_raw = nms_det(images), raw_det(images)
-    for e, n, r in zip(expected, got_nms, got_raw):
+    for e, n, r in zip(expected, got_nms, got_raw, strict=True):
         # same raw numbers -> NMS in the graph and our Python NMS agree (order-insensitive: ties may swap)
         assert_same_detections(r, n, box_tol=1e-3, conf=0.05, max_det=100)
         # vs PyTorch: raw outputs differ by float rounding (~1e-4), boxes by a few thousandths of a pixel
@@ -218,13 +218,13 @@ def test_detection_matching_is_order_insensitive_but_strict():
 def test_fixed_batch_onnx_takes_any_batch(lite0, tmp_path):
     """An ONNX file exported for batch 2 runs 3 images (pieces of 2, the last padded) and 1 image."""
     names = [f"n{i}" for i in range(90)]
-    images = _images() + [_images()[0][:200]]
+    images = [*_images(), _images()[0][:200]]
     expected = Detector(model=lite0, conf=0.1)(images)
     for nms in (False, True):
         path = export_onnx(lite0, tmp_path / f"b2_{nms}.onnx", names, nms=nms, batch=2, conf=0.1)
         det = Detector(path, conf=0.1)
         assert det.backend.fixed_batch == 2
-        for e, g in zip(expected, det(images)):
+        for e, g in zip(expected, det(images), strict=True):
             assert_same_detections(e, g, conf=0.1, max_det=100)
         assert_same_detections(expected[1], det(images[1]), conf=0.1, max_det=100)
 
@@ -268,6 +268,17 @@ def test_foreign_onnx_files_are_refused(tmp_path, lite0_onnx):
     onnx.save(proto, str(wrong))
     with pytest.raises(WeightsError, match="re-export"):
         Detector(wrong)
+    # raw outputs need the fixed input size: metadata without it is one line (was a TypeError)
+    no_size = tmp_path / "no_size.onnx"
+    proto = onnx.load(str(lite0_onnx[0]))
+    for p in proto.metadata_props:
+        if p.key == "efficientdet":
+            p.value = json.dumps({**json.loads(p.value), "image_size": None})
+    onnx.save(proto, str(no_size))
+    with pytest.raises(
+        WeightsError, match=r"no_size\.onnx: metadata has no image size; fix: re-export"
+    ):
+        Detector(no_size)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not onnx")
     with pytest.raises(WeightsError, match="cannot load"):

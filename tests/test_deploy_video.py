@@ -67,7 +67,7 @@ def test_each_encoder_writes_a_video_opencv_decodes(tmp_path, encoders, suffix, 
     fourcc, frames = _decode(writer.path)
     assert fourcc in fourccs and len(frames) == len(COLORS)
     for frame, color in zip(
-        frames, COLORS
+        frames, COLORS, strict=True
     ):  # lossy, but a flat colour survives within a few levels
         assert frame.shape == (48, 64, 3)
         assert np.abs(frame.reshape(-1, 3).mean(0) - np.array(color)).max() < 8

@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from efficientdet.analysis.anchor_fit import measure_anchor_fit
+from efficientdet.analysis.doctor import check_dataset, quick_summary
 from efficientdet.cli import main as cli_main
 from efficientdet.config import AnchorConfig, get_model_config, parse_image_size
-from efficientdet.data.doctor import check_dataset, measure_anchor_fit, quick_summary
 from efficientdet.data.records import DetectionData, ImageRecord
 from efficientdet.data.spec import load_dataset
 from efficientdet.engine import train_cli
@@ -111,7 +112,7 @@ def _tiny_box_dataset(tmp_path):
     for i in range(6):
         write_image(tmp_path / "images" / f"{i}.png", 512, 512)
         images.append({"id": i, "file_name": f"{i}.png", "width": 512, "height": 512})
-        for j in range(8):
+        for _ in range(8):
             side = float(rng.uniform(6, 12))
             x, y = rng.uniform(0, 480, size=2)
             anns.append(
@@ -211,7 +212,7 @@ def test_fast_anchor_fit_equals_iou_against_every_anchor():
     """The nearest-centre shortcut gives each box the same best IoU as box_iou over the whole grid."""
     import torch
 
-    from efficientdet.data.doctor import best_anchor_iou
+    from efficientdet.analysis.anchor_fit import best_anchor_iou
     from efficientdet.detection.anchors import AnchorGenerator
     from efficientdet.detection.boxes import box_iou
 
@@ -241,7 +242,7 @@ def test_anchor_fit_at_a_huge_input_size_uses_little_memory():
     grid's row/column centres: same hand-computed IoUs as at 64x64, a few MB."""
     import tracemalloc
 
-    from efficientdet.data.doctor import best_anchor_iou
+    from efficientdet.analysis.anchor_fit import best_anchor_iou
 
     cfg = AnchorConfig(
         min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),), anchor_scale=4.0
@@ -262,7 +263,7 @@ def test_anchor_fit_at_a_huge_input_size_uses_little_memory():
 
 
 def test_fixed_image_size_is_kept_and_ratios_come_from_the_menu(tmp_path):
-    from efficientdet.data.doctor import RATIO_SETS
+    from efficientdet.analysis.anchor_fit import RATIO_SETS
 
     path = _tiny_box_dataset(tmp_path)
     report = check_dataset(
@@ -346,7 +347,7 @@ def test_too_many_untrainable_boxes_exit_2_with_one_line(tmp_path, capsys):
         "box_too_small" in captured.out and "10 px in this image" in captured.out
     )  # 2 px / (128 / 640)
     # the threshold is an option; at the model's own 320 input the 8-px boxes are 4 px and train
-    assert cli_main(args[:-2] + ["--max-untrainable", "0.5", "--out", str(tmp_path / "c2")]) == 0
+    assert cli_main([*args[:-2], "--max-untrainable", "0.5", "--out", str(tmp_path / "c2")]) == 0
     assert (
         cli_main(
             [
@@ -364,7 +365,7 @@ def test_too_many_untrainable_boxes_exit_2_with_one_line(tmp_path, capsys):
         == 0
     )
     capsys.readouterr()
-    assert cli_main(args[:-2] + ["--max-untrainable", "25", "--out", str(tmp_path / "c4")]) == 2
+    assert cli_main([*args[:-2], "--max-untrainable", "25", "--out", str(tmp_path / "c4")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert (
         line

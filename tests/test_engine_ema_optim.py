@@ -152,7 +152,7 @@ def test_scheduler_state_round_trip(tmp_path):
     path = tmp_path / "s.pt"
     torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, path)
     state = torch.load(path, weights_only=True)
-    p2, opt2, sched2 = make()
+    _, opt2, sched2 = make()
     opt2.load_state_dict(state["opt"])
     sched2.load_state_dict(state["sched"])
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])

@@ -110,9 +110,9 @@ def test_iou_062_counts_at_ap50_not_ap75():
     assert stats["AP50"] == pytest.approx(1.0)
     assert stats["AP75"] == pytest.approx(0.0)
     assert stats["mAP"] == pytest.approx(0.3)
-    dog = [c for c in per_class if c["category_id"] == 7][0]
+    dog = next(c for c in per_class if c["category_id"] == 7)
     assert dog["AP"] == pytest.approx(0.3) and dog["AP50"] == pytest.approx(1.0)
-    cat = [c for c in per_class if c["category_id"] == 3][0]
+    cat = next(c for c in per_class if c["category_id"] == 3)
     assert cat["AP"] == -1 and cat["num_gt"] == 0  # a class without gt is "not applicable"
 
 
@@ -313,7 +313,7 @@ def test_evaluate_images_without_gt_and_empty_set(synth, model):
         result.stats["mAP"] == -1 and len(result.detections) > 0
     )  # nothing to score, detections still listed
     empty = DetectionData([], data.class_names, data.category_ids, source="empty.json")
-    with pytest.raises(DataError, match="empty.json: no images"):
+    with pytest.raises(DataError, match=r"empty\.json: no images"):
         evaluate(model, empty, (128, 128), progress=False)
 
 

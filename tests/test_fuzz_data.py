@@ -465,7 +465,7 @@ def voc_cases(rng: np.random.Generator) -> list[Case]:
         Case(
             "voc unknown class",
             lambda root, k=k: (
-                write_voc(root, objects={k: voc_objects(k) + [("zebra", 2, 2, 20, 20, 0)]}),
+                write_voc(root, objects={k: [*voc_objects(k), ("zebra", 2, 2, 20, 20, 0)]}),
                 [f"img{k}.xml", "zebra"],
             ),
         )
@@ -474,7 +474,7 @@ def voc_cases(rng: np.random.Generator) -> list[Case]:
         Case(
             "voc xmin > xmax",
             lambda root, k=k: (
-                write_voc(root, objects={k: [("a", 30, 2, 10, 20, 0)] + voc_objects(k)}),
+                write_voc(root, objects={k: [("a", 30, 2, 10, 20, 0), *voc_objects(k)]}),
                 [f"img{k}.xml", f"img{k}.png", "bad_box_size"],
             ),
         )
@@ -493,7 +493,7 @@ def yolo_cases(rng: np.random.Generator) -> list[Case]:
     cases = []
 
     def with_line(k, line):
-        return {k: ("\n".join(yolo_lines(k) + [line]) + "\n").encode()}
+        return {k: ("\n".join([*yolo_lines(k), line]) + "\n").encode()}
 
     for value in YOLO_BAD_CLASSES:
         k = int(rng.integers(3))
@@ -510,10 +510,11 @@ def yolo_cases(rng: np.random.Generator) -> list[Case]:
         k, c = int(rng.integers(3)), int(rng.integers(4))
         fields = ["1", "0.5", "0.5", "0.2", "0.2"]
         fields[1 + c] = value
+        line = " ".join(fields)
         cases.append(
             Case(
                 f"yolo coordinate {c} {value!r}",
-                lambda root, k=k, line=" ".join(fields): (
+                lambda root, k=k, line=line: (
                     write_yolo(root, with_line(k, line)),
                     [f"img{k}.txt", f"img{k}.png", "line 3"],
                 ),

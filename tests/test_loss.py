@@ -22,7 +22,10 @@ from .reference import REFERENCE_NAMES, load_reference
 
 
 def _targets(ref):
-    return [{"boxes": b, "labels": l} for b, l in zip(ref["gt_boxes_xyxy"], ref["gt_labels0"])]
+    return [
+        {"boxes": b, "labels": lab}
+        for b, lab in zip(ref["gt_boxes_xyxy"], ref["gt_labels0"], strict=True)
+    ]
 
 
 @pytest.mark.parametrize("name", REFERENCE_NAMES)
@@ -173,7 +176,7 @@ def test_ignored_anchors_add_no_class_loss():
     base = crit(cls, box, targets, hw)["class_loss"]
     bumped, start = [], 0
     for c in cls:
-        n, ch, h, w = c.shape
+        _, _, h, w = c.shape
         m = ignored[start : start + h * w * 9].reshape(h, w, 9).permute(2, 0, 1)  # (A, H, W)
         m = m.repeat_interleave(3, 0).unsqueeze(0)  # (1, A*K, H, W), channel a*K + k
         bumped.append(c + 5.0 * m)

@@ -99,11 +99,13 @@ def test_outputs_match_effdet_reference(fixture, max_err, p999_err, mean_err):
     with torch.no_grad():
         class_out, box_out = model(ref["input"])
     assert len(class_out) == len(ref["class_out"]) == 5
-    for ours, theirs in zip(box_out, ref["box_out"]):
+    for ours, theirs in zip(box_out, ref["box_out"], strict=True):
         assert ours.shape == theirs.shape
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
-    errors = torch.cat([(o - t).abs().flatten() for o, t in zip(class_out, ref["class_out"])])
-    for ours, theirs in zip(class_out, ref["class_out"]):
+    errors = torch.cat(
+        [(o - t).abs().flatten() for o, t in zip(class_out, ref["class_out"], strict=True)]
+    )
+    for ours, theirs in zip(class_out, ref["class_out"], strict=True):
         assert ours.shape == theirs.shape
     assert errors.max() <= max_err
     assert errors.quantile(0.999) <= p999_err

@@ -8,16 +8,14 @@ import torch
 
 from efficientdet.config import AnchorConfig, NMSConfig
 from efficientdet.detection.anchors import AnchorGenerator
+from efficientdet.detection.layout import flatten_levels
+from efficientdet.detection.nms import batched_nms, nms, soft_nms
 from efficientdet.detection.postprocess import (
-    batched_nms,
     fixed_shape_candidates,
     fixed_shape_detections,
-    flatten_box_outputs,
-    nms,
     postprocess,
-    soft_nms,
-    topk_candidates,
 )
+from efficientdet.detection.topk import topk_candidates
 
 from .reference import REFERENCE_NAMES, load_reference
 
@@ -267,7 +265,7 @@ def test_score_threshold_and_soft_nms():
         NMSConfig(method="gaussian", max_candidates=1000),
         hw,
     )
-    for x, y in zip(soft, hard):
+    for x, y in zip(soft, hard, strict=True):
         assert len(x["scores"]) == 100 and (x["scores"][:-1] >= x["scores"][1:]).all()
         assert x["scores"][0] == y["scores"][0]
 
@@ -285,7 +283,7 @@ def test_fixed_shape_steps_give_the_postprocess_detections(name):
     cls_flat = torch.cat(
         [c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in cls], 1
     )  # (N, A_all, K)
-    box_flat = flatten_box_outputs(box)
+    box_flat = flatten_levels(box, 4)
     scales, sizes = (
         torch.tensor([0.5, 1.25]),
         torch.tensor([[hw[0] * 2.0, hw[1] * 2.0], [100.0, 120.0]]),
@@ -311,21 +309,21 @@ def test_fixed_shape_steps_give_the_postprocess_detections(name):
                 boxes[i, ok], scores[i, ok], labels[i, ok], cfg.iou_threshold, cfg.max_detections
             )
             kept[i, ok[keep]] = 1.0
-        b, s, l, num = fixed_shape_detections(
+        b, s, lab, num = fixed_shape_detections(
             boxes, scores, labels, kept, cfg.max_detections, scales, sizes
         )
         m = cfg.max_detections
         assert (
             b.shape == (n, m, 4)
-            and s.shape == l.shape == (n, m)
-            and num.dtype == l.dtype == torch.int64
+            and s.shape == lab.shape == (n, m)
+            and num.dtype == lab.dtype == torch.int64
         )
         for i, e in enumerate(expected):
             d = int(num[i])
             assert d == len(e["scores"]) > 0
-            assert torch.equal(l[i, :d], e["labels"]) and torch.equal(s[i, :d], e["scores"])
+            assert torch.equal(lab[i, :d], e["labels"]) and torch.equal(s[i, :d], e["scores"])
             torch.testing.assert_close(b[i, :d], e["boxes"], atol=1e-5, rtol=0)
-            assert not s[i, d:].any() and not b[i, d:].any() and not l[i, d:].any()
+            assert not s[i, d:].any() and not b[i, d:].any() and not lab[i, d:].any()
 
 
 @pytest.mark.parametrize("name", REFERENCE_NAMES)
@@ -357,7 +355,9 @@ def test_memory_layouts_give_the_same_detections(name):
         expected = postprocess(cls, box, anchors, cfg, hw, scales, sizes)
         for layout, outputs in layouts.items():
             assert all(o.permute(0, 2, 3, 1)[0].is_contiguous() for o in outputs), layout
-            for e, g in zip(expected, postprocess(outputs, box, anchors, cfg, hw, scales, sizes)):
+            for e, g in zip(
+                expected, postprocess(outputs, box, anchors, cfg, hw, scales, sizes), strict=True
+            ):
                 assert len(g["scores"]) == len(e["scores"]) > 0, layout
                 assert torch.equal(g["labels"], e["labels"]) and torch.equal(
                     g["scores"], e["scores"]
@@ -404,7 +404,7 @@ def test_class_subset_keeps_only_those_classes():
     expected = postprocess(
         masked, ref["box_out"], anchors, NMSConfig(max_candidates=2 * 9 * 3 * 1364), hw
     )
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         keep = e["scores"] > 0  # -inf logits give score 0 fillers
         assert set(g["labels"].tolist()) <= set(subset)
         n_det = len(g["scores"])

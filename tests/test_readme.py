@@ -230,7 +230,7 @@ def test_predict_images_and_video(tour):
 
 
 def test_bench_models_version(tour):
-    root, outputs = tour
+    _, outputs = tour
     out = _block_output(outputs, "efficientdet --version")
     import efficientdet
 
@@ -269,7 +269,7 @@ def test_finetune_and_torchrun(tour):
 
 
 def test_python_blocks(tour):
-    root, outputs = tour
+    _, outputs = tour
     blocks = readme_blocks()
     (ns,) = [outputs[i] for i, (lang, _) in enumerate(blocks) if lang == "python" and i in outputs]
     assert "efficientdet_lite4" in ns["ed"].list_models()

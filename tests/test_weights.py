@@ -215,7 +215,7 @@ def test_gradient_checkpointing_gives_same_gradients():
         sum(o.square().mean() for o in class_out + box_out).backward()
         return [p.grad.clone() for p in model.parameters()]
 
-    for a, b in zip(grads(False), grads(True)):
+    for a, b in zip(grads(False), grads(True), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -226,5 +226,5 @@ def test_channels_last_gives_same_outputs():
     model = model.eval().to(memory_format=torch.channels_last)
     with torch.no_grad():
         class_out, _ = model(ref["input"].contiguous(memory_format=torch.channels_last))
-    for ours, theirs in zip(class_out, ref["class_out"]):
+    for ours, theirs in zip(class_out, ref["class_out"], strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)

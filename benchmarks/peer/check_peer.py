@@ -4,7 +4,7 @@ Run with the PEER venv (it imports effdet, not our package):
 
     benchmarks/peer/.venv/bin/python benchmarks/peer/check_peer.py [fixture.pt ...]
 
-For each fixture in tests/fixtures (see tests/fixtures/EFFDET_REFERENCE.md) it builds
+For each fixture in tests/fixtures (see tests/fixtures/README.md) it builds
 `effdet.create_model(<effdet_model_name>, image_size=<fixture size>, num_classes=90)`,
 loads the float16 state dict cast to float32 (strict), runs the fixture input in eval mode
 and compares: anchors (exact), raw head outputs class_out/box_out (1e-4 absolute, or, where
@@ -35,7 +35,7 @@ FIXTURES = [
     os.path.join(ROOT, "tests", "fixtures", "effdet_d0_256.pt"),
     os.path.join(ROOT, "tests", "fixtures", "effdet_lite0_192x320.pt"),
 ]
-HEAD_ATOL = 1e-4  # EFFDET_REFERENCE.md's tolerance for raw head outputs
+HEAD_ATOL = 1e-4  # tests/fixtures/README.md's tolerance for raw head outputs
 LOSS_RTOL = 1e-4
 DET_SCORE_ATOL = 1e-4
 DET_BOX_RTOL = 5e-5  # box corners: this times max(H, W) pixels (0.013 px at 256)
@@ -70,7 +70,7 @@ def compare_detections(got, ref, box_atol, score_atol=DET_SCORE_ATOL):
         )
 
     ok, s_worst, b_worst = True, 0.0, 0.0
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         g, r = order(g), order(r)
         if not bool(row_ok(g, r).all()):
             used = torch.zeros(g.shape[0], dtype=torch.bool)
@@ -141,8 +141,8 @@ def check_fixture(path):
         ("class_out", class_out, fx["class_out"], class64),
         ("box_out", box_out, fx["box_out"], box64),
     ):
-        diffs = [_maxdiff(g, r) for g, r in zip(got, ref)]
-        noise = max(_maxdiff(r, e) for r, e in zip(ref, exact))
+        diffs = [_maxdiff(g, r) for g, r in zip(got, ref, strict=True)]
+        noise = max(_maxdiff(r, e) for r, e in zip(ref, exact, strict=True))
         shapes_ok = [tuple(g.shape) for g in got] == [tuple(r.shape) for r in ref]
         ok = shapes_ok and len(got) == len(ref)
         if ok and max(diffs) <= HEAD_ATOL:
@@ -178,8 +178,10 @@ def check_fixture(path):
     gt_boxes = [b[:, [1, 0, 3, 2]].float() for b in fx["gt_boxes_xyxy"]]
     gt_cls = [(c + 1).float() for c in fx["gt_labels0"]]
     cls_t, box_t, npos = labeler.batch_label_anchors(gt_boxes, gt_cls)
-    ok_c = all(torch.equal(a.long(), b.long()) for a, b in zip(cls_t, fx["cls_targets"]))
-    box_d = max(_maxdiff(a, b) for a, b in zip(box_t, fx["box_targets"]))
+    ok_c = all(
+        torch.equal(a.long(), b.long()) for a, b in zip(cls_t, fx["cls_targets"], strict=True)
+    )
+    box_d = max(_maxdiff(a, b) for a, b in zip(box_t, fx["box_targets"], strict=True))
     ok_b = box_d <= LABEL_BOX_ATOL
     ok_n = torch.equal(npos.float(), fx["num_positives"].float())
     record(

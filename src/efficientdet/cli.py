@@ -22,7 +22,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "synth"), "efficientdet.data.synth", "write a synthetic COCO-format shapes dataset"),
     (
         ("data", "check"),
-        "efficientdet.data.doctor",
+        "efficientdet.analysis.doctor",
         "check a dataset for problems and fit anchors to its boxes",
     ),
     (("train",), "efficientdet.engine.train_cli", "train a detector on a dataset"),

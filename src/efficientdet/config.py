@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 from .errors import ConfigError
 
@@ -50,20 +52,27 @@ def resolve_aspect_ratios(value) -> tuple[tuple[float, float], ...]:
             )
         return ASPECT_RATIO_SETS[key]
     try:
-        pairs = tuple(tuple(float(v) for v in r) for r in value)
+        rows = [tuple(float(v) for v in r) for r in value]
     except (TypeError, ValueError):
-        pairs = ()
-    if not pairs or any(len(r) != 2 or not min(r) > 0 for r in pairs):
+        rows = []
+    if not rows or any(len(r) != 2 or not min(r) > 0 for r in rows):
         raise ConfigError(
             f"aspect_ratios={value!r}: not (width, height) pairs > 0; fix: give such pairs or a set name ({', '.join(ASPECT_RATIO_SETS)})"
         )
-    return pairs
+    return tuple((r[0], r[1]) for r in rows)
 
 
-def parse_image_size(value, option: str = "image_size") -> tuple[int, int] | None:
+@overload
+def parse_image_size(value: None, option: str = ...) -> None: ...
+@overload
+def parse_image_size(value: str | int | Sequence[int], option: str = ...) -> tuple[int, int]: ...
+@overload
+def parse_image_size(value: Any, option: str = ...) -> tuple[int, int] | None: ...
+def parse_image_size(value: Any, option: str = "image_size") -> tuple[int, int] | None:
     """(height, width) from 512, "512", "384x640" (H x W), (384, 640) or None (stays None)."""
     if value is None:
         return None
+    parts: Sequence[str | int]
     if isinstance(value, str):
         parts = value.lower().replace(",", "x").split("x")
     else:
@@ -76,7 +85,7 @@ def parse_image_size(value, option: str = "image_size") -> tuple[int, int] | Non
         hw = (hw[0], hw[0])
     if len(hw) != 2 or min(hw) < 1:
         raise ConfigError(f"{option} {value!r}: need S or HxW in pixels; fix: e.g. 512 or 384x640")
-    return hw  # type: ignore[return-value]
+    return hw[0], hw[1]
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,22 @@ class LossConfig:
             raise ConfigError(f"assigner={self.assigner!r}: choose argmax or atss")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing}: need 0 <= value < 1")
+        checks = (  # (ok, field, need, official value); "not (x >= 0)" also refuses NaN
+            (0 <= self.alpha <= 1, "alpha", "0 <= value <= 1", "--focal-alpha 0.25"),
+            (0 <= self.gamma < math.inf, "gamma", "0 <= value", "--focal-gamma 1.5"),
+            (0 < self.huber_delta < math.inf, "huber_delta", "0 < value", "--huber-delta 0.1"),
+            (
+                0 <= self.box_loss_weight < math.inf,
+                "box_loss_weight",
+                "0 <= value",
+                "--box-loss-weight 50",
+            ),
+        )
+        for ok, name, need, fix in checks:
+            if not ok:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)}: need {need}; fix: e.g. {fix} (official)"
+                )
 
 
 @dataclass(frozen=True)

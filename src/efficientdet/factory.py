@@ -117,8 +117,8 @@ def create_model(
         num_classes = len(class_names)
     no_weights = weights is None or (isinstance(weights, str) and weights.lower() == "none")
     coco = isinstance(weights, str) and weights.lower() == "coco"
-    ckpt = read_checkpoint(weights) if not (no_weights or coco) else None
-    label = os.fspath(weights) if ckpt is not None else ""
+    ckpt = read_checkpoint(weights) if weights is not None and not (no_weights or coco) else None
+    label = os.fspath(weights) if weights is not None and ckpt is not None else ""
     if is_our_checkpoint(ckpt):
         cfg = checkpoint_config(
             ckpt, label, name, num_classes=num_classes, image_size=image_size, **overrides

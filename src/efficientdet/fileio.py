@@ -121,8 +121,12 @@ def atomic_write(
     except OSError as exc:
         raise output_error(path, exc) from None
     try:
-        text_kwargs = {"encoding": encoding or "utf-8", "newline": newline} if mode == "w" else {}
-        with os.fdopen(fd, mode, **text_kwargs) as f:
+        f: IO[Any] = (
+            os.fdopen(fd, "w", encoding=encoding or "utf-8", newline=newline)
+            if mode == "w"
+            else os.fdopen(fd, "wb")
+        )
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -190,7 +194,7 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Non
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files (``.NAME.*.tmp[.ext]``) that killed writers left in
     ``folder``; returns the removed paths. Only call it on a folder this process owns."""
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed

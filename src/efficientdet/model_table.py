@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import get_model_config, list_models, resolve_model_name
@@ -104,9 +105,13 @@ def model_rows(names: list[str] | None = None, quiet: bool = True) -> list[dict]
 def format_table(rows: list[dict]) -> str:
     cells = [[f"{r[c]:,}" if c == "params" else str(r[c]) for c in COLUMNS] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    line = lambda values: "  ".join(
-        v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))
-    )
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if i else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        )
+
     out = [line(COLUMNS), line(["-" * w for w in widths])] + [line(row) for row in cells]
     out.append(
         "GFLOPs: billions of multiply-adds at the native input size (the paper's convention), batch 1."

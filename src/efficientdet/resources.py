@@ -77,7 +77,7 @@ def _count(cfg: ModelConfig, image_size: tuple[int, int]) -> dict:
         n = (
             spec.repeats
             if lite and i in (0, len(B0_STAGES) - 1)
-            else int(math.ceil(spec.repeats * depth))
+            else math.ceil(spec.repeats * depth)
         )
         out_ch, total = round_channels(spec.channels, width), 0
         for b in range(n):

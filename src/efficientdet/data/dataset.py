@@ -18,12 +18,13 @@ seen by the main process and skipped at once on later epochs, in every worker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from .records import DetectionData, ImageRecord
+from .records import DetectionData, ImageRecord, RecordTable
 from .report import DataReport
 from .transforms import (
     AugmentConfig,
@@ -52,12 +53,13 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``train``: random scale jitter, crop and flip per ``augment`` (default
     :class:`AugmentConfig`); otherwise a plain letterbox. ``class_names``/``category_ids``
     default to those of a DetectionData; ``seed`` seeds augmentation in the main process
-    (workers use their own per-worker seed, see ``create_loader``).
+    (workers use their own per-worker seed, see ``create_loader``). Training on a split
+    without annotations (``DetectionData.annotated`` False) is refused.
     """
 
     def __init__(
         self,
-        records: list[ImageRecord] | DetectionData,
+        records: Sequence[ImageRecord] | DetectionData,
         image_size_hw: tuple[int, int],
         mean,
         std,
@@ -69,12 +71,18 @@ class DetectionDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ) -> None:
         self.source_report = DataReport()
+        if isinstance(records, DetectionData) and train and not records.annotated:
+            raise DataError(
+                f"{records.source or 'dataset'}: no annotations to train on (an image_info JSON or "
+                "a folder of images); fix: give the split's instances JSON with its annotations"
+            )
         if isinstance(records, DetectionData):
             class_names = class_names if class_names is not None else records.class_names
             category_ids = category_ids if category_ids is not None else records.category_ids
             self.source_report = records.report
             records = records.records
-        self.records = list(records)
+        # flat arrays: forked workers share these pages (a list of objects is copied page by page)
+        self.records = RecordTable.from_records(records)
         if not self.records:
             raise DataError(
                 "DetectionDataset: no records; fix: load a dataset with at least one usable image"
@@ -86,14 +94,15 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.image_size = (int(image_size_hw[0]), int(image_size_hw[1]))
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.fill = tuple(int(round(min(max(v, 0), 255))) for v in self.mean)
+        r, g, b = (round(min(max(v, 0), 255)) for v in self.mean)
+        self.fill = (r, g, b)
         self.train = bool(train)
         self.augment = augment or AugmentConfig()
         self.seed = int(seed)
         # Shared with DataLoader workers (shared memory): load status and boxes dropped per record.
         self._status = torch.zeros(len(self.records), dtype=torch.uint8).share_memory_()
         self._dropped = torch.zeros(len(self.records), dtype=torch.int64).share_memory_()
-        self._rng_key = None
+        self._rng_key: tuple[str, int, int] | tuple[str, int] | None = None
         self._rng: np.random.Generator | None = None
 
     def __len__(self) -> int:
@@ -106,7 +115,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _generator(self) -> np.random.Generator:
         info = torch.utils.data.get_worker_info()
         key = ("worker", info.id, info.seed) if info is not None else ("main", self.seed)
-        if self._rng_key != key:
+        if self._rng_key != key or self._rng is None:
             self._rng = np.random.default_rng(info.seed if info is not None else self.seed)
             self._rng_key = key
         return self._rng
@@ -165,6 +174,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             image, (r.width, r.height), scale, (ox, oy), self.image_size, self.fill, pixel_scale
         )
 
+        assert r.ignore is not None  # ImageRecord.__post_init__ fills it
         use = ~r.ignore
         boxes = scale_boxes(r.boxes[use], scale, (ox, oy))
         labels = r.labels[use]

@@ -17,7 +17,9 @@ def collate(batch):
 def _seed_worker(worker_id: int) -> None:
     """Seed python/numpy global RNGs from the worker's torch seed (the dataset uses its own
     generator from the same seed)."""
-    seed = torch.utils.data.get_worker_info().seed
+    info = torch.utils.data.get_worker_info()
+    assert info is not None  # DataLoader calls worker_init_fn in a worker
+    seed = info.seed
     random.seed(seed)
     np.random.seed(seed % 2**32)
 
@@ -41,7 +43,7 @@ def create_loader(
     """
     generator = torch.Generator()
     generator.manual_seed(int(seed))
-    sampler = None
+    sampler: torch.utils.data.distributed.DistributedSampler | None = None
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(
             dataset, shuffle=shuffle, seed=int(seed), drop_last=drop_last

@@ -37,7 +37,7 @@ def integer(value, what: str = "value") -> int:
         return int(value)
     if not math.isfinite(value) or not float(value).is_integer():
         raise Invalid(f"{what}: expected an integer, got {describe(value)}")
-    return int(value)
+    return int(float(value))
 
 
 def number(value, what: str = "value", allow_null: bool = False) -> float:

@@ -295,7 +295,9 @@ def load_dataset(
     report: DataReport | None = None,
     show_progress: bool = False,
 ) -> DetectionData:
-    """Read one split of a dataset: ``source`` is a dataset YAML or a COCO JSON.
+    """Read one split of a dataset: ``source`` is a dataset YAML, a COCO JSON (an ``image_info``
+    JSON without annotations too) or a folder of images (unannotated, with ``class_names`` /
+    ``category_ids`` required: :mod:`.folder`).
 
     ``images`` overrides the image folder. ``class_names`` and ``category_ids`` impose a
     class list (pass the training split's to the validation split so labels agree).
@@ -306,6 +308,19 @@ def load_dataset(
     tqdm bar (stderr) over the images.
     """
     source = Path(source)
+    if source.is_dir():  # a folder of images: no annotations, the caller's (model's) classes
+        from .folder import read_image_folder
+
+        folder_names = list(class_names or [])
+        return read_image_folder(
+            source,
+            class_names=folder_names,
+            category_ids=list(category_ids)
+            if category_ids is not None
+            else list(range(len(folder_names))),
+            verify_images=verify_images,
+            report=report,
+        )
     if source.suffix.lower() == ".json":
         from .coco import read_coco
 
@@ -333,6 +348,8 @@ def load_dataset(
     if spec.format == "coco":
         from .coco import read_coco
 
+        assert s.annotations is not None  # _split refuses a coco split without them
+
         return read_coco(
             s.annotations,
             images_dir,
@@ -344,6 +361,8 @@ def load_dataset(
         )
     if spec.format == "voc":
         from .voc import read_voc
+
+        assert s.annotations is not None  # _split refuses a voc split without them
 
         return read_voc(
             s.annotations,

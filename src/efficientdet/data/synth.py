@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ def _polygon(
     cls: str, cx: float, cy: float, bw: float, bh: float, rot: float
 ) -> list[tuple[float, float]]:
     """Polygon vertices for shapes drawn as polygons, fitting a bw x bh box before rotation."""
+    pts: list[tuple[float, float]]
     if cls == "rectangle":
         pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
     elif cls == "triangle":
@@ -203,7 +205,8 @@ def render_image(rng: np.random.Generator, size: int = 320):
 
 
 def _coco_doc(split: str, entries: list[tuple[str, int, int, list]]) -> dict:
-    images, anns = [], []
+    images: list[dict] = []
+    anns: list[dict] = []
     for image_id, (file_name, w, h, objs) in enumerate(entries, start=1):
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         for label, (x1, y1, x2, y2), area in objs:
@@ -223,7 +226,7 @@ def _coco_doc(split: str, entries: list[tuple[str, int, int, list]]) -> dict:
         "annotations": anns,
         "categories": [
             {"id": c, "name": n, "supercategory": "shape"}
-            for c, n in zip(CATEGORY_IDS, CLASS_NAMES)
+            for c, n in zip(CATEGORY_IDS, CLASS_NAMES, strict=True)
         ],
     }
 
@@ -276,9 +279,7 @@ def write_synthetic_dataset(
             file_name = f"{split}_{i:06d}.jpg"
             write_via_temp(
                 out / "images" / file_name,
-                lambda tmp, image=image: image.save(
-                    tmp, format="JPEG", quality=JPEG_QUALITY, subsampling=0
-                ),
+                partial(image.save, format="JPEG", quality=JPEG_QUALITY, subsampling=0),
             )
             entries.append((file_name, image.width, image.height, objs))
             bar.update(1)

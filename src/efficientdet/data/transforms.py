@@ -175,7 +175,7 @@ def clip_boxes(
 
 def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """(h, w) of an image scaled by ``scale``, at least 1 pixel."""
-    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def random_scale_crop(
@@ -190,8 +190,8 @@ def random_scale_crop(
     = floor(U(0, 1) * max(0, scaled size - out size)) per axis."""
     scale = letterbox_scale(height, width, out_hw) * float(rng.uniform(scale_min, scale_max))
     sh, sw = resized_size(height, width, scale)
-    ox = int(math.floor(rng.uniform(0, 1) * max(0, sw - out_hw[1])))
-    oy = int(math.floor(rng.uniform(0, 1) * max(0, sh - out_hw[0])))
+    ox = math.floor(rng.uniform(0, 1) * max(0, sw - out_hw[1]))
+    oy = math.floor(rng.uniform(0, 1) * max(0, sh - out_hw[0]))
     return scale, (ox, oy)
 
 

@@ -240,7 +240,8 @@ def read_yolo(
         if size is None:
             continue
         w, h = size
-        rows, items = [], []
+        rows: list[tuple] = []
+        items: list[str] = []
         if label_path.is_file():
             parsed = read_label_file(label_path, name, num_classes, w, h, report)
             if parsed is None:

@@ -279,9 +279,7 @@ class Detector:
             else (list(COCO90_IDS) if self.num_classes == 90 and class_names is None else None)
         )
         self.image_size = backend.image_size or (
-            parse_image_size(image_size)
-            if image_size is not None
-            else tuple(self.config.image_size)
+            parse_image_size(image_size) if image_size is not None else self.config.image_size
         )
         self.mean, self.std = self.config.mean, self.config.std
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
@@ -478,7 +476,9 @@ class Detector:
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             batch, scales, sizes, labels = self.preprocess(chunk)
-            for d, hw, label in zip(self.detect_batch(batch, scales, sizes), sizes, labels):
+            for d, hw, label in zip(
+                self.detect_batch(batch, scales, sizes), sizes, labels, strict=True
+            ):
                 results.append(
                     Detections(
                         d["boxes"].float(),

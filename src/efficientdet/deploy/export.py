@@ -37,7 +37,8 @@ from torch import nn
 from ..config import NMSConfig, parse_image_size
 from ..detection.anchors import AnchorGenerator
 from ..detection.layout import levels_to_flat
-from ..detection.postprocess import batched_nms, fixed_shape_candidates, fixed_shape_detections
+from ..detection.nms import batched_nms
+from ..detection.postprocess import fixed_shape_candidates, fixed_shape_detections
 from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.fuse import fuse_for_inference

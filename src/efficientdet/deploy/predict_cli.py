@@ -8,9 +8,17 @@ an ``--out`` that holds the source is refused): annotated images (same file name
 annotated ``<video>.mp4`` (H.264 with the ``video`` extra, else the best codec OpenCV has:
 see :mod:`efficientdet.deploy.video`; unless ``--no-save``), and ``predictions.json``: a COCO results list
 ``[{"image_id", "file_name", "category_id", "bbox": [x, y, w, h], "score"}]`` in original
-pixels. ``image_id`` is the file stem when it is a number (COCO's ``000000397133.jpg`` ->
-397133), else the 1-based position in the source (video: frame number + 1);
-``category_id`` the checkpoint's category ids when it has them, else the class index.
+pixels (:func:`efficientdet.data.coco.detections_to_coco`, plus the file name).
+``--save-json`` also writes ``results.json``: the same detections in COCO results format
+alone (image_id, category_id, bbox, score), as ``val`` writes it, for an evaluation server.
+
+``image_id``: with ``--data`` (a COCO instances or ``image_info`` JSON) the dataset's id of
+the image's file name (an image not in it is refused before any work); otherwise
+:func:`efficientdet.data.folder.image_id_from_name`: the file stem when it is a number
+(COCO's ``000000397133.jpg`` -> 397133), else a stable id from the file name (CRC-32);
+video: frame number + 1. ``category_id``: with ``--data`` the JSON's category ids (its class
+names must be the model's), else the checkpoint's category ids when it has them, else the
+class index.
 Unreadable images are reported and skipped; a summary per source is printed at the end.
 Ctrl+C ends a webcam stream normally; elsewhere it keeps the detections of the images done in
 ``predictions.json`` (a partial annotated video is removed) and exits with status 130.
@@ -59,6 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not write annotated images/video (predictions.json is still written)",
     )
+    parser.add_argument(
+        "--save-json",
+        action="store_true",
+        help="also write results.json: COCO results (image_id, category_id, bbox [x, y, w, h], "
+        "score) as val writes them, for an evaluation server",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="COCO JSON (instances or image_info) whose image ids (by file name) and category ids "
+        "the results use",
+    )
 
 
 def build_detector(args: argparse.Namespace):
@@ -106,9 +126,52 @@ def build_detector(args: argparse.Namespace):
     return detector
 
 
-def _image_id(name: str, position: int) -> int:
-    stem = Path(name).stem
-    return int(stem) if stem.isdigit() else position + 1
+class _ResultIds:
+    """The image and category ids of the results files (module docstring)."""
+
+    def __init__(self, detector, data: str | None, source) -> None:
+        self.by_name: dict[str, int | None] | None = None
+        self.category_ids = [detector.category_id(i) for i in range(len(detector.names))]
+        if data is None:
+            return
+        from ..data.coco import read_image_index
+
+        if Path(data).suffix.lower() != ".json" or Path(data).is_dir():
+            raise ConfigError(
+                f"--data {data}: predict maps file names to image ids with a COCO JSON; "
+                "fix: give the instances or image_info JSON of these images"
+            )
+        if source.is_video:
+            raise ConfigError(
+                f"--data {data}: a video's frames have no dataset image ids; "
+                "fix: drop --data (frames are numbered from 1)"
+            )
+        self.by_name, category_ids, names = read_image_index(data)
+        if names != list(detector.names):
+            raise DataError(
+                f"{data}: class names {names} differ from those of the model {list(detector.names)}; "
+                "fix: give the JSON of the dataset the model was trained for"
+            )
+        self.category_ids = category_ids
+        missing = [p for p in source.paths if self.by_name.get(Path(p).name) is None]
+        if missing:
+            name = Path(missing[0]).name
+            what = "is not" if name not in self.by_name else "is ambiguous (two images share it)"
+            raise DataError(
+                f"{data}: {name} {what} in its images ({len(missing)} of {len(source.paths)} "
+                "source images without an id); fix: give the JSON these images belong to, or drop --data"
+            )
+
+    def image_id(self, frame, is_video: bool) -> int:
+        from ..data.folder import image_id_from_name
+
+        if is_video:
+            return frame.index + 1
+        if self.by_name is not None:
+            image_id = self.by_name[Path(frame.name).name]
+            assert image_id is not None  # checked in __init__
+            return image_id
+        return image_id_from_name(frame.name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,11 +194,13 @@ def run(args: argparse.Namespace) -> int:
     inputs = {
         "source": [source.spec, *source.paths] if source.kind != "webcam" else None,
         "weights file": args.weights,
+        "dataset": args.data,
     }
     if args.out is not None:
         refuse_inputs_inside(args.out, inputs)
     cli_options.check_json_output(args, inputs)
     detector = build_detector(args)
+    ids = _ResultIds(detector, args.data, source)
     check_memory(
         detector.config,
         args.batch,
@@ -170,10 +235,12 @@ def run(args: argparse.Namespace) -> int:
                 continue
             pending.append(frame)
             if len(pending) >= args.batch:
-                writer = _process(detector, pending, source, out_dir, args, results, stats, writer)
+                writer = _process(
+                    detector, pending, source, out_dir, args, results, stats, writer, ids
+                )
                 pending = []
         if pending:
-            writer = _process(detector, pending, source, out_dir, args, results, stats, writer)
+            writer = _process(detector, pending, source, out_dir, args, results, stats, writer, ids)
     except KeyboardInterrupt:  # Ctrl+C: the way a webcam stream ends; elsewhere keep what is done
         interrupted = source.kind != "webcam"
         if interrupted and writer is not None:
@@ -192,6 +259,12 @@ def run(args: argparse.Namespace) -> int:
     total_s = time.perf_counter() - t_start
     json_path = out_dir / "predictions.json"
     write_json(json_path, results, indent=None)
+    if args.save_json:  # COCO results format alone, as val writes it
+        write_json(
+            out_dir / "results.json",
+            [{k: v for k, v in r.items() if k != "file_name"} for r in results],
+            indent=None,
+        )
     if args.json:
         cli_options.write_json_output(args, results)
     if interrupted:
@@ -208,6 +281,8 @@ def run(args: argparse.Namespace) -> int:
             "fix: see the warnings above for why each was skipped"
         )
     _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)
+    if args.save_json:
+        print(f"  wrote {out_dir / 'results.json'} (COCO results format, for an evaluation server)")
     return 0
 
 
@@ -222,30 +297,38 @@ class _Stats:
         self.video_codec = ""
 
 
-def _process(detector, frames, source, out_dir: Path, args, results: list, stats: _Stats, writer):
+def _process(
+    detector,
+    frames,
+    source,
+    out_dir: Path,
+    args,
+    results: list,
+    stats: _Stats,
+    writer,
+    ids: _ResultIds,
+):
     import numpy as np
 
+    from ..data.coco import detections_to_coco
     from ..fileio import write_via_temp
-    from .visualize import draw_detections
+    from ..visualize import draw_detections
 
     t0 = time.perf_counter()
     dets = detector.predict([f.image for f in frames])
     stats.model_s += time.perf_counter() - t0
-    for frame, det in zip(frames, dets):
+    for frame, det in zip(frames, dets, strict=True):
         stats.images += 1
         stats.per_class.update(det.names)
-        image_id = _image_id(frame.name, frame.index) if not source.is_video else frame.index + 1
-        boxes = det.boxes.tolist()
-        for (x1, y1, x2, y2), score, label in zip(boxes, det.scores.tolist(), det.labels.tolist()):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "file_name": frame.name,
-                    "category_id": detector.category_id(label),
-                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                    "score": round(score, 5),
-                }
-            )
+        image_id = ids.image_id(frame, source.is_video)
+        for d in detections_to_coco(
+            image_id,
+            np.asarray(det.boxes.tolist()),
+            np.asarray(det.scores.tolist()),
+            np.asarray(det.labels.tolist()),
+            ids.category_ids,
+        ):
+            results.append({**d, "file_name": frame.name})
         if args.no_save:
             continue
         drawn = draw_detections(frame.image, det.boxes, det.scores, det.labels, detector.names)

@@ -98,11 +98,9 @@ def as_image_tensor(
             (int(a.shape[0]), int(a.shape[1])),
             None,
         )
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        Image = None
-    if Image is not None and isinstance(item, Image.Image):
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
         from ..data.transforms import to_rgb
 
         a = np.array(to_rgb(item))
@@ -147,7 +145,7 @@ def letterbox_batch(
         (1.0 / torch.tensor(std, dtype=torch.float64)).to(torch.float32).to(device).reshape(3, 1, 1)
     )
     scales = torch.empty(n, dtype=torch.float32)
-    for i, (img, (h, w)) in enumerate(zip(images, original_hw)):
+    for i, (img, (h, w)) in enumerate(zip(images, original_hw, strict=True)):
         s = letterbox_scale(h, w, input_hw)
         nh, nw = resized_size(h, w, s)
         nh, nw = min(nh, H), min(nw, W)

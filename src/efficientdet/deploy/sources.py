@@ -51,11 +51,10 @@ class Source:
     is the number of frames when known (video frame count may be an estimate), else 0.
     ``not_read``: what a folder holds besides images, {".ext" or "subfolder": count} (not read)."""
 
-    not_read: dict[str, int] = {}
-
     def __init__(self, spec: str, kind: str, paths: list[str] | None = None, capture_target=None):
         self.spec, self.kind, self.paths, self._target = spec, kind, paths or [], capture_target
         self.fps = 30.0
+        self.not_read: dict[str, int] = {}
         self.frame_size: tuple[int, int] | None = None  # video (w, h)
         self._count = len(self.paths)
         self._cap = None
@@ -125,6 +124,7 @@ class Source:
 
     def _iter_video(self) -> Iterator[Frame]:
         cap, i = self._cap, 0
+        assert cap is not None  # opened in __init__ for kind video / webcam
         stem = os.path.basename(self.spec) if self.kind == "video" else f"webcam{self._target}"
         try:
             while True:

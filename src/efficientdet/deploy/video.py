@@ -22,11 +22,15 @@ import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import OutputError
 from ..fileio import temporary_path
+
+if TYPE_CHECKING:
+    import cv2
 
 ENCODERS = ("h264-ffmpeg", "h264-opencv", "vp9-opencv", "mpeg4-opencv")
 # encoder: (container suffix, OpenCV fourcc or None, codec name for people, plays in browsers)
@@ -56,12 +60,14 @@ def ffmpeg_with_x264() -> str | None:
     return exe if "libx264" in encoders else None
 
 
-def _opencv_writer(path: Path, fourcc: str, fps: float, size: tuple[int, int]):
+def _opencv_writer(
+    path: Path, fourcc: str, fps: float, size: tuple[int, int]
+) -> cv2.VideoWriter | None:
     """An opened cv2.VideoWriter, or None when this OpenCV cannot encode ``fourcc``."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # silence FFmpeg's own probing messages
     import cv2
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
     if writer.isOpened():
         return writer
     writer.release()
@@ -88,15 +94,19 @@ class VideoWriter:
     use it as a context manager so a failure leaves no partial file.
     """
 
+    _stdin: IO[bytes]  # ffmpeg's pipes, set with _proc
+    _stderr: IO[bytes]
+
     def __init__(
         self, path: str | os.PathLike, fps: float, size: tuple[int, int], encoders=ENCODERS
     ):
         self.fps, self.size = float(fps), (int(size[0]), int(size[1]))
         self.frames = 0
-        self._proc = self._cv = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._cv: cv2.VideoWriter | None = None
         skipped = []
         for name in encoders:
-            suffix, fourcc, codec, playable = _SPEC[name]
+            suffix, _fourcc, codec, playable = _SPEC[name]
             target = Path(path).with_suffix(suffix)
             ctx = temporary_path(target)
             tmp = ctx.__enter__()
@@ -164,9 +174,13 @@ class VideoWriter:
                 "mp4",
                 str(tmp),
             ]
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdin is not None and proc.stderr is not None  # both are PIPE
+            self._proc, self._stdin, self._stderr = proc, proc.stdin, proc.stderr
             return True
-        self._cv = _opencv_writer(tmp, _SPEC[name][1], self.fps, self.size)
+        fourcc = _SPEC[name][1]
+        assert fourcc is not None  # every encoder but h264-ffmpeg is OpenCV's
+        self._cv = _opencv_writer(tmp, fourcc, self.fps, self.size)
         return self._cv is not None
 
     def write(self, rgb: np.ndarray) -> None:
@@ -178,23 +192,22 @@ class VideoWriter:
             frame = np.asarray(Image.fromarray(frame).resize(self.size))
         if self._proc is not None:
             try:
-                self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                self._stdin.write(np.ascontiguousarray(frame).tobytes())
             except (BrokenPipeError, OSError):
                 self._fail()
         else:
+            assert self._cv is not None  # __init__ opened one of the two
             self._cv.write(np.ascontiguousarray(frame[:, :, ::-1]))
         self.frames += 1
 
     def _fail(self):
         message = ""
         if self._proc is not None:
-            if not self._proc.stdin.closed:
-                self._proc.stdin.close()
+            if not self._stdin.closed:
+                self._stdin.close()
             self._proc.wait()
-            message = (
-                (self._proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()
-            )
-            message = message[-1] if message else f"exit status {self._proc.returncode}"
+            lines = (self._stderr.read() or b"").decode(errors="replace").strip().splitlines()
+            message = lines[-1] if lines else f"exit status {self._proc.returncode}"
         error = OutputError(
             f"{self.path}: ffmpeg could not write the video ({message}); "
             "fix: free disk space or pick another --out"
@@ -205,10 +218,10 @@ class VideoWriter:
     def close(self) -> Path:
         """Finish the file and move it to ``path``; returns ``path``."""
         if self._proc is not None:
-            self._proc.stdin.close()
+            self._stdin.close()
             if self._proc.wait() != 0:
                 self._fail()
-            self._proc.stderr.close()
+            self._stderr.close()
             self._proc = None
         if self._cv is not None:
             self._cv.release()

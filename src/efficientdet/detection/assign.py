@@ -249,7 +249,7 @@ def label_anchors(
     gt_boxes = torch.zeros(n, max(m_max, 1), 4, dtype=dtype, device=device)  # (N, M, 4) padded
     gt_labels = torch.zeros(n, max(m_max, 1), dtype=torch.long, device=device)
     valid = torch.zeros(n, max(m_max, 1), dtype=torch.bool, device=device)
-    for i, (boxes, labels) in enumerate(zip(boxes_list, labels_list)):
+    for i, (boxes, labels) in enumerate(zip(boxes_list, labels_list, strict=True)):
         gt_boxes[i, : boxes.shape[0]] = boxes
         gt_labels[i, : labels.shape[0]] = labels
         valid[i, : boxes.shape[0]] = True

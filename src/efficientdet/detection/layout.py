@@ -12,15 +12,18 @@ from collections.abc import Sequence
 import torch
 
 
+def flatten_levels(levels: Sequence[torch.Tensor], channels: int) -> torch.Tensor:
+    """Per-level (N, A*C, H, W) -> (N, A_all, C) in anchor order (C = K classes or 4 box deltas)."""
+    n = levels[0].shape[0]
+    # (N, A*C, H, W) -> (N, H, W, A*C) -> (N, H*W*A, C)
+    return torch.cat([x.permute(0, 2, 3, 1).reshape(n, -1, channels) for x in levels], 1)
+
+
 def levels_to_flat(
     cls_levels: Sequence[torch.Tensor], box_levels: Sequence[torch.Tensor], num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-level (N, A*K, H, W), (N, A*4, H, W) -> (N, A_all, K), (N, A_all, 4) in anchor order."""
-    n = cls_levels[0].shape[0]
-    # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K)
-    cls = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1, num_classes) for c in cls_levels], 1)
-    box = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in box_levels], 1)
-    return cls, box
+    return flatten_levels(cls_levels, num_classes), flatten_levels(box_levels, 4)
 
 
 def flat_to_levels(

@@ -92,10 +92,8 @@ class _FocalLossSum(torch.autograd.Function):
             del modulator, ce
 
             positive = cls_targets >= 0
-            flat = positive.nonzero(as_tuple=True)
-            flat = (flat[0] * cls_targets.shape[1] + flat[1]) * logits.shape[-1] + cls_targets[
-                positive
-            ]
+            rows, cols = positive.nonzero(as_tuple=True)
+            flat = (rows * cls_targets.shape[1] + cols) * logits.shape[-1] + cls_targets[positive]
             x, p = logits.reshape(-1)[flat], p.reshape(-1)[flat]
             neg_ce = F.softplus(x) - s2 * x
             pos_ce = F.softplus(-x) + s2 * x

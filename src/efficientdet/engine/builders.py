@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..config import LossConfig, ModelConfig, get_model_config
-from ..data.doctor import quick_summary
+from ..analysis.doctor import quick_summary
+from ..config import ModelConfig, get_model_config
 from ..errors import ConfigError
 from ..resources import check_memory
 from ..runtime import resolve_device
 from .config import DEFAULT_MODEL, TrainConfig, cli_option
+from .recipes import DEFAULT_RECIPE, recipe_lr, warmup_start_factor
 
 if TYPE_CHECKING:
     from ..detection.loss import DetectionLoss
@@ -42,9 +43,9 @@ def use_channels_last(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cpu" if setting is None else bool(setting)
 
 
-def default_lr(optimizer: str, total_batch: int) -> float:
-    """0.08 per 64 images for SGD (the official recipe, linearly scaled); 1e-3 for AdamW."""
-    return 0.08 * total_batch / 64.0 if optimizer == "sgd" else 1e-3
+def default_lr(optimizer: str, total_batch: int, recipe: str = DEFAULT_RECIPE) -> float:
+    """``recipe``'s peak lr: 0.08 per 64 images for SGD (linearly scaled); 1e-3 for AdamW."""
+    return recipe_lr(recipe, optimizer, total_batch)
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
@@ -207,11 +208,11 @@ def frozen_parts(model: nn.Module, freeze: str) -> list[nn.Module]:
     return [getattr(model, name) for name in parts]
 
 
-def set_train_mode(model: nn.Module, freeze: str) -> None:
-    """``model.train()``, with the batch norms of the frozen parts kept in eval mode (their
-    running statistics stay as loaded)."""
+def set_train_mode(model: nn.Module, freeze: str, freeze_bn: bool = False) -> None:
+    """``model.train()``, with the batch norms of the frozen parts (of all parts with
+    ``freeze_bn``) kept in eval mode (their running statistics stay as loaded)."""
     model.train()
-    for part in frozen_parts(model, freeze):
+    for part in [model] if freeze_bn else frozen_parts(model, freeze):
         for m in part.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
@@ -290,26 +291,30 @@ def build_train_dataset(cfg: TrainConfig, train_data: Any, model_cfg: ModelConfi
 
 
 def build_loss(cfg: TrainConfig, model_cfg: ModelConfig) -> DetectionLoss:
-    """The DetectionLoss of ``cfg`` (box loss, assigner) for ``model_cfg``'s anchors and classes."""
+    """The DetectionLoss of ``cfg`` (:meth:`TrainConfig.loss_config`: focal, box loss, assigner)
+    for ``model_cfg``'s anchors and classes."""
     from ..detection.loss import DetectionLoss
 
-    return DetectionLoss(
-        model_cfg.anchors,
-        LossConfig(box_loss=cfg.box_loss, assigner=cfg.assigner),
-        model_cfg.num_classes,
-    )
+    return DetectionLoss(model_cfg.anchors, cfg.loss_config(), model_cfg.num_classes)
 
 
 def build_optimization(
     cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, total_steps: int, total_batch: int
 ) -> tuple[float, torch.optim.Optimizer, Any, int]:
     """(peak lr, optimizer, per-step warm-up + cosine scheduler over ``total_steps``, warm-up
-    steps = ``cfg.warmup_epochs`` x ``steps_per_epoch``); ``total_batch`` (images per step over
-    all processes) scales the default lr (:func:`default_lr`)."""
+    steps = ``cfg.warmup_epochs`` x ``steps_per_epoch``, starting at ``cfg.warmup_lr``);
+    ``total_batch`` (images per step over all processes) scales the recipe's lr
+    (:func:`default_lr`) when ``cfg.lr`` is None."""
     from .optim import build_optimizer, build_scheduler
 
-    lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, total_batch)
+    lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, total_batch, cfg.recipe)
     optimizer = build_optimizer(model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum)
     warmup = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = build_scheduler(optimizer, total_steps, warmup, min_lr_ratio=cfg.min_lr_ratio)
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps,
+        warmup,
+        warmup_start_factor(cfg.warmup_lr, lr),
+        min_lr_ratio=cfg.min_lr_ratio,
+    )
     return lr, optimizer, scheduler, warmup

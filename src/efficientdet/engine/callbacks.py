@@ -314,12 +314,8 @@ class DebugViews(Callback):
         if trainer.is_main and (self.batches or self.interval):
             import importlib
 
-            try:  # drawing: efficientdet/engine/debug_views.py
-                debug_views = importlib.import_module("efficientdet.engine.debug_views")
-            except ImportError as exc:
-                trainer.log(f"warning: debug views off: {exc}")
-                return
-            self.views = debug_views
+            # the drawing module, looked up when a run starts (tests put a recording one in its place)
+            self.views = importlib.import_module("efficientdet.engine.debug_views")
             self.done = min(self.batches, trainer.global_step)  # resumed: drawn before
 
     def _save(self, trainer: Trainer, name: str, image: np.ndarray, step: int) -> None:

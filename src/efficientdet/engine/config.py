@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import resolve_aspect_ratios
+from ..config import LossConfig, resolve_aspect_ratios
 from ..errors import ConfigError
+from .recipes import DEFAULT_RECIPE, FROM_RECIPE, recipe_table
 
 DEFAULT_MODEL = "efficientdet_d0"
 OPTIMIZER_NAMES = ("sgd", "adamw")
@@ -45,6 +46,9 @@ class TrainConfig:
     without healthy progress in between; one more stops the run. ``loggers``: names of
     LOGGER_NAMES (:mod:`efficientdet.engine.loggers`); ``debug_batches`` / ``debug_interval``:
     the debug views (:class:`efficientdet.engine.callbacks.DebugViews`; 0 turns each off).
+    ``recipe`` ("finetune" | "official", :mod:`efficientdet.engine.recipes`) sets every field
+    left ``FROM_RECIPE`` when the config is built; a run records the resolved ``lr`` (and the
+    model's image size when None) in args.yaml.
     """
 
     data: str = ""
@@ -55,18 +59,18 @@ class TrainConfig:
     weights: str | None = None
     backbone_weights: str | None = None
     image_size: int | list[int] | None = None
-    epochs: int = 50
+    epochs: int = FROM_RECIPE
     batch_size: int = 8
     lr: float | None = None
-    optimizer: str = "sgd"
-    weight_decay: float = 4e-5
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.0
-    clip_grad: float = 10.0
-    ema: bool = True
-    ema_decay: float = 0.9998
-    ema_warmup_steps: int = 2000
+    optimizer: str = FROM_RECIPE
+    weight_decay: float = FROM_RECIPE
+    momentum: float = FROM_RECIPE
+    warmup_epochs: float = FROM_RECIPE
+    min_lr_ratio: float = FROM_RECIPE
+    clip_grad: float = FROM_RECIPE
+    ema: bool = FROM_RECIPE
+    ema_decay: float = FROM_RECIPE
+    ema_warmup_steps: int = FROM_RECIPE
     amp: str = "none"
     channels_last: bool | None = None  # None: on for CPU (1.4x faster there), off elsewhere
     freeze: str = "none"
@@ -76,11 +80,11 @@ class TrainConfig:
     min_level: int | None = None
     max_level: int | None = None
     bn_momentum: float | None = None
-    scale_min: float = 0.1
-    scale_max: float = 2.0
-    flip_prob: float = 0.5
-    box_loss: str = "huber"
-    assigner: str = "argmax"
+    scale_min: float = FROM_RECIPE
+    scale_max: float = FROM_RECIPE
+    flip_prob: float = FROM_RECIPE
+    box_loss: str = FROM_RECIPE
+    assigner: str = FROM_RECIPE
     patience: int | None = None
     val_interval: int = 1
     eval_batch_size: int | None = None
@@ -98,8 +102,22 @@ class TrainConfig:
     loggers: list[str] = field(default_factory=list)  # of LOGGER_NAMES, several at once
     debug_batches: int = 2  # first training batches drawn to RUN/debug (0: none)
     debug_interval: int = 5  # predictions vs truth drawn every N epochs (0: never)
+    # --- training recipe (engine/recipes.py): ``recipe`` fills every field left FROM_RECIPE
+    # (those above too); a value given explicitly wins. Loss settings go to LossConfig.
+    recipe: str = DEFAULT_RECIPE
+    warmup_lr: float | None = FROM_RECIPE  # lr at warm-up step 0; None: a tenth of the peak
+    focal_alpha: float = FROM_RECIPE
+    focal_gamma: float = FROM_RECIPE
+    label_smoothing: float = FROM_RECIPE
+    huber_delta: float = FROM_RECIPE
+    box_loss_weight: float = FROM_RECIPE
+    freeze_bn: bool = FROM_RECIPE  # every BatchNorm in eval mode (running statistics fixed)
 
     def __post_init__(self) -> None:
+        for name, value in recipe_table(self.recipe).items():
+            if getattr(self, name) is FROM_RECIPE:
+                setattr(self, name, value)
+        self.recipe = self.recipe.lower()
         if isinstance(self.image_size, (tuple, list)):
             self.image_size = [int(v) for v in self.image_size]
         if self.aspect_ratios is not None:
@@ -123,6 +141,10 @@ class TrainConfig:
             ),
             (self.val_interval >= 1, f"val_interval={self.val_interval}: need at least 1"),
             (self.lr is None or self.lr > 0, f"lr={self.lr}: need a positive learning rate"),
+            (
+                self.warmup_lr is None or self.warmup_lr > 0,
+                f"warmup_lr={self.warmup_lr}: need a positive learning rate; fix: e.g. --warmup-lr 0.008",
+            ),
             (self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs}: need 0 or more"),
             (
                 self.patience is None or self.patience >= 1,
@@ -154,6 +176,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.loss_config()  # validates the loss settings
         if isinstance(self.loggers, str):
             self.loggers = [self.loggers]
         self.loggers = [str(name).lower() for name in self.loggers]
@@ -177,6 +200,18 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def loss_config(self) -> LossConfig:
+        """The LossConfig of this run."""
+        return LossConfig(
+            alpha=self.focal_alpha,
+            gamma=self.focal_gamma,
+            label_smoothing=self.label_smoothing,
+            box_loss=self.box_loss,
+            huber_delta=self.huber_delta,
+            box_loss_weight=self.box_loss_weight,
+            assigner=self.assigner,
+        )
 
     def model_overrides(self) -> dict:
         """The ModelConfig/AnchorConfig fields this run sets (None = the model's default)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 from ..config import parse_image_size
@@ -73,8 +74,8 @@ def write_predictions(
     from PIL import Image
 
     from ..deploy.detector import Detector
-    from ..deploy.visualize import draw_detections
     from ..fileio import write_via_temp
+    from ..visualize import draw_detections
 
     detector = Detector(checkpoint, conf=conf)
     out_dir = Path(out_dir)
@@ -84,7 +85,7 @@ def write_predictions(
         with Image.open(record.path) as im:
             drawn = draw_detections(im, det.boxes, det.scores, det.labels, detector.names)
         path = out_dir / f"{Path(record.path).stem}_pred.jpg"
-        write_via_temp(path, lambda tmp: drawn.save(tmp, quality=92))
+        write_via_temp(path, partial(drawn.save, quality=92))
         written.append(path)
     return written
 
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
 
     val = load_dataset(yaml_path, split="val")
+    assert result.best_checkpoint is not None  # the demo validates every epoch
     preds = write_predictions(
         result.best_checkpoint, val, out / "predictions", args.num_predictions, args.conf
     )

@@ -1,8 +1,8 @@
 """Process-group helpers for multi-process training (``torchrun --nproc_per_node N ...``).
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``;
-:func:`init_distributed` reads them and starts the process group (NCCL on CUDA, gloo on
-CPU). A plain ``python -m efficientdet train`` is a world of one and every helper here is a
+:func:`init_distributed` reads them and starts the process group (on CUDA: NCCL for CUDA
+tensors and gloo for the CPU ones the trainer reduces, its losses and flags; gloo on CPU). A plain ``python -m efficientdet train`` is a world of one and every helper here is a
 no-op for it, so the trainer calls them unconditionally.
 """
 
@@ -45,15 +45,15 @@ def init_distributed(device: torch.device, timeout_minutes: float = 120.0) -> Di
     """Join the process group described by the torchrun environment variables.
 
     Returns a one-process ``DistInfo`` when not launched distributed. On CUDA each process
-    uses ``cuda:LOCAL_RANK`` (set by the caller through ``device``); the backend is NCCL on
-    CUDA and gloo otherwise. An already initialised group is reused.
+    uses ``cuda:LOCAL_RANK`` (set by the caller through ``device``); the backend is
+    :func:`backend_for` ``device``. An already initialised group is reused.
     """
     if not launched_distributed():
         return DistInfo()
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend_for(device)
     if not dist.is_available():
         raise ConfigError(
             "WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; run a single process"
@@ -63,6 +63,13 @@ def init_distributed(device: torch.device, timeout_minutes: float = 120.0) -> Di
             backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes)
         )
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=dist.get_backend())
+
+
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for training on ``device``: ``"cpu:gloo,cuda:nccl"`` on CUDA
+    (an NCCL-only group refuses CPU tensors: "No backend type associated with device type
+    cpu"), ``"gloo"`` otherwise."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def cleanup() -> None:
@@ -94,6 +101,20 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def global_normalizer_factor(num_positives: float) -> float:
+    """The factor that turns this rank's loss, divided by its own ``num_positives + 1`` (see
+    :mod:`efficientdet.detection.loss`), into one divided by ``(P + 1) / world``, ``P`` the
+    positives of all ranks (an all-reduce; 1.0 in a world of one).
+
+    DDP averages the gradients over ranks, so with this factor every step follows the gradient
+    of the whole batch's loss over ``P + 1``: the step one process takes with the total batch.
+    Without it, a rank with few positive anchors would weigh its images more."""
+    if not is_active():
+        return 1.0
+    total = all_reduce_sum(torch.tensor([float(num_positives)], dtype=torch.float64))
+    return (float(num_positives) + 1.0) * dist.get_world_size() / (float(total[0]) + 1.0)
 
 
 def all_gather_object(obj) -> list:

@@ -14,6 +14,11 @@ same data, letterbox and COCOeval.
 
 Conventions of the numbers (pycocotools'): a value of -1 means "no ground truth to score"
 (e.g. ``AP_small`` when there are no small objects, or a class with no gt boxes).
+
+A split without annotations (``DetectionData.annotated`` False: a COCO ``image_info`` JSON as
+test-dev ships, a folder of images) cannot be scored: ``evaluate`` refuses it unless called
+with ``require_metrics=False``, when it returns the detections alone (``EvalResult.scored``
+False), ready for an evaluation server.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class EvalResult:
     ``[{"image_id", "category_id" (the dataset's), "bbox": [x, y, w, h] original pixels, "score"}]``;
     ``precision``: COCOeval's ``eval["precision"]`` (T=10 IoUs, R=101 recall points, K classes
     in category-id order, A=4 areas, M=3 maxDets; -1 where undefined), for PR curves.
+    ``scored``: False for a split without annotations (``stats`` and ``per_class`` empty,
+    ``precision`` None: detections only); ``source``: the data's file, for messages.
     """
 
     stats: dict[str, float]
@@ -67,13 +74,21 @@ class EvalResult:
     detections: list[dict] = field(default_factory=list)
     num_images: int = 0
     precision: np.ndarray | None = None
+    scored: bool = True
+    source: str = ""
 
     @property
     def map(self) -> float:
-        return self.stats["mAP"]
+        return self.stats.get("mAP", -1.0)  # -1: nothing scored (pycocotools convention)
 
     def table(self) -> str:
-        """The 12 numbers, then a per-class table (AP, AP50, gt boxes)."""
+        """The 12 numbers, then a per-class table (AP, AP50, gt boxes); for a split without
+        annotations, one line saying that no metrics were computed."""
+        if not self.scored:
+            return (
+                f"no metrics computed: {self.source or 'the split'} has no annotations "
+                f"({self.num_images} images, {len(self.detections)} detections)"
+            )
         lines = [f"COCO bbox metrics ({self.num_images} images, {len(self.detections)} detections)"]
         for i in range(0, len(STAT_NAMES), 6):
             names = STAT_NAMES[i : i + 6]
@@ -90,8 +105,9 @@ class EvalResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """Plain types for JSON: stats, per_class, num_images, num_detections."""
+        """Plain types for JSON: scored, stats, per_class, num_images, num_detections."""
         return {
+            "scored": self.scored,
             "stats": dict(self.stats),
             "per_class": [dict(c) for c in self.per_class],
             "num_images": self.num_images,
@@ -150,7 +166,7 @@ def coco_eval(gt: dict, detections: list[dict]) -> tuple[dict[str, float], list[
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats, strict=True)}
     precision = ev.eval["precision"]  # (T IoUs, R recall points, K classes, A areas, M maxDets)
     cat_index = {c: i for i, c in enumerate(ev.params.catIds)}
     num_gt: dict[int, int] = {}
@@ -220,7 +236,7 @@ def _to_coco(
                 category_ids,
             ),
         )
-        for t, d in zip(targets, dets)
+        for t, d in zip(targets, dets, strict=True)
     ]
 
 
@@ -234,6 +250,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
+    require_metrics: bool = True,
 ) -> EvalResult:
     """Detect on every image of ``data`` (a :class:`DetectionData`) and score with COCO metrics.
 
@@ -245,6 +262,8 @@ def evaluate(
     ``image_size_hw``: model input (h, w) (default ``model.config.image_size``). ``amp_dtype``:
     e.g. ``torch.float16``/``torch.bfloat16`` for autocast, None for float32. Images that fail
     to decode get no detections (their gt still counts); images without gt are fine.
+    ``require_metrics``: a split without annotations (``data.annotated`` False) is a DataError
+    (before any work); with False its detections are returned unscored (``scored`` False).
     """
     from tqdm import tqdm
 
@@ -258,6 +277,13 @@ def evaluate(
     if len(data.records) == 0:
         raise DataError(
             f"{name}: no images to evaluate; fix: give a validation split with at least one image"
+        )
+    annotated = getattr(data, "annotated", True)
+    if not annotated and require_metrics:
+        raise DataError(
+            f"{name}: no annotations to compute metrics against (an image_info file or a folder "
+            "of images); fix: give the split's annotated instances JSON, or ask for detections "
+            "only (efficientdet val without --require-metrics)"
         )
     is_detector = hasattr(model, "detect_batch")
     cfg = model.config if is_detector else unwrap_model(model).config
@@ -328,6 +354,10 @@ def evaluate(
     finally:
         if not is_detector:
             model.train(was_training)
+    if not annotated:  # test-dev style: the detections are the result
+        return EvalResult(
+            stats={}, detections=detections, num_images=len(data.records), scored=False, source=name
+        )
     stats, per_class, precision = coco_eval(records_to_coco(data), detections)
     return EvalResult(
         stats=stats,
@@ -335,6 +365,7 @@ def evaluate(
         detections=detections,
         num_images=len(data.records),
         precision=precision,
+        source=name,
     )
 
 

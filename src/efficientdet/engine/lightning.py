@@ -143,7 +143,7 @@ class EfficientDetModule(L.LightningModule):
                 self.ema.load_state_dict(self._ema_state)
 
     def on_train_epoch_start(self) -> None:
-        set_train_mode(self.model, self.cfg.freeze)
+        set_train_mode(self.model, self.cfg.freeze, self.cfg.freeze_bn)
 
     def _targets(self, targets):
         return [

@@ -62,6 +62,8 @@ from .callbacks import Events, StepInfo, builtin_callbacks
 from .config import RESUME_OVERRIDABLE, TrainConfig, TrainResult
 from .runlock import RunLock
 
+LOSS_KEYS = ("loss", "class_loss", "box_loss")  # the normalised losses of DetectionLoss
+
 
 class TrainingDiverged(EfficientDetError):
     """Training kept diverging after ``max_bad_steps`` rollbacks; the last good checkpoint is kept."""
@@ -289,6 +291,8 @@ class Trainer:
             cfg.epochs * self.steps_per_epoch,
             cfg.batch_size * self.dist.world_size,
         )
+        cfg.lr = self.lr  # the resolved values go to args.yaml (a resumed run keeps them)
+        cfg.image_size = cfg.image_size or list(self.model_cfg.image_size)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -318,7 +322,7 @@ class Trainer:
             f", amp {cfg.amp}{', channels_last' if self.channels_last else ''}"
         )
         self.log(
-            f"optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
+            f"recipe {cfg.recipe}: optimizer {cfg.optimizer} lr {self.lr:g} (batch {cfg.batch_size} x {self.dist.world_size}), "
             f"{self.steps_per_epoch} steps/epoch, warm-up {warmup} steps then cosine; "
             f"EMA {f'decay {cfg.ema_decay:g}' if cfg.ema else 'off'}; run folder {self.run_dir}"
         )
@@ -446,7 +450,11 @@ class Trainer:
             enabled=self.amp_dtype is not None,
         ):
             class_out, box_out = self.train_model(images)
-        return self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
+        losses = self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
+        if self.dist.enabled:  # normalised by all ranks' positives: the step of one big batch
+            factor = dist_utils.global_normalizer_factor(losses["num_positives"])
+            losses = {k: v * factor if k in LOSS_KEYS else v for k, v in losses.items()}
+        return losses
 
     def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict | str:
         """One iteration; returns the (all-reduced) losses, or why the step was not applied
@@ -612,7 +620,7 @@ class Trainer:
         ):
             class_out, box_out = model(x)
         if was_training:
-            set_train_mode(model, self.cfg.freeze)
+            set_train_mode(model, self.cfg.freeze, self.cfg.freeze_bn)
         anchors = self.loss_fn.anchors(m.image_size, device=self.device)
         dets = postprocess(
             [c.float() for c in class_out],
@@ -651,7 +659,7 @@ class Trainer:
                 progress=self.cfg.progress,
             )
             if was_training:
-                set_train_mode(model, self.cfg.freeze)
+                set_train_mode(model, self.cfg.freeze, self.cfg.freeze_bn)
             stats = _plain(dict(result.stats))
         stats = dist_utils.broadcast_object(stats)
         return result, stats
@@ -755,7 +763,7 @@ class Trainer:
 
             set_rng_state(self._pending_rng)
             self._pending_rng = None
-        set_train_mode(self.model, cfg.freeze)
+        set_train_mode(self.model, cfg.freeze, cfg.freeze_bn)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=skip,

@@ -16,7 +16,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters in two groups: ``"decay"`` (ndim > 1: conv/linear weights, with
     ``weight_decay``) and ``"no_decay"`` (ndim <= 1: norm weights/biases and all biases, 0).
     Frozen parameters (``requires_grad=False``) are left out; empty groups are dropped."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if not p.requires_grad:
             continue
@@ -96,8 +97,12 @@ def build_scheduler(
         raise ConfigError(
             f"warmup_steps={warmup_steps}: need 0 <= warmup <= total steps ({total_steps})"
         )
-    if not 0 < warmup_start_factor <= 1:
-        raise ConfigError(f"warmup_start_factor={warmup_start_factor}: need 0 < value <= 1")
+    if (
+        not 0 < warmup_start_factor < math.inf
+    ):  # above 1: the official warm-up from 0.008 to a smaller peak
+        raise ConfigError(
+            f"warmup_start_factor={warmup_start_factor}: need a positive finite value"
+        )
     if not 0 <= min_lr_ratio <= 1:
         raise ConfigError(f"min_lr_ratio={min_lr_ratio}: need 0 <= value <= 1")
     schedule = WarmupCosine(total_steps, warmup_steps, warmup_start_factor, min_lr_ratio)

@@ -28,7 +28,7 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     epochs = [r["epoch"] for r in history]
-    for ax, key in zip(axes[:3], ("train_loss", "class_loss", "box_loss")):
+    for ax, key in zip(axes[:3], ("train_loss", "class_loss", "box_loss"), strict=True):
         ax.plot(epochs, [r[key] for r in history], marker="o", markersize=3)
         ax.set_title(key.replace("_", " "))
         ax.set_xlabel("epoch")

@@ -5,7 +5,7 @@
     efficientdet train --resume runs/shapes          # continue an interrupted run
     torchrun --nproc_per_node 2 -m efficientdet train --data data.yaml ...   # DDP
 
-Every option defaults to the TrainConfig default; with --resume only --workers, --device and
+Every option defaults to the TrainConfig default (the --recipe's for the training settings); with --resume only --workers, --device and
 --quiet/--no-plots may be given (the rest comes from the run's checkpoint).
 
 TrainConfig is the one source of truth: every field has a flag here, read back by
@@ -36,6 +36,7 @@ from .config import (
     RESUME_OVERRIDABLE,
     TrainConfig,
 )
+from .recipes import RECIPE_NAMES
 from .trainer import train
 
 _DEFAULTS = TrainConfig()
@@ -185,6 +186,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("argmax", "atss"),
         help="anchor assignment (default argmax, official)",
     )
+    g.add_argument(
+        "--recipe",
+        choices=RECIPE_NAMES,
+        help="defaults of the optimisation and loss options: official (google/automl: 300 "
+        "epochs, warm-up from lr 0.008, ...) or finetune (50 epochs, warm-up from a tenth of the "
+        f"peak lr); default {d.recipe}; options you give win (efficientdet/engine/recipes.py)",
+    )
+    g.add_argument(
+        "--warmup-lr",
+        type=float,
+        help="learning rate at the start of the warm-up (recipe: official 0.008, finetune lr/10)",
+    )
+    g.add_argument("--focal-alpha", type=float, help=f"focal loss alpha (default {d.focal_alpha})")
+    g.add_argument("--focal-gamma", type=float, help=f"focal loss gamma (default {d.focal_gamma})")
+    g.add_argument(
+        "--label-smoothing",
+        type=float,
+        help=f"class label smoothing, 0 <= value < 1 (default {d.label_smoothing})",
+    )
+    g.add_argument(
+        "--huber-delta", type=float, help=f"Huber box loss delta (default {d.huber_delta})"
+    )
+    g.add_argument(
+        "--box-loss-weight",
+        type=float,
+        help=f"weight of the Huber box loss (default {d.box_loss_weight})",
+    )
+    g.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        default=None,
+        help="keep every batch norm in eval mode (running statistics fixed; default: trained)",
+    )
     cli_options.add(g, "precision")
     g.add_argument(
         "--channels-last",
@@ -285,7 +319,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return dataclasses.replace(_DEFAULTS, **given)
     if not given.get("data"):
         raise ConfigError("give --data DATA.yaml (or a COCO .json), or --resume RUN_DIR")
-    return TrainConfig(**{**dataclasses.asdict(_DEFAULTS), **given})
+    return TrainConfig(**given)  # fields not given: from --recipe
 
 
 def run(args: argparse.Namespace) -> int:

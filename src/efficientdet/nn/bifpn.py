@@ -41,7 +41,7 @@ def bifpn_nodes(min_level: int, max_level: int) -> list[FusionNode]:
     for level in range(
         min_level + 1, max_level + 1
     ):  # bottom-up: all of this level + downsampled finer
-        nodes.append(FusionNode(level, tuple(latest[level]) + (latest[level - 1][-1],)))
+        nodes.append(FusionNode(level, (*latest[level], latest[level - 1][-1])))
         latest[level].append(next_id)
         next_id += 1
     return nodes
@@ -72,13 +72,14 @@ class Resample(nn.Module):
         self.octaves = octaves  # > 0: downsample by 2**octaves, < 0: upsample, 0: same level
         if in_ch != out_ch:
             self.conv = ConvBn(in_ch, out_ch)
-        self.pool = MaxPool2dSame(3, 2) if octaves > 0 else None
+        self.pool: nn.Module | None = MaxPool2dSame(3, 2) if octaves > 0 else None
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if hasattr(self, "conv"):
             x = self.conv(x)
-        for _ in range(max(self.octaves, 0)):
-            x = self.pool(x)
+        if self.pool is not None:  # octaves > 0
+            for _ in range(self.octaves):
+                x = self.pool(x)
         if self.octaves < 0:
             x = F.interpolate(x, size=size, mode="nearest")
         return x
@@ -99,7 +100,7 @@ class FuseInputs(nn.Module):
             self.edge_weights = nn.Parameter(torch.ones(len(resamplers)))
 
     def forward(self, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        xs = [self.resample[str(i)](x, size) for i, x in zip(self.input_ids, inputs)]
+        xs = [self.resample[str(i)](x, size) for i, x in zip(self.input_ids, inputs, strict=True)]
         if self.fusion == "sum":
             out = xs[0]
             for x in xs[1:]:
@@ -178,7 +179,7 @@ class BiFPNCell(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         sizes = [tuple(f.shape[-2:]) for f in features]
         nodes = list(features)
-        for node, module in zip(self.nodes, self.fnode):
+        for node, module in zip(self.nodes, self.fnode, strict=True):
             nodes.append(module(nodes, sizes[node.level - self.min_level]))
         return [nodes[i] for i in self.output_ids]
 

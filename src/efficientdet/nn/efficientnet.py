@@ -191,7 +191,7 @@ class EfficientNet(nn.Module):
         repeats = [
             spec.repeats
             if lite and i in (0, len(B0_STAGES) - 1)
-            else int(math.ceil(spec.repeats * depth))
+            else math.ceil(spec.repeats * depth)
             for i, spec in enumerate(B0_STAGES)
         ]
         total_blocks = sum(repeats)
@@ -199,9 +199,9 @@ class EfficientNet(nn.Module):
         in_ch, block_idx = stem_ch, 0
         self.feature_info: list[dict] = []
         stride_so_far = 2
-        for stage_idx, (spec, n) in enumerate(zip(B0_STAGES, repeats)):
+        for stage_idx, (spec, n) in enumerate(zip(B0_STAGES, repeats, strict=True)):
             out_ch = round_channels(spec.channels, width)
-            blocks = []
+            blocks: list[nn.Module] = []
             for i in range(n):
                 stride = spec.stride if i == 0 else 1
                 rate = drop_path_rate * block_idx / total_blocks

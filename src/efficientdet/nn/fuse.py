@@ -7,19 +7,24 @@ network keeps its ``forward(images (N, 3, H, W)) -> (class outputs, box outputs)
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .heads import HeadNet, _LevelBN
+from .layers import SeparableConv
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold eval-mode ``bn`` into ``conv`` in place: w' = w * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta."""
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None  # our BNs track running statistics
     with torch.no_grad():
-        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        new_bias = (bias - bn.running_mean) * factor + bn.bias
+        factor = bn.weight / torch.sqrt(var + bn.eps)  # (C_out,)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+        new_bias = (bias - mean) * factor + bn.bias
         conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
         if conv.bias is None:
             conv.bias = nn.Parameter(new_bias)
@@ -33,17 +38,18 @@ class _FusedHeadNet(nn.Module):
     Same ``forward([P3..]) -> [(N, A*outputs, H_l, W_l)]`` as ``HeadNet``.
     """
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: HeadNet):
         super().__init__()
-        self.act = head.act
-        self.predict = head.predict
-        self.conv_dw = nn.ModuleList(
-            [rep.conv_dw for rep in head.conv_rep]
-        )  # shared over levels, no bias
+        self.act: nn.Module = head.act
+        self.predict: nn.Module = head.predict
+        self.conv_dw = nn.ModuleList()  # shared over levels, no bias
         self.conv_pw = nn.ModuleList()  # [repeat][level]
-        for rep, bns in zip(head.conv_rep, head.bn_rep):
+        for rep, bns in zip(head.conv_rep, head.bn_rep, strict=True):
+            assert isinstance(rep, SeparableConv) and isinstance(bns, nn.ModuleList)
+            self.conv_dw.append(rep.conv_dw)
             per_level = nn.ModuleList()
             for level_bn in bns:
+                assert isinstance(level_bn, _LevelBN)
                 pw = copy.deepcopy(rep.conv_pw)
                 _fold_bn(pw, level_bn.bn)
                 per_level.append(pw)
@@ -52,8 +58,8 @@ class _FusedHeadNet(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
         for level, x in enumerate(features):
-            for dw, pws in zip(self.conv_dw, self.conv_pw):
-                x = self.act(pws[level](dw(x)))
+            for dw, pws in zip(self.conv_dw, self.conv_pw, strict=True):
+                x = self.act(cast(nn.ModuleList, pws)[level](dw(x)))
             outputs.append(self.predict(x))
         return outputs
 

@@ -9,6 +9,7 @@ the official model lay it out.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -50,13 +51,15 @@ class HeadNet(nn.Module):
         )
         self.act = make_act(act)
         self.predict = SeparableConv(channels, num_anchors * outputs_per_anchor, bn=False)
-        nn.init.constant_(self.predict.conv_pw.bias, bias_init)
+        bias = self.predict.conv_pw.bias
+        assert bias is not None  # bn=False: the pointwise conv has a bias
+        nn.init.constant_(bias, bias_init)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
         for level, x in enumerate(features):
-            for conv, bns in zip(self.conv_rep, self.bn_rep):
-                x = self.act(bns[level](conv(x)))
+            for conv, bns in zip(self.conv_rep, self.bn_rep, strict=True):
+                x = self.act(cast(nn.ModuleList, bns)[level](conv(x)))
             outputs.append(self.predict(x))
         return outputs
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -101,7 +102,8 @@ def load_weights(
         target = (
             backbone  # a classifier checkpoint in our/timm layout loaded as the detection backbone
         )
-    notes, skip = [], ()
+    notes: list[str] = []
+    skip: tuple[str, ...] | set[str] = ()
     if source == "efficientdet" and class_names is not None and obj.get("class_names") is not None:
         state, notes, skip = _map_class_head(
             state, list(obj["class_names"]), list(class_names), label
@@ -185,7 +187,11 @@ def _load_automl(model: nn.Module, weights, label: str) -> LoadReport:
 
 
 def _load_matching(
-    module: nn.Module, state: dict[str, torch.Tensor], label: str, source: str, skip: tuple = ()
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    label: str,
+    source: str,
+    skip: Collection[str] = (),
 ) -> LoadReport:
     """Load the keys of ``state`` that fit ``module``; ``skip``: keys left as they are on purpose."""
     expected = module.state_dict()
@@ -196,7 +202,10 @@ def _load_matching(
         for k in expected
         if k not in state and k not in skip and not k.endswith("num_batches_tracked")
     ]
-    unexpected, mismatched, skipped, ignored = [], [], [], []
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    skipped: list[str] = []
+    ignored: list[str] = []
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key not in expected:

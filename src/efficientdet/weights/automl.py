@@ -86,8 +86,10 @@ def automl_names(model: nn.Module) -> dict[str, str]:
     backbone = cfg.backbone.replace("_", "-")
     num_levels = cfg.max_level - cfg.min_level + 1
     nodes = bifpn_nodes(cfg.min_level, cfg.max_level)
-    stage_sizes = [len(stage) for stage in model.backbone.blocks]
-    first_block = np.cumsum([0] + stage_sizes).tolist()
+    stage_sizes = [
+        len(list(stage.children())) for stage in model.get_submodule("backbone.blocks").children()
+    ]
+    first_block = np.cumsum([0, *stage_sizes]).tolist()
     names: dict[str, str] = {}
     for key in state:
         if key.endswith("num_batches_tracked"):
@@ -303,7 +305,7 @@ def _read_object_based(tf, reader) -> tuple[dict[str, np.ndarray], list[str]]:
 
     graph = TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    variables = {}
+    variables: dict[str, np.ndarray] = {}
     for node in graph.nodes:
         for attr in node.attributes:
             if attr.name == "VARIABLE_VALUE" and attr.full_name:

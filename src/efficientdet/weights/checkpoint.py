@@ -37,7 +37,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -88,7 +88,7 @@ def save_model_dict(
     }
 
 
-def is_our_checkpoint(obj: Any) -> bool:
+def is_our_checkpoint(obj: Any) -> TypeGuard[dict]:
     """A dict in our checkpoint format (:func:`save_model_dict`)."""
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 

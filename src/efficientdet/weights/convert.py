@@ -73,8 +73,8 @@ def from_efficientnet_pytorch(
     (an ``efficientdet.nn.efficientnet.EfficientNet``) ``blocks.{stage}.{block}`` layout."""
     flat_to_stage = [
         (s, b, type(block).__name__)
-        for s, stage in enumerate(backbone.blocks)
-        for b, block in enumerate(stage)
+        for s, stage in enumerate(backbone.get_submodule("blocks").children())
+        for b, block in enumerate(stage.children())
     ]
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():

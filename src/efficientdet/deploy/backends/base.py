@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ...config import ModelConfig
 from ...errors import ConfigError
 
 
@@ -32,7 +33,7 @@ class Backend:
     name = "backend"
     outputs = "raw"
     path: str | None = None
-    config = None
+    config: ModelConfig  # set by every backend's __init__
     image_size: tuple[int, int] | None = None
     class_names: list[str] | None = None
     category_ids: list[int] | None = None

@@ -71,7 +71,7 @@ class _OnnxBackend(Backend):
         """Run the graph on inputs with batch axis 0; a fixed-batch file runs in padded pieces."""
         n, step = feeds[0].shape[0], self.fixed_batch
         if step is None or n == step:
-            return self.session.run(None, dict(zip(self.input_names, feeds)))
+            return self.session.run(None, dict(zip(self.input_names, feeds, strict=True)))
         pieces = []
         for start in range(0, n, step):
             count = min(step, n - start)
@@ -81,9 +81,12 @@ class _OnnxBackend(Backend):
                 for f in feeds
             ]
             pieces.append(
-                [o[:count] for o in self.session.run(None, dict(zip(self.input_names, part)))]
+                [
+                    o[:count]
+                    for o in self.session.run(None, dict(zip(self.input_names, part, strict=True)))
+                ]
             )
-        return [np.concatenate(outs) for outs in zip(*pieces)]
+        return [np.concatenate(outs) for outs in zip(*pieces, strict=True)]
 
     @staticmethod
     def _np(x: torch.Tensor) -> np.ndarray:
@@ -99,6 +102,8 @@ class OnnxRawBackend(_OnnxBackend):
 
     def __init__(self, path, session, meta):
         super().__init__(path, session, meta)
+        if self.image_size is None:
+            raise WeightsError(f"{self.path}: metadata has no image size; fix: re-export the file")
         self.feature_sizes = AnchorGenerator(self.config.anchors).feature_sizes(self.image_size)
 
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -116,6 +121,7 @@ class OnnxNMSBackend(_OnnxBackend):
 
     name = "onnxruntime-nms"
     outputs = "nms"
+    nms: dict  # always set: the file's NMS settings
     input_names = ("images", "scales", "original_sizes")
 
     def __init__(self, path, session, meta):

@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from ...config import ModelConfig
 from ...nn.fuse import fuse_for_inference
 from .base import Backend
 
@@ -31,7 +32,9 @@ class TorchBackend(Backend):
         fuse: bool = True,
         compile: bool = False,
     ):
-        self.config = model.config
+        config = model.config
+        assert isinstance(config, ModelConfig)  # an EfficientDet (create_model / load)
+        self.config = config
         self.device = device
         self.dtype = (
             (torch.bfloat16 if device.type == "cpu" else torch.float16) if half else torch.float32
@@ -43,7 +46,8 @@ class TorchBackend(Backend):
         net = fuse_for_inference(copy.deepcopy(self.model)) if fuse else self.model
         net = net.to(self.device, self.dtype)
         if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at runtime; torch's stub omits it
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = torch.compile(net, dynamic=False) if compile else net
 
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -15,6 +15,7 @@ these fills) and a thin dark edge so light fills stand out on light images.
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -28,7 +29,7 @@ def class_color(label: int) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=16)
-def _font(size: int):
+def label_font(size: int):
     from PIL import ImageFont
 
     try:
@@ -44,15 +45,18 @@ def _overlap(a: Rect, b: Rect) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
-def place_labels(boxes, label_sizes, image_size: tuple[int, int], order) -> list[Rect]:
+def place_labels(
+    boxes, label_sizes, image_size: tuple[int, int], order, avoid: Sequence[Rect] = ()
+) -> list[Rect]:
     """Label rectangles for ``boxes`` ((D, 4) xyxy): label i is ``label_sizes[i]`` = (w, h) pixels.
 
-    ``image_size``: (W, H); ``order``: the detections to place first (strongest first). Returns
-    one rectangle per box (input order), inside the image whenever the label fits in it.
+    ``image_size``: (W, H); ``order``: every detection index once, the one to place first first
+    (strongest first); ``avoid``: rectangles already taken (labels drawn before). Returns one
+    rectangle per box (input order), inside the image whenever the label fits in it.
     """
     W, H = image_size
-    placed: list[Rect] = []
-    rects: list[Rect | None] = [None] * len(label_sizes)
+    placed: list[Rect] = list(avoid)
+    rects: dict[int, Rect] = {}
     for i in order:
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         w, h = label_sizes[i]
@@ -71,27 +75,44 @@ def place_labels(boxes, label_sizes, image_size: tuple[int, int], order) -> list
         )
         rects[i] = best
         placed.append(best)
-    return rects
+    return [rects[i] for i in range(len(label_sizes))]
 
 
 def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black or white, whichever contrasts more with ``fill`` (WCAG relative luminance)."""
 
     def linear(c: int) -> float:
-        c = c / 255.0
-        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+        v = c / 255.0
+        return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
 
     lum = 0.2126 * linear(fill[0]) + 0.7152 * linear(fill[1]) + 0.0722 * linear(fill[2])
     return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)
 
 
 def draw_detections(
-    image, boxes, scores, labels, names, line_width: int | None = None, font_size: int | None = None
+    image,
+    boxes,
+    scores,
+    labels,
+    names,
+    line_width: int | None = None,
+    font_size: int | None = None,
+    *,
+    color: tuple[int, int, int] | None = None,
+    dashed: bool = False,
+    suffixes: list[str] | None = None,
+    avoid: Sequence[Rect] = (),
+    placed: list[Rect] | None = None,
 ):
     """Return an RGB PIL copy of ``image`` (PIL or (H, W, 3) uint8 RGB) with the detections drawn.
 
-    boxes: (D, 4) xyxy pixels; scores: (D,); labels: (D,) class indices; names: the class
-    names indexed by label. Labels are placed by :func:`place_labels`.
+    boxes: (D, 4) xyxy pixels; scores: (D,), or None for boxes without a score (ground truth:
+    the label is the name alone, placed in input order); labels: (D,) class indices; names:
+    the class names indexed by label. Labels are placed by :func:`place_labels`. ``color``:
+    one RGB colour for every box and label (default: :func:`class_color` per class);
+    ``dashed``: dashed box outlines; ``suffixes``: a text per box appended to its label.
+    ``avoid``: label rectangles of an earlier call to keep clear of; ``placed``: a list the
+    label rectangles of this call are appended to (to pass as ``avoid`` to the next call).
     """
     from PIL import Image, ImageDraw
 
@@ -104,31 +125,63 @@ def draw_detections(
     side = (w + h) / 2
     lw = line_width or max(1, round(side * 0.003))
     fs = font_size or max(10, round(side * 0.022))
-    font = _font(fs)
+    font = label_font(fs)
     pad = max(1, fs // 6)
     draw = ImageDraw.Draw(img)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(int)
+    has_scores = scores is not None
+    # no scores: rank by input order (the first box's label is placed first)
+    scores = (
+        np.asarray(scores, dtype=np.float32).reshape(-1)
+        if has_scores
+        else -np.arange(len(labels), dtype=np.float32)
+    )
     texts, extents, sizes = [], [], []
     for i in range(len(scores)):
         name = names[labels[i]] if 0 <= labels[i] < len(names) else str(labels[i])
-        texts.append(f"{name} {scores[i]:.2f}")
+        texts.append(f"{name} {scores[i]:.2f}" if has_scores else name)
+        if suffixes is not None and suffixes[i]:
+            texts[-1] += f" {suffixes[i]}"
         extents.append(draw.textbbox((0, 0), texts[-1], font=font))
         sizes.append(
             (extents[-1][2] - extents[-1][0] + 2 * pad, extents[-1][3] - extents[-1][1] + 2 * pad)
         )
     strongest_first = np.argsort(-scores, kind="stable")
-    rects = place_labels(boxes, sizes, (w, h), strongest_first)
+    rects = place_labels(boxes, sizes, (w, h), strongest_first, avoid)
+    if placed is not None:
+        placed.extend(rects)
     # boxes, then labels; lowest score first, so the strongest end on top
     for i in strongest_first[::-1]:
-        draw.rectangle(
-            tuple(float(v) for v in boxes[i]), outline=class_color(int(labels[i])), width=lw
-        )
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        box = (x1, y1, x2, y2)
+        outline = color or class_color(int(labels[i]))
+        if dashed:
+            _dashed_rectangle(draw, box, outline, lw, dash=max(3, 2 * fs // 5))
+        else:
+            draw.rectangle(box, outline=outline, width=lw)
     for i in strongest_first[::-1]:
-        color = class_color(int(labels[i]))
+        fill = color or class_color(int(labels[i]))
         x0, y0, x1, y1 = rects[i]
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=color, outline=(40, 40, 40))
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill, outline=(40, 40, 40))
         tx0, ty0 = extents[i][:2]
-        draw.text((x0 + pad - tx0, y0 + pad - ty0), texts[i], fill=_text_color(color), font=font)
+        draw.text((x0 + pad - tx0, y0 + pad - ty0), texts[i], fill=_text_color(fill), font=font)
     return img
+
+
+def _dashed_rectangle(draw, box: Rect, color: tuple[int, int, int], width: int, dash: int) -> None:
+    """The outline PIL's ``rectangle(box, width=width)`` draws (the same pixels: x1..x2, y1..y2
+    inclusive, ``width`` pixels inwards), as dashes of ``dash`` pixels with gaps of ``dash``."""
+    x1, y1, x2, y2 = (round(v) for v in box)
+    for k in range(width):  # one 1-pixel ring per step inwards, as PIL draws a thick outline
+        a, b, c, d = x1 + k, y1 + k, x2 - k, y2 - k
+        if c < a or d < b:
+            break
+        for start in range(a, c + 1, 2 * dash):
+            end = min(start + dash - 1, c)
+            draw.line([(start, b), (end, b)], fill=color)
+            draw.line([(start, d), (end, d)], fill=color)
+        for start in range(b, d + 1, 2 * dash):
+            end = min(start + dash - 1, d)
+            draw.line([(a, start), (a, end)], fill=color)
+            draw.line([(c, start), (c, end)], fill=color)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from efficientdet.deploy.visualize import class_color, draw_detections, place_labels
+from efficientdet.visualize import class_color, draw_detections, place_labels
 
 
 def _overlap(a, b) -> float:
@@ -22,7 +22,7 @@ def test_labels_are_placed_by_hand_computed_rules():
         (340, 0, 400, 14)
     ]
     # a third identical box: above and inside-top are taken, next is below the box
-    rects = place_labels(boxes + [[100, 50, 200, 150]], [(60, 14)] * 3, (400, 300), order=[0, 1, 2])
+    rects = place_labels([*boxes, [100, 50, 200, 150]], [(60, 14)] * 3, (400, 300), order=[0, 1, 2])
     assert rects[2] == (100, 150, 160, 164)
 
 
@@ -35,14 +35,14 @@ def test_crowded_labels_do_not_overlap_and_stay_inside():
         boxes.append([x, y, x + rs.randint(30, 120), y + rs.randint(30, 120)])
     sizes = [(int(rs.randint(50, 110)), 16) for _ in boxes]
     rects = place_labels(boxes, sizes, (W, H), order=list(range(len(boxes))))
-    for (x0, y0, x1, y1), (w, h) in zip(rects, sizes):
+    for (x0, y0, x1, y1), (w, h) in zip(rects, sizes, strict=True):
         assert 0 <= x0 and x1 <= W and 0 <= y0 and y1 <= H and (x1 - x0, y1 - y0) == (w, h)
     overlaps = [
         (i, j) for i in range(len(rects)) for j in range(i) if _overlap(rects[i], rects[j]) > 0
     ]
     assert overlaps == []
     # the naive placement (always above the box's left corner) overlaps on this scene
-    naive = [(b[0], b[1] - h, b[0] + w, b[1]) for b, (w, h) in zip(boxes, sizes)]
+    naive = [(b[0], b[1] - h, b[0] + w, b[1]) for b, (w, h) in zip(boxes, sizes, strict=True)]
     assert any(_overlap(naive[i], naive[j]) > 0 for i in range(len(naive)) for j in range(i))
 
 
@@ -57,7 +57,7 @@ def _contrast(a, b) -> float:
 
 
 def test_text_is_black_or_white_with_wcag_aa_contrast_on_every_class_colour():
-    from efficientdet.deploy.visualize import _text_color
+    from efficientdet.visualize import _text_color
 
     for label in range(90):
         color = class_color(label)
