@@ -144,6 +144,8 @@ def build_model(
 
     weights, coco, ckpt = _detector_weights(cfg, load_pretrained)
     if is_our_checkpoint(ckpt):
+        # adopt_checkpoint_settings (in _detector_weights) set both from the file
+        assert cfg.model is not None and isinstance(cfg.image_size, list)
         a = get_model_config(cfg.model, **cfg.model_overrides()).anchors
         log(
             f"weights: {weights}: {cfg.model} at {cfg.image_size[0]}x{cfg.image_size[1]}, anchor scale "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -31,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..config import NMSConfig
+from ..nn.model import EfficientDet
 from . import distributed as dist_utils
 from .builders import (
     build_loss,
@@ -43,6 +45,7 @@ from .builders import (
     use_channels_last,
 )
 from .config import TrainConfig
+from .ema import ModelEMA
 
 
 def _as_config(cfg) -> TrainConfig:
@@ -123,7 +126,7 @@ class EfficientDetModule(L.LightningModule):
         self.model = build_model(self.cfg, len(self.class_names), log=lambda m: None)
         self.loss_fn = build_loss(self.cfg, self.model.config)
         self.val_data = val_data
-        self.ema = None
+        self.ema: ModelEMA | None = None
         self._detections: list[dict] = []
 
     # -------------------------------------------------------------- training
@@ -136,11 +139,10 @@ class EfficientDetModule(L.LightningModule):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.cfg.ema and self.ema is None:
-            from .ema import ModelEMA
-
             self.ema = ModelEMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup_steps)
-            if getattr(self, "_ema_state", None) is not None:  # resumed from a Lightning checkpoint
-                self.ema.load_state_dict(self._ema_state)
+            ema_state = getattr(self, "_ema_state", None)
+            if ema_state is not None:  # resumed from a Lightning checkpoint
+                self.ema.load_state_dict(ema_state)
 
     def on_train_epoch_start(self) -> None:
         set_train_mode(self.model, self.cfg.freeze, self.cfg.freeze_bn)
@@ -198,8 +200,9 @@ class EfficientDetModule(L.LightningModule):
 
     # -------------------------------------------------------------- validation
 
-    def eval_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+    def eval_model(self) -> EfficientDet:
+        """The model validated: the EMA copy when EMA is on, else the trained one."""
+        return cast("EfficientDet", self.ema.module if self.ema is not None else self.model)
 
     def on_validation_epoch_start(self) -> None:
         self._detections = []
@@ -227,14 +230,14 @@ class EfficientDetModule(L.LightningModule):
         data = (
             self.val_data
             if self.val_data is not None
-            else getattr(self.trainer.datamodule, "val_data", None)
+            else getattr(getattr(self.trainer, "datamodule", None), "val_data", None)
         )
         if data is None:
             return
         detections = [d for part in dist_utils.all_gather_object(self._detections) for d in part]
         if self.trainer.sanity_checking:
             return
-        seen = {}
+        seen: dict[tuple, dict] = {}
         for d in detections:  # a DistributedSampler may repeat images to even out the shards
             seen.setdefault((d["image_id"], d["category_id"], tuple(d["bbox"]), d["score"]), d)
         stats, _ = coco_metrics(records_to_coco(data), list(seen.values()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from .. import cli_options
 from ..config import NMSConfig, parse_image_size
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
 
     image_size = parse_image_size(args.image_size, "--image-size")
-    nms_cfg = NMSConfig(
+    nms_cfg: NMSConfig | None = NMSConfig(
         iou_threshold=args.iou,
         score_threshold=args.conf,
         max_detections=args.max_det,
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     ):  # TorchScript / ONNX: run through its backend by a Detector (which checks memory)
         from ..deploy.detector import Detector
 
-        model = Detector(
+        model: Any = Detector(  # an exported model, or (below) an EfficientDet nn.Module
             args.weights,
             conf=args.conf,
             iou=args.iou,
