@@ -235,6 +235,7 @@ def test_debug_views_get_the_batches_and_the_fixed_validation_images(run, synth)
         assert truth["labels"].tolist() == record.labels[~record.ignore].tolist()
     assert all(set(p) >= {"boxes", "scores", "labels"} for p in preds1)
     assert all(bool((p["boxes"] >= 0).all() and (p["boxes"] <= 64).all()) for p in preds1)
+    assert all(bool((p["scores"] >= 0.25).all()) for p in preds1)  # low scores not drawn
 
 
 def test_a_callback_class_instead_of_an_instance_is_one_line(tmp_path):

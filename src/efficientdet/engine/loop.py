@@ -63,6 +63,9 @@ from .config import RESUME_OVERRIDABLE, TrainConfig, TrainResult
 from .runlock import RunLock
 
 LOSS_KEYS = ("loss", "class_loss", "box_loss")  # the normalised losses of DetectionLoss
+# predictions drawn in the debug views: score >= predict's default --conf (all of an untrained
+# model's low-score boxes would cover the images)
+DEBUG_VIEW_CONF = 0.25
 
 
 class TrainingDiverged(EfficientDetError):
@@ -626,7 +629,7 @@ class Trainer:
             [c.float() for c in class_out],
             [b.float() for b in box_out],
             anchors,
-            NMSConfig(),
+            NMSConfig(score_threshold=DEBUG_VIEW_CONF),
             m.image_size,
         )
         mean = torch.tensor(m.mean).reshape(1, 3, 1, 1)
