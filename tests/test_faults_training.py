@@ -499,6 +499,7 @@ def test_val_split_without_boxes_writes_no_best_and_says_so(synth, tmp_path, cap
     assert sorted(p.name for p in (out / "debug").iterdir()) == [
         "train_batch_0.png",
         "train_batch_1.png",
+        "val_epoch_1.png",  # predictions on images without boxes (debug_views.pick_debug_images)
     ]
     with Image.open(out / "debug" / "train_batch_0.png") as im:  # drawn by engine/debug_views
         assert im.mode == "RGB" and len(set(np.asarray(im.convert("L")).ravel().tolist())) > 10

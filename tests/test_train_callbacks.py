@@ -26,6 +26,7 @@ from efficientdet.data import load_dataset
 from efficientdet.data.synth import write_synthetic_dataset
 from efficientdet.engine import loop
 from efficientdet.engine.callbacks import CSV_COLUMNS, Callback, EarlyStopping, StepInfo
+from efficientdet.engine.debug_views import pick_debug_images as real_pick_debug_images
 from efficientdet.engine.evaluator import STAT_NAMES
 from efficientdet.engine.trainer import train
 from efficientdet.errors import CallbackError
@@ -106,7 +107,12 @@ def stub_debug_views(calls: dict) -> types.ModuleType:
         write_via_temp(path, lambda tmp: Image.fromarray(array).save(tmp))
         return Path(path)
 
-    for fn in (render_training_batch, render_predictions, save_view):
+    def pick_debug_images(records_or_dataset, count=4):
+        picks = real_pick_debug_images(records_or_dataset, count)
+        calls.setdefault("pick", []).append(picks)
+        return picks
+
+    for fn in (render_training_batch, render_predictions, save_view, pick_debug_images):
         setattr(module, fn.__name__, fn)
     return module
 
@@ -221,7 +227,8 @@ def test_debug_views_get_the_batches_and_the_fixed_validation_images(run, synth)
     images, targets, mean, _ = calls["train"][0]
     assert images.shape == (4, 3, 64, 64) and len(targets) == 4
     assert tuple(mean) == tuple(ed.get_model_config("efficientdet_lite0").mean)
-    # the same validation images both times: the first 4 with boxes, letterboxed to 64x64
+    # the same validation images both times, picked once: the 4 with boxes, letterboxed to 64x64
+    assert calls["pick"] == [[0, 1, 2, 3]]
     val = load_dataset(synth, split="val")
     (imgs1, preds1, truths1, names), (imgs2, _, _, _) = calls["val"]
     assert names == list(val.class_names)

@@ -300,7 +300,8 @@ class DebugViews(Callback):
     * ``train_batch_{i}.png``: the first ``batches`` training batches of the run (after
       augmentation; boxes and class names drawn);
     * ``val_epoch_{e}.png``: every ``interval`` epochs (and after the last), the EMA/eval
-      model's predictions vs the ground truth on the first ``count`` validation images with boxes.
+      model's predictions (score >= 0.25) vs the ground truth on ``count`` validation images,
+      the same each time (``debug_views.pick_debug_images``: spread over those with boxes).
 
     Drawing is :mod:`efficientdet.engine.debug_views`.
     """
@@ -309,6 +310,7 @@ class DebugViews(Callback):
         self.batches, self.interval, self.count = batches, interval, count
         self.done = 0
         self.views: Any = None
+        self.picks: list[int] | None = None  # the validation images shown, chosen once
 
     def on_train_start(self, trainer: Trainer) -> None:
         if trainer.is_main and (self.batches or self.interval):
@@ -340,7 +342,9 @@ class DebugViews(Callback):
             return
         if trainer.epoch % self.interval and trainer.epoch != trainer.cfg.epochs:
             return
-        images, predictions, truths = trainer.predict_debug_images(self.count)
+        if self.picks is None:
+            self.picks = self.views.pick_debug_images(trainer.val_data, self.count)
+        images, predictions, truths = trainer.predict_debug_images(self.picks)
         if not images:
             return
         image = self.views.render_predictions(

@@ -159,7 +159,8 @@ class Trainer:
         self._unsaved = False  # steps done since the last commit
         self._stop_reason: str | None = None  # set by stop() (early stopping)
         self.epoch_improved = False  # the epoch just ended has the best val mAP so far
-        self._debug_items: list | None = None  # the validation images of the debug views
+        # the validation images of the debug views: (their indices, their dataset items)
+        self._debug_items: tuple[list[int], list] = ([], [])
         self.dist = dist_utils.DistInfo()  # single process until setup()
         loggers = create_loggers(cfg)  # checked now: before any work (package, tracking URI)
         self.callbacks = [*builtin_callbacks(cfg), *loggers, *callbacks]
@@ -588,8 +589,11 @@ class Trainer:
         """The weights that ship (EMA when on, else the raw model)."""
         return self.ema.module if self.ema is not None else self.model
 
-    def predict_debug_images(self, count: int) -> tuple[list[np.ndarray], list[dict], list[dict]]:
-        """The first ``count`` validation images with boxes, letterboxed to the model input, as
+    def predict_debug_images(
+        self, indices: Sequence[int]
+    ) -> tuple[list[np.ndarray], list[dict], list[dict]]:
+        """The validation images ``indices`` (of ``val_data.records``; loaded once and kept
+        while the same indices are asked for), letterboxed to the model input, as
         (images (H, W, 3) uint8 RGB, predictions of :meth:`eval_model` (``boxes`` (D, 4) xyxy
         input pixels, ``scores``, ``labels`` 0-based), ground truths (``boxes``, ``labels``)).
         Empty lists off rank 0."""
@@ -599,14 +603,13 @@ class Trainer:
         from ..detection.postprocess import postprocess
 
         m = self.model_cfg
-        if self._debug_items is None:
+        if self._debug_items[0] != list(indices):
             dataset = DetectionDataset(self.val_data, m.image_size, m.mean, m.std, train=False)
-            records = self.val_data.records
-            picks = [i for i, r in enumerate(records) if bool((~r.ignore).any())][:count]
-            self._debug_items = [dataset[i] for i in picks]
-        if not self._debug_items:
+            self._debug_items = (list(indices), [dataset[i] for i in indices])
+        items = self._debug_items[1]
+        if not items:
             return [], [], []
-        batch = torch.stack([x for x, _ in self._debug_items])  # (N, 3, H, W) normalised
+        batch = torch.stack([x for x, _ in items])  # (N, 3, H, W) normalised
         model = self.eval_model()
         was_training = model.training
         model.eval()
@@ -637,7 +640,7 @@ class Trainer:
         pixels = (batch * std + mean).round().clamp(0, 255).to(torch.uint8)  # (N, 3, H, W)
         images = [np.ascontiguousarray(p.permute(1, 2, 0).numpy()) for p in pixels]
         predictions = [{k: v.detach().cpu() for k, v in d.items()} for d in dets]
-        truths = [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in self._debug_items]
+        truths = [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in items]
         return images, predictions, truths
 
     def _evaluate(self):
