@@ -13,7 +13,13 @@ spinning, which matters on a loaded 2-core machine).
 
 Ours: float32 NCHW, channels_last, channels_last + bf16 autocast, all with the allocator
 setting ``efficientdet train`` applies (efficientdet/runtime.py: keep freed memory for reuse),
-and channels_last with glibc's default allocator. effdet (benchmarks/peer/peer_train.py):
+and channels_last with glibc's default allocator; and ``--loop``: the whole training loop of
+``efficientdet train`` (``efficientdet.train()``: data loading with workers 0, the divergence
+guard, gradient clipping, EMA, scheduler, events and callbacks), timed from one step-end event
+to the next over random-noise JPEGs with 8 random boxes each and 90 classes (validation is
+skipped: the validation split has no boxes). ``--baseline-src DIR`` adds the same loop run from
+another source tree (e.g. ``git archive`` of an older commit), to compare two versions of the
+loop side by side. effdet (benchmarks/peer/peer_train.py):
 float32 NCHW and channels_last as shipped, and channels_last with the same allocator setting
 passed as ``GLIBC_TUNABLES``. Prints a table and one JSON line.
 """
@@ -108,9 +114,126 @@ def worker(args) -> None:
     )
 
 
+def loop_worker(args) -> None:
+    """``efficientdet.train()`` on a generated dataset; prints one JSON line like worker()."""
+    import random
+    import tempfile
+    import time
+
+    from PIL import Image
+
+    from efficientdet import runtime
+
+    runtime.keep_freed_memory()
+    import numpy as np
+    import torch
+
+    import efficientdet
+    from efficientdet.engine.trainer import TrainConfig, train
+
+    common.set_threads(args.threads)
+    rng = random.Random(args.seed)
+    n_images = args.batch * (args.warmup + args.steps)
+    size = args.image_size
+    with tempfile.TemporaryDirectory(prefix="bench_train_loop_") as tmp:
+        root = Path(tmp)
+        (root / "images").mkdir()
+        images, annotations = [], []
+        for i in range(n_images):
+            pixels = np.random.default_rng(args.seed + i).integers(
+                0, 256, (size, size, 3), np.uint8
+            )
+            Image.fromarray(pixels).save(root / "images" / f"{i}.jpg", quality=90)
+            images.append({"id": i + 1, "file_name": f"{i}.jpg", "width": size, "height": size})
+            for _ in range(args.boxes):
+                w, h = rng.uniform(0.05, 0.3) * size, rng.uniform(0.05, 0.3) * size
+                x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": rng.randint(1, 90),
+                        "bbox": [x, y, w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
+        categories = [{"id": c, "name": f"class{c}"} for c in range(1, 91)]
+        doc = {"images": images, "annotations": annotations, "categories": categories}
+        (root / "train.json").write_text(json.dumps(doc))
+        (root / "val.json").write_text(json.dumps({**doc, "images": images[:1], "annotations": []}))
+        (root / "data.yaml").write_text(
+            "format: coco\ntrain: {images: images, annotations: train.json}\n"
+            "val: {images: images, annotations: val.json}\n"
+        )
+
+        class StepTimer:
+            """Wall time between consecutive step-end events (a whole loop iteration)."""
+
+            def __init__(self) -> None:
+                self.last: float | None = None
+                self.times_ms: list[float] = []
+                self.losses: list[float] = []
+
+            def on_train_start(self, trainer) -> None:
+                self.last = time.perf_counter()
+
+            def on_step_end(self, trainer, *rest) -> None:
+                now = time.perf_counter()
+                self.times_ms.append((now - self.last) * 1e3)
+                self.last = now
+
+        timer = StepTimer()
+        cfg = TrainConfig(
+            data=str(root / "data.yaml"),
+            model="efficientdet_d0",
+            image_size=size,
+            epochs=1,
+            batch_size=args.batch,
+            lr=0.01,
+            workers=0,
+            out=str(root / "run"),
+            progress=False,
+            plots=False,
+            seed=args.seed,
+        )
+        if "debug_batches" in {f for f in TrainConfig.__dataclass_fields__}:
+            cfg.debug_batches, cfg.debug_interval = 0, 0  # drawing is not the step
+        rss_before = common.peak_rss_mb()
+        train(cfg, callbacks=[timer])
+    timing = common.summarize(timer.times_ms[args.warmup :])
+    timing["threads"] = args.threads
+    common.emit_json(
+        {
+            "impl": "ours",
+            "task": "train_loop",
+            "source": str(Path(efficientdet.__file__).parent),
+            "model": "efficientdet_d0",
+            "image_size": [size, size],
+            "batch": args.batch,
+            "channels_last": True,
+            "precision": "fp32",
+            "step": timing,
+            "images_per_s": args.batch / (timing["median_ms"] / 1e3),
+            "peak_rss_mb": common.peak_rss_mb(),
+            "peak_rss_mb_before_training": rss_before,
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--loop-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--loop", action="store_true", help="also time efficientdet.train()'s whole loop"
+    )
+    ap.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="with --loop: also the loop of another source tree (its src folder)",
+    )
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--boxes", type=int, default=8)
@@ -129,10 +252,19 @@ def main() -> None:
     ap.add_argument("--default-malloc", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY unset")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run only the configurations named exactly (e.g. 'ours channels_last' 'effdet fp32')",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.loop_worker:
+        loop_worker(args)
         return
 
     env = {} if args.omp_active else {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -158,6 +290,10 @@ def main() -> None:
         ("ours channels_last+bf16", "ours", ["--channels-last", "--precision", "bf16"]),
         ("ours channels_last, default malloc", "ours", ["--channels-last", "--default-malloc"]),
     ]
+    if args.loop:
+        configs.append(("ours train() loop", "ours", ["--loop-worker"]))
+        if args.baseline_src:
+            configs.append(("ours train() loop, baseline", "baseline", ["--loop-worker"]))
     if not args.skip_peer and common.peer_available():
         configs += [
             ("effdet fp32", "peer", ["--model", "tf_efficientdet_d0"]),
@@ -168,11 +304,26 @@ def main() -> None:
                 ["--model", "tf_efficientdet_d0", "--channels-last"],
             ),
         ]
+    if args.only:
+        unknown = sorted(set(args.only) - {name for name, _, _ in configs})
+        if unknown:
+            ap.error(f"--only: unknown configuration(s) {unknown}")
+        configs = [c for c in configs if c[0] in args.only]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
     for r in range(args.rounds):
         for name, impl, extra in configs:
             try:
-                if impl == "ours":
+                if impl == "baseline":  # the same loop worker, importing the baseline tree
+                    src = str(Path(args.baseline_src).resolve())
+                    res = common.run_python(
+                        __file__, [*common_args, *extra], env={**env, "PYTHONPATH": src}
+                    )
+                elif impl == "ours" and "--loop-worker" in extra:
+                    src = str(Path(__file__).resolve().parents[1] / "src")
+                    res = common.run_python(
+                        __file__, [*common_args, *extra], env={**env, "PYTHONPATH": src}
+                    )
+                elif impl == "ours":
                     res = common.run_python(__file__, ["--worker", *common_args, *extra], env=env)
                 else:  # the peer cannot import our runtime module: the same settings as glibc tunables
                     peer_env = (
@@ -227,6 +378,7 @@ def main() -> None:
         "env": env,
         "machine": common.machine_info_dict(),
         "results": summary,
+        "baseline_src": args.baseline_src,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

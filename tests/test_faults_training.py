@@ -21,8 +21,10 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from efficientdet import cli
 from efficientdet.data.synth import write_synthetic_dataset
@@ -492,5 +494,12 @@ def test_val_split_without_boxes_writes_no_best_and_says_so(synth, tmp_path, cap
     final = [ln for ln in printed.splitlines() if ln.startswith(f"results in {out}:")]
     assert final == [
         f"results in {out}: no best.pt (the validation split has no boxes; use last.pt), last.pt, "
-        "results.csv"
+        "results.csv, debug"  # debug/: the first training batches, drawn (engine/debug_views.py)
     ]
+    assert sorted(p.name for p in (out / "debug").iterdir()) == [
+        "train_batch_0.png",
+        "train_batch_1.png",
+        "val_epoch_1.png",  # predictions on images without boxes (debug_views.pick_debug_images)
+    ]
+    with Image.open(out / "debug" / "train_batch_0.png") as im:  # drawn by engine/debug_views
+        assert im.mode == "RGB" and len(set(np.asarray(im.convert("L")).ravel().tolist())) > 10

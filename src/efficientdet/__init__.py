@@ -8,6 +8,7 @@ Public API (imported lazily, so ``import efficientdet`` does no work)::
     class_outputs, box_outputs = model(images)   # lists over levels P3..P7
     ed.load_weights(model, "file.pth", source="auto")
     result = ed.train(ed.TrainConfig(data="data.yaml", model="efficientdet_lite0", epochs=20))
+    result = ed.train(cfg, callbacks=[MyCallback()])   # class MyCallback(ed.Callback): on_step_end...
     detector = ed.Detector("runs/train/1/best.pt"); detections = detector("photo.jpg")
     ed.export_onnx(ed.load_model("best.pt")[0], "model.onnx")
 """
@@ -34,7 +35,8 @@ _EXPORTS = {
     "export_onnx": "efficientdet.deploy.export",
     "export_torchscript": "efficientdet.deploy.export",
     "train": "efficientdet.engine.trainer",
-    "TrainConfig": "efficientdet.engine.trainer",
+    "TrainConfig": "efficientdet.engine.config",
+    "Callback": "efficientdet.engine.callbacks",
     "evaluate": "efficientdet.engine.evaluator",
     "load_dataset": "efficientdet.data",
     "keep_freed_memory": "efficientdet.runtime",

@@ -31,3 +31,7 @@ class ResourceError(EfficientDetError):
 
 class ExportError(EfficientDetError):
     """An exported file that fails its parity check against PyTorch (nothing is written)."""
+
+
+class CallbackError(EfficientDetError):
+    """A training callback (user's or logger) raised: names the callback and the event."""

@@ -32,13 +32,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from ..weights.checkpoint import (
     content_checksum,
     read_checkpoint,
     validate_checkpoint,
     write_checkpoint,
 )
+
+
+def find_checkpoint(resume: str | os.PathLike) -> Path:
+    """``--resume`` accepts a run folder (uses its last.pt) or a checkpoint file."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"{resume}: no last.pt to resume from; fix: give the run folder of an interrupted run (runs/NAME)"
+        )
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike, *, training: bool = False) -> dict:

@@ -31,12 +31,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..config import NMSConfig
+from ..config import ModelConfig, NMSConfig
 from ..errors import ConfigError, DataError
 
 STAT_NAMES = (
@@ -233,7 +233,7 @@ def _to_coco(
                 d["boxes"].cpu().numpy(),
                 d["scores"].cpu().numpy(),
                 d["labels"].cpu().numpy(),
-                category_ids,
+                list(category_ids),
             ),
         )
         for t, d in zip(targets, dets, strict=True)
@@ -241,8 +241,8 @@ def _to_coco(
 
 
 def evaluate(
-    model: nn.Module,
-    data,
+    model: Any,
+    data: Any,
     image_size_hw: Sequence[int] | None = None,
     nms_cfg: NMSConfig | None = None,
     batch_size: int = 8,
@@ -254,7 +254,7 @@ def evaluate(
 ) -> EvalResult:
     """Detect on every image of ``data`` (a :class:`DetectionData`) and score with COCO metrics.
 
-    ``model``: an EfficientDet (``model.config`` gives mean/std, anchors and class count); it is
+    ``model``: an EfficientDet ``nn.Module`` (``model.config`` gives mean/std, anchors and class count); it is
     moved to ``device`` and put in eval mode, and its training mode is restored afterwards.
     Or a Detector (any backend; see the module docstring): its own device, precision and
     conf / iou / max_det apply, so ``nms_cfg`` and ``amp_dtype`` must stay None and
@@ -286,7 +286,7 @@ def evaluate(
             "only (efficientdet val without --require-metrics)"
         )
     is_detector = hasattr(model, "detect_batch")
-    cfg = model.config if is_detector else unwrap_model(model).config
+    cfg = cast(ModelConfig, model.config if is_detector else unwrap_model(model).config)
     if cfg.num_classes != len(data.class_names):
         raise ConfigError(
             f"{name}: {len(data.class_names)} classes in the data but the model predicts {cfg.num_classes}; "
@@ -305,9 +305,10 @@ def evaluate(
                 "fix: drop the option or re-export at that size"
             )
         image_size_hw = model.image_size
-    image_size_hw = tuple(
+    height, width = (
         int(v) for v in (image_size_hw if image_size_hw is not None else cfg.image_size)
     )
+    image_size_hw = (height, width)
     nms_cfg = nms_cfg if nms_cfg is not None else NMSConfig()
     device = torch.device(device)
     dataset = DetectionDataset(data, image_size_hw, cfg.mean, cfg.std, train=False)

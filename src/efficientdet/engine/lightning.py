@@ -1,6 +1,6 @@
 """Optional PyTorch Lightning adapter (``pip install 'efficientdet[lightning]'``).
 
-    from efficientdet.engine.trainer import TrainConfig
+    from efficientdet.engine.config import TrainConfig
     from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
     import lightning as L
 
@@ -10,8 +10,8 @@
     L.Trainer(max_epochs=cfg.epochs, gradient_clip_val=cfg.clip_grad).fit(module, dm)
     module.export_checkpoint("model.pt")   # our format: efficientdet.factory.load_model(...)
 
-The module reuses the library's pieces (build_model, DetectionLoss, build_optimizer /
-build_scheduler stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
+The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
+and warm-up + cosine schedule stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
 runs the loop, devices, precision and logging. Logged: ``train/loss``, ``train/class_loss``,
 ``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights when EMA is on).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -31,16 +32,20 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..config import NMSConfig
+from ..nn.model import EfficientDet
 from . import distributed as dist_utils
-from .trainer import (
-    TrainConfig,
+from .builders import (
+    build_loss,
     build_model,
-    default_lr,
+    build_optimization,
+    build_train_dataset,
     load_train_val,
     resolve_model_config,
     set_train_mode,
     use_channels_last,
 )
+from .config import TrainConfig
+from .ema import ModelEMA
 
 
 def _as_config(cfg) -> TrainConfig:
@@ -67,24 +72,10 @@ class EfficientDetDataModule(L.LightningDataModule):
     def category_ids(self) -> list[int]:
         return list(self.train_data.category_ids)
 
-    def _dataset(self, data, train: bool):
-        from ..data import AugmentConfig, DetectionDataset
-
-        c, m = self.cfg, self.model_cfg
-        return DetectionDataset(
-            data,
-            m.image_size,
-            m.mean,
-            m.std,
-            train=train,
-            augment=AugmentConfig(c.scale_min, c.scale_max, c.flip_prob),
-            seed=c.seed,
-        )
-
     def train_dataloader(self):
         from ..data import create_loader
 
-        ds = self._dataset(self.train_data, True)
+        ds = build_train_dataset(self.cfg, self.train_data, self.model_cfg)
         return create_loader(
             ds,
             self.cfg.batch_size,
@@ -95,10 +86,11 @@ class EfficientDetDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self):
-        from ..data import create_loader
+        from ..data import DetectionDataset, create_loader
 
+        m = self.model_cfg
         return create_loader(
-            self._dataset(self.val_data, False),
+            DetectionDataset(self.val_data, m.image_size, m.mean, m.std, train=False),
             self.cfg.eval_batch_size or self.cfg.batch_size,
             shuffle=False,
             num_workers=self.cfg.workers,
@@ -132,15 +124,9 @@ class EfficientDetModule(L.LightningModule):
             }
         )
         self.model = build_model(self.cfg, len(self.class_names), log=lambda m: None)
-        from ..detection.loss import DetectionLoss
-
-        self.loss_fn = DetectionLoss(
-            self.model.config.anchors,
-            self.cfg.loss_config(),
-            len(self.class_names),
-        )
+        self.loss_fn = build_loss(self.cfg, self.model.config)
         self.val_data = val_data
-        self.ema = None
+        self.ema: ModelEMA | None = None
         self._detections: list[dict] = []
 
     # -------------------------------------------------------------- training
@@ -153,11 +139,10 @@ class EfficientDetModule(L.LightningModule):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.cfg.ema and self.ema is None:
-            from .ema import ModelEMA
-
             self.ema = ModelEMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup_steps)
-            if getattr(self, "_ema_state", None) is not None:  # resumed from a Lightning checkpoint
-                self.ema.load_state_dict(self._ema_state)
+            ema_state = getattr(self, "_ema_state", None)
+            if ema_state is not None:  # resumed from a Lightning checkpoint
+                self.ema.load_state_dict(ema_state)
 
     def on_train_epoch_start(self) -> None:
         set_train_mode(self.model, self.cfg.freeze, self.cfg.freeze_bn)
@@ -194,23 +179,13 @@ class EfficientDetModule(L.LightningModule):
             self.ema.update(self.model)
 
     def configure_optimizers(self):
-        from .optim import build_optimizer, build_scheduler
-
         cfg = self.cfg
         world = self.trainer.world_size if self.trainer is not None else 1
-        lr = (
-            cfg.lr
-            if cfg.lr is not None
-            else default_lr(cfg.optimizer, cfg.batch_size * world, cfg.recipe)
-        )
-        optimizer = build_optimizer(self.model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
-        from .recipes import warmup_start_factor
-
-        start = warmup_start_factor(cfg.warmup_lr, lr)
-        scheduler = build_scheduler(optimizer, total, warmup, start, min_lr_ratio=cfg.min_lr_ratio)
+        _, optimizer, scheduler, _ = build_optimization(
+            cfg, self.model, steps_per_epoch, total, cfg.batch_size * world
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -225,8 +200,9 @@ class EfficientDetModule(L.LightningModule):
 
     # -------------------------------------------------------------- validation
 
-    def eval_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+    def eval_model(self) -> EfficientDet:
+        """The model validated: the EMA copy when EMA is on, else the trained one."""
+        return cast("EfficientDet", self.ema.module if self.ema is not None else self.model)
 
     def on_validation_epoch_start(self) -> None:
         self._detections = []
@@ -254,14 +230,14 @@ class EfficientDetModule(L.LightningModule):
         data = (
             self.val_data
             if self.val_data is not None
-            else getattr(self.trainer.datamodule, "val_data", None)
+            else getattr(getattr(self.trainer, "datamodule", None), "val_data", None)
         )
         if data is None:
             return
         detections = [d for part in dist_utils.all_gather_object(self._detections) for d in part]
         if self.trainer.sanity_checking:
             return
-        seen = {}
+        seen: dict[tuple, dict] = {}
         for d in detections:  # a DistributedSampler may repeat images to even out the shards
             seen.setdefault((d["image_id"], d["category_id"], tuple(d["bbox"]), d["score"]), d)
         stats, _ = coco_metrics(records_to_coco(data), list(seen.values()))

@@ -7,12 +7,18 @@
 
 Every option defaults to the TrainConfig default (the --recipe's for the training settings); with --resume only --workers, --device and
 --quiet/--no-plots may be given (the rest comes from the run's checkpoint).
+
+TrainConfig is the one source of truth: every field has a flag here, read back by
+:func:`config_from_args` through :data:`FIELD_DEST` / :data:`DERIVED_FIELDS`
+(``tests/test_train_cli.py`` checks each field's flag, default and type), so a new option is
+a TrainConfig field plus its ``add_argument`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from .. import cli_options
 from ..config import (
@@ -22,15 +28,16 @@ from ..config import (
     resolve_aspect_ratios,
 )
 from ..errors import ConfigError
-from .recipes import RECIPE_NAMES
-from .trainer import (
+from .config import (
     DEFAULT_MODEL,
     FREEZE_CHOICES,
+    LOGGER_NAMES,
     OPTIMIZER_NAMES,
     RESUME_OVERRIDABLE,
     TrainConfig,
-    train,
 )
+from .recipes import RECIPE_NAMES
+from .trainer import train
 
 _DEFAULTS = TrainConfig()
 PRECISION_TO_AMP = {
@@ -38,6 +45,31 @@ PRECISION_TO_AMP = {
     "bf16": "bf16",
     "fp16": "fp16",
 }  # --precision -> TrainConfig.amp
+# TrainConfig field -> argparse dest, where the flag is not the field's name
+FIELD_DEST = {
+    "batch_size": "batch",
+    "ema_warmup_steps": "ema_warmup",
+    "eval_batch_size": "eval_batch",
+    "amp": "precision",
+    "loggers": "logger",
+}
+# TrainConfig fields set by a flag of another shape: field -> the flag that sets it
+DERIVED_FIELDS = {
+    "ema": "--ema-decay",  # 0 = off
+    "ema_decay": "--ema-decay",
+    "scale_min": "--scale-jitter",
+    "scale_max": "--scale-jitter",
+    "sync_bn": "--no-sync-bn",
+    "plots": "--no-plots",
+    "progress": "--quiet",
+}
+# TrainConfig field -> parser of the flag's text value (the rest are taken as argparse gives them)
+CONVERTERS = {
+    "image_size": lambda v: parse_image_size(v, "--image-size"),
+    "aspect_ratios": lambda v: parse_aspect_ratios(v),
+    "amp": lambda v: PRECISION_TO_AMP.get(v),
+    "exist_ok": lambda v: v or None,
+}
 
 
 def parse_aspect_ratios(items: list[str] | None) -> list[list[float]] | None:
@@ -111,6 +143,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli_options.add(g, "batch")
     g.add_argument(
         "--lr", type=float, help="peak learning rate (default: SGD 0.08 * batch / 64, AdamW 1e-3)"
+    )
+    g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    g.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        help=f"final lr of the cosine decay / peak lr (default {d.min_lr_ratio})",
     )
     g.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help=f"default {d.optimizer}")
     g.add_argument(
@@ -203,6 +241,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="validate every N epochs (default 1; always after the last)",
     )
+    g.add_argument(
+        "--eval-batch", type=int, metavar="N", help="validation batch (default: --batch)"
+    )
+    g.add_argument(
+        "--max-bad-steps",
+        type=int,
+        help=f"diverging steps rolled back (lr halved) before the run stops (default {d.max_bad_steps})",
+    )
     cli_options.add(g, "out", "exist_ok")
     g.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt"
@@ -217,56 +263,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="DDP on CUDA: keep per-process BatchNorm",
     )
     g.add_argument("--no-plots", action="store_true", default=None, help="skip the PNG plots")
+    g.add_argument(
+        "--logger",
+        nargs="+",
+        choices=LOGGER_NAMES,
+        metavar="NAME",
+        help="also log to: tensorboard (RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI, else "
+        "RUN/mlflow.db); several at once; each needs its extra, pip install 'efficientdet[NAME]'",
+    )
+    g.add_argument(
+        "--debug-batches",
+        type=int,
+        metavar="N",
+        help=f"draw the first N training batches to RUN/debug (default {d.debug_batches}; 0: none)",
+    )
+    g.add_argument(
+        "--debug-interval",
+        type=int,
+        metavar="E",
+        help="draw predictions vs ground truth on a few validation images every E epochs "
+        f"(default {d.debug_interval}; 0: never)",
+    )
     cli_options.add(g, "quiet")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed options: given options override the defaults."""
-    given = {
-        "data": args.data,
-        "val_data": args.val_data,
-        "model": args.model,
-        "weights": args.weights,
-        "backbone_weights": args.backbone_weights,
-        "image_size": parse_image_size(args.image_size, "--image-size"),
-        "freeze": args.freeze,
-        "anchor_scale": args.anchor_scale,
-        "aspect_ratios": parse_aspect_ratios(args.aspect_ratios),
-        "num_scales": args.num_scales,
-        "min_level": args.min_level,
-        "max_level": args.max_level,
-        "bn_momentum": args.bn_momentum,
-        "epochs": args.epochs,
-        "batch_size": args.batch,
-        "lr": args.lr,
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "warmup_epochs": args.warmup_epochs,
-        "clip_grad": args.clip_grad,
-        "ema_warmup_steps": args.ema_warmup,
-        "flip_prob": args.flip_prob,
-        "box_loss": args.box_loss,
-        "assigner": args.assigner,
-        "amp": PRECISION_TO_AMP.get(args.precision),
-        "channels_last": args.channels_last,
-        "grad_checkpointing": args.grad_checkpointing,
-        "patience": args.patience,
-        "val_interval": args.val_interval,
-        "out": args.out,
-        "exist_ok": args.exist_ok or None,
-        "resume": args.resume,
-        "workers": args.workers,
-        "device": args.device,
-        "seed": args.seed,
-        "recipe": args.recipe,
-        "warmup_lr": args.warmup_lr,
-        "focal_alpha": args.focal_alpha,
-        "focal_gamma": args.focal_gamma,
-        "label_smoothing": args.label_smoothing,
-        "huber_delta": args.huber_delta,
-        "box_loss_weight": args.box_loss_weight,
-        "freeze_bn": args.freeze_bn,
-    }
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in DERIVED_FIELDS:
+            continue
+        value = getattr(args, FIELD_DEST.get(f.name, f.name))
+        convert = CONVERTERS.get(f.name)
+        given[f.name] = convert(value) if convert is not None else value
     if args.ema_decay is not None:
         given["ema"] = args.ema_decay > 0
         if args.ema_decay > 0:
@@ -284,7 +313,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ignored = sorted(k for k in given if k not in (*RESUME_OVERRIDABLE, "resume"))
         if ignored:
             raise ConfigError(
-                f"--resume continues a run with its saved settings; drop {', '.join('--' + k.replace('_', '-') for k in ignored)} "
+                f"--resume continues a run with its saved settings; drop {', '.join('--' + FIELD_DEST.get(k, k).replace('_', '-') for k in ignored)} "
                 "(only --workers, --device, --quiet, --no-plots may change)"
             )
         return dataclasses.replace(_DEFAULTS, **given)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from .. import cli_options
 from ..config import NMSConfig, parse_image_size
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from .evaluator import evaluate, write_metrics, write_per_class_csv, write_results_json
 
     image_size = parse_image_size(args.image_size, "--image-size")
-    nms_cfg = NMSConfig(
+    nms_cfg: NMSConfig | None = NMSConfig(
         iou_threshold=args.iou,
         score_threshold=args.conf,
         max_detections=args.max_det,
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     ):  # any exported file: run through its backend by a Detector (which checks memory)
         from ..deploy.detector import Detector
 
-        model = Detector(
+        model: Any = Detector(  # an exported model, or (below) an EfficientDet nn.Module
             args.weights,
             conf=args.conf,
             iou=args.iou,

@@ -1,0 +1,205 @@
+"""``--logger tensorboard mlflow``: what a run logged, read back with TensorBoard's own event
+reader (EventAccumulator) and MLflow's client, compared with results.csv and the files of the
+run; and the bad inputs (package missing, unwritable tracking URI): one line, exit 2, before
+any training work (no run folder).
+
+Tiny settings: efficientdet_lite0 at 64x64, 8 training / 4 validation images, batch 4
+(2 steps per epoch), 2 epochs, workers 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from efficientdet import cli
+from efficientdet.data.synth import write_synthetic_dataset
+from efficientdet.engine.evaluator import STAT_NAMES
+from efficientdet.engine.trainer import train
+
+from .data_factory import tiny_train_config
+from .test_train_callbacks import stub_debug_views
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    return write_synthetic_dataset(
+        root / "data", num_train=8, num_val=4, seed=3, size=96, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def logged(synth, tmp_path_factory):
+    """A 2-epoch run with both loggers, the default MLflow store and the debug views stub."""
+    patch = pytest.MonkeyPatch()
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    patch.setitem(sys.modules, "efficientdet.engine.debug_views", stub_debug_views({}))
+    try:
+        out = tmp_path_factory.mktemp("runs") / "logged"
+        cfg = tiny_train_config(
+            synth, out, loggers=["tensorboard", "mlflow"], debug_batches=1, debug_interval=2
+        )
+        result = train(cfg)
+    finally:
+        patch.undo()
+    with open(result.run_dir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return cfg, result, rows
+
+
+def mlflow_run(store: str):
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("efficientdet")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.slow
+def test_tensorboard_scalars_and_images_equal_the_run(logged):
+    _, result, rows = logged
+    acc = EventAccumulator(
+        str(result.run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0}
+    )
+    acc.Reload()
+    tags = acc.Tags()
+    for column in ("train_loss", "class_loss", "box_loss", "lr", "mAP", "AP50"):
+        events = acc.Scalars(f"epoch/{column}")
+        assert [e.step for e in events] == [1, 2]
+        want = [float(r[column]) for r in rows]
+        assert [e.value for e in events] == pytest.approx(want, rel=1e-6, abs=1e-7)  # float32
+    for name in STAT_NAMES:  # every COCO metric, per validated epoch
+        assert [e.step for e in acc.Scalars(f"val/{name}")] == [1, 2]
+    assert [e.value for e in acc.Scalars("val/mAP")] == pytest.approx(
+        [float(r["mAP"]) for r in rows], abs=1e-6
+    )
+    for key in ("train/loss", "train/class_loss", "train/box_loss", "train/lr"):
+        assert [e.step for e in acc.Scalars(key)] == [1, 2, 3, 4]
+    step_losses = [e.value for e in acc.Scalars("train/loss")]
+    for epoch, row in enumerate(rows):  # the epoch's loss is the mean of its steps
+        mean = np.mean(step_losses[2 * epoch : 2 * epoch + 2])
+        assert mean == pytest.approx(float(row["train_loss"]), abs=1e-5)
+    assert sorted(tags["images"]) == ["debug/train_batch_0", "debug/val_epoch_2"]
+    image = acc.Images("debug/train_batch_0")[0]
+    assert (image.width, image.height) == (64 * 4, 64)  # the stub's batch strip
+
+
+@pytest.mark.slow
+def test_mlflow_params_metrics_and_artifacts_equal_the_run(logged, tmp_path):
+    cfg, result, rows = logged
+    run_dir = result.run_dir
+    assert not (run_dir / "mlruns").exists()
+    client, run = mlflow_run(f"sqlite:///{run_dir / 'mlflow.db'}")
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    assert run.data.params == {k: str(v) for k, v in cfg.to_dict().items()}
+    for column in ("train_loss", "box_loss", "lr", "mAP"):
+        history = client.get_metric_history(run.info.run_id, f"epoch/{column}")
+        assert sorted((m.step, m.value) for m in history) == [
+            (i + 1, pytest.approx(float(r[column]), rel=1e-9, abs=1e-12))
+            for i, r in enumerate(rows)
+        ]
+    steps = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in steps) == [1, 2, 3, 4]
+    val = client.get_metric_history(run.info.run_id, "val/AP50")
+    assert [m.value for m in sorted(val, key=lambda m: m.step)] == pytest.approx(
+        [float(r["AP50"]) for r in rows], abs=1e-6
+    )
+    listed = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best.pt", "results.csv", "metrics.json", "results.png", "pr_curves.png"} <= listed
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "debug")} == {
+        "debug/train_batch_0.png",
+        "debug/val_epoch_2.png",
+    }
+    for name in ("best.pt", "results.csv"):
+        local = client.download_artifacts(run.info.run_id, name, str(tmp_path))
+        assert Path(local).read_bytes() == (run_dir / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_is_honoured(synth, tmp_path, monkeypatch):
+    store = f"sqlite:///{tmp_path / 'elsewhere' / 'tracking.db'}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root of a SQLite store: ./mlruns
+    cfg = tiny_train_config(
+        synth, tmp_path / "run", epochs=1, loggers=["mlflow"], debug_batches=0, debug_interval=0
+    )
+    result = train(cfg)
+    assert not (result.run_dir / "mlflow.db").exists()
+    client, run = mlflow_run(store)
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "epoch/train_loss")
+    assert [m.value for m in history] == [result.history[0]["train_loss"]]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "best.pt" in artifacts and (tmp_path / "mlruns").is_dir()
+
+
+def run_cli_blocking(modules: list[str], argv: list[str], env: dict | None = None):
+    """``efficientdet train`` in a fresh process where importing ``modules`` fails."""
+    code = (
+        "import sys\n"
+        f"for name in {modules!r}:\n"
+        "    sys.modules[name] = None  # import -> ImportError\n"
+        "from efficientdet import cli\n"
+        f"sys.exit(cli.main({argv!r}))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("logger", "blocked"),
+    [
+        ("tensorboard", ["tensorboard", "torch.utils.tensorboard"]),
+        ("mlflow", ["mlflow", "mlflow.tracking"]),
+    ],
+)
+def test_a_missing_logger_package_names_its_extra(synth, tmp_path, logger, blocked):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(synth), "--image-size", "64", "--out", str(out)]
+    proc = run_cli_blocking(blocked, [*argv, "--logger", logger])
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert err[-1] == (
+        f"error: --logger {logger} needs the {logger} package; fix: pip install "
+        f"'efficientdet[{logger}]' (or drop --logger {logger})"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()  # refused before any work
+
+
+def test_an_unwritable_tracking_uri_is_refused_before_work(synth, tmp_path, readonly_dir, capfd):
+    out = tmp_path / "run"
+    uri = f"sqlite:///{readonly_dir / 'sub' / 'mlflow.db'}"
+    argv = ["train", "--data", str(synth), "--image-size", "64", "--out", str(out)]
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        code = cli.main([*argv, "--logger", "mlflow"])
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert code == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: MLFLOW_TRACKING_URI={uri}: {readonly_dir} is not writable; fix: set "
+        "MLFLOW_TRACKING_URI to a place you can write to (or unset it: the run folder)"
+    )
+    assert not out.exists()
