@@ -69,7 +69,7 @@ def test_crash_at_replace_keeps_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.os, "replace", failing_replace)
-    with pytest.raises(OutputError, match="last.pt: cannot write .No space left"):
+    with pytest.raises(OutputError, match=r"last\.pt: cannot write .No space left"):
         save_checkpoint(path, _payload(2.0))
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))

@@ -180,7 +180,7 @@ def test_resume_refuses_changed_settings_and_missing_run(tmp_path):
     args = cli.build_parser().parse_args(["train", "--resume", str(tmp_path), "--epochs", "5"])
     with pytest.raises(ConfigError, match="--epochs"):
         args.run(args)
-    with pytest.raises(ConfigError, match="no last.pt"):
+    with pytest.raises(ConfigError, match=r"no last\.pt"):
         train(TrainConfig(resume=str(tmp_path / "nothing")))
 
 
@@ -369,7 +369,7 @@ def test_option_errors_are_one_line():
     assert cfg.aspect_ratios[0] == [1.0, 1.0] and cfg.aspect_ratios[1] == pytest.approx(
         [2**0.5, 2**-0.5]
     )
-    with pytest.raises(ConfigError, match="big.*HxW"):
+    with pytest.raises(ConfigError, match=r"big.*HxW"):
         config_from_args(parser.parse_args(["train", "--data", "d.yaml", "--image-size", "big"]))
 
 

@@ -592,6 +592,7 @@ def records_to_coco(data: DetectionData) -> dict:
                 "height": int(r.height),
             }
         )
+        assert r.ignore is not None and r.areas is not None  # ImageRecord.__post_init__ fills them
         for box, label, ignore, area in zip(
             r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), r.areas.tolist(), strict=True
         ):

@@ -40,7 +40,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..config import NMSConfig, parse_image_size
+from ..config import ModelConfig, NMSConfig, parse_image_size
 from ..detection.anchors import AnchorGenerator
 from ..detection.layout import levels_to_flat
 from ..detection.nms import batched_nms
@@ -54,13 +54,20 @@ from .metadata import TORCHSCRIPT_EXTRA, build_metadata, onnx_props
 from .parity import ParityResult, check_export
 
 
+def model_config(model: nn.Module) -> ModelConfig:
+    """The ModelConfig an EfficientDet module carries."""
+    config = model.config
+    assert isinstance(config, ModelConfig), type(config)  # our bug if not an EfficientDet
+    return config
+
+
 class RawExport(nn.Module):
     """``images (N, 3, H, W) -> (class_logits (N, A_all, K), box_deltas (N, A_all, 4))``."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.num_classes = model.config.num_classes
+        self.num_classes = model_config(model).num_classes
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls_out, box_out = self.model(images)
@@ -79,13 +86,14 @@ class _OnnxNMS(torch.autograd.Function):
         state = (
             torch._C._get_tracing_state()
         )  # compute real values without recording them in the trace
-        torch._C._set_tracing_state(None)
+        # torch's _C stubs lack _set_tracing_state (it exists next to _get_tracing_state)
+        torch._C._set_tracing_state(None)  # type: ignore[attr-defined]
         try:
             return _OnnxNMS._eager(
                 boxes, scores, int(max_output), float(iou_threshold), float(score_threshold)
             )
         finally:
-            torch._C._set_tracing_state(state)
+            torch._C._set_tracing_state(state)  # type: ignore[attr-defined]  # as above
 
     @staticmethod
     def _eager(
@@ -128,13 +136,16 @@ class NMSExport(nn.Module):
     :mod:`efficientdet.detection.postprocess` around the ONNX op for NMS.
     """
 
+    anchors: torch.Tensor  # (A_all, 4) buffer, registered in __init__
+
     def __init__(self, model: nn.Module, image_size_hw: tuple[int, int], nms: NMSConfig):
         super().__init__()
+        config = model_config(model)
         self.model = model
         self.image_size = tuple(image_size_hw)
-        self.num_classes = model.config.num_classes
+        self.num_classes = config.num_classes
         self.nms = nms
-        anchors = AnchorGenerator(model.config.anchors)(self.image_size)
+        anchors = AnchorGenerator(config.anchors)(self.image_size)
         self.register_buffer("anchors", anchors, persistent=False)  # (A_all, 4) xyxy input pixels
         self.num_candidates = min(nms.max_candidates, anchors.shape[0] * self.num_classes)
 
@@ -175,7 +186,7 @@ def _prepare(model: nn.Module, image_size, fuse: bool) -> tuple[nn.Module, tuple
     model = copy.deepcopy(model).eval().float()
     if fuse:
         fuse_for_inference(model)
-    hw = parse_image_size(image_size) if image_size is not None else tuple(model.config.image_size)
+    hw = parse_image_size(image_size) if image_size is not None else model_config(model).image_size
     return model, hw
 
 
@@ -217,12 +228,13 @@ def export_onnx(
             "--dynamic-batch (decoding and NMS then run in PyTorch)"
         )
     model, hw = _prepare(model, image_size, fuse)
-    names = (
-        list(class_names) if class_names is not None else _default_names(model.config.num_classes)
-    )
+    config = model_config(model)
+    names = list(class_names) if class_names is not None else _default_names(config.num_classes)
     path = Path(path)
     images = torch.zeros(batch, 3, *hw)
     nms_cfg = None
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
     if nms:
         nms_cfg = NMSConfig(
             max_candidates=max_candidates,
@@ -244,7 +256,7 @@ def export_onnx(
     dynamic_axes = (
         {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
     )
-    meta = build_metadata(model.config, hw, names, category_ids, "nms" if nms else "raw", nms_cfg)
+    meta = build_metadata(config, hw, names, category_ids, "nms" if nms else "raw", nms_cfg)
     meta["precision"] = "fp32" if calibration is None else "int8"
 
     def torch_export(target: Path) -> None:
@@ -305,16 +317,15 @@ def export_torchscript(
     from .detector import _default_names
 
     model, hw = _prepare(model, image_size, fuse)
-    names = (
-        list(class_names) if class_names is not None else _default_names(model.config.num_classes)
-    )
+    config = model_config(model)
+    names = list(class_names) if class_names is not None else _default_names(config.num_classes)
     path = Path(path)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(
             RawExport(model).eval(), torch.zeros(batch, 3, *hw), check_trace=False
         )
-    meta = build_metadata(model.config, hw, names, category_ids, "raw", None)
+    meta = build_metadata(config, hw, names, category_ids, "raw", None)
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ModelConfig, NMSConfig
+from ..config import NMSConfig
 from ..errors import ConfigError
 from ..fileio import write_bytes
 from ..nn.bifpn import Resample
-from .export import RawExport, _prepare
+from .export import RawExport, _prepare, model_config
 from .metadata import build_metadata
 
 TFLITE_JSON = "efficientdet.json"  # the associated file holding our metadata
@@ -128,13 +128,6 @@ class TFLiteGraph(nn.Module):
         if self.nms:  # what TFLite_Detection_PostProcess reads: encodings, then scores
             return box, cls.sigmoid()
         return cls, box
-
-
-def model_config(model: nn.Module) -> ModelConfig:
-    """The ModelConfig an EfficientDet module carries."""
-    config = model.config
-    assert isinstance(config, ModelConfig), type(config)  # our bug if not an EfficientDet
-    return config
 
 
 def _litert_torch():

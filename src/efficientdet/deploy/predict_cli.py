@@ -27,6 +27,7 @@ Ctrl+C ends a webcam stream normally; elsewhere it keeps the detections of the i
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections import Counter
@@ -352,7 +353,7 @@ def _process(
                 target = out_dir / f"{frame.index}_{name}"
             stats.written.add(name)
             options = {"quality": 95} if name.lower().endswith((".jpg", ".jpeg")) else {}
-            write_via_temp(target, lambda tmp: drawn.save(tmp, **options))
+            write_via_temp(target, functools.partial(drawn.save, **options))
     return writer
 
 
