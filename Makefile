@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 -q --durations=25 tests
 
 # formatting, lint and types (config in pyproject.toml; mypy checks src/efficientdet, py.typed)
 lint: install
