@@ -10,7 +10,8 @@ Public API (imported lazily, so ``import efficientdet`` does no work)::
     result = ed.train(ed.TrainConfig(data="data.yaml", model="efficientdet_lite0", epochs=20))
     result = ed.train(cfg, callbacks=[MyCallback()])   # class MyCallback(ed.Callback): on_step_end...
     detector = ed.Detector("runs/train/1/best.pt"); detections = detector("photo.jpg")
-    ed.export_onnx(ed.load_model("best.pt")[0], "model.onnx")
+    ed.export_onnx(ed.load_model("best.pt")[0], "model.onnx")   # also export_torchscript,
+    # export_openvino, export_tflite; int8 calibration images: ed.calibration_set(...)
 """
 
 from importlib import import_module
@@ -34,6 +35,9 @@ _EXPORTS = {
     "Detections": "efficientdet.deploy.detector",
     "export_onnx": "efficientdet.deploy.export",
     "export_torchscript": "efficientdet.deploy.export",
+    "export_openvino": "efficientdet.deploy.export_openvino",
+    "export_tflite": "efficientdet.deploy.export_tflite",
+    "calibration_set": "efficientdet.deploy.calibration",
     "train": "efficientdet.engine.trainer",
     "TrainConfig": "efficientdet.engine.config",
     "Callback": "efficientdet.engine.callbacks",
