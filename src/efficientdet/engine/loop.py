@@ -643,27 +643,31 @@ class Trainer:
         truths = [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in items]
         return images, predictions, truths
 
+    def _evaluate_model(self, model: nn.Module, progress: bool):
+        """COCO evaluation of ``model`` on the val split with the run's settings -> EvalResult."""
+        from .evaluator import evaluate
+
+        return evaluate(
+            model,
+            self.val_data,
+            self.model_cfg.image_size,
+            NMSConfig(),
+            batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
+            num_workers=self.cfg.workers,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            progress=progress,
+        )
+
     def _evaluate(self):
         """Rank 0 evaluates the EMA (or raw) model on the whole val split; stats go to every rank."""
         result = None
         stats: dict = {}
         if self.dist.is_main:
-            from .evaluator import evaluate
-
             model = self.eval_model()
             was_training = model.training
             model.eval()
-            result = evaluate(
-                model,
-                self.val_data,
-                self.model_cfg.image_size,
-                NMSConfig(),
-                batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
-                num_workers=self.cfg.workers,
-                device=self.device,
-                amp_dtype=self.amp_dtype,
-                progress=self.cfg.progress,
-            )
+            result = self._evaluate_model(model, progress=self.cfg.progress)
             if was_training:
                 set_train_mode(model, self.cfg.freeze, self.cfg.freeze_bn)
             stats = _plain(dict(result.stats))
@@ -929,20 +933,9 @@ class Trainer:
                 eval_result is None and self.best_payload is not None and best_path.exists()
             ):  # best epoch before a resume: evaluate it again
                 from ..factory import load_model
-                from .evaluator import evaluate
 
                 model, _ = load_model(best_path)
-                eval_result = evaluate(
-                    model.to(self.device),
-                    self.val_data,
-                    self.model_cfg.image_size,
-                    NMSConfig(),
-                    batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
-                    num_workers=self.cfg.workers,
-                    device=self.device,
-                    amp_dtype=self.amp_dtype,
-                    progress=False,
-                )
+                eval_result = self._evaluate_model(model.to(self.device), progress=False)
             if eval_result is not None:
                 from ..fileio import write_json
 
