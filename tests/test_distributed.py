@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import torch
 from efficientdet import cli
 from efficientdet.data.synth import write_synthetic_dataset
 from efficientdet.engine import distributed
+
+from .processes import run_process_group
 
 HERE = Path(__file__).parent
 EPOCHS = 3
@@ -46,22 +47,7 @@ def _torchrun(args: list[str], logs: Path) -> str:
         str(HERE / "ddp_worker.py"),
         *args,
     ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)  # torchrun and both workers
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun timed out\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:] + stdout[-2000:]
-    return stdout
+    return run_process_group(cmd, env, timeout=400, what="torchrun")
 
 
 def _assert_disjoint_halves(logs: Path, train_ids: list[int], epochs: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from efficientdet.errors import ConfigError, DataError
 from efficientdet.factory import load_model
 
 from .data_factory import tiny_train_config, write_corrupt, write_image, write_json
+from .processes import run_process_group
 
 SYNTH_CATEGORY_IDS = [1, 3, 7, 10, 15, 22]  # documented in efficientdet.data.synth
 
@@ -427,21 +427,7 @@ def test_ddp_two_processes_gloo(synth, straight, tmp_path):
         "--quiet",
         "--no-plots",
     ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)  # torchrun and both workers
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"DDP run timed out\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:] + stdout[-2000:]
+    stdout = run_process_group(cmd, env, timeout=300, what="DDP run")
     assert "gloo" in stdout and "SyncBatchNorm" in stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one run folder, no ddp2
     assert stdout.count("epoch 1/1: loss") == 1  # rank 0 logs
