@@ -1,7 +1,7 @@
 """Inference speed side by side with effdet's DetBenchPredict (same machine, same run, same weights).
 
     python benchmarks/bench_predict.py [--models d0 lite0] [--engines eager onnxruntime onnxruntime-nms
-        onnxruntime-int8 openvino openvino-int8] [--calib-data data.yaml]
+        onnxruntime-int8 openvino openvino-int8 tflite tflite-fp16 tflite-int8] [--calib-data data.yaml]
         [--rounds 3] [--repeats 10] [--threads 2] [--compile] [--json out.json]
 
 Both sides use the fixture weights (tests/fixtures: realistic score spread, so NMS has real
@@ -26,6 +26,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common
+
+# the TFLite engines run in the [tflite] environment (make test-tflite builds it)
+TFLITE_PYTHON = os.path.join(common.REPO_ROOT, "benchmarks", "tflite", ".venv", "bin", "python")
 
 MODELS = {  # ours, effdet's, image size
     "d0": ("efficientdet_d0", "tf_efficientdet_d0", 512, "effdet_d0_256.pt"),
@@ -154,7 +157,8 @@ def main() -> None:
                 else:
                     res = common.run_python(
                         os.path.abspath(__file__),
-                        [
+                        python=TFLITE_PYTHON if engine.startswith("tflite") else None,
+                        args=[
                             "--worker",
                             engine,
                             "--model",

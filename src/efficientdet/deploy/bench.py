@@ -7,6 +7,8 @@ Engines: ``eager`` (PyTorch, BN folded, channels_last, inference_mode), ``onnxru
 ONNX export in ONNX Runtime with all graph optimisations; decode + NMS in PyTorch),
 ``onnxruntime-nms`` (decode + NMS inside the ONNX graph), ``onnxruntime-int8`` (the int8 QDQ
 export), ``openvino`` / ``openvino-int8`` (the OpenVINO IR, float32 / NNCF int8, CPU plugin),
+``tflite`` / ``tflite-fp16`` / ``tflite-int8`` (the TFLite export, float32 / float16 weights /
+full-integer int8, in the LiteRT interpreter; needs the ``tflite`` extra),
 ``compile`` (``torch.compile`` of the eager model), ``tensorrt`` (the ONNX export through ONNX
 Runtime's TensorRT provider; NVIDIA GPU only). The int8 engines calibrate on ``--calib-data``
 (default: 8 random-pixel images, enough for timing, not for accuracy: measure mAP with
@@ -48,6 +50,9 @@ ENGINES = (
     "onnxruntime-int8",
     "openvino",
     "openvino-int8",
+    "tflite",
+    "tflite-fp16",
+    "tflite-int8",
     "compile",
     "tensorrt",
 )
@@ -174,9 +179,8 @@ def detector_for_engine(
     if engine == "compile":
         return Detector(model=model, compile=True, **opts)
     workdir = workdir or tempfile.mkdtemp(prefix="efficientdet-bench-")
-    path = os.path.join(
-        workdir, f"{engine}.xml" if engine.startswith("openvino") else f"{engine}.onnx"
-    )
+    suffix = {"openvino": ".xml", "tflite": ".tflite"}.get(engine.split("-")[0], ".onnx")
+    path = os.path.join(workdir, engine + suffix)
     calibration = (
         bench_calibration(model, workdir, calib_data)
         if engine.endswith("-int8") and not (reuse and os.path.exists(path))
@@ -188,6 +192,11 @@ def detector_for_engine(
         from .export_openvino import export_openvino
 
         export_openvino(model, path, calibration=calibration)
+    elif engine.startswith("tflite"):
+        from .export_tflite import export_tflite
+
+        precision = engine.split("-")[1] if "-" in engine else "fp32"
+        export_tflite(model, path, precision=precision, calibration=calibration)
     else:
         from .export import export_onnx
 
@@ -201,7 +210,7 @@ def detector_for_engine(
             max_det=int(opts["max_det"]),
             calibration=calibration,
         )
-    if engine.startswith("openvino"):
+    if engine.startswith(("openvino", "tflite")):
         return Detector(path, threads=threads, **opts)
     return Detector(
         path, threads=threads, engine="tensorrt" if engine == "tensorrt" else None, **opts
