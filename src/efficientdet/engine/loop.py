@@ -188,7 +188,10 @@ class Trainer:
         self._stop_reason = reason
 
     def position(self) -> str:
-        """Where the run is, for messages: "epoch E step S" (1-based, the step being done)."""
+        """Where the run is, for messages: "epoch E, step S" (1-based: S steps of epoch E done),
+        or "the end of epoch E" between epochs."""
+        if self.step_in_epoch == 0 and self.epoch > 0:
+            return f"the end of epoch {self.epoch}"
         return f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
 
     # ------------------------------------------------------------------ setup
@@ -963,6 +966,8 @@ class Trainer:
         except BaseException as exc:
             self.events.exception(exc)
             raise
+        for line in self.events.switched_off:  # warned when it happened; again at the end
+            self.log(f"warning: logger {line}: its record of this run stops there")
         if self.is_main and stopped != "interrupted":
             self.log(f"results in {self.run_dir}: {', '.join(self._result_files(best_path))}")
         return result
