@@ -139,6 +139,7 @@ class InterruptAt:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # two tiny runs (interrupted, resumed) beside the shared one: ~11 s
 def test_interrupt_then_resume_is_exact(synth, straight, tmp_path, capsys):
     cfg, _ = straight
     out = tmp_path / "resumed"
@@ -413,6 +414,7 @@ def test_train_refuses_bad_numbers_in_one_line(capfd, option, value, message):
     assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
 
 
+@pytest.mark.slow  # torchrun with two processes: ~25 s on 2 shared cores
 def test_ddp_two_processes_gloo(synth, straight, tmp_path):
     """torchrun with 2 CPU processes: one run folder, one checkpoint of the same layout."""
     out = tmp_path / "ddp"
