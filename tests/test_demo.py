@@ -3,9 +3,12 @@
 import csv
 import json
 
+import pytest
+
 from efficientdet import cli
 
 
+@pytest.mark.slow  # trains 2 epochs at 128 px, evaluates, predicts: ~12 s
 def test_demo_trains_evaluates_and_draws_predictions(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "demo"
     code = cli.main(

@@ -202,6 +202,35 @@ def test_no_usable_image_is_fatal(tmp_path, capsys):
     assert "no usable images" in err and err.count("\n") == 1
 
 
+def test_an_image_info_json_is_counted_and_said_to_have_no_annotations(tmp_path, capsys):
+    """A test-dev style file (images and categories, no 'annotations' key): its images are
+    counted, it is said to have no annotations (val's detections-only output applies), and
+    nothing about boxes, classes or anchors is reported of it; exit 0."""
+    images = []
+    for i in range(3):
+        write_image(tmp_path / "images" / f"t{i}.jpg", 64, 48)
+        images.append({"id": 10 + i, "file_name": f"t{i}.jpg", "width": 64, "height": 48})
+    path = write_json(
+        tmp_path / "image_info.json",
+        {"images": images, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]},
+    )
+    out = tmp_path / "check"
+    assert cli_main(["data", "check", str(path), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1:] == [
+        "  images: 3 used of 3 listed (3 without boxes)   boxes: 0 used of 0 listed",
+        "  no problems found",
+        f"[train] {path}: no annotations (3 images; an image_info file, as COCO test-dev ships): "
+        "no boxes or classes to check; what applies is detections only: efficientdet val "
+        f"--weights W --data {path} writes results.json for an evaluation server (no metrics)",
+        f"JSON report: {out / 'report.json'}",
+    ]
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["splits"]["train"]["annotated"] is False
+    assert doc["splits"]["train"]["stats"]["images_used"] == 3 and doc["findings"] == []
+    assert not (out / "box_sizes.png").exists()  # no box to plot
+
+
 def test_quick_summary_reports_fit_and_findings(tmp_path):
     data = load_dataset(_tiny_box_dataset(tmp_path))
     text = quick_summary(data, get_model_config("d0"))

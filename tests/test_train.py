@@ -139,6 +139,7 @@ class InterruptAt:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # two tiny runs (interrupted, resumed) beside the shared one: ~11 s
 def test_interrupt_then_resume_is_exact(synth, straight, tmp_path, capsys):
     cfg, _ = straight
     out = tmp_path / "resumed"
@@ -209,12 +210,13 @@ def test_nonfinite_losses_roll_back_then_stop_keeping_last_good(
     ) as info:
         train(tiny(synth, out, epochs=4, max_bad_steps=3, warmup_epochs=0))
     assert str(out / "last.pt") in str(info.value) and "fix: lower --lr" in str(info.value)
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().out  # quiet (progress=False): the warnings
     assert printed.count("step not applied; weights rolled back") == 3
     # after 1 of 8 steps the cosine factor is (1 + cos(pi / 8)) / 2 = 0.9619; lr 0.01 halved: 0.00481
     assert "learning rate lowered 2x to 0.00481 (rollback 1 of at most 3)" in printed
     assert (
-        "epoch 2/4: loss n/a (no step applied: all 2 rolled back)" in printed
+        "epoch 2/4: loss n/a (no step applied: all 2 rolled back)"
+        in (out / "train.log").read_text()
     )  # never "loss 0.0000"
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["train_state"]["epoch"] == 2
@@ -263,7 +265,7 @@ def test_bad_items_are_counted_and_training_goes_on(tmp_path, capsys):
     data = messy_coco(tmp_path / "messy")
     result = train(tiny(data, tmp_path / "run", epochs=1, ema=False))
     assert result.stopped == "completed"
-    out = capsys.readouterr().out
+    out = (tmp_path / "run" / "train.log").read_text()  # quiet (progress=False): not printed
     assert "images: 7 used of 8 listed" in out  # the missing file is skipped at read time
     for kind in ("missing_image", "bad_box_size", "box_outside", "unknown_category"):
         assert kind in out
@@ -305,6 +307,26 @@ def test_no_usable_image_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0]
     assert not (tmp_path / "run2").exists()
+
+
+def test_quiet_prints_only_the_summary_line(synth, tmp_path, capfd):
+    """``--quiet``: stdout is the run's last line (where its files are, best mAP: what a script
+    reads), stderr is empty (no bars); train.log still has every line."""
+    out = tmp_path / "quiet"
+    argv = ["train", "--data", str(synth), "--model", "lite0", "--image-size", "64"]
+    argv += ["--epochs", "1", "--batch", "4", "--workers", "0", "--out", str(out), "--quiet"]
+    argv += ["--no-plots", "--debug-batches", "0", "--debug-interval", "0"]
+    capfd.readouterr()
+    assert cli.main(argv) == 0
+    printed = capfd.readouterr()
+    best_map = float(read_csv(out / "results.csv")[0]["mAP"])
+    assert printed.out.splitlines() == [
+        f"results in {out}: best.pt (mAP {best_map:.4f}, epoch 1), last.pt, results.csv, "
+        "metrics.json"
+    ]
+    assert printed.err == ""
+    log = (out / "train.log").read_text()
+    assert "epoch 1/1: loss" in log and log.splitlines()[-1] == printed.out.strip()
 
 
 class Snapshot:
@@ -392,6 +414,7 @@ def test_train_refuses_bad_numbers_in_one_line(capfd, option, value, message):
     assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
 
 
+@pytest.mark.slow  # torchrun with two processes: ~25 s on 2 shared cores
 def test_ddp_two_processes_gloo(synth, straight, tmp_path):
     """torchrun with 2 CPU processes: one run folder, one checkpoint of the same layout."""
     out = tmp_path / "ddp"
@@ -428,9 +451,10 @@ def test_ddp_two_processes_gloo(synth, straight, tmp_path):
         "--no-plots",
     ]
     stdout = run_process_group(cmd, env, timeout=300, what="DDP run")
-    assert "gloo" in stdout and "SyncBatchNorm" in stdout
+    log = (out / "train.log").read_text()  # --quiet prints only the summary line
+    assert "gloo" in log and "SyncBatchNorm" in log
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one run folder, no ddp2
-    assert stdout.count("epoch 1/1: loss") == 1  # rank 0 logs
+    assert stdout.count(f"results in {out}: ") == 1  # rank 0 prints
     ddp = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     single = torch.load(Path(straight[0].out) / "last.pt", map_location="cpu", weights_only=True)
     assert set(ddp) == set(single) and set(ddp["train_state"]) == set(single["train_state"])

@@ -1,7 +1,8 @@
 """``--logger tensorboard mlflow``: what a run logged, read back with TensorBoard's own event
 reader (EventAccumulator) and MLflow's client, compared with results.csv and the files of the
-run; and the bad inputs (package missing, unwritable tracking URI): one line, exit 2, before
-any training work (no run folder).
+run; the bad inputs (package missing, unwritable tracking URI): one line, exit 2, before
+any training work (no run folder); and a logger whose disk fills up mid-run (a real full
+filesystem, tmpfs): switched off with one warning, the run goes on to its end.
 
 Tiny settings: efficientdet_lite0 at 64x64, 8 training / 4 validation images, batch 4
 (2 steps per epoch), 2 epochs, workers 0.
@@ -10,6 +11,7 @@ Tiny settings: efficientdet_lite0 at 64x64, 8 training / 4 validation images, ba
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import subprocess
 import sys
@@ -19,11 +21,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 from efficientdet import cli
 from efficientdet.data.synth import write_synthetic_dataset
+from efficientdet.engine.callbacks import Callback
 from efficientdet.engine.evaluator import STAT_NAMES
 from efficientdet.engine.trainer import train
+from efficientdet.weights.checkpoint import read_checkpoint
 
 from .data_factory import tiny_train_config
 from .test_train_callbacks import stub_debug_views
@@ -203,3 +208,95 @@ def test_an_unwritable_tracking_uri_is_refused_before_work(synth, tmp_path, read
         "MLFLOW_TRACKING_URI to a place you can write to (or unset it: the run folder)"
     )
     assert not out.exists()
+
+
+class FillDisk(Callback):
+    """Fills the filesystem of ``folder`` after global step ``n`` (a disk full mid-run)."""
+
+    def __init__(self, folder: Path, n: int) -> None:
+        self.folder, self.n = folder, n
+
+    def on_step_end(self, trainer, step) -> None:
+        if step.global_step != self.n:
+            return
+        with pytest.raises(OSError) as info, open(self.folder / "filler", "wb") as f:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        assert info.value.errno == errno.ENOSPC
+
+
+def assert_run_complete(result, epochs: int = 2) -> None:
+    """The run went on to its end with every file of its own: last.pt, best.pt, results.csv."""
+    assert result.stopped == "completed" and result.epochs_completed == epochs
+    state = read_checkpoint(result.run_dir / "last.pt")["train_state"]
+    assert (state["epoch"], state["global_step"]) == (epochs, 2 * epochs)
+    assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
+    with open(result.run_dir / "results.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, epochs + 1))
+
+
+def switched_off_lines(printed: str, name: str) -> list[str]:
+    return [line for line in printed.splitlines() if f"logger {name}" in line]
+
+
+@pytest.mark.slow
+def test_a_tensorboard_write_error_switches_it_off_and_the_run_goes_on(
+    synth, tmp_path, monkeypatch, capsys
+):
+    # the event writer's flush fails as on a full disk (a real full tmpfs would not do: the
+    # few bytes of a tiny run fit in the page the event file already holds)
+    def disk_full(self) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(SummaryWriter, "flush", disk_full)
+    out = tmp_path / "run"
+    cfg = tiny_train_config(synth, out, loggers=["tensorboard"], debug_batches=0, debug_interval=0)
+    capsys.readouterr()
+    result = train(cfg)
+    assert_run_complete(result)
+    where = (
+        f"logger TensorBoardLogger ({out / 'tensorboard'}) failed in on_epoch_end at the end of "
+        "epoch 1 (OSError: [Errno 28] No space left on device)"
+    )
+    printed = capsys.readouterr().out
+    assert switched_off_lines(printed, "TensorBoardLogger") == [
+        f"warning: {where}; it is switched off and training goes on (checkpoints and "
+        "results.csv are not affected)",
+        f"warning: {where}: its record of this run stops there",
+    ]
+    assert printed.splitlines()[-1].startswith(f"results in {out}: best.pt")
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()  # closing the writer wrote what it held: the record ends with epoch 1
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+    assert [e.step for e in acc.Scalars("epoch/train_loss")] == [1]
+
+
+@pytest.mark.slow
+def test_a_full_mlflow_store_switches_it_off_and_the_run_goes_on(
+    synth, tmp_path, small_fs, capsys, monkeypatch
+):
+    store = small_fs(4 << 20)  # room for MLflow's tables; filled after the first step
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    cfg = tiny_train_config(synth, out, loggers=["mlflow"], debug_batches=0, debug_interval=0)
+    capsys.readouterr()
+    result = train(cfg, callbacks=[FillDisk(store, n=1)])
+    assert_run_complete(result)
+    # the step metrics wait in a buffer: the first write after the disk filled is epoch 1's
+    where = (
+        f"logger MLflowLogger ({uri}) failed in on_epoch_end at the end of epoch 1 "
+        "(OperationalError: database or disk is full)"
+    )
+    assert switched_off_lines(capsys.readouterr().out, "MLflowLogger") == [
+        f"warning: {where}; it is switched off and training goes on (checkpoints and "
+        "results.csv are not affected)",
+        f"warning: {where}: its record of this run stops there",
+    ]
+    assert where in (out / "train.log").read_text()
+    (store / "filler").unlink()  # what the store kept: the run as it started, no metric
+    _, run = mlflow_run(uri)
+    assert run.data.params == {k: str(v) for k, v in cfg.to_dict().items()}
+    assert run.data.metrics == {}

@@ -15,6 +15,11 @@ training drops them) are reported per box for every split; ``data check`` exits 
 when more than ``MAX_UNTRAINABLE`` of a split's boxes cannot train (dropped while reading, or
 too small). Problems are read from the readers' structured records, never from message text.
 
+A split without annotations (a COCO ``image_info`` JSON, as test-dev ships: images only) is
+read and counted, and said to be such: it has no boxes or classes to check, and what applies
+to it is ``val``'s detections-only output (:mod:`efficientdet.engine.val_cli`); when it is the
+training split, the class, box size and anchor sections are left out. Exit status 0.
+
 ``quick_summary`` is the cheap part (no decoding) that ``train`` prints before the first epoch.
 """
 
@@ -185,6 +190,11 @@ class DoctorReport:
     min_box_size: float = AugmentConfig.min_box_size
     fixed_image_size: bool = False
 
+    @property
+    def train_annotated(self) -> bool:
+        """The training (first) split has annotations (False: an ``image_info`` file)."""
+        return next(iter(self.splits.values())).annotated
+
     def too_many_untrainable(self) -> list[str]:
         """One line per split whose share of boxes that cannot train is over ``max_untrainable``."""
         out = []
@@ -205,6 +215,15 @@ class DoctorReport:
         lines = []
         for split, data in self.splits.items():
             lines.append(data.report.summary(title=f"[{split}] {data.source}"))
+            if not data.annotated:
+                lines.append(
+                    f"[{split}] {data.source}: no annotations ({len(data.records)} images; an "
+                    "image_info file, as COCO test-dev ships): no boxes or classes to check; what "
+                    f"applies is detections only: efficientdet val --weights W --data {data.source} "
+                    "writes results.json for an evaluation server (no metrics)"
+                )
+        if not self.train_annotated:  # no class, box or anchor to report
+            return "\n".join(lines + [f"FATAL: {problem}" for problem in self.fatal])
         lines.append("")
         lines.append("classes (boxes in training split)")
         width = max([len(n) for n in self.histogram] + [5])
@@ -223,6 +242,8 @@ class DoctorReport:
             )
         lines.append("")
         for split, (bad, listed) in self.untrainable.items():
+            if not self.splits[split].annotated:
+                continue
             lines.append(
                 f"[{split}] boxes that cannot train: {bad} of {listed} ({bad / max(listed, 1):.1%}; "
                 f"limit {self.max_untrainable:.0%}): dropped while reading, or under {self.min_box_size:g} px "
@@ -250,7 +271,8 @@ class DoctorReport:
             "model": self.model_cfg.name,
             "image_size": list(self.model_cfg.image_size),
             "splits": {
-                s: {"source": d.source, **d.report.to_dict()} for s, d in self.splits.items()
+                s: {"source": d.source, "annotated": d.annotated, **d.report.to_dict()}
+                for s, d in self.splits.items()
             },
             "class_histogram": self.histogram,
             "box_sizes": self.sizes,
@@ -338,7 +360,7 @@ def check_dataset(
     return DoctorReport(
         splits=loaded,
         model_cfg=cfg,
-        findings=category_findings(train),
+        findings=category_findings(train) if train.annotated else [],
         histogram=class_histogram(train),
         sizes=size_stats(train, cfg.image_size),
         fit=fit,
@@ -468,7 +490,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_output(args, report.to_dict())
         if args.json != "-":
             print(f"JSON report: {args.json}")
-    if not args.no_plot:
+    if not args.no_plot and report.train_annotated:
         print(f"box size plot: {plot_box_sizes(report, out / 'box_sizes.png')}")
     if report.fatal:
         raise DataError(

@@ -25,6 +25,9 @@ process (``trainer.is_main`` is True on rank 0 only; the built-ins write files t
 
 A callback that raises stops the run: :class:`~efficientdet.errors.CallbackError` names the
 callback and the event, and last.pt is saved so that ``--resume`` continues where it stopped.
+A :class:`Logger` (a monitoring side channel: TensorBoard, MLflow) is the exception once the run
+has started: when it raises (disk full, tracking store gone), it is switched off with one
+warning line and training goes on; the end of the run says so again.
 
 Built-ins (always on; :func:`builtin_callbacks`): :class:`Checkpoints` (last.pt/best.pt),
 :class:`CSVLog` (results.csv), :class:`Plots` (results.png, pr_curves.png), :class:`EarlyStopping`
@@ -33,6 +36,7 @@ Built-ins (always on; :func:`builtin_callbacks`): :class:`Checkpoints` (last.pt/
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,6 +131,16 @@ class Callback:
         """The run is over; ``result.stopped`` says how."""
 
 
+class Logger(Callback):
+    """A monitoring side channel (the ``--logger`` callbacks; yours too): losing it must not
+    cost a long run. When one of its events raises after ``on_train_start``, the run goes on
+    without it: one warning line naming it and ``destination``, then its ``on_exception``
+    (to release what it holds) and no more events; the end of the run repeats the warning. A
+    failure in ``on_train_start`` stops the run as any callback's does (nothing is trained yet)."""
+
+    destination = ""  # where it writes (a folder, a tracking URI), named in its messages
+
+
 def callback_name(callback: object) -> str:
     return type(callback).__name__
 
@@ -146,9 +160,11 @@ def _positional_count(method: Any) -> int | None:
 
 class Events:
     """Dispatches events to callbacks in order. An exception in a callback becomes one
-    CallbackError naming the callback and the event (user-facing errors pass unchanged);
-    ``on_exception`` never raises (a failing handler is logged). A method written for the
-    earlier hooks, ``on_step_end(self, trainer)``, gets only the arguments it takes."""
+    CallbackError naming the callback and the event (user-facing errors pass unchanged), except
+    in a :class:`Logger` after ``on_train_start``: that logger is switched off (one warning;
+    ``switched_off`` keeps the line for the end of the run). ``on_exception`` never raises (a
+    failing handler is logged). A method written for the earlier hooks,
+    ``on_step_end(self, trainer)``, gets only the arguments it takes."""
 
     def __init__(self, trainer: Trainer, callbacks: Sequence[object]) -> None:
         for cb in callbacks:
@@ -159,9 +175,12 @@ class Events:
         self.trainer = trainer
         self.callbacks = list(callbacks)
         self._arity: dict[tuple[int, str], int | None] = {}
+        self.switched_off: list[str] = []  # per failed logger: what failed, where and why
 
     def emit(self, event: str, *args: Any) -> None:
-        for cb in self.callbacks:
+        for cb in list(self.callbacks):
+            if cb not in self.callbacks:  # a logger switched off by an event emitted inside
+                continue  # this one (on_checkpoint_saved, on_image)
             method = getattr(cb, event, None)
             if method is None:
                 continue
@@ -171,9 +190,12 @@ class Events:
             n = self._arity[key]
             try:
                 method(self.trainer, *(args if n is None else args[: max(0, n - 1)]))
-            except (EfficientDetError, KeyboardInterrupt):
-                raise
             except Exception as exc:
+                if isinstance(cb, Logger) and event != "on_train_start":
+                    self._switch_off(cb, event, exc)
+                    continue
+                if isinstance(exc, EfficientDetError):
+                    raise
                 where = self.trainer.position()
                 raise CallbackError(
                     f"callback {callback_name(cb)}.{event} ({where}): {type(exc).__name__}: "
@@ -181,6 +203,25 @@ class Events:
                     f"with its state saved in {self.trainer.run_dir / 'last.pt'}; fix: correct the "
                     f"callback, then continue with: efficientdet train --resume {self.trainer.run_dir}"
                 ) from exc
+
+    def _switch_off(self, logger: Logger, event: str, error: Exception) -> None:
+        """Drop ``logger`` from the run after ``error`` in ``event``: warn once, let it release
+        what it holds (its on_exception), send it no more events."""
+        self.callbacks.remove(logger)
+        name = callback_name(logger) + (f" ({logger.destination})" if logger.destination else "")
+        root: BaseException = error  # the first cause says most (a client library wraps a
+        while root.__cause__ is not None:  # full disk in its own errors)
+            root = root.__cause__
+        why = f"{type(root).__name__}: {str(root).splitlines()[0] if str(root) else 'no message'}"
+        line = f"{name} failed in {event} at {self.trainer.position()} ({why})"
+        self.switched_off.append(line)
+        self.trainer.log(
+            f"warning: logger {line}; it is switched off and training goes on (checkpoints and "
+            "results.csv are not affected)"
+        )
+        # closing a failed store may fail again (the disk is still full): nothing more to say
+        with contextlib.suppress(Exception):
+            logger.on_exception(self.trainer, error)
 
     def exception(self, error: BaseException) -> None:
         for cb in self.callbacks:

@@ -46,6 +46,8 @@ class TrainConfig:
     without healthy progress in between; one more stops the run. ``loggers``: names of
     LOGGER_NAMES (:mod:`efficientdet.engine.loggers`); ``debug_batches`` / ``debug_interval``:
     the debug views (:class:`efficientdet.engine.callbacks.DebugViews`; 0 turns each off).
+    ``progress`` False (``--quiet``): no progress bars, and only warnings and the run's last line
+    printed (train.log still gets every line; :meth:`efficientdet.engine.loop.Trainer.log`).
     ``recipe`` ("finetune" | "official", :mod:`efficientdet.engine.recipes`) sets every field
     left ``FROM_RECIPE`` when the config is built; a run records the resolved ``lr`` (and the
     model's image size when None) in args.yaml.

@@ -188,7 +188,10 @@ class Trainer:
         self._stop_reason = reason
 
     def position(self) -> str:
-        """Where the run is, for messages: "epoch E step S" (1-based, the step being done)."""
+        """Where the run is, for messages: "epoch E, step S" (1-based: S steps of epoch E done),
+        or "the end of epoch E" between epochs."""
+        if self.step_in_epoch == 0 and self.epoch > 0:
+            return f"the end of epoch {self.epoch}"
         return f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
 
     # ------------------------------------------------------------------ setup
@@ -205,13 +208,16 @@ class Trainer:
             "time": 0.0,
         }
 
-    def log(self, message: str) -> None:
-        """Print on rank 0 (above the progress bar) and append to train.log."""
+    def log(self, message: str, summary: bool = False) -> None:
+        """Print on rank 0 (above the progress bar) and append to train.log. Quiet
+        (``cfg.progress`` False) prints only warnings (lines that start with ``warning:``) and
+        the run's ``summary`` line (where its files are, or how to resume it)."""
         if not self.dist.is_main:
             return
         from tqdm import tqdm
 
-        tqdm.write(message, file=sys.stdout)
+        if self.cfg.progress or summary or message.startswith("warning:"):
+            tqdm.write(message, file=sys.stdout)
         if self._log_file is not None:
             self._log_file.write(message + "\n")
             self._log_file.flush()
@@ -855,7 +861,8 @@ class Trainer:
             if self.is_main:
                 self.log(
                     f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}: "
-                    f"state saved to {self.run_dir / 'last.pt'}; continue with: efficientdet train --resume {self.run_dir}"
+                    f"state saved to {self.run_dir / 'last.pt'}; continue with: efficientdet train --resume {self.run_dir}",
+                    summary=True,
                 )
         except BaseException as exc:
             self.events.exception(exc)
@@ -963,8 +970,13 @@ class Trainer:
         except BaseException as exc:
             self.events.exception(exc)
             raise
+        for line in self.events.switched_off:  # warned when it happened; again at the end
+            self.log(f"warning: logger {line}: its record of this run stops there")
         if self.is_main and stopped != "interrupted":
-            self.log(f"results in {self.run_dir}: {', '.join(self._result_files(best_path))}")
+            self.log(
+                f"results in {self.run_dir}: {', '.join(self._result_files(best_path))}",
+                summary=True,
+            )
         return result
 
     def _result_files(self, best_path: Path) -> list[str]:

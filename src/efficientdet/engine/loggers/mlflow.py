@@ -13,6 +13,11 @@ per epoch for every number of the results.csv row and ``val/<metric>`` for every
 (x = epoch, 1-based). Artifacts at the end: ``best.pt`` (``last.pt`` when the run has no
 best), ``results.csv``, ``metrics.json``, ``results.png``, ``pr_curves.png``; the debug views
 under ``debug/``.
+
+A store that cannot be reached or written when the run starts stops it (one line, exit 2); one
+that fails later (disk full, server gone) switches the logger off with one warning and training
+goes on (:class:`~efficientdet.engine.callbacks.Logger`); the MLflow run then ends as FAILED
+when the store takes that last call.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from ...errors import ConfigError, OutputError
-from ..callbacks import Callback, StepInfo
+from ..callbacks import Logger, StepInfo
 
 if TYPE_CHECKING:
     from ..config import TrainConfig, TrainResult
@@ -80,7 +85,7 @@ def check_writable(uri: str) -> None:
         raise OutputError(f"MLFLOW_TRACKING_URI={uri}: {probe} is not writable; {fix}")
 
 
-class MLflowLogger(Callback):
+class MLflowLogger(Logger):
     """Sends params, metrics and artifacts of the run to MLflow (rank 0 only)."""
 
     def __init__(self, client_class: Any, tracking_uri: str | None) -> None:
@@ -105,6 +110,7 @@ class MLflowLogger(Callback):
 
         run_dir = trainer.run_dir.resolve()
         uri = self.tracking_uri or f"sqlite:///{run_dir / 'mlflow.db'}"
+        self.destination = uri
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
         try:
             client = self.client_class(tracking_uri=uri)

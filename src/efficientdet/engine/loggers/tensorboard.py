@@ -4,7 +4,9 @@ Scalars: ``train/loss``, ``train/class_loss``, ``train/box_loss``, ``train/lr`` 
 (x = global step); ``epoch/<column>`` per epoch for every number of the results.csv row
 (x = epoch, 1-based); ``val/<metric>`` for every COCO metric (x = epoch). Images: the debug
 views (``debug/<name>``). Event files are append-only streams (TensorBoard reads them while
-they grow), so they are written in place rather than through a temporary file.
+they grow), so they are written in place rather than through a temporary file. A write that
+fails mid-run (disk full) switches the logger off with one warning; training goes on
+(:class:`~efficientdet.engine.callbacks.Logger`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import ConfigError
-from ..callbacks import Callback, StepInfo
+from ..callbacks import Logger, StepInfo
 
 if TYPE_CHECKING:
     from ..config import TrainConfig, TrainResult
@@ -35,7 +37,7 @@ def _summary_writer() -> Any:
     return SummaryWriter
 
 
-class TensorBoardLogger(Callback):
+class TensorBoardLogger(Logger):
     """Writes the run's scalars and debug images as TensorBoard events (rank 0 only)."""
 
     def __init__(self, writer_class: Any) -> None:
@@ -53,6 +55,7 @@ class TensorBoardLogger(Callback):
         if trainer.is_main:
             from ...fileio import make_dirs
 
+            self.destination = str(self.log_dir(trainer))
             self.writer = self.writer_class(str(make_dirs(self.log_dir(trainer))))
 
     def on_step_end(self, trainer: Trainer, step: StepInfo) -> None:
