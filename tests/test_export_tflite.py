@@ -7,6 +7,7 @@ The conversions (seconds of CPU each at 64x64) are shared by module fixtures.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -336,3 +337,20 @@ def test_nms_file_in_mediapipe_object_detector_matches_pytorch(lite0_nms, tmp_pa
     )
     assert len(got.scores) == len(want)
     assert_same_detections(want_xywh, got, score_tol=0.01, box_tol=1.0, conf=0.3, max_det=25)
+
+
+@pytest.mark.slow  # two litert-torch conversions of a 64x64 model
+def test_bench_times_the_tflite_engines_in_litert(tmp_path, capsys):
+    """``efficientdet bench --engine tflite tflite-int8`` exports each file and times it in the
+    LiteRT interpreter: each row names the backend that ran and the file's precision."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--repeats", "1", "--warmup", "0", "--parts", "end_to_end", "--in-process"]
+    argv += ["--quiet", "--json", str(out), "--model", "efficientdet_lite0", "--image-size", "64"]
+    assert main([*argv, "--engine", "tflite", "tflite-int8"]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["engine"], r["backend"]) for r in rows] == [
+        ("tflite", "tflite"),
+        ("tflite-int8", "tflite"),
+    ]
+    assert all(r["median_ms"] > 0 for r in rows)
+    capsys.readouterr()
