@@ -32,7 +32,7 @@ import os
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from ..config import NMSConfig
-from ..errors import ConfigError
-from ..fileio import write_bytes
+from ..errors import ConfigError, ExportError
+from ..fileio import write_via_temp
 from ..nn.bifpn import Resample
 from .export import RawExport, _prepare, model_config
 from .metadata import build_metadata
@@ -222,6 +222,7 @@ def export_tflite(
     fuse: bool = True,
     float_flatbuffer: bytes | None = None,
     progress: bool = False,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` as TFLite (see the module docstring). ``precision``: ``fp32``,
     ``fp16`` (float16 weights, float32 compute) or ``int8`` (needs ``calibration``, a
@@ -230,7 +231,8 @@ def export_tflite(
     the settings of TFLite_Detection_PostProcess at the end of the graph (None: raw outputs).
     ``float_flatbuffer``: :func:`convert_float` of the same ``TFLiteGraph`` from an earlier call
     (skips the conversion when exporting several precisions of one model); ``progress``: the
-    quantiser's progress bars. Returns the path."""
+    quantiser's progress bars; ``verify(tmp)`` runs on the finished temporary file before it is
+    renamed (the parity check: raising leaves no file). Returns the path."""
     import json
 
     from .detector import _default_names
@@ -274,7 +276,13 @@ def export_tflite(
     else:
         blob = with_metadata(data, json.dumps(meta))
     path = Path(path)
-    write_bytes(path, blob)  # all or nothing
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(blob)
+        if verify is not None:
+            verify(tmp)
+
+    write_via_temp(path, write)  # all or nothing, checked before the rename
     return path
 
 
@@ -317,7 +325,8 @@ def run_tflite(
     args, model: nn.Module, names, category_ids, image_size: Sequence[int] | None, stem: str
 ) -> int:
     """``export --format tflite``: writes ``OUT/<stem>[_fp16|_int8][_uint8].tflite`` into a new run
-    folder, then checks its raw outputs against PyTorch (float32: at most 1e-3)."""
+    folder, all or nothing: the raw outputs of the temporary file are checked against PyTorch
+    (float32: at most 1e-3) before it is renamed."""
     from ..progress import stage
     from ..run_dirs import make_run_dir, refuse_inputs_inside
 
@@ -348,7 +357,22 @@ def run_tflite(
     out_dir = make_run_dir(args.out, args.exist_ok, "export")
     refuse_inputs_inside(out_dir, {"weights file": args.weights})
     out = out_dir / f"{stem}{suffix}.tflite"
-    with stage(f"exporting {config.name} to tflite {precision} ({hw[0]}x{hw[1]})", quiet):
+    checked: list[float] = []
+
+    def verify(tmp: Path) -> None:
+        if args.no_check or nms is not None:
+            return
+        diff = raw_parity(model, tmp, hw)
+        if precision == "fp32" and not diff <= FP32_TOLERANCE:
+            raise ExportError(
+                f"{out}: the float32 TFLite outputs differ from PyTorch by {diff:.2e} "
+                f"(> {FP32_TOLERANCE:g}), no file written; fix: report this model, or pass "
+                "--no-check to keep it"
+            )
+        checked.append(diff)
+
+    check = ", checking against PyTorch" if not args.no_check and nms is None else ""
+    with stage(f"exporting {config.name} to tflite {precision} ({hw[0]}x{hw[1]}{check})", quiet):
         export_tflite(
             model,
             out,
@@ -360,6 +384,7 @@ def run_tflite(
             nms=nms,
             image_size=hw,
             progress=not quiet,
+            verify=verify,
         )
     if calibration is not None:
         used = len(calibration.paths) - len(calibration.skipped)
@@ -375,16 +400,8 @@ def run_tflite(
         f"exported {config.name} (tflite {precision}{', uint8 input' if args.uint8_input else ''}, "
         f"{'NMS inside' if nms else 'raw outputs'}, input {hw[0]}x{hw[1]}) -> {out} ({size_mb:.1f} MiB)"
     )
-    if not args.no_check and nms is None:
-        with stage("checking the exported outputs against PyTorch", quiet):
-            diff = raw_parity(model, out, hw)
-        print(f"check: max |difference| vs PyTorch {diff:.2e} on a random image")
-        if precision == "fp32" and not diff <= FP32_TOLERANCE:
-            out.unlink()
-            raise ConfigError(
-                f"{out}: the float32 TFLite outputs differ from PyTorch by {diff:.2e} "
-                f"(> {FP32_TOLERANCE:g}), file removed; fix: report this model, or pass --no-check to keep it"
-            )
+    if checked:
+        print(f"check: max |difference| vs PyTorch {checked[0]:.2e} on a random image")
     return 0
 
 
