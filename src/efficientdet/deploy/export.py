@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.fuse import fuse_for_inference
 from .backends.base import require
-from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet
+from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, check_calibration_set
 from .metadata import TORCHSCRIPT_EXTRA, build_metadata, onnx_props
 from .parity import ParityResult, check_export
 
@@ -218,6 +218,7 @@ def export_onnx(
 
     from .detector import _default_names
 
+    check_calibration_set(calibration)
     if opset < 11:
         raise ConfigError(
             f"--opset {opset}: need 11 or newer (NonMaxSuppression, TopK with k input)"

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..fileio import fsync_dir, output_error, temporary_path
 from .backends.base import require
-from .calibration import CalibrationSet
+from .calibration import CalibrationSet, check_calibration_set
 from .metadata import META_KEY, build_metadata
 
 
@@ -84,6 +84,7 @@ def export_openvino(
     """Write ``model`` (an EfficientDet) as OpenVINO IR ``path`` (.xml) + its .bin; int8 when a
     ``calibration`` set is given. ``verify(tmp_xml)`` runs on the finished temporary pair before
     it is renamed (the parity check: raising leaves no file). Returns the .xml path."""
+    check_calibration_set(calibration)
     ov = require("openvino", "--format openvino", "openvino")
     nncf = (
         require("nncf", "--format openvino --int8", "openvino") if calibration is not None else None

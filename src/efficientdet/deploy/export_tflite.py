@@ -43,7 +43,8 @@ from ..config import NMSConfig
 from ..errors import ConfigError, ExportError
 from ..fileio import write_via_temp
 from ..nn.bifpn import Resample
-from .export import RawExport, _prepare, model_config
+from .calibration import CalibrationSet, check_calibration_set
+from .export import RawExport, _prepare, model_config, readable_only
 from .metadata import build_metadata
 
 TFLITE_JSON = "efficientdet.json"  # the associated file holding our metadata
@@ -150,7 +151,7 @@ def _quantizer():
     return quantizer, recipe
 
 
-def calibration_samples(calibration, uint8_input: bool) -> list[np.ndarray]:
+def calibration_samples(calibration: CalibrationSet, uint8_input: bool) -> list[np.ndarray]:
     """The calibration images as (1, H, W, 3) arrays (float32 normalised, or uint8 pixels), read
     before any conversion so that a set with no readable image is refused in one line first."""
     return [
@@ -215,7 +216,7 @@ def export_tflite(
     category_ids: Sequence[int] | None = None,
     *,
     precision: str = "fp32",
-    calibration=None,
+    calibration: CalibrationSet | None = None,
     uint8_input: bool = False,
     nms: NMSConfig | None = None,
     image_size=None,
@@ -226,8 +227,7 @@ def export_tflite(
 ) -> Path:
     """Write ``model`` to ``path`` as TFLite (see the module docstring). ``precision``: ``fp32``,
     ``fp16`` (float16 weights, float32 compute) or ``int8`` (needs ``calibration``, a
-    :class:`~efficientdet.deploy.calibration.CalibrationSet` for the same input size, or the
-    list :func:`calibration_samples` made of one); ``nms``:
+    :class:`~efficientdet.deploy.calibration.CalibrationSet` for the same input size); ``nms``:
     the settings of TFLite_Detection_PostProcess at the end of the graph (None: raw outputs).
     ``float_flatbuffer``: :func:`convert_float` of the same ``TFLiteGraph`` from an earlier call
     (skips the conversion when exporting several precisions of one model); ``progress``: the
@@ -237,6 +237,7 @@ def export_tflite(
 
     from .detector import _default_names
 
+    check_calibration_set(calibration)
     if precision not in PRECISIONS:
         raise ConfigError(
             f"TFLite precision {precision!r}; fix: use one of {', '.join(PRECISIONS)}"
@@ -259,11 +260,8 @@ def export_tflite(
         meta["output_layout"] = TFLITE_NMS_LAYOUT
     samples = None
     if precision == "int8":
-        samples = (
-            calibration
-            if isinstance(calibration, list)
-            else calibration_samples(calibration, uint8_input)
-        )
+        assert calibration is not None  # refused above
+        samples = calibration_samples(calibration, uint8_input)
     data = float_flatbuffer or convert_float(
         TFLiteGraph(model, uint8_input, nms is not None), hw, uint8_input
     )
@@ -335,15 +333,13 @@ def run_tflite(
     size = image_size if image_size is not None else config.image_size
     hw = (int(size[0]), int(size[1]))
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    calibration, samples = None, None
+    calibration = None
     if args.int8:
         from .calibration import calibration_set
 
-        calibration = calibration_set(
-            args.calib_data, hw, config.mean, config.std, args.calib_images
-        )
-        with stage(f"reading {len(calibration.paths)} calibration images", quiet):
-            samples = calibration_samples(calibration, args.uint8_input)  # refused here if none
+        chosen = calibration_set(args.calib_data, hw, config.mean, config.std, args.calib_images)
+        with stage(f"reading {len(chosen.paths)} calibration images", quiet):
+            calibration = readable_only(chosen)  # refused here, before converting, if none
     nms = None
     if args.nms_in_graph:
         nms = NMSConfig(
@@ -379,7 +375,7 @@ def run_tflite(
             names,
             category_ids,
             precision=precision,
-            calibration=samples,
+            calibration=calibration,
             uint8_input=args.uint8_input,
             nms=nms,
             image_size=hw,
@@ -387,8 +383,7 @@ def run_tflite(
             verify=verify,
         )
     if calibration is not None:
-        used = len(calibration.paths) - len(calibration.skipped)
-        print(f"calibrated on {used} images from {calibration.source}", end="")
+        print(f"calibrated on {len(calibration.paths)} images from {calibration.source}", end="")
         if calibration.skipped:
             print(
                 f"; {len(calibration.skipped)} unreadable, skipped (first: {calibration.skipped[0][1]})"
