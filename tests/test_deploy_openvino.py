@@ -155,6 +155,7 @@ def test_openvino_int8_is_quantised_and_close_to_pytorch(work, tmp_path, capsys)
     )
     assert code == 0, text
     assert "check vs PyTorch" in text
+    assert "Statistics collection" not in text  # --quiet silences NNCF's progress bars
     xml = tmp_path / "m_int8.xml"
     ir = ov.Core().read_model(xml)
     ops = {op.get_type_name() for op in ir.get_ops()}
@@ -168,6 +169,17 @@ def test_openvino_int8_is_quantised_and_close_to_pytorch(work, tmp_path, capsys)
     # int8: close in score terms (sigmoid), not bit-equal
     diff = np.abs(1 / (1 + np.exp(-got["class_logits"])) - 1 / (1 + np.exp(-ref_cls))).max()
     assert diff < 0.1
+
+
+@pytest.mark.slow
+def test_openvino_int8_without_quiet_shows_nncf_progress(work, tmp_path, capsys):
+    _, _, ckpt, data = work
+    argv = ["export", "--weights", str(ckpt), "--format", "openvino", "--int8"]
+    argv += ["--calib-data", str(data), "--calib-images", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Statistics collection" in text and "Applying Fast Bias correction" in text
 
 
 @pytest.mark.slow

@@ -188,6 +188,7 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "calibrated on 6 images" in proc.stdout and "check: max |difference|" in proc.stdout
+    assert "Calibration" not in proc.stderr  # --quiet silences the quantiser's bars
     path = out / "tiny_int8_uint8.tflite"
     det = Detector(path, conf=0.05)
     assert det.backend.input["dtype"] == np.uint8  # raw 0-255 pixels in, normalised in the graph
@@ -199,6 +200,28 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
         float((r.sigmoid() - g.sigmoid()).abs().max()) for r, g in zip(ref[0], got[0], strict=True)
     )
     assert score_diff <= INT8_SCORE_TOL, score_diff
+
+
+@litert
+@pytest.mark.slow  # a litert-torch conversion (shared by the module)
+def test_quantiser_progress_bars_only_with_progress(tiny, tmp_path, capfd):
+    """ai-edge-quantizer's bars (calibration, then transformations) show with ``progress`` only
+    (the CLI passes ``progress=not --quiet``)."""
+    config = tiny["model"].config
+    calib = calibration_set(tiny["data"], HW, config.mean, config.std, count=2)
+    for progress in (False, True):
+        capfd.readouterr()
+        export_tflite(
+            tiny["model"],
+            tmp_path / f"m_{progress}.tflite",
+            precision="int8",
+            calibration=calib,
+            float_flatbuffer=tiny["flat"],
+            progress=progress,
+        )
+        err = capfd.readouterr().err
+        assert ("Running Calibration" in err) == progress, err[-500:]
+        assert ("Applying Transformations" in err) == progress, err[-500:]
 
 
 # ----------------------------------------------------------------------------- bad input

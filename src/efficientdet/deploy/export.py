@@ -515,7 +515,15 @@ def run(args: argparse.Namespace) -> int:
         elif args.format == "openvino":
             from .export_openvino import export_openvino
 
-            export_openvino(model, out, names, category_ids, calibration=calibration, **common)
+            export_openvino(
+                model,
+                out,
+                names,
+                category_ids,
+                calibration=calibration,
+                progress=not quiet,
+                **common,
+            )
         else:
             export_torchscript(model, out, names, category_ids, **common)
     if calibration is not None and calibration.skipped:

@@ -26,9 +26,11 @@ NMS files also carry the TFLite metadata of MediaPipe's ObjectDetector (labels, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -201,9 +203,13 @@ def quantize(
             qt.quantize(enable_progress_bar=progress, enable_progress_report=False).quantized_model
         )
     qt = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
-    with warnings.catch_warnings():
+    # calibrate() has no switch for its bar (a tqdm on sys.stderr, a line that disappears when
+    # done): without ``progress`` it draws on a stream nobody reads
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()),
+    ):
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": calibration does
-        # calibrate() always shows its bar (a terminal line that disappears when done)
         calib = qt.calibrate({"serving_default": [{"args_0": x} for x in samples or []]})
         result = qt.quantize(calib, enable_progress_bar=progress, enable_progress_report=False)
     return bytes(result.quantized_model)
