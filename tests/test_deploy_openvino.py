@@ -283,6 +283,35 @@ def test_bad_export_options_are_one_line(work, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_export_never_writes_into_its_calibration_data_nor_over_a_folder(work, tmp_path, capsys):
+    """Found by trying hostile paths: --out at the --calib-data folder (with --exist-ok) wrote the
+    export among the user's images, and a folder where the file goes failed only after the whole
+    export. Both are now one line before any export work, the folders left as they were."""
+    _, _, ckpt, data = work
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for image in sorted((data.parent / "images").glob("*.jpg"))[:2]:
+        shutil.copy(image, calib)
+    before = sorted(os.listdir(calib))
+    for fmt in ("onnx", "openvino"):
+        argv = ["--weights", str(ckpt), "--format", fmt, "--int8", "--calib-data", str(calib)]
+        line = _error_line(*_export([*argv, "--out", str(calib), "--exist-ok"], capsys))
+        assert f"{calib}: this output folder holds the calibration data {calib}" in line
+        assert "fix: give another --out" in line
+    assert sorted(os.listdir(calib)) == before
+
+    out = tmp_path / "out"
+    for fmt, blocker in (("onnx", "m.onnx"), ("openvino", "m.bin")):
+        (out / blocker).mkdir(parents=True)
+        argv = ["export", "--weights", str(ckpt), "--format", fmt, "--out", str(out), "--exist-ok"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "exporting" not in err  # refused before the export stage
+        assert f"error: {out / blocker}: a folder has the name of the exported file; fix:" in err
+        (out / blocker).rmdir()
+    assert list(out.iterdir()) == []
+
+
 def test_calibration_images_that_cannot_be_read_are_one_line_before_any_export(
     work, tmp_path, capsys
 ):

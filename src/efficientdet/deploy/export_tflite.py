@@ -332,7 +332,7 @@ def run_tflite(
     folder, all or nothing: the raw outputs of the temporary file are checked against PyTorch
     (float32: at most 1e-3) before it is renamed."""
     from ..progress import stage
-    from ..run_dirs import make_run_dir, refuse_inputs_inside
+    from .export import output_path
 
     quiet = args.quiet
     config = model_config(model)
@@ -356,9 +356,7 @@ def run_tflite(
         + ("_uint8" if args.uint8_input else "")
         + ("_nms" if nms else "")
     )
-    out_dir = make_run_dir(args.out, args.exist_ok, "export")
-    refuse_inputs_inside(out_dir, {"weights file": args.weights})
-    out = out_dir / f"{stem}{suffix}.tflite"
+    out = output_path(args, f"{stem}{suffix}.tflite")
     checked: list[float] = []
 
     def verify(tmp: Path) -> None:
