@@ -276,6 +276,7 @@ def test_bad_export_options_are_one_line(work, tmp_path, capsys):
             ["--format", "onnx", "--int8", "--calib-data", str(data), "--nms-in-graph"],
             "--int8 exports raw outputs",
         ),
+        (["--format", "onnx", "--opset", "10"], "--opset 10: need 11 or newer"),
     ]
     for argv, message in cases:
         line = _error_line(*_export(base + argv, capsys))

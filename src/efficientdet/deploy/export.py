@@ -221,7 +221,8 @@ def export_onnx(
     check_calibration_set(calibration)
     if opset < 11:
         raise ConfigError(
-            f"--opset {opset}: need 11 or newer (NonMaxSuppression, TopK with k input)"
+            f"--opset {opset}: need 11 or newer (NonMaxSuppression, TopK with k input); "
+            "fix: drop --opset (17) or give 11 or newer"
         )
     if calibration is not None and (nms or dynamic_batch):
         raise ConfigError(
