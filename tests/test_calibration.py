@@ -79,3 +79,26 @@ def test_dataset_yaml_train_split(tmp_path):
 def test_evenly_spaced():
     assert evenly_spaced(list("abcdefghij"), 5) == list("acegi")
     assert evenly_spaced(list("abc"), 5) == list("abc")
+
+
+def test_every_exporter_takes_a_calibration_set_and_refuses_an_array(tmp_path):
+    """One public calibration type for ONNX, OpenVINO and TFLite: the CalibrationSet (signature),
+    and an array of images is refused in one line naming the fix, before any export work."""
+    import typing
+
+    from efficientdet import create_model
+    from efficientdet.deploy.calibration import CalibrationSet
+    from efficientdet.deploy.export import export_onnx
+    from efficientdet.deploy.export_openvino import export_openvino
+    from efficientdet.deploy.export_tflite import export_tflite
+
+    exporters = (export_onnx, export_openvino, export_tflite)
+    for export in exporters:
+        assert typing.get_type_hints(export)["calibration"] == CalibrationSet | None, export
+    _images(tmp_path / "imgs", 2)
+    array = calibration_set(tmp_path / "imgs", (64, 64), MEAN, STD, count=2).array()
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=64)
+    for export, name in zip(exporters, ("m.onnx", "m.xml", "m.tflite"), strict=True):
+        with pytest.raises(TypeError, match=r"^calibration=ndarray: .*fix: .*calibration_set\("):
+            export(model, tmp_path / "out" / name, calibration=array)
+    assert not (tmp_path / "out").exists()

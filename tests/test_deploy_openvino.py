@@ -155,6 +155,7 @@ def test_openvino_int8_is_quantised_and_close_to_pytorch(work, tmp_path, capsys)
     )
     assert code == 0, text
     assert "check vs PyTorch" in text
+    assert "Statistics collection" not in text  # --quiet silences NNCF's progress bars
     xml = tmp_path / "m_int8.xml"
     ir = ov.Core().read_model(xml)
     ops = {op.get_type_name() for op in ir.get_ops()}
@@ -168,6 +169,17 @@ def test_openvino_int8_is_quantised_and_close_to_pytorch(work, tmp_path, capsys)
     # int8: close in score terms (sigmoid), not bit-equal
     diff = np.abs(1 / (1 + np.exp(-got["class_logits"])) - 1 / (1 + np.exp(-ref_cls))).max()
     assert diff < 0.1
+
+
+@pytest.mark.slow
+def test_openvino_int8_without_quiet_shows_nncf_progress(work, tmp_path, capsys):
+    _, _, ckpt, data = work
+    argv = ["export", "--weights", str(ckpt), "--format", "openvino", "--int8"]
+    argv += ["--calib-data", str(data), "--calib-images", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Statistics collection" in text and "Applying Fast Bias correction" in text
 
 
 @pytest.mark.slow
@@ -264,11 +276,41 @@ def test_bad_export_options_are_one_line(work, tmp_path, capsys):
             ["--format", "onnx", "--int8", "--calib-data", str(data), "--nms-in-graph"],
             "--int8 exports raw outputs",
         ),
+        (["--format", "onnx", "--opset", "10"], "--opset 10: need 11 or newer"),
     ]
     for argv, message in cases:
         line = _error_line(*_export(base + argv, capsys))
         assert message in line and "fix:" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_export_never_writes_into_its_calibration_data_nor_over_a_folder(work, tmp_path, capsys):
+    """Found by trying hostile paths: --out at the --calib-data folder (with --exist-ok) wrote the
+    export among the user's images, and a folder where the file goes failed only after the whole
+    export. Both are now one line before any export work, the folders left as they were."""
+    _, _, ckpt, data = work
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for image in sorted((data.parent / "images").glob("*.jpg"))[:2]:
+        shutil.copy(image, calib)
+    before = sorted(os.listdir(calib))
+    for fmt in ("onnx", "openvino"):
+        argv = ["--weights", str(ckpt), "--format", fmt, "--int8", "--calib-data", str(calib)]
+        line = _error_line(*_export([*argv, "--out", str(calib), "--exist-ok"], capsys))
+        assert f"{calib}: this output folder holds the calibration data {calib}" in line
+        assert "fix: give another --out" in line
+    assert sorted(os.listdir(calib)) == before
+
+    out = tmp_path / "out"
+    for fmt, blocker in (("onnx", "m.onnx"), ("openvino", "m.bin")):
+        (out / blocker).mkdir(parents=True)
+        argv = ["export", "--weights", str(ckpt), "--format", fmt, "--out", str(out), "--exist-ok"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "exporting" not in err  # refused before the export stage
+        assert f"error: {out / blocker}: a folder has the name of the exported file; fix:" in err
+        (out / blocker).rmdir()
+    assert list(out.iterdir()) == []
 
 
 def test_calibration_images_that_cannot_be_read_are_one_line_before_any_export(

@@ -1,8 +1,9 @@
 """TFLite export (litert-torch) checked in the LiteRT interpreter against PyTorch, and in a real
 client: MediaPipe's ObjectDetector.
 
-Marked ``tflite``: they run in the [tflite] env (``make test-tflite``, CI), deselected elsewhere.
-The conversions (seconds of CPU each at 64x64) are shared by module fixtures.
+Tests marked ``tflite`` run in the [tflite] env (``make test-tflite``, CI), deselected elsewhere;
+the ones with the converter stubbed out run in every env. The conversions (seconds of CPU each at
+64x64) are shared by module fixtures.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from efficientdet.weights.checkpoint import save_model_dict
 from .matching import assert_same_detections
 from .reference import load_reference, reference_state_dict
 
-pytestmark = [pytest.mark.tflite, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+litert = pytest.mark.tflite  # needs litert-torch / ai-edge-quantizer
 
 NAMES = ["circle", "square", "star"]
 HW = (64, 64)
@@ -107,6 +109,7 @@ def _raw_diff(a, b) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True))
 
 
+@litert
 @pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_every_precision_runs_in_litert_and_matches_pytorch(tiny):
     paths, x = _val_batch(tiny["data"])
@@ -142,6 +145,7 @@ def test_every_precision_runs_in_litert_and_matches_pytorch(tiny):
             assert_same_detections(w, g, score_tol=1e-4, box_tol=0.01, conf=0.05, max_det=100)
 
 
+@litert
 @pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_metadata_travels_inside_the_file(tiny):
     meta = read_tflite_metadata(tiny["int8"])
@@ -155,6 +159,7 @@ def test_metadata_travels_inside_the_file(tiny):
         assert archive.namelist() == [TFLITE_JSON]
 
 
+@litert
 @pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
     out = tmp_path / "exp"
@@ -184,6 +189,7 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "calibrated on 6 images" in proc.stdout and "check: max |difference|" in proc.stdout
+    assert "Calibration" not in proc.stderr  # --quiet silences the quantiser's bars
     path = out / "tiny_int8_uint8.tflite"
     det = Detector(path, conf=0.05)
     assert det.backend.input["dtype"] == np.uint8  # raw 0-255 pixels in, normalised in the graph
@@ -197,7 +203,30 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
     assert score_diff <= INT8_SCORE_TOL, score_diff
 
 
+@litert
+@pytest.mark.slow  # a litert-torch conversion (shared by the module)
+def test_quantiser_progress_bars_only_with_progress(tiny, tmp_path, capfd):
+    """ai-edge-quantizer's bars (calibration, then transformations) show with ``progress`` only
+    (the CLI passes ``progress=not --quiet``)."""
+    config = tiny["model"].config
+    calib = calibration_set(tiny["data"], HW, config.mean, config.std, count=2)
+    for progress in (False, True):
+        capfd.readouterr()
+        export_tflite(
+            tiny["model"],
+            tmp_path / f"m_{progress}.tflite",
+            precision="int8",
+            calibration=calib,
+            float_flatbuffer=tiny["flat"],
+            progress=progress,
+        )
+        err = capfd.readouterr().err
+        assert ("Running Calibration" in err) == progress, err[-500:]
+        assert ("Applying Transformations" in err) == progress, err[-500:]
+
+
 # ----------------------------------------------------------------------------- bad input
+@litert
 def test_option_pairs_that_do_not_fit_are_one_line(tiny_ckpt, capfd):
     ckpt = str(tiny_ckpt["ckpt"])
     cases = [
@@ -222,6 +251,7 @@ def test_option_pairs_that_do_not_fit_are_one_line(tiny_ckpt, capfd):
         assert message in _error_line(capfd), argv
 
 
+@litert
 def test_calibration_without_a_readable_image_is_refused_before_converting(
     tiny_ckpt, tmp_path, capfd
 ):
@@ -235,6 +265,7 @@ def test_calibration_without_a_readable_image_is_refused_before_converting(
     assert not (tmp_path / "o").exists()  # refused before the run folder and the conversion
 
 
+@litert
 def test_missing_converter_names_the_extra(tiny_ckpt, tmp_path, monkeypatch, capfd):
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # import litert_torch -> ImportError
     argv = ["export", "--weights", str(tiny_ckpt["ckpt"]), "--format", "tflite"]
@@ -243,6 +274,42 @@ def test_missing_converter_names_the_extra(tiny_ckpt, tmp_path, monkeypatch, cap
     assert not (tmp_path / "o").exists()
 
 
+def test_a_failing_check_never_touches_the_output_path(tiny_ckpt, tmp_path, monkeypatch, capfd):
+    """Fault injection, converter stubbed (runs without litert): the parity check fails. It ran
+    on a temporary file beside the output, the output path was never written (an existing file
+    keeps its bytes, a new folder stays empty) and no temporary is left behind."""
+    from efficientdet.deploy import export_tflite as module
+
+    monkeypatch.setattr(module, "_litert_torch", lambda: None)
+    monkeypatch.setattr(module, "convert_float", lambda graph, hw, uint8_input: b"flatbuffer")
+    checked = []  # (file checked, its bytes, what the output path held meanwhile)
+
+    def failing_parity(model, path, hw):
+        final = path.parent / "tiny.tflite"
+        checked.append((path, path.read_bytes(), final.read_bytes() if final.exists() else None))
+        return 1.0  # far outside the float32 tolerance
+
+    monkeypatch.setattr(module, "raw_parity", failing_parity)
+    kept, fresh = tmp_path / "kept", tmp_path / "fresh"
+    kept.mkdir()
+    (kept / "tiny.tflite").write_bytes(b"the user's file")
+    argv = ["export", "--weights", str(tiny_ckpt["ckpt"]), "--format", "tflite", "--quiet"]
+    for out, before in ((kept, b"the user's file"), (fresh, None)):
+        assert main([*argv, "--out", str(out), "--exist-ok"]) == 2
+        line = _error_line(capfd)
+        path, data, final_then = checked.pop()
+        assert path.parent == out and path.name != "tiny.tflite" and path.suffix == ".tflite"
+        assert data.startswith(b"flatbuffer") and final_then == before
+        if before is None:
+            assert list(out.iterdir()) == []
+        else:
+            assert os.listdir(out) == ["tiny.tflite"]
+            assert (out / "tiny.tflite").read_bytes() == before
+        assert f"{out / 'tiny.tflite'}: the float32 TFLite outputs differ" in line
+        assert "no file written" in line and "fix:" in line
+
+
+@litert
 @pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_a_tflite_file_from_elsewhere_is_one_line(tiny, tmp_path, capfd):
     foreign = tmp_path / "foreign.tflite"
@@ -285,6 +352,7 @@ def _photo(path, hw):
     return path
 
 
+@litert
 @pytest.mark.slow
 def test_nms_file_in_mediapipe_object_detector_matches_pytorch(lite0_nms, tmp_path):
     import mediapipe as mp

@@ -83,6 +83,16 @@ class CalibrationSet:
         return np.concatenate(list(self.batches(raw_pixels=raw_pixels)), axis=0)
 
 
+def check_calibration_set(calibration: object) -> None:
+    """TypeError (one line) unless ``calibration`` is None or a :class:`CalibrationSet`, the one
+    calibration type every exporter takes (ONNX, OpenVINO, TFLite)."""
+    if calibration is not None and not isinstance(calibration, CalibrationSet):
+        raise TypeError(
+            f"calibration={type(calibration).__name__}: the exporters take a CalibrationSet; "
+            "fix: make one with efficientdet.calibration_set(images, image_size, mean, std)"
+        )
+
+
 def _image_paths(source: str) -> list[str]:
     from ..data.records import IMAGE_EXTENSIONS
 

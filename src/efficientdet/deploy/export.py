@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.fuse import fuse_for_inference
 from .backends.base import require
-from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet
+from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, check_calibration_set
 from .metadata import TORCHSCRIPT_EXTRA, build_metadata, onnx_props
 from .parity import ParityResult, check_export
 
@@ -218,9 +218,11 @@ def export_onnx(
 
     from .detector import _default_names
 
+    check_calibration_set(calibration)
     if opset < 11:
         raise ConfigError(
-            f"--opset {opset}: need 11 or newer (NonMaxSuppression, TopK with k input)"
+            f"--opset {opset}: need 11 or newer (NonMaxSuppression, TopK with k input); "
+            "fix: drop --opset (17) or give 11 or newer"
         )
     if calibration is not None and (nms or dynamic_batch):
         raise ConfigError(
@@ -428,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
     new run folder (``runs/export/N`` or ``--out``), all or nothing: the parity check against
     PyTorch (:mod:`.parity`) runs on the temporary file, which is kept only when it passes."""
     from ..progress import stage
-    from ..run_dirs import make_run_dir, refuse_inputs_inside
+    from ..run_dirs import refuse_inputs_inside
 
     NMSConfig(
         iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det
@@ -442,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
         if args.int8:
             require("nncf", "--format openvino --int8", "openvino")
     if args.out is not None:
-        refuse_inputs_inside(args.out, {"weights file": args.weights})
+        refuse_inputs_inside(args.out, _inputs(args))
     quiet = args.quiet
     with stage(f"loading {args.weights}", quiet):
         model, names, category_ids = _load_for_export(args.weights, args.model)
@@ -468,9 +470,7 @@ def run(args: argparse.Namespace) -> int:
         )
     suffix = ("_nms" if args.nms_in_graph else "") + ("_int8" if args.int8 else "")
     name = f"{stem}{suffix}{FILE_SUFFIX[args.format]}"
-    out_dir = make_run_dir(args.out, args.exist_ok, "export")
-    refuse_inputs_inside(out_dir, {"weights file": args.weights})
-    out = out_dir / name
+    out = output_path(args, name)
     checked: list[ParityResult] = []
 
     def verify(tmp: Path) -> None:
@@ -514,7 +514,15 @@ def run(args: argparse.Namespace) -> int:
         elif args.format == "openvino":
             from .export_openvino import export_openvino
 
-            export_openvino(model, out, names, category_ids, calibration=calibration, **common)
+            export_openvino(
+                model,
+                out,
+                names,
+                category_ids,
+                calibration=calibration,
+                progress=not quiet,
+                **common,
+            )
         else:
             export_torchscript(model, out, names, category_ids, **common)
     if calibration is not None and calibration.skipped:
@@ -591,6 +599,28 @@ def readable_only(calibration: CalibrationSet) -> CalibrationSet:
         calibration.std,
         list(calibration.skipped),
     )
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, object]:
+    """What ``export`` reads, which its output folder may not hold (:mod:`efficientdet.run_dirs`)."""
+    return {"weights file": args.weights, "calibration data": args.calib_data}
+
+
+def output_path(args: argparse.Namespace, name: str) -> Path:
+    """The file ``name`` in the run folder of this export; refused (one line, before the work)
+    when the folder holds an input or a folder sits where the file(s) will go."""
+    from ..run_dirs import make_run_dir, refuse_inputs_inside
+
+    out_dir = make_run_dir(args.out, args.exist_ok, "export")
+    refuse_inputs_inside(out_dir, _inputs(args))
+    out = out_dir / name
+    for path in _written_files(out):
+        if path.is_dir():
+            raise ConfigError(
+                f"{path}: a folder has the name of the exported file; fix: move it away or give "
+                "another --out"
+            )
+    return out
 
 
 def _written_files(out: Path) -> list[Path]:

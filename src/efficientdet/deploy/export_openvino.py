@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..fileio import fsync_dir, output_error, temporary_path
 from .backends.base import require
-from .calibration import CalibrationSet
+from .calibration import CalibrationSet, check_calibration_set
 from .metadata import META_KEY, build_metadata
 
 
@@ -80,10 +80,13 @@ def export_openvino(
     fuse: bool = True,
     calibration: CalibrationSet | None = None,
     verify: Callable[[Path], None] | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write ``model`` (an EfficientDet) as OpenVINO IR ``path`` (.xml) + its .bin; int8 when a
     ``calibration`` set is given. ``verify(tmp_xml)`` runs on the finished temporary pair before
-    it is renamed (the parity check: raising leaves no file). Returns the .xml path."""
+    it is renamed (the parity check: raising leaves no file); ``progress``: NNCF's progress bars
+    while it quantises. Returns the .xml path."""
+    check_calibration_set(calibration)
     ov = require("openvino", "--format openvino", "openvino")
     nncf = (
         require("nncf", "--format openvino --int8", "openvino") if calibration is not None else None
@@ -112,7 +115,7 @@ def export_openvino(
     if calibration is not None:
         assert nncf is not None
         items, count = _calibration_items(calibration, batch)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _rich_output(progress):
             warnings.simplefilter("ignore")
             ov_model = nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items) * batch)
         meta["precision"] = "int8"
@@ -123,6 +126,21 @@ def export_openvino(
         }
     _write_pair(ov, ov_model, path, meta, verify)
     return path
+
+
+@contextlib.contextmanager
+def _rich_output(show: bool) -> Iterator[None]:
+    """NNCF draws its progress bars on rich's global console and has no switch for them: that
+    console is ``quiet`` in this block unless ``show``."""
+    from rich import get_console
+
+    console = get_console()
+    before = console.quiet
+    console.quiet = before or not show
+    try:
+        yield
+    finally:
+        console.quiet = before
 
 
 def _write_pair(

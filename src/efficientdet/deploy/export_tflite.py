@@ -26,13 +26,15 @@ NMS files also carry the TFLite metadata of MediaPipe's ObjectDetector (labels, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +42,11 @@ import torch
 from torch import nn
 
 from ..config import NMSConfig
-from ..errors import ConfigError
-from ..fileio import write_bytes
+from ..errors import ConfigError, ExportError
+from ..fileio import write_via_temp
 from ..nn.bifpn import Resample
-from .export import RawExport, _prepare, model_config
+from .calibration import CalibrationSet, check_calibration_set
+from .export import RawExport, _prepare, model_config, readable_only
 from .metadata import build_metadata
 
 TFLITE_JSON = "efficientdet.json"  # the associated file holding our metadata
@@ -150,7 +153,7 @@ def _quantizer():
     return quantizer, recipe
 
 
-def calibration_samples(calibration, uint8_input: bool) -> list[np.ndarray]:
+def calibration_samples(calibration: CalibrationSet, uint8_input: bool) -> list[np.ndarray]:
     """The calibration images as (1, H, W, 3) arrays (float32 normalised, or uint8 pixels), read
     before any conversion so that a set with no readable image is refused in one line first."""
     return [
@@ -200,9 +203,13 @@ def quantize(
             qt.quantize(enable_progress_bar=progress, enable_progress_report=False).quantized_model
         )
     qt = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
-    with warnings.catch_warnings():
+    # calibrate() has no switch for its bar (a tqdm on sys.stderr, a line that disappears when
+    # done): without ``progress`` it draws on a stream nobody reads
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()),
+    ):
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": calibration does
-        # calibrate() always shows its bar (a terminal line that disappears when done)
         calib = qt.calibrate({"serving_default": [{"args_0": x} for x in samples or []]})
         result = qt.quantize(calib, enable_progress_bar=progress, enable_progress_report=False)
     return bytes(result.quantized_model)
@@ -215,26 +222,28 @@ def export_tflite(
     category_ids: Sequence[int] | None = None,
     *,
     precision: str = "fp32",
-    calibration=None,
+    calibration: CalibrationSet | None = None,
     uint8_input: bool = False,
     nms: NMSConfig | None = None,
     image_size=None,
     fuse: bool = True,
     float_flatbuffer: bytes | None = None,
     progress: bool = False,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` as TFLite (see the module docstring). ``precision``: ``fp32``,
     ``fp16`` (float16 weights, float32 compute) or ``int8`` (needs ``calibration``, a
-    :class:`~efficientdet.deploy.calibration.CalibrationSet` for the same input size, or the
-    list :func:`calibration_samples` made of one); ``nms``:
+    :class:`~efficientdet.deploy.calibration.CalibrationSet` for the same input size); ``nms``:
     the settings of TFLite_Detection_PostProcess at the end of the graph (None: raw outputs).
     ``float_flatbuffer``: :func:`convert_float` of the same ``TFLiteGraph`` from an earlier call
     (skips the conversion when exporting several precisions of one model); ``progress``: the
-    quantiser's progress bars. Returns the path."""
+    quantiser's progress bars; ``verify(tmp)`` runs on the finished temporary file before it is
+    renamed (the parity check: raising leaves no file). Returns the path."""
     import json
 
     from .detector import _default_names
 
+    check_calibration_set(calibration)
     if precision not in PRECISIONS:
         raise ConfigError(
             f"TFLite precision {precision!r}; fix: use one of {', '.join(PRECISIONS)}"
@@ -257,11 +266,8 @@ def export_tflite(
         meta["output_layout"] = TFLITE_NMS_LAYOUT
     samples = None
     if precision == "int8":
-        samples = (
-            calibration
-            if isinstance(calibration, list)
-            else calibration_samples(calibration, uint8_input)
-        )
+        assert calibration is not None  # refused above
+        samples = calibration_samples(calibration, uint8_input)
     data = float_flatbuffer or convert_float(
         TFLiteGraph(model, uint8_input, nms is not None), hw, uint8_input
     )
@@ -274,7 +280,13 @@ def export_tflite(
     else:
         blob = with_metadata(data, json.dumps(meta))
     path = Path(path)
-    write_bytes(path, blob)  # all or nothing
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(blob)
+        if verify is not None:
+            verify(tmp)
+
+    write_via_temp(path, write)  # all or nothing, checked before the rename
     return path
 
 
@@ -317,24 +329,23 @@ def run_tflite(
     args, model: nn.Module, names, category_ids, image_size: Sequence[int] | None, stem: str
 ) -> int:
     """``export --format tflite``: writes ``OUT/<stem>[_fp16|_int8][_uint8].tflite`` into a new run
-    folder, then checks its raw outputs against PyTorch (float32: at most 1e-3)."""
+    folder, all or nothing: the raw outputs of the temporary file are checked against PyTorch
+    (float32: at most 1e-3) before it is renamed."""
     from ..progress import stage
-    from ..run_dirs import make_run_dir, refuse_inputs_inside
+    from .export import output_path
 
     quiet = args.quiet
     config = model_config(model)
     size = image_size if image_size is not None else config.image_size
     hw = (int(size[0]), int(size[1]))
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    calibration, samples = None, None
+    calibration = None
     if args.int8:
         from .calibration import calibration_set
 
-        calibration = calibration_set(
-            args.calib_data, hw, config.mean, config.std, args.calib_images
-        )
-        with stage(f"reading {len(calibration.paths)} calibration images", quiet):
-            samples = calibration_samples(calibration, args.uint8_input)  # refused here if none
+        chosen = calibration_set(args.calib_data, hw, config.mean, config.std, args.calib_images)
+        with stage(f"reading {len(chosen.paths)} calibration images", quiet):
+            calibration = readable_only(chosen)  # refused here, before converting, if none
     nms = None
     if args.nms_in_graph:
         nms = NMSConfig(
@@ -345,25 +356,38 @@ def run_tflite(
         + ("_uint8" if args.uint8_input else "")
         + ("_nms" if nms else "")
     )
-    out_dir = make_run_dir(args.out, args.exist_ok, "export")
-    refuse_inputs_inside(out_dir, {"weights file": args.weights})
-    out = out_dir / f"{stem}{suffix}.tflite"
-    with stage(f"exporting {config.name} to tflite {precision} ({hw[0]}x{hw[1]})", quiet):
+    out = output_path(args, f"{stem}{suffix}.tflite")
+    checked: list[float] = []
+
+    def verify(tmp: Path) -> None:
+        if args.no_check or nms is not None:
+            return
+        diff = raw_parity(model, tmp, hw)
+        if precision == "fp32" and not diff <= FP32_TOLERANCE:
+            raise ExportError(
+                f"{out}: the float32 TFLite outputs differ from PyTorch by {diff:.2e} "
+                f"(> {FP32_TOLERANCE:g}), no file written; fix: report this model, or pass "
+                "--no-check to keep it"
+            )
+        checked.append(diff)
+
+    check = ", checking against PyTorch" if not args.no_check and nms is None else ""
+    with stage(f"exporting {config.name} to tflite {precision} ({hw[0]}x{hw[1]}{check})", quiet):
         export_tflite(
             model,
             out,
             names,
             category_ids,
             precision=precision,
-            calibration=samples,
+            calibration=calibration,
             uint8_input=args.uint8_input,
             nms=nms,
             image_size=hw,
             progress=not quiet,
+            verify=verify,
         )
     if calibration is not None:
-        used = len(calibration.paths) - len(calibration.skipped)
-        print(f"calibrated on {used} images from {calibration.source}", end="")
+        print(f"calibrated on {len(calibration.paths)} images from {calibration.source}", end="")
         if calibration.skipped:
             print(
                 f"; {len(calibration.skipped)} unreadable, skipped (first: {calibration.skipped[0][1]})"
@@ -375,16 +399,8 @@ def run_tflite(
         f"exported {config.name} (tflite {precision}{', uint8 input' if args.uint8_input else ''}, "
         f"{'NMS inside' if nms else 'raw outputs'}, input {hw[0]}x{hw[1]}) -> {out} ({size_mb:.1f} MiB)"
     )
-    if not args.no_check and nms is None:
-        with stage("checking the exported outputs against PyTorch", quiet):
-            diff = raw_parity(model, out, hw)
-        print(f"check: max |difference| vs PyTorch {diff:.2e} on a random image")
-        if precision == "fp32" and not diff <= FP32_TOLERANCE:
-            out.unlink()
-            raise ConfigError(
-                f"{out}: the float32 TFLite outputs differ from PyTorch by {diff:.2e} "
-                f"(> {FP32_TOLERANCE:g}), file removed; fix: report this model, or pass --no-check to keep it"
-            )
+    if checked:
+        print(f"check: max |difference| vs PyTorch {checked[0]:.2e} on a random image")
     return 0
 
 
