@@ -111,7 +111,12 @@ def main() -> None:
     )
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="keep the exported files here and reuse those already there (default: a new "
+        "temporary folder); a first run with --rounds 1 --repeats 1 exports them untimed",
+    )
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -123,7 +128,8 @@ def main() -> None:
     print(common.machine_info())
     import tempfile
 
-    workdir = tempfile.mkdtemp(prefix="bench-predict-")  # exports shared by the rounds
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-predict-")  # shared by the rounds
+    os.makedirs(workdir, exist_ok=True)
     rows: dict[tuple, list[dict]] = {}
     for rnd in range(args.rounds):
         for key in args.models:

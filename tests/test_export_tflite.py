@@ -407,6 +407,7 @@ def test_nms_file_in_mediapipe_object_detector_matches_pytorch(lite0_nms, tmp_pa
     assert_same_detections(want_xywh, got, score_tol=0.01, box_tol=1.0, conf=0.3, max_det=25)
 
 
+@litert
 @pytest.mark.slow  # two litert-torch conversions of a 64x64 model
 def test_bench_times_the_tflite_engines_in_litert(tmp_path, capsys):
     """``efficientdet bench --engine tflite tflite-int8`` exports each file and times it in the
