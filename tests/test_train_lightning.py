@@ -1,4 +1,5 @@
-"""Lightning adapter: a short fit trains, validates with COCO mAP and exports our checkpoint."""
+"""Lightning adapter: a short fit trains, validates with COCO mAP and exports our checkpoint;
+under DDP it takes the step of one process with the total batch."""
 
 from __future__ import annotations
 
@@ -61,3 +62,47 @@ def test_lightning_short_fit(tmp_path):
     assert ckpt["class_names"] == list(CLASS_NAMES) and model.config.image_size == (64, 64)
     for k, v in model.state_dict().items():
         assert torch.equal(v, module.ema.module.state_dict()[k].cpu())
+
+
+@pytest.mark.slow  # two torchrun processes and a reference fit: ~30-60 s on 2 shared cores
+def test_lightning_two_processes_equal_one_process_with_the_total_batch(tmp_path):
+    """Lightning DDP (2 gloo ranks of batch 2) against one process of batch 4, as
+    tests/test_distributed.py checks our trainer: the losses are normalised by the positive
+    anchors of all ranks (``distributed.normalize_over_ranks``), so the averaged DDP gradient
+    is the one-batch gradient. 4 images = one step per epoch (the step's batch is the whole
+    split in both runs), no augmentation and BatchNorm in eval mode (``freeze_bn``)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from .lightning_ddp_worker import fit
+    from .processes import run_process_group
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=2, seed=5, size=64, progress=False
+    )
+    ddp_out, one_out = tmp_path / "ddp.pt", tmp_path / "one.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    worker = Path(__file__).parent / "lightning_ddp_worker.py"
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *(str(worker), str(data), str(ddp_out), "2", "2"),
+    ]
+    run_process_group(cmd, env, timeout=400, what="torchrun (Lightning DDP)")
+    fit(str(data), one_out, batch=4, devices=1)
+
+    ddp = torch.load(ddp_out, weights_only=True)
+    one = torch.load(one_out, weights_only=True)
+    assert (ddp["world_size"], one["world_size"]) == (2, 1)
+    assert ddp["global_step"] == one["global_step"] == 2
+    assert any(  # training moved the weights (an lr of zero would make any runs equal)
+        not torch.equal(v, ddp["initial"][k])
+        for k, v in ddp["model"].items()
+        if v.is_floating_point()
+    )
+    for key, value in ddp["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, one["model"][key], rtol=1e-4, atol=1e-6, msg=key)
+        else:
+            assert torch.equal(value, one["model"][key]), key
+    assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-4)  # logged: the whole batch's loss

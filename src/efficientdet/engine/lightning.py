@@ -12,7 +12,9 @@
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
-runs the loop, devices, precision and logging. Logged: ``train/loss``, ``train/class_loss``,
+runs the loop, devices, precision and logging. Under DDP the losses are normalised by the
+positive anchors of all ranks, as the trainer's (:func:`.distributed.normalize_over_ranks`), so
+N processes of batch B take the step of one process of batch N x B. Logged: ``train/loss``, ``train/class_loss``,
 ``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights when EMA is on).
 """
 
@@ -32,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..config import NMSConfig
+from ..detection.loss import LOSS_KEYS
 from ..nn.model import EfficientDet
 from . import distributed as dist_utils
 from .builders import (
@@ -161,8 +164,10 @@ class EfficientDetModule(L.LightningModule):
         losses = self.loss_fn(
             class_out, box_out, self._targets(targets), self.model.config.image_size
         )
+        # under DDP: normalised by all ranks' positives, as the trainer does (one big batch)
+        losses = dist_utils.normalize_over_ranks(losses)
         n = images.shape[0]
-        for key in ("loss", "class_loss", "box_loss"):
+        for key in LOSS_KEYS:
             self.log(
                 f"train/{key}",
                 losses[key].detach(),
