@@ -3,6 +3,8 @@ under DDP it takes the step of one process with the total batch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,7 +75,6 @@ def test_lightning_two_processes_equal_one_process_with_the_total_batch(tmp_path
     split in both runs), no augmentation and BatchNorm in eval mode (``freeze_bn``)."""
     import os
     import sys
-    from pathlib import Path
 
     from .lightning_ddp_worker import fit
     from .processes import run_process_group
@@ -106,3 +107,79 @@ def test_lightning_two_processes_equal_one_process_with_the_total_batch(tmp_path
         else:
             assert torch.equal(value, one["model"][key]), key
     assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-4)  # logged: the whole batch's loss
+
+
+def test_lightning_on_a_split_without_annotations_logs_no_map(tmp_path):
+    """A validation split without annotations (a COCO image_info JSON, as test-dev ships) has
+    no mAP: as our trainer, the adapter says so once, skips validation and logs no ``val/mAP``
+    (pycocotools' -1 would be ranked as a score); a callback that would rank epochs by a
+    ``val/`` metric is refused before training with one line naming the file and the fix."""
+    import json
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from efficientdet.data import DetectionDataset, create_loader
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+    from efficientdet.errors import ConfigError
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=2, seed=5, size=64, progress=False
+    )
+    val = json.loads((data.parent / "val.json").read_text())
+    info = data.parent / "image_info_val.json"
+    info.write_text(json.dumps({k: v for k, v in val.items() if k != "annotations"}))
+    cfg = TrainConfig(
+        data=str(data),
+        val_data=str(info),
+        model="lite0",
+        image_size=64,
+        batch_size=4,
+        lr=0.01,
+        workers=0,
+        epochs=1,
+    )
+    dm = EfficientDetDataModule(cfg)
+    assert not dm.val_data.annotated and len(dm.val_data.records) == 2
+
+    def trainer(**kwargs):
+        return L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path / "runs",
+            **kwargs,
+        )
+
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val/mAP", mode="max")
+    with pytest.raises(ConfigError) as err:
+        trainer(callbacks=[best]).fit(module, datamodule=dm)
+    assert str(err.value).startswith(f"{info}: no boxes") and "fix: " in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "best").exists()
+
+    def fit(module, val_batches: int, **loaders):
+        t = trainer()  # default checkpointing: the last weights, ranked by nothing
+        with pytest.warns(UserWarning) as caught:
+            t.fit(module, **loaders)
+        said = [str(w.message) for w in caught if "no boxes" in str(w.message)]
+        assert len(said) == 1 and said[0].startswith(f"{info}: "), said
+        assert "val/mAP is not logged" in said[0]
+        assert t.global_step == 1 and sum(t.num_val_batches) == val_batches
+        assert not any(k.startswith("val/") for k in t.callback_metrics)
+        assert t.checkpoint_callback.best_model_score is None  # nothing ranked
+        assert Path(t.checkpoint_callback.best_model_path).is_file()  # the last weights
+
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    fit(module, 0, datamodule=dm)  # the datamodule has no val loader for it: no pass
+    # a loader of the user's own over the same split: the module's val_data says it is unscored
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids, val_data=dm.val_data)
+    m = module.model.config
+    loader = create_loader(
+        DetectionDataset(dm.val_data, m.image_size, m.mean, m.std, train=False), 2, shuffle=False
+    )
+    fit(module, 1, train_dataloaders=dm.train_dataloader(), val_dataloaders=loader)
+    assert module._detections == []  # not even detected: nothing would score them

@@ -53,6 +53,7 @@ from .builders import (
     build_model,
     build_optimization,
     build_train_dataset,
+    has_boxes,
     load_train_val,
     print_data_summary,
     set_train_mode,
@@ -308,7 +309,7 @@ class Trainer:
         from .guard import DivergenceGuard
 
         self.guard = DivergenceGuard(cfg.max_bad_steps)
-        self.val_has_boxes = any(bool((~r.ignore).any()) for r in self.val_data.records)
+        self.val_has_boxes = has_boxes(self.val_data)
         if self.resume_ckpt is not None:
             self._load_state(self.resume_ckpt["train_state"])
         self._open_run_folder()
