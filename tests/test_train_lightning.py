@@ -183,3 +183,53 @@ def test_lightning_on_a_split_without_annotations_logs_no_map(tmp_path):
     )
     fit(module, 1, train_dataloaders=dm.train_dataloader(), val_dataloaders=loader)
     assert module._detections == []  # not even detected: nothing would score them
+
+
+@pytest.mark.parametrize("clip", [1e-4, 0.0])
+def test_lightning_clips_at_the_config_norm_by_default(tmp_path, clip):
+    """Without ``gradient_clip_val`` on the Trainer, the step is clipped at ``cfg.clip_grad``
+    as in our trainer (0: off): one plain SGD step (no momentum, no weight decay, lr constant)
+    moves the parameters by lr x the clipped gradient, so by at most lr x clip in norm."""
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=1, seed=5, size=64, progress=False
+    )
+    lr = 0.01
+    cfg = TrainConfig(
+        data=str(data),
+        model="lite0",
+        image_size=64,
+        batch_size=4,
+        lr=lr,
+        warmup_lr=lr,
+        min_lr_ratio=1.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        workers=0,
+        epochs=1,
+        ema=False,
+        clip_grad=clip,
+    )
+    dm = EfficientDetDataModule(cfg)
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 1 and cfg.optimizer == "sgd"
+    moved = torch.linalg.vector_norm(
+        torch.cat([(p.detach() - before[n]).flatten() for n, p in module.model.named_parameters()])
+    )
+    if clip:
+        assert 0 < moved <= lr * clip * 1.001
+    else:  # unclipped: the whole gradient (a fresh detector's is far above 1e-4)
+        assert moved > 100 * lr * 1e-4

@@ -7,7 +7,7 @@
     cfg = TrainConfig(data="data.yaml", model="lite0", backbone_weights="imagenet", image_size=320)
     dm = EfficientDetDataModule(cfg)
     module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
-    L.Trainer(max_epochs=cfg.epochs, gradient_clip_val=cfg.clip_grad).fit(module, dm)
+    L.Trainer(max_epochs=cfg.epochs).fit(module, dm)  # clips at cfg.clip_grad
     module.export_checkpoint("model.pt")   # our format: efficientdet.factory.load_model(...)
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
@@ -193,6 +193,15 @@ class EfficientDetModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None and outputs is not None:
             self.ema.update(self.model)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip the gradient norm at ``cfg.clip_grad`` (0: off), as the trainer does, unless the
+        Trainer's ``gradient_clip_val`` / ``gradient_clip_algorithm`` say otherwise."""
+        if gradient_clip_val is None:
+            gradient_clip_val = self.cfg.clip_grad or None
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         cfg = self.cfg
