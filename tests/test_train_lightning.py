@@ -1,6 +1,9 @@
-"""Lightning adapter: a short fit trains, validates with COCO mAP and exports our checkpoint."""
+"""Lightning adapter: a short fit trains, validates with COCO mAP and exports our checkpoint;
+under DDP it takes the step of one process with the total batch."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,3 +64,172 @@ def test_lightning_short_fit(tmp_path):
     assert ckpt["class_names"] == list(CLASS_NAMES) and model.config.image_size == (64, 64)
     for k, v in model.state_dict().items():
         assert torch.equal(v, module.ema.module.state_dict()[k].cpu())
+
+
+@pytest.mark.slow  # two torchrun processes and a reference fit: ~30-60 s on 2 shared cores
+def test_lightning_two_processes_equal_one_process_with_the_total_batch(tmp_path):
+    """Lightning DDP (2 gloo ranks of batch 2) against one process of batch 4, as
+    tests/test_distributed.py checks our trainer: the losses are normalised by the positive
+    anchors of all ranks (``distributed.normalize_over_ranks``), so the averaged DDP gradient
+    is the one-batch gradient. 4 images = one step per epoch (the step's batch is the whole
+    split in both runs), no augmentation and BatchNorm in eval mode (``freeze_bn``)."""
+    import os
+    import sys
+
+    from .lightning_ddp_worker import fit
+    from .processes import run_process_group
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=2, seed=5, size=64, progress=False
+    )
+    ddp_out, one_out = tmp_path / "ddp.pt", tmp_path / "one.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    worker = Path(__file__).parent / "lightning_ddp_worker.py"
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *(str(worker), str(data), str(ddp_out), "2", "2"),
+    ]
+    run_process_group(cmd, env, timeout=400, what="torchrun (Lightning DDP)")
+    fit(str(data), one_out, batch=4, devices=1)
+
+    ddp = torch.load(ddp_out, weights_only=True)
+    one = torch.load(one_out, weights_only=True)
+    assert (ddp["world_size"], one["world_size"]) == (2, 1)
+    assert ddp["global_step"] == one["global_step"] == 2
+    assert any(  # training moved the weights (an lr of zero would make any runs equal)
+        not torch.equal(v, ddp["initial"][k])
+        for k, v in ddp["model"].items()
+        if v.is_floating_point()
+    )
+    for key, value in ddp["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, one["model"][key], rtol=1e-4, atol=1e-6, msg=key)
+        else:
+            assert torch.equal(value, one["model"][key]), key
+    assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-4)  # logged: the whole batch's loss
+
+
+def test_lightning_on_a_split_without_annotations_logs_no_map(tmp_path):
+    """A validation split without annotations (a COCO image_info JSON, as test-dev ships) has
+    no mAP: as our trainer, the adapter says so once, skips validation and logs no ``val/mAP``
+    (pycocotools' -1 would be ranked as a score); a callback that would rank epochs by a
+    ``val/`` metric is refused before training with one line naming the file and the fix."""
+    import json
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from efficientdet.data import DetectionDataset, create_loader
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+    from efficientdet.errors import ConfigError
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=2, seed=5, size=64, progress=False
+    )
+    val = json.loads((data.parent / "val.json").read_text())
+    info = data.parent / "image_info_val.json"
+    info.write_text(json.dumps({k: v for k, v in val.items() if k != "annotations"}))
+    cfg = TrainConfig(
+        data=str(data),
+        val_data=str(info),
+        model="lite0",
+        image_size=64,
+        batch_size=4,
+        lr=0.01,
+        workers=0,
+        epochs=1,
+    )
+    dm = EfficientDetDataModule(cfg)
+    assert not dm.val_data.annotated and len(dm.val_data.records) == 2
+
+    def trainer(**kwargs):
+        return L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path / "runs",
+            **kwargs,
+        )
+
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val/mAP", mode="max")
+    with pytest.raises(ConfigError) as err:
+        trainer(callbacks=[best]).fit(module, datamodule=dm)
+    assert str(err.value).startswith(f"{info}: no boxes") and "fix: " in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "best").exists()
+
+    def fit(module, val_batches: int, **loaders):
+        t = trainer()  # default checkpointing: the last weights, ranked by nothing
+        with pytest.warns(UserWarning) as caught:
+            t.fit(module, **loaders)
+        said = [str(w.message) for w in caught if "no boxes" in str(w.message)]
+        assert len(said) == 1 and said[0].startswith(f"{info}: "), said
+        assert "val/mAP is not logged" in said[0]
+        assert t.global_step == 1 and sum(t.num_val_batches) == val_batches
+        assert not any(k.startswith("val/") for k in t.callback_metrics)
+        assert t.checkpoint_callback.best_model_score is None  # nothing ranked
+        assert Path(t.checkpoint_callback.best_model_path).is_file()  # the last weights
+
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    fit(module, 0, datamodule=dm)  # the datamodule has no val loader for it: no pass
+    # a loader of the user's own over the same split: the module's val_data says it is unscored
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids, val_data=dm.val_data)
+    m = module.model.config
+    loader = create_loader(
+        DetectionDataset(dm.val_data, m.image_size, m.mean, m.std, train=False), 2, shuffle=False
+    )
+    fit(module, 1, train_dataloaders=dm.train_dataloader(), val_dataloaders=loader)
+    assert module._detections == []  # not even detected: nothing would score them
+
+
+@pytest.mark.parametrize("clip", [1e-4, 0.0])
+def test_lightning_clips_at_the_config_norm_by_default(tmp_path, clip):
+    """Without ``gradient_clip_val`` on the Trainer, the step is clipped at ``cfg.clip_grad``
+    as in our trainer (0: off): one plain SGD step (no momentum, no weight decay, lr constant)
+    moves the parameters by lr x the clipped gradient, so by at most lr x clip in norm."""
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=1, seed=5, size=64, progress=False
+    )
+    lr = 0.01
+    cfg = TrainConfig(
+        data=str(data),
+        model="lite0",
+        image_size=64,
+        batch_size=4,
+        lr=lr,
+        warmup_lr=lr,
+        min_lr_ratio=1.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        workers=0,
+        epochs=1,
+        ema=False,
+        clip_grad=clip,
+    )
+    dm = EfficientDetDataModule(cfg)
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 1 and cfg.optimizer == "sgd"
+    moved = torch.linalg.vector_norm(
+        torch.cat([(p.detach() - before[n]).flatten() for n, p in module.model.named_parameters()])
+    )
+    if clip:
+        assert 0 < moved <= lr * clip * 1.001
+    else:  # unclipped: the whole gradient (a fresh detector's is far above 1e-4)
+        assert moved > 100 * lr * 1e-4

@@ -133,6 +133,9 @@ def huber_loss(input: Tensor, target: Tensor, delta: float = 0.1) -> Tensor:
     return 0.5 * quadratic.pow(2) + delta * (abs_err - quadratic)
 
 
+LOSS_KEYS = ("loss", "class_loss", "box_loss")  # DetectionLoss's normalised losses (0-dim tensors)
+
+
 class DetectionLoss(nn.Module):
     """Focal + box loss from raw head outputs and per-image ground truth (no parameters).
 

@@ -244,6 +244,13 @@ def load_train_val(cfg: TrainConfig, log: Callable[[str], None] = print):
     return train, val
 
 
+def has_boxes(data) -> bool:
+    """True when an image of ``data`` (a DetectionData) has a box that is not ignored, i.e. an
+    mAP can be computed on it: False for a split without annotations (an image_info JSON, a
+    folder of images) or whose images are all empty."""
+    return any(bool((~r.ignore).any()) for r in data.records)
+
+
 def print_data_summary(
     train_data, val_data, model_cfg: ModelConfig, log: Callable[[str], None] = print
 ) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..detection.loss import LOSS_KEYS
 from ..errors import ConfigError
 
 
@@ -103,18 +104,30 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def global_normalizer_factor(num_positives: float) -> float:
+def global_normalizer_factor(num_positives: float, device: torch.device | str = "cpu") -> float:
     """The factor that turns this rank's loss, divided by its own ``num_positives + 1`` (see
     :mod:`efficientdet.detection.loss`), into one divided by ``(P + 1) / world``, ``P`` the
     positives of all ranks (an all-reduce; 1.0 in a world of one).
 
     DDP averages the gradients over ranks, so with this factor every step follows the gradient
     of the whole batch's loss over ``P + 1``: the step one process takes with the total batch.
-    Without it, a rank with few positive anchors would weigh its images more."""
+    Without it, a rank with few positive anchors would weigh its images more. ``device``: where
+    the all-reduced count lives (CUDA under an NCCL-only group, as Lightning starts on GPUs)."""
     if not is_active():
         return 1.0
-    total = all_reduce_sum(torch.tensor([float(num_positives)], dtype=torch.float64))
+    total = all_reduce_sum(torch.tensor([float(num_positives)], dtype=torch.float64, device=device))
     return (float(num_positives) + 1.0) * dist.get_world_size() / (float(total[0]) + 1.0)
+
+
+def normalize_over_ranks(losses: dict) -> dict:
+    """``losses`` (a DetectionLoss output) with its :data:`LOSS_KEYS` scaled by
+    :func:`global_normalizer_factor` of its ``num_positives``: one all-reduce per step, which
+    every rank must make (the trainer and the Lightning adapter call this on every step).
+    ``losses`` itself in a world of one."""
+    if not is_active():
+        return losses
+    factor = global_normalizer_factor(losses["num_positives"], losses["loss"].device)
+    return {k: v * factor if k in LOSS_KEYS else v for k, v in losses.items()}
 
 
 def all_gather_object(obj) -> list:

@@ -7,12 +7,14 @@
     cfg = TrainConfig(data="data.yaml", model="lite0", backbone_weights="imagenet", image_size=320)
     dm = EfficientDetDataModule(cfg)
     module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
-    L.Trainer(max_epochs=cfg.epochs, gradient_clip_val=cfg.clip_grad).fit(module, dm)
+    L.Trainer(max_epochs=cfg.epochs).fit(module, dm)  # clips at cfg.clip_grad
     module.export_checkpoint("model.pt")   # our format: efficientdet.factory.load_model(...)
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
-runs the loop, devices, precision and logging. Logged: ``train/loss``, ``train/class_loss``,
+runs the loop, devices, precision and logging. Under DDP the losses are normalised by the
+positive anchors of all ranks, as the trainer's (:func:`.distributed.normalize_over_ranks`), so
+N processes of batch B take the step of one process of batch N x B. Logged: ``train/loss``, ``train/class_loss``,
 ``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights when EMA is on).
 """
 
@@ -31,7 +33,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'"
     ) from exc
 
+from lightning.pytorch.utilities import rank_zero_warn
+
 from ..config import NMSConfig
+from ..detection.loss import LOSS_KEYS
+from ..errors import ConfigError
 from ..nn.model import EfficientDet
 from . import distributed as dist_utils
 from .builders import (
@@ -39,6 +45,7 @@ from .builders import (
     build_model,
     build_optimization,
     build_train_dataset,
+    has_boxes,
     load_train_val,
     resolve_model_config,
     set_train_mode,
@@ -86,8 +93,12 @@ class EfficientDetDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self):
+        """The val loader; none (validation skipped, as the trainer does) when the split has no
+        boxes to score (EfficientDetModule says so)."""
         from ..data import DetectionDataset, create_loader
 
+        if not has_boxes(self.val_data):
+            return []
         m = self.model_cfg
         return create_loader(
             DetectionDataset(self.val_data, m.image_size, m.mean, m.std, train=False),
@@ -101,7 +112,9 @@ class EfficientDetModule(L.LightningModule):
     """An EfficientDet with its loss, optimizer, schedule and EMA, for ``lightning.Trainer``.
 
     ``forward(images)`` returns the raw per-level outputs; ``val_data`` (a DetectionData) is
-    the ground truth for ``val/mAP`` (default: the datamodule's ``val_data``)."""
+    the ground truth for ``val/mAP`` (default: the datamodule's ``val_data``). A split with no
+    boxes (no annotations: an image_info JSON, a folder) has no mAP: as in the trainer, one
+    warning says so and nothing is computed or logged (no -1 for a ModelCheckpoint to rank)."""
 
     def __init__(
         self,
@@ -128,6 +141,7 @@ class EfficientDetModule(L.LightningModule):
         self.val_data = val_data
         self.ema: ModelEMA | None = None
         self._detections: list[dict] = []
+        self._scored = True  # the val split has boxes to score (decided in setup)
 
     # -------------------------------------------------------------- training
 
@@ -161,8 +175,10 @@ class EfficientDetModule(L.LightningModule):
         losses = self.loss_fn(
             class_out, box_out, self._targets(targets), self.model.config.image_size
         )
+        # under DDP: normalised by all ranks' positives, as the trainer does (one big batch)
+        losses = dist_utils.normalize_over_ranks(losses)
         n = images.shape[0]
-        for key in ("loss", "class_loss", "box_loss"):
+        for key in LOSS_KEYS:
             self.log(
                 f"train/{key}",
                 losses[key].detach(),
@@ -177,6 +193,15 @@ class EfficientDetModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None and outputs is not None:
             self.ema.update(self.model)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip the gradient norm at ``cfg.clip_grad`` (0: off), as the trainer does, unless the
+        Trainer's ``gradient_clip_val`` / ``gradient_clip_algorithm`` say otherwise."""
+        if gradient_clip_val is None:
+            gradient_clip_val = self.cfg.clip_grad or None
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         cfg = self.cfg
@@ -204,12 +229,42 @@ class EfficientDetModule(L.LightningModule):
         """The model validated: the EMA copy when EMA is on, else the trained one."""
         return cast("EfficientDet", self.ema.module if self.ema is not None else self.model)
 
+    def _val_data(self):
+        """The ground truth of the val split: ``val_data`` or the datamodule's (None: neither)."""
+        if self.val_data is not None:
+            return self.val_data
+        return getattr(getattr(self._trainer, "datamodule", None), "val_data", None)
+
+    def setup(self, stage: str) -> None:
+        data = self._val_data()
+        self._scored = data is None or has_boxes(data)
+        if self._scored or stage not in ("fit", "validate"):
+            return
+        name = data.source or "the validation split"
+        why = "no boxes" + ("" if data.annotated else " (no annotations)")
+        callbacks = self.trainer.callbacks if stage == "fit" else []  # type: ignore[attr-defined]
+        for callback in callbacks:  # one ranking epochs by a val metric has nothing to rank
+            monitor = getattr(callback, "monitor", None)
+            if isinstance(monitor, str) and monitor.startswith("val/"):
+                raise ConfigError(
+                    f"{name}: {why}, so no {monitor} for "
+                    f"{type(callback).__name__}(monitor={monitor!r}) to rank epochs by; fix: give "
+                    "an annotated validation split, or monitor nothing (keep the last weights)"
+                )
+        rank_zero_warn(
+            f"{name}: the validation split has {why}, so there is no mAP to "
+            "choose the best epoch by: validation is skipped and val/mAP is not logged; keep the "
+            "last weights"
+        )
+
     def on_validation_epoch_start(self) -> None:
         self._detections = []
 
     def validation_step(self, batch, batch_idx) -> None:
         from .evaluator import batch_detections_to_coco
 
+        if not self._scored:
+            return
         images, targets = batch
         model = self.eval_model()
         model.eval()
@@ -227,12 +282,8 @@ class EfficientDetModule(L.LightningModule):
         from ..data.coco import records_to_coco
         from .evaluator import coco_metrics
 
-        data = (
-            self.val_data
-            if self.val_data is not None
-            else getattr(getattr(self.trainer, "datamodule", None), "val_data", None)
-        )
-        if data is None:
+        data = self._val_data()
+        if data is None or not self._scored:
             return
         detections = [d for part in dist_utils.all_gather_object(self._detections) for d in part]
         if self.trainer.sanity_checking:

@@ -53,6 +53,7 @@ from .builders import (
     build_model,
     build_optimization,
     build_train_dataset,
+    has_boxes,
     load_train_val,
     print_data_summary,
     set_train_mode,
@@ -62,7 +63,6 @@ from .callbacks import Events, StepInfo, builtin_callbacks
 from .config import RESUME_OVERRIDABLE, TrainConfig, TrainResult
 from .runlock import RunLock
 
-LOSS_KEYS = ("loss", "class_loss", "box_loss")  # the normalised losses of DetectionLoss
 # predictions drawn in the debug views: score >= predict's default --conf (all of an untrained
 # model's low-score boxes would cover the images)
 DEBUG_VIEW_CONF = 0.25
@@ -309,7 +309,7 @@ class Trainer:
         from .guard import DivergenceGuard
 
         self.guard = DivergenceGuard(cfg.max_bad_steps)
-        self.val_has_boxes = any(bool((~r.ignore).any()) for r in self.val_data.records)
+        self.val_has_boxes = has_boxes(self.val_data)
         if self.resume_ckpt is not None:
             self._load_state(self.resume_ckpt["train_state"])
         self._open_run_folder()
@@ -461,10 +461,8 @@ class Trainer:
         ):
             class_out, box_out = self.train_model(images)
         losses = self.loss_fn(class_out, box_out, targets, self.model_cfg.image_size)
-        if self.dist.enabled:  # normalised by all ranks' positives: the step of one big batch
-            factor = dist_utils.global_normalizer_factor(losses["num_positives"])
-            losses = {k: v * factor if k in LOSS_KEYS else v for k, v in losses.items()}
-        return losses
+        # normalised by all ranks' positives: the step of one big batch
+        return dist_utils.normalize_over_ranks(losses)
 
     def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict | str:
         """One iteration; returns the (all-reduced) losses, or why the step was not applied

@@ -1,0 +1,66 @@
+"""torchrun target of tests/test_train_lightning.py, and the fit it compares against:
+a Lightning fit of the adapter on ``DATA`` (lite0 at 64x64, no augmentation, every BatchNorm
+in eval mode, no validation); rank 0 saves the initial and trained (raw) weights and the last logged
+``train/loss`` to ``OUT`` (``torch.save``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def fit(data: str, out: Path, batch: int, devices: int) -> None:
+    import lightning as L
+    import torch
+
+    from efficientdet.engine.config import TrainConfig
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+
+    cfg = TrainConfig(
+        data=data,
+        model="lite0",
+        image_size=64,
+        batch_size=batch,
+        lr=0.01,
+        workers=0,
+        epochs=2,
+        ema=False,
+        scale_min=1.0,
+        scale_max=1.0,
+        flip_prob=0.0,
+        freeze_bn=True,
+        seed=0,
+    )
+    L.seed_everything(0, verbose=False)
+    dm = EfficientDetDataModule(cfg)
+    module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    initial = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=cfg.clip_grad,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, dm)
+    if trainer.is_global_zero:
+        torch.save(
+            {
+                "initial": initial,
+                "model": {k: v.detach().cpu() for k, v in module.model.state_dict().items()},
+                "loss": float(trainer.callback_metrics["train/loss"]),
+                "world_size": trainer.world_size,
+                "global_step": trainer.global_step,
+            },
+            out,
+        )
+
+
+if __name__ == "__main__":
+    fit(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
