@@ -32,14 +32,17 @@ class _Loader(torch.utils.data.DataLoader):
         if self.num_workers == 0:
             return super().__iter__()
         # The workers are forked in here (once, as they are persistent). A forked worker
-        # shares the parent's pages until it writes to them; measured per page (issue #11
-        # item 8), two avoidable writes made each worker copy about 7 MB:
+        # shares the parent's pages until either process writes to them. Measured per page
+        # (issue #11 item 8; one worker's private pages after 20k empty items: 12.8 -> 6.9 MB),
+        # two avoidable writes:
         # - torch's worker loop seeds numpy.random, which numpy >= 2 imports lazily: imported
         #   in each worker it costs each worker ~4.5 MB; imported here, once, it is shared.
         # - a worker's cyclic GC walks every object it inherited and writes to each one's
         #   header (~2 MB of pages per worker). Objects frozen at the fork stay out of the
         #   worker's GC; the parent unfreezes them after the fork, so its own garbage is still
         #   collected. A caller who froze objects manages the GC itself: left alone.
+        # What remains per worker is CPython's own writes (reference counts, the specialising
+        # interpreter's counters in code objects, new objects placed in inherited free space).
         import numpy.random  # noqa: F401
 
         freeze = gc.get_freeze_count() == 0
