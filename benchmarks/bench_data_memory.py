@@ -8,8 +8,8 @@ each in a fresh process and in interleaved rounds (medians):
 * ``read``: wall time of ``read_coco`` and the process's peak RSS (VmHWM, interpreter and
   imports included) for this tree's ``src`` and, with ``--before DIR``, another ``src`` (the
   code before the change: ``git archive <commit> src | tar -x -C DIR``);
-* ``workers``: total memory (PSS and USS summed over the main process and its DataLoader
-  workers, from /proc/PID/smaps_rollup) after one full pass over every record of a
+* ``workers``: total memory (PSS, USS and anonymous PSS summed over the main process and its
+  DataLoader workers, from /proc/PID/smaps_rollup) after one full pass over every record of a
   ``DetectionDataset`` through ``create_loader`` (each item reads the record's path, boxes,
   labels, ignore and areas as training does, without decoding the image), with 0 and with
   ``--workers`` workers.
@@ -147,8 +147,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _smaps_mb(pid: int) -> tuple[float, float]:
-    """(PSS, USS) of ``pid`` in MB from /proc/PID/smaps_rollup."""
+def _smaps_mb(pid: int) -> tuple[float, float, float]:
+    """(PSS, USS, anonymous PSS) of ``pid`` in MB from /proc/PID/smaps_rollup.
+
+    The PSS of file-backed pages (torch's and numpy's libraries) is split with every process
+    on the machine that maps the same files, so it moves with other people's work; the
+    anonymous PSS is shared only within this process tree."""
     fields: dict[str, int] = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
@@ -156,7 +160,7 @@ def _smaps_mb(pid: int) -> tuple[float, float]:
             if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
                 fields[parts[0][:-1]] = int(parts[1])
     uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return fields.get("Pss", 0) / 1024, uss / 1024
+    return fields.get("Pss", 0) / 1024, uss / 1024, fields.get("Pss_Anon", 0) / 1024
 
 
 def child_read(json_path: str) -> dict:
@@ -212,12 +216,18 @@ def child_workers(json_path: str, workers: int) -> dict:
     for _, values in loader:
         total += sum(values)
     pids = [os.getpid(), *_children(os.getpid())]
-    pss = uss = 0.0
+    pss = uss = anon = 0.0
     for pid in pids:
-        p, u = _smaps_mb(pid)
-        pss, uss = pss + p, uss + u
+        p, u, a = _smaps_mb(pid)
+        pss, uss, anon = pss + p, uss + u, anon + a
     del loader
-    return {"processes": len(pids), "pss_mb": pss, "uss_mb": uss, "checksum": total}
+    return {
+        "processes": len(pids),
+        "pss_mb": pss,
+        "uss_mb": uss,
+        "pss_anon_mb": anon,
+        "checksum": total,
+    }
 
 
 class _Constant:
@@ -318,6 +328,7 @@ def main() -> None:
     print(f"\nmedians of {args.rounds} rounds; {args.images} images, {args.boxes} boxes")
     print(
         f"side    read s  read CPU s  peak RSS MB  PSS 0 workers MB  PSS {args.workers} workers MB  ratio"
+        "  anon PSS ratio"
     )
     for name in sides:
         sec = statistics.median(x["seconds"] for x in reads[name])
@@ -326,7 +337,13 @@ def main() -> None:
         pw = statistics.median(x["pss_mb"] for x in mems[(name, args.workers)])
         cpus = [x["cpu_s"] for x in reads[name] if "cpu_s" in x]
         cpu = statistics.median(cpus) if cpus else float("nan")
-        print(f"{name:6s} {sec:7.1f} {cpu:11.1f} {peak:12.0f} {p0:17.0f} {pw:18.0f} {pw / p0:6.2f}")
+        a0, aw = (
+            statistics.median(x["pss_anon_mb"] for x in mems[(name, w)]) for w in (0, args.workers)
+        )
+        print(
+            f"{name:6s} {sec:7.1f} {cpu:11.1f} {peak:12.0f} {p0:17.0f} {pw:18.0f} {pw / p0:6.2f}"
+            f" {aw / a0:15.2f}"
+        )
     # the cost of the worker processes themselves (interpreter, torch), with no records at all
     floor = {
         w: run_child(sides["after"], ["floor", str(args.images), str(w)]) for w in (0, args.workers)

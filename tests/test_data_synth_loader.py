@@ -178,3 +178,41 @@ def test_loader_two_workers_yields_correct_batches(tmp_path):
         for t in next(iter(create_loader(ds, batch_size=5, shuffle=True, num_workers=0, seed=7)))[1]
     ]
     assert order1 == order2 and sorted(order1) == [100, 101, 102, 103, 104]
+
+
+# Run in a fresh interpreter: numpy.random must not be imported yet (numpy >= 2 imports it
+# lazily), and nothing else may have frozen the GC.
+_FORK_PROBE = """
+import gc, json, sys
+import torch
+from efficientdet.data.loader import create_loader
+assert "numpy.random" not in sys.modules and gc.get_freeze_count() == 0
+
+class Probe:
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):  # runs in the worker
+        return torch.zeros(1), [gc.get_freeze_count(), id(sys.modules["numpy.random"])]
+
+seen = [t for _, ts in create_loader(Probe(), 1, shuffle=False, num_workers=1) for t in ts]
+parent = sys.modules.get("numpy.random")
+print(json.dumps({"worker": seen, "parent": id(parent) if parent else None,
+                  "parent_frozen": gc.get_freeze_count()}))
+"""
+
+
+def test_loader_forks_workers_with_numpy_random_imported_and_gc_frozen():
+    """What keeps a forked worker from copying the parent's pages (issue #11 item 8): the worker
+    finds the parent's own numpy.random module (imported before the fork, not once per worker)
+    and the inherited objects frozen out of its GC; the parent's GC is unfrozen afterwards."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["parent"] is not None
+    for frozen, numpy_random in out["worker"]:
+        assert frozen > 0  # the objects the worker inherited are in the permanent generation
+        assert numpy_random == out["parent"]  # the same module object: inherited, not imported
+    assert out["parent_frozen"] == 0
