@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -142,14 +143,15 @@ class InterruptAt:
 @pytest.mark.slow  # two tiny runs (interrupted, resumed) beside the shared one: ~11 s
 def test_interrupt_then_resume_is_exact(synth, straight, tmp_path, capsys):
     cfg, _ = straight
-    out = tmp_path / "resumed"
+    out = tmp_path / "resumed run"  # a space: the printed command must still paste as is
     first = train(
         tiny(synth, out, anchor_scale=2.0, num_scales=2, aspect_ratios=[[1.0, 1.0], [2.0, 0.5]]),
         callbacks=[InterruptAt(3)],
     )  # mid-way through epoch 2
     assert first.stopped == "interrupted"
     printed = capsys.readouterr().out
-    assert f"--resume {out}" in printed
+    hint = printed.rsplit("continue with: ", 1)[1].splitlines()[0]
+    assert shlex.split(hint) == ["efficientdet", "train", "--resume", str(out)]
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["train_state"]["epoch"] == 1 and ckpt["train_state"]["step_in_epoch"] == 1
 

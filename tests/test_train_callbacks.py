@@ -10,6 +10,7 @@ replaced by a recording stub (its own tests are elsewhere): these tests check th
 from __future__ import annotations
 
 import csv
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -287,16 +288,16 @@ def test_early_stopping_callback(patience, epoch, best_epoch, mAP, stops):
 
 @pytest.mark.slow
 def test_a_raising_callback_stops_with_one_line_and_last_pt_then_resume_continues(synth, tmp_path):
-    out = tmp_path / "boom"
+    out = tmp_path / "boom run"  # a space: the printed command must still paste as is
     rec = Recorder()
     cfg = tiny_train_config(synth, out, debug_batches=0, debug_interval=0)
     with pytest.raises(CallbackError) as info:
         train(cfg, callbacks=[Boom(3), rec])
     message = str(info.value)
     assert message.startswith("callback Boom.on_step_end (epoch 2, step 1): ValueError: boom; ")
-    assert message.endswith(
-        f"fix: correct the callback, then continue with: efficientdet train --resume {out}"
-    )
+    prefix, hint = message.rsplit("continue with: ", 1)
+    assert prefix.endswith("fix: correct the callback, then ")
+    assert shlex.split(hint) == ["efficientdet", "train", "--resume", str(out)]
     assert "\n" not in message
     assert rec.events[-1] == ("exception", "CallbackError")
     last = read_checkpoint(out / "last.pt")["train_state"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,12 @@ EVENTS = (
     "on_exception",
     "on_train_end",
 )
+
+
+def resume_command(run_dir: Path) -> str:
+    """The shell command that continues the run in ``run_dir``, quoted so that it pastes as is
+    (a folder name with spaces or quotes stays one argument)."""
+    return f"efficientdet train --resume {shlex.quote(str(run_dir))}"
 
 
 @dataclass
@@ -201,7 +208,7 @@ class Events:
                     f"callback {callback_name(cb)}.{event} ({where}): {type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else 'no message'}; the run stopped "
                     f"with its state saved in {self.trainer.run_dir / 'last.pt'}; fix: correct the "
-                    f"callback, then continue with: efficientdet train --resume {self.trainer.run_dir}"
+                    f"callback, then continue with: {resume_command(self.trainer.run_dir)}"
                 ) from exc
 
     def _switch_off(self, logger: Logger, event: str, error: Exception) -> None:

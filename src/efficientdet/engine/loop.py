@@ -59,7 +59,7 @@ from .builders import (
     set_train_mode,
     use_channels_last,
 )
-from .callbacks import Events, StepInfo, builtin_callbacks
+from .callbacks import Events, StepInfo, builtin_callbacks, resume_command
 from .config import RESUME_OVERRIDABLE, TrainConfig, TrainResult
 from .runlock import RunLock
 
@@ -859,7 +859,7 @@ class Trainer:
             if self.is_main:
                 self.log(
                     f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}: "
-                    f"state saved to {self.run_dir / 'last.pt'}; continue with: efficientdet train --resume {self.run_dir}",
+                    f"state saved to {self.run_dir / 'last.pt'}; continue with: {resume_command(self.run_dir)}",
                     summary=True,
                 )
         except BaseException as exc:
