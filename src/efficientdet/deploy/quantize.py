@@ -13,8 +13,8 @@ Why 7-bit weights: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's uint8 x i
 ``255 * (|w1| + |w2|) > 32767``. With 8-bit weights the demo model (Lite0 256, float32 0.5640
 mAP) gives 0.5606 on a VNNI CPU but 0.5438 without VNNI (emulated by
 ``benchmarks/onnx_int8_no_vnni.py``: -0.020, the loss issue #10 reported). With weights in
-[-64, 64] a pair sum is at most 32640, so the file gives 0.5577 on every CPU (within the 0.01
-goal) at the same speed. Also tried with 8-bit weights: percentile calibration, the stem or the
+[-64, 64] a pair sum is at most 32640: 0.5577 with VNNI, 0.5586 emulated without (no pair
+saturates; the rest is rounding), within the 0.01 goal on both, at the same speed. Also tried with 8-bit weights: percentile calibration, the stem or the
 last convolutions in float (mAP within 0.005 of the above, the saturation stays), entropy
 calibration (the same ranges as MinMax), uint8 weights (no saturation, but 9x slower).
 """
