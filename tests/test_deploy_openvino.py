@@ -17,6 +17,7 @@ import onnxruntime as ort
 import openvino as ov
 import pytest
 import torch
+from onnx import numpy_helper
 from PIL import Image
 
 from efficientdet import Detector, create_model
@@ -216,6 +217,16 @@ def test_onnx_int8_is_qdq_per_channel_and_keeps_metadata(work, tmp_path, capsys)
         and inits[n.input[1]].dims[0] > 1
     ]
     assert per_channel  # per-channel weight scales
+    # 7-bit weights: on CPUs without VNNI ONNX Runtime adds two uint8 x int8 products in int16
+    # (VPMADDUBSW), which cannot saturate when 255 * (|w1| + |w2|) <= 32767
+    weights = [
+        numpy_helper.to_array(i)
+        for i in proto.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    ]
+    assert weights and all(
+        255 * 2 * int(np.abs(w.astype(np.int32)).max()) <= 32767 for w in weights
+    )
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["efficientdet"])
     assert meta["precision"] == "int8" and meta["class_names"] == NAMES
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
