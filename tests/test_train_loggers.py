@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import errno
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +29,11 @@ from efficientdet import cli
 from efficientdet.data.synth import write_synthetic_dataset
 from efficientdet.engine.callbacks import Callback
 from efficientdet.engine.evaluator import STAT_NAMES
-from efficientdet.engine.trainer import train
+from efficientdet.engine.trainer import TrainConfig, train
 from efficientdet.weights.checkpoint import read_checkpoint
 
 from .data_factory import tiny_train_config
+from .test_train import InterruptAt
 from .test_train_callbacks import stub_debug_views
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -150,6 +153,84 @@ def test_mlflow_tracking_uri_is_honoured(synth, tmp_path, monkeypatch):
     assert [m.value for m in history] == [result.history[0]["train_loss"]]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "best.pt" in artifacts and (tmp_path / "mlruns").is_dir()
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow  # three tiny runs: interrupted, resumed in a copy, resumed in place
+def test_a_copied_run_folder_resumed_keeps_mlflow_inside_it(synth, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    first, copy = tmp_path / "t1", tmp_path / "copied" / "t1"
+    cfg = tiny_train_config(synth, first, loggers=["mlflow"], debug_batches=0, debug_interval=0)
+    assert train(cfg, callbacks=[InterruptAt(3)]).stopped == "interrupted"
+    shutil.copytree(first, copy)
+    before = folder_state(first)
+    capsys.readouterr()
+
+    result = train(TrainConfig(resume=str(copy), progress=False))
+    assert result.stopped == "completed"
+    assert folder_state(first) == before  # nothing written to the folder it was copied from
+    moved = f"efficientdet ({copy})"
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"warning: {copy / 'mlflow.db'}: MLflow experiment 'efficientdet' keeps its artifacts in "
+        f"{(first / 'mlartifacts').as_uri()}, outside this run folder (it was moved or copied); "
+        f"this run logs to experiment '{moved}', artifacts in {(copy / 'mlartifacts').as_uri()}"
+    )
+    client = MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(moved)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.artifact_uri.startswith((copy / "mlartifacts").as_uri() + "/")
+    assert run.data.tags["efficientdet.resumed_at_step"] == "3"
+    local = client.download_artifacts(run.info.run_id, "best.pt", str(tmp_path))
+    assert Path(local).read_bytes() == (copy / "best.pt").read_bytes()
+
+    # resumed where it was made: a second MLflow run of the same experiment, no warning
+    train(TrainConfig(resume=str(first), progress=False))
+    assert "warning" not in capsys.readouterr().out
+    client = MlflowClient(tracking_uri=f"sqlite:///{first / 'mlflow.db'}")
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", "efficientdet"]
+    runs = client.search_runs([client.get_experiment_by_name("efficientdet").experiment_id])
+    assert sorted(r.data.tags.get("efficientdet.resumed_at_step", "-") for r in runs) == ["-", "3"]
+
+
+@pytest.mark.slow
+def test_quiet_hides_mlflow_own_info_lines(synth, tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    levels = [logging.getLogger(n).level for n in ("mlflow", "alembic")]
+    cfg = tiny_train_config(
+        synth, tmp_path / "run", epochs=1, loggers=["mlflow"], debug_batches=0, debug_interval=0
+    )
+    assert not cfg.progress  # --quiet
+    capfd.readouterr()
+    result = train(cfg)
+    printed = capfd.readouterr()
+    assert "INFO" not in printed.out + printed.err  # "INFO mlflow.store.db.utils: Creating ..."
+    (line,) = printed.out.splitlines()  # quiet: the run's last line only
+    assert line.startswith(f"results in {result.run_dir}: best.pt")
+    assert [logging.getLogger(n).level for n in ("mlflow", "alembic")] == levels  # restored
+
+
+def test_a_tracking_uri_that_is_no_store_is_refused_with_no_run_folder(
+    synth, tmp_path, monkeypatch, capfd
+):
+    not_a_db = tmp_path / "notes.json"
+    not_a_db.write_text('{"a": 1}\n')
+    uri = f"sqlite:///{not_a_db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data", str(synth), "--image-size", "64", "--logger", "mlflow"]
+    for _ in range(2):  # the same command again: still no numbered folder claimed
+        assert cli.main(argv) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert err == [
+            f"error: MLflow tracking URI {uri}: (sqlite3.DatabaseError) file is not a database; "
+            "fix: check MLFLOW_TRACKING_URI (or unset it: a store in the run folder)"
+        ]
+        assert not (tmp_path / "runs").exists()
+    assert not_a_db.read_text() == '{"a": 1}\n'
 
 
 def run_cli_blocking(modules: list[str], argv: list[str], env: dict | None = None):

@@ -19,7 +19,7 @@ One run = one folder (``out``)::
     results.png    loss and mAP curves;  pr_curves.png  precision/recall per class (at the end)
     metrics.json   COCO metrics of the best weights;  train.log  the printed lines
     debug/         train_batch_*.png, val_epoch_*.png (--debug-batches, --debug-interval)
-    tensorboard/ mlruns/   with --logger tensorboard / mlflow (engine/loggers)
+    tensorboard/   with --logger tensorboard;  mlflow.db mlartifacts/  with --logger mlflow
     .lock          held while the run writes here (:mod:`efficientdet.engine.runlock`)
 """
 

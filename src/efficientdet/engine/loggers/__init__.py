@@ -8,9 +8,10 @@
   artifacts in ``RUN/mlartifacts``).
 
 :func:`create_loggers` checks every chosen logger before any training work starts (package
-installed, tracking store writable): a problem is one ConfigError/OutputError line. Each is a
-:class:`~efficientdet.engine.callbacks.Logger`: one that fails once the run has started (disk
-full, store gone) is switched off with one warning line, and training goes on.
+installed, a tracking URI's store opened): a problem is one ConfigError/OutputError line, and
+no run folder is made. Each is a :class:`~efficientdet.engine.callbacks.Logger`: one that fails
+once the run has started (disk full, store gone) is switched off with one warning line, and
+training goes on.
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
-"""MLflow logger: one MLflow run per ``train`` call (a resumed run starts a new one, tagged).
+"""MLflow logger: one MLflow run per ``train`` call.
 
 Store: ``MLFLOW_TRACKING_URI`` when set, else a SQLite store in the run folder,
 ``sqlite:///RUN/mlflow.db`` with artifacts in ``RUN/mlartifacts``
 (``mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db``). With ``MLFLOW_TRACKING_URI``, a new
 experiment gets the store's own default artifact location (for a local SQLite store that is
-MLflow's ``./mlruns`` in the working folder). Experiment:
+MLflow's ``./mlruns`` in the working folder; for a tracking server, its artifact root). Experiment:
 ``MLFLOW_EXPERIMENT_NAME`` or ``efficientdet``; run name: the run folder's name.
+
+Resume: a resumed run is a new MLflow run of the same experiment, tagged
+``efficientdet.resumed_at_step``; its metrics go on along the same x (global step, epoch). The
+default store records the experiment's artifact folder as an absolute path: when that is not
+this run folder's ``mlartifacts`` (the folder was moved or copied), the run goes to the
+experiment ``NAME (RUN)`` of the same store, with artifacts here (one warning line), so nothing
+is written outside the run folder. A ``MLFLOW_TRACKING_URI`` store's layout is left alone.
 
 Params: the full TrainConfig (values as text). Metrics: ``train/loss``, ``train/class_loss``,
 ``train/box_loss``, ``train/lr`` per step (x = global step; sent in batches), ``epoch/<column>``
@@ -14,16 +21,22 @@ per epoch for every number of the results.csv row and ``val/<metric>`` for every
 best), ``results.csv``, ``metrics.json``, ``results.png``, ``pr_curves.png``; the debug views
 under ``debug/``.
 
-A store that cannot be reached or written when the run starts stops it (one line, exit 2); one
-that fails later (disk full, server gone) switches the logger off with one warning and training
-goes on (:class:`~efficientdet.engine.callbacks.Logger`); the MLflow run then ends as FAILED
-when the store takes that last call.
+``MLFLOW_TRACKING_URI`` is opened when the logger is created, before the run folder exists: a
+store that cannot be reached, written or read stops the run with one line, exit 2, and nothing
+made. One that fails later (disk full, server gone) switches the logger off with one warning
+and training goes on (:class:`~efficientdet.engine.callbacks.Logger`); the MLflow run then ends
+as FAILED when the store takes that last call. MLflow's own INFO lines ("Creating initial
+MLflow database tables...") are hidden with ``--quiet`` and shown otherwise (they report a
+change to a store).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -85,23 +98,81 @@ def check_writable(uri: str) -> None:
         raise OutputError(f"MLFLOW_TRACKING_URI={uri}: {probe} is not writable; {fix}")
 
 
+@contextlib.contextmanager
+def _quiet_mlflow(quiet: bool) -> Iterator[None]:
+    """With ``quiet`` (``--quiet``), MLflow's and alembic's own INFO lines ("Creating initial
+    MLflow database tables...") are not printed: their loggers at WARNING, restored after."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")] if quiet else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 class MLflowLogger(Logger):
     """Sends params, metrics and artifacts of the run to MLflow (rank 0 only)."""
 
-    def __init__(self, client_class: Any, tracking_uri: str | None) -> None:
+    def __init__(self, client_class: Any, tracking_uri: str | None, quiet: bool = False) -> None:
         self.client_class = client_class
         self.tracking_uri = tracking_uri  # None: the run folder's SQLite store
+        self.quiet = quiet
         self.client: Any = None
         self.run_id: str | None = None
         self.pending: list[Any] = []
+        self._store: tuple[Any, str] | None = None  # (client, experiment id) opened by create
 
     @classmethod
     def create(cls, cfg: TrainConfig) -> MLflowLogger:
+        """Checks the package and, on rank 0, opens ``MLFLOW_TRACKING_URI`` now, before the run
+        folder exists: a store that cannot be used stops the run with nothing made."""
         client_class = _client_class()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+        logger = cls(client_class, uri, quiet=not cfg.progress)
         if uri is not None:
             check_writable(uri)
-        return cls(client_class, uri)
+            if int(os.environ.get("RANK", "0")) == 0:
+                logger._store = logger._open(uri, None)[:2]
+        return logger
+
+    def _open(self, uri: str, run_dir: Path | None) -> tuple[Any, str, str | None]:
+        """(client, experiment id, warning line or None) of the store ``uri``. ``run_dir``:
+        the run folder of the default store, whose experiment keeps its artifacts in
+        ``RUN/mlartifacts``; an experiment there whose artifacts are elsewhere (the folder was
+        moved or copied) is left as it is and the run goes to ``NAME (RUN)``, made here."""
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+        warning = None
+        try:
+            with _quiet_mlflow(self.quiet):
+                client = self.client_class(tracking_uri=uri)
+                experiment = client.get_experiment_by_name(name)
+                location = None if run_dir is None else (run_dir / "mlartifacts").as_uri()
+                moved_away = experiment is not None and experiment.artifact_location != location
+                if run_dir is not None and moved_away:
+                    moved = f"{name} ({run_dir})"
+                    warning = (
+                        f"warning: {run_dir / 'mlflow.db'}: MLflow experiment '{name}' keeps its "
+                        f"artifacts in {experiment.artifact_location}, outside this run folder (it "
+                        f"was moved or copied); this run logs to experiment '{moved}', artifacts "
+                        f"in {location}"
+                    )
+                    name, experiment = moved, client.get_experiment_by_name(moved)
+                if experiment is not None:
+                    return client, experiment.experiment_id, warning
+                return client, client.create_experiment(name, artifact_location=location), warning
+        except Exception as exc:  # the store cannot be reached or written
+            raise self._store_error(uri, exc) from None
+
+    @staticmethod
+    def _store_error(uri: str, exc: Exception) -> OutputError:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return OutputError(
+            f"MLflow tracking URI {uri}: {first}; fix: check MLFLOW_TRACKING_URI "
+            "(or unset it: a store in the run folder)"
+        )
 
     def on_train_start(self, trainer: Trainer) -> None:
         if not trainer.is_main:
@@ -111,25 +182,18 @@ class MLflowLogger(Logger):
         run_dir = trainer.run_dir.resolve()
         uri = self.tracking_uri or f"sqlite:///{run_dir / 'mlflow.db'}"
         self.destination = uri
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+        client, experiment_id, warning = (
+            (*self._store, None) if self._store else self._open(uri, run_dir)
+        )
+        if warning:
+            trainer.log(warning)
         try:
-            client = self.client_class(tracking_uri=uri)
-            experiment = client.get_experiment_by_name(name)
-            if experiment is not None:
-                experiment_id = experiment.experiment_id
-            else:
-                location = None if self.tracking_uri else (run_dir / "mlartifacts").as_uri()
-                experiment_id = client.create_experiment(name, artifact_location=location)
             tags = {"efficientdet.run_dir": str(run_dir)}
             if trainer.cfg.resume:
                 tags["efficientdet.resumed_at_step"] = str(trainer.global_step)
             run = client.create_run(experiment_id, run_name=run_dir.name, tags=tags)
-        except Exception as exc:  # the store cannot be reached or written
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise OutputError(
-                f"MLflow tracking URI {uri}: {first}; fix: check MLFLOW_TRACKING_URI "
-                "(or unset it: a store in the run folder)"
-            ) from None
+        except Exception as exc:
+            raise self._store_error(uri, exc) from None
         self.client, self.run_id = client, run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in sorted(trainer.cfg.to_dict().items())]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
