@@ -208,15 +208,16 @@ class Trainer:
             "time": 0.0,
         }
 
-    def log(self, message: str, summary: bool = False) -> None:
+    def log(self, message: str, always: bool = False) -> None:
         """Print on rank 0 (above the progress bar) and append to train.log. Quiet
         (``cfg.progress`` False) prints only warnings (lines that start with ``warning:``) and
-        the run's ``summary`` line (where its files are, or how to resume it)."""
+        what must ``always`` show: the reports of skipped or repaired data items, and the run's
+        last line (where its files are, or how to resume it)."""
         if not self.dist.is_main:
             return
         from tqdm import tqdm
 
-        if self.cfg.progress or summary or message.startswith("warning:"):
+        if self.cfg.progress or always or message.startswith("warning:"):
             tqdm.write(message, file=sys.stdout)
         if self._log_file is not None:
             self._log_file.write(message + "\n")
@@ -263,7 +264,13 @@ class Trainer:
             log=self.log,
         )
         self.model_cfg: ModelConfig = model.config
-        print_data_summary(self.train_data, self.val_data, self.model_cfg, log=self.log)
+        data_problems = bool(self.train_data.report.problems or self.val_data.report.problems)
+        print_data_summary(  # shown even with --quiet when items were skipped or repaired
+            self.train_data,
+            self.val_data,
+            self.model_cfg,
+            log=lambda text: self.log(text, always=data_problems),
+        )
 
         self.train_set = build_train_dataset(cfg, self.train_data, self.model_cfg)
 
@@ -860,7 +867,7 @@ class Trainer:
                 self.log(
                     f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}: "
                     f"state saved to {self.run_dir / 'last.pt'}; continue with: {resume_command(self.run_dir)}",
-                    summary=True,
+                    always=True,
                 )
         except BaseException as exc:
             self.events.exception(exc)
@@ -926,7 +933,10 @@ class Trainer:
         if epoch == 0 and self.is_main:
             report = self.train_set.load_report()
             if report.problems:
-                self.log(report.summary(title="problems met while loading training images"))
+                self.log(  # with --quiet too, unless only augmentation dropped tiny boxes
+                    report.summary(title="problems met while loading training images"),
+                    always=any(p.kind != "box_too_small" for p in report.problems),
+                )
         self.events.emit("on_epoch_end", row)
 
     def _finish(self, stopped: str) -> TrainResult:
@@ -973,7 +983,7 @@ class Trainer:
         if self.is_main and stopped != "interrupted":
             self.log(
                 f"results in {self.run_dir}: {', '.join(self._result_files(best_path))}",
-                summary=True,
+                always=True,
             )
         return result
 
