@@ -112,6 +112,34 @@ def test_export_to_a_read_only_folder_or_under_a_file(ckpt, readonly_dir, tmp_pa
     assert "a parent of this path is a file" in _one_error_line(capfd, out)
 
 
+def test_interrupted_export_removes_the_folder_it_created(ckpt, tmp_path, monkeypatch, capfd):
+    """Ctrl+C in the converter (exit 130) or a failed export leaves no empty runs/export/N or new
+    --out folder behind; a folder that existed before is kept, and so is one holding a file."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    export = ["export", "--weights", str(ckpt), "--quiet"]
+    (tmp_path / "runs" / "export" / "1").mkdir(parents=True)  # an earlier export's (empty)
+    (tmp_path / "kept").mkdir()
+    for out in ([], ["--out", "new/folder"], ["--out", "kept"]):
+        assert main([*export, *out]) == 130
+        assert capfd.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "kept",
+        "new",
+        "runs",
+        "runs/export",
+        "runs/export/1",
+    ]
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: 1 / 0)  # a failure, not a user error
+    with pytest.raises(ZeroDivisionError):
+        main([*export, "--out", "failed"])
+    assert not (tmp_path / "failed").exists()
+
+
 # ------------------------------------------------------------------ val
 def test_val_on_a_full_disk_leaves_no_empty_results(shapes, small_fs, capfd):
     data, weights = shapes

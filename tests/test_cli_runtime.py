@@ -261,3 +261,16 @@ def test_export_shows_its_stages_and_quiet_hides_them(tmp_path, capsys):
     )
     assert capsys.readouterr().err == ""
     assert (tmp_path / "e2" / "w.torchscript.pt").is_file()
+
+
+def test_ctrl_c_while_the_commands_import_prints_one_line(monkeypatch, capsys):
+    """Ctrl+C during the first seconds (torch importing) is the commands' one line and exit 130."""
+
+    def interrupted_import(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "import_module", interrupted_import)
+    assert cli.main(["models"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "interrupted\n"
+    assert captured.out == ""

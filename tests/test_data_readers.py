@@ -168,6 +168,20 @@ def test_yaml_errors_are_one_line(tmp_path):
         load_dataset(tmp_path / "missing.yaml")
 
 
+def test_missing_annotation_file_names_the_yaml_and_its_key(tmp_path):
+    """Was 'bad/nope.json: COCO annotation file not found': neither the YAML nor the key to edit."""
+    write_image(tmp_path / "images" / "p.png", 20, 20)
+    write_yaml(
+        tmp_path / "d.yaml", "format: coco\nval: {images: images, annotations: bad/nope.json}\n"
+    )
+    with pytest.raises(DataError) as err:
+        load_dataset(tmp_path / "d.yaml", "val")
+    assert str(err.value) == (
+        f"{tmp_path / 'd.yaml'}: val.annotations: {tmp_path / 'bad' / 'nope.json'} not found; "
+        "fix: set val.annotations to an existing COCO JSON file (relative to the YAML's 'path:' or folder)"
+    )
+
+
 def test_coco_area_travels_to_evaluation_ground_truth(tmp_path):
     """COCO's small/medium/large buckets use each annotation's own 'area' (the segment's), not the
     box area; records_to_coco must hand that on, and fall back to the box area when absent."""

@@ -515,3 +515,47 @@ def test_bench_prints_the_table_and_json(tmp_path, capsys):
             and r["images_per_s"] > 0
             and r["peak_rss_mb"] > 0
         )
+
+
+BENCH_QUICK = ["--repeats", "1", "--warmup", "0", "--parts", "network", "--quiet"]
+
+
+def test_bench_of_an_exported_file_has_one_honest_row(tmp_path, capfd):
+    """Found by trying: --weights m.onnx --engine eager onnxruntime printed an 'eager' and an
+    'onnxruntime' row, both timed in ONNX Runtime, under 'input default'. Now the file's own
+    runtime is its one row, with the file's input size; another engine is one line, exit 2."""
+    from efficientdet.deploy.export import export_onnx
+
+    onnx_file = tmp_path / "m.onnx"
+    model = create_model("efficientdet_lite0", num_classes=3, image_size=64).eval()
+    export_onnx(model, onnx_file, NAMES)
+    bench = ["bench", "--weights", str(onnx_file), *BENCH_QUICK]
+    assert main([*bench, "--engine", "eager", "onnxruntime"]) == 2
+    assert _error_line(capfd) == (
+        f"error: --engine eager: {onnx_file} is an exported onnx file, which runs in onnxruntime "
+        "or tensorrt; fix: drop --engine, or give the checkpoint it came from to compare engines"
+    )
+    assert main([*bench, "--json", str(tmp_path / "b.json")]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("efficientdet_lite0, input 64x64, ")
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [(r["engine"], r["backend"], r["image_size"]) for r in rows] == [
+        ("onnxruntime", "onnxruntime", [64, 64])
+    ]
+
+
+def test_bench_engine_without_its_extra_is_one_line(ckpt, tmp_path, monkeypatch, capfd):
+    """Found by trying: --engine tflite without litert-torch printed a header 'None, input
+    default', a table of one failure and then the same error again. A stand-in litert_torch
+    that fails to import plays the missing extra in the engine's process."""
+    (tmp_path / "litert_torch").mkdir()
+    (tmp_path / "litert_torch" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    assert main(["bench", "--weights", str(ckpt), "--engine", "tflite", *BENCH_QUICK]) == 2
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        "error: exporting to TFLite needs the converter litert-torch, which is not installed; "
+        "fix: pip install 'efficientdet[tflite]' (or: make test-tflite, which builds "
+        "benchmarks/tflite/.venv)"
+    )

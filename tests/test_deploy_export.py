@@ -346,8 +346,6 @@ def test_predict_and_bench_take_exported_files(lite0, lite0_onnx, tmp_path, caps
                     "lite0",
                     "--weights",
                     str(weights),
-                    "--engine",
-                    "eager",
                     "--batch",
                     "1",
                     "--repeats",
@@ -366,7 +364,8 @@ def test_predict_and_bench_take_exported_files(lite0, lite0_onnx, tmp_path, caps
             == 0
         )
         result = json.loads(out.read_text())["results"]
-        assert [r["part"] for r in result] == ["end_to_end"] and result[0]["median_ms"] > 0
+        assert [(r["engine"], r["part"]) for r in result] == [(backend, "end_to_end")]
+        assert result[0]["median_ms"] > 0
     capsys.readouterr()
     assert (
         main(["export", "--weights", str(ts), "--format", "onnx", "--quiet"]) == 2

@@ -368,6 +368,22 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_resume_of_a_read_only_run_says_how_to_resume_it(straight, small_fs, capsys):
+    """Was "fix: pick a folder you can write to (--out)", but --resume refuses --out."""
+    fs = small_fs((straight / "last.pt").stat().st_size + (1 << 20))
+    run = fs / "run"
+    run.mkdir()
+    for name in ("last.pt", "args.yaml"):
+        shutil.copy(straight / name, run / name)
+    subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True, capture_output=True)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    assert one_error_line(capsys) == (
+        f"error: {run / '.lock'}: cannot create the run lock (Read-only file system); "
+        f"fix: make {run} writable, or copy it somewhere writable and resume the copy"
+    )
+
+
 class SecondRunAt:
     """At global step ``n`` of a running run, start two more runs in its folder."""
 
@@ -403,7 +419,9 @@ def test_second_run_in_the_same_folder_is_refused(synth, tmp_path, capsys):
     assert second.errors[0].startswith(message) and second.errors[0].endswith(
         ") is writing to this folder; fix: wait for it to finish, or give another --out"
     )
-    assert second.errors[1].startswith(f"2 error: {message}")
+    assert second.errors[1].startswith(f"2 error: {message}") and second.errors[1].endswith(
+        ") is writing to this folder; fix: wait for it to finish"
+    )  # --resume refuses --out: not offered
     assert (
         "last.pt" in second.files_before and second.files_after == second.files_before
     )  # nothing touched

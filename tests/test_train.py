@@ -408,6 +408,20 @@ def test_option_errors_are_one_line():
             "clip_grad=-1.0: need 0 (off) or a positive norm; fix:",
         ),  # was silently "off"
         ("--weight-decay", "-0.1", "weight_decay=-0.1: need 0 or more; fix:"),
+        # were "ema decay=2.0: need 0 <= decay < 1 (e.g. 0.9998)": no flag, no fix, after the data loaded
+        (
+            "--ema-decay",
+            "2",
+            "ema_decay=2.0: need 0 <= decay < 1; fix: e.g. --ema-decay 0.9998 (0 = off)",
+        ),
+        (
+            "--ema-warmup",
+            "-1",
+            "ema_warmup_steps=-1: need 0 or more steps; fix: e.g. --ema-warmup ",
+        ),
+        # were "epochs=0: need at least 1" and "batch_size=0: ...", without the fix
+        ("--epochs", "0", "epochs=0: need at least 1; fix: e.g. --epochs 20"),
+        ("--max-bad-steps", "0", "max_bad_steps=0: need at least 1; fix: e.g. --max-bad-steps "),
     ],
 )
 def test_train_refuses_bad_numbers_in_one_line(capfd, option, value, message):

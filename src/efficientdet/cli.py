@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; Ctrl+C at any point (even while modules import) prints one line, exit 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from . import runtime
     from .cli_options import apply_command_defaults, check_counts
     from .errors import EfficientDetError
@@ -104,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     except EfficientDetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ One rule for every command (train, val, predict, export, bench, demo):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def make_run_dir(
     from .fileio import make_dirs
 
     path = Path(out) if out is not None else RUNS_ROOT / command
-    if path in {RUNS_ROOT / c for c in COMMANDS_WITH_RUNS}:
+    if numbered(out, command):
         for _ in range(100):  # another process may claim the same number between the scan and mkdir
             child = _numbered_child(path)
             make_dirs(path)
@@ -59,6 +60,19 @@ def make_run_dir(
     while Path(f"{path}{n}").exists():
         n += 1
     return Path(f"{path}{n}")
+
+
+def numbered(out: str | os.PathLike | None, command: str) -> bool:
+    """Whether ``--out`` (None: the default) gets a new numbered folder ``runs/COMMAND/N``."""
+    path = Path(out) if out is not None else RUNS_ROOT / command
+    return path in {RUNS_ROOT / c for c in COMMANDS_WITH_RUNS}
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    """Remove ``folder`` (one a command created, None: none) if nothing was written into it."""
+    if folder is not None:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
 
 
 def _inside(path: Path, folder: Path) -> bool:

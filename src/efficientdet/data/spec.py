@@ -343,6 +343,15 @@ def load_dataset(
             f"{source}: no '{split}' split (has {', '.join(spec.splits)}); fix: add a '{split}:' section"
         )
     s = spec.splits[split]
+    if s.annotations is not None and not s.annotations.exists():
+        kind = {"coco": "COCO JSON file", "voc": "folder of .xml files"}.get(
+            spec.format, "labels folder"
+        )
+        raise _Bad(source)(
+            f"{split}.annotations",
+            f"{s.annotations} not found",
+            f"set {split}.annotations to an existing {kind} (relative to the YAML's 'path:' or folder)",
+        )
     images_dir = Path(images) if images is not None else s.images[0]
     names = class_names if class_names is not None else spec.names
     if spec.format == "coco":

@@ -16,6 +16,9 @@ Runtime's TensorRT provider; NVIDIA GPU only). The int8 engines calibrate on ``-
 top-k, decode, class-aware NMS, 100 detections, like effdet's DetBenchPredict) and
 ``from_image`` (end to end plus letterboxing a 640x480 uint8 image per batch item).
 
+``--weights FILE`` from ``efficientdet export`` times the file in its own runtime, one row
+labelled by it (``--engine tensorrt`` also runs an ONNX file; any other engine is refused).
+
 Weights are random unless ``--weights`` is given (cost does not depend on the values; NMS runs
 over all 5000 candidates with score threshold 0, as DetBenchPredict does). Each (engine, batch)
 runs in a fresh process, so peak memory (peak RSS) is its own.
@@ -57,6 +60,14 @@ ENGINES = (
     "tensorrt",
 )
 DEFAULT_MODEL = "efficientdet_d0"  # without --model and --weights
+DEFAULT_ENGINES = ["eager", "onnxruntime"]  # without --engine (an exported --weights: its own)
+# file kind (backends.file_kind) -> the engine that runs it; ONNX files also run on "tensorrt"
+FILE_ENGINE = {
+    "onnx": "onnxruntime",
+    "openvino": "openvino",
+    "tflite": "tflite",
+    "torchscript": "torchscript",
+}
 PARTS = ("network", "end_to_end", "from_image")
 
 
@@ -83,9 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         nargs="+",
-        default=["eager", "onnxruntime"],
+        default=None,
         choices=ENGINES,
-        help="engines to time (default eager onnxruntime)",
+        help="engines to time (default eager onnxruntime; an exported --weights file: its runtime)",
     )
     cli_options.add(parser, "image_size")
     parser.add_argument("--num-classes", type=int, default=90)
@@ -134,9 +145,7 @@ def build_detector(
 
     opts: dict[str, Any] = {"conf": 0.0, "iou": 0.5, "max_det": 100}
 
-    if (
-        weights and is_exported(weights)
-    ):  # an exported file runs in its own runtime (or TensorRT for ONNX), whatever else --engine says
+    if weights and is_exported(weights):  # its own runtime, or TensorRT (run checks --engine)
         return Detector(
             weights, threads=threads, engine="tensorrt" if engine == "tensorrt" else None, **opts
         )
@@ -286,14 +295,18 @@ def measure_engine(engine: str, batch: int, args) -> list[dict]:
                 quiet=getattr(args, "quiet", False),
                 desc=f"bench {engine} batch {batch}",
             )
+        from .backends import is_exported
+
+        exported = bool(args.weights) and is_exported(args.weights)
         rows = []
         for part, part_times in times.items():
             stats = summarize(part_times)
             rows.append(
                 {
-                    "engine": engine,
-                    "backend": det.backend.name,  # what ran (a --weights file picks its own)
+                    "engine": det.backend.name if exported else engine,  # a file: what ran it
+                    "backend": det.backend.name,
                     "batch": batch,
+                    "image_size": list(det.image_size),
                     "part": part,
                     "model": det.model_name,
                     **stats,
@@ -389,6 +402,26 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def engines_for_file(weights: str, engines: list[str] | None) -> list[str]:
+    """The engines that time an exported ``weights`` file: its own runtime (the default), or for
+    ONNX also ``tensorrt``; one line refusing any other (it would time the file's runtime under
+    another engine's name)."""
+    from ..errors import ConfigError
+    from .backends import file_kind
+
+    kind = file_kind(weights)
+    own = FILE_ENGINE[kind]
+    runs = [own, "tensorrt"] if kind == "onnx" else [own]
+    for engine in engines or []:
+        if engine not in runs:
+            raise ConfigError(
+                f"--engine {engine}: {weights} is an exported {kind} file, which runs in "
+                f"{' or '.join(runs)}; fix: drop --engine, or give the checkpoint it came from "
+                "to compare engines"
+            )
+    return list(dict.fromkeys(engines or [own]))
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -396,12 +429,17 @@ def run(args: argparse.Namespace) -> int:
     from ..config import resolve_model_name
     from ..errors import ConfigError
     from ..progress import bar
+    from .backends import is_exported
 
     args.model = resolve_model_name(args.model) if args.model else None
     cli_options.check_json_output(args, {"weights file": args.weights})
     batches = args.batches or [args.batch]
     if min(batches) < 1 or args.repeats < 1:
         raise ConfigError("--batch/--batches and --repeats must be at least 1")
+    if args.weights and is_exported(args.weights):
+        args.engine = engines_for_file(args.weights, args.engine)
+    else:
+        args.engine = args.engine or list(DEFAULT_ENGINES)
     results: list[dict] = []
     jobs = [(e, b) for e in args.engine for b in batches]
     progress = bar(jobs, args.quiet or len(jobs) == 1, desc="bench", unit="run")
@@ -410,7 +448,13 @@ def run(args: argparse.Namespace) -> int:
         results += (
             measure_engine(engine, batch, args) if args.in_process else _child(engine, batch, args)
         )
-    hw = args.image_size or None
+    failed = [r for r in results if r.get("part") == "error"]
+    if failed and len(failed) == len(results) and all(r.get("user_error") for r in failed):
+        # every measurement met the same kind of user error (bad weights, a missing extra...):
+        # that one line, exit 2, without an empty table
+        raise ConfigError(failed[0]["error"].removeprefix("error: "))
+    sizes = {"x".join(map(str, r["image_size"])) for r in results if r.get("image_size")}
+    hw = sizes.pop() if len(sizes) == 1 else args.image_size or None  # a file: its own size
     measured = {
         r["model"] for r in results if r.get("model")
     }  # what ran: a checkpoint's or a file's own model
@@ -435,8 +479,4 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(results))
     if args.json:
         cli_options.write_json_output(args, summary)
-    failed = [r for r in results if r.get("part") == "error"]
-    if failed and len(failed) == len(results) and all(r.get("user_error") for r in failed):
-        # every measurement met the same kind of user error (bad weights, size...): one line, exit 2
-        raise ConfigError(failed[0]["error"].removeprefix("error: "))
     return 1 if failed and len(failed) == len(results) else 0

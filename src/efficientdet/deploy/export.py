@@ -424,6 +424,18 @@ def _load_for_export(weights: str, model_name: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    """The export command (:func:`_run`); a run folder it created is removed again when the
+    export fails or is interrupted before writing anything into it."""
+    try:
+        return _run(args)
+    except BaseException:
+        from ..run_dirs import remove_if_empty
+
+        remove_if_empty(getattr(args, "new_out_dir", None))
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     """``--batch``: the example input's batch (the fixed batch without --dynamic-batch);
     ``--conf/--iou/--max-det``: the NMS settings baked into a ``--nms-in-graph`` file. Writes
     ``OUT/<weights stem>[_nms][_int8].onnx``, ``.torchscript.pt`` or ``.xml`` + ``.bin`` into a
@@ -609,9 +621,11 @@ def _inputs(args: argparse.Namespace) -> dict[str, object]:
 def output_path(args: argparse.Namespace, name: str) -> Path:
     """The file ``name`` in the run folder of this export; refused (one line, before the work)
     when the folder holds an input or a folder sits where the file(s) will go."""
-    from ..run_dirs import make_run_dir, refuse_inputs_inside
+    from ..run_dirs import make_run_dir, numbered, refuse_inputs_inside
 
     out_dir = make_run_dir(args.out, args.exist_ok, "export")
+    # a folder this export creates (a numbered one is created above): removed again on failure
+    args.new_out_dir = out_dir if numbered(args.out, "export") or not out_dir.exists() else None
     refuse_inputs_inside(out_dir, _inputs(args))
     out = out_dir / name
     for path in _written_files(out):

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fileio import fsync_dir, output_error, temporary_path
-from .backends.base import require
+from .backends.base import openvino_telemetry_off, require
 from .calibration import CalibrationSet, check_calibration_set
 from .metadata import META_KEY, build_metadata
 
@@ -69,6 +69,7 @@ def _calibration_items(calibration: CalibrationSet, batch: int) -> tuple[list[An
     return items, count
 
 
+@openvino_telemetry_off()  # conversion and quantisation restart the telemetry
 def export_openvino(
     model: nn.Module,
     path: str | os.PathLike,

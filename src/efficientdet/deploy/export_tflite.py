@@ -138,7 +138,7 @@ def _litert_torch():
         import litert_torch
     except ImportError:
         raise ConfigError(
-            f"--format tflite needs the converter litert-torch; fix: {INSTALL}"
+            f"exporting to TFLite needs the converter litert-torch, which is not installed; fix: {INSTALL}"
         ) from None
     return litert_torch
 

@@ -126,58 +126,99 @@ class TrainConfig:
             self.aspect_ratios = [
                 list(r) for r in resolve_aspect_ratios(self.aspect_ratios)
             ]  # a set name -> exact pairs
+        # (valid?, field, its flag, what is needed, an example value for the fix)
         checks = [
-            (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),
+            (self.epochs >= 1, "epochs", "--epochs", "need at least 1", "20"),
+            (self.batch_size >= 1, "batch_size", "--batch", "need at least 1", "8"),
             (
                 self.optimizer.lower() in OPTIMIZER_NAMES,
-                f"optimizer={self.optimizer!r}: choose {' or '.join(OPTIMIZER_NAMES)}",
+                "optimizer",
+                "--optimizer",
+                f"choose {' or '.join(OPTIMIZER_NAMES)}",
+                OPTIMIZER_NAMES[0],
             ),
             (
                 self.amp.lower() in AMP_CHOICES,
-                f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}",
+                "amp",
+                "--precision",
+                f"choose one of {', '.join(AMP_CHOICES)}",
+                "fp32",
             ),
             (
                 self.freeze.lower() in FREEZE_CHOICES,
-                f"freeze={self.freeze!r}: choose one of {', '.join(FREEZE_CHOICES)}",
+                "freeze",
+                "--freeze",
+                f"choose one of {', '.join(FREEZE_CHOICES)}",
+                "backbone",
             ),
-            (self.val_interval >= 1, f"val_interval={self.val_interval}: need at least 1"),
-            (self.lr is None or self.lr > 0, f"lr={self.lr}: need a positive learning rate"),
+            (self.val_interval >= 1, "val_interval", "--val-interval", "need at least 1", "1"),
+            (self.lr is None or self.lr > 0, "lr", "--lr", "need a positive learning rate", "0.08"),
             (
                 self.warmup_lr is None or self.warmup_lr > 0,
-                f"warmup_lr={self.warmup_lr}: need a positive learning rate; fix: e.g. --warmup-lr 0.008",
+                "warmup_lr",
+                "--warmup-lr",
+                "need a positive learning rate",
+                "0.008",
             ),
-            (self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs}: need 0 or more"),
+            (self.warmup_epochs >= 0, "warmup_epochs", "--warmup-epochs", "need 0 or more", "1"),
             (
                 self.patience is None or self.patience >= 1,
-                f"patience={self.patience}: need at least 1 epoch (or leave it out)",
+                "patience",
+                "--patience",
+                "need at least 1 epoch (or leave it out)",
+                "10",
             ),
-            (self.workers >= 0, f"workers={self.workers}: need 0 or more"),
+            (self.workers >= 0, "workers", "--workers", "need 0 or more", "4"),
             (
                 self.debug_batches >= 0,
-                f"debug_batches={self.debug_batches}: need 0 (off) or more; fix: e.g. --debug-batches 2",
+                "debug_batches",
+                "--debug-batches",
+                "need 0 (off) or more",
+                "2",
             ),
             (
                 self.debug_interval >= 0,
-                f"debug_interval={self.debug_interval}: need 0 (off) or more epochs; fix: e.g. --debug-interval 5",
+                "debug_interval",
+                "--debug-interval",
+                "need 0 (off) or more epochs",
+                "5",
             ),
-            (self.max_bad_steps >= 1, f"max_bad_steps={self.max_bad_steps}: need at least 1"),
-            (
-                0 <= self.seed < 2**32,
-                f"seed={self.seed}: need 0 <= seed < 2**32; fix: e.g. --seed 0",
-            ),
+            (self.max_bad_steps >= 1, "max_bad_steps", "--max-bad-steps", "need at least 1", "3"),
+            (0 <= self.seed < 2**32, "seed", "--seed", "need 0 <= seed < 2**32", "0"),
             (
                 self.clip_grad >= 0,
-                f"clip_grad={self.clip_grad}: need 0 (off) or a positive norm; fix: e.g. --clip-grad 10",
+                "clip_grad",
+                "--clip-grad",
+                "need 0 (off) or a positive norm",
+                "10",
             ),
             (
                 self.weight_decay is None or self.weight_decay >= 0,
-                f"weight_decay={self.weight_decay}: need 0 or more; fix: e.g. --weight-decay 4e-5",
+                "weight_decay",
+                "--weight-decay",
+                "need 0 or more",
+                "4e-5",
+            ),
+            (
+                not self.ema or 0 <= self.ema_decay < 1,
+                "ema_decay",
+                "--ema-decay",
+                "need 0 <= decay < 1",
+                "0.9998 (0 = off)",
+            ),
+            (
+                self.ema_warmup_steps >= 0,
+                "ema_warmup_steps",
+                "--ema-warmup",
+                "need 0 or more steps",
+                "2000",
             ),
         ]
-        for ok, message in checks:
+        for ok, name, flag, need, example in checks:
             if not ok:
-                raise ConfigError(message)
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r}: {need}; fix: e.g. {flag} {example}"
+                )
         self.loss_config()  # validates the loss settings
         if isinstance(self.loggers, str):
             self.loggers = [self.loggers]

@@ -354,7 +354,7 @@ class Trainer:
 
             existed = self.run_dir.is_dir()
             make_dirs(self.run_dir)
-            self._lock = RunLock(self.run_dir).acquire()
+            self._lock = RunLock(self.run_dir, resume=bool(cfg.resume)).acquire()
             removed = remove_stale_temporaries(self.run_dir)
             earlier = sorted(
                 p.name

@@ -11,6 +11,7 @@ folder (:func:`efficientdet.fileio.remove_stale_temporaries`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -23,17 +24,25 @@ LOCK_NAME = ".lock"
 
 
 class RunLock:
-    """``lock = RunLock(run_dir).acquire()`` ... ``lock.release()`` (the folder must exist)."""
+    """``lock = RunLock(run_dir).acquire()`` ... ``lock.release()`` (the folder must exist).
+    ``resume``: the folder is a ``--resume`` of the user's run, so the fixes cannot be another --out."""
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: str | os.PathLike, resume: bool = False) -> None:
         self.path = Path(run_dir) / LOCK_NAME
+        self.resume = resume
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
+        folder = self.path.parent
         for _ in range(5):  # retried when the holder removed the file between our open and flock
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
+                if self.resume and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise OutputError(
+                        f"{self.path}: cannot create the run lock ({exc.strerror}); fix: make {folder} "
+                        "writable, or copy it somewhere writable and resume the copy"
+                    ) from None
                 raise output_error(self.path, exc, "cannot create the run lock") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,8 +50,8 @@ class RunLock:
                 owner = _read_owner(fd)
                 os.close(fd)
                 raise OutputError(
-                    f"{self.path.parent}: another training run ({owner}) is writing to this folder; "
-                    "fix: wait for it to finish, or give another --out"
+                    f"{folder}: another training run ({owner}) is writing to this folder; "
+                    f"fix: wait for it to finish{'' if self.resume else ', or give another --out'}"
                 ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -56,7 +65,8 @@ class RunLock:
             self.fd = fd
             return self
         raise OutputError(
-            f"{self.path}: could not take the run lock; fix: retry, or give another --out"
+            f"{self.path}: could not take the run lock; fix: retry"
+            f"{'' if self.resume else ', or give another --out'}"
         )
 
     def release(self) -> None:

@@ -21,8 +21,10 @@ backends split and pad batches to fit, so callers may pass any N).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import numpy as np
@@ -98,9 +100,28 @@ class Backend:
         )
 
 
+@contextlib.contextmanager
+def openvino_telemetry_off() -> Iterator[None]:
+    """Keep OpenVINO's and NNCF's usage telemetry (Google Analytics, a client id in ~/intel)
+    off while they import, convert or quantise: each (re)starts it then, and the one switch all
+    of them honour is openvino_telemetry's CI check (``disable_in_ci``), so ``CI=true`` is set
+    for that time; a CI the user set is kept (``CI=false`` opts in)."""
+    if "CI" in os.environ:
+        yield
+        return
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop("CI", None)
+
+
 def require(module: str, what: str, extra: str) -> ModuleType:
     """Import an optional runtime or converter, or one line naming the extra that installs it."""
     try:
+        if module.split(".")[0] in ("openvino", "nncf"):
+            with openvino_telemetry_off():
+                return importlib.import_module(module)
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(
