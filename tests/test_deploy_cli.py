@@ -550,7 +550,8 @@ def test_bench_engine_without_its_extra_is_one_line(ckpt, tmp_path, monkeypatch,
     that fails to import plays the missing extra in the engine's process."""
     (tmp_path / "litert_torch").mkdir()
     (tmp_path / "litert_torch" / "__init__.py").write_text("raise ImportError('not installed')\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    paths = [str(tmp_path), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     assert main(["bench", "--weights", str(ckpt), "--engine", "tflite", *BENCH_QUICK]) == 2
     captured = capfd.readouterr()
     assert captured.out == ""
