@@ -1,7 +1,7 @@
 """COCO mAP of one checkpoint in every export format, through the CLI a user runs.
 
-    python benchmarks/bench_formats.py --weights /work/demo_run/best.pt \
-        --data /work/demo_run/data/data.yaml [--calib-images 200] [--formats ...] [--json out.json]
+    python benchmarks/bench_formats.py --weights runs/demo/1/best.pt \
+        --data runs/demo/1/data/data.yaml [--calib-images 200] [--formats ...] [--json out.json]
 
 For each format: ``efficientdet export`` (with its parity check against PyTorch; int8
 formats calibrate on ``--calib-images`` images of the dataset's train split), then
