@@ -113,6 +113,27 @@ def test_plain_elements_are_decoded_in_blocks(monkeypatch) -> None:
     assert 1 < len(calls) < 100  # blocks of many elements, not one call per element
 
 
+def test_skipped_polygons_decode_as_none_and_nothing_else_changes(monkeypatch) -> None:
+    """``skip_polygons``: polygon segmentations (any spacing, exponents, negative numbers,
+    several rings) come back as None from the fast path; RLE segmentations, a "segmentation"
+    text inside a string and every other value are json's."""
+    monkeypatch.setattr(jsonstream, "bulk_loads", orjson.loads)
+    elements = [
+        {"id": i, "bbox": [i, -2.5e-3, 3, 4], "segmentation": [[1.25, -3e2] * 4, [7, 8, 9, 10]]}
+        for i in range(300)
+    ]
+    elements[7]["segmentation"] = {"counts": [1, 2, 3], "size": [4, 5]}  # RLE: kept
+    elements[9]["note"] = '"segmentation": [[1, 2]]'  # looks like one, inside a string: kept
+    text = json.dumps({"annotations": elements}, indent=1)  # spaces and newlines in polygons
+    stream = top_level_items(io.StringIO(text), {"annotations"}, 1 << 16, {"annotations"})
+    got = {k: list(v) for k, v in stream}["annotations"]
+    want = [{**e, "segmentation": None} if i != 7 else e for i, e in enumerate(elements)]
+    assert got == want
+    # without skip_polygons: json's values
+    stream = top_level_items(io.StringIO(text), {"annotations"}, 1 << 16)
+    assert {k: list(v) for k, v in stream}["annotations"] == elements
+
+
 def _doc(tmp_path, order: tuple[str, ...]) -> tuple[dict, dict]:
     """Two 40x30 images (+1 missing), 11 annotations with one problem each of several kinds."""
     write_image(tmp_path / "images" / "a.png", 40, 30)

@@ -82,7 +82,9 @@ def read_coco(
     pending: list = []  # annotations listed before the images (kept until those are read)
     try:
         with open(json_path, encoding="utf-8") as f:
-            for key, value in top_level_items(f, stream=("images", "annotations")):
+            for key, value in top_level_items(
+                f, stream=("images", "annotations"), skip_polygons=("annotations",)
+            ):
                 if key in ("images", "annotations") and (key in doc or key in streamed):
                     raise DataError(
                         f"{json_path}: '{key}' appears twice; fix: merge the two lists into one"

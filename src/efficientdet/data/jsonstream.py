@@ -17,6 +17,11 @@ Elements of a streamed array are decoded a block at a time by orjson when it is 
 and only a block that orjson reads whole, holding no NaN/Infinity (which orjson refuses) and
 no integer of 19+ digits (which orjson turns into a float), is taken from it; anything else
 goes element by element through the standard decoder, so the values are json's.
+
+``skip_polygons`` names streamed arrays whose elements' polygon ``"segmentation"`` values
+(``[[x, y, ...], ...]``) the caller does not read: the fast path replaces each by ``null``
+before decoding, which saves creating a float object per coordinate (train2017's size: read
+12.9 -> 6.2 s). The slow path may still return them; RLE segmentations are always kept.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 _DIGIT_MASK = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 _LONG_DIGITS = b"0" * 19
 _DECODER = json.JSONDecoder()
+# a polygon segmentation value: only numbers, commas, brackets and spaces up to its closing "]]"
+_POLYGON = re.compile(rb'"segmentation"\s*:\s*\[\s*\[[-+0-9.eE,\s\[\]]*\]\s*\]')
 BLOCK_CHARS = 1 << 22
 
 
@@ -119,9 +126,10 @@ class _Text:
             self.pos = end
             return obj
 
-    def bulk(self, loads: Callable[[bytes], Any]) -> list | None:
+    def bulk(self, loads: Callable[[bytes], Any], skip_polygons: bool = False) -> list | None:
         """The array elements from here to the last complete one in the buffer, decoded in one
-        call, or None (then the caller decodes one element the standard way)."""
+        call, or None (then the caller decodes one element the standard way); with
+        ``skip_polygons``, polygon segmentations decode as None."""
         if self.base + self.pos < self.slow_until:
             return None
         if len(self.text) - self.pos < self.block // 2:
@@ -142,6 +150,8 @@ class _Text:
         block = text[start : cut + 1]
         try:
             raw = block.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, a ValueError
+            if skip_polygons:
+                raw = _POLYGON.sub(b'"segmentation":null', raw)
             if _LONG_DIGITS in raw.translate(_DIGIT_MASK) or b"NaN" in raw or b"Infinity" in raw:
                 raise ValueError("values orjson reads otherwise than json")
             values = loads(b"[" + raw + b"]")
@@ -153,7 +163,10 @@ class _Text:
 
 
 def top_level_items(
-    f: TextIO, stream: Collection[str] = (), block: int = BLOCK_CHARS
+    f: TextIO,
+    stream: Collection[str] = (),
+    block: int = BLOCK_CHARS,
+    skip_polygons: Collection[str] = (),
 ) -> Iterator[tuple[str, Any]]:
     """(key, value) of the JSON object in ``f``, in file order. For a key in ``stream`` whose
     value is an array, the value is an iterator over its elements, valid until the next item
@@ -176,7 +189,7 @@ def top_level_items(
             key = text.value()
             text.take(":", "Expecting ':' delimiter")
             if key in stream and text.peek() == "[":
-                elements = _elements(text)
+                elements = _elements(text, key in skip_polygons)
                 yield key, elements
                 for _ in elements:  # the caller stopped early: skip the rest
                     pass
@@ -193,13 +206,13 @@ def top_level_items(
         raise text.error("Extra data")
 
 
-def _elements(text: _Text) -> Iterator[Any]:
+def _elements(text: _Text, skip_polygons: bool = False) -> Iterator[Any]:
     text.take("[", "Expecting '['")
     if text.peek() == "]":
         text.pos += 1
         return
     while True:
-        values = text.bulk(bulk_loads) if bulk_loads is not None else None
+        values = text.bulk(bulk_loads, skip_polygons) if bulk_loads is not None else None
         if values:
             yield from values
         else:
