@@ -1,7 +1,8 @@
 """torchrun target of tests/test_train_lightning.py, and the fit it compares against:
 a Lightning fit of the adapter on ``DATA`` (lite0 at 64x64, no augmentation, every BatchNorm
 in eval mode, no validation); rank 0 saves the initial and trained (raw) weights and the last logged
-``train/loss`` to ``OUT`` (``torch.save``)."""
+``train/loss`` to ``OUT`` (``torch.save``). Also the config and Trainer every adapter test starts
+from (:func:`tiny_config`, :func:`quiet_trainer`)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,39 @@ import sys
 from pathlib import Path
 
 
+def tiny_config(data, **overrides):
+    """The adapter tests' TrainConfig: lite0 at 64x64, batch 4, lr 0.01, no loader workers,
+    with ``overrides``."""
+    from efficientdet.engine.config import TrainConfig
+
+    fields = dict(model="lite0", image_size=64, batch_size=4, lr=0.01, workers=0)
+    return TrainConfig(data=str(data), **{**fields, **overrides})
+
+
+def quiet_trainer(**overrides):
+    """An ``L.Trainer`` on one CPU with no logger, progress bar or model summary, with
+    ``overrides``."""
+    import lightning as L
+
+    fields = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**fields, **overrides})
+
+
 def fit(data: str, out: Path, batch: int, devices: int) -> None:
     import lightning as L
     import torch
 
-    from efficientdet.engine.config import TrainConfig
     from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
 
-    cfg = TrainConfig(
-        data=data,
-        model="lite0",
-        image_size=64,
+    cfg = tiny_config(
+        data,
         batch_size=batch,
-        lr=0.01,
-        workers=0,
         epochs=2,
         ema=False,
         scale_min=1.0,
@@ -35,15 +55,11 @@ def fit(data: str, out: Path, batch: int, devices: int) -> None:
     dm = EfficientDetDataModule(cfg)
     module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
     initial = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=cfg.epochs,
-        accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         gradient_clip_val=cfg.clip_grad,
         limit_val_batches=0,
         num_sanity_val_steps=0,

@@ -11,8 +11,9 @@ import torch
 L = pytest.importorskip("lightning", reason="lightning not installed")
 
 from efficientdet.data.synth import CLASS_NAMES, write_synthetic_dataset  # noqa: E402
-from efficientdet.engine.trainer import TrainConfig  # noqa: E402
 from efficientdet.factory import load_model  # noqa: E402
+
+from .lightning_ddp_worker import quiet_trainer, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,27 +24,13 @@ def test_lightning_short_fit(tmp_path):
     data = write_synthetic_dataset(
         tmp_path / "data", num_train=8, num_val=4, seed=5, size=96, progress=False
     )
-    cfg = TrainConfig(
-        data=str(data),
-        model="lite0",
-        image_size=64,
-        batch_size=4,
-        lr=0.01,
-        workers=0,
-        ema_warmup_steps=2,
-        epochs=2,
-    )
+    cfg = tiny_config(data, ema_warmup_steps=2, epochs=2)
     dm = EfficientDetDataModule(cfg)
     module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         gradient_clip_val=cfg.clip_grad,
         num_sanity_val_steps=0,
     )
@@ -128,30 +115,13 @@ def test_lightning_on_a_split_without_annotations_logs_no_map(tmp_path):
     val = json.loads((data.parent / "val.json").read_text())
     info = data.parent / "image_info_val.json"
     info.write_text(json.dumps({k: v for k, v in val.items() if k != "annotations"}))
-    cfg = TrainConfig(
-        data=str(data),
-        val_data=str(info),
-        model="lite0",
-        image_size=64,
-        batch_size=4,
-        lr=0.01,
-        workers=0,
-        epochs=1,
-    )
+    cfg = tiny_config(data, val_data=str(info), epochs=1)
     dm = EfficientDetDataModule(cfg)
     assert not dm.val_data.annotated and len(dm.val_data.records) == 2
 
     def trainer(**kwargs):
-        return L.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp_path / "runs",
-            **kwargs,
+        return quiet_trainer(
+            max_epochs=1, num_sanity_val_steps=0, default_root_dir=tmp_path / "runs", **kwargs
         )
 
     module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
@@ -196,17 +166,13 @@ def test_lightning_clips_at_the_config_norm_by_default(tmp_path, clip):
         tmp_path / "data", num_train=4, num_val=1, seed=5, size=64, progress=False
     )
     lr = 0.01
-    cfg = TrainConfig(
-        data=str(data),
-        model="lite0",
-        image_size=64,
-        batch_size=4,
+    cfg = tiny_config(
+        data,
         lr=lr,
         warmup_lr=lr,
         min_lr_ratio=1.0,
         momentum=0.0,
         weight_decay=0.0,
-        workers=0,
         epochs=1,
         ema=False,
         clip_grad=clip,
@@ -214,16 +180,7 @@ def test_lightning_clips_at_the_config_norm_by_default(tmp_path, clip):
     dm = EfficientDetDataModule(cfg)
     module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=False, limit_val_batches=0)
     trainer.fit(module, dm)
     assert trainer.global_step == 1 and cfg.optimizer == "sgd"
     moved = torch.linalg.vector_norm(
