@@ -17,7 +17,8 @@ from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import postprocess
 from efficientdet.errors import ConfigError, DataError, WeightsError
 from efficientdet.factory import save_model_dict
-from efficientdet.nn.fuse import fuse_for_inference
+from efficientdet.nn.efficientnet import InvertedResidualBlock
+from efficientdet.nn.fuse import fuse_for_inference, pad_before_expand
 from efficientdet.weights import load_weights
 
 from .matching import box_iou
@@ -166,6 +167,38 @@ def test_fuse_for_inference_is_exact_up_to_rounding():
         torch.testing.assert_close(b, a, atol=1e-4 * max(1.0, float(a.abs().max())), rtol=0)
     with pytest.raises(ConfigError):
         fuse_for_inference(create_model("efficientdet_lite0", num_classes=2, image_size=64).train())
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("hw", [(16, 16), (15, 18), (7, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pad_before_expand_gives_the_block_output(kernel, hw, channels_last):
+    """Padding a strided block's input before the 1x1 expansion (and zeroing the border it
+    fills) equals TF-"same" padding of the expansion, for even, odd and tiny sizes."""
+    torch.manual_seed(kernel + hw[0])
+    block = InvertedResidualBlock(8, 16, kernel, 2, 6, 0.25, "swish", 0.0)
+    with torch.no_grad():  # a bias that makes the expansion's border far from zero
+        for bn in (block.bn1, block.bn2, block.bn3):
+            bn.running_mean.uniform_(-2, 2)
+            bn.bias.uniform_(1, 2)
+    x = torch.randn(2, 8, *hw)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = block.eval()(x)
+        out = pad_before_expand(block)(x)
+        assert block.pad_before_expand
+        # training ignores the rewrite: its BN statistics must not count the border
+        torch.manual_seed(1)
+        trained = block.train()(x)
+        block.pad_before_expand = False
+        torch.manual_seed(1)
+        trained_ref = block(x)
+    assert out.shape == ref.shape == (2, 16, (hw[0] + 1) // 2, (hw[1] + 1) // 2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trained, trained_ref, atol=0, rtol=0)
+    with pytest.raises(ConfigError):
+        pad_before_expand(block.train())
 
 
 def test_class_filter_keeps_the_per_class_detections(lite0):

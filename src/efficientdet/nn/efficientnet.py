@@ -13,11 +13,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from .layers import Conv2dSame, drop_path, make_act, make_bn
+from .layers import Conv2dSame, drop_path, make_act, make_bn, same_padding
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,34 @@ class InvertedResidualBlock(nn.Module):
         )
         self.conv_pwl = nn.Conv2d(mid, out_ch, 1, bias=False)
         self.bn3 = make_bn(out_ch)
+        self.pad_before_expand = False  # eval-time rewrite, see nn.fuse.pad_before_expand
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv_pw(x)))
-        out = self.se(self.act2(self.bn2(self.conv_dw(out))))
+        if self.pad_before_expand and self.conv_dw.dynamic_pad and not self.training:
+            out = self._expand_then_strided_dw(x)
+        else:
+            out = self.conv_dw(self.act1(self.bn1(self.conv_pw(x))))
+        out = self.se(self.act2(self.bn2(out)))
         out = self.bn3(self.conv_pwl(out))
         if self.has_skip:
             out = drop_path(out, self.drop_path_rate, self.training) + x
         return out
+
+    def _expand_then_strided_dw(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv_dw(act1(bn1(conv_pw(x))))`` with the TF-"same" zero padding applied to the
+        narrow input ``x`` (N, C_in, H, W) rather than to the ``expand`` times wider expansion.
+        The 1x1 expansion turns the zero border into act(bias): it is zeroed again, so the
+        result is the same. Eval only (training BN statistics would count the border)."""
+        k, s = self.conv_dw.kernel_size[0], self.conv_dw.stride[0]
+        top, bottom = same_padding(int(x.shape[-2]), k, s)
+        left, right = same_padding(int(x.shape[-1]), k, s)
+        out = self.act1(self.bn1(self.conv_pw(F.pad(x, (left, right, top, bottom)))))
+        height, width = out.shape[-2:]
+        out[:, :, :top].zero_()
+        out[:, :, height - bottom :].zero_()
+        out[:, :, :, :left].zero_()
+        out[:, :, :, width - right :].zero_()
+        return self.conv_dw._conv_forward(out, self.conv_dw.weight, self.conv_dw.bias)
 
 
 class EfficientNet(nn.Module):

@@ -1,7 +1,9 @@
-"""BatchNorm folding for inference: every eval-mode BN of an EfficientDet folded into the conv before it.
+"""Inference rewrites of an eval-mode EfficientDet; the network keeps its ``forward(images
+(N, 3, H, W)) -> (class outputs, box outputs)`` contract.
 
-:func:`fuse_for_inference` is what ``Detector`` (``fuse=True``) and ``export`` apply; the
-network keeps its ``forward(images (N, 3, H, W)) -> (class outputs, box outputs)`` contract.
+:func:`fuse_for_inference` folds every BN into the conv before it: ``Detector`` (``fuse=True``)
+and ``export`` apply it. :func:`pad_before_expand` moves the strided blocks' padding to their
+narrow inputs: the PyTorch backend applies it, exports do not (it writes in place).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .efficientnet import InvertedResidualBlock
 from .heads import HeadNet, _LevelBN
 from .layers import SeparableConv
 
@@ -101,4 +104,21 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         raise RuntimeError(
             f"fuse_for_inference: BatchNorm left unfused at {left[:3]}"
         )  # a layout we do not know: our bug
+    return model
+
+
+def pad_before_expand(model: nn.Module) -> nn.Module:
+    """Make every strided inverted-residual block pad its narrow input instead of its expansion.
+
+    TF "same" padding of a strided depthwise conv materialises a padded copy of the expanded
+    tensor (D0 at 512: 96 channels at 256x256, 25 MB). Padding the block's input (16 channels)
+    before the 1x1 expansion and zeroing the border after it gives the same result for a
+    fraction of the memory traffic (about 2 ms of D0's 50 ms on a 2-core CPU). Eval mode only;
+    in place; returns ``model``. Not for export: the border is zeroed in place.
+    """
+    if model.training:
+        raise ConfigError("pad_before_expand: call model.eval() first (an inference rewrite)")
+    for module in model.modules():
+        if isinstance(module, InvertedResidualBlock):
+            module.pad_before_expand = True
     return model
