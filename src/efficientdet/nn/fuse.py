@@ -113,8 +113,8 @@ def pad_before_expand(model: nn.Module) -> nn.Module:
     TF "same" padding of a strided depthwise conv materialises a padded copy of the expanded
     tensor (D0 at 512: 96 channels at 256x256, 25 MB). Padding the block's input (16 channels)
     before the 1x1 expansion and zeroing the border after it gives the same result for a
-    fraction of the memory traffic (about 2 ms of D0's 50 ms on a 2-core CPU). Eval mode only;
-    in place; returns ``model``. Not for export: the border is zeroed in place.
+    fraction of the memory traffic (measured by ``benchmarks/bench_eager_rewrites.py``). Eval
+    mode only; in place; returns ``model``. Not for export: the border is zeroed in place.
     """
     if model.training:
         raise ConfigError("pad_before_expand: call model.eval() first (an inference rewrite)")
