@@ -1,12 +1,14 @@
-"""The eager backend's inference rewrites, on and off, in one process (interleaved A/B).
+"""The eager backend's inference rewrites, each on and off, in one process (interleaved A/B).
 
     python benchmarks/bench_eager_rewrites.py [--models d0 lite0] [--rounds 10] [--repeats 10]
 
 For each model (fixture weights, D0 at 512, Lite0 at 320, batch 1, channels_last, BN folded:
-the network of ``Detector(model=...)``), times ``Detector.detect_batch`` with
-:func:`efficientdet.nn.fuse.pad_before_expand` on and off, alternating every round so that
-load from other processes hits both alike, and prints the median over rounds of each round's
-median, the ratio and the largest output difference (the rewrite is exact up to rounding).
+the network of ``Detector(model=...)``), times ``Detector.detect_batch`` with neither, each and
+both of :func:`efficientdet.nn.fuse.pad_before_expand` and
+:func:`efficientdet.nn.fuse.fold_fusion_weights`, alternating every round so that load from
+other processes hits all alike, and prints the median over rounds of each round's median, the
+ratio to neither and the largest output difference to neither (the rewrites are exact up to
+float rounding).
 """
 
 from __future__ import annotations
@@ -21,13 +23,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 from bench_predict import MODELS
 
+VARIANTS = {  # name: (pad_before_expand, fold_fusion_weights)
+    "neither": (False, False),
+    "pad_before_expand": (True, False),
+    "fold_fusion_weights": (False, True),
+    "both (the backend)": (True, True),
+}
 
-def ab_model(name: str, rounds: int, repeats: int, threads: int) -> tuple[float, float, float]:
-    """(median ms with the rewrite off, on, largest output difference) for one model."""
+
+def ab_model(name: str, rounds: int, repeats: int, threads: int) -> dict[str, tuple[float, float]]:
+    """{variant: (median ms, largest output difference to "neither")} for one model."""
     import torch
 
     from efficientdet import create_model
     from efficientdet.deploy.detector import Detector
+    from efficientdet.nn.bifpn import FuseInputs
     from efficientdet.nn.efficientnet import InvertedResidualBlock
     from efficientdet.weights import load_weights
 
@@ -39,33 +49,44 @@ def ab_model(name: str, rounds: int, repeats: int, threads: int) -> tuple[float,
     state = ref["state_dict_fp16"]
     load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     det = Detector(model=model, conf=0.0, iou=0.5, max_det=100, max_candidates=5000)
-    blocks = [m for m in det.backend.network.modules() if isinstance(m, InvertedResidualBlock)]
+    network = det.backend.network
+    blocks = [m for m in network.modules() if isinstance(m, InvertedResidualBlock)]
+    nodes = {m: m.folded_weights for m in network.modules() if isinstance(m, FuseInputs)}
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     x = x.contiguous(memory_format=torch.channels_last)
     scales, sizes = torch.ones(1), [(size, size)]
 
-    def use(on: bool) -> None:
+    def use(variant: str) -> None:
+        pad, fold = VARIANTS[variant]
         for block in blocks:
-            block.pad_before_expand = on
+            block.pad_before_expand = pad
+        for node, weights in nodes.items():
+            node.folded_weights = weights if fold else None
 
     with torch.inference_mode():
         outputs = {}
-        for on in (False, True):
-            use(on)
+        for variant in VARIANTS:
+            use(variant)
             cls_out, box_out = det.raw(x)
-            outputs[on] = cls_out + box_out
-        diff = max(
-            float((a - b).abs().max()) for a, b in zip(outputs[False], outputs[True], strict=True)
-        )
-        medians: dict[bool, list[float]] = {False: [], True: []}
+            outputs[variant] = cls_out + box_out
+        medians: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
         for _ in range(rounds):
-            for on in (False, True):
-                use(on)
+            for variant in VARIANTS:
+                use(variant)
                 timing = common.measure(
                     lambda: det.detect_batch(x, scales, sizes), 3, repeats, threads
                 )
-                medians[on].append(timing["median_ms"])
-    return statistics.median(medians[False]), statistics.median(medians[True]), diff
+                medians[variant].append(timing["median_ms"])
+    return {
+        variant: (
+            statistics.median(medians[variant]),
+            max(
+                float((a - b).abs().max())
+                for a, b in zip(outputs["neither"], outputs[variant], strict=True)
+            ),
+        )
+        for variant in VARIANTS
+    }
 
 
 def main() -> None:
@@ -81,12 +102,14 @@ def main() -> None:
     runtime.keep_freed_memory()  # as `efficientdet predict` and `bench` do
     common.set_threads(args.threads)
     print(common.machine_info())
-    print("| model | rewrite off ms | rewrite on ms | on / off | max output difference |")
+    print("| model | rewrites | end to end ms | vs neither | max output difference |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        off, on, diff = ab_model(name, args.rounds, args.repeats, args.threads)
+        results = ab_model(name, args.rounds, args.repeats, args.threads)
         ours, _, size, _ = MODELS[name]
-        print(f"| {ours} {size} | {off:.1f} | {on:.1f} | {on / off:.3f} | {diff:.1e} |")
+        base = results["neither"][0]
+        for variant, (ms, diff) in results.items():
+            print(f"| {ours} {size} | {variant} | {ms:.1f} | {ms / base:.3f} | {diff:.1e} |")
 
 
 if __name__ == "__main__":

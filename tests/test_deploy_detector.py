@@ -17,8 +17,14 @@ from efficientdet.detection.anchors import AnchorGenerator
 from efficientdet.detection.postprocess import postprocess
 from efficientdet.errors import ConfigError, DataError, WeightsError
 from efficientdet.factory import save_model_dict
+from efficientdet.nn.bifpn import FuseInputs, Resample
 from efficientdet.nn.efficientnet import InvertedResidualBlock
-from efficientdet.nn.fuse import fuse_for_inference, pad_before_expand
+from efficientdet.nn.fuse import (
+    fold_fusion_weights,
+    fuse_for_inference,
+    pad_before_expand,
+    rewrite_for_eager,
+)
 from efficientdet.weights import load_weights
 
 from .matching import box_iou
@@ -160,11 +166,14 @@ def test_fuse_for_inference_is_exact_up_to_rounding():
         ref_cls, ref_box = model(x)
         fused = fuse_for_inference(copy.deepcopy(model))
         cls, box = fused(x)
+        # the eager backend's network: BN folded, then its rewrites
+        cls_eager, box_eager = rewrite_for_eager(fuse_for_inference(copy.deepcopy(model)))(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    for a, b in zip(ref_cls + ref_box, cls + box, strict=True):
+    for a, b, c in zip(ref_cls + ref_box, cls + box, cls_eager + box_eager, strict=True):
         assert a.std() > 0.05  # outputs carry signal
         # float32 rounding differs once BN is folded: 1e-4 relative to the output range
         torch.testing.assert_close(b, a, atol=1e-4 * max(1.0, float(a.abs().max())), rtol=0)
+        torch.testing.assert_close(c, a, atol=1e-4 * max(1.0, float(a.abs().max())), rtol=0)
     with pytest.raises(ConfigError):
         fuse_for_inference(create_model("efficientdet_lite0", num_classes=2, image_size=64).train())
 
@@ -199,6 +208,33 @@ def test_pad_before_expand_gives_the_block_output(kernel, hw, channels_last):
     torch.testing.assert_close(trained, trained_ref, atol=0, rtol=0)
     with pytest.raises(ConfigError):
         pad_before_expand(block.train())
+
+
+@pytest.mark.parametrize("fusion", ["fastattn", "softmax"])
+@pytest.mark.parametrize("inputs", [2, 3])
+def test_folded_fusion_weights_give_the_node_output(fusion, inputs):
+    """A BiFPN node fusing with its normalised weights folded into floats gives the output of
+    the weights renormalised per call; training ignores the folded copy."""
+    torch.manual_seed(inputs)
+    node = FuseInputs({i: Resample(8, 8, 0) for i in range(inputs)}, fusion)
+    with torch.no_grad():
+        node.edge_weights.copy_(torch.tensor([1.5, -0.2, 0.7][:inputs]))  # relu zeroes one
+    xs = [torch.randn(2, 8, 6, 5) for _ in range(inputs)]
+    with torch.no_grad():
+        ref = node.eval()(xs, (6, 5))
+        w = node.normalized_weights()
+        by_hand = sum(x * wi for x, wi in zip(xs, w, strict=True))
+        out = fold_fusion_weights(node)(xs, (6, 5))
+        assert node.folded_weights is not None
+        node.edge_weights.add_(1.0)  # as a training step would change them
+        trained = node.train()(xs, (6, 5))
+    torch.testing.assert_close(ref, by_hand, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        trained, sum(x * wi for x, wi in zip(xs, node.normalized_weights(), strict=True))
+    )
+    with pytest.raises(ConfigError):
+        fold_fusion_weights(node.train())
 
 
 def test_class_filter_keeps_the_per_class_detections(lite0):

@@ -2,8 +2,9 @@
 (N, 3, H, W)) -> (class outputs, box outputs)`` contract.
 
 :func:`fuse_for_inference` folds every BN into the conv before it: ``Detector`` (``fuse=True``)
-and ``export`` apply it. :func:`pad_before_expand` moves the strided blocks' padding to their
-narrow inputs: the PyTorch backend applies it, exports do not (it writes in place).
+and ``export`` apply it. :func:`rewrite_for_eager` also moves the strided blocks' padding to
+their narrow inputs and folds the BiFPN fusion weights into constants: the PyTorch backend
+applies it, exports do not (it writes in place; exporters fold constants themselves).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .bifpn import FuseInputs
 from .efficientnet import InvertedResidualBlock
 from .heads import HeadNet, _LevelBN
 from .layers import SeparableConv
@@ -107,6 +109,17 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     return model
 
 
+def rewrite_for_eager(model: nn.Module) -> nn.Module:
+    """The PyTorch backend's rewrites of an eval-mode model: :func:`pad_before_expand` and
+    :func:`fold_fusion_weights`. Exact up to float rounding; in place; returns ``model``."""
+    return fold_fusion_weights(pad_before_expand(model))
+
+
+def _check_eval(model: nn.Module, name: str) -> None:
+    if model.training:
+        raise ConfigError(f"{name}: call model.eval() first (an inference rewrite)")
+
+
 def pad_before_expand(model: nn.Module) -> nn.Module:
     """Make every strided inverted-residual block pad its narrow input instead of its expansion.
 
@@ -116,9 +129,21 @@ def pad_before_expand(model: nn.Module) -> nn.Module:
     fraction of the memory traffic (measured by ``benchmarks/bench_eager_rewrites.py``). Eval
     mode only; in place; returns ``model``. Not for export: the border is zeroed in place.
     """
-    if model.training:
-        raise ConfigError("pad_before_expand: call model.eval() first (an inference rewrite)")
+    _check_eval(model, "pad_before_expand")
     for module in model.modules():
         if isinstance(module, InvertedResidualBlock):
             module.pad_before_expand = True
+    return model
+
+
+def fold_fusion_weights(model: nn.Module) -> nn.Module:
+    """Store every BiFPN node's normalised fusion weights as Python floats, so that eager
+    inference fuses its inputs in two kernels each instead of renormalising the weights
+    (relu, sum, divide, index: ten small kernels per node) on every call. Eval mode only; the
+    weights must not change afterwards; in place; returns ``model``."""
+    _check_eval(model, "fold_fusion_weights")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FuseInputs) and module.fusion != "sum":
+                module.folded_weights = tuple(float(w) for w in module.normalized_weights())
     return model

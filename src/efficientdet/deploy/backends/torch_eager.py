@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig
-from ...nn.fuse import fuse_for_inference, pad_before_expand
+from ...nn.fuse import fuse_for_inference, rewrite_for_eager
 from .base import Backend
 
 
 class TorchBackend(Backend):
     """Runs ``model`` on ``device`` in float32, or with ``half`` in bf16 (CPU) / fp16 (CUDA).
 
-    ``fuse`` folds BN into the convs and pads strided blocks before their expansion (on a
-    copy, :mod:`efficientdet.nn.fuse`), ``channels_last`` (default True on CPU)
+    ``fuse`` folds BN into the convs and applies the eager rewrites (on a copy:
+    :mod:`efficientdet.nn.fuse`), ``channels_last`` (default True on CPU)
     converts model and input, ``compile`` wraps the network in ``torch.compile``. Any input
     size works; ``model`` keeps the unfused module (e.g. to export it).
     """
@@ -45,7 +45,7 @@ class TorchBackend(Backend):
         )
         self.model = model.eval()
         net = (
-            pad_before_expand(fuse_for_inference(copy.deepcopy(self.model))) if fuse else self.model
+            rewrite_for_eager(fuse_for_inference(copy.deepcopy(self.model))) if fuse else self.model
         )
         net = net.to(self.device, self.dtype)
         if self.channels_last:
