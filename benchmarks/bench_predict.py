@@ -75,6 +75,10 @@ def worker(args) -> None:
         if det.backend.name == "torch" and det.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         scales, sizes = torch.ones(1), [(size, size)]
+        if args.serve:
+            with torch.inference_mode():
+                common.serve_timings(lambda: det.detect_batch(x, scales, sizes), args.warmup)
+            return
         out = {"impl": "ours", "engine": engine, "model": ours, "image_size": size}
         with torch.inference_mode():
             warm = 15 if engine == "compile" else args.warmup
@@ -91,6 +95,94 @@ def worker(args) -> None:
             out["num_detections"] = len(det.detect_batch(x, scales, sizes)[0]["scores"])
     out["peak_rss_mb"] = common.peak_rss_mb()
     common.emit_json(out)
+
+
+def _worker_args(args, engine: str, key: str) -> list[str]:
+    """Arguments of this script's worker mode for ``engine`` on model ``key``."""
+    return [
+        "--worker",
+        engine,
+        "--model",
+        key,
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        *(["--calib-data", args.calib_data] if args.calib_data else []),
+        "--workdir",
+        args.workdir,
+    ]
+
+
+def _peer_args(args, key: str, extra: list[str]) -> list[str]:
+    """Arguments of peer_predict.py for model ``key``."""
+    _, peer, size, _ = MODELS[key]
+    return [
+        "--model",
+        peer,
+        "--image-size",
+        str(size),
+        "--batch",
+        "1",
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--weights",
+        "fixture",
+        *extra,
+    ]
+
+
+def paired(args) -> None:
+    """--paired: per model and engine, ``args.paired`` alternating pairs of single calls."""
+    import tempfile
+
+    print(common.machine_info())
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-predict-")
+    print(
+        "| model | engine | ours ms (median) | effdet eager ms (median) | ours / effdet "
+        "(median of pairs) | p10 - p90 of pairs |"
+    )
+    print("|---|---|---|---|---|---|")
+    results = []
+    for key in args.models:
+        for engine in args.engines:
+            servers = []
+            try:
+                peer = common.TimingServer(
+                    os.path.join(common.PEER_DIR, "peer_predict.py"),
+                    [*_peer_args(args, key, []), "--serve"],
+                    python=common.PEER_PYTHON,
+                )
+                servers.append(peer)
+                ours = common.TimingServer(
+                    os.path.abspath(__file__),
+                    [*_worker_args(args, engine, key), "--serve"],
+                    python=TFLITE_PYTHON if engine.startswith("tflite") else None,
+                )
+                servers.append(ours)
+                res = common.paired_ratios(ours, peer, args.paired)
+            finally:
+                for server in servers:
+                    server.close()
+            name, _, size, _ = MODELS[key]
+            results.append({"model": name, "image_size": size, "engine": engine, **res})
+            print(
+                f"| {name} {size} | {engine} | {res['ours_median_ms']:.1f} | "
+                f"{res['peer_median_ms']:.1f} | **{res['ratio_median']:.3f}x** | "
+                f"{res['ratio_p10']:.3f} - {res['ratio_p90']:.3f} |",
+                flush=True,
+            )
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"machine": common.machine_info_dict(), "paired": results}, f, indent=1)
 
 
 def main() -> None:
@@ -117,10 +209,22 @@ def main() -> None:
         help="keep the exported files here and reuse those already there (default: a new "
         "temporary folder); a first run with --rounds 1 --repeats 1 exports them untimed",
     )
+    ap.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead of rounds: keep effdet (eager) and each engine alive in two processes and "
+        "time PAIRS pairs of single end-to-end calls in alternation (common.paired_ratios)",
+    )
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.paired:
+        paired(args)
         return
     engines = list(args.engines) + (
         ["compile"] if args.compile and "compile" not in args.engines else []
@@ -128,57 +232,24 @@ def main() -> None:
     print(common.machine_info())
     import tempfile
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-predict-")  # shared by the rounds
-    os.makedirs(workdir, exist_ok=True)
+    # exported files are shared by the rounds
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-predict-")
+    os.makedirs(args.workdir, exist_ok=True)
     rows: dict[tuple, list[dict]] = {}
     for rnd in range(args.rounds):
         for key in args.models:
-            _, peer, size, _ = MODELS[key]
             jobs = [("effdet", "eager", []), ("effdet", "channels_last", ["--channels-last"])]
             jobs += [("ours", e, None) for e in engines]
             for impl, engine, extra in jobs:
                 if impl == "effdet":
                     if not common.peer_available():
                         continue
-                    res = common.run_peer(
-                        "peer_predict.py",
-                        [
-                            "--model",
-                            peer,
-                            "--image-size",
-                            str(size),
-                            "--batch",
-                            "1",
-                            "--repeats",
-                            str(args.repeats),
-                            "--warmup",
-                            str(args.warmup),
-                            "--threads",
-                            str(args.threads),
-                            "--weights",
-                            "fixture",
-                            *extra,
-                        ],
-                    )
+                    res = common.run_peer("peer_predict.py", _peer_args(args, key, extra))
                 else:
                     res = common.run_python(
                         os.path.abspath(__file__),
                         python=TFLITE_PYTHON if engine.startswith("tflite") else None,
-                        args=[
-                            "--worker",
-                            engine,
-                            "--model",
-                            key,
-                            "--repeats",
-                            str(args.repeats),
-                            "--warmup",
-                            str(args.warmup),
-                            "--threads",
-                            str(args.threads),
-                            *(["--calib-data", args.calib_data] if args.calib_data else []),
-                            "--workdir",
-                            workdir,
-                        ],
+                        args=_worker_args(args, engine, key),
                     )
                 rows.setdefault((key, impl, engine), []).append(res)
                 net = res.get("network", {}).get("median_ms")

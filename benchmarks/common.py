@@ -12,6 +12,8 @@ nothing here imports our package or effdet: the timing and peak-memory functions
   ``torch.set_num_threads(2)`` by default (the machine has 2 cores).
 * ``machine_info()``: one line naming the CPU, cores, torch and Python versions, load.
 * ``peak_rss_mb()``: this process's peak resident set (VmHWM) so far.
+* ``TimingServer`` / ``paired_ratios(ours, peer, pairs)``: two long-lived processes timed
+  call by call in alternation, for ratios that a noisy machine moves little.
 * ``run_python(script, args)`` / ``run_peer(script, args)``: run a script in a fresh
   process (ours: this interpreter; peer: benchmarks/peer/.venv/bin/python), parse the JSON
   object it prints on its last stdout line, and add the child's own peak RSS
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -335,3 +338,101 @@ def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+# ----------------------------------------------------------------------------- paired timing
+
+
+def serve_timings(fn: Callable[[], object], warmup: int = 3) -> None:
+    """Serve timed calls of ``fn()`` over stdin/stdout (the other end: :class:`TimingServer`).
+
+    After ``warmup`` untimed calls prints ``{"ready": true}``; then for each line ``N`` read
+    from stdin runs ``fn()`` N times and prints ``{"times_ms": [...]}``; ends at end of input.
+    """
+    for _ in range(warmup):
+        fn()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        print(json.dumps({"times_ms": times}), flush=True)
+
+
+class TimingServer:
+    """A process running :func:`serve_timings` (``python script *args``), kept alive so that
+    its calls can alternate with another server's, call by call."""
+
+    def __init__(self, script_path: str, args: Sequence[str] = (), python: str | None = None):
+        cmd = [python or sys.executable, os.fspath(script_path), *[str(a) for a in args]]
+        env = dict(os.environ)
+        env.setdefault("PYTHONWARNINGS", "ignore")
+        self._err = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        self.cmd = " ".join(cmd)
+        self._reply("ready")
+
+    def _reply(self, key: str):
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # libraries may print other lines: skip them
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and key in obj:
+                return obj[key]
+        self._err.seek(0)
+        raise SubprocessError(f"{self.cmd} ended early\n{self._err.read()[-3000:]}")
+
+    def time(self, n: int = 1) -> list[float]:
+        """Wall times (ms) of ``n`` calls, run now."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return self._reply("times_ms")
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self._err.close()
+
+
+def paired_ratios(
+    ours: TimingServer, peer: TimingServer, pairs: int, pause_s: float = 0.05
+) -> dict:
+    """Time ``pairs`` pairs of single calls, ours and the peer's back to back (the order
+    alternates every pair), with ``pause_s`` between calls so that neither side's idle threads
+    overlap the other's call. Returns the medians of each side's times and of the per-pair
+    ratios ours / peer, with the ratios' 10th and 90th percentiles: load from other processes
+    changes over seconds, so a pair sees nearly the same load on both sides."""
+    ours_ms, peer_ms = [], []
+    for i in range(pairs):
+        sides = (ours, peer) if i % 2 == 0 else (peer, ours)
+        for side in sides:
+            time.sleep(pause_s)
+            (ours_ms if side is ours else peer_ms).append(side.time(1)[0])
+    ratios = sorted(o / p for o, p in zip(ours_ms, peer_ms, strict=True))
+
+    def pct(q: float) -> float:
+        return ratios[min(len(ratios) - 1, int(q * len(ratios)))]
+
+    return {
+        "pairs": pairs,
+        "ours_median_ms": statistics.median(ours_ms),
+        "peer_median_ms": statistics.median(peer_ms),
+        "ratio_median": statistics.median(ratios),
+        "ratio_p10": pct(0.1),
+        "ratio_p90": pct(0.9),
+    }

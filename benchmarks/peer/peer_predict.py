@@ -7,7 +7,8 @@ Eval mode under torch.no_grad(), float32, random input; weights random by defaul
 does not depend on the values; ``--weights fixture`` loads our D0/Lite0 fixture weights).
 "network": ``model(x)`` (backbone + BiFPN + heads, raw outputs); "end_to_end":
 ``DetBenchPredict(model)(x)`` (network + _post_process top-5000 + per-image decode and
-torchvision batched_nms, padded to 100 detections).  Prints one JSON line (last line).
+torchvision batched_nms, padded to 100 detections).  Prints one JSON line (last line); with
+``--serve``, serves end-to-end calls to ``common.TimingServer`` instead.
 """
 
 import argparse
@@ -25,6 +26,9 @@ def main():
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--weights", choices=("random", "fixture"), default="random")
     ap.add_argument("--only", choices=("both", "network", "end_to_end"), default="both")
+    ap.add_argument(
+        "--serve", action="store_true", help="serve end-to-end calls (common.serve_timings)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -52,6 +56,10 @@ def main():
         "versions": pu.versions(),
         "machine": common.machine_info(),
     }
+    if args.serve:
+        with torch.no_grad():
+            common.serve_timings(lambda: bench(x), args.warmup)
+        return
     with torch.no_grad():
         if args.only in ("both", "network"):
             result["network"] = common.measure(
