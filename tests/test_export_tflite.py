@@ -124,6 +124,10 @@ def test_every_precision_runs_in_litert_and_matches_pytorch(tiny):
         assert det.backend.name == "tflite" and det.names == NAMES and det.image_size == HW
         got = det.raw(x)  # batch of 4 through a batch-1 file
         diff = _raw_diff(ref, got)
+        # one image alone gives its row of the batch, and a later call leaves it as it was
+        first = det.raw(x[:1])
+        det.raw(x[1:2])
+        assert _raw_diff(first, ([c[:1] for c in got[0]], [b[:1] for b in got[1]])) == 0
         if precision == "fp32":
             assert diff <= 1e-3, diff
         elif precision == "fp16":

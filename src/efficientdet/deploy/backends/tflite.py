@@ -116,11 +116,14 @@ class TFLiteBackend(Backend):
         return image_nhwc.astype(dtype)
 
     def _get(self, detail: dict) -> np.ndarray:
-        """An output as float32 (dequantised when the file quantised it)."""
+        """An output as a float32 array of its own (``get_tensor`` returns a copy), dequantised
+        in place when the file quantised it."""
         out = self.interpreter.get_tensor(detail["index"])
         scale, zero = detail.get("quantization", (0.0, 0))
         if np.issubdtype(out.dtype, np.integer) and scale:
-            out = (out.astype(np.float32) - zero) * scale
+            out = out.astype(np.float32)
+            out -= zero
+            out *= scale
         return out.astype(np.float32, copy=False)
 
     def _invoke(self, batch: torch.Tensor) -> Iterator[int]:
@@ -134,14 +137,19 @@ class TFLiteBackend(Backend):
     def raw(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cls_parts, box_parts = [], []
         for _ in self._invoke(batch):
-            cls_parts.append(self._get(self.cls_out).copy())
-            box_parts.append(self._get(self.box_out).copy())
+            cls_parts.append(self._get(self.cls_out))
+            box_parts.append(self._get(self.box_out))
         return flat_to_levels(
-            torch.from_numpy(np.concatenate(cls_parts)),
-            torch.from_numpy(np.concatenate(box_parts)),
+            torch.from_numpy(_stack(cls_parts)),
+            torch.from_numpy(_stack(box_parts)),
             self.feature_sizes,
             self.config.anchors.num_anchors,
         )
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    """Per-image (1, ...) outputs -> (N, ...); one image's array as it is (no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class TFLiteNMSBackend(TFLiteBackend):
