@@ -379,3 +379,24 @@ def test_lightning_surfaces_the_model_builders_notes(tmp_path, caplog):
         EfficientDetModule(cfg, dm.class_names, dm.category_ids)
     assert [str(w.message) for w in caught] == warned
     assert [r.getMessage() for r in caplog.records if r.getMessage() in notes] == notes
+
+
+def test_lightning_maps_a_checkpoints_class_layer_by_name(tmp_path):
+    """``weights`` = our checkpoint whose classes are the dataset's in another order: its class
+    layer is reordered to the dataset's names, as build_model does for the trainer."""
+    from efficientdet.engine.builders import build_model
+    from efficientdet.engine.lightning import EfficientDetModule
+    from efficientdet.weights.checkpoint import read_checkpoint
+
+    cfg, dm, _ = _fit_parts(tmp_path)
+    names = dm.class_names
+    path = EfficientDetModule(cfg, names[::-1]).export_checkpoint(tmp_path / "reversed.pt")
+    module = EfficientDetModule(tiny_config(cfg.data, weights=str(path)), names)
+    trainer_model = build_model(
+        tiny_config(cfg.data, weights=str(path)), len(names), class_names=names, log=lambda _: None
+    )
+    saved = read_checkpoint(path)["model"]
+    state = module.model.state_dict()
+    assert {k for k, v in state.items() if not torch.equal(v, saved[k])}  # reordered: not as saved
+    for key, value in trainer_model.state_dict().items():
+        assert torch.equal(state[key], value), key

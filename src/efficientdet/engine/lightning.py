@@ -194,7 +194,9 @@ class EfficientDetModule(L.LightningModule):
                 "category_ids": self.category_ids,
             }
         )
-        self.model = build_model(self.cfg, len(self.class_names), log=_log_build_note)
+        self.model = build_model(
+            self.cfg, len(self.class_names), class_names=self.class_names, log=_log_build_note
+        )
         self.loss_fn = build_loss(self.cfg, self.model.config)
         self.val_data = val_data
         self.ema: ModelEMA | None = None
