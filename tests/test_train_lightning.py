@@ -365,16 +365,19 @@ def test_lightning_surfaces_the_model_builders_notes(tmp_path, caplog):
     import logging
 
     from efficientdet.engine.builders import build_model
-    from efficientdet.engine.lightning import EfficientDetModule
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
 
-    cfg, dm, _ = _fit_parts(tmp_path, freeze="backbone")
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=1, seed=5, size=64, progress=False
+    )
+    cfg = tiny_config(data, freeze="backbone")
+    dm = EfficientDetDataModule(cfg)
     said: list[str] = []
-    build_model(tiny_config(cfg.data, freeze="backbone"), len(dm.class_names), log=said.append)
+    build_model(tiny_config(data, freeze="backbone"), len(dm.class_names), log=said.append)
     warned = [m.removeprefix("warning: ") for m in said if m.startswith("warning: ")]
     notes = [m for m in said if not m.startswith("warning: ")]
     assert warned and notes  # the trainer's user is told both
     caplog.set_level(logging.INFO)
-    caplog.clear()  # _fit_parts built one module already
     with pytest.warns(UserWarning) as caught:
         EfficientDetModule(cfg, dm.class_names, dm.category_ids)
     assert [str(w.message) for w in caught] == warned
