@@ -1,13 +1,17 @@
 """torchrun target of tests/test_train_lightning.py, and the fit it compares against:
 a Lightning fit of the adapter on ``DATA`` (lite0 at 64x64, no augmentation, every BatchNorm
 in eval mode, no validation); rank 0 saves the initial and trained (raw) weights and the last logged
-``train/loss`` to ``OUT`` (``torch.save``). Also the config and Trainer every adapter test starts
-from (:func:`tiny_config`, :func:`quiet_trainer`)."""
+``train/loss`` to ``OUT`` (``torch.save``). With ``POISON_RANK``, that rank's second step gets
+NaN images: every rank that stops with TrainingDiverged saves its message and step to
+``OUT.rankR``. Also the config, Trainer and NaN injection the adapter tests start from
+(:func:`tiny_config`, :func:`quiet_trainer`, :class:`PoisonBatch`)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import lightning as L
 
 
 def tiny_config(data, **overrides):
@@ -22,8 +26,6 @@ def tiny_config(data, **overrides):
 def quiet_trainer(**overrides):
     """An ``L.Trainer`` on one CPU with no logger, progress bar or model summary, with
     ``overrides``."""
-    import lightning as L
-
     fields = dict(
         accelerator="cpu",
         devices=1,
@@ -34,11 +36,30 @@ def quiet_trainer(**overrides):
     return L.Trainer(**{**fields, **overrides})
 
 
-def fit(data: str, out: Path, batch: int, devices: int) -> None:
-    import lightning as L
+class PoisonBatch(L.Callback):
+    """Fills the images of the training batch at step ``step`` on rank ``rank`` with NaN;
+    ``kept``: the parameters and EMA weights (None without EMA) after the last batch before."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step, self.rank, self.kept = step, rank, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            batch[0].fill_(float("nan"))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ema = pl_module.ema
+        self.kept = {
+            "params": {n: p.detach().clone() for n, p in pl_module.model.named_parameters()},
+            "ema": {k: v.clone() for k, v in ema.module.state_dict().items()} if ema else None,
+        }
+
+
+def fit(data: str, out: Path, batch: int, devices: int, poison_rank: int | None = None) -> None:
     import torch
 
     from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+    from efficientdet.engine.trainer import TrainingDiverged
 
     cfg = tiny_config(
         data,
@@ -63,8 +84,14 @@ def fit(data: str, out: Path, batch: int, devices: int) -> None:
         gradient_clip_val=cfg.clip_grad,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        callbacks=[] if poison_rank is None else [PoisonBatch(1, poison_rank)],
     )
-    trainer.fit(module, dm)
+    try:
+        trainer.fit(module, dm)
+    except TrainingDiverged as exc:
+        stopped = {"error": str(exc), "global_step": trainer.global_step}
+        torch.save(stopped, f"{out}.rank{trainer.global_rank}")
+        return
     if trainer.is_global_zero:
         torch.save(
             {
@@ -79,4 +106,5 @@ def fit(data: str, out: Path, batch: int, devices: int) -> None:
 
 
 if __name__ == "__main__":
-    fit(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    poison = int(sys.argv[5]) if len(sys.argv) > 5 else None
+    fit(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), poison)

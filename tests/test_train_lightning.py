@@ -13,7 +13,7 @@ L = pytest.importorskip("lightning", reason="lightning not installed")
 from efficientdet.data.synth import CLASS_NAMES, write_synthetic_dataset  # noqa: E402
 from efficientdet.factory import load_model  # noqa: E402
 
-from .lightning_ddp_worker import quiet_trainer, tiny_config  # noqa: E402
+from .lightning_ddp_worker import PoisonBatch, quiet_trainer, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,6 +94,36 @@ def test_lightning_two_processes_equal_one_process_with_the_total_batch(tmp_path
         else:
             assert torch.equal(value, one["model"][key]), key
     assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-4)  # logged: the whole batch's loss
+
+
+@pytest.mark.slow  # two torchrun processes: ~10-30 s on 2 shared cores
+def test_lightning_two_processes_stop_together_at_a_non_finite_loss(tmp_path):
+    """Under DDP a NaN loss on one rank stops every rank at the same step with the same line
+    (the flag is summed over ranks first): none waits for the other in backward (no hang)."""
+    import os
+    import sys
+
+    from .processes import run_process_group
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=2, seed=5, size=64, progress=False
+    )
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    worker = Path(__file__).parent / "lightning_ddp_worker.py"
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *(str(worker), str(data), str(out), "2", "2", "1"),  # rank 1's second step is NaN
+    ]
+    run_process_group(cmd, env, timeout=180, what="torchrun (Lightning DDP, NaN on rank 1)")
+    assert not out.exists()  # no rank finished the run
+    stopped = [torch.load(f"{out}.rank{r}", weights_only=True) for r in (0, 1)]
+    assert [s["global_step"] for s in stopped] == [1, 1]  # the NaN step applied on neither
+    for s in stopped:
+        msg = s["error"]
+        assert msg.startswith("epoch 2 batch 1: non-finite training loss on 1 of 2 processes")
+        assert "fix: " in msg and "\n" not in msg
+    assert "(nan here)" in stopped[1]["error"] and "(nan here)" not in stopped[0]["error"]
 
 
 def test_lightning_on_a_split_without_annotations_logs_no_map(tmp_path):
@@ -190,3 +220,186 @@ def test_lightning_clips_at_the_config_norm_by_default(tmp_path, clip):
         assert 0 < moved <= lr * clip * 1.001
     else:  # unclipped: the whole gradient (a fresh detector's is far above 1e-4)
         assert moved > 100 * lr * 1e-4
+
+
+def _fit_parts(tmp_path, num_train=4, **overrides):
+    """(cfg, datamodule, module) on a fresh synthetic set of ``num_train`` images (1 val)."""
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=num_train, num_val=1, seed=5, size=64, progress=False
+    )
+    cfg = tiny_config(data, **overrides)
+    dm = EfficientDetDataModule(cfg)
+    return cfg, dm, EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+
+
+@pytest.mark.parametrize(
+    "epochs, val_interval, patience, maps, validated",
+    [
+        # validated at 2, 4, 6, 8: best 0.3 at epoch 4; epoch 6 is 2 epochs later (< 3),
+        # epoch 8 is 4 (>= 3): the trainer stops after epoch 8 of 10
+        (10, 2, 3, [0.1, 0.3, 0.2, 0.25, 0.9], [2, 4, 6, 8]),
+        # every epoch: best 0.2 at epoch 1, epoch 3 is 2 epochs later: stops after 3 of 6
+        (6, 1, 2, [0.2, 0.1, 0.2, 0.9], [1, 2, 3]),
+        # no patience: every 2 epochs and after the last, as the trainer validates
+        (3, 2, None, [0.1, 0.2], [2, 3]),
+    ],
+)
+def test_lightning_validates_and_stops_early_as_the_trainer(
+    tmp_path, monkeypatch, epochs, val_interval, patience, maps, validated
+):
+    """``val_interval`` and ``patience`` mean what they mean in our trainer (loop.py validates
+    every ``val_interval`` epochs and after the last; callbacks.EarlyStopping stops at the first
+    validation ``patience`` epochs or more after the best): the mAP of each validation is
+    scripted, the epochs validated and the epoch the run stops after are worked out by hand."""
+    from efficientdet.engine import evaluator
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+
+    cfg, dm, module = _fit_parts(
+        tmp_path, epochs=epochs, val_interval=val_interval, patience=patience, ema=False
+    )
+    seen = []
+
+    def scripted_metrics(coco_gt, detections):
+        seen.append(module.current_epoch + 1)
+        return {"mAP": maps[len(seen) - 1], "AP50": 0.0}, None
+
+    monkeypatch.setattr(evaluator, "coco_metrics", scripted_metrics)
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg), enable_checkpointing=False, num_sanity_val_steps=0
+    )
+    trainer.fit(module, dm)
+    assert seen == validated
+    assert trainer.current_epoch == validated[-1]  # epochs run
+    assert float(trainer.callback_metrics["val/mAP"]) == pytest.approx(maps[len(validated) - 1])
+    assert trainer.check_val_every_n_epoch == val_interval  # as given, for a later fit
+
+
+@pytest.mark.parametrize(
+    "arg, value, option",
+    [
+        ("max_epochs", 3, "epochs"),
+        ("check_val_every_n_epoch", 2, "val_interval"),
+        ("precision", "bf16-mixed", "amp"),
+    ],
+)
+def test_lightning_refuses_a_trainer_that_disagrees_with_the_config(tmp_path, arg, value, option):
+    """A Trainer that would run the config otherwise (more epochs, another validation interval
+    or precision) is refused before any step, with one line naming the option and the fix."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import ConfigError
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1)
+    trainer = quiet_trainer(**{**lightning_trainer_kwargs(cfg), arg: value})
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith(f"TrainConfig {option}=") and f"has {arg}={value!r}" in msg
+    assert "fix: L.Trainer(**lightning_trainer_kwargs(cfg)" in msg and "\n" not in msg
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])
+def test_lightning_runs_the_config_amp(tmp_path, amp, dtype):
+    """``amp`` is the Trainer's precision: the network's outputs come out in its dtype."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1, amp=amp, ema=False)
+    dtypes = []
+    module.model.register_forward_hook(lambda m, inputs, out: dtypes.append(out[0][0].dtype))
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg), enable_checkpointing=False, limit_val_batches=0
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 1 and dtypes == [dtype]
+
+
+def test_lightning_scales_the_lr_with_accumulated_batches(tmp_path):
+    """The default lr follows the images per optimizer step, accumulated batches included, and
+    the EMA is updated once per optimizer step."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1, lr=None, batch_size=2, ema_warmup_steps=0)
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        accumulate_grad_batches=2,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 1  # 4 images, batch 2, 2 batches per step
+    # finetune recipe, SGD: 0.08 per 64 images x (2 images x 1 process x 2 batches) = 0.005
+    base_lrs = trainer.lr_scheduler_configs[0].scheduler.base_lrs  # one per parameter group
+    assert base_lrs == [pytest.approx(0.005)] * len(base_lrs)
+    assert module.ema is not None and module.ema.updates == 1
+
+
+def test_lightning_stops_at_a_non_finite_loss(tmp_path):
+    """A batch whose loss is NaN (here: NaN pixels) stops the run with one line, before the
+    step: the parameters and EMA weights are those of the last good step, no NaN was logged."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.engine.trainer import TrainingDiverged
+
+    cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, ema_warmup_steps=0)
+    poison = PoisonBatch(1)
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg), callbacks=[poison], enable_checkpointing=False
+    )
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith("epoch 1 batch 2: non-finite training loss (nan here)")
+    assert "fix: " in msg and "\n" not in msg
+    assert trainer.global_step == 1 and module.ema.updates == 1
+    for name, p in module.model.named_parameters():
+        assert torch.equal(p, poison.kept["params"][name]), name
+    for key, v in module.ema.module.state_dict().items():
+        assert torch.equal(v, poison.kept["ema"][key]), key
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_lightning_surfaces_the_model_builders_notes(tmp_path, caplog):
+    """What build_model tells the trainer's user (a warning about a frozen random backbone,
+    the weights note) reaches the adapter's user: warnings as warnings, notes in the log."""
+    import logging
+
+    from efficientdet.engine.builders import build_model
+    from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
+
+    data = write_synthetic_dataset(
+        tmp_path / "data", num_train=4, num_val=1, seed=5, size=64, progress=False
+    )
+    cfg = tiny_config(data, freeze="backbone")
+    dm = EfficientDetDataModule(cfg)
+    said: list[str] = []
+    build_model(tiny_config(data, freeze="backbone"), len(dm.class_names), log=said.append)
+    warned = [m.removeprefix("warning: ") for m in said if m.startswith("warning: ")]
+    notes = [m for m in said if not m.startswith("warning: ")]
+    assert warned and notes  # the trainer's user is told both
+    caplog.set_level(logging.INFO)
+    with pytest.warns(UserWarning) as caught:
+        EfficientDetModule(cfg, dm.class_names, dm.category_ids)
+    assert [str(w.message) for w in caught] == warned
+    assert [r.getMessage() for r in caplog.records if r.getMessage() in notes] == notes
+
+
+def test_lightning_maps_a_checkpoints_class_layer_by_name(tmp_path):
+    """``weights`` = our checkpoint whose classes are the dataset's in another order: its class
+    layer is reordered to the dataset's names, as build_model does for the trainer."""
+    from efficientdet.engine.builders import build_model
+    from efficientdet.engine.lightning import EfficientDetModule
+    from efficientdet.weights.checkpoint import read_checkpoint
+
+    cfg, dm, _ = _fit_parts(tmp_path)
+    names = dm.class_names
+    path = EfficientDetModule(cfg, names[::-1]).export_checkpoint(tmp_path / "reversed.pt")
+    module = EfficientDetModule(tiny_config(cfg.data, weights=str(path)), names)
+    trainer_model = build_model(
+        tiny_config(cfg.data, weights=str(path)), len(names), class_names=names, log=lambda _: None
+    )
+    saved = read_checkpoint(path)["model"]
+    state = module.model.state_dict()
+    assert {k for k, v in state.items() if not torch.equal(v, saved[k])}  # reordered: not as saved
+    for key, value in trainer_model.state_dict().items():
+        assert torch.equal(state[key], value), key

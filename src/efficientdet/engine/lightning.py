@@ -7,12 +7,25 @@
     cfg = TrainConfig(data="data.yaml", model="lite0", backbone_weights="imagenet", image_size=320)
     dm = EfficientDetDataModule(cfg)
     module = EfficientDetModule(cfg, dm.class_names, dm.category_ids)
-    L.Trainer(max_epochs=cfg.epochs).fit(module, dm)  # clips at cfg.clip_grad
+    L.Trainer(**lightning_trainer_kwargs(cfg)).fit(module, dm)
     module.export_checkpoint("model.pt")   # our format: efficientdet.factory.load_model(...)
 
+The TrainConfig is the one source of truth, as for ``efficientdet train``: every option the
+trainer honours is honoured here. :func:`lightning_trainer_kwargs` gives the Trainer arguments
+it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_n_epoch``,
+``amp`` -> ``precision``), and a Trainer that disagrees is refused with one line (ConfigError)
+when fitting starts, so nothing is silently ignored; pass the Trainer anything else (devices,
+callbacks, loggers, ``accumulate_grad_batches``). The module itself adds an EarlyStopping on
+``val/mAP`` for ``patience`` (counted in epochs, as the trainer's), validates after the last
+epoch too, clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
+scales the default lr with the images per optimizer step (batch x processes x
+``accumulate_grad_batches``), and stops the run with :class:`.loop.TrainingDiverged` at the
+first non-finite loss (decided over all ranks, so DDP processes stop together; the step is not
+applied). build_model's notes go to Lightning's log and its warnings to ``warnings``.
+
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
-and warm-up + cosine schedule stepped per iteration, ModelEMA, postprocess + COCO metrics); Lightning
-runs the loop, devices, precision and logging. Under DDP the losses are normalised by the
+and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
+Lightning runs the loop, devices, precision and logging. Under DDP the losses are normalised by the
 positive anchors of all ranks, as the trainer's (:func:`.distributed.normalize_over_ranks`), so
 N processes of batch B take the step of one process of batch N x B. Logged: ``train/loss``, ``train/class_loss``,
 ``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights when EMA is on).
@@ -21,6 +34,7 @@ N processes of batch B take the step of one process of batch N x B. Logged: ``tr
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import cast
 
@@ -33,7 +47,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'"
     ) from exc
 
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..config import NMSConfig
 from ..detection.loss import LOSS_KEYS
@@ -41,6 +56,7 @@ from ..errors import ConfigError
 from ..nn.model import EfficientDet
 from . import distributed as dist_utils
 from .builders import (
+    amp_dtype_for,
     build_loss,
     build_model,
     build_optimization,
@@ -54,9 +70,51 @@ from .builders import (
 from .config import TrainConfig
 from .ema import ModelEMA
 
+# TrainConfig.amp -> the Lightning precision that runs it (autocast; the loss in float32)
+PRECISION_OF_AMP = {"none": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
 
 def _as_config(cfg) -> TrainConfig:
     return cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(dict(cfg))
+
+
+def lightning_trainer_kwargs(cfg: TrainConfig | dict) -> dict:
+    """The ``lightning.Trainer`` arguments ``cfg`` implies: ``max_epochs`` (``epochs``),
+    ``check_val_every_n_epoch`` (``val_interval``), ``precision`` (``amp``)."""
+    cfg = _as_config(cfg)
+    return {
+        "max_epochs": cfg.epochs,
+        "check_val_every_n_epoch": cfg.val_interval,
+        "precision": PRECISION_OF_AMP[cfg.amp],
+    }
+
+
+def _check_trainer(cfg: TrainConfig, trainer) -> None:
+    """Refuse a Trainer that would run ``cfg`` otherwise than it says (one line: the option,
+    both values, the fix)."""
+    amp_dtype_for(cfg.amp, trainer.strategy.root_device)  # fp16 needs CUDA, as in the trainer
+    have = {
+        "max_epochs": trainer.max_epochs,
+        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+        "precision": trainer.precision,
+    }
+    fields = {"max_epochs": "epochs", "check_val_every_n_epoch": "val_interval", "precision": "amp"}
+    for arg, want in lightning_trainer_kwargs(cfg).items():
+        if have[arg] != want:
+            name = fields[arg]
+            raise ConfigError(
+                f"TrainConfig {name}={getattr(cfg, name)!r} needs Trainer({arg}={want!r}), but the "
+                f"Trainer has {arg}={have[arg]!r}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), "
+                f"...), or set TrainConfig {name} to what you want"
+            )
+
+
+def _log_build_note(message: str) -> None:
+    """build_model's lines, as the trainer shows them: warnings as warnings, notes in the log."""
+    if message.startswith("warning: "):
+        rank_zero_warn(message.removeprefix("warning: "))
+    else:
+        rank_zero_info(message)
 
 
 class EfficientDetDataModule(L.LightningDataModule):
@@ -136,7 +194,9 @@ class EfficientDetModule(L.LightningModule):
                 "category_ids": self.category_ids,
             }
         )
-        self.model = build_model(self.cfg, len(self.class_names), log=lambda m: None)
+        self.model = build_model(
+            self.cfg, len(self.class_names), class_names=self.class_names, log=_log_build_note
+        )
         self.loss_fn = build_loss(self.cfg, self.model.config)
         self.val_data = val_data
         self.ema: ModelEMA | None = None
@@ -158,8 +218,27 @@ class EfficientDetModule(L.LightningModule):
             if ema_state is not None:  # resumed from a Lightning checkpoint
                 self.ema.load_state_dict(ema_state)
 
+    def configure_callbacks(self):
+        """EarlyStopping on ``val/mAP`` for ``cfg.patience``: the trainer stops at the first
+        validation ``patience`` epochs or more after the best; validations come every
+        ``val_interval`` epochs, so that is ``ceil(patience / val_interval)`` validations
+        without a better mAP. None with no patience or no mAP (a split without boxes)."""
+        data = self._val_data()
+        if not self.cfg.patience or (data is not None and not has_boxes(data)):
+            return []
+        patience = math.ceil(self.cfg.patience / self.cfg.val_interval)
+        return [
+            EarlyStopping("val/mAP", mode="max", patience=patience, check_on_train_epoch_end=False)
+        ]
+
     def on_train_epoch_start(self) -> None:
         set_train_mode(self.model, self.cfg.freeze, self.cfg.freeze_bn)
+        # validated every val_interval epochs and after the last, as in the trainer
+        last = self.current_epoch + 1 == self.trainer.max_epochs
+        self.trainer.check_val_every_n_epoch = 1 if last else self.cfg.val_interval
+
+    def on_train_end(self) -> None:
+        self.trainer.check_val_every_n_epoch = self.cfg.val_interval  # as it was given
 
     def _targets(self, targets):
         return [
@@ -177,6 +256,7 @@ class EfficientDetModule(L.LightningModule):
         )
         # under DDP: normalised by all ranks' positives, as the trainer does (one big batch)
         losses = dist_utils.normalize_over_ranks(losses)
+        self._stop_if_not_finite(losses["loss"], batch_idx)
         n = images.shape[0]
         for key in LOSS_KEYS:
             self.log(
@@ -186,12 +266,28 @@ class EfficientDetModule(L.LightningModule):
                 batch_size=n,
                 sync_dist=True,
             )
-        if not torch.isfinite(losses["loss"]):
-            return None  # Lightning skips the optimizer step for this batch
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema is not None and outputs is not None:
+    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Raise TrainingDiverged when the loss of any rank is not finite: the flag is summed
+        over ranks first, so every rank raises at the same step (none waits in backward)."""
+        bad = dist_utils.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
+        if not bad.item():
+            return
+        from .loop import TrainingDiverged
+
+        world = self.trainer.world_size
+        where = f" on {int(bad.item())} of {world} processes" if world > 1 else ""
+        raise TrainingDiverged(
+            f"epoch {self.current_epoch + 1} batch {batch_idx + 1}: non-finite training loss"
+            f"{where} ({float(loss.detach()):g} here); training stopped before applying it; "
+            "fix: lower lr (e.g. a tenth), keep clip_grad on, use amp='none', or check the data "
+            "(efficientdet data check)"
+        )
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # once per optimizer step (not per accumulated batch)
             self.ema.update(self.model)
 
     def configure_gradient_clipping(
@@ -205,11 +301,12 @@ class EfficientDetModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.cfg
-        world = self.trainer.world_size if self.trainer is not None else 1
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        trainer = self.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))  # optimizer steps
+        steps_per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
+        images_per_step = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         _, optimizer, scheduler, _ = build_optimization(
-            cfg, self.model, steps_per_epoch, total, cfg.batch_size * world
+            cfg, self.model, steps_per_epoch, total, images_per_step
         )
         return {
             "optimizer": optimizer,
@@ -236,6 +333,8 @@ class EfficientDetModule(L.LightningModule):
         return getattr(getattr(self._trainer, "datamodule", None), "val_data", None)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            _check_trainer(self.cfg, self.trainer)
         data = self._val_data()
         self._scored = data is None or has_boxes(data)
         if self._scored or stage not in ("fit", "validate"):
