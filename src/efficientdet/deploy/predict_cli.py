@@ -245,9 +245,8 @@ def run(args: argparse.Namespace) -> int:
                 writer = _process(
                     detector, pending, source, out_dir, args, results, stats, writer, ids
                 )
-        except (
-            KeyboardInterrupt
-        ):  # Ctrl+C: the way a webcam stream ends; elsewhere keep what is done
+        # Ctrl+C: the way a webcam stream ends; elsewhere keep what is done
+        except KeyboardInterrupt:
             interrupted = source.kind != "webcam"
             if interrupted and writer is not None:
                 writer.abort()  # no partial video of a file left behind
