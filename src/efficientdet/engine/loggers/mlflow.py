@@ -27,9 +27,9 @@ made. One that fails later (disk full, server gone) switches the logger off with
 and training goes on (:class:`~efficientdet.engine.callbacks.Logger`); the MLflow run then ends
 as FAILED: at once, or when training ends if the store did not take it then (a full disk may
 have room again); a store that never takes it leaves the run RUNNING. A run that training
-ends with an error is FAILED (Ctrl+C: KILLED), its buffered metrics sent first. MLflow's own INFO lines ("Creating initial
-MLflow database tables...") are hidden with ``--quiet`` and shown otherwise (they report a
-change to a store).
+ends with an error is FAILED (Ctrl+C: KILLED), its buffered metrics sent first. MLflow's own
+INFO lines ("Creating initial MLflow database tables...") are hidden with ``--quiet`` and
+shown otherwise (they report a change to a store).
 """
 
 from __future__ import annotations
