@@ -338,3 +338,91 @@ def test_predict_video_on_a_full_disk_leaves_no_truncated_video(ckpt, tmp_path, 
     cap = cv2.VideoCapture(str(out / "clip.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     cap.release()
+
+
+# ------------------------------------------------------------------ run folders of failed runs
+def _fail_first_write(monkeypatch, error: BaseException) -> None:
+    """The first file the command writes fails with ``error`` (Ctrl+C, a full disk); later
+    writes succeed (e.g. the detections kept after an interrupt)."""
+    from efficientdet import fileio
+
+    real, calls = fileio._new_temporary, []
+
+    def first_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fileio, "_new_temporary", first_fails)
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_failed_or_interrupted_predict_removes_the_folder_it_created(
+    ckpt, photos, tmp_path, monkeypatch, capfd
+):
+    """Ctrl+C (exit 130) or a failed first write (exit 2, one line) leaves no empty
+    runs/predict/N or new --out folder; a folder that existed before is kept, and so is one
+    holding the detections of the images done before Ctrl+C."""
+    import errno
+
+    from efficientdet.deploy import predict_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "predict" / "1").mkdir(parents=True)  # an earlier run's (empty)
+    (tmp_path / "kept").mkdir()
+    predict = ["predict", "--weights", str(ckpt), "--source", str(photos), "--quiet"]
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    for error, out, status in (
+        (KeyboardInterrupt(), [], 130),
+        (KeyboardInterrupt(), ["--out", "kept"], 130),
+        (full, ["--out", "new/folder"], 2),
+        (full, [], 2),
+    ):
+        _fail_first_write(monkeypatch, error)
+        assert main([*predict, "--no-save", *out]) == status
+        last = capfd.readouterr().err.strip().splitlines()[-1]
+        assert last == "interrupted" if status == 130 else "No space left" in last
+    assert _tree(tmp_path) == ["kept", "new", "runs", "runs/predict", "runs/predict/1"]
+
+    def interrupted(*args, **kwargs):  # Ctrl+C before the first image is done
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(predict_cli, "_process", interrupted)
+        assert main([*predict, "--out", "cut"]) == 130
+    assert capfd.readouterr().err.strip().splitlines() == ["interrupted"]
+    assert not (tmp_path / "cut").exists()  # no empty predictions.json either
+    # Ctrl+C at the first annotated image: the first image's detections are kept
+    _fail_first_write(monkeypatch, KeyboardInterrupt())
+    assert main(predict) == 130
+    assert "interrupted after 1 of 2 images" in capfd.readouterr().err
+    assert _tree(tmp_path / "runs" / "predict") == ["1", "2", "2/predictions.json"]
+
+
+def test_failed_or_interrupted_val_removes_the_folder_it_created(
+    shapes, tmp_path, monkeypatch, capfd
+):
+    """Ctrl+C (exit 130) or a full disk (exit 2, one line) at val's first write leaves no
+    empty runs/val/N or new --out folder; a folder that existed before is kept."""
+    import errno
+
+    data, weights = shapes
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kept").mkdir()
+    val = ["val", "--weights", str(weights), "--data", str(data)]
+    val += ["--workers", "0", "--device", "cpu", "--quiet"]
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    for error, out, status in (
+        (KeyboardInterrupt(), [], 130),
+        (full, ["--out", "new"], 2),
+        (KeyboardInterrupt(), ["--out", "kept"], 130),
+    ):
+        _fail_first_write(monkeypatch, error)
+        assert main([*val, *out]) == status
+        last = capfd.readouterr().err.strip().splitlines()[-1]
+        assert last == "interrupted" if status == 130 else "No space left" in last
+    assert _tree(tmp_path) == ["kept", "runs", "runs/val"]

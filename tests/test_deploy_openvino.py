@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
-import openvino as ov
 import pytest
 import torch
 from onnx import numpy_helper
@@ -49,6 +48,15 @@ def _flat(model, x):
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def ov():
+    """The openvino module, imported as the library imports it (telemetry off): a plain import,
+    e.g. at the top of this module when pytest collects it, writes a client id to ~/intel."""
+    from efficientdet.deploy.backends.base import require
+
+    return require("openvino", "the OpenVINO tests", "openvino")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +99,7 @@ def ov_fp32(work, tmp_path_factory):
     return out / "m.xml"
 
 
-def test_openvino_fp32_matches_pytorch_in_openvino_itself(work, ov_fp32):
+def test_openvino_fp32_matches_pytorch_in_openvino_itself(work, ov_fp32, ov):
     _, model, _, _ = work
     assert sorted(p.name for p in ov_fp32.parent.iterdir()) == ["m.bin", "m.xml"]  # no temporaries
     core = ov.Core()
@@ -136,7 +144,7 @@ def test_val_takes_the_openvino_file_and_gives_the_checkpoint_metrics(
 
 
 @pytest.mark.slow
-def test_openvino_int8_is_quantised_and_close_to_pytorch(work, tmp_path, capsys):
+def test_openvino_int8_is_quantised_and_close_to_pytorch(work, tmp_path, capsys, ov):
     _, model, ckpt, data = work
     code, text = _export(
         [
@@ -352,7 +360,7 @@ def test_calibration_images_that_cannot_be_read_are_one_line_before_any_export(
     assert not list((tmp_path / "o").glob("*.xml")) and not list((tmp_path / "o").glob("*.bin"))
 
 
-def test_foreign_and_lonely_openvino_files_are_refused(ov_fp32, tmp_path):
+def test_foreign_and_lonely_openvino_files_are_refused(ov_fp32, tmp_path, ov):
     # an IR from elsewhere: a tiny graph without our metadata
     param = ov.opset13.parameter([1, 3], np.float32, name="x")
     foreign = tmp_path / "foreign.xml"
@@ -523,3 +531,26 @@ def test_openvino_int8_export_never_phones_home(work, tmp_path):
     assert (tmp_path / "out" / "m_int8.xml").is_file()
     assert "network:" not in proc.stderr, proc.stderr
     assert list(home.rglob("*")) == []  # no ~/intel/openvino_ga_cid, stats or consent file
+
+
+@pytest.mark.slow  # a fresh pytest process: one export and one OpenVINO inference
+def test_these_tests_write_nothing_under_home(tmp_path):
+    """Found by trying: this module imported openvino when pytest collected it, and the import
+    wrote a telemetry client id to ~/intel. Run as a user would (HOME a fresh folder, no CI),
+    a test of this module writes nothing under HOME/intel."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env.update(HOME=str(home), OMP_NUM_THREADS="1")
+    test = f"{__file__}::test_openvino_fp32_matches_pytorch_in_openvino_itself"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PYTEST_ADDOPTS": f"--basetemp={tmp_path / 'basetemp'} --rootdir={tmp_path}"},
+    )
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
+    # (ONNX Runtime's import writes its own device id under ~/.cache: not OpenVINO's matter)
+    assert not (home / "intel").exists()  # no ~/intel/openvino_ga_cid or stats

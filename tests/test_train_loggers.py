@@ -381,3 +381,59 @@ def test_a_full_mlflow_store_switches_it_off_and_the_run_goes_on(
     _, run = mlflow_run(uri)
     assert run.data.params == {k: str(v) for k, v in cfg.to_dict().items()}
     assert run.data.metrics == {}
+
+
+class FreeDisk(Callback):
+    """Deletes the filler of :class:`FillDisk` when epoch ``epoch`` (0-based) starts."""
+
+    def __init__(self, folder: Path, epoch: int) -> None:
+        self.folder, self.epoch = folder, epoch
+
+    def on_epoch_start(self, trainer, epoch) -> None:
+        if epoch == self.epoch:
+            (self.folder / "filler").unlink()
+
+
+@pytest.mark.slow
+def test_a_switched_off_mlflow_run_ends_failed_once_the_store_takes_it(
+    synth, tmp_path, small_fs, capsys, monkeypatch
+):
+    """Found by trying: the store full when the logger was switched off, the MLflow run stayed
+    RUNNING for ever. Its end is tried again when training ends (the disk has room by then)."""
+    store = small_fs(4 << 20)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_train_config(
+        synth, tmp_path / "run", loggers=["mlflow"], debug_batches=0, debug_interval=0
+    )
+    result = train(cfg, callbacks=[FillDisk(store, n=1), FreeDisk(store, epoch=1)])
+    assert_run_complete(result)
+    assert len(switched_off_lines(capsys.readouterr().out, "MLflowLogger")) == 2
+    _, run = mlflow_run(uri)
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+    assert run.data.metrics == {}  # nothing sent after the switch-off
+
+
+class Boom(Callback):
+    def on_step_end(self, trainer, step) -> None:
+        if step.global_step == 1:
+            raise RuntimeError("boom")
+
+
+@pytest.mark.slow
+def test_an_mlflow_run_ended_by_an_error_ends_failed_with_what_was_logged(
+    synth, tmp_path, monkeypatch
+):
+    from efficientdet.errors import CallbackError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    out = tmp_path / "run"
+    cfg = tiny_train_config(synth, out, loggers=["mlflow"], debug_batches=0, debug_interval=0)
+    with pytest.raises(CallbackError):
+        train(cfg, callbacks=[Boom()])
+    client, run = mlflow_run(f"sqlite:///{out / 'mlflow.db'}")
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+    # the step's metrics, buffered when the error came, were sent before the run ended
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ConfigError
@@ -68,11 +69,31 @@ def numbered(out: str | os.PathLike | None, command: str) -> bool:
     return path in {RUNS_ROOT / c for c in COMMANDS_WITH_RUNS}
 
 
+def created_here(out: str | os.PathLike | None, folder: Path, command: str) -> Path | None:
+    """``folder`` (``make_run_dir(out, ..., command)``) when this run creates it: a numbered
+    one, or one that does not exist yet; None for a folder that existed before (the user's)."""
+    return folder if numbered(out, command) or not folder.exists() else None
+
+
 def remove_if_empty(folder: Path | None) -> None:
     """Remove ``folder`` (one a command created, None: none) if nothing was written into it."""
     if folder is not None:
         with contextlib.suppress(OSError):  # not empty, or already gone
             folder.rmdir()
+
+
+@contextlib.contextmanager
+def claimed_run_dir(out: str | os.PathLike | None, exist_ok: bool, command: str) -> Iterator[Path]:
+    """``with claimed_run_dir(args.out, args.exist_ok, "val") as folder:``: the folder of
+    :func:`make_run_dir`; when the block raises (an error, Ctrl+C) before anything was written
+    into it, a folder this run created is removed again (never one that existed before)."""
+    folder = make_run_dir(out, exist_ok, command)
+    created = created_here(out, folder, command)
+    try:
+        yield folder
+    except BaseException:
+        remove_if_empty(created)
+        raise
 
 
 def _inside(path: Path, folder: Path) -> bool:

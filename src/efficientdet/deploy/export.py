@@ -621,11 +621,10 @@ def _inputs(args: argparse.Namespace) -> dict[str, object]:
 def output_path(args: argparse.Namespace, name: str) -> Path:
     """The file ``name`` in the run folder of this export; refused (one line, before the work)
     when the folder holds an input or a folder sits where the file(s) will go."""
-    from ..run_dirs import make_run_dir, numbered, refuse_inputs_inside
+    from ..run_dirs import created_here, make_run_dir, refuse_inputs_inside
 
     out_dir = make_run_dir(args.out, args.exist_ok, "export")
-    # a folder this export creates (a numbered one is created above): removed again on failure
-    args.new_out_dir = out_dir if numbered(args.out, "export") or not out_dir.exists() else None
+    args.new_out_dir = created_here(args.out, out_dir, "export")  # removed again on failure
     refuse_inputs_inside(out_dir, _inputs(args))
     out = out_dir / name
     for path in _written_files(out):

@@ -21,7 +21,8 @@ names must be the model's), else the checkpoint's category ids when it has them,
 class index.
 Unreadable images are reported and skipped; a summary per source is printed at the end.
 Ctrl+C ends a webcam stream normally; elsewhere it keeps the detections of the images done in
-``predictions.json`` (a partial annotated video is removed) and exits with status 130.
+``predictions.json`` (a partial annotated video is removed) and exits with status 130. A run
+that fails or is interrupted before it wrote anything removes the run folder it created.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .. import cli_options
 from ..errors import ConfigError, DataError
 from ..fileio import make_dirs, write_json
 from ..progress import bar as progress_bar
-from ..run_dirs import make_run_dir, refuse_inputs_inside
+from ..run_dirs import claimed_run_dir, refuse_inputs_inside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,82 +210,92 @@ def run(args: argparse.Namespace) -> int:
         device=detector.device,
         image_size=detector.image_size,
     )
-    out_dir = make_run_dir(args.out, args.exist_ok, "predict")
-    refuse_inputs_inside(out_dir, inputs)
-    make_dirs(out_dir)
-    stats = _Stats()
-    results: list[dict] = []
-    writer = None
-    show_bar = source.kind in ("folder", "glob", "video") and not args.quiet
-    bar = progress_bar(
-        None,
-        not show_bar,
-        total=len(source) or None,
-        desc=f"predict {source.kind}",
-        unit="img" if not source.is_video else "frame",
-        leave=False,
-    )
-    t_start = time.perf_counter()
-    pending = []
-    interrupted = False
-    try:
-        for frame in source:
-            bar.update(1)
-            if frame.error:
-                stats.skipped += 1
-                print(f"warning: {frame.error}", file=sys.stderr)
-                continue
-            pending.append(frame)
-            if len(pending) >= args.batch:
+    with claimed_run_dir(args.out, args.exist_ok, "predict") as out_dir:
+        refuse_inputs_inside(out_dir, inputs)
+        make_dirs(out_dir)
+        stats = _Stats()
+        results: list[dict] = []
+        writer = None
+        show_bar = source.kind in ("folder", "glob", "video") and not args.quiet
+        bar = progress_bar(
+            None,
+            not show_bar,
+            total=len(source) or None,
+            desc=f"predict {source.kind}",
+            unit="img" if not source.is_video else "frame",
+            leave=False,
+        )
+        t_start = time.perf_counter()
+        pending = []
+        interrupted = False
+        try:
+            for frame in source:
+                bar.update(1)
+                if frame.error:
+                    stats.skipped += 1
+                    print(f"warning: {frame.error}", file=sys.stderr)
+                    continue
+                pending.append(frame)
+                if len(pending) >= args.batch:
+                    writer = _process(
+                        detector, pending, source, out_dir, args, results, stats, writer, ids
+                    )
+                    pending = []
+            if pending:
                 writer = _process(
                     detector, pending, source, out_dir, args, results, stats, writer, ids
                 )
-                pending = []
-        if pending:
-            writer = _process(detector, pending, source, out_dir, args, results, stats, writer, ids)
-    except KeyboardInterrupt:  # Ctrl+C: the way a webcam stream ends; elsewhere keep what is done
-        interrupted = source.kind != "webcam"
-        if interrupted and writer is not None:
-            writer.abort()  # no partial video of a file left behind
-            writer = None
-    except BaseException:
+        # Ctrl+C: the way a webcam stream ends; elsewhere keep what is done
+        except KeyboardInterrupt:
+            interrupted = source.kind != "webcam"
+            if interrupted and writer is not None:
+                writer.abort()  # no partial video of a file left behind
+                writer = None
+        except BaseException:
+            if writer is not None:
+                writer.abort()  # no partial video left behind
+            raise
+        finally:
+            bar.close()
         if writer is not None:
-            writer.abort()  # no partial video left behind
-        raise
-    finally:
-        bar.close()
-    if writer is not None:
-        stats.video_path, stats.video_codec = writer.close(), writer.codec
-        if writer.note:
-            print(f"note: {writer.path}: written as {writer.codec}; {writer.note}", file=sys.stderr)
-    total_s = time.perf_counter() - t_start
-    json_path = out_dir / "predictions.json"
-    write_json(json_path, results, indent=None)
-    if args.save_json:  # COCO results format alone, as val writes it
-        write_json(
-            out_dir / "results.json",
-            [{k: v for k, v in r.items() if k != "file_name"} for r in results],
-            indent=None,
-        )
-    if args.json:
-        cli_options.write_json_output(args, results)
-    if interrupted:
-        unit = "frames" if source.is_video else "images"
-        print(
-            f"interrupted after {stats.images} of {len(source) or '?'} {unit} ({stats.skipped} skipped); "
-            f"their detections are in {json_path}",
-            file=sys.stderr,
-        )
-        raise KeyboardInterrupt
-    if stats.images == 0:
-        raise DataError(
-            f"{args.source}: no image could be read ({stats.skipped} skipped); "
-            "fix: see the warnings above for why each was skipped"
-        )
-    _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)
-    if args.save_json:
-        print(f"  wrote {out_dir / 'results.json'} (COCO results format, for an evaluation server)")
-    return 0
+            stats.video_path, stats.video_codec = writer.close(), writer.codec
+            if writer.note:
+                print(
+                    f"note: {writer.path}: written as {writer.codec}; {writer.note}",
+                    file=sys.stderr,
+                )
+        if stats.images == 0:  # nothing done: no empty results files (the new folder goes)
+            if interrupted:
+                raise KeyboardInterrupt
+            raise DataError(
+                f"{args.source}: no image could be read ({stats.skipped} skipped); "
+                "fix: see the warnings above for why each was skipped"
+            )
+        total_s = time.perf_counter() - t_start
+        json_path = out_dir / "predictions.json"
+        write_json(json_path, results, indent=None)
+        if args.save_json:  # COCO results format alone, as val writes it
+            write_json(
+                out_dir / "results.json",
+                [{k: v for k, v in r.items() if k != "file_name"} for r in results],
+                indent=None,
+            )
+        if args.json:
+            cli_options.write_json_output(args, results)
+        if interrupted:
+            unit = "frames" if source.is_video else "images"
+            print(
+                f"interrupted after {stats.images} of {len(source) or '?'} {unit} ({stats.skipped} skipped); "
+                f"their detections are in {json_path}",
+                file=sys.stderr,
+            )
+            raise KeyboardInterrupt
+        _print_summary(source, detector, stats, total_s, out_dir, json_path, args.no_save)
+        if args.save_json:
+            print(
+                f"  wrote {out_dir / 'results.json'} (COCO results format, for an evaluation server)"
+            )
+        return 0
 
 
 class _Stats:

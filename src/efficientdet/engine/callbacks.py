@@ -142,7 +142,9 @@ class Logger(Callback):
     """A monitoring side channel (the ``--logger`` callbacks; yours too): losing it must not
     cost a long run. When one of its events raises after ``on_train_start``, the run goes on
     without it: one warning line naming it and ``destination``, then its ``on_exception``
-    (to release what it holds) and no more events; the end of the run repeats the warning. A
+    (to release what it holds) and no more events; the end of the run repeats the warning and
+    calls that ``on_exception`` once more (what the store refused then, it may take now: make
+    it safe to call twice). A
     failure in ``on_train_start`` stops the run as any callback's does (nothing is trained yet)."""
 
     destination = ""  # where it writes (a folder, a tracking URI), named in its messages
@@ -183,6 +185,7 @@ class Events:
         self.callbacks = list(callbacks)
         self._arity: dict[tuple[int, str], int | None] = {}
         self.switched_off: list[str] = []  # per failed logger: what failed, where and why
+        self._off: list[tuple[Logger, Exception]] = []  # the failed loggers and their errors
 
     def emit(self, event: str, *args: Any) -> None:
         for cb in list(self.callbacks):
@@ -215,6 +218,7 @@ class Events:
         """Drop ``logger`` from the run after ``error`` in ``event``: warn once, let it release
         what it holds (its on_exception), send it no more events."""
         self.callbacks.remove(logger)
+        self._off.append((logger, error))
         name = callback_name(logger) + (f" ({logger.destination})" if logger.destination else "")
         root: BaseException = error  # the first cause says most (a client library wraps a
         while root.__cause__ is not None:  # full disk in its own errors)
@@ -229,6 +233,13 @@ class Events:
         # closing a failed store may fail again (the disk is still full): nothing more to say
         with contextlib.suppress(Exception):
             logger.on_exception(self.trainer, error)
+
+    def release_switched_off(self) -> None:
+        """At the end of the run, each switched-off logger's ``on_exception`` once more, for
+        what it could not release when it failed (an MLflow run still to be ended); never raises."""
+        for logger, error in self._off:
+            with contextlib.suppress(Exception):
+                logger.on_exception(self.trainer, error)
 
     def exception(self, error: BaseException) -> None:
         for cb in self.callbacks:

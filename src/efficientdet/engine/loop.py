@@ -848,6 +848,7 @@ class Trainer:
                 self.setup()
             return self._fit()
         finally:
+            self.events.release_switched_off()  # a logger's full store may have room by now
             self.close()
 
     def _fit(self) -> TrainResult:

@@ -23,7 +23,7 @@ from .. import cli_options
 from ..config import NMSConfig, parse_image_size
 from ..errors import DataError
 from ..fileio import write_via_temp
-from ..run_dirs import make_run_dir, refuse_inputs_inside
+from ..run_dirs import claimed_run_dir, refuse_inputs_inside
 from ..runtime import precision_dtype, resolve_device, warn_if_slow_precision
 
 
@@ -155,10 +155,11 @@ def run(args: argparse.Namespace) -> int:
         require_metrics=False,
     )
     print(result.table())
-    out = make_run_dir(args.out, args.exist_ok, "val")  # claimed once there are results to write
-    refuse_inputs_inside(out, inputs)
-    # the evaluator's writers, each into a temporary file that is renamed when complete
-    write_via_temp(out / "results.json", lambda tmp: write_results_json(tmp, result.detections))
+    # claimed once there are results to write; removed again if the first write fails
+    with claimed_run_dir(args.out, args.exist_ok, "val") as out:
+        refuse_inputs_inside(out, inputs)
+        # the evaluator's writers, each into a temporary file that is renamed when complete
+        write_via_temp(out / "results.json", lambda tmp: write_results_json(tmp, result.detections))
     if not result.scored:
         if args.json:
             cli_options.write_json_output(args, result.to_dict())

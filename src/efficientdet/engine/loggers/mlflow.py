@@ -25,9 +25,11 @@ under ``debug/``.
 store that cannot be reached, written or read stops the run with one line, exit 2, and nothing
 made. One that fails later (disk full, server gone) switches the logger off with one warning
 and training goes on (:class:`~efficientdet.engine.callbacks.Logger`); the MLflow run then ends
-as FAILED when the store takes that last call. MLflow's own INFO lines ("Creating initial
-MLflow database tables...") are hidden with ``--quiet`` and shown otherwise (they report a
-change to a store).
+as FAILED: at once, or when training ends if the store did not take it then (a full disk may
+have room again); a store that never takes it leaves the run RUNNING. A run that training
+ends with an error is FAILED (Ctrl+C: KILLED), its buffered metrics sent first. MLflow's own
+INFO lines ("Creating initial MLflow database tables...") are hidden with ``--quiet`` and
+shown otherwise (they report a change to a store).
 """
 
 from __future__ import annotations
@@ -236,7 +238,18 @@ class MLflowLogger(Logger):
             self.client.log_image(self.run_id, image, artifact_file=f"debug/{name}.png")
 
     def _end(self, status: str) -> None:
-        self._flush()
+        """Send the buffered metrics, then end the MLflow run as ``status``; when sending fails
+        the run is still ended, as FAILED (best effort), and the error raised. The client is
+        kept until the end is recorded: a later ``on_exception`` tries again."""
+        try:
+            self._flush()
+        except Exception:
+            with contextlib.suppress(Exception):  # not left RUNNING for ever, if the store takes it
+                self._terminate("FAILED")
+            raise
+        self._terminate(status)
+
+    def _terminate(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
         self.client = None
 
