@@ -139,7 +139,7 @@ def _peer_args(args, key: str, extra: list[str]) -> list[str]:
 
 
 def paired(args) -> None:
-    """--paired: per model and engine, ``args.paired`` alternating pairs of single calls."""
+    """--paired: per model and engine, ``args.paired`` alternating pairs of bursts."""
     import tempfile
 
     print(common.machine_info())
@@ -215,7 +215,7 @@ def main() -> None:
         default=0,
         metavar="PAIRS",
         help="instead of rounds: keep effdet (eager) and each engine alive in two processes and "
-        "time PAIRS pairs of single end-to-end calls in alternation (common.paired_ratios)",
+        "time PAIRS pairs of short end-to-end bursts in alternation (common.paired_ratios)",
     )
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

@@ -12,8 +12,8 @@ nothing here imports our package or effdet: the timing and peak-memory functions
   ``torch.set_num_threads(2)`` by default (the machine has 2 cores).
 * ``machine_info()``: one line naming the CPU, cores, torch and Python versions, load.
 * ``peak_rss_mb()``: this process's peak resident set (VmHWM) so far.
-* ``TimingServer`` / ``paired_ratios(ours, peer, pairs)``: two long-lived processes timed
-  call by call in alternation, for ratios that a noisy machine moves little.
+* ``TimingServer`` / ``paired_ratios(ours, peer, pairs)``: two long-lived processes timed in
+  alternating short bursts, for ratios that a noisy machine moves little.
 * ``run_python(script, args)`` / ``run_peer(script, args)``: run a script in a fresh
   process (ours: this interpreter; peer: benchmarks/peer/.venv/bin/python), parse the JSON
   object it prints on its last stdout line, and add the child's own peak RSS
@@ -346,14 +346,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def serve_timings(fn: Callable[[], object], warmup: int = 3) -> None:
     """Serve timed calls of ``fn()`` over stdin/stdout (the other end: :class:`TimingServer`).
 
-    After ``warmup`` untimed calls prints ``{"ready": true}``; then for each line ``N`` read
-    from stdin runs ``fn()`` N times and prints ``{"times_ms": [...]}``; ends at end of input.
+    After ``warmup`` untimed calls prints ``{"ready": true}``; then for each line ``N W`` read
+    from stdin runs ``fn()`` W times untimed and N times timed, and prints
+    ``{"times_ms": [N times]}``; ends at end of input.
     """
     for _ in range(warmup):
         fn()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
-        n = int(line)
+        n, w = (int(v) for v in line.split())
+        for _ in range(w):
+            fn()
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
@@ -395,10 +398,10 @@ class TimingServer:
         self._err.seek(0)
         raise SubprocessError(f"{self.cmd} ended early\n{self._err.read()[-3000:]}")
 
-    def time(self, n: int = 1) -> list[float]:
-        """Wall times (ms) of ``n`` calls, run now."""
+    def time(self, n: int = 1, warmup: int = 0) -> list[float]:
+        """Wall times (ms) of ``n`` calls run now, after ``warmup`` untimed ones."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.write(f"{n} {warmup}\n")
         self.proc.stdin.flush()
         return self._reply("times_ms")
 
@@ -410,19 +413,19 @@ class TimingServer:
 
 
 def paired_ratios(
-    ours: TimingServer, peer: TimingServer, pairs: int, pause_s: float = 0.05
+    ours: TimingServer, peer: TimingServer, pairs: int, burst: int = 5, warmup: int = 2
 ) -> dict:
-    """Time ``pairs`` pairs of single calls, ours and the peer's back to back (the order
-    alternates every pair), with ``pause_s`` between calls so that neither side's idle threads
-    overlap the other's call. Returns the medians of each side's times and of the per-pair
-    ratios ours / peer, with the ratios' 10th and 90th percentiles: load from other processes
-    changes over seconds, so a pair sees nearly the same load on both sides."""
+    """Time ``pairs`` pairs of bursts, ours and the peer's back to back (the order alternates
+    every pair): each burst is ``warmup`` untimed calls (caches and idle threads warm again)
+    then ``burst`` timed ones, back to back as in steady use. Load from other processes
+    changes over seconds, so the two bursts of a pair see nearly the same load. Returns the
+    medians of each side's burst medians and of the per-pair ratios ours / peer, with the
+    ratios' 10th and 90th percentiles."""
     ours_ms, peer_ms = [], []
     for i in range(pairs):
-        sides = (ours, peer) if i % 2 == 0 else (peer, ours)
-        for side in sides:
-            time.sleep(pause_s)
-            (ours_ms if side is ours else peer_ms).append(side.time(1)[0])
+        for side in (ours, peer) if i % 2 == 0 else (peer, ours):
+            ms = statistics.median(side.time(burst, warmup))
+            (ours_ms if side is ours else peer_ms).append(ms)
     ratios = sorted(o / p for o, p in zip(ours_ms, peer_ms, strict=True))
 
     def pct(q: float) -> float:
@@ -430,6 +433,7 @@ def paired_ratios(
 
     return {
         "pairs": pairs,
+        "burst": burst,
         "ours_median_ms": statistics.median(ours_ms),
         "peer_median_ms": statistics.median(peer_ms),
         "ratio_median": statistics.median(ratios),
