@@ -188,7 +188,7 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "calibrated on 6 images" in proc.stdout and "check: max |difference|" in proc.stdout
+    assert "calibrated on 6 images" in proc.stdout and "check vs PyTorch: difference" in proc.stdout
     assert "Calibration" not in proc.stderr  # --quiet silences the quantiser's bars
     path = out / "tiny_int8_uint8.tflite"
     det = Detector(path, conf=0.05)
@@ -275,21 +275,29 @@ def test_missing_converter_names_the_extra(tiny_ckpt, tmp_path, monkeypatch, cap
 
 
 def test_a_failing_check_never_touches_the_output_path(tiny_ckpt, tmp_path, monkeypatch, capfd):
-    """Fault injection, converter stubbed (runs without litert): the parity check fails. It ran
-    on a temporary file beside the output, the output path was never written (an existing file
-    keeps its bytes, a new folder stays empty) and no temporary is left behind."""
+    """Fault injection, converter and LiteRT stubbed (runs without litert): the file's raw outputs
+    are PyTorch's + 1, so the shared parity check fails. It ran on a temporary file beside the
+    output, the output path was never written (an existing file keeps its bytes, a new folder
+    stays empty) and no temporary is left behind."""
+    from efficientdet.deploy import backends
     from efficientdet.deploy import export_tflite as module
 
     monkeypatch.setattr(module, "_litert_torch", lambda: None)
     monkeypatch.setattr(module, "convert_float", lambda graph, hw, uint8_input: b"flatbuffer")
     checked = []  # (file checked, its bytes, what the output path held meanwhile)
 
-    def failing_parity(model, path, hw):
+    class OffByOne:
+        def raw(self, x):
+            with torch.no_grad():
+                cls, box = tiny_ckpt["model"](x)
+            return [c + 1 for c in cls], [b + 1 for b in box]
+
+    def open_stub(path, device):
         final = path.parent / "tiny.tflite"
         checked.append((path, path.read_bytes(), final.read_bytes() if final.exists() else None))
-        return 1.0  # far outside the float32 tolerance
+        return OffByOne()
 
-    monkeypatch.setattr(module, "raw_parity", failing_parity)
+    monkeypatch.setattr(backends, "open_exported", open_stub)
     kept, fresh = tmp_path / "kept", tmp_path / "fresh"
     kept.mkdir()
     (kept / "tiny.tflite").write_bytes(b"the user's file")
@@ -305,8 +313,8 @@ def test_a_failing_check_never_touches_the_output_path(tiny_ckpt, tmp_path, monk
         else:
             assert os.listdir(out) == ["tiny.tflite"]
             assert (out / "tiny.tflite").read_bytes() == before
-        assert f"{out / 'tiny.tflite'}: the float32 TFLite outputs differ" in line
-        assert "no file written" in line and "fix:" in line
+        assert f"{out / 'tiny.tflite'}: measured difference " in line
+        assert "exceeds tolerance 0.001" in line and ", no file written; fix: " in line
 
 
 @litert

@@ -493,7 +493,7 @@ def _run(args: argparse.Namespace) -> int:
                 model,
                 tmp,
                 input_hw,
-                int8=args.int8,
+                precision="int8" if args.int8 else "fp32",
                 calibration=calibration,
                 batch=args.batch,
                 what=str(out),
