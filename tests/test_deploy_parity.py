@@ -1,6 +1,6 @@
 """The parity check every exporter runs (deploy/parity.py), on hand-computed cases: the float32
-rule keeps both earlier rules (TFLite's absolute 1e-3, the others' 1e-3 relative to the output),
-and the probe images are whole pixels (what a uint8-input file is fed)."""
+rules (1e-3 relative to each output's scale; TFLite's 1e-3 absolute) and the probe images, whole
+pixels (what a uint8-input TFLite file is fed)."""
 
 from __future__ import annotations
 
@@ -22,22 +22,21 @@ class _Constant(torch.nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("cls_error", "box_error", "measured"),
+    ("absolute", "cls_error", "box_error", "measured"),
     [
-        (5e-4, 5e-5, 5e-4),  # within: 5e-4 absolute on the logits, 5e-5 / 0.1 on the boxes
-        (2e-3, 0.0, 2e-3),  # out: 2e-3 absolute, though only 2e-4 relative to the scale 10
-        (0.0, 5e-4, 5e-3),  # out: 5e-4 absolute, but 5e-3 relative to the scale 0.1
+        (False, 2e-3, 5e-6, 2e-4),  # relative: 2e-3 / 10 (and 5e-6 / 0.1 = 5e-5): within
+        (False, 0.0, 5e-4, 5e-3),  # relative: 5e-4 / 0.1: out
+        (True, 2e-3, 0.0, 2e-3),  # absolute (TFLite): 2e-3 on the scale-10 output: out
+        (True, 0.0, 5e-4, 5e-4),  # absolute: 5e-4 on the scale-0.1 output: within
     ],
 )
-def test_float_check_is_absolute_and_relative_below_scale_1(
-    monkeypatch, cls_error, box_error, measured
-):
+def test_float_check_relative_or_absolute(monkeypatch, absolute, cls_error, box_error, measured):
     class Exported:  # the file's backend: PyTorch's outputs plus the error
         def raw(self, x):
             return [REF_CLS + cls_error], [REF_BOX + box_error]
 
     monkeypatch.setattr(backends, "open_exported", lambda path, device: Exported())
-    result = float_parity(_Constant(), "m.onnx", torch.zeros(2, 3, 8, 8))
+    result = float_parity(_Constant(), "m.onnx", torch.zeros(2, 3, 8, 8), absolute)
     assert result.value == pytest.approx(measured, rel=1e-2)
     assert result.passed == (measured <= 1e-3)
     verdict = "within" if measured <= 1e-3 else "exceeds"

@@ -204,6 +204,20 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
 
 
 @litert
+@pytest.mark.slow  # a litert-torch conversion
+def test_cli_float32_uint8_input_passes_the_float_check(tiny, tmp_path, capsys):
+    """The shared parity check feeds a --uint8-input file whole pixels: held to 1e-3 absolute."""
+    out = tmp_path / "exp"
+    argv = ["export", "--weights", str(tiny["ckpt"]), "--format", "tflite", "--uint8-input"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    check = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("check vs")]
+    assert check and " within tolerance 0.001 (max |exported - PyTorch| per raw output" in check[0]
+    _, x = _val_batch(tiny["data"])  # real images, padded with the (whole) mean colour
+    with torch.no_grad():
+        assert _raw_diff(tiny["model"](x), Detector(out / "tiny_uint8.tflite").raw(x)) <= 1e-3
+
+
+@litert
 @pytest.mark.slow  # a litert-torch conversion (shared by the module)
 def test_quantiser_progress_bars_only_with_progress(tiny, tmp_path, capfd):
     """ai-edge-quantizer's bars (calibration, then transformations) show with ``progress`` only

@@ -493,7 +493,7 @@ def _run(args: argparse.Namespace) -> int:
                 model,
                 tmp,
                 input_hw,
-                precision="int8" if args.int8 else "fp32",
+                int8=args.int8,
                 calibration=calibration,
                 batch=args.batch,
                 what=str(out),

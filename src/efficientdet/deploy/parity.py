@@ -6,15 +6,16 @@ Probe images: the calibration images when there are some (at most :data:`PROBE_I
 user's own data letterboxed as at inference), else seeded random 0-255 pixels, normalised (whole
 pixels, so a TFLite ``--uint8-input`` file sees exactly what PyTorch sees).
 
-* float32 files (ONNX, OpenVINO, TorchScript, TFLite): every raw output (class logits, box
-  deltas, per level) within :data:`FLOAT_TOLERANCE` of PyTorch's, absolutely and, for an output
-  whose largest value is below 1, relative to it (``max |exported - torch| / min(1, max |torch|)``).
-* int8 and float16-weight files: judged by detections, since their logits legitimately differ
-  by a few percent. At most :data:`MAX_MISSED` of PyTorch's confident detections (score >=
-  :data:`CONFIDENT`) on the probe images may be missing from the file's (same class, IoU >=
-  :data:`MATCH_IOU`, its score >= half the confidence threshold). When PyTorch is confident of
-  nothing on the probe images (an untrained model), the class scores are compared instead:
-  ``max |sigmoid(file) - sigmoid(torch)|`` at most :data:`MAX_SCORE_DIFF`.
+* float32 files: every raw output (class logits, box deltas, per level) within
+  :data:`FLOAT_TOLERANCE` of PyTorch's, relative to that output's scale
+  (``max |exported - torch| / max |torch|``; ONNX, OpenVINO, TorchScript) or absolutely
+  (``max |exported - torch|``; TFLite).
+* int8 files: judged by detections, since int8 logits legitimately differ by a few percent.
+  At most :data:`INT8_MAX_MISSED` of PyTorch's confident detections (score >=
+  :data:`INT8_CONFIDENT`) on the probe images may be missing from the int8 file's (same class,
+  IoU >= :data:`INT8_IOU`, its score >= half the confidence threshold). When PyTorch is
+  confident of nothing on the probe images (an untrained model), the class scores are compared
+  instead: ``max |sigmoid(int8) - sigmoid(torch)|`` at most :data:`INT8_MAX_SCORE_DIFF`.
 """
 
 from __future__ import annotations
@@ -29,17 +30,11 @@ from ..errors import ExportError
 from .calibration import CalibrationSet
 
 FLOAT_TOLERANCE = 1e-3
-CONFIDENT = 0.3
-MATCH_IOU = 0.5
-MAX_MISSED = 0.1
-MAX_SCORE_DIFF = 0.1
+INT8_CONFIDENT = 0.3
+INT8_IOU = 0.5
+INT8_MAX_MISSED = 0.1
+INT8_MAX_SCORE_DIFF = 0.1
 PROBE_IMAGES = 16
-FIX = {  # by precision: what to do when the check fails
-    "fp32": "report this as a bug (onnx, openvino, torchscript: --no-fuse may avoid it)",
-    "fp16": "export float32 (drop --fp16)",
-    "int8": "calibrate on more or more typical images (--calib-data, --calib-images) or export "
-    "float32 (drop --int8)",
-}
 
 
 @dataclass
@@ -84,9 +79,11 @@ def probe_batch(
     return (pixels - torch.tensor(mean).reshape(1, 3, 1, 1)) / torch.tensor(std).reshape(1, 3, 1, 1)
 
 
-def float_parity(reference: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> ParityResult:
+def float_parity(
+    reference: nn.Module, path: str | os.PathLike, x: torch.Tensor, absolute: bool = False
+) -> ParityResult:
     """Largest difference of the file's raw outputs (run by its backend) from ``reference``'s,
-    absolute, relative for an output smaller than 1 (see the module docstring)."""
+    relative to each output's largest ``|value|``, or ``absolute``."""
     from .backends import open_exported
 
     backend = open_exported(path, torch.device("cpu"))
@@ -95,17 +92,14 @@ def float_parity(reference: nn.Module, path: str | os.PathLike, x: torch.Tensor)
         got_cls, got_box = backend.raw(x)
     worst = 0.0
     for ref, got in zip(ref_cls + ref_box, got_cls + got_box, strict=True):
-        scale = min(max(float(ref.abs().max()), 1e-6), 1.0)
+        scale = 1.0 if absolute else max(float(ref.abs().max()), 1e-6)
         worst = max(worst, float((ref - got.to(ref.dtype)).abs().max()) / scale)
-    return ParityResult(
-        worst,
-        FLOAT_TOLERANCE,
-        f"max |exported - PyTorch| / min(1, max |PyTorch|) per raw output, {x.shape[0]} probe images",
-    )
+    how = "max |exported - PyTorch|" + ("" if absolute else " / max |PyTorch|")
+    return ParityResult(worst, FLOAT_TOLERANCE, f"{how} per raw output, {x.shape[0]} probe images")
 
 
 def detection_recall(
-    reference: list[dict], found: list[dict], iou: float = MATCH_IOU
+    reference: list[dict], found: list[dict], iou: float = INT8_IOU
 ) -> tuple[int, int]:
     """(matched, total): ``reference`` detections (per image ``boxes`` (D, 4) xyxy, ``labels``
     (D,)) that ``found`` has one to one with the same label and IoU >= ``iou``."""
@@ -130,17 +124,15 @@ def detection_recall(
     return matched, total
 
 
-def detection_parity(
-    reference: nn.Module, path: str | os.PathLike, x: torch.Tensor
-) -> ParityResult:
-    """The share of PyTorch's confident detections the (int8 or float16) file misses (or, with
-    none, the score difference)."""
+def int8_parity(reference: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> ParityResult:
+    """The share of PyTorch's confident detections the int8 file misses (or, with none, the
+    score difference)."""
     from .detector import Detector
 
     h, w = int(x.shape[-2]), int(x.shape[-1])
     scales, sizes = torch.ones(x.shape[0]), [(h, w)] * x.shape[0]
-    torch_det = Detector(model=reference, conf=CONFIDENT, image_size=(h, w))
-    file_det = Detector(os.fspath(path), conf=CONFIDENT / 2)
+    torch_det = Detector(model=reference, conf=INT8_CONFIDENT, image_size=(h, w))
+    file_det = Detector(os.fspath(path), conf=INT8_CONFIDENT / 2)
     with torch.no_grad():
         ref = sorted_by_score(torch_det.detect_batch(x, scales, sizes))
         got = file_det.detect_batch(x, scales, sizes)
@@ -148,9 +140,9 @@ def detection_parity(
         if total:
             return ParityResult(
                 (total - matched) / total,
-                MAX_MISSED,
-                f"share of PyTorch's {total} detections with score >= {CONFIDENT} not found "
-                f"(same class, IoU >= {MATCH_IOU}), {x.shape[0]} probe images",
+                INT8_MAX_MISSED,
+                f"share of PyTorch's {total} detections with score >= {INT8_CONFIDENT} not "
+                f"found (same class, IoU >= {INT8_IOU}), {x.shape[0]} probe images",
             )
         ref_cls, _ = torch_det.raw(x)
         got_cls, _ = file_det.raw(x)
@@ -160,9 +152,9 @@ def detection_parity(
     )
     return ParityResult(
         diff,
-        MAX_SCORE_DIFF,
-        f"max |sigmoid score exported - PyTorch|, {x.shape[0]} probe images "
-        f"(PyTorch has no detection with score >= {CONFIDENT} there)",
+        INT8_MAX_SCORE_DIFF,
+        f"max |sigmoid score int8 - PyTorch|, {x.shape[0]} probe images "
+        f"(PyTorch has no detection with score >= {INT8_CONFIDENT} there)",
     )
 
 
@@ -180,23 +172,29 @@ def check_export(
     path: str | os.PathLike,
     image_size_hw: tuple[int, int],
     *,
-    precision: str = "fp32",
+    int8: bool = False,
+    absolute: bool = False,
     calibration: CalibrationSet | None = None,
     batch: int = 1,
     what: str = "exported file",
 ) -> ParityResult:
-    """Run the parity check on ``path``, a file of ``precision`` "fp32" | "fp16" (float16
-    weights) | "int8" (see the module docstring); raise a one-line :class:`ExportError` with the
+    """Run the parity check on ``path`` (int8, or float32 with the ``absolute`` rule or the
+    relative one, see the module docstring); raise a one-line :class:`ExportError` with the
     measured difference when it exceeds the tolerance."""
     from .export import model_config
 
     config = model_config(reference)
     x = probe_batch(image_size_hw, config.mean, config.std, calibration, batch)
-    check = float_parity if precision == "fp32" else detection_parity
-    result = check(reference, path, x)
+    result = int8_parity(reference, path, x) if int8 else float_parity(reference, path, x, absolute)
     if not result.passed:
+        fix = (
+            "calibrate on more or more typical images (--calib-data, --calib-images) or export "
+            "float32 (drop --int8)"
+            if int8
+            else "report this as a bug (onnx, openvino, torchscript: --no-fuse may avoid it)"
+        )
         raise ExportError(
-            f"{what}: measured {result.line()}, no file written; fix: {FIX[precision]} "
+            f"{what}: measured {result.line()}, no file written; fix: {fix} "
             "(--no-check skips this check)"
         )
     return result
