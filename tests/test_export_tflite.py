@@ -192,7 +192,7 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "calibrated on 6 images" in proc.stdout and "check: max |difference|" in proc.stdout
+    assert "calibrated on 6 images" in proc.stdout and "check vs PyTorch: difference" in proc.stdout
     assert "Calibration" not in proc.stderr  # --quiet silences the quantiser's bars
     path = out / "tiny_int8_uint8.tflite"
     det = Detector(path, conf=0.05)
@@ -205,6 +205,20 @@ def test_cli_int8_with_uint8_input_calibrated_on_a_dataset(tiny, tmp_path):
         float((r.sigmoid() - g.sigmoid()).abs().max()) for r, g in zip(ref[0], got[0], strict=True)
     )
     assert score_diff <= INT8_SCORE_TOL, score_diff
+
+
+@litert
+@pytest.mark.slow  # a litert-torch conversion
+def test_cli_float32_uint8_input_passes_the_float_check(tiny, tmp_path, capsys):
+    """The shared parity check feeds a --uint8-input file whole pixels: held to 1e-3 absolute."""
+    out = tmp_path / "exp"
+    argv = ["export", "--weights", str(tiny["ckpt"]), "--format", "tflite", "--uint8-input"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    check = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("check vs")]
+    assert check and " within tolerance 0.001 (max |exported - PyTorch| per raw output" in check[0]
+    _, x = _val_batch(tiny["data"])  # real images, padded with the (whole) mean colour
+    with torch.no_grad():
+        assert _raw_diff(tiny["model"](x), Detector(out / "tiny_uint8.tflite").raw(x)) <= 1e-3
 
 
 @litert
@@ -279,21 +293,29 @@ def test_missing_converter_names_the_extra(tiny_ckpt, tmp_path, monkeypatch, cap
 
 
 def test_a_failing_check_never_touches_the_output_path(tiny_ckpt, tmp_path, monkeypatch, capfd):
-    """Fault injection, converter stubbed (runs without litert): the parity check fails. It ran
-    on a temporary file beside the output, the output path was never written (an existing file
-    keeps its bytes, a new folder stays empty) and no temporary is left behind."""
+    """Fault injection, converter and LiteRT stubbed (runs without litert): the file's raw outputs
+    are PyTorch's + 1, so the shared parity check fails. It ran on a temporary file beside the
+    output, the output path was never written (an existing file keeps its bytes, a new folder
+    stays empty) and no temporary is left behind."""
+    from efficientdet.deploy import backends
     from efficientdet.deploy import export_tflite as module
 
     monkeypatch.setattr(module, "_litert_torch", lambda: None)
     monkeypatch.setattr(module, "convert_float", lambda graph, hw, uint8_input: b"flatbuffer")
     checked = []  # (file checked, its bytes, what the output path held meanwhile)
 
-    def failing_parity(model, path, hw):
+    class OffByOne:
+        def raw(self, x):
+            with torch.no_grad():
+                cls, box = tiny_ckpt["model"](x)
+            return [c + 1 for c in cls], [b + 1 for b in box]
+
+    def open_stub(path, device):
         final = path.parent / "tiny.tflite"
         checked.append((path, path.read_bytes(), final.read_bytes() if final.exists() else None))
-        return 1.0  # far outside the float32 tolerance
+        return OffByOne()
 
-    monkeypatch.setattr(module, "raw_parity", failing_parity)
+    monkeypatch.setattr(backends, "open_exported", open_stub)
     kept, fresh = tmp_path / "kept", tmp_path / "fresh"
     kept.mkdir()
     (kept / "tiny.tflite").write_bytes(b"the user's file")
@@ -309,8 +331,8 @@ def test_a_failing_check_never_touches_the_output_path(tiny_ckpt, tmp_path, monk
         else:
             assert os.listdir(out) == ["tiny.tflite"]
             assert (out / "tiny.tflite").read_bytes() == before
-        assert f"{out / 'tiny.tflite'}: the float32 TFLite outputs differ" in line
-        assert "no file written" in line and "fix:" in line
+        assert f"{out / 'tiny.tflite'}: measured difference " in line
+        assert "exceeds tolerance 0.001" in line and ", no file written; fix: " in line
 
 
 @litert

@@ -42,16 +42,16 @@ import torch
 from torch import nn
 
 from ..config import NMSConfig
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.bifpn import Resample
 from .calibration import CalibrationSet, check_calibration_set
 from .export import RawExport, _prepare, model_config, readable_only
 from .metadata import build_metadata
+from .parity import ParityResult, check_export
 
 TFLITE_JSON = "efficientdet.json"  # the associated file holding our metadata
 PRECISIONS = ("fp32", "fp16", "int8")
-FP32_TOLERANCE = 1e-3  # max |difference| of float32 raw outputs vs PyTorch
 TFLITE_NMS_LAYOUT = (
     "TFLite_Detection_PostProcess: boxes (1, M, 4) ymin,xmin,ymax,xmax normalised to the input "
     "(letterboxed) image and clipped to [0, 1], classes (1, M) 0-based, scores (1, M), "
@@ -329,8 +329,8 @@ def run_tflite(
     args, model: nn.Module, names, category_ids, image_size: Sequence[int] | None, stem: str
 ) -> int:
     """``export --format tflite``: writes ``OUT/<stem>[_fp16|_int8][_uint8].tflite`` into a new run
-    folder, all or nothing: the raw outputs of the temporary file are checked against PyTorch
-    (float32: at most 1e-3) before it is renamed."""
+    folder, all or nothing: the temporary file is checked against PyTorch (:mod:`.parity`)
+    before it is renamed."""
     from ..progress import stage
     from .export import output_path
 
@@ -357,21 +357,22 @@ def run_tflite(
         + ("_nms" if nms else "")
     )
     out = output_path(args, f"{stem}{suffix}.tflite")
-    checked: list[float] = []
+    checked: list[ParityResult] = []
+    # float16 weights are held to no tolerance (as before): on the probe pixels they move the
+    # Lite0 reference weights' logits by up to 0.67 and lose 10% of their confident detections,
+    # yet the demo model's fp16 mAP equals float32's (BENCHMARKS.md)
+    checking = not args.no_check and nms is None and precision != "fp16"
 
     def verify(tmp: Path) -> None:
-        if args.no_check or nms is not None:
-            return
-        diff = raw_parity(model, tmp, hw)
-        if precision == "fp32" and not diff <= FP32_TOLERANCE:
-            raise ExportError(
-                f"{out}: the float32 TFLite outputs differ from PyTorch by {diff:.2e} "
-                f"(> {FP32_TOLERANCE:g}), no file written; fix: report this model, or pass "
-                "--no-check to keep it"
+        if checking:
+            int8 = precision == "int8"
+            checked.append(
+                check_export(
+                    model, tmp, hw, int8=int8, absolute=True, calibration=calibration, what=str(out)
+                )
             )
-        checked.append(diff)
 
-    check = ", checking against PyTorch" if not args.no_check and nms is None else ""
+    check = ", checking against PyTorch" if checking else ""
     with stage(f"exporting {config.name} to tflite {precision} ({hw[0]}x{hw[1]}{check})", quiet):
         export_tflite(
             model,
@@ -400,25 +401,8 @@ def run_tflite(
         f"{'NMS inside' if nms else 'raw outputs'}, input {hw[0]}x{hw[1]}) -> {out} ({size_mb:.1f} MiB)"
     )
     if checked:
-        print(f"check: max |difference| vs PyTorch {checked[0]:.2e} on a random image")
+        print(f"check vs PyTorch: {checked[0].line()}")
     return 0
-
-
-def raw_parity(model: nn.Module, path: str | os.PathLike, hw: tuple[int, int]) -> float:
-    """Max |difference| of the file's raw outputs (LiteRT) vs the fused PyTorch model on one random
-    image of 0-255 pixels (exact for a uint8-input file too)."""
-    from .backends.tflite import open_tflite
-
-    fused, _ = _prepare(model, hw, True)
-    pixels = torch.randint(0, 256, (1, 3, *hw), generator=torch.Generator().manual_seed(0))
-    mean = torch.tensor(model_config(fused).mean).reshape(1, 3, 1, 1)
-    std = torch.tensor(model_config(fused).std).reshape(1, 3, 1, 1)
-    x = ((pixels.float() - mean) / std).float()
-    with torch.no_grad():
-        ref_cls, ref_box = fused(x)
-    got_cls, got_box = open_tflite(path).raw(x)
-    pairs = zip(ref_cls + ref_box, got_cls + got_box, strict=True)
-    return max(float((r - o).abs().max()) for r, o in pairs)
 
 
 # ----------------------------------------------------------------------------- NMS in the graph
