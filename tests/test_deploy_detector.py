@@ -149,9 +149,10 @@ def test_letterbox_scale_and_placement(lite0):
     assert float(batch[0, :, 120:, :].abs().max()) == 0.0  # padding = the mean colour
 
 
-def test_fuse_for_inference_is_exact_up_to_rounding():
+@pytest.mark.parametrize("name", ["efficientdet_lite0", "efficientdet_d0"])  # sum / fast-attention
+def test_fuse_for_inference_is_exact_up_to_rounding(name):
     torch.manual_seed(0)
-    model = create_model("efficientdet_lite0", num_classes=5, image_size=128).eval()
+    model = create_model(name, num_classes=5, image_size=128).eval()
     with torch.no_grad():  # realistic conv weights, non-trivial BN statistics and affine parameters
         for m in model.modules():
             if isinstance(m, torch.nn.Conv2d):
@@ -163,6 +164,9 @@ def test_fuse_for_inference_is_exact_up_to_rounding():
                 m.bias.uniform_(-0.3, 0.3)
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
+        for m in model.modules():  # unequal fusion weights, one of them cut by the relu
+            if isinstance(m, FuseInputs) and m.fusion != "sum":
+                m.edge_weights.uniform_(-0.3, 2.0)
         ref_cls, ref_box = model(x)
         fused = fuse_for_inference(copy.deepcopy(model))
         cls, box = fused(x)
@@ -196,11 +200,11 @@ def test_pad_before_expand_gives_the_block_output(kernel, hw, channels_last):
     with torch.no_grad():
         ref = block.eval()(x)
         out = pad_before_expand(block)(x)
-        assert block.pad_before_expand
+        assert block.pad_input_first
         # training ignores the rewrite: its BN statistics must not count the border
         torch.manual_seed(1)
         trained = block.train()(x)
-        block.pad_before_expand = False
+        block.pad_input_first = False
         torch.manual_seed(1)
         trained_ref = block(x)
     assert out.shape == ref.shape == (2, 16, (hw[0] + 1) // 2, (hw[1] + 1) // 2)
@@ -210,11 +214,25 @@ def test_pad_before_expand_gives_the_block_output(kernel, hw, channels_last):
         pad_before_expand(block.train())
 
 
+def test_pad_before_expand_keeps_gradients_exact():
+    """With gradients on, a rewritten block takes the plain path: backward works (an in-place
+    zeroing would break ReLU's saved output) and gives the plain block's gradients."""
+    block = pad_before_expand(InvertedResidualBlock(8, 16, 3, 2, 6, 0.0, "relu", 0.0).eval())
+    x = torch.randn(1, 8, 10, 10, requires_grad=True)
+    block(x).square().sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    block.pad_input_first = False
+    block(x).square().sum().backward()
+    torch.testing.assert_close(grad, x.grad, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("fusion", ["fastattn", "softmax"])
 @pytest.mark.parametrize("inputs", [2, 3])
 def test_folded_fusion_weights_give_the_node_output(fusion, inputs):
     """A BiFPN node fusing with its normalised weights folded into floats gives the output of
-    the weights renormalised per call; training ignores the folded copy."""
+    the weights renormalised per call; once the weights change (a training step), eval and
+    training use the new weights, not the stale copy."""
     torch.manual_seed(inputs)
     node = FuseInputs({i: Resample(8, 8, 0) for i in range(inputs)}, fusion)
     with torch.no_grad():
@@ -226,13 +244,15 @@ def test_folded_fusion_weights_give_the_node_output(fusion, inputs):
         by_hand = sum(x * wi for x, wi in zip(xs, w, strict=True))
         out = fold_fusion_weights(node)(xs, (6, 5))
         assert node.folded_weights is not None
-        node.edge_weights.add_(1.0)  # as a training step would change them
+        node.edge_weights.add_(torch.tensor([0.0, 1.0, -0.5][:inputs]))  # as a step would
+        changed = sum(x * wi for x, wi in zip(xs, node.normalized_weights(), strict=True))
+        evaluated = node(xs, (6, 5))  # still eval mode, the folded copy now stale
         trained = node.train()(xs, (6, 5))
     torch.testing.assert_close(ref, by_hand, atol=1e-6, rtol=0)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
-    torch.testing.assert_close(
-        trained, sum(x * wi for x, wi in zip(xs, node.normalized_weights(), strict=True))
-    )
+    assert float((changed - ref).abs().max()) > 0.01  # the change matters
+    torch.testing.assert_close(evaluated, changed)
+    torch.testing.assert_close(trained, changed)
     with pytest.raises(ConfigError):
         fold_fusion_weights(node.train())
 

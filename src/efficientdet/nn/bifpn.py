@@ -91,6 +91,10 @@ class FuseInputs(nn.Module):
     ``resample`` is keyed by the input's node id, as in effdet's files.
     """
 
+    # eval-time rewrite set by nn.fuse.fold_fusion_weights: (edge_weights' version counter when
+    # folded, the normalised weights as floats); used only while the weights are unchanged
+    folded_weights: tuple[int, tuple[float, ...]] | None = None
+
     def __init__(self, resamplers: dict[int, Resample], fusion: str):
         super().__init__()
         self.fusion = fusion
@@ -98,8 +102,6 @@ class FuseInputs(nn.Module):
         self.resample = nn.ModuleDict({str(i): r for i, r in resamplers.items()})
         if fusion in ("fastattn", "softmax"):
             self.edge_weights = nn.Parameter(torch.ones(len(resamplers)))
-        # eval-time rewrite (nn.fuse.fold_fusion_weights): normalised weights as Python floats
-        self.folded_weights: tuple[float, ...] | None = None
 
     def normalized_weights(self) -> torch.Tensor:
         """(inputs,) fusion weights: relu(w) / (sum + 1e-4) for fast attention, else softmax(w)."""
@@ -115,10 +117,11 @@ class FuseInputs(nn.Module):
             for x in xs[1:]:
                 out = out + x
             return out
-        if self.folded_weights is not None and not self.training:
-            # two kernels per input instead of ten: the weights are constants here
-            out = xs[0] * self.folded_weights[0]
-            for x, weight in zip(xs[1:], self.folded_weights[1:], strict=True):
+        folded = self.folded_weights
+        if folded is not None and not self.training and folded[0] == self.edge_weights._version:
+            # one kernel per input; no per-call renormalisation of the weights (five kernels)
+            out = xs[0] * folded[1][0]
+            for x, weight in zip(xs[1:], folded[1][1:], strict=True):
                 out.add_(x, alpha=weight)
             return out
         w = self.normalized_weights()

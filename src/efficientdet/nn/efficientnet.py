@@ -120,6 +120,10 @@ class DepthwiseSeparableBlock(nn.Module):
 class InvertedResidualBlock(nn.Module):
     """MBConv: 1x1 expand -> BN -> act -> dw conv -> BN -> act -> [SE] -> 1x1 project -> BN."""
 
+    # eval-time rewrite set by nn.fuse.pad_before_expand (a class default, so that modules
+    # pickled before it existed still run)
+    pad_input_first = False
+
     def __init__(
         self,
         in_ch: int,
@@ -147,10 +151,16 @@ class InvertedResidualBlock(nn.Module):
         )
         self.conv_pwl = nn.Conv2d(mid, out_ch, 1, bias=False)
         self.bn3 = make_bn(out_ch)
-        self.pad_before_expand = False  # eval-time rewrite, see nn.fuse.pad_before_expand
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pad_before_expand and self.conv_dw.dynamic_pad and not self.training:
+        # inference only: training BN would count the border, and autograd refuses the
+        # in-place zeroing of an output a ReLU saved
+        if (
+            self.pad_input_first
+            and self.conv_dw.dynamic_pad
+            and not self.training
+            and not torch.is_grad_enabled()
+        ):
             out = self._expand_then_strided_dw(x)
         else:
             out = self.conv_dw(self.act1(self.bn1(self.conv_pw(x))))
@@ -164,7 +174,8 @@ class InvertedResidualBlock(nn.Module):
         """``conv_dw(act1(bn1(conv_pw(x))))`` with the TF-"same" zero padding applied to the
         narrow input ``x`` (N, C_in, H, W) rather than to the ``expand`` times wider expansion.
         The 1x1 expansion turns the zero border into act(bias): it is zeroed again, so the
-        result is the same. Eval only (training BN statistics would count the border)."""
+        result is the same. Inference only. ``conv_dw``'s own "same" padding is bypassed (its
+        ``_conv_forward`` is the plain convolution)."""
         k, s = self.conv_dw.kernel_size[0], self.conv_dw.stride[0]
         top, bottom = same_padding(int(x.shape[-2]), k, s)
         left, right = same_padding(int(x.shape[-1]), k, s)

@@ -4,7 +4,8 @@
 :func:`fuse_for_inference` folds every BN into the conv before it: ``Detector`` (``fuse=True``)
 and ``export`` apply it. :func:`rewrite_for_eager` also moves the strided blocks' padding to
 their narrow inputs and folds the BiFPN fusion weights into constants: the PyTorch backend
-applies it, exports do not (it writes in place; exporters fold constants themselves).
+applies it; exports do not (their graphs would carry the extra pad and zeroing ops, and the
+exporters fold constants themselves).
 """
 
 from __future__ import annotations
@@ -121,29 +122,32 @@ def _check_eval(model: nn.Module, name: str) -> None:
 
 
 def pad_before_expand(model: nn.Module) -> nn.Module:
-    """Make every strided inverted-residual block pad its narrow input instead of its expansion.
+    """Make the strided inverted-residual blocks pad their narrow input instead of their expansion.
 
     TF "same" padding of a strided depthwise conv materialises a padded copy of the expanded
     tensor (D0 at 512: 96 channels at 256x256, 25 MB). Padding the block's input (16 channels)
     before the 1x1 expansion and zeroing the border after it gives the same result for a
-    fraction of the memory traffic (measured by ``benchmarks/bench_eager_rewrites.py``). Eval
-    mode only; in place; returns ``model``. Not for export: the border is zeroed in place.
+    fraction of the memory traffic (measured by ``benchmarks/bench_eager_rewrites.py``). Used
+    in eval mode with gradients off only; in place (the flag goes on every block, stride-1 ones
+    ignore it); returns ``model``.
     """
     _check_eval(model, "pad_before_expand")
     for module in model.modules():
         if isinstance(module, InvertedResidualBlock):
-            module.pad_before_expand = True
+            module.pad_input_first = True
     return model
 
 
 def fold_fusion_weights(model: nn.Module) -> nn.Module:
     """Store every BiFPN node's normalised fusion weights as Python floats, so that eager
-    inference fuses its inputs in two kernels each instead of renormalising the weights
-    (relu, sum, divide, index: ten small kernels per node) on every call. Eval mode only; the
-    weights must not change afterwards; in place; returns ``model``."""
+    inference fuses its inputs with one kernel each instead of renormalising the weights (relu,
+    sum, add, divide, index) on every call. Eval mode only; a node whose weights change later
+    (an optimizer step, ``load_state_dict``) goes back to renormalising; in place; returns
+    ``model``."""
     _check_eval(model, "fold_fusion_weights")
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, FuseInputs) and module.fusion != "sum":
-                module.folded_weights = tuple(float(w) for w in module.normalized_weights())
+                weights = tuple(float(w) for w in module.normalized_weights())
+                module.folded_weights = (module.edge_weights._version, weights)
     return model
