@@ -75,13 +75,13 @@ def worker(args) -> None:
         if det.backend.name == "torch" and det.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         scales, sizes = torch.ones(1), [(size, size)]
+        warm = 15 if engine == "compile" else args.warmup  # compile builds in its first calls
         if args.serve:
             with torch.inference_mode():
-                common.serve_timings(lambda: det.detect_batch(x, scales, sizes), args.warmup)
+                common.serve_timings(lambda: det.detect_batch(x, scales, sizes), warm)
             return
         out = {"impl": "ours", "engine": engine, "model": ours, "image_size": size}
         with torch.inference_mode():
-            warm = 15 if engine == "compile" else args.warmup
             if det.backend.outputs != "nms":
                 out["network"] = common.measure(
                     lambda: det.raw(x), warm, args.repeats, threads=args.threads
@@ -95,6 +95,13 @@ def worker(args) -> None:
             out["num_detections"] = len(det.detect_batch(x, scales, sizes)[0]["scores"])
     out["peak_rss_mb"] = common.peak_rss_mb()
     common.emit_json(out)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a number of pairs, at least 1")
+    return value
 
 
 def _worker_args(args, engine: str, key: str) -> list[str]:
@@ -142,6 +149,8 @@ def paired(args) -> None:
     """--paired: per model and engine, ``args.paired`` alternating pairs of bursts."""
     import tempfile
 
+    if not common.peer_available():
+        raise SystemExit("--paired needs effdet: bash benchmarks/peer/setup_peer.sh")
     print(common.machine_info())
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-predict-")
     print(
@@ -152,24 +161,19 @@ def paired(args) -> None:
     results = []
     for key in args.models:
         for engine in args.engines:
-            servers = []
-            try:
-                peer = common.TimingServer(
+            with (
+                common.TimingServer(
                     os.path.join(common.PEER_DIR, "peer_predict.py"),
                     [*_peer_args(args, key, []), "--serve"],
                     python=common.PEER_PYTHON,
-                )
-                servers.append(peer)
-                ours = common.TimingServer(
+                ) as peer,
+                common.TimingServer(
                     os.path.abspath(__file__),
                     [*_worker_args(args, engine, key), "--serve"],
                     python=TFLITE_PYTHON if engine.startswith("tflite") else None,
-                )
-                servers.append(ours)
+                ) as ours,
+            ):
                 res = common.paired_ratios(ours, peer, args.paired)
-            finally:
-                for server in servers:
-                    server.close()
             name, _, size, _ = MODELS[key]
             results.append({"model": name, "image_size": size, "engine": engine, **res})
             print(
@@ -211,7 +215,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--paired",
-        type=int,
+        type=_positive,
         default=0,
         metavar="PAIRS",
         help="instead of rounds: keep effdet (eager) and each engine alive in two processes and "

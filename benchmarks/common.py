@@ -24,6 +24,7 @@ nothing here imports our package or effdet: the timing and peak-memory functions
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -343,37 +344,38 @@ def is_out_of_memory(exc: BaseException) -> bool:
 # ----------------------------------------------------------------------------- paired timing
 
 
+# marks the protocol's lines on stdout, which libraries may share (a native library's unflushed
+# text without a newline may come first on the same line)
+_MARK = "@@timing@@ "
+
+
 def serve_timings(fn: Callable[[], object], warmup: int = 3) -> None:
     """Serve timed calls of ``fn()`` over stdin/stdout (the other end: :class:`TimingServer`).
 
     After ``warmup`` untimed calls prints ``{"ready": true}``; then for each line ``N W`` read
-    from stdin runs ``fn()`` W times untimed and N times timed, and prints
-    ``{"times_ms": [N times]}``; ends at end of input.
+    from stdin times ``fn()`` with :func:`timing.time_calls` (W untimed calls, then N timed)
+    and prints ``{"times_ms": [N times]}``; ends at end of input. Each reply is one line
+    starting with a marker.
     """
     for _ in range(warmup):
         fn()
-    print(json.dumps({"ready": True}), flush=True)
+    print(_MARK + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         n, w = (int(v) for v in line.split())
-        for _ in range(w):
-            fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        print(json.dumps({"times_ms": times}), flush=True)
+        print(_MARK + json.dumps({"times_ms": timing.time_calls(fn, w, n)}), flush=True)
 
 
 class TimingServer:
     """A process running :func:`serve_timings` (``python script *args``), kept alive so that
-    its calls can alternate with another server's, call by call."""
+    its calls can alternate with another server's. A context manager: leaving it ends the
+    process (killed if it does not end by itself)."""
 
     def __init__(self, script_path: str, args: Sequence[str] = (), python: str | None = None):
         cmd = [python or sys.executable, os.fspath(script_path), *[str(a) for a in args]]
         env = dict(os.environ)
         env.setdefault("PYTHONWARNINGS", "ignore")
         self._err = tempfile.TemporaryFile("w+")
+        self.cmd = " ".join(cmd)
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -383,18 +385,25 @@ class TimingServer:
             env=env,
             cwd=REPO_ROOT,
         )
-        self.cmd = " ".join(cmd)
-        self._reply("ready")
+        try:
+            self._reply("ready")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> TimingServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _reply(self, key: str):
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # libraries may print other lines: skip them
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and key in obj:
-                return obj[key]
+        for line in self.proc.stdout:  # other output may share stdout: only marked lines count
+            if _MARK in line:
+                obj = json.loads(line[line.index(_MARK) + len(_MARK) :])
+                if key in obj:
+                    return obj[key]
         self._err.seek(0)
         raise SubprocessError(f"{self.cmd} ended early\n{self._err.read()[-3000:]}")
 
@@ -406,10 +415,16 @@ class TimingServer:
         return self._reply("times_ms")
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-        self._err.close()
+        """End the process: end of input, then a kill after 60 s."""
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            self._err.close()
 
 
 def paired_ratios(
@@ -428,8 +443,8 @@ def paired_ratios(
             (ours_ms if side is ours else peer_ms).append(ms)
     ratios = sorted(o / p for o, p in zip(ours_ms, peer_ms, strict=True))
 
-    def pct(q: float) -> float:
-        return ratios[min(len(ratios) - 1, int(q * len(ratios)))]
+    def pct(q: float) -> float:  # nearest rank, as timing.summarize's p90
+        return ratios[max(0, math.ceil(q * len(ratios)) - 1)]
 
     return {
         "pairs": pairs,
