@@ -104,6 +104,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _timing_args(args) -> list[str]:
+    """The timing arguments both sides take: repeats, warm-up calls, threads."""
+    return [
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
+
+
 def _worker_args(args, engine: str, key: str) -> list[str]:
     """Arguments of this script's worker mode for ``engine`` on model ``key``."""
     return [
@@ -111,12 +123,7 @@ def _worker_args(args, engine: str, key: str) -> list[str]:
         engine,
         "--model",
         key,
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--threads",
-        str(args.threads),
+        *_timing_args(args),
         *(["--calib-data", args.calib_data] if args.calib_data else []),
         "--workdir",
         args.workdir,
@@ -133,12 +140,7 @@ def _peer_args(args, key: str, extra: list[str]) -> list[str]:
         str(size),
         "--batch",
         "1",
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--threads",
-        str(args.threads),
+        *_timing_args(args),
         "--weights",
         "fixture",
         *extra,

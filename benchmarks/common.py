@@ -156,6 +156,15 @@ class SubprocessError(RuntimeError):
     pass
 
 
+def _child_env(extra: dict | None = None) -> dict:
+    """The environment of a benchmark's child process: ours, Python warnings off unless set,
+    plus ``extra``."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    env.update(extra or {})
+    return env
+
+
 def run_python(
     script_path: str,
     args: Sequence[str] = (),
@@ -173,10 +182,7 @@ def run_python(
     """
     python = python or sys.executable
     cmd = [python, os.fspath(script_path), *[str(a) for a in args]]
-    run_env = dict(os.environ)
-    run_env.setdefault("PYTHONWARNINGS", "ignore")
-    if env:
-        run_env.update(env)
+    run_env = _child_env(env)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=run_env, cwd=cwd or REPO_ROOT)
@@ -372,8 +378,6 @@ class TimingServer:
 
     def __init__(self, script_path: str, args: Sequence[str] = (), python: str | None = None):
         cmd = [python or sys.executable, os.fspath(script_path), *[str(a) for a in args]]
-        env = dict(os.environ)
-        env.setdefault("PYTHONWARNINGS", "ignore")
         self._err = tempfile.TemporaryFile("w+")
         self.cmd = " ".join(cmd)
         self.proc = subprocess.Popen(
@@ -382,7 +386,7 @@ class TimingServer:
             stdout=subprocess.PIPE,
             stderr=self._err,
             text=True,
-            env=env,
+            env=_child_env(),
             cwd=REPO_ROOT,
         )
         try:
