@@ -110,8 +110,7 @@ def main() -> None:
             f"{row.get('size_mib', '-')} | {row.get('export_s', '-')} | {row.get('check') or '-'} |"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": common.machine_info_dict(), "rows": rows}, f, indent=1)
+        common.write_json(args.json, {"machine": common.machine_info_dict(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+
 VERIFIED_COMMIT = "6a54c8741e7c3265d4547c4f35f47a0391122dc5"
 DEFAULT_MODELS = ["d0@512", "d0@333x517", "lite0", "d3@384x640", "lite3x@333x517"]
 
@@ -452,9 +455,9 @@ def main(argv=None) -> int:
         tqdm.write(json.dumps(result))
     print(summary_table(results))
     if args.json:
-        from efficientdet.fileio import write_json
-
-        write_json(args.json, {"automl_commit_verified": VERIFIED_COMMIT, "results": results})
+        common.write_json(
+            args.json, {"automl_commit_verified": VERIFIED_COMMIT, "results": results}
+        )
     return 0
 
 

@@ -185,10 +185,7 @@ def paired(args) -> None:
                 flush=True,
             )
     if args.json:
-        import json
-
-        with open(args.json, "w") as f:
-            json.dump({"machine": common.machine_info_dict(), "paired": results}, f, indent=1)
+        common.write_json(args.json, {"machine": common.machine_info_dict(), "paired": results})
 
 
 def main() -> None:
@@ -300,19 +297,15 @@ def main() -> None:
                 }
             )
     if args.json:
-        import json
-
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": common.machine_info_dict(),
-                    "threads": args.threads,
-                    "results": summary,
-                    "raw": {"|".join(k): v for k, v in rows.items()},
-                },
-                f,
-                indent=1,
-            )
+        common.write_json(
+            args.json,
+            {
+                "machine": common.machine_info_dict(),
+                "threads": args.threads,
+                "results": summary,
+                "raw": {"|".join(k): v for k, v in rows.items()},
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -381,7 +381,7 @@ def main() -> None:
         "baseline_src": args.baseline_src,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        common.write_json(args.json, out)
     common.emit_json(out)
 
 

@@ -3,7 +3,8 @@
 Used by our benchmark scripts (run with our venv) and by the peer scripts in
 benchmarks/peer/ (run with the peer venv), so both sides are timed the same way.  Only the
 standard library is imported at module level; torch is imported lazily where needed, and
-nothing here imports our package or effdet: the timing and peak-memory functions are those of
+nothing here imports our package or effdet (``write_json``, for our scripts only, imports
+``efficientdet.fileio`` when called): the timing and peak-memory functions are those of
 ``efficientdet/deploy/timing.py`` (also used by ``efficientdet bench``), loaded by file path.
 
     from common import measure, machine_info, run_python, run_peer
@@ -12,6 +13,7 @@ nothing here imports our package or effdet: the timing and peak-memory functions
   ``torch.set_num_threads(2)`` by default (the machine has 2 cores).
 * ``machine_info()``: one line naming the CPU, cores, torch and Python versions, load.
 * ``peak_rss_mb()``: this process's peak resident set (VmHWM) so far.
+* ``write_json(path, obj)``: a script's ``--json`` report, written atomically.
 * ``TimingServer`` / ``paired_ratios(ours, peer, pairs)``: two long-lived processes timed in
   alternating short bursts, for ratios that a noisy machine moves little.
 * ``run_python(script, args)`` / ``run_peer(script, args)``: run a script in a fresh
@@ -150,6 +152,15 @@ def emit_json(obj: dict) -> None:
     """Print ``obj`` as JSON on one line (the last line a script prints, for run_python)."""
     sys.stdout.flush()
     print(json.dumps(obj), flush=True)
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    """Write a script's ``--json`` report: ``obj`` as JSON (indent 1) through the library's
+    atomic write (temporary name, then rename): a failed or interrupted write leaves the file
+    that was there before, and no temporary file."""
+    from efficientdet.fileio import write_json as atomic_write_json
+
+    atomic_write_json(path, obj, indent=1)
 
 
 class SubprocessError(RuntimeError):

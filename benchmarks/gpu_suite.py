@@ -81,10 +81,10 @@ class Suite:
         return time.monotonic() - self.t_start
 
     def save(self) -> None:
-        from efficientdet.fileio import write_json
+        import common
 
         self.report["elapsed_s"] = round(self.elapsed(), 1)
-        write_json(self.out / "gpu_suite.json", self.report)
+        common.write_json(self.out / "gpu_suite.json", self.report)
 
     def _peer_python(self) -> str | None:
         """The peer's interpreter: $EFFICIENTDET_PEER_PYTHON, else benchmarks/peer/.venv, else this
