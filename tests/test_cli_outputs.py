@@ -17,9 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet import create_model
+from efficientdet import create_model, fileio
 from efficientdet.cli import main
 from efficientdet.factory import save_model_dict
+
+from .faults import fail_on_call
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -341,22 +343,6 @@ def test_predict_video_on_a_full_disk_leaves_no_truncated_video(ckpt, tmp_path, 
 
 
 # ------------------------------------------------------------------ run folders of failed runs
-def _fail_first_write(monkeypatch, error: BaseException) -> None:
-    """The first file the command writes fails with ``error`` (Ctrl+C, a full disk); later
-    writes succeed (e.g. the detections kept after an interrupt)."""
-    from efficientdet import fileio
-
-    real, calls = fileio._new_temporary, []
-
-    def first_fails(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise error
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fileio, "_new_temporary", first_fails)
-
-
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
@@ -382,8 +368,8 @@ def test_failed_or_interrupted_predict_removes_the_folder_it_created(
         (full, ["--out", "new/folder"], 2),
         (full, [], 2),
     ):
-        _fail_first_write(monkeypatch, error)
-        assert main([*predict, "--no-save", *out]) == status
+        with fail_on_call(fileio, "_new_temporary", 1, error):  # the first file written
+            assert main([*predict, "--no-save", *out]) == status
         last = capfd.readouterr().err.strip().splitlines()[-1]
         assert last == "interrupted" if status == 130 else "No space left" in last
     assert _tree(tmp_path) == ["kept", "new", "runs", "runs/predict", "runs/predict/1"]
@@ -397,8 +383,8 @@ def test_failed_or_interrupted_predict_removes_the_folder_it_created(
     assert capfd.readouterr().err.strip().splitlines() == ["interrupted"]
     assert not (tmp_path / "cut").exists()  # no empty predictions.json either
     # Ctrl+C at the first annotated image: the first image's detections are kept
-    _fail_first_write(monkeypatch, KeyboardInterrupt())
-    assert main(predict) == 130
+    with fail_on_call(fileio, "_new_temporary", 1, KeyboardInterrupt()):
+        assert main(predict) == 130
     assert "interrupted after 1 of 2 images" in capfd.readouterr().err
     assert _tree(tmp_path / "runs" / "predict") == ["1", "2", "2/predictions.json"]
 
@@ -421,8 +407,8 @@ def test_failed_or_interrupted_val_removes_the_folder_it_created(
         (full, ["--out", "new"], 2),
         (KeyboardInterrupt(), ["--out", "kept"], 130),
     ):
-        _fail_first_write(monkeypatch, error)
-        assert main([*val, *out]) == status
+        with fail_on_call(fileio, "_new_temporary", 1, error):  # the first file written
+            assert main([*val, *out]) == status
         last = capfd.readouterr().err.strip().splitlines()[-1]
         assert last == "interrupted" if status == 130 else "No space left" in last
     assert _tree(tmp_path) == ["kept", "runs", "runs/val"]

@@ -20,6 +20,8 @@ from efficientdet import create_model
 from efficientdet.cli import main
 from efficientdet.factory import save_model_dict
 
+from .faults import fail_on_call
+
 NAMES = ["cat", "dog", "bird"]
 CATEGORY_IDS = [10, 20, 30]
 
@@ -158,7 +160,7 @@ def test_predict_folder_names_what_it_does_not_read(ckpt, tmp_path, capfd):
     } == {"a.png"}
 
 
-def test_predict_interrupted_keeps_the_detections_done(ckpt, tmp_path, capfd, monkeypatch):
+def test_predict_interrupted_keeps_the_detections_done(ckpt, tmp_path, capfd):
     """Found by trying: Ctrl+C during predict on a folder left annotated images but no
     predictions.json. Now the detections of the images done are written, the message says how
     many, and the exit status is 130."""
@@ -166,53 +168,12 @@ def test_predict_interrupted_keeps_the_detections_done(ckpt, tmp_path, capfd, mo
 
     src = tmp_path / "imgs"
     _write_images(src, ["000001.png", "000002.png", "000003.png"])
-    full = tmp_path / "full"
-    assert (
-        main(
-            [
-                "predict",
-                "--weights",
-                str(ckpt),
-                "--source",
-                str(src),
-                "--conf",
-                "0.01",
-                "--out",
-                str(full),
-                "--quiet",
-                "--no-save",
-            ]
-        )
-        == 0
-    )
-    process, calls = predict_cli._process, []
-
-    def ctrl_c_on_the_second_image(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return process(*a, **k)
-
-    monkeypatch.setattr(predict_cli, "_process", ctrl_c_on_the_second_image)
-    out = tmp_path / "cut"
+    full, out = tmp_path / "full", tmp_path / "cut"
+    predict = ["predict", "--weights", str(ckpt), "--source", str(src), "--conf", "0.01", "--quiet"]
+    assert main([*predict, "--out", str(full), "--no-save"]) == 0
     capfd.readouterr()
-    assert (
-        main(
-            [
-                "predict",
-                "--weights",
-                str(ckpt),
-                "--source",
-                str(src),
-                "--conf",
-                "0.01",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 130
-    )
+    with fail_on_call(predict_cli, "_process", 2, KeyboardInterrupt()):  # Ctrl+C on image 2
+        assert main([*predict, "--out", str(out)]) == 130
     err = capfd.readouterr().err
     assert (
         f"interrupted after 1 of 3 images (0 skipped); their detections are in {out / 'predictions.json'}"
