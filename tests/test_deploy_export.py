@@ -5,6 +5,9 @@ through one contract, refusal of foreign files."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -194,6 +197,34 @@ def test_onnx_nms_inside_gives_the_pytorch_detections(lite0, lite0_onnx):
         Detector(nms, iou=0.6)
     with pytest.raises(ConfigError, match="score threshold"):
         Detector(nms, conf=0.01)
+
+
+# every switch that stops ONNX Runtime's telemetry: ours, its test flag, and the CI markers
+_ORT_TELEMETRY_OFF = ("ORT_DISABLE_TELEMETRY", "ORT_RUNNING_UNIT_TESTS", "CI", "TF_BUILD")
+_ORT_TELEMETRY_OFF += ("GITHUB_ACTIONS", "JENKINS_URL")
+
+
+def test_running_an_onnx_file_writes_nothing_under_home(lite0_onnx, tmp_path):
+    """Found by trying: importing onnxruntime wrote a telemetry device id and event database
+    to ~/.cache/Microsoft/DeveloperTools/.onnxruntime. Run as a user would (a fresh HOME and
+    cache folder, none of the variables that stop its telemetry), a Detector on an ONNX file
+    writes nothing under HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in _ORT_TELEMETRY_OFF}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), OMP_NUM_THREADS="1")
+    image = tmp_path / "img.png"
+    Image.fromarray(_images()[0]).save(image)
+    run = "import sys; from efficientdet import Detector; Detector(sys.argv[1])(sys.argv[2])"
+    proc = subprocess.run(
+        [sys.executable, "-c", run, str(lite0_onnx[0]), str(image)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert list(home.rglob("*")) == []  # no .cache/Microsoft/DeveloperTools/.onnxruntime
 
 
 def test_detection_matching_is_order_insensitive_but_strict():

@@ -101,28 +101,51 @@ class Backend:
 
 
 @contextlib.contextmanager
+def _env_unless_set(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in the environment for the block, unless the user set ``name`` (kept)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
 def openvino_telemetry_off() -> Iterator[None]:
     """Keep OpenVINO's and NNCF's usage telemetry (Google Analytics, a client id in ~/intel)
     off while they import, convert or quantise: each (re)starts it then, and the one switch all
     of them honour is openvino_telemetry's CI check (``disable_in_ci``), so ``CI=true`` is set
     for that time; a CI the user set is kept (``CI=false`` opts in)."""
-    if "CI" in os.environ:
+    with _env_unless_set("CI", "true"):
         yield
-        return
-    os.environ["CI"] = "true"
-    try:
+
+
+@contextlib.contextmanager
+def onnxruntime_telemetry_off() -> Iterator[None]:
+    """Keep ONNX Runtime's telemetry (1DS events to Microsoft, a device id and an event store
+    written under ~/.cache/Microsoft/DeveloperTools/.onnxruntime) off: its documented switch,
+    ``ORT_DISABLE_TELEMETRY=1``, is read once when the package first imports, so it is set for
+    that time; a value the user set is kept. An onnxruntime imported before ours is not reached."""
+    with _env_unless_set("ORT_DISABLE_TELEMETRY", "1"):
         yield
-    finally:
-        os.environ.pop("CI", None)
+
+
+_TELEMETRY_OFF = {
+    "openvino": openvino_telemetry_off,
+    "nncf": openvino_telemetry_off,
+    "onnxruntime": onnxruntime_telemetry_off,
+}
 
 
 def require(module: str, what: str, extra: str) -> ModuleType:
     """Import an optional runtime or converter, or one line naming the extra that installs it."""
+    telemetry_off = _TELEMETRY_OFF.get(module.split(".")[0], contextlib.nullcontext)
     try:
-        if module.split(".")[0] in ("openvino", "nncf"):
-            with openvino_telemetry_off():
-                return importlib.import_module(module)
-        return importlib.import_module(module)
+        with telemetry_off():
+            return importlib.import_module(module)
     except ImportError:
         raise ConfigError(
             f"{what} needs the package {module}, which is not installed; "

@@ -15,7 +15,7 @@ import torch
 from ...detection.layout import flat_to_levels
 from ...errors import ConfigError, WeightsError
 from ..metadata import META_KEY, parse_metadata
-from .base import Backend, run_fixed_batch
+from .base import Backend, require, run_fixed_batch
 
 HOW_TO_EXPORT = "efficientdet export --weights CKPT --format onnx"
 
@@ -23,8 +23,7 @@ HOW_TO_EXPORT = "efficientdet export --weights CKPT --format onnx"
 def open_session(path: str, threads: int | None = None, providers: list | None = None):
     """An ONNX Runtime session for ``path``, on the CPU unless ``providers`` are given (one-line
     WeightsError when it cannot load)."""
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", f"{path}: running an ONNX file", "export")
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such ONNX file; fix: check the path")
     opts = ort.SessionOptions()
