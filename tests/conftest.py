@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Test modules import onnxruntime directly (not through the library's require(), which keeps its
+# telemetry off): its documented switch, read once at import, keeps the suite from writing a
+# device id under ~/.cache/Microsoft (tests that check the library's own switch clear it).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(scope="module")
