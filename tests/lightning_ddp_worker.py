@@ -59,7 +59,7 @@ def fit(data: str, out: Path, batch: int, devices: int, poison_rank: int | None 
     import torch
 
     from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
-    from efficientdet.engine.trainer import TrainingDiverged
+    from efficientdet.errors import TrainingDiverged
 
     cfg = tiny_config(
         data,

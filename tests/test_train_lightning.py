@@ -339,7 +339,7 @@ def test_lightning_stops_at_a_non_finite_loss(tmp_path):
     """A batch whose loss is NaN (here: NaN pixels) stops the run with one line, before the
     step: the parameters and EMA weights are those of the last good step, no NaN was logged."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
-    from efficientdet.engine.trainer import TrainingDiverged
+    from efficientdet.errors import TrainingDiverged
 
     cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, ema_warmup_steps=0)
     poison = PoisonBatch(1)

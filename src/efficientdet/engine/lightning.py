@@ -19,9 +19,9 @@ callbacks, loggers, ``accumulate_grad_batches``). The module itself adds an Earl
 ``val/mAP`` for ``patience`` (counted in epochs, as the trainer's), validates after the last
 epoch too, clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
 scales the default lr with the images per optimizer step (batch x processes x
-``accumulate_grad_batches``), and stops the run with :class:`.loop.TrainingDiverged` at the
-first non-finite loss (decided over all ranks, so DDP processes stop together; the step is not
-applied). build_model's notes go to Lightning's log and its warnings to ``warnings``.
+``accumulate_grad_batches``), and stops the run with :class:`efficientdet.errors.TrainingDiverged`
+at the first non-finite loss (decided over all ranks, so DDP processes stop together; the step is
+not applied). build_model's notes go to Lightning's log and its warnings to ``warnings``.
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
@@ -52,7 +52,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..config import NMSConfig
 from ..detection.loss import LOSS_KEYS
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..nn.model import EfficientDet
 from . import distributed as dist_utils
 from .builders import (
@@ -274,8 +274,6 @@ class EfficientDetModule(L.LightningModule):
         bad = dist_utils.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
         if not bad.item():
             return
-        from .loop import TrainingDiverged
-
         world = self.trainer.world_size
         where = f" on {int(bad.item())} of {world} processes" if world > 1 else ""
         raise TrainingDiverged(
