@@ -300,6 +300,57 @@ def test_lightning_refuses_a_trainer_that_disagrees_with_the_config(tmp_path, ar
     assert trainer.global_step == 0
 
 
+@pytest.mark.parametrize(
+    "limits, has, drop",
+    [
+        ({"max_steps": 1}, "max_steps=1", "max_steps"),
+        (
+            {"max_time": {"seconds": 90}},
+            "a time limit of 90.0 s",
+            "max_time (or a Timer with a duration)",
+        ),
+        ({"limit_train_batches": 0.5}, "limit_train_batches=0.5", "limit_train_batches"),
+        ({"limit_train_batches": 1}, "limit_train_batches=1", "limit_train_batches"),  # 1 batch
+        ({"min_epochs": 3}, "min_epochs=3", "min_epochs"),
+    ],
+)
+def test_lightning_refuses_a_trainer_limit_the_schedule_cannot_follow(tmp_path, limits, has, drop):
+    """A Trainer that stops the run or cuts its epochs short (max_steps, max_time,
+    limit_train_batches other than the whole split) would end training part-way through the
+    warm-up + cosine schedule the config's ``epochs`` spans; min_epochs above ``epochs`` cannot
+    be met: each is refused before any step, naming what the Trainer holds and the fix."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import ConfigError
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=2)
+    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg), **limits)
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith("TrainConfig epochs=2 needs Trainer(") and f"Trainer has {has};" in msg
+    assert f"fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...) without {drop}, " in msg
+    assert "\n" not in msg and trainer.global_step == 0
+
+
+def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
+    """The same options at values that run every batch of every epoch are accepted: the run
+    takes the config's steps and ends its cosine at zero."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=2, ema=False)
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        max_steps=-1,
+        limit_train_batches=1.0,
+        min_epochs=2,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 2  # 4 images, batch 4, 2 epochs
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 @pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])
 def test_lightning_runs_the_config_amp(tmp_path, amp, dtype):
     """``amp`` is the Trainer's precision: the network's outputs come out in its dtype."""

@@ -14,8 +14,10 @@ The TrainConfig is the one source of truth, as for ``efficientdet train``: every
 trainer honours is honoured here. :func:`lightning_trainer_kwargs` gives the Trainer arguments
 it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_n_epoch``,
 ``amp`` -> ``precision``), and a Trainer that disagrees is refused with one line (ConfigError)
-when fitting starts, so nothing is silently ignored; pass the Trainer anything else (devices,
-callbacks, loggers, ``accumulate_grad_batches``). The module itself adds an EarlyStopping on
+when fitting starts, so nothing is silently ignored; so is one that ends the run or its epochs
+early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
+``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``). Pass the
+Trainer anything else (devices, callbacks, loggers, ``accumulate_grad_batches``). The module itself adds an EarlyStopping on
 ``val/mAP`` for ``patience`` (counted in epochs, as the trainer's), validates after the last
 epoch too, clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
 scales the default lr with the images per optimizer step (batch x processes x
@@ -47,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'"
     ) from exc
 
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..config import NMSConfig
@@ -91,7 +93,9 @@ def lightning_trainer_kwargs(cfg: TrainConfig | dict) -> dict:
 
 def _check_trainer(cfg: TrainConfig, trainer) -> None:
     """Refuse a Trainer that would run ``cfg`` otherwise than it says (one line: the option,
-    both values, the fix)."""
+    both values, the fix): other epochs, validations or precision than ``cfg`` implies, or a
+    limit that ends the run or its epochs early, which the lr schedule (warm-up + cosine over
+    ``epochs`` whole passes over the training set) cannot follow."""
     amp_dtype_for(cfg.amp, trainer.strategy.root_device)  # fp16 needs CUDA, as in the trainer
     have = {
         "max_epochs": trainer.max_epochs,
@@ -99,13 +103,52 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
         "precision": trainer.precision,
     }
     fields = {"max_epochs": "epochs", "check_val_every_n_epoch": "val_interval", "precision": "amp"}
-    for arg, want in lightning_trainer_kwargs(cfg).items():
-        if have[arg] != want:
-            name = fields[arg]
+    # (TrainConfig field, the Trainer it needs, the Trainer's, met, the Trainer option to drop)
+    checks: list[tuple[str, str, str, bool, str]] = [
+        (fields[arg], f"{arg}={want!r}", f"{arg}={have[arg]!r}", have[arg] == want, "")
+        for arg, want in lightning_trainer_kwargs(cfg).items()
+    ]
+    # max_time is a Timer callback; a user's Timer with a duration stops the run the same way
+    timers = [cb.time_remaining() for cb in trainer.callbacks if isinstance(cb, Timer)]
+    seconds = next((t for t in timers if t is not None), None)
+    limit, min_epochs = trainer.limit_train_batches, trainer.min_epochs or 0
+    checks += [
+        (
+            "epochs",
+            "max_steps=-1",
+            f"max_steps={trainer.max_steps!r}",
+            trainer.max_steps == -1,
+            "max_steps",
+        ),
+        (
+            "epochs",
+            "max_time=None",
+            f"a time limit of {seconds} s",
+            seconds is None,
+            "max_time (or a Timer with a duration)",
+        ),
+        (
+            "epochs",
+            "limit_train_batches=1.0",
+            f"limit_train_batches={limit!r}",
+            isinstance(limit, float) and limit == 1.0,
+            "limit_train_batches",
+        ),
+        (
+            "epochs",
+            f"min_epochs<={cfg.epochs}",
+            f"min_epochs={min_epochs!r}",
+            min_epochs <= cfg.epochs,
+            "min_epochs",
+        ),
+    ]
+    for field, need, has, met, drop in checks:
+        if not met:
+            why = " (a run is `epochs` whole epochs, which its lr schedule spans)" if drop else ""
             raise ConfigError(
-                f"TrainConfig {name}={getattr(cfg, name)!r} needs Trainer({arg}={want!r}), but the "
-                f"Trainer has {arg}={have[arg]!r}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), "
-                f"...), or set TrainConfig {name} to what you want"
+                f"TrainConfig {field}={getattr(cfg, field)!r} needs Trainer({need}){why}, but the "
+                f"Trainer has {has}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...)"
+                f"{f' without {drop}' if drop else ''}, or set TrainConfig {field} to what you want"
             )
 
 
