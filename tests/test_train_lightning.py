@@ -351,6 +351,31 @@ def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
+    """The memory guard asks about the device the Trainer runs on (its root device), not
+    ``cfg.device``: a config naming CUDA builds (no CUDA is looked up before the Trainer says
+    where it runs), and a step that cannot fit on the Trainer's CPU is refused before any step."""
+    from efficientdet import resources
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import ResourceError
+
+    asked = []
+
+    def little_memory(device="cpu"):
+        asked.append(torch.device(device))
+        return 1, "fake: 1 byte"
+
+    monkeypatch.setattr(resources, "available_memory", little_memory)
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1, device="cuda")
+    assert asked == []  # not at construction: the Trainer's device is not known yet
+    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg))
+    with pytest.raises(ResourceError) as err:
+        trainer.fit(module, dm)
+    assert asked == [trainer.strategy.root_device] == [torch.device("cpu")]
+    assert "batch 4: training (forward + backward) needs about" in str(err.value)
+    assert "available (fake: 1 byte)" in str(err.value) and trainer.global_step == 0
+
+
 @pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])
 def test_lightning_runs_the_config_amp(tmp_path, amp, dtype):
     """``amp`` is the Trainer's precision: the network's outputs come out in its dtype."""

@@ -63,6 +63,7 @@ from .builders import (
     build_model,
     build_optimization,
     build_train_dataset,
+    check_train_memory,
     has_boxes,
     load_train_val,
     resolve_model_config,
@@ -237,8 +238,12 @@ class EfficientDetModule(L.LightningModule):
                 "category_ids": self.category_ids,
             }
         )
-        self.model = build_model(
-            self.cfg, len(self.class_names), class_names=self.class_names, log=_log_build_note
+        self.model = build_model(  # the memory guard runs at setup, on the Trainer's device
+            self.cfg,
+            len(self.class_names),
+            class_names=self.class_names,
+            memory_guard=False,
+            log=_log_build_note,
         )
         self.loss_fn = build_loss(self.cfg, self.model.config)
         self.val_data = val_data
@@ -376,6 +381,7 @@ class EfficientDetModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             _check_trainer(self.cfg, self.trainer)
+            check_train_memory(self.cfg, self.model, self.trainer.strategy.root_device)
         data = self._val_data()
         self._scored = data is None or has_boxes(data)
         if self._scored or stage not in ("fit", "validate"):
