@@ -435,6 +435,45 @@ def test_lightning_stops_at_a_non_finite_loss(tmp_path):
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
+def test_lightning_keeps_the_last_good_batchnorm_statistics_at_a_non_finite_loss(tmp_path):
+    """The NaN batch's forward pass turns the BatchNorm running statistics to NaN before its
+    loss is seen; as the trainer's rollback, the adapter puts back the last good step's, so
+    what is saved after the stop (Lightning's checkpoint on the exception) and exported (our
+    format, read back with load_model) holds them: finite, and not the initial ones."""
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+    from torch import nn
+
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import TrainingDiverged
+
+    cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, ema=False)
+    initial = {k: v.clone() for k, v in module.model.named_buffers()}
+    bn = next(m for m in module.model.modules() if isinstance(m, nn.BatchNorm2d))
+    finite = []  # per forward pass of the first BatchNorm: its running mean after it
+    bn.register_forward_hook(lambda m, i, o: finite.append(bool(m.running_mean.isfinite().all())))
+    poison = PoisonBatch(1)
+    on_exception = OnExceptionCheckpoint(tmp_path / "saved")
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        callbacks=[poison, on_exception],
+        limit_val_batches=0,
+    )
+    with pytest.raises(TrainingDiverged):
+        trainer.fit(module, dm)
+    assert finite == [True, False]  # the good step, then the NaN batch's forward
+    kept = poison.kept["buffers"]
+    assert any(not torch.equal(kept[k], initial[k]) for k in kept)  # the good step moved them
+
+    model, _ = load_model(module.export_checkpoint(tmp_path / "model.pt"))
+    exported = dict(model.named_buffers())
+    assert exported.keys() == kept.keys()
+    for key, value in kept.items():
+        assert torch.equal(exported[key], value), key
+    saved = torch.load(Path(on_exception.ckpt_path), map_location="cpu", weights_only=True)
+    for key, value in kept.items():
+        assert torch.equal(saved["state_dict"][f"model.{key}"], value), key
+
+
 def test_lightning_surfaces_the_model_builders_notes(tmp_path, caplog):
     """What build_model tells the trainer's user (a warning about a frozen random backbone,
     the weights note) reaches the adapter's user: warnings as warnings, notes in the log."""

@@ -23,7 +23,9 @@ epoch too, clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` sa
 scales the default lr with the images per optimizer step (batch x processes x
 ``accumulate_grad_batches``), and stops the run with :class:`efficientdet.errors.TrainingDiverged`
 at the first non-finite loss (decided over all ranks, so DDP processes stop together; the step is
-not applied). build_model's notes go to Lightning's log and its warnings to ``warnings``.
+not applied, the BatchNorm statistics its forward pass moved included: what is saved or exported
+after the stop is the last good step). build_model's notes go to Lightning's log and its warnings
+to ``warnings``.
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
@@ -250,6 +252,7 @@ class EfficientDetModule(L.LightningModule):
         self.ema: ModelEMA | None = None
         self._detections: list[dict] = []
         self._scored = True  # the val split has boxes to score (decided in setup)
+        self._kept_buffers: list[torch.Tensor] = []  # the buffers before this step (on_fit_start)
 
     # -------------------------------------------------------------- training
 
@@ -260,6 +263,7 @@ class EfficientDetModule(L.LightningModule):
         self.channels_last = use_channels_last(self.cfg.channels_last, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._kept_buffers = [b.detach().clone() for b in self.model.buffers()]
         if self.cfg.ema and self.ema is None:
             self.ema = ModelEMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup_steps)
             ema_state = getattr(self, "_ema_state", None)
@@ -298,6 +302,8 @@ class EfficientDetModule(L.LightningModule):
         images, targets = batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        # the forward pass moves the BatchNorm statistics: kept to undo a step not applied
+        torch._foreach_copy_(self._kept_buffers, list(self.model.buffers()))
         class_out, box_out = self.model(images)
         losses = self.loss_fn(
             class_out, box_out, self._targets(targets), self.model.config.image_size
@@ -318,10 +324,14 @@ class EfficientDetModule(L.LightningModule):
 
     def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Raise TrainingDiverged when the loss of any rank is not finite: the flag is summed
-        over ranks first, so every rank raises at the same step (none waits in backward)."""
+        over ranks first, so every rank raises at the same step (none waits in backward). The
+        step is not applied: the buffers its forward pass moved (BatchNorm statistics, NaN
+        after NaN activations) are put back, as the trainer's rollback does, so the model
+        saved or exported afterwards is the last good step's."""
         bad = dist_utils.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
         if not bad.item():
             return
+        torch._foreach_copy_(list(self.model.buffers()), self._kept_buffers)
         world = self.trainer.world_size
         where = f" on {int(bad.item())} of {world} processes" if world > 1 else ""
         raise TrainingDiverged(
