@@ -115,36 +115,25 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
     timers = [cb.time_remaining() for cb in trainer.callbacks if isinstance(cb, Timer)]
     seconds = next((t for t in timers if t is not None), None)
     limit, min_epochs = trainer.limit_train_batches, trainer.min_epochs or 0
-    checks += [
-        (
-            "epochs",
-            "max_steps=-1",
-            f"max_steps={trainer.max_steps!r}",
-            trainer.max_steps == -1,
-            "max_steps",
-        ),
-        (
-            "epochs",
+    limits = {  # the Trainer option to drop: (the Trainer epochs needs, the Trainer's, met)
+        "max_steps": ("max_steps=-1", f"max_steps={trainer.max_steps!r}", trainer.max_steps == -1),
+        "max_time (or a Timer with a duration)": (
             "max_time=None",
             f"a time limit of {seconds} s",
             seconds is None,
-            "max_time (or a Timer with a duration)",
         ),
-        (
-            "epochs",
+        "limit_train_batches": (
             "limit_train_batches=1.0",
             f"limit_train_batches={limit!r}",
             isinstance(limit, float) and limit == 1.0,
-            "limit_train_batches",
         ),
-        (
-            "epochs",
+        "min_epochs": (
             f"min_epochs<={cfg.epochs}",
             f"min_epochs={min_epochs!r}",
             min_epochs <= cfg.epochs,
-            "min_epochs",
         ),
-    ]
+    }
+    checks += [("epochs", need, has, met, drop) for drop, (need, has, met) in limits.items()]
     for field, need, has, met, drop in checks:
         if not met:
             why = " (a run is `epochs` whole epochs, which its lr schedule spans)" if drop else ""
