@@ -474,6 +474,47 @@ def test_lightning_keeps_the_last_good_batchnorm_statistics_at_a_non_finite_loss
         assert torch.equal(saved["state_dict"][f"model.{key}"], value), key
 
 
+def test_lightning_stops_before_a_step_with_a_non_finite_gradient(tmp_path):
+    """A finite loss with a non-finite gradient (here: one weight's gradient times inf) would
+    make the clipped step write NaN into the weights; as the trainer refuses such a step, the
+    adapter stops before it with one line: the parameters and BatchNorm statistics are those of
+    the last good step, and the export holds them."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import TrainingDiverged
+
+    class InfiniteGradient(L.Callback):
+        """At step 1 the first weight's gradient is multiplied by inf; ``kept``: the
+        parameters and buffers after the last batch before."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 1:
+                next(pl_module.model.parameters()).register_hook(lambda g: g * float("inf"))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.kept = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+    cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, ema=False)
+    inf_grad = InfiniteGradient()
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        callbacks=[inf_grad],
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith("epoch 1 batch 2: non-finite gradient norm (") and "\n" not in msg
+    assert "fix: " in msg and trainer.global_step == 1 and cfg.clip_grad > 0
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])  # the loss itself was finite
+    state = module.model.state_dict()
+    for key, value in inf_grad.kept.items():
+        assert torch.equal(state[key], value), key
+    model, _ = load_model(module.export_checkpoint(tmp_path / "model.pt"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, inf_grad.kept[key]), key
+
+
 def test_lightning_surfaces_the_model_builders_notes(tmp_path, caplog):
     """What build_model tells the trainer's user (a warning about a frozen random backbone,
     the weights note) reaches the adapter's user: warnings as warnings, notes in the log."""

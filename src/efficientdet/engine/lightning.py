@@ -22,9 +22,9 @@ Trainer anything else (devices, callbacks, loggers, ``accumulate_grad_batches``)
 epoch too, clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
 scales the default lr with the images per optimizer step (batch x processes x
 ``accumulate_grad_batches``), and stops the run with :class:`efficientdet.errors.TrainingDiverged`
-at the first non-finite loss (decided over all ranks, so DDP processes stop together; the step is
-not applied, the BatchNorm statistics its forward pass moved included: what is saved or exported
-after the stop is the last good step). build_model's notes go to Lightning's log and its warnings
+at the first non-finite loss or gradient norm (decided over all ranks, so DDP processes stop
+together; the step is not applied, the BatchNorm statistics its forward pass moved included: what
+is saved or exported after the stop is the last good step). build_model's notes go to Lightning's log and its warnings
 to ``warnings``.
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
@@ -242,6 +242,7 @@ class EfficientDetModule(L.LightningModule):
         self._detections: list[dict] = []
         self._scored = True  # the val split has boxes to score (decided in setup)
         self._kept_buffers: list[torch.Tensor] = []  # the buffers before this step (on_fit_start)
+        self._batch_idx = 0  # the training batch running (for TrainingDiverged's message)
 
     # -------------------------------------------------------------- training
 
@@ -312,22 +313,36 @@ class EfficientDetModule(L.LightningModule):
         return losses["loss"]
 
     def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """Raise TrainingDiverged when the loss of any rank is not finite: the flag is summed
-        over ranks first, so every rank raises at the same step (none waits in backward). The
-        step is not applied: the buffers its forward pass moved (BatchNorm statistics, NaN
-        after NaN activations) are put back, as the trainer's rollback does, so the model
-        saved or exported afterwards is the last good step's."""
+        """Stop when the loss of any rank is not finite: the flag is summed over ranks first, so
+        every rank raises at the same step (none waits in backward)."""
+        self._batch_idx = batch_idx
         bad = dist_utils.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
         if not bad.item():
             return
-        torch._foreach_copy_(list(self.model.buffers()), self._kept_buffers)
         world = self.trainer.world_size
         where = f" on {int(bad.item())} of {world} processes" if world > 1 else ""
+        self._stop(f"non-finite training loss{where} ({float(loss.detach()):g} here)")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Stop before a step whose gradient norm is not finite (its clipped update would be
+        NaN), as the trainer refuses it; with fp16 the GradScaler skips such a step itself.
+        Under DDP the gradients are already averaged over ranks: every rank stops together."""
+        if self.cfg.amp == "fp16":
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not bool(torch.isfinite(norm)):
+            self._stop(f"non-finite gradient norm ({float(norm):g})")
+
+    def _stop(self, what: str) -> None:
+        """Raise TrainingDiverged for a step not applied. The buffers its forward pass moved
+        (BatchNorm statistics, NaN after NaN activations) are put back first, as the trainer's
+        rollback does, so the model saved or exported afterwards is the last good step's."""
+        torch._foreach_copy_(list(self.model.buffers()), self._kept_buffers)
         raise TrainingDiverged(
-            f"epoch {self.current_epoch + 1} batch {batch_idx + 1}: non-finite training loss"
-            f"{where} ({float(loss.detach()):g} here); training stopped before applying it; "
-            "fix: lower lr (e.g. a tenth), keep clip_grad on, use amp='none', or check the data "
-            "(efficientdet data check)"
+            f"epoch {self.current_epoch + 1} batch {self._batch_idx + 1}: {what}; training "
+            "stopped before applying it; fix: lower lr (e.g. a tenth), keep clip_grad on, use "
+            "amp='none', or check the data (efficientdet data check)"
         )
 
     def optimizer_step(self, *args, **kwargs) -> None:
