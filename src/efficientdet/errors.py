@@ -39,5 +39,5 @@ class CallbackError(EfficientDetError):
 
 class TrainingDiverged(EfficientDetError):
     """Training stopped at a diverging loss: the trainer after ``max_bad_steps`` rollbacks (its
-    last good checkpoint is kept), the Lightning adapter at the first non-finite loss (the model
-    keeps the last good step's weights and BatchNorm statistics)."""
+    last good checkpoint is kept), the Lightning adapter at the first non-finite loss or gradient
+    norm (the model keeps the last good step's weights and BatchNorm statistics)."""

@@ -17,15 +17,16 @@ it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_
 when fitting starts, so nothing is silently ignored; so is one that ends the run or its epochs
 early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
 ``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``). Pass the
-Trainer anything else (devices, callbacks, loggers, ``accumulate_grad_batches``). The module itself adds an EarlyStopping on
-``val/mAP`` for ``patience`` (counted in epochs, as the trainer's), validates after the last
-epoch too, clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
+Trainer anything else (devices, callbacks, loggers, ``accumulate_grad_batches``); the memory
+guard checks the device it runs on. The module itself adds an EarlyStopping on ``val/mAP``
+for ``patience`` (counted in epochs, as the trainer's), validates after the last epoch too,
+clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
 scales the default lr with the images per optimizer step (batch x processes x
 ``accumulate_grad_batches``), and stops the run with :class:`efficientdet.errors.TrainingDiverged`
 at the first non-finite loss or gradient norm (decided over all ranks, so DDP processes stop
 together; the step is not applied, the BatchNorm statistics its forward pass moved included: what
-is saved or exported after the stop is the last good step). build_model's notes go to Lightning's log and its warnings
-to ``warnings``.
+is saved or exported after the stop is the last good step). build_model's notes go to Lightning's
+log and its warnings to ``warnings``.
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
