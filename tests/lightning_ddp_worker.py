@@ -38,7 +38,8 @@ def quiet_trainer(**overrides):
 
 class PoisonBatch(L.Callback):
     """Fills the images of the training batch at step ``step`` on rank ``rank`` with NaN;
-    ``kept``: the parameters and EMA weights (None without EMA) after the last batch before."""
+    ``kept``: the parameters, buffers (BatchNorm statistics) and EMA weights (None without
+    EMA) after the last batch before."""
 
     def __init__(self, step: int, rank: int = 0) -> None:
         self.step, self.rank, self.kept = step, rank, None
@@ -51,6 +52,7 @@ class PoisonBatch(L.Callback):
         ema = pl_module.ema
         self.kept = {
             "params": {n: p.detach().clone() for n, p in pl_module.model.named_parameters()},
+            "buffers": {n: b.detach().clone() for n, b in pl_module.model.named_buffers()},
             "ema": {k: v.clone() for k, v in ema.module.state_dict().items()} if ema else None,
         }
 
@@ -59,7 +61,7 @@ def fit(data: str, out: Path, batch: int, devices: int, poison_rank: int | None 
     import torch
 
     from efficientdet.engine.lightning import EfficientDetDataModule, EfficientDetModule
-    from efficientdet.engine.trainer import TrainingDiverged
+    from efficientdet.errors import TrainingDiverged
 
     cfg = tiny_config(
         data,

@@ -21,8 +21,8 @@ from PIL import Image
 from efficientdet import cli
 from efficientdet.data.synth import CLASS_NAMES, write_synthetic_dataset
 from efficientdet.detection.loss import DetectionLoss
-from efficientdet.engine.trainer import CSV_COLUMNS, TrainConfig, TrainingDiverged, train
-from efficientdet.errors import ConfigError, DataError
+from efficientdet.engine.trainer import CSV_COLUMNS, TrainConfig, train
+from efficientdet.errors import ConfigError, DataError, TrainingDiverged
 from efficientdet.factory import load_model
 
 from .data_factory import tiny_train_config, write_corrupt, write_image, write_json

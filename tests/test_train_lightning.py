@@ -300,6 +300,82 @@ def test_lightning_refuses_a_trainer_that_disagrees_with_the_config(tmp_path, ar
     assert trainer.global_step == 0
 
 
+@pytest.mark.parametrize(
+    "limits, has, drop",
+    [
+        ({"max_steps": 1}, "max_steps=1", "max_steps"),
+        (
+            {"max_time": {"seconds": 90}},
+            "a time limit of 90.0 s",
+            "max_time (or a Timer with a duration)",
+        ),
+        ({"limit_train_batches": 0.5}, "limit_train_batches=0.5", "limit_train_batches"),
+        ({"limit_train_batches": 1}, "limit_train_batches=1", "limit_train_batches"),  # 1 batch
+        ({"min_epochs": 3}, "min_epochs=3", "min_epochs"),
+    ],
+)
+def test_lightning_refuses_a_trainer_limit_the_schedule_cannot_follow(tmp_path, limits, has, drop):
+    """A Trainer that stops the run or cuts its epochs short (max_steps, max_time,
+    limit_train_batches other than the whole split) would end training part-way through the
+    warm-up + cosine schedule the config's ``epochs`` spans; min_epochs above ``epochs`` cannot
+    be met: each is refused before any step, naming what the Trainer holds and the fix."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import ConfigError
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=2)
+    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg), **limits)
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith("TrainConfig epochs=2 needs Trainer(") and f"Trainer has {has};" in msg
+    assert f"fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...) without {drop}, " in msg
+    assert "\n" not in msg and trainer.global_step == 0
+
+
+def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
+    """The same options at values that run every batch of every epoch are accepted: the run
+    takes the config's steps and ends its cosine at zero."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=2, ema=False)
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        max_steps=-1,
+        limit_train_batches=1.0,
+        min_epochs=2,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 2  # 4 images, batch 4, 2 epochs
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
+    """The memory guard asks about the device the Trainer runs on (its root device), not
+    ``cfg.device``: a config naming CUDA builds (no CUDA is looked up before the Trainer says
+    where it runs), and a step that cannot fit on the Trainer's CPU is refused before any step."""
+    from efficientdet import resources
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import ResourceError
+
+    asked = []
+
+    def little_memory(device="cpu"):
+        asked.append(torch.device(device))
+        return 1, "fake: 1 byte"
+
+    monkeypatch.setattr(resources, "available_memory", little_memory)
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1, device="cuda")
+    assert asked == []  # not at construction: the Trainer's device is not known yet
+    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg))
+    with pytest.raises(ResourceError) as err:
+        trainer.fit(module, dm)
+    assert asked == [trainer.strategy.root_device] == [torch.device("cpu")]
+    assert "batch 4: training (forward + backward) needs about" in str(err.value)
+    assert "available (fake: 1 byte)" in str(err.value) and trainer.global_step == 0
+
+
 @pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])
 def test_lightning_runs_the_config_amp(tmp_path, amp, dtype):
     """``amp`` is the Trainer's precision: the network's outputs come out in its dtype."""
@@ -339,7 +415,7 @@ def test_lightning_stops_at_a_non_finite_loss(tmp_path):
     """A batch whose loss is NaN (here: NaN pixels) stops the run with one line, before the
     step: the parameters and EMA weights are those of the last good step, no NaN was logged."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
-    from efficientdet.engine.trainer import TrainingDiverged
+    from efficientdet.errors import TrainingDiverged
 
     cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, ema_warmup_steps=0)
     poison = PoisonBatch(1)
@@ -357,6 +433,86 @@ def test_lightning_stops_at_a_non_finite_loss(tmp_path):
     for key, v in module.ema.module.state_dict().items():
         assert torch.equal(v, poison.kept["ema"][key]), key
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_lightning_keeps_the_last_good_batchnorm_statistics_at_a_non_finite_loss(tmp_path):
+    """The NaN batch's forward pass turns the BatchNorm running statistics to NaN before its
+    loss is seen; as the trainer's rollback, the adapter puts back the last good step's, so
+    what is saved after the stop (Lightning's checkpoint on the exception) and exported (our
+    format, read back with load_model) holds them: finite, and not the initial ones."""
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+    from torch import nn
+
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import TrainingDiverged
+
+    cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, ema=False)
+    initial = {k: v.clone() for k, v in module.model.named_buffers()}
+    bn = next(m for m in module.model.modules() if isinstance(m, nn.BatchNorm2d))
+    finite = []  # per forward pass of the first BatchNorm: its running mean after it
+    bn.register_forward_hook(lambda m, i, o: finite.append(bool(m.running_mean.isfinite().all())))
+    poison = PoisonBatch(1)
+    on_exception = OnExceptionCheckpoint(tmp_path / "saved")
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        callbacks=[poison, on_exception],
+        limit_val_batches=0,
+    )
+    with pytest.raises(TrainingDiverged):
+        trainer.fit(module, dm)
+    assert finite == [True, False]  # the good step, then the NaN batch's forward
+    kept = poison.kept["buffers"]
+    assert any(not torch.equal(kept[k], initial[k]) for k in kept)  # the good step moved them
+
+    model, _ = load_model(module.export_checkpoint(tmp_path / "model.pt"))
+    exported = dict(model.named_buffers())
+    assert exported.keys() == kept.keys()
+    for key, value in kept.items():
+        assert torch.equal(exported[key], value), key
+    saved = torch.load(Path(on_exception.ckpt_path), map_location="cpu", weights_only=True)
+    for key, value in kept.items():
+        assert torch.equal(saved["state_dict"][f"model.{key}"], value), key
+
+
+def test_lightning_stops_before_a_step_with_a_non_finite_gradient(tmp_path):
+    """A finite loss with a non-finite gradient (here: one weight's gradient times inf) would
+    make the clipped step write NaN into the weights; as the trainer refuses such a step, the
+    adapter stops before it with one line: the parameters and BatchNorm statistics are those of
+    the last good step, and the export holds them."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import TrainingDiverged
+
+    class InfiniteGradient(L.Callback):
+        """At step 1 the first weight's gradient is multiplied by inf; ``kept``: the
+        parameters and buffers after the last batch before."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 1:
+                next(pl_module.model.parameters()).register_hook(lambda g: g * float("inf"))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.kept = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+    cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, ema=False)
+    inf_grad = InfiniteGradient()
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        callbacks=[inf_grad],
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith("epoch 1 batch 2: non-finite gradient norm (") and "\n" not in msg
+    assert "fix: " in msg and trainer.global_step == 1 and cfg.clip_grad > 0
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])  # the loss itself was finite
+    state = module.model.state_dict()
+    for key, value in inf_grad.kept.items():
+        assert torch.equal(state[key], value), key
+    model, _ = load_model(module.export_checkpoint(tmp_path / "model.pt"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, inf_grad.kept[key]), key
 
 
 def test_lightning_surfaces_the_model_builders_notes(tmp_path, caplog):

@@ -35,3 +35,9 @@ class ExportError(EfficientDetError):
 
 class CallbackError(EfficientDetError):
     """A training callback (user's or logger) raised: names the callback and the event."""
+
+
+class TrainingDiverged(EfficientDetError):
+    """Training stopped at a diverging loss: the trainer after ``max_bad_steps`` rollbacks (its
+    last good checkpoint is kept), the Lightning adapter at the first non-finite loss or gradient
+    norm (the model keeps the last good step's weights and BatchNorm statistics)."""

@@ -121,6 +121,14 @@ def resolve_model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
     )
 
 
+def check_train_memory(cfg: TrainConfig, model, device: torch.device | str) -> None:
+    """The memory guard for a training step of ``model`` (an EfficientDet or its ModelConfig)
+    at ``cfg``'s batch on ``device``: a one-line ResourceError when it cannot fit."""
+    check_memory(
+        model, cfg.batch_size, train=True, device=device, grad_checkpointing=cfg.grad_checkpointing
+    )
+
+
 def build_model(
     cfg: TrainConfig,
     num_classes: int,
@@ -128,6 +136,7 @@ def build_model(
     class_names: list[str] | None = None,
     load_pretrained: bool = True,
     device: torch.device | str | None = None,
+    memory_guard: bool = True,
     log: Callable[[str], None] = print,
 ):
     """The EfficientDet of ``cfg`` with ``num_classes`` outputs, pretrained weights loaded
@@ -136,8 +145,9 @@ def build_model(
     With ``weights`` = our checkpoint, the model, image size and anchors come from the file and
     are written into ``cfg`` (see ``adopt_checkpoint_settings``); its class layer is mapped to
     ``class_names`` (the dataset's) by name, or trained anew when the names differ.
-    Before anything is allocated, the memory guard refuses a training step that cannot fit on
-    ``device`` (default: ``cfg.device``) at this image size and batch.
+    Before anything is allocated, the memory guard (:func:`check_train_memory`) refuses a
+    training step that cannot fit on ``device`` (default: ``cfg.device``); ``memory_guard=False``
+    leaves it to a caller that learns its device later (the Lightning adapter, at setup).
     """
     from ..factory import create_model
     from ..weights import is_our_checkpoint, load_weights
@@ -161,13 +171,12 @@ def build_model(
         raise ConfigError(
             "give either --weights (whole detector) or --backbone-weights (backbone only), not both"
         )
-    check_memory(
-        get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()),
-        cfg.batch_size,
-        train=True,
-        device=resolve_device(cfg.device) if device is None else device,
-        grad_checkpointing=cfg.grad_checkpointing,
-    )
+    if memory_guard:
+        check_train_memory(
+            cfg,
+            get_model_config(cfg.model, num_classes=num_classes, **cfg.model_overrides()),
+            resolve_device(cfg.device) if device is None else device,
+        )
     model = create_model(
         cfg.model,
         num_classes=num_classes,

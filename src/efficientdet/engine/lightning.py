@@ -14,14 +14,19 @@ The TrainConfig is the one source of truth, as for ``efficientdet train``: every
 trainer honours is honoured here. :func:`lightning_trainer_kwargs` gives the Trainer arguments
 it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_n_epoch``,
 ``amp`` -> ``precision``), and a Trainer that disagrees is refused with one line (ConfigError)
-when fitting starts, so nothing is silently ignored; pass the Trainer anything else (devices,
-callbacks, loggers, ``accumulate_grad_batches``). The module itself adds an EarlyStopping on
-``val/mAP`` for ``patience`` (counted in epochs, as the trainer's), validates after the last
-epoch too, clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
+when fitting starts, so nothing is silently ignored; so is one that ends the run or its epochs
+early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
+``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``). Pass the
+Trainer anything else (devices, callbacks, loggers, ``accumulate_grad_batches``); the memory
+guard checks the device it runs on. The module itself adds an EarlyStopping on ``val/mAP``
+for ``patience`` (counted in epochs, as the trainer's), validates after the last epoch too,
+clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
 scales the default lr with the images per optimizer step (batch x processes x
-``accumulate_grad_batches``), and stops the run with :class:`.loop.TrainingDiverged` at the
-first non-finite loss (decided over all ranks, so DDP processes stop together; the step is not
-applied). build_model's notes go to Lightning's log and its warnings to ``warnings``.
+``accumulate_grad_batches``), and stops the run with :class:`efficientdet.errors.TrainingDiverged`
+at the first non-finite loss or gradient norm (decided over all ranks, so DDP processes stop
+together; the step is not applied, the BatchNorm statistics its forward pass moved included: what
+is saved or exported after the stop is the last good step). build_model's notes go to Lightning's
+log and its warnings to ``warnings``.
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
@@ -47,12 +52,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "efficientdet.engine.lightning needs Lightning: pip install 'efficientdet[lightning]'"
     ) from exc
 
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..config import NMSConfig
 from ..detection.loss import LOSS_KEYS
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..nn.model import EfficientDet
 from . import distributed as dist_utils
 from .builders import (
@@ -61,6 +66,7 @@ from .builders import (
     build_model,
     build_optimization,
     build_train_dataset,
+    check_train_memory,
     has_boxes,
     load_train_val,
     resolve_model_config,
@@ -91,7 +97,9 @@ def lightning_trainer_kwargs(cfg: TrainConfig | dict) -> dict:
 
 def _check_trainer(cfg: TrainConfig, trainer) -> None:
     """Refuse a Trainer that would run ``cfg`` otherwise than it says (one line: the option,
-    both values, the fix)."""
+    both values, the fix): other epochs, validations or precision than ``cfg`` implies, or a
+    limit that ends the run or its epochs early, which the lr schedule (warm-up + cosine over
+    ``epochs`` whole passes over the training set) cannot follow."""
     amp_dtype_for(cfg.amp, trainer.strategy.root_device)  # fp16 needs CUDA, as in the trainer
     have = {
         "max_epochs": trainer.max_epochs,
@@ -99,13 +107,41 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
         "precision": trainer.precision,
     }
     fields = {"max_epochs": "epochs", "check_val_every_n_epoch": "val_interval", "precision": "amp"}
-    for arg, want in lightning_trainer_kwargs(cfg).items():
-        if have[arg] != want:
-            name = fields[arg]
+    # (TrainConfig field, the Trainer it needs, the Trainer's, met, the Trainer option to drop)
+    checks: list[tuple[str, str, str, bool, str]] = [
+        (fields[arg], f"{arg}={want!r}", f"{arg}={have[arg]!r}", have[arg] == want, "")
+        for arg, want in lightning_trainer_kwargs(cfg).items()
+    ]
+    # max_time is a Timer callback; a user's Timer with a duration stops the run the same way
+    timers = [cb.time_remaining() for cb in trainer.callbacks if isinstance(cb, Timer)]
+    seconds = next((t for t in timers if t is not None), None)
+    limit, min_epochs = trainer.limit_train_batches, trainer.min_epochs or 0
+    limits = {  # the Trainer option to drop: (the Trainer epochs needs, the Trainer's, met)
+        "max_steps": ("max_steps=-1", f"max_steps={trainer.max_steps!r}", trainer.max_steps == -1),
+        "max_time (or a Timer with a duration)": (
+            "max_time=None",
+            f"a time limit of {seconds} s",
+            seconds is None,
+        ),
+        "limit_train_batches": (
+            "limit_train_batches=1.0",
+            f"limit_train_batches={limit!r}",
+            isinstance(limit, float) and limit == 1.0,
+        ),
+        "min_epochs": (
+            f"min_epochs<={cfg.epochs}",
+            f"min_epochs={min_epochs!r}",
+            min_epochs <= cfg.epochs,
+        ),
+    }
+    checks += [("epochs", need, has, met, drop) for drop, (need, has, met) in limits.items()]
+    for field, need, has, met, drop in checks:
+        if not met:
+            why = " (a run is `epochs` whole epochs, which its lr schedule spans)" if drop else ""
             raise ConfigError(
-                f"TrainConfig {name}={getattr(cfg, name)!r} needs Trainer({arg}={want!r}), but the "
-                f"Trainer has {arg}={have[arg]!r}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), "
-                f"...), or set TrainConfig {name} to what you want"
+                f"TrainConfig {field}={getattr(cfg, field)!r} needs Trainer({need}){why}, but the "
+                f"Trainer has {has}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...)"
+                f"{f' without {drop}' if drop else ''}, or set TrainConfig {field} to what you want"
             )
 
 
@@ -194,14 +230,20 @@ class EfficientDetModule(L.LightningModule):
                 "category_ids": self.category_ids,
             }
         )
-        self.model = build_model(
-            self.cfg, len(self.class_names), class_names=self.class_names, log=_log_build_note
+        self.model = build_model(  # the memory guard runs at setup, on the Trainer's device
+            self.cfg,
+            len(self.class_names),
+            class_names=self.class_names,
+            memory_guard=False,
+            log=_log_build_note,
         )
         self.loss_fn = build_loss(self.cfg, self.model.config)
         self.val_data = val_data
         self.ema: ModelEMA | None = None
         self._detections: list[dict] = []
         self._scored = True  # the val split has boxes to score (decided in setup)
+        self._kept_buffers: list[torch.Tensor] = []  # the buffers before this step (on_fit_start)
+        self._batch_idx = 0  # the training batch running (for TrainingDiverged's message)
 
     # -------------------------------------------------------------- training
 
@@ -212,6 +254,7 @@ class EfficientDetModule(L.LightningModule):
         self.channels_last = use_channels_last(self.cfg.channels_last, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._kept_buffers = [b.detach().clone() for b in self.model.buffers()]
         if self.cfg.ema and self.ema is None:
             self.ema = ModelEMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup_steps)
             ema_state = getattr(self, "_ema_state", None)
@@ -250,6 +293,8 @@ class EfficientDetModule(L.LightningModule):
         images, targets = batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        # the forward pass moves the BatchNorm statistics: kept to undo a step not applied
+        torch._foreach_copy_(self._kept_buffers, list(self.model.buffers()))
         class_out, box_out = self.model(images)
         losses = self.loss_fn(
             class_out, box_out, self._targets(targets), self.model.config.image_size
@@ -269,20 +314,36 @@ class EfficientDetModule(L.LightningModule):
         return losses["loss"]
 
     def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """Raise TrainingDiverged when the loss of any rank is not finite: the flag is summed
-        over ranks first, so every rank raises at the same step (none waits in backward)."""
+        """Stop when the loss of any rank is not finite: the flag is summed over ranks first, so
+        every rank raises at the same step (none waits in backward)."""
+        self._batch_idx = batch_idx
         bad = dist_utils.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
         if not bad.item():
             return
-        from .loop import TrainingDiverged
-
         world = self.trainer.world_size
         where = f" on {int(bad.item())} of {world} processes" if world > 1 else ""
+        self._stop(f"non-finite training loss{where} ({float(loss.detach()):g} here)")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Stop before a step whose gradient norm is not finite (its clipped update would be
+        NaN), as the trainer refuses it; with fp16 the GradScaler skips such a step itself.
+        Under DDP the gradients are already averaged over ranks: every rank stops together."""
+        if self.cfg.amp == "fp16":
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not bool(torch.isfinite(norm)):
+            self._stop(f"non-finite gradient norm ({float(norm):g})")
+
+    def _stop(self, what: str) -> None:
+        """Raise TrainingDiverged for a step not applied. The buffers its forward pass moved
+        (BatchNorm statistics, NaN after NaN activations) are put back first, as the trainer's
+        rollback does, so the model saved or exported afterwards is the last good step's."""
+        torch._foreach_copy_(list(self.model.buffers()), self._kept_buffers)
         raise TrainingDiverged(
-            f"epoch {self.current_epoch + 1} batch {batch_idx + 1}: non-finite training loss"
-            f"{where} ({float(loss.detach()):g} here); training stopped before applying it; "
-            "fix: lower lr (e.g. a tenth), keep clip_grad on, use amp='none', or check the data "
-            "(efficientdet data check)"
+            f"epoch {self.current_epoch + 1} batch {self._batch_idx + 1}: {what}; training "
+            "stopped before applying it; fix: lower lr (e.g. a tenth), keep clip_grad on, use "
+            "amp='none', or check the data (efficientdet data check)"
         )
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -335,6 +396,7 @@ class EfficientDetModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             _check_trainer(self.cfg, self.trainer)
+            check_train_memory(self.cfg, self.model, self.trainer.strategy.root_device)
         data = self._val_data()
         self._scored = data is None or has_boxes(data)
         if self._scored or stage not in ("fit", "validate"):

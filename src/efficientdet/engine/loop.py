@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, NMSConfig
-from ..errors import DataError, EfficientDetError
+from ..errors import DataError, TrainingDiverged
 from ..run_dirs import make_run_dir
 from ..runtime import resolve_device
 from . import distributed as dist_utils
@@ -66,10 +66,6 @@ from .runlock import RunLock
 # predictions drawn in the debug views: score >= predict's default --conf (all of an untrained
 # model's low-score boxes would cover the images)
 DEBUG_VIEW_CONF = 0.25
-
-
-class TrainingDiverged(EfficientDetError):
-    """Training kept diverging after ``max_bad_steps`` rollbacks; the last good checkpoint is kept."""
 
 
 class _DeferInterrupt:

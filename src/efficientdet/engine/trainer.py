@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import TrainingDiverged  # noqa: F401  (re-exported: its old home)
 from ..run_dirs import make_run_dir  # noqa: F401  (re-exported: one numbering rule)
 from . import distributed as dist_utils
 from .builders import (  # noqa: F401  (re-exported)
@@ -56,7 +57,7 @@ from .config import (  # noqa: F401  (re-exported: the old home of the configura
     TrainResult,
     cli_option,
 )
-from .loop import Trainer, TrainingDiverged  # noqa: F401  (re-exported)
+from .loop import Trainer
 
 
 def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
