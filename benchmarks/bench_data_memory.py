@@ -12,13 +12,15 @@ each in a fresh process and in interleaved rounds (medians):
   DataLoader workers, from /proc/PID/smaps_rollup) after one full pass over every record of a
   ``DetectionDataset`` through ``create_loader`` (each item reads the record's path, boxes,
   labels, ignore and areas as training does, without decoding the image), with 0 and with
-  ``--workers`` workers.
+  ``--workers`` workers; once with the loader alone in the main process and once (``--run-model``,
+  default d0) with a training run's state built first (model, optimizer after a step, EMA).
 
     python benchmarks/bench_data_memory.py                          # this tree, full size
     python benchmarks/bench_data_memory.py --before /tmp/before/src # before vs after (this src)
     python benchmarks/bench_data_memory.py --images 2000 --boxes 14000 --rounds 1  # quick look
 
-Goals (issue #11 item 8): read <= 10 s and <= 600 MB peak RSS; 8 workers <= 1.2x 0 workers.
+Goals (issue #11 item 8): read <= 10 s and <= 600 MB peak RSS; 8 workers <= 1.2x 0 workers in
+a run (the ``--run-model`` rows).
 The last lines give what 8 workers cost over a dataset of constant items (no records): each
 worker's own interpreter and torch state, which no record layout can share.
 """
@@ -200,12 +202,49 @@ class _TouchRecords:
         return torch.zeros(1), value  # (image, target) as create_loader's collate expects
 
 
-def child_workers(json_path: str, workers: int) -> dict:
-    """PSS/USS summed over main + workers after a full pass over the records."""
+def _training_state(model_name: str) -> tuple:
+    """What a training run's main process holds when its loader forks the workers: the model
+    (``model_name``, 80 classes, channels_last as on CPU), its optimizer with state after one
+    training step at batch 2, and the EMA copy, built by the trainer's own builders with the
+    default recipe."""
+    import torch
+
+    from efficientdet.engine.builders import (
+        build_loss,
+        build_model,
+        build_optimization,
+        resolve_model_config,
+    )
+    from efficientdet.engine.config import TrainConfig
+    from efficientdet.engine.ema import ModelEMA
+
+    cfg = TrainConfig(data="unused", model=model_name, batch_size=2)
+    model = build_model(cfg, 80, load_pretrained=False, log=lambda _: None).train()
+    model = model.to(memory_format=torch.channels_last)
+    model_cfg = resolve_model_config(cfg, 80)
+    _, optimizer, scheduler, _ = build_optimization(cfg, model, 100, 100, 2)
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
+    h, w = model_cfg.image_size
+    images = torch.rand(2, 3, h, w).contiguous(memory_format=torch.channels_last)
+    box = torch.tensor([[10.0, 20.0, h / 2, w / 2]])
+    targets = [{"boxes": box, "labels": torch.tensor([3])} for _ in range(2)]
+    losses = build_loss(cfg, model_cfg)(*model(images), targets, (h, w))
+    losses["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    if ema is not None:
+        ema.update(model)
+    return model, optimizer, ema
+
+
+def child_workers(json_path: str, workers: int, model_name: str = "none") -> dict:
+    """PSS/USS summed over main + workers after a full pass over the records; with a
+    ``model_name``, the main process first builds a training run's state (``_training_state``)."""
     from efficientdet.data.coco import read_coco
     from efficientdet.data.dataset import DetectionDataset
     from efficientdet.data.loader import create_loader
 
+    state = _training_state(model_name) if model_name != "none" else None
     data = read_coco(json_path)
     dataset = DetectionDataset(data, (64, 64), (0, 0, 0), (1, 1, 1))
     # the project's loader (persistent, seeded workers), as training builds it
@@ -220,7 +259,7 @@ def child_workers(json_path: str, workers: int) -> dict:
     for pid in pids:
         p, u, a = _smaps_mb(pid)
         pss, uss, anon = pss + p, uss + u, anon + a
-    del loader
+    del loader, state
     return {
         "processes": len(pids),
         "pss_mb": pss,
@@ -277,6 +316,12 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=826_000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--run-model",
+        default="d0",
+        help="also measure with this model's training state (model, optimizer, EMA) in the main "
+        "process, as in a training run ('none': the loader alone only)",
+    )
     parser.add_argument("--before", type=Path, help="another src folder to compare against")
     parser.add_argument(
         "--after", type=Path, default=REPO_ROOT / "src", help="the src folder measured as 'after'"
@@ -297,7 +342,7 @@ def main() -> None:
         elif kind == "floor":
             result = child_floor(int(path), int(rest[0]))
         else:
-            result = child_workers(path, int(rest[0]))
+            result = child_workers(path, int(rest[0]), *rest[1:])
         print(json.dumps(result))
         return
 
@@ -314,36 +359,50 @@ def main() -> None:
     if args.before is not None:
         sides = {"before": args.before.resolve(), **sides}
     reads: dict[str, list[dict]] = {k: [] for k in sides}
-    mems: dict[tuple[str, int], list[dict]] = {}
+    mains = ["none"] + ([args.run_model] if args.run_model != "none" else [])
+    mems: dict[tuple[str, str, int], list[dict]] = {}
     for r in range(args.rounds):
         for name, src in sides.items():
             res = run_child(src, ["read", str(json_path)])
             reads[name].append(res)
             print(f"round {r} {name:6s} read: {json.dumps(res)}", flush=True)
         for name, src in sides.items():
-            for w in (0, args.workers):
-                res = run_child(src, ["workers", str(json_path), str(w)])
-                mems.setdefault((name, w), []).append(res)
-                print(f"round {r} {name:6s} workers={w}: {json.dumps(res)}", flush=True)
+            for main_model in mains:
+                for w in (0, args.workers):
+                    res = run_child(src, ["workers", str(json_path), str(w), main_model])
+                    mems.setdefault((name, main_model, w), []).append(res)
+                    print(
+                        f"round {r} {name:6s} main={main_model} workers={w}: {json.dumps(res)}",
+                        flush=True,
+                    )
     print(f"\nmedians of {args.rounds} rounds; {args.images} images, {args.boxes} boxes")
-    print(
-        f"side    read s  read CPU s  peak RSS MB  PSS 0 workers MB  PSS {args.workers} workers MB  ratio"
-        "  anon PSS ratio"
-    )
+    print("side    read s  read CPU s  peak RSS MB")
     for name in sides:
         sec = statistics.median(x["seconds"] for x in reads[name])
         peak = statistics.median(x["peak_rss_mb"] for x in reads[name])
-        p0 = statistics.median(x["pss_mb"] for x in mems[(name, 0)])
-        pw = statistics.median(x["pss_mb"] for x in mems[(name, args.workers)])
         cpus = [x["cpu_s"] for x in reads[name] if "cpu_s" in x]
         cpu = statistics.median(cpus) if cpus else float("nan")
-        a0, aw = (
-            statistics.median(x["pss_anon_mb"] for x in mems[(name, w)]) for w in (0, args.workers)
-        )
-        print(
-            f"{name:6s} {sec:7.1f} {cpu:11.1f} {peak:12.0f} {p0:17.0f} {pw:18.0f} {pw / p0:6.2f}"
-            f" {aw / a0:15.2f}"
-        )
+        print(f"{name:6s} {sec:7.1f} {cpu:11.1f} {peak:12.0f}")
+    print(
+        f"\nside    main process     PSS 0 workers MB  PSS {args.workers} workers MB  ratio"
+        "  anon PSS 0 / 8 MB  anon ratio"
+    )
+    for name in sides:
+        for main_model in mains:
+            p0, pw, a0, aw = (
+                statistics.median(x[key] for x in mems[(name, main_model, w)])
+                for key, w in (
+                    ("pss_mb", 0),
+                    ("pss_mb", args.workers),
+                    ("pss_anon_mb", 0),
+                    ("pss_anon_mb", args.workers),
+                )
+            )
+            label = "loader alone" if main_model == "none" else f"{main_model} training"
+            print(
+                f"{name:6s}  {label:15s} {p0:17.0f} {pw:18.0f} {pw / p0:6.2f}"
+                f" {a0:8.0f} / {aw:4.0f} {aw / a0:11.2f}"
+            )
     # the cost of the worker processes themselves (interpreter, torch), with no records at all
     floor = {
         w: run_child(sides["after"], ["floor", str(args.images), str(w)]) for w in (0, args.workers)
