@@ -434,6 +434,27 @@ def test_nms_file_in_mediapipe_object_detector_matches_pytorch(lite0_nms, tmp_pa
 
 
 @litert
+@pytest.mark.slow  # a litert-torch conversion (shared by the module)
+def test_nms_results_are_their_own_after_a_later_call(lite0_nms, tmp_path):
+    """The tflite-nms backend's boxes, scores and labels of one call are unchanged by the next
+    (the interpreter reuses its output buffers for every invoke)."""
+    model, path = lite0_nms
+    hw = model.config.image_size
+    photo = _photo(tmp_path / "a.png", hw)
+    mirrored = tmp_path / "b.png"
+    Image.open(photo).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(mirrored)
+    backend = Detector(path, conf=0.3, max_det=25).backend
+    x, scales, sizes, _ = preprocess([photo, mirrored], hw, model.config.mean, model.config.std)
+    sizes_t = torch.tensor(sizes)
+    (first,) = backend.detections(x[:1], scales[:1], sizes_t[:1])
+    kept = {k: v.clone() for k, v in first.items()}
+    (second,) = backend.detections(x[1:], scales[1:], sizes_t[1:])
+    assert len(kept["scores"]) >= 3 and not torch.equal(second["boxes"], kept["boxes"])
+    for key, value in kept.items():
+        assert torch.equal(first[key], value), key
+
+
+@litert
 @pytest.mark.slow  # two litert-torch conversions of a 64x64 model
 def test_bench_times_the_tflite_engines_in_litert(tmp_path, capsys):
     """``efficientdet bench --engine tflite tflite-int8`` exports each file and times it in the

@@ -46,9 +46,8 @@ from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.bifpn import Resample
 from .calibration import CalibrationSet, check_calibration_set
-from .export import RawExport, _prepare, model_config, readable_only
+from .export import ExportJob, RawExport, _prepare, model_config
 from .metadata import build_metadata
-from .parity import ParityResult, check_export
 
 TFLITE_JSON = "efficientdet.json"  # the associated file holding our metadata
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -325,55 +324,24 @@ def check_tflite_options(args) -> None:
     _litert_torch()  # a missing converter is one line before any work
 
 
-def run_tflite(
-    args, model: nn.Module, names, category_ids, image_size: Sequence[int] | None, stem: str
-) -> int:
-    """``export --format tflite``: writes ``OUT/<stem>[_fp16|_int8][_uint8].tflite`` into a new run
-    folder, all or nothing: the temporary file is checked against PyTorch (:mod:`.parity`)
-    before it is renamed."""
-    from ..progress import stage
-    from .export import output_path
-
-    quiet = args.quiet
-    config = model_config(model)
-    size = image_size if image_size is not None else config.image_size
-    hw = (int(size[0]), int(size[1]))
+def tflite_job(
+    args,
+    model: nn.Module,
+    names: list[str],
+    category_ids: list[int] | None,
+    hw: tuple[int, int],
+    calibration: CalibrationSet | None,
+) -> ExportJob:
+    """``export --format tflite``: ``<stem>[_fp16|_int8][_uint8][_nms].tflite`` (the rest of the
+    command, parity check included, is :func:`.export._run`'s)."""
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    calibration = None
-    if args.int8:
-        from .calibration import calibration_set
-
-        chosen = calibration_set(args.calib_data, hw, config.mean, config.std, args.calib_images)
-        with stage(f"reading {len(chosen.paths)} calibration images", quiet):
-            calibration = readable_only(chosen)  # refused here, before converting, if none
     nms = None
     if args.nms_in_graph:
         nms = NMSConfig(
             iou_threshold=args.iou, score_threshold=args.conf, max_detections=args.max_det
         )
-    suffix = (
-        ("" if precision == "fp32" else f"_{precision}")
-        + ("_uint8" if args.uint8_input else "")
-        + ("_nms" if nms else "")
-    )
-    out = output_path(args, f"{stem}{suffix}.tflite")
-    checked: list[ParityResult] = []
-    # float16 weights are held to no tolerance (as before): on the probe pixels they move the
-    # Lite0 reference weights' logits by up to 0.67 and lose 10% of their confident detections,
-    # yet the demo model's fp16 mAP equals float32's (BENCHMARKS.md)
-    checking = not args.no_check and nms is None and precision != "fp16"
 
-    def verify(tmp: Path) -> None:
-        if checking:
-            int8 = precision == "int8"
-            checked.append(
-                check_export(
-                    model, tmp, hw, int8=int8, absolute=True, calibration=calibration, what=str(out)
-                )
-            )
-
-    check = ", checking against PyTorch" if checking else ""
-    with stage(f"exporting {config.name} to tflite {precision} ({hw[0]}x{hw[1]}{check})", quiet):
+    def write(out: Path, verify: Callable[[Path], None]) -> None:
         export_tflite(
             model,
             out,
@@ -384,25 +352,32 @@ def run_tflite(
             uint8_input=args.uint8_input,
             nms=nms,
             image_size=hw,
-            progress=not quiet,
+            progress=not args.quiet,
             verify=verify,
         )
+
+    note = None
     if calibration is not None:
-        print(f"calibrated on {len(calibration.paths)} images from {calibration.source}", end="")
+        note = f"calibrated on {len(calibration.paths)} images from {calibration.source}"
         if calibration.skipped:
-            print(
-                f"; {len(calibration.skipped)} unreadable, skipped (first: {calibration.skipped[0][1]})"
-            )
-        else:
-            print()
-    size_mb = out.stat().st_size / 2**20
-    print(
-        f"exported {config.name} (tflite {precision}{', uint8 input' if args.uint8_input else ''}, "
-        f"{'NMS inside' if nms else 'raw outputs'}, input {hw[0]}x{hw[1]}) -> {out} ({size_mb:.1f} MiB)"
+            note += f"; {len(calibration.skipped)} unreadable, skipped (first: {calibration.skipped[0][1]})"
+    suffix = (
+        ("" if precision == "fp32" else f"_{precision}")
+        + ("_uint8" if args.uint8_input else "")
+        + ("_nms" if nms else "")
     )
-    if checked:
-        print(f"check vs PyTorch: {checked[0].line()}")
-    return 0
+    return ExportJob(
+        suffix=f"{suffix}.tflite",
+        precision=precision,
+        traits=[
+            *(["uint8 input"] if args.uint8_input else []),
+            "NMS inside" if nms else "raw outputs",
+            f"input {hw[0]}x{hw[1]}",
+        ],
+        write=write,
+        absolute=True,
+        calibration_note=note,
+    )
 
 
 # ----------------------------------------------------------------------------- NMS in the graph

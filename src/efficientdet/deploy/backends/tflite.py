@@ -187,13 +187,14 @@ class TFLiteNMSBackend(TFLiteBackend):
         out = []
         for i in self._invoke(batch):
             d = int(self._get(self.count_out).reshape(-1)[0])
+            # every array here is this call's own: _get's are copies of the interpreter's buffers
             yxyx = self._get(self.box_out)[0, :d] * np.array([h, w, h, w], np.float32)
-            boxes = torch.from_numpy(yxyx[:, [1, 0, 3, 2]].copy()) / float(scales[i])
+            boxes = torch.from_numpy(yxyx[:, [1, 0, 3, 2]]) / float(scales[i])
             boxes = clip_boxes(boxes, (float(original_sizes[i][0]), float(original_sizes[i][1])))
             out.append(
                 {
                     "boxes": boxes,
-                    "scores": torch.from_numpy(self._get(self.score_out)[0, :d].copy()),
+                    "scores": torch.from_numpy(self._get(self.score_out)[0, :d]),
                     "labels": torch.from_numpy(
                         np.rint(self._get(self.class_out)[0, :d]).astype(np.int64)
                     ),
