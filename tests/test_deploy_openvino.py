@@ -247,6 +247,31 @@ def test_onnx_int8_is_qdq_per_channel_and_keeps_metadata(work, tmp_path, capsys)
 
 
 @pytest.mark.slow
+def test_int8_export_reports_its_calibration_images_the_same_way_for_every_format(
+    work, tmp_path, capsys
+):
+    """An unreadable calibration image is counted and named, not dropped in silence: ONNX and
+    OpenVINO say it in the line TFLite uses (before, only TFLite named the source), and the file
+    records the images it was calibrated on."""
+    _, _, ckpt, data = work
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for image in sorted((data.parent / "images").glob("*.jpg"))[:2]:
+        shutil.copy(image, calib)
+    (calib / "broken.jpg").write_bytes(b"not a jpeg")
+    argv = ["export", "--weights", str(ckpt), "--format", "onnx", "--int8"]
+    assert main([*argv, "--calib-data", str(calib), "--out", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "reading 3 calibration images" in captured.err
+    line = next(ln for ln in captured.out.splitlines() if ln.startswith("calibrated on"))
+    assert line.startswith(f"calibrated on 2 images from {calib}; 1 unreadable, skipped (first: ")
+    assert "broken.jpg" in line
+    proto = onnx.load(tmp_path / "o" / "m_int8.onnx")
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["efficientdet"])
+    assert meta["quantization"]["calibration_images"] == 2
+
+
+@pytest.mark.slow
 def test_a_failing_parity_check_says_the_difference_and_leaves_no_file(work, tmp_path):
     _, model, _, _ = work
     torch.manual_seed(1)

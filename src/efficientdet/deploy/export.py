@@ -466,10 +466,7 @@ def _run(args: argparse.Namespace) -> int:
     calibration = None
     if args.int8:
         chosen = calibration_set(args.calib_data, hw, config.mean, config.std, args.calib_images)
-        # a stage line of its own for TFLite; the other formats count the images in their export stage
-        with stage(
-            f"reading {len(chosen.paths)} calibration images", quiet or args.format != "tflite"
-        ):
+        with stage(f"reading {len(chosen.paths)} calibration images", quiet):
             calibration = readable_only(chosen)  # refused here, before the run folder, if none
     job = (tflite_job if args.format == "tflite" else _job)(
         args, model, names, category_ids, hw, calibration
@@ -498,12 +495,16 @@ def _run(args: argparse.Namespace) -> int:
 
     with stage(
         f"exporting {config.name} to {args.format} {job.precision} ({hw[0]}x{hw[1]}"
-        f"{job.stage_note}{', checking against PyTorch' if checking else ''})",
+        f"{', checking against PyTorch' if checking else ''})",
         quiet,
     ):
         job.write(out, verify)  # all or nothing (fileio.write_via_temp)
-    if job.calibration_note:
-        print(job.calibration_note)
+    if calibration is not None:
+        skipped = calibration.skipped
+        print(
+            f"calibrated on {len(calibration.paths)} images from {calibration.source}"
+            + (f"; {len(skipped)} unreadable, skipped (first: {skipped[0][1]})" if skipped else "")
+        )
     size_mb = sum(p.stat().st_size for p in _written_files(out)) / 2**20
     print(
         f"exported {config.name} ({args.format} {job.precision}, {', '.join(job.traits)}) "
@@ -524,8 +525,6 @@ class ExportJob:
     traits: list[str]  # the summary's words after the precision: ["raw outputs", "input 64x64"]
     write: Callable[[Path, Callable[[Path], None]], object]  # (out, verify): the export call
     absolute: bool = False  # the parity rule for float files: absolute or relative difference
-    stage_note: str = ""  # added to the export stage line, e.g. ", calibrating on 8 images"
-    calibration_note: str | None = None  # a line printed before the summary
 
 
 def _job(
@@ -574,13 +573,6 @@ def _job(
             export_torchscript(model, out, names, category_ids, verify=verify, **common)
 
     suffix = ("_nms" if args.nms_in_graph else "") + ("_int8" if args.int8 else "")
-    note = None
-    if calibration is not None and calibration.skipped:
-        note = (
-            f"calibration: {len(calibration.skipped)} of "
-            f"{len(calibration.paths) + len(calibration.skipped)} images could "
-            f"not be read and were skipped (first: {calibration.skipped[0][1]})"
-        )
     return ExportJob(
         suffix=f"{suffix}{FILE_SUFFIX[args.format]}",
         precision="int8" if args.int8 else "float32",
@@ -590,8 +582,6 @@ def _job(
             *(["dynamic batch"] if args.dynamic_batch else []),
         ],
         write=write,
-        stage_note=f", calibrating on {len(calibration.paths)} images" if calibration else "",
-        calibration_note=note,
     )
 
 

@@ -46,7 +46,7 @@ from ..errors import ConfigError
 from ..fileio import write_via_temp
 from ..nn.bifpn import Resample
 from .calibration import CalibrationSet, check_calibration_set
-from .export import ExportJob, RawExport, _prepare, model_config
+from .export import FILE_SUFFIX, ExportJob, RawExport, _prepare, model_config
 from .metadata import build_metadata
 
 TFLITE_JSON = "efficientdet.json"  # the associated file holding our metadata
@@ -356,18 +356,13 @@ def tflite_job(
             verify=verify,
         )
 
-    note = None
-    if calibration is not None:
-        note = f"calibrated on {len(calibration.paths)} images from {calibration.source}"
-        if calibration.skipped:
-            note += f"; {len(calibration.skipped)} unreadable, skipped (first: {calibration.skipped[0][1]})"
     suffix = (
         ("" if precision == "fp32" else f"_{precision}")
         + ("_uint8" if args.uint8_input else "")
         + ("_nms" if nms else "")
     )
     return ExportJob(
-        suffix=f"{suffix}.tflite",
+        suffix=f"{suffix}{FILE_SUFFIX['tflite']}",
         precision=precision,
         traits=[
             *(["uint8 input"] if args.uint8_input else []),
@@ -376,7 +371,6 @@ def tflite_job(
         ],
         write=write,
         absolute=True,
-        calibration_note=note,
     )
 
 
