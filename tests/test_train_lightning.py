@@ -515,6 +515,41 @@ def test_lightning_stops_before_a_step_with_a_non_finite_gradient(tmp_path):
         assert torch.equal(value, inf_grad.kept[key]), key
 
 
+def test_lightning_keeps_the_last_steps_batchnorm_statistics_across_accumulated_batches(tmp_path):
+    """With accumulate_grad_batches=2 a step is two batches: a NaN in the second stops the run
+    before the step, and the BatchNorm statistics are put back to where the last applied step
+    left them, not to where the first (finite, never applied) batch of this step moved them."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import TrainingDiverged
+
+    class PoisonFourthBatch(L.Callback):
+        """NaN images in batch 4 (the second of step 2); ``kept``: the state after batch 2."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 3:
+                batch[0].fill_(float("nan"))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                self.kept = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+
+    cfg, dm, module = _fit_parts(tmp_path, num_train=8, epochs=1, batch_size=2, ema=False)
+    poison = PoisonFourthBatch()
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg),
+        accumulate_grad_batches=2,
+        callbacks=[poison],
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(TrainingDiverged, match=r"^epoch 1 batch 4: non-finite training loss"):
+        trainer.fit(module, dm)
+    assert trainer.global_step == 1
+    state = module.model.state_dict()
+    for key, value in poison.kept.items():
+        assert torch.equal(state[key], value), key
+
+
 def test_lightning_surfaces_the_model_builders_notes(tmp_path, caplog):
     """What build_model tells the trainer's user (a warning about a frozen random backbone,
     the weights note) reaches the adapter's user: warnings as warnings, notes in the log."""

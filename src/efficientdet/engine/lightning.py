@@ -242,7 +242,7 @@ class EfficientDetModule(L.LightningModule):
         self.ema: ModelEMA | None = None
         self._detections: list[dict] = []
         self._scored = True  # the val split has boxes to score (decided in setup)
-        self._kept_buffers: list[torch.Tensor] = []  # the buffers before this step (on_fit_start)
+        self._kept_buffers: list[torch.Tensor] = []  # as the last applied step left them
         self._batch_idx = 0  # the training batch running (for TrainingDiverged's message)
 
     # -------------------------------------------------------------- training
@@ -293,8 +293,6 @@ class EfficientDetModule(L.LightningModule):
         images, targets = batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        # the forward pass moves the BatchNorm statistics: kept to undo a step not applied
-        torch._foreach_copy_(self._kept_buffers, list(self.model.buffers()))
         class_out, box_out = self.model(images)
         losses = self.loss_fn(
             class_out, box_out, self._targets(targets), self.model.config.image_size
@@ -336,7 +334,7 @@ class EfficientDetModule(L.LightningModule):
             self._stop(f"non-finite gradient norm ({float(norm):g})")
 
     def _stop(self, what: str) -> None:
-        """Raise TrainingDiverged for a step not applied. The buffers its forward pass moved
+        """Raise TrainingDiverged for a step not applied. The buffers its forward passes moved
         (BatchNorm statistics, NaN after NaN activations) are put back first, as the trainer's
         rollback does, so the model saved or exported afterwards is the last good step's."""
         torch._foreach_copy_(list(self.model.buffers()), self._kept_buffers)
@@ -348,6 +346,9 @@ class EfficientDetModule(L.LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
+        # the buffers a stopped step's forward passes move (all its accumulated batches') go
+        # back to these
+        torch._foreach_copy_(self._kept_buffers, list(self.model.buffers()))
         if self.ema is not None:  # once per optimizer step (not per accumulated batch)
             self.ema.update(self.model)
 
