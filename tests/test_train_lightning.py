@@ -312,6 +312,7 @@ def test_lightning_refuses_a_trainer_that_disagrees_with_the_config(tmp_path, ar
         ({"limit_train_batches": 0.5}, "limit_train_batches=0.5", "limit_train_batches"),
         ({"limit_train_batches": 1}, "limit_train_batches=1", "limit_train_batches"),  # 1 batch
         ({"min_epochs": 3}, "min_epochs=3", "min_epochs"),
+        ({"overfit_batches": 1}, "overfit_batches=1", "overfit_batches"),  # not the limit it sets
     ],
 )
 def test_lightning_refuses_a_trainer_limit_the_schedule_cannot_follow(tmp_path, limits, has, drop):
@@ -349,6 +350,17 @@ def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
     trainer.fit(module, dm)
     assert trainer.global_step == 2  # 4 images, batch 4, 2 epochs
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_lightning_runs_a_fast_dev_run(tmp_path):
+    """Lightning's smoke test (fast_dev_run: one epoch of one batch, whatever the config's
+    epochs) runs: it is for finding bugs, not a training run whose schedule must hold."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=3, val_interval=2)
+    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg), fast_dev_run=True)
+    trainer.fit(module, dm)
+    assert trainer.global_step == 1
 
 
 def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):

@@ -16,17 +16,17 @@ it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_
 ``amp`` -> ``precision``), and a Trainer that disagrees is refused with one line (ConfigError)
 when fitting starts, so nothing is silently ignored; so is one that ends the run or its epochs
 early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
-``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``). Pass the
-Trainer anything else (devices, callbacks, loggers, ``accumulate_grad_batches``); the memory
-guard checks the device it runs on. The module itself adds an EarlyStopping on ``val/mAP``
-for ``patience`` (counted in epochs, as the trainer's), validates after the last epoch too,
-clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
-scales the default lr with the images per optimizer step (batch x processes x
-``accumulate_grad_batches``), and stops the run with :class:`efficientdet.errors.TrainingDiverged`
-at the first non-finite loss or gradient norm (decided over all ranks, so DDP processes stop
-together; the step is not applied, the BatchNorm statistics its forward pass moved included: what
-is saved or exported after the stop is the last good step). build_model's notes go to Lightning's
-log and its warnings to ``warnings``.
+``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``; a
+``fast_dev_run`` smoke test runs). Pass the Trainer anything else (devices, callbacks, loggers,
+``accumulate_grad_batches``); the memory guard checks the device it runs on. The module itself
+adds an EarlyStopping on ``val/mAP`` for ``patience`` (counted in epochs, as the trainer's),
+validates after the last epoch too, clips at ``clip_grad`` (unless the Trainer's
+``gradient_clip_val`` says otherwise), scales the default lr with the images per optimizer step
+(batch x processes x ``accumulate_grad_batches``), and stops the run with
+:class:`efficientdet.errors.TrainingDiverged` at the first non-finite loss or gradient norm
+(decided over all ranks, so DDP processes stop together; the step is not applied, the BatchNorm
+statistics its forward passes moved included: what is saved or exported after the stop is the
+last good step). build_model's notes go to Lightning's log and its warnings to ``warnings``.
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
@@ -115,7 +115,9 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
     # max_time is a Timer callback; a user's Timer with a duration stops the run the same way
     timers = [cb.time_remaining() for cb in trainer.callbacks if isinstance(cb, Timer)]
     seconds = next((t for t in timers if t is not None), None)
-    limit, min_epochs = trainer.limit_train_batches, trainer.min_epochs or 0
+    # overfit_batches (a Lightning debugging option) sets limit_train_batches: name the one given
+    limit_arg = "overfit_batches" if trainer.overfit_batches else "limit_train_batches"
+    limit, min_epochs = getattr(trainer, limit_arg), trainer.min_epochs or 0
     limits = {  # the Trainer option to drop: (the Trainer epochs needs, the Trainer's, met)
         "max_steps": ("max_steps=-1", f"max_steps={trainer.max_steps!r}", trainer.max_steps == -1),
         "max_time (or a Timer with a duration)": (
@@ -123,10 +125,10 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
             f"a time limit of {seconds} s",
             seconds is None,
         ),
-        "limit_train_batches": (
+        limit_arg: (
             "limit_train_batches=1.0",
-            f"limit_train_batches={limit!r}",
-            isinstance(limit, float) and limit == 1.0,
+            f"{limit_arg}={limit!r}",
+            limit_arg == "limit_train_batches" and isinstance(limit, float) and limit == 1.0,
         ),
         "min_epochs": (
             f"min_epochs<={cfg.epochs}",
@@ -135,6 +137,8 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
         ),
     }
     checks += [("epochs", need, has, met, drop) for drop, (need, has, met) in limits.items()]
+    if trainer.fast_dev_run:  # Lightning's smoke test: one epoch of n batches, no schedule kept
+        checks = [check for check in checks if check[0] == "amp"]
     for field, need, has, met, drop in checks:
         if not met:
             why = " (a run is `epochs` whole epochs, which its lr schedule spans)" if drop else ""
