@@ -385,7 +385,7 @@ def main() -> None:
         print(f"{name:6s} {sec:7.1f} {cpu:11.1f} {peak:12.0f}")
     print(
         f"\nside    main process     PSS 0 workers MB  PSS {args.workers} workers MB  ratio"
-        "  anon PSS 0 / 8 MB  anon ratio"
+        f"  anon PSS 0 / {args.workers} MB  anon ratio"
     )
     for name in sides:
         for main_model in mains:
