@@ -301,40 +301,73 @@ def test_lightning_refuses_a_trainer_that_disagrees_with_the_config(tmp_path, ar
 
 
 @pytest.mark.parametrize(
-    "limits, has, drop",
+    "overrides, limits, field, has, drop",
     [
-        ({"max_steps": 1}, "max_steps=1", "max_steps"),
+        ({}, {"max_steps": 1}, "epochs", "max_steps=1", "max_steps"),
         (
+            {},
             {"max_time": {"seconds": 90}},
+            "epochs",
             "a time limit of 90.0 s",
             "max_time (or a Timer with a duration)",
         ),
-        ({"limit_train_batches": 0.5}, "limit_train_batches=0.5", "limit_train_batches"),
-        ({"limit_train_batches": 1}, "limit_train_batches=1", "limit_train_batches"),  # 1 batch
-        ({"min_epochs": 3}, "min_epochs=3", "min_epochs"),
+        (
+            {},
+            {"limit_train_batches": 0.5},
+            "epochs",
+            "limit_train_batches=0.5",
+            "limit_train_batches",
+        ),
+        ({}, {"limit_train_batches": 1}, "epochs", "limit_train_batches=1", "limit_train_batches"),
+        ({}, {"min_epochs": 3}, "epochs", "min_epochs=3", "min_epochs"),
+        # validation inside epochs: patience would count validations, not epochs
+        (
+            {},
+            {"val_check_interval": 0.5},
+            "val_interval",
+            "val_check_interval=0.5",
+            "val_check_interval",
+        ),
+        (
+            {},
+            {"val_check_interval": {"minutes": 1}},
+            "val_interval",
+            "a time-based val_check_interval",
+            "val_check_interval",
+        ),
+        # a floor under the run would hold off the patience stop
+        ({"patience": 1}, {"min_steps": 3}, "patience", "min_steps=3", "min_steps"),
+        ({"patience": 1}, {"min_epochs": 2}, "patience", "min_epochs=2", "min_epochs"),
     ],
 )
-def test_lightning_refuses_a_trainer_limit_the_schedule_cannot_follow(tmp_path, limits, has, drop):
+def test_lightning_refuses_a_trainer_limit_the_config_cannot_follow(
+    tmp_path, overrides, limits, field, has, drop
+):
     """A Trainer that stops the run or cuts its epochs short (max_steps, max_time,
     limit_train_batches other than the whole split) would end training part-way through the
     warm-up + cosine schedule the config's ``epochs`` spans; min_epochs above ``epochs`` cannot
-    be met: each is refused before any step, naming what the Trainer holds and the fix."""
+    be met; validation inside epochs (val_check_interval) would make ``patience`` count
+    validations; with ``patience``, a min_steps or min_epochs floor would hold off the stop: each
+    is refused before any step, naming what the Trainer holds and the fix."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
     from efficientdet.errors import ConfigError
 
-    cfg, dm, module = _fit_parts(tmp_path, epochs=2)
-    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg), **limits)
+    cfg, dm, module = _fit_parts(tmp_path, epochs=2, **overrides)
+    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg), **limits, default_root_dir=tmp_path)
     with pytest.raises(ConfigError) as err:
         trainer.fit(module, dm)
     msg = str(err.value)
-    assert msg.startswith("TrainConfig epochs=2 needs Trainer(") and f"Trainer has {has};" in msg
+    value = getattr(cfg, field)
+    assert msg.startswith(f"TrainConfig {field}={value!r} needs Trainer(")
+    assert f"Trainer has {has};" in msg
     assert f"fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...) without {drop}, " in msg
     assert "\n" not in msg and trainer.global_step == 0
 
 
 def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
-    """The same options at values that run every batch of every epoch are accepted: the run
-    takes the config's steps and ends its cosine at zero."""
+    """The same options at values that run every batch of every epoch and validate at epoch ends
+    are accepted (a min_steps floor too, with no patience to hold off): the run takes the
+    config's steps and ends its cosine at zero."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
 
     cfg, dm, module = _fit_parts(tmp_path, epochs=2, ema=False)
@@ -343,6 +376,8 @@ def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
         max_steps=-1,
         limit_train_batches=1.0,
         min_epochs=2,
+        min_steps=5,  # without patience nothing stops the run early: a floor changes nothing
+        val_check_interval=1.0,
         enable_checkpointing=False,
         limit_val_batches=0,
     )

@@ -16,9 +16,12 @@ it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_
 ``amp`` -> ``precision``), and a Trainer that disagrees is refused with one line (ConfigError)
 when fitting starts, so nothing is silently ignored; so is one that ends the run or its epochs
 early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
-``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``). Pass the
-Trainer anything else (devices, callbacks, loggers, ``accumulate_grad_batches``); the memory
-guard checks the device it runs on. The module itself adds an EarlyStopping on ``val/mAP``
+``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``), one that
+validates inside epochs (``val_check_interval`` other than 1.0: ``patience`` would count
+validations), and with ``patience`` one whose ``min_steps`` or ``min_epochs`` above 1 holds
+off the early stop. Pass the Trainer anything else (devices, callbacks, loggers,
+``accumulate_grad_batches``); the memory guard checks the device it runs on. The module itself
+adds an EarlyStopping on ``val/mAP``
 for ``patience`` (counted in epochs, as the trainer's), validates after the last epoch too,
 clips at ``clip_grad`` (unless the Trainer's ``gradient_clip_val`` says otherwise),
 scales the default lr with the images per optimizer step (batch x processes x
@@ -95,11 +98,20 @@ def lightning_trainer_kwargs(cfg: TrainConfig | dict) -> dict:
     }
 
 
+# why a Trainer option is refused, by the TrainConfig field whose meaning it would change
+_WHY_REFUSED = {
+    "epochs": "a run is `epochs` whole epochs, which its lr schedule spans",
+    "val_interval": "validation comes every `val_interval` epochs, which `patience` counts",
+    "patience": "`patience` stops the run when `train` would; a Trainer minimum holds that off",
+}
+
+
 def _check_trainer(cfg: TrainConfig, trainer) -> None:
     """Refuse a Trainer that would run ``cfg`` otherwise than it says (one line: the option,
-    both values, the fix): other epochs, validations or precision than ``cfg`` implies, or a
-    limit that ends the run or its epochs early, which the lr schedule (warm-up + cosine over
-    ``epochs`` whole passes over the training set) cannot follow."""
+    both values, the fix): other epochs, validations or precision than ``cfg``
+    implies, a limit that ends the run or its epochs early, which the lr schedule (warm-up +
+    cosine over ``epochs`` whole passes over the training set) cannot follow, validation inside
+    epochs, or (with ``patience``) a minimum that holds off the early stop."""
     amp_dtype_for(cfg.amp, trainer.strategy.root_device)  # fp16 needs CUDA, as in the trainer
     have = {
         "max_epochs": trainer.max_epochs,
@@ -107,7 +119,7 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
         "precision": trainer.precision,
     }
     fields = {"max_epochs": "epochs", "check_val_every_n_epoch": "val_interval", "precision": "amp"}
-    # (TrainConfig field, the Trainer it needs, the Trainer's, met, the Trainer option to drop)
+    # (TrainConfig field, the Trainer it needs, the Trainer's, met, how to fix the Trainer)
     checks: list[tuple[str, str, str, bool, str]] = [
         (fields[arg], f"{arg}={want!r}", f"{arg}={have[arg]!r}", have[arg] == want, "")
         for arg, want in lightning_trainer_kwargs(cfg).items()
@@ -116,32 +128,73 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
     timers = [cb.time_remaining() for cb in trainer.callbacks if isinstance(cb, Timer)]
     seconds = next((t for t in timers if t is not None), None)
     limit, min_epochs = trainer.limit_train_batches, trainer.min_epochs or 0
-    limits = {  # the Trainer option to drop: (the Trainer epochs needs, the Trainer's, met)
-        "max_steps": ("max_steps=-1", f"max_steps={trainer.max_steps!r}", trainer.max_steps == -1),
-        "max_time (or a Timer with a duration)": (
+    interval = getattr(trainer, "val_check_interval", None)  # unset when time-based
+    min_steps = trainer.min_steps or 0  # None or -1: none
+    limits = [  # (field, the Trainer option to drop, the Trainer the field needs, its, met)
+        (
+            "epochs",
+            "max_steps",
+            "max_steps=-1",
+            f"max_steps={trainer.max_steps!r}",
+            trainer.max_steps == -1,
+        ),
+        (
+            "epochs",
+            "max_time (or a Timer with a duration)",
             "max_time=None",
             f"a time limit of {seconds} s",
             seconds is None,
         ),
-        "limit_train_batches": (
+        (
+            "epochs",
+            "limit_train_batches",
             "limit_train_batches=1.0",
             f"limit_train_batches={limit!r}",
             isinstance(limit, float) and limit == 1.0,
         ),
-        "min_epochs": (
+        (
+            "epochs",
+            "min_epochs",
             f"min_epochs<={cfg.epochs}",
             f"min_epochs={min_epochs!r}",
             min_epochs <= cfg.epochs,
         ),
-    }
-    checks += [("epochs", need, has, met, drop) for drop, (need, has, met) in limits.items()]
-    for field, need, has, met, drop in checks:
+        (
+            "val_interval",
+            "val_check_interval",
+            "val_check_interval=1.0",
+            "a time-based val_check_interval"
+            if interval is None
+            else f"val_check_interval={interval!r}",
+            isinstance(interval, float) and interval == 1.0,
+        ),
+        # with patience: Lightning holds its stop off until these are met (the earliest stop,
+        # after epoch 2, is not held off by min_epochs<=1)
+        (
+            "patience",
+            "min_steps",
+            "min_steps=None",
+            f"min_steps={min_steps!r}",
+            not cfg.patience or min_steps <= 0,
+        ),
+        (
+            "patience",
+            "min_epochs",
+            "min_epochs<=1",
+            f"min_epochs={min_epochs!r}",
+            not cfg.patience or min_epochs <= 1,
+        ),
+    ]
+    checks += [
+        (field, need, has, met, f" without {drop}") for field, drop, need, has, met in limits
+    ]
+    for field, need, has, met, trainer_fix in checks:
         if not met:
-            why = " (a run is `epochs` whole epochs, which its lr schedule spans)" if drop else ""
+            why = f" ({_WHY_REFUSED[field]})" if trainer_fix else ""
             raise ConfigError(
                 f"TrainConfig {field}={getattr(cfg, field)!r} needs Trainer({need}){why}, but the "
                 f"Trainer has {has}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...)"
-                f"{f' without {drop}' if drop else ''}, or set TrainConfig {field} to what you want"
+                f"{trainer_fix}, or set TrainConfig {field} to what you want"
             )
 
 
