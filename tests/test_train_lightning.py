@@ -387,9 +387,9 @@ def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
 
 
 def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
-    """The memory guard asks about the device the Trainer runs on (its root device), not
-    ``cfg.device``: a config naming CUDA builds (no CUDA is looked up before the Trainer says
-    where it runs), and a step that cannot fit on the Trainer's CPU is refused before any step."""
+    """The memory guard asks about the device the Trainer runs on (its root device), when it
+    is known (setup), not at construction: a step that cannot fit on the Trainer's CPU is
+    refused before any step."""
     from efficientdet import resources
     from efficientdet.engine.lightning import lightning_trainer_kwargs
     from efficientdet.errors import ResourceError
@@ -401,7 +401,7 @@ def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
         return 1, "fake: 1 byte"
 
     monkeypatch.setattr(resources, "available_memory", little_memory)
-    cfg, dm, module = _fit_parts(tmp_path, epochs=1, device="cuda")
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1)
     assert asked == []  # not at construction: the Trainer's device is not known yet
     trainer = quiet_trainer(**lightning_trainer_kwargs(cfg))
     with pytest.raises(ResourceError) as err:
@@ -409,6 +409,33 @@ def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
     assert asked == [trainer.strategy.root_device] == [torch.device("cpu")]
     assert "batch 4: training (forward + backward) needs about" in str(err.value)
     assert "available (fake: 1 byte)" in str(err.value) and trainer.global_step == 0
+
+
+@pytest.mark.parametrize("device", ["mps", "cpu", "auto"])
+def test_lightning_runs_where_the_config_device_says_or_refuses(tmp_path, device):
+    """``device`` means what it means in ``train``: a config naming a device the Trainer does
+    not run on (here MPS, the Trainer on CPU) builds (no device is looked up before the Trainer
+    says where it runs) and is refused before any step, naming both devices and the fix; one
+    naming the Trainer's device, or leaving the choice open ("auto", as None), trains."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import ConfigError
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1, device=device, ema=False)
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg), enable_checkpointing=False, limit_val_batches=0
+    )
+    assert trainer.strategy.root_device == torch.device("cpu")
+    if device == "cpu" or device == "auto":
+        trainer.fit(module, dm)
+        assert trainer.global_step == 1
+        return
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith("TrainConfig device='mps' needs Trainer(accelerator/devices on mps)")
+    assert "but the Trainer has root device cpu; fix: L.Trainer(" in msg
+    assert msg.endswith(", or leave TrainConfig device unset") and "\n" not in msg
+    assert trainer.global_step == 0
 
 
 @pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])

@@ -18,8 +18,9 @@ when fitting starts, so nothing is silently ignored; so is one that ends the run
 early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
 ``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``), one that
 validates inside epochs (``val_check_interval`` other than 1.0: ``patience`` would count
-validations), and with ``patience`` one whose ``min_steps`` or ``min_epochs`` above 1 holds
-off the early stop. Pass the Trainer anything else (devices, callbacks, loggers,
+validations), with ``patience`` one whose ``min_steps`` or ``min_epochs`` above 1 holds off the
+early stop, and one not on ``device`` when that is set (None or ``"auto"``: the Trainer's
+choice). Pass the Trainer anything else (devices, callbacks, loggers,
 ``accumulate_grad_batches``); the memory guard checks the device it runs on. The module itself
 adds an EarlyStopping on ``val/mAP``
 for ``patience`` (counted in epochs, as the trainer's), validates after the last epoch too,
@@ -62,6 +63,7 @@ from ..config import NMSConfig
 from ..detection.loss import LOSS_KEYS
 from ..errors import ConfigError, TrainingDiverged
 from ..nn.model import EfficientDet
+from ..runtime import resolve_device
 from . import distributed as dist_utils
 from .builders import (
     amp_dtype_for,
@@ -103,16 +105,18 @@ _WHY_REFUSED = {
     "epochs": "a run is `epochs` whole epochs, which its lr schedule spans",
     "val_interval": "validation comes every `val_interval` epochs, which `patience` counts",
     "patience": "`patience` stops the run when `train` would; a Trainer minimum holds that off",
+    "device": "`train` runs where `device` says",
 }
 
 
 def _check_trainer(cfg: TrainConfig, trainer) -> None:
     """Refuse a Trainer that would run ``cfg`` otherwise than it says (one line: the option,
-    both values, the fix): other epochs, validations or precision than ``cfg``
+    both values, the fix): other epochs, validations, precision or device than ``cfg``
     implies, a limit that ends the run or its epochs early, which the lr schedule (warm-up +
     cosine over ``epochs`` whole passes over the training set) cannot follow, validation inside
     epochs, or (with ``patience``) a minimum that holds off the early stop."""
-    amp_dtype_for(cfg.amp, trainer.strategy.root_device)  # fp16 needs CUDA, as in the trainer
+    root = trainer.strategy.root_device
+    amp_dtype_for(cfg.amp, root)  # fp16 needs CUDA, as in the trainer
     have = {
         "max_epochs": trainer.max_epochs,
         "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
@@ -188,13 +192,34 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
     checks += [
         (field, need, has, met, f" without {drop}") for field, drop, need, has, met in limits
     ]
+    if cfg.device is not None and str(cfg.device) != "auto":  # None, auto: the Trainer's choice
+        want = resolve_device(cfg.device, trainer.local_rank)
+        same = want.type == root.type and (want.type == "cpu" or want.index == root.index)
+        # the root device is per process: decided over all ranks, so every rank stops together
+        elsewhere = int(dist_utils.all_reduce_sum(torch.tensor([float(not same)], device=root)))
+        world = trainer.world_size
+        of = f" ({elsewhere} of {world} processes elsewhere)" if world > 1 else ""
+        checks.append(
+            (
+                "device",
+                f"accelerator/devices on {want}",
+                f"root device {root}{of}",
+                not elsewhere,
+                f" with accelerator/devices on {want}",
+            )
+        )
     for field, need, has, met, trainer_fix in checks:
         if not met:
             why = f" ({_WHY_REFUSED[field]})" if trainer_fix else ""
+            cfg_fix = (
+                "leave TrainConfig device unset"
+                if field == "device"
+                else f"set TrainConfig {field} to what you want"
+            )
             raise ConfigError(
                 f"TrainConfig {field}={getattr(cfg, field)!r} needs Trainer({need}){why}, but the "
                 f"Trainer has {has}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...)"
-                f"{trainer_fix}, or set TrainConfig {field} to what you want"
+                f"{trainer_fix}, or {cfg_fix}"
             )
 
 
