@@ -301,41 +301,75 @@ def test_lightning_refuses_a_trainer_that_disagrees_with_the_config(tmp_path, ar
 
 
 @pytest.mark.parametrize(
-    "limits, has, drop",
+    "overrides, limits, field, has, drop",
     [
-        ({"max_steps": 1}, "max_steps=1", "max_steps"),
+        ({}, {"max_steps": 1}, "epochs", "max_steps=1", "max_steps"),
         (
+            {},
             {"max_time": {"seconds": 90}},
+            "epochs",
             "a time limit of 90.0 s",
             "max_time (or a Timer with a duration)",
         ),
-        ({"limit_train_batches": 0.5}, "limit_train_batches=0.5", "limit_train_batches"),
-        ({"limit_train_batches": 1}, "limit_train_batches=1", "limit_train_batches"),  # 1 batch
-        ({"min_epochs": 3}, "min_epochs=3", "min_epochs"),
-        ({"overfit_batches": 1}, "overfit_batches=1", "overfit_batches"),  # not the limit it sets
+        (
+            {},
+            {"limit_train_batches": 0.5},
+            "epochs",
+            "limit_train_batches=0.5",
+            "limit_train_batches",
+        ),
+        ({}, {"limit_train_batches": 1}, "epochs", "limit_train_batches=1", "limit_train_batches"),
+        ({}, {"min_epochs": 3}, "epochs", "min_epochs=3", "min_epochs"),
+        # Lightning's debugging option sets limit_train_batches: the one given is named
+        ({}, {"overfit_batches": 1}, "epochs", "overfit_batches=1", "overfit_batches"),
+        # validation inside epochs: patience would count validations, not epochs
+        (
+            {},
+            {"val_check_interval": 0.5},
+            "val_interval",
+            "val_check_interval=0.5",
+            "val_check_interval",
+        ),
+        (
+            {},
+            {"val_check_interval": {"minutes": 1}},
+            "val_interval",
+            "a time-based val_check_interval",
+            "val_check_interval",
+        ),
+        # a floor under the run would hold off the patience stop
+        ({"patience": 1}, {"min_steps": 3}, "patience", "min_steps=3", "min_steps"),
+        ({"patience": 1}, {"min_epochs": 2}, "patience", "min_epochs=2", "min_epochs"),
     ],
 )
-def test_lightning_refuses_a_trainer_limit_the_schedule_cannot_follow(tmp_path, limits, has, drop):
+def test_lightning_refuses_a_trainer_limit_the_config_cannot_follow(
+    tmp_path, overrides, limits, field, has, drop
+):
     """A Trainer that stops the run or cuts its epochs short (max_steps, max_time,
     limit_train_batches other than the whole split) would end training part-way through the
     warm-up + cosine schedule the config's ``epochs`` spans; min_epochs above ``epochs`` cannot
-    be met: each is refused before any step, naming what the Trainer holds and the fix."""
+    be met; validation inside epochs (val_check_interval) would make ``patience`` count
+    validations; with ``patience``, a min_steps or min_epochs floor would hold off the stop: each
+    is refused before any step, naming what the Trainer holds and the fix."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
     from efficientdet.errors import ConfigError
 
-    cfg, dm, module = _fit_parts(tmp_path, epochs=2)
-    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg), **limits)
+    cfg, dm, module = _fit_parts(tmp_path, epochs=2, **overrides)
+    trainer = quiet_trainer(**lightning_trainer_kwargs(cfg), **limits, default_root_dir=tmp_path)
     with pytest.raises(ConfigError) as err:
         trainer.fit(module, dm)
     msg = str(err.value)
-    assert msg.startswith("TrainConfig epochs=2 needs Trainer(") and f"Trainer has {has};" in msg
+    value = getattr(cfg, field)
+    assert msg.startswith(f"TrainConfig {field}={value!r} needs Trainer(")
+    assert f"Trainer has {has};" in msg
     assert f"fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...) without {drop}, " in msg
     assert "\n" not in msg and trainer.global_step == 0
 
 
 def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
-    """The same options at values that run every batch of every epoch are accepted: the run
-    takes the config's steps and ends its cosine at zero."""
+    """The same options at values that run every batch of every epoch and validate at epoch ends
+    are accepted (a min_steps floor too, with no patience to hold off): the run takes the
+    config's steps and ends its cosine at zero."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
 
     cfg, dm, module = _fit_parts(tmp_path, epochs=2, ema=False)
@@ -344,6 +378,8 @@ def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
         max_steps=-1,
         limit_train_batches=1.0,
         min_epochs=2,
+        min_steps=5,  # without patience nothing stops the run early: a floor changes nothing
+        val_check_interval=1.0,
         enable_checkpointing=False,
         limit_val_batches=0,
     )
@@ -364,9 +400,9 @@ def test_lightning_runs_a_fast_dev_run(tmp_path):
 
 
 def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
-    """The memory guard asks about the device the Trainer runs on (its root device), not
-    ``cfg.device``: a config naming CUDA builds (no CUDA is looked up before the Trainer says
-    where it runs), and a step that cannot fit on the Trainer's CPU is refused before any step."""
+    """The memory guard asks about the device the Trainer runs on (its root device), when it
+    is known (setup), not at construction: a step that cannot fit on the Trainer's CPU is
+    refused before any step."""
     from efficientdet import resources
     from efficientdet.engine.lightning import lightning_trainer_kwargs
     from efficientdet.errors import ResourceError
@@ -378,7 +414,7 @@ def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
         return 1, "fake: 1 byte"
 
     monkeypatch.setattr(resources, "available_memory", little_memory)
-    cfg, dm, module = _fit_parts(tmp_path, epochs=1, device="cuda")
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1)
     assert asked == []  # not at construction: the Trainer's device is not known yet
     trainer = quiet_trainer(**lightning_trainer_kwargs(cfg))
     with pytest.raises(ResourceError) as err:
@@ -386,6 +422,33 @@ def test_lightning_checks_memory_on_the_trainers_device(tmp_path, monkeypatch):
     assert asked == [trainer.strategy.root_device] == [torch.device("cpu")]
     assert "batch 4: training (forward + backward) needs about" in str(err.value)
     assert "available (fake: 1 byte)" in str(err.value) and trainer.global_step == 0
+
+
+@pytest.mark.parametrize("device", ["mps", "cpu", "auto"])
+def test_lightning_runs_where_the_config_device_says_or_refuses(tmp_path, device):
+    """``device`` means what it means in ``train``: a config naming a device the Trainer does
+    not run on (here MPS, the Trainer on CPU) builds (no device is looked up before the Trainer
+    says where it runs) and is refused before any step, naming both devices and the fix; one
+    naming the Trainer's device, or leaving the choice open ("auto", as None), trains."""
+    from efficientdet.engine.lightning import lightning_trainer_kwargs
+    from efficientdet.errors import ConfigError
+
+    cfg, dm, module = _fit_parts(tmp_path, epochs=1, device=device, ema=False)
+    trainer = quiet_trainer(
+        **lightning_trainer_kwargs(cfg), enable_checkpointing=False, limit_val_batches=0
+    )
+    assert trainer.strategy.root_device == torch.device("cpu")
+    if device == "cpu" or device == "auto":
+        trainer.fit(module, dm)
+        assert trainer.global_step == 1
+        return
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(module, dm)
+    msg = str(err.value)
+    assert msg.startswith("TrainConfig device='mps' needs Trainer(accelerator/devices on mps)")
+    assert "but the Trainer has root device cpu; fix: L.Trainer(" in msg
+    assert msg.endswith(", or leave TrainConfig device unset") and "\n" not in msg
+    assert trainer.global_step == 0
 
 
 @pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])

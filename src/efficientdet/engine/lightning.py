@@ -16,17 +16,20 @@ it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_
 ``amp`` -> ``precision``), and a Trainer that disagrees is refused with one line (ConfigError)
 when fitting starts, so nothing is silently ignored; so is one that ends the run or its epochs
 early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
-``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``; a
-``fast_dev_run`` smoke test runs). Pass the Trainer anything else (devices, callbacks, loggers,
-``accumulate_grad_batches``); the memory guard checks the device it runs on. The module itself
-adds an EarlyStopping on ``val/mAP`` for ``patience`` (counted in epochs, as the trainer's),
-validates after the last epoch too, clips at ``clip_grad`` (unless the Trainer's
-``gradient_clip_val`` says otherwise), scales the default lr with the images per optimizer step
-(batch x processes x ``accumulate_grad_batches``), and stops the run with
+``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``), one that
+validates inside epochs (``val_check_interval`` other than 1.0: ``patience`` would count
+validations), with ``patience`` one whose ``min_steps`` or ``min_epochs`` above 1 holds off the
+early stop, and one not on ``device`` when that is set (None or ``"auto"``: the Trainer's choice; a
+``fast_dev_run`` smoke test is only checked for that and ``amp``). Pass the Trainer anything else
+(devices, callbacks, loggers, ``accumulate_grad_batches``); the memory guard checks the device it
+runs on. The module itself adds an EarlyStopping on ``val/mAP`` for ``patience`` (counted in
+epochs, as the trainer's), validates after the last epoch too, clips at ``clip_grad`` (unless the
+Trainer's ``gradient_clip_val`` says otherwise), scales the default lr with the images per
+optimizer step (batch x processes x ``accumulate_grad_batches``), and stops the run with
 :class:`efficientdet.errors.TrainingDiverged` at the first non-finite loss or gradient norm
 (decided over all ranks, so DDP processes stop together; the step is not applied, the BatchNorm
-statistics its forward passes moved included: what is saved or exported after the stop is the
-last good step). build_model's notes go to Lightning's log and its warnings to ``warnings``.
+statistics its forward passes moved included: what is saved or exported after the stop is the last
+good step). build_model's notes go to Lightning's log and its warnings to ``warnings``.
 
 The module builds through :mod:`efficientdet.engine.builders` (model, data, loss, optimizer
 and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
@@ -59,6 +62,7 @@ from ..config import NMSConfig
 from ..detection.loss import LOSS_KEYS
 from ..errors import ConfigError, TrainingDiverged
 from ..nn.model import EfficientDet
+from ..runtime import resolve_device
 from . import distributed as dist_utils
 from .builders import (
     amp_dtype_for,
@@ -95,19 +99,30 @@ def lightning_trainer_kwargs(cfg: TrainConfig | dict) -> dict:
     }
 
 
+# why a Trainer option is refused, by the TrainConfig field whose meaning it would change
+_WHY_REFUSED = {
+    "epochs": "a run is `epochs` whole epochs, which its lr schedule spans",
+    "val_interval": "validation comes every `val_interval` epochs, which `patience` counts",
+    "patience": "`patience` stops the run when `train` would; a Trainer minimum holds that off",
+    "device": "`train` runs where `device` says",
+}
+
+
 def _check_trainer(cfg: TrainConfig, trainer) -> None:
     """Refuse a Trainer that would run ``cfg`` otherwise than it says (one line: the option,
-    both values, the fix): other epochs, validations or precision than ``cfg`` implies, or a
-    limit that ends the run or its epochs early, which the lr schedule (warm-up + cosine over
-    ``epochs`` whole passes over the training set) cannot follow."""
-    amp_dtype_for(cfg.amp, trainer.strategy.root_device)  # fp16 needs CUDA, as in the trainer
+    both values, the fix): other epochs, validations, precision or device than ``cfg``
+    implies, a limit that ends the run or its epochs early, which the lr schedule (warm-up +
+    cosine over ``epochs`` whole passes over the training set) cannot follow, validation inside
+    epochs, or (with ``patience``) a minimum that holds off the early stop."""
+    root = trainer.strategy.root_device
+    amp_dtype_for(cfg.amp, root)  # fp16 needs CUDA, as in the trainer
     have = {
         "max_epochs": trainer.max_epochs,
         "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
         "precision": trainer.precision,
     }
     fields = {"max_epochs": "epochs", "check_val_every_n_epoch": "val_interval", "precision": "amp"}
-    # (TrainConfig field, the Trainer it needs, the Trainer's, met, the Trainer option to drop)
+    # (TrainConfig field, the Trainer it needs, the Trainer's, met, how to fix the Trainer)
     checks: list[tuple[str, str, str, bool, str]] = [
         (fields[arg], f"{arg}={want!r}", f"{arg}={have[arg]!r}", have[arg] == want, "")
         for arg, want in lightning_trainer_kwargs(cfg).items()
@@ -118,34 +133,96 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
     # overfit_batches (a Lightning debugging option) sets limit_train_batches: name the one given
     limit_arg = "overfit_batches" if trainer.overfit_batches else "limit_train_batches"
     limit, min_epochs = getattr(trainer, limit_arg), trainer.min_epochs or 0
-    limits = {  # the Trainer option to drop: (the Trainer epochs needs, the Trainer's, met)
-        "max_steps": ("max_steps=-1", f"max_steps={trainer.max_steps!r}", trainer.max_steps == -1),
-        "max_time (or a Timer with a duration)": (
+    interval = getattr(trainer, "val_check_interval", None)  # unset when time-based
+    min_steps = trainer.min_steps or 0  # None or -1: none
+    limits = [  # (field, the Trainer option to drop, the Trainer the field needs, its, met)
+        (
+            "epochs",
+            "max_steps",
+            "max_steps=-1",
+            f"max_steps={trainer.max_steps!r}",
+            trainer.max_steps == -1,
+        ),
+        (
+            "epochs",
+            "max_time (or a Timer with a duration)",
             "max_time=None",
             f"a time limit of {seconds} s",
             seconds is None,
         ),
-        limit_arg: (
+        (
+            "epochs",
+            limit_arg,
             "limit_train_batches=1.0",
             f"{limit_arg}={limit!r}",
             limit_arg == "limit_train_batches" and isinstance(limit, float) and limit == 1.0,
         ),
-        "min_epochs": (
+        (
+            "epochs",
+            "min_epochs",
             f"min_epochs<={cfg.epochs}",
             f"min_epochs={min_epochs!r}",
             min_epochs <= cfg.epochs,
         ),
-    }
-    checks += [("epochs", need, has, met, drop) for drop, (need, has, met) in limits.items()]
+        (
+            "val_interval",
+            "val_check_interval",
+            "val_check_interval=1.0",
+            "a time-based val_check_interval"
+            if interval is None
+            else f"val_check_interval={interval!r}",
+            isinstance(interval, float) and interval == 1.0,
+        ),
+        # with patience: Lightning holds its stop off until these are met (the earliest stop,
+        # after epoch 2, is not held off by min_epochs<=1)
+        (
+            "patience",
+            "min_steps",
+            "min_steps=None",
+            f"min_steps={min_steps!r}",
+            not cfg.patience or min_steps <= 0,
+        ),
+        (
+            "patience",
+            "min_epochs",
+            "min_epochs<=1",
+            f"min_epochs={min_epochs!r}",
+            not cfg.patience or min_epochs <= 1,
+        ),
+    ]
+    checks += [
+        (field, need, has, met, f" without {drop}") for field, drop, need, has, met in limits
+    ]
     if trainer.fast_dev_run:  # Lightning's smoke test: one epoch of n batches, no schedule kept
         checks = [check for check in checks if check[0] == "amp"]
-    for field, need, has, met, drop in checks:
+    if cfg.device is not None and str(cfg.device) != "auto":  # None, auto: the Trainer's choice
+        want = resolve_device(cfg.device, trainer.local_rank)
+        same = want.type == root.type and (want.type == "cpu" or want.index == root.index)
+        # the root device is per process: decided over all ranks, so every rank stops together
+        elsewhere = int(dist_utils.all_reduce_sum(torch.tensor([float(not same)], device=root)))
+        world = trainer.world_size
+        of = f" ({elsewhere} of {world} processes elsewhere)" if world > 1 else ""
+        checks.append(
+            (
+                "device",
+                f"accelerator/devices on {want}",
+                f"root device {root}{of}",
+                not elsewhere,
+                f" with accelerator/devices on {want}",
+            )
+        )
+    for field, need, has, met, trainer_fix in checks:
         if not met:
-            why = " (a run is `epochs` whole epochs, which its lr schedule spans)" if drop else ""
+            why = f" ({_WHY_REFUSED[field]})" if trainer_fix else ""
+            cfg_fix = (
+                "leave TrainConfig device unset"
+                if field == "device"
+                else f"set TrainConfig {field} to what you want"
+            )
             raise ConfigError(
                 f"TrainConfig {field}={getattr(cfg, field)!r} needs Trainer({need}){why}, but the "
                 f"Trainer has {has}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...)"
-                f"{f' without {drop}' if drop else ''}, or set TrainConfig {field} to what you want"
+                f"{trainer_fix}, or {cfg_fix}"
             )
 
 
