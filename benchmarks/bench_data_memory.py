@@ -347,6 +347,14 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO_ROOT / "src"))
+    if args.run_model != "none":  # before any work: one line for an unknown name
+        from efficientdet.config import get_model_config
+        from efficientdet.errors import EfficientDetError
+
+        try:
+            get_model_config(args.run_model)
+        except EfficientDetError as exc:
+            parser.error(f"--run-model: {exc}")
     folder = args.cache / f"coco_{args.images}_{args.boxes}"
     t0 = time.perf_counter()
     json_path = generate(folder, args.images, args.boxes)

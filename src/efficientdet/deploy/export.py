@@ -388,7 +388,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="onnx / openvino: int8 post-training quantization on --calib-data images",
+        help="onnx / openvino / tflite: int8 post-training quantization on --calib-data images",
     )
     parser.add_argument(
         "--calib-data",
@@ -466,7 +466,8 @@ def _run(args: argparse.Namespace) -> int:
     calibration = None
     if args.int8:
         chosen = calibration_set(args.calib_data, hw, config.mean, config.std, args.calib_images)
-        with stage(f"reading {len(chosen.paths)} calibration images", quiet):
+        n = len(chosen.paths)
+        with stage(f"reading {n} calibration image{'s' if n != 1 else ''}", quiet):
             calibration = readable_only(chosen)  # refused here, before the run folder, if none
     job = (tflite_job if args.format == "tflite" else _job)(
         args, model, names, category_ids, hw, calibration
@@ -502,7 +503,8 @@ def _run(args: argparse.Namespace) -> int:
     if calibration is not None:
         skipped = calibration.skipped
         print(
-            f"calibrated on {len(calibration.paths)} images from {calibration.source}"
+            f"calibrated on {len(calibration.paths)} image{'s' if len(calibration.paths) != 1 else ''}"
+            f" from {calibration.source}"
             + (f"; {len(skipped)} unreadable, skipped (first: {skipped[0][1]})" if skipped else "")
         )
     size_mb = sum(p.stat().st_size for p in _written_files(out)) / 2**20

@@ -35,8 +35,9 @@ The module builds through :mod:`efficientdet.engine.builders` (model, data, loss
 and warm-up + cosine schedule stepped per optimizer step, ModelEMA, postprocess + COCO metrics);
 Lightning runs the loop, devices, precision and logging. Under DDP the losses are normalised by the
 positive anchors of all ranks, as the trainer's (:func:`.distributed.normalize_over_ranks`), so
-N processes of batch B take the step of one process of batch N x B. Logged: ``train/loss``, ``train/class_loss``,
-``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights when EMA is on).
+N processes of batch B take the step of one process of batch N x B. Logged: ``train/loss``,
+``train/class_loss``, ``train/box_loss``, ``val/mAP``, ``val/AP50`` (COCO, on the EMA weights
+when EMA is on).
 """
 
 from __future__ import annotations
