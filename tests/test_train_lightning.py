@@ -319,7 +319,9 @@ def test_lightning_refuses_a_trainer_that_disagrees_with_the_config(tmp_path, ar
             "limit_train_batches",
         ),
         ({}, {"limit_train_batches": 1}, "epochs", "limit_train_batches=1", "limit_train_batches"),
-        ({}, {"min_epochs": 3}, "epochs", "min_epochs=3", "min_epochs"),
+        # val/mAP (and patience) on part of the validation split
+        ({}, {"limit_val_batches": 0.5}, "val_data", "limit_val_batches=0.5", "limit_val_batches"),
+        ({}, {"limit_val_batches": 1}, "val_data", "limit_val_batches=1", "limit_val_batches"),
         # Lightning's debugging option sets limit_train_batches: the one given is named
         ({}, {"overfit_batches": 1}, "epochs", "overfit_batches=1", "overfit_batches"),
         # validation inside epochs: patience would count validations, not epochs
@@ -347,8 +349,8 @@ def test_lightning_refuses_a_trainer_limit_the_config_cannot_follow(
 ):
     """A Trainer that stops the run or cuts its epochs short (max_steps, max_time,
     limit_train_batches other than the whole split) would end training part-way through the
-    warm-up + cosine schedule the config's ``epochs`` spans; min_epochs above ``epochs`` cannot
-    be met; validation inside epochs (val_check_interval) would make ``patience`` count
+    warm-up + cosine schedule the config's ``epochs`` spans; validation on part of the split
+    (limit_val_batches) would give a val/mAP ``train`` never reports; validation inside epochs (val_check_interval) would make ``patience`` count
     validations; with ``patience``, a min_steps or min_epochs floor would hold off the stop: each
     is refused before any step, naming what the Trainer holds and the fix."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
@@ -368,8 +370,8 @@ def test_lightning_refuses_a_trainer_limit_the_config_cannot_follow(
 
 def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
     """The same options at values that run every batch of every epoch and validate at epoch ends
-    are accepted (a min_steps floor too, with no patience to hold off): the run takes the
-    config's steps and ends its cosine at zero."""
+    are accepted (min_steps and min_epochs floors too, with no patience to hold off): the run
+    takes the config's steps and ends its cosine at zero."""
     from efficientdet.engine.lightning import lightning_trainer_kwargs
 
     cfg, dm, module = _fit_parts(tmp_path, epochs=2, ema=False)
@@ -377,7 +379,7 @@ def test_lightning_accepts_the_trainer_limits_that_keep_the_schedule(tmp_path):
         **lightning_trainer_kwargs(cfg),
         max_steps=-1,
         limit_train_batches=1.0,
-        min_epochs=2,
+        min_epochs=3,  # max_epochs still ends the run: a floor above it changes nothing
         min_steps=5,  # without patience nothing stops the run early: a floor changes nothing
         val_check_interval=1.0,
         enable_checkpointing=False,

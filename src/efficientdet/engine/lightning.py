@@ -16,8 +16,8 @@ it implies (``epochs`` -> ``max_epochs``, ``val_interval`` -> ``check_val_every_
 ``amp`` -> ``precision``), and a Trainer that disagrees is refused with one line (ConfigError)
 when fitting starts, so nothing is silently ignored; so is one that ends the run or its epochs
 early, which the lr schedule over ``epochs`` whole epochs cannot follow (``max_steps``,
-``max_time``, ``limit_train_batches`` other than 1.0, ``min_epochs`` above ``epochs``), one that
-validates inside epochs (``val_check_interval`` other than 1.0: ``patience`` would count
+``max_time``, ``limit_train_batches`` other than 1.0), one that validates on part of the split
+(``limit_val_batches`` other than 1.0 or 0) or inside epochs (``val_check_interval`` other than 1.0: ``patience`` would count
 validations), with ``patience`` one whose ``min_steps`` or ``min_epochs`` above 1 holds off the
 early stop, and one not on ``device`` when that is set (None or ``"auto"``: the Trainer's choice; a
 ``fast_dev_run`` smoke test is only checked for that and ``amp``). Pass the Trainer anything else
@@ -106,6 +106,12 @@ _WHY_REFUSED = {
     "val_interval": "validation comes every `val_interval` epochs, which `patience` counts",
     "patience": "`patience` stops the run when `train` would; a Trainer minimum holds that off",
     "device": "`train` runs where `device` says",
+    "val_data": "`val/mAP` is the whole validation split's, as in `train`",
+}
+# how to change the config instead, where "set TrainConfig FIELD to what you want" does not fit
+_CONFIG_FIX = {
+    "device": "leave TrainConfig device unset",
+    "val_data": "give a smaller TrainConfig val_data split",
 }
 
 
@@ -135,6 +141,7 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
     limit_arg = "overfit_batches" if trainer.overfit_batches else "limit_train_batches"
     limit, min_epochs = getattr(trainer, limit_arg), trainer.min_epochs or 0
     interval = getattr(trainer, "val_check_interval", None)  # unset when time-based
+    val_limit = trainer.limit_val_batches
     min_steps = trainer.min_steps or 0  # None or -1: none
     limits = [  # (field, the Trainer option to drop, the Trainer the field needs, its, met)
         (
@@ -159,11 +166,11 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
             limit_arg == "limit_train_batches" and isinstance(limit, float) and limit == 1.0,
         ),
         (
-            "epochs",
-            "min_epochs",
-            f"min_epochs<={cfg.epochs}",
-            f"min_epochs={min_epochs!r}",
-            min_epochs <= cfg.epochs,
+            "val_data",
+            "limit_val_batches",
+            "limit_val_batches=1.0 (or 0: no validation)",
+            f"limit_val_batches={val_limit!r}",
+            val_limit == 0 or (isinstance(val_limit, float) and val_limit == 1.0),
         ),
         (
             "val_interval",
@@ -215,11 +222,7 @@ def _check_trainer(cfg: TrainConfig, trainer) -> None:
     for field, need, has, met, trainer_fix in checks:
         if not met:
             why = f" ({_WHY_REFUSED[field]})" if trainer_fix else ""
-            cfg_fix = (
-                "leave TrainConfig device unset"
-                if field == "device"
-                else f"set TrainConfig {field} to what you want"
-            )
+            cfg_fix = _CONFIG_FIX.get(field, f"set TrainConfig {field} to what you want")
             raise ConfigError(
                 f"TrainConfig {field}={getattr(cfg, field)!r} needs Trainer({need}){why}, but the "
                 f"Trainer has {has}; fix: L.Trainer(**lightning_trainer_kwargs(cfg), ...)"
