@@ -26,7 +26,6 @@ nothing here imports our package or effdet (``write_json``, for our scripts only
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
@@ -458,15 +457,12 @@ def paired_ratios(
             (ours_ms if side is ours else peer_ms).append(ms)
     ratios = sorted(o / p for o, p in zip(ours_ms, peer_ms, strict=True))
 
-    def pct(q: float) -> float:  # nearest rank, as timing.summarize's p90
-        return ratios[max(0, math.ceil(q * len(ratios)) - 1)]
-
     return {
         "pairs": pairs,
         "burst": burst,
         "ours_median_ms": statistics.median(ours_ms),
         "peer_median_ms": statistics.median(peer_ms),
         "ratio_median": statistics.median(ratios),
-        "ratio_p10": pct(0.1),
-        "ratio_p90": pct(0.9),
+        "ratio_p10": timing.nearest_rank(ratios, 0.1),
+        "ratio_p90": timing.nearest_rank(ratios, 0.9),
     }

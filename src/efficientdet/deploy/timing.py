@@ -47,6 +47,12 @@ def time_calls(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> 
     return time_interleaved({"fn": fn}, warmup, repeats)["fn"]
 
 
+def nearest_rank(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0 < q <= 1) of ascending ``sorted_values`` by nearest rank: the
+    smallest value with at least ``q`` of them at or below it."""
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
 def summarize(times_ms: Sequence[float]) -> dict:
     """median / p90 (nearest rank) / min / mean of times in ms, and the number of runs."""
     xs = sorted(float(t) for t in times_ms)
@@ -54,7 +60,7 @@ def summarize(times_ms: Sequence[float]) -> dict:
         raise ValueError("no timings")
     return {
         "median_ms": statistics.median(xs),
-        "p90_ms": xs[max(0, math.ceil(0.9 * len(xs)) - 1)],
+        "p90_ms": nearest_rank(xs, 0.9),
         "min_ms": xs[0],
         "mean_ms": statistics.fmean(xs),
         "runs": len(xs),
